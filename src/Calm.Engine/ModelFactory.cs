@@ -1,0 +1,88 @@
+using Calm.Engine.Cpu;
+using Calm.Engine.Model;
+using Calm.Engine.Session;
+using Calm.Engine.Synthetic;
+using Calm.Engine.Weights;
+
+namespace Calm.Engine;
+
+public enum DeviceChoice { Auto, Cpu, Cuda }
+
+/// <summary>One step of a long operation, for Write-Progress. Fraction in [0,1], or negative when unknown.</summary>
+public sealed record LoadProgress(string Activity, string Status, double Fraction);
+
+public sealed record ImportOptions
+{
+    /// <summary>Session name; default: the folder name (or preset name), made unique.</summary>
+    public string? Name { get; init; }
+    public DeviceChoice Device { get; init; } = DeviceChoice.Auto;
+    /// <summary>Positions the KV cache holds; default min(max_position_embeddings, <see cref="ModelFactory.DefaultContextCap"/>).</summary>
+    public int? ContextLength { get; init; }
+    /// <summary>Receives warnings (e.g. Auto fell back to CPU) and verbose lines.</summary>
+    public Action<string>? Warning { get; init; }
+    public Action<string>? Verbose { get; init; }
+}
+
+/// <summary>Builds <see cref="LoadedModel"/>s: from a Hugging Face folder, or synthetic from a preset.</summary>
+public static class ModelFactory
+{
+    public const int DefaultContextCap = 8192;
+
+    /// <summary>Maps and validates a model folder, then puts it on a device. Nothing stays allocated on failure.</summary>
+    public static LoadedModel Import(string path, ImportOptions options, IProgress<LoadProgress>? progress = null, CancellationToken ct = default)
+    {
+        var loaded = ModelFolderLoader.Load(path, progress, ct, options.Verbose);
+        try
+        {
+            var backend = CreateBackend(loaded.Config, loaded.Weights, options, progress, ct);
+            var name = options.Name ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(path)));
+            return new LoadedModel(name, loaded.Config, loaded.Weights, loaded.Store, backend, System.IO.Path.GetFullPath(path))
+            {
+                Generation = loaded.Generation,
+            };
+        }
+        catch
+        {
+            loaded.Store.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A model of a named real shape with deterministic random weights and no files.</summary>
+    public static LoadedModel CreateSynthetic(string preset, int seed, DType dtype, ImportOptions options, IProgress<LoadProgress>? progress = null, CancellationToken ct = default)
+    {
+        var config = Presets.Get(preset) with { DType = dtype };
+        var (weights, store) = SyntheticWeights.Build(config, seed, progress, ct);
+        try
+        {
+            var backend = CreateBackend(config, weights, options, progress, ct);
+            return new LoadedModel(options.Name ?? Presets.Canonical(preset), config, weights, store, backend, null)
+            {
+                Preset = Presets.Canonical(preset),
+                Seed = seed,
+            };
+        }
+        catch
+        {
+            store.Dispose();
+            throw;
+        }
+    }
+
+    internal static IForwardBackend CreateBackend(ModelConfig config, ModelWeights weights, ImportOptions options, IProgress<LoadProgress>? progress, CancellationToken ct)
+    {
+        int ctx = options.ContextLength ?? Math.Min(config.MaxPositionEmbeddings, DefaultContextCap);
+        if (ctx <= 0)
+            throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"ContextLength must be positive (got {ctx}).", "ContextLength");
+        switch (options.Device)
+        {
+            case DeviceChoice.Cuda:
+                throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable,
+                    "The CUDA backend is not available in this build of Calm yet. Use -Device Cpu (or Auto).", "Cuda");
+            case DeviceChoice.Auto:
+            case DeviceChoice.Cpu:
+            default:
+                return new CpuBackend(config, weights, ctx);
+        }
+    }
+}

@@ -1,0 +1,74 @@
+using Calm.Engine.Model;
+
+namespace Calm.Engine.Weights;
+
+/// <summary>
+/// A view of one weight tensor in host memory (memory-mapped file or native buffer). Row-major; Shape[0] is rows
+/// (output features for a projection). The memory belongs to a <see cref="WeightStore"/>; a Tensor never frees it.
+/// </summary>
+public sealed unsafe class Tensor
+{
+    public string Name { get; }
+    public DType DType { get; }
+    public long[] Shape { get; }
+    /// <summary>First byte of the tensor's data.</summary>
+    public nint Data { get; }
+    /// <summary>Where the bytes come from (a file path or "synthetic"), for error messages.</summary>
+    public string Source { get; }
+
+    public Tensor(string name, DType dtype, long[] shape, nint data, string source)
+    {
+        Name = name; DType = dtype; Shape = shape; Data = data; Source = source;
+    }
+
+    public long ElementCount { get { long n = 1; foreach (var d in Shape) n *= d; return n; } }
+    public long ByteLength => ElementCount * DTypes.SizeOf(DType);
+    public int Rank => Shape.Length;
+    /// <summary>Rows of a 2-D tensor (1 for a vector).</summary>
+    public long Rows => Shape.Length >= 2 ? Shape[0] : 1;
+    /// <summary>Elements per row (the last dimension).</summary>
+    public long Cols => Shape.Length == 0 ? 1 : Shape[^1];
+
+    /// <summary>Rows [start, start+count) of a 2-D tensor as a tensor of its own (no copy): fused qkv/gate_up splits.</summary>
+    public Tensor SliceRows(long start, long count, string name)
+    {
+        if (Shape.Length != 2 || start < 0 || count < 0 || start + count > Shape[0])
+            throw new ArgumentOutOfRangeException(nameof(start), $"cannot slice rows {start}+{count} of {Name} {ShapeText(Shape)}");
+        return new Tensor(name, DType, new[] { count, Shape[1] }, Data + (nint)(start * Shape[1] * DTypes.SizeOf(DType)), Source);
+    }
+
+    /// <summary>Element <paramref name="index"/> of a 3-D tensor [N, R, C] as a 2-D tensor [R, C] (stacked experts).</summary>
+    public Tensor Index0(long index, string name)
+    {
+        if (Shape.Length != 3 || index < 0 || index >= Shape[0])
+            throw new ArgumentOutOfRangeException(nameof(index), $"cannot take [{index}] of {Name} {ShapeText(Shape)}");
+        long per = Shape[1] * Shape[2];
+        return new Tensor(name, DType, new[] { Shape[1], Shape[2] }, Data + (nint)(index * per * DTypes.SizeOf(DType)), Source);
+    }
+
+    public ReadOnlySpan<byte> RowBytes(long row)
+    {
+        long rowBytes = Cols * DTypes.SizeOf(DType);
+        return new ReadOnlySpan<byte>((byte*)Data + row * rowBytes, checked((int)rowBytes));
+    }
+
+    /// <summary>Reads element i as float (slow path for tests and small vectors).</summary>
+    public float GetFloat(long i) => DType switch
+    {
+        DType.F32 => ((float*)Data)[i],
+        DType.F16 => (float)((Half*)Data)[i],
+        DType.BF16 => BitConverter.Int32BitsToSingle(((ushort*)Data)[i] << 16),
+        _ => throw new NotSupportedException($"{Name}: dtype {DType} is not a weight type"),
+    };
+
+    /// <summary>Copies the whole tensor to a new float array (small tensors: norms, biases).</summary>
+    public float[] ToFloatArray()
+    {
+        var r = new float[checked((int)ElementCount)];
+        for (int i = 0; i < r.Length; i++) r[i] = GetFloat(i);
+        return r;
+    }
+
+    public static string ShapeText(long[] shape) => "[" + string.Join(", ", shape) + "]";
+    public override string ToString() => $"{Name} {DTypes.Name(DType)} {ShapeText(Shape)}";
+}
