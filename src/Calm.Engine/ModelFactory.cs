@@ -52,6 +52,9 @@ public static class ModelFactory
     public static LoadedModel CreateSynthetic(string preset, int seed, DType dtype, ImportOptions options, IProgress<LoadProgress>? progress = null, CancellationToken ct = default)
     {
         var config = Presets.Get(preset) with { DType = dtype };
+        if (options.ContextLength is int c && c > config.MaxPositionEmbeddings)
+            throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
+                $"ContextLength {c} exceeds the preset's max_position_embeddings ({config.MaxPositionEmbeddings}).", "ContextLength");
         var (weights, store) = SyntheticWeights.Build(config, seed, progress, ct);
         try
         {
