@@ -96,6 +96,9 @@ public static class ConfigReader
 
     private static JsonDocument ParseJson(ReadOnlyMemory<byte> json, string source, string what)
     {
+        if (!System.Text.Unicode.Utf8.IsValid(json.Span))
+            throw new CalmException(ErrorIds.ConfigInvalid, CalmErrorKind.InvalidData,
+                $"{source}: {what} is not valid UTF-8 text. Restore the model's own {what}.", source);
         try
         {
             var doc = JsonDocument.Parse(json, new JsonDocumentOptions { MaxDepth = 32, CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });

@@ -287,7 +287,13 @@ public sealed unsafe class MappedSafetensors : WeightStore
         byte* data = _base + header.DataStart;
         foreach (var e in header.Entries)
             _tensors[e.Name] = new Tensor(e.Name, e.DType, e.Shape, (nint)(data + e.Begin), header.Path);
+        s_live.AddOrUpdate(header.Path, 1, (_, n) => n + 1);
     }
+
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> s_live = new(StringComparer.Ordinal);
+
+    /// <summary>How many live mappings of <paramref name="path"/> exist (tests check nothing stays mapped after a failure).</summary>
+    internal static int LiveMappings(string path) => s_live.TryGetValue(path, out int n) ? n : 0;
 
     public override void Dispose()
     {
@@ -296,5 +302,6 @@ public sealed unsafe class MappedSafetensors : WeightStore
         _view!.SafeMemoryMappedViewHandle.ReleasePointer();
         _view.Dispose(); _view = null;
         _mmf!.Dispose(); _mmf = null;
+        s_live.AddOrUpdate(Header.Path, 0, (_, n) => n - 1);
     }
 }
