@@ -81,6 +81,7 @@ public static class ModelFolderLoader
             progress?.Report(new LoadProgress(activity, "Validating tensors", 0.5));
             var set = new TensorSet(tensors, folder, plan.Files);
             var weights = MapWeights(config, set, progress, activity, ct);
+            ct.ThrowIfCancellationRequested();
             config = config with { DType = weights.Embedding.DType };
             if (generation is { EosTokenIds.Length: > 0 })
                 config = config with { EosTokenIds = generation.EosTokenIds };

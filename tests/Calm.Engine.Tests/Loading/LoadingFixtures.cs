@@ -10,8 +10,9 @@ namespace Calm.Engine.Tests.Loading;
 /// <summary>A temporary directory removed on dispose.</summary>
 public sealed class TempDir : IDisposable
 {
-    public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "calm-load-" + Guid.NewGuid().ToString("N")[..12]);
-    public TempDir() => Directory.CreateDirectory(Path);
+    public string Path { get; }
+    public TempDir() : this(System.IO.Path.Combine(System.IO.Path.GetTempPath(), "calm-load-" + Guid.NewGuid().ToString("N")[..12])) { }
+    public TempDir(string path) { Path = path; Directory.CreateDirectory(Path); }
     public string File(string name) => System.IO.Path.Combine(Path, name);
     public void Dispose() { try { Directory.Delete(Path, true); } catch { } }
 }
