@@ -319,6 +319,7 @@ public static class ModelFolderLoader
     /// <summary>
     /// Mixtral experts, in either layout:
     ///   per expert (transformers 4): block_sparse_moe.gate.weight [E, D], experts.e.w1 [F, D] (gate), w3 [F, D] (up), w2 [D, F] (down)
+    ///                                (also accepted under mlp., and with gate_proj/up_proj/down_proj names)
     ///   stacked (transformers 5):    mlp.gate.weight [E, D], mlp.experts.gate_up_proj [E, 2F, D] (gate rows first), mlp.experts.down_proj [E, D, F]
     /// </summary>
     private static (Tensor, Tensor[], Tensor[], Tensor[]) MapExperts(ModelConfig c, TensorSet s, string p, long E, long D, long F)
@@ -341,13 +342,20 @@ public static class ModelFolderLoader
             }
             return (router, gate, up, down);
         }
-        string b = s.Has(p + "mlp.experts.0.w1.weight") ? p + "mlp." : p + "block_sparse_moe.";
+        // Per-expert tensors under block_sparse_moe (transformers 4) or mlp, named w1/w3/w2 or gate_proj/up_proj/down_proj.
+        string b = p + "block_sparse_moe.";
+        var (g, u, d) = ("w1", "w3", "w2");
+        foreach (var block in new[] { "block_sparse_moe.", "mlp." })
+        {
+            if (s.Has($"{p}{block}experts.0.w1.weight")) { b = p + block; break; }
+            if (s.Has($"{p}{block}experts.0.gate_proj.weight")) { b = p + block; (g, u, d) = ("gate_proj", "up_proj", "down_proj"); break; }
+        }
         var r = s.Need(b + "gate.weight", E, D);
         for (int e = 0; e < E; e++)
         {
-            gate[e] = s.Need($"{b}experts.{e}.w1.weight", F, D);
-            up[e] = s.Need($"{b}experts.{e}.w3.weight", F, D);
-            down[e] = s.Need($"{b}experts.{e}.w2.weight", D, F);
+            gate[e] = s.Need($"{b}experts.{e}.{g}.weight", F, D);
+            up[e] = s.Need($"{b}experts.{e}.{u}.weight", F, D);
+            down[e] = s.Need($"{b}experts.{e}.{d}.weight", D, F);
         }
         return (r, gate, up, down);
     }

@@ -138,6 +138,24 @@ public class ModelFolderLoaderTests
     }
 
     [Fact]
+    public void MixtralPerExpertUnderMlpWithProjNamesLoads()
+    {
+        using var dir = new TempDir();
+        var written = Write(dir.Path, "mixtral", DType.BF16, 12, edit: ts => ts.Select(t => new SafetensorsTensor(
+            t.Name.Replace("block_sparse_moe.", "mlp.").Replace(".w1.", ".gate_proj.").Replace(".w3.", ".up_proj.").Replace(".w2.", ".down_proj."),
+            t.DType, t.Shape, t.Data)).ToList());
+        var loaded = Load(dir.Path);
+        try
+        {
+            var l = loaded.Weights.Layers[0];
+            Assert.Equal(Data(written, "model.layers.0.mlp.experts.3.up_proj.weight"), Bytes(l.ExpertUp![3]));
+            Assert.Equal(Data(written, "model.layers.0.mlp.experts.2.down_proj.weight"), Bytes(l.ExpertDown![2]));
+            Assert.Equal(Data(written, "model.layers.0.mlp.gate.weight"), Bytes(l.Router!));
+        }
+        finally { loaded.Store.Dispose(); }
+    }
+
+    [Fact]
     public void MixtralStackedExpertsWithWrongShapeAreRefused()
     {
         using var dir = new TempDir();

@@ -62,6 +62,26 @@ public class SafetensorsTests
     }
 
     [Fact]
+    public unsafe void OpeningMapsTheFileWithoutCopyingItThroughManagedMemory()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("big.safetensors");
+        var data = new byte[48 << 20];
+        new Random(Environment.TickCount).NextBytes(data.AsSpan(0, 4096));
+        data[^1] = 0x5A;
+        SafetensorsWriter.Write(path, new[] { new SafetensorsTensor("w", DType.BF16, new long[] { 24 << 10, 1024 }, data) });
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        using var f = SafetensorsFile.Open(path);
+        var w = f.Tensors["w"];
+        // Touch the first and last bytes through the mapping.
+        byte first = ((byte*)w.Data)[0], last = ((byte*)w.Data)[w.ByteLength - 1];
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(data[0], first);
+        Assert.Equal(0x5A, last);
+        Assert.True(allocated < 256 << 10, $"opening a 48 MB file allocated {allocated} managed bytes");
+    }
+
+    [Fact]
     public void WriterRefusesBytesThatDisagreeWithShape()
     {
         using var dir = new TempDir();
