@@ -68,4 +68,6 @@ public static class ErrorIds
     public const string Cancelled = "Calm.Cancelled";
     public const string OutOfMemory = "Calm.OutOfMemory";
     public const string ModelDisposed = "Calm.ModelDisposed";
+    public const string CudaError = "Calm.CudaError";
+    public const string KernelCompileFailed = "Calm.KernelCompileFailed";
 }

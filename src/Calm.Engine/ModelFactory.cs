@@ -80,9 +80,21 @@ public static class ModelFactory
         switch (options.Device)
         {
             case DeviceChoice.Cuda:
-                throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable,
-                    "The CUDA backend is not available in this build of Calm yet. Use -Device Cpu (or Auto).", "Cuda");
+            {
+                var why = Cuda.CudaDeviceInfo.Unavailable();
+                if (why is not null)
+                    throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable,
+                        $"-Device Cuda is not available: {why} Use -Device Cpu (or Auto).", "Cuda");
+                return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose);
+            }
             case DeviceChoice.Auto:
+            {
+                var why = Cuda.CudaDeviceInfo.Unavailable();
+                if (why is null)
+                    return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose);
+                options.Warning?.Invoke($"Running on the CPU: {why}");
+                return new CpuBackend(config, weights, ctx);
+            }
             case DeviceChoice.Cpu:
             default:
                 return new CpuBackend(config, weights, ctx);

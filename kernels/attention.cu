@@ -1,0 +1,71 @@
+// attention.cu: one decode query per head against the fp16 KV cache, online softmax in fp32.
+// GQA (query head h reads kv head h / (H/K)), optional sliding window (query at pos sees keys j with pos-W < j <= pos).
+#include "common.cuh"
+
+#define ATT_MAX_HD 512
+#define ATT_PER_LANE (ATT_MAX_HD / 32)
+#define ATT_MAX_WARPS 16
+
+// q [H*Hd] f32 (rotated), kCache/vCache this layer's [K, maxCtx, Hd] fp16, out [H*Hd] f32.
+// One block per query head; each warp walks positions start+warp, start+warp+nwarps, ... keeping a running max,
+// sum and weighted V (lane owns dims lane, lane+32, ...); the warps' partial results are merged at the end.
+extern "C" __global__ void attention_decode(const float* q, const u16* kCache, const u16* vCache, float* out,
+                                            int H, int K, int Hd, int maxCtx, int window, float scale,
+                                            const StepParams* sp) {
+    __shared__ float s_m[ATT_MAX_WARPS], s_l[ATT_MAX_WARPS];
+    __shared__ float s_acc[ATT_MAX_WARPS][ATT_MAX_HD];
+    int h = blockIdx.x;
+    int kh = h / (H / K);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    int pos = sp->pos;
+    int start = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
+
+    float qv[ATT_PER_LANE], acc[ATT_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < ATT_PER_LANE; i++) {
+        int d = lane + 32 * i;
+        qv[i] = d < Hd ? q[(long long)h * Hd + d] * scale : 0.f;
+        acc[i] = 0.f;
+    }
+    float m = -CALM_INF, l = 0.f;
+    const u16* kb = kCache + (long long)kh * maxCtx * Hd;
+    const u16* vb = vCache + (long long)kh * maxCtx * Hd;
+    for (int j = start + warp; j <= pos; j += nwarps) {
+        const u16* kr = kb + (long long)j * Hd;
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < ATT_PER_LANE; i++) {
+            int d = lane + 32 * i;
+            if (d < Hd) s = fmaf(qv[i], f16_to_f32(kr[d]), s);
+        }
+        s = warp_sum(s);
+        float mn = fmaxf(m, s);
+        float corr = expf(m - mn);
+        float p = expf(s - mn);
+        l = l * corr + p;
+        const u16* vr = vb + (long long)j * Hd;
+#pragma unroll
+        for (int i = 0; i < ATT_PER_LANE; i++) {
+            int d = lane + 32 * i;
+            if (d < Hd) acc[i] = fmaf(p, f16_to_f32(vr[d]), acc[i] * corr);
+        }
+        m = mn;
+    }
+    if (lane == 0) { s_m[warp] = m; s_l[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < ATT_PER_LANE; i++) {
+        int d = lane + 32 * i;
+        if (d < Hd) s_acc[warp][d] = acc[i];
+    }
+    __syncthreads();
+    float M = -CALM_INF;
+    for (int w = 0; w < nwarps; w++) M = fmaxf(M, s_m[w]);
+    float L = 0.f;
+    for (int w = 0; w < nwarps; w++) L += s_m[w] == -CALM_INF ? 0.f : s_l[w] * expf(s_m[w] - M);
+    for (int d = threadIdx.x; d < Hd; d += blockDim.x) {
+        float o = 0.f;
+        for (int w = 0; w < nwarps; w++)
+            if (s_m[w] != -CALM_INF) o += s_acc[w][d] * expf(s_m[w] - M);
+        out[(long long)h * Hd + d] = o / L;
+    }
+}

@@ -1,0 +1,126 @@
+// common.cuh: shared by every kernels/*.cu. Self-contained: no CUDA toolkit headers (NVRTC compiles these with no
+// include path). Number formats, 16-byte vector loads, warp/block reductions.
+#pragma once
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// dtype codes shared with the C# launchers (CudaKernels.DTypeCode).
+#define CALM_F32 0
+#define CALM_F16 1
+#define CALM_BF16 2
+
+// 16 bytes: 8 half-precision values; alignas so the compiler emits one 128-bit load.
+struct __align__(16) calm_u4 { u32 x, y, z, w; };
+struct __align__(16) calm_f4 { float x, y, z, w; };
+
+// ---- number formats --------------------------------------------------------------------------------------------
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __int_as_float(((u32)h) << 16); }
+
+// round-to-nearest-even; NaN stays NaN (quiet)
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (u16)(u >> 16);
+}
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// a 32-bit word holding two 16-bit values (low = first element)
+template <int DT> __device__ __forceinline__ void unpack2(u32 w, float& a, float& b);
+template <> __device__ __forceinline__ void unpack2<CALM_BF16>(u32 w, float& a, float& b) {
+    a = __int_as_float(w << 16);
+    b = __int_as_float(w & 0xffff0000u);
+}
+template <> __device__ __forceinline__ void unpack2<CALM_F16>(u32 w, float& a, float& b) {
+    a = f16_to_f32((u16)(w & 0xffffu));
+    b = f16_to_f32((u16)(w >> 16));
+}
+
+template <int DT> __device__ __forceinline__ float load_elem(const u16* p, long long i);
+template <> __device__ __forceinline__ float load_elem<CALM_BF16>(const u16* p, long long i) { return bf16_to_f32(p[i]); }
+template <> __device__ __forceinline__ float load_elem<CALM_F16>(const u16* p, long long i) { return f16_to_f32(p[i]); }
+
+// 16-byte read-only load through the non-coherent cache
+__device__ __forceinline__ calm_u4 ldg_u4(const void* p) {
+    calm_u4 r;
+    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+
+// 16-byte streaming load for weights that are read once per step (evict-first)
+__device__ __forceinline__ calm_u4 ldg_u4_stream(const void* p) {
+    calm_u4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+
+#define CALM_INF __int_as_float(0x7f800000)
+
+// ---- reductions --------------------------------------------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float s_part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // s_part may still be read by a previous call
+    if (lane == 0) s_part[warp] = v;
+    __syncthreads();
+    float r = lane < nwarps ? s_part[lane] : 0.f;
+    return warp_sum(r);
+}
+
+// (value, index) argmax across a warp; ties -> lower index. NaN never wins over a number.
+__device__ __forceinline__ void warp_argmax(float& v, int& i) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        int oi = __shfl_xor_sync(0xffffffffu, i, o);
+        if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+    }
+}
+
+// ---- activations -------------------------------------------------------------------------------------------------
+#define CALM_ACT_SILU 0
+#define CALM_ACT_GELU_TANH 1
+#define CALM_ACT_GELU 2
+
+__device__ __forceinline__ float activate(float x, int act) {
+    if (act == CALM_ACT_SILU) return x / (1.f + expf(-x));
+    if (act == CALM_ACT_GELU_TANH) {
+        float inner = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+        return 0.5f * x * (1.f + tanhf(inner));
+    }
+    return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+}
+
+// ---- step parameters read by every kernel of the captured decode graph ------------------------------------------
+// The host writes these before each graph launch; kernels read them from device memory so the graph never changes.
+struct StepParams {
+    int token;   // token id at this step
+    int pos;     // its position (0-based)
+};

@@ -1,0 +1,84 @@
+// matvec.cu: y = W x for half-precision weights, fp32 input/accumulation/output.
+// One warp per output row: lanes read the row 16 bytes (8 elements) at a time, MV_UNROLL loads in flight per lane,
+// the partial sums meet in a warp reduction. W rows must be 16-byte aligned when cols % 8 == 0 (every allocation is).
+#include "common.cuh"
+
+#define MV_UNROLL 4
+
+// 8 weights (one 16-byte vector) . 8 fp32 inputs
+template <int DT>
+__device__ __forceinline__ float dot8(const calm_u4 w, const float* x) {
+    calm_f4 a = *(const calm_f4*)x;
+    calm_f4 b = *(const calm_f4*)(x + 4);
+    float w0, w1, w2, w3, w4, w5, w6, w7;
+    unpack2<DT>(w.x, w0, w1);
+    unpack2<DT>(w.y, w2, w3);
+    unpack2<DT>(w.z, w4, w5);
+    unpack2<DT>(w.w, w6, w7);
+    float s = w0 * a.x;
+    s = fmaf(w1, a.y, s); s = fmaf(w2, a.z, s); s = fmaf(w3, a.w, s);
+    s = fmaf(w4, b.x, s); s = fmaf(w5, b.y, s); s = fmaf(w6, b.z, s); s = fmaf(w7, b.w, s);
+    return s;
+}
+
+// dot(row[0..cols), x) summed over the warp; every lane returns the total.
+template <int DT>
+__device__ __forceinline__ float row_dot(const u16* row, const float* x, int cols, int lane) {
+    float acc = 0.f;
+    if ((cols & 7) == 0) {
+        const calm_u4* rv = (const calm_u4*)row;
+        int nvec = cols >> 3;
+        int v = lane;
+        for (; v + 32 * (MV_UNROLL - 1) < nvec; v += 32 * MV_UNROLL) {
+            calm_u4 w[MV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < MV_UNROLL; u++) w[u] = ldg_u4_stream(rv + v + 32 * u);
+#pragma unroll
+            for (int u = 0; u < MV_UNROLL; u++) acc += dot8<DT>(w[u], x + (long long)(v + 32 * u) * 8);
+        }
+        for (; v < nvec; v += 32) acc += dot8<DT>(ldg_u4_stream(rv + v), x + (long long)v * 8);
+    } else {
+        for (int c = lane; c < cols; c += 32) acc = fmaf(load_elem<DT>(row, c), x[c], acc);
+    }
+    return warp_sum(acc);
+}
+
+// W [rows, cols] (DT), x [cols] f32, y [rows] f32, bias [rows] f32 or null.
+// y[r] = W[r,:] . x (+ bias[r]) (+ y[r] when accumulate != 0: fused residual add).
+template <int DT>
+__device__ __forceinline__ void matvec_impl(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
+    int row = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float s = row_dot<DT>(W + (long long)row * cols, x, cols, lane);
+    if (lane == 0) {
+        if (bias) s += bias[row];
+        if (accumulate) s += y[row];
+        y[row] = s;
+    }
+}
+
+extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
+    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate);
+}
+extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
+    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate);
+}
+
+// MoE: blockIdx.y = slot s of the top-k; the expert is expertIdx[s] (chosen on the GPU by moe_route).
+// experts [E] device pointers to [rows, cols] matrices; biases [E] pointers or null table; x [slots, xStride]
+// (xStride 0: every slot reads the same input); y [slots, rows].
+template <int DT>
+__device__ __forceinline__ void moe_matvec_impl(const u16* const* experts, const int* expertIdx, const float* x, int xStride,
+                                                float* y, int rows, int cols) {
+    int s = blockIdx.y;
+    const u16* W = experts[expertIdx[s]];
+    matvec_impl<DT>(W, x + (long long)s * xStride, y + (long long)s * rows, (const float*)0, rows, cols, 0);
+}
+
+extern "C" __global__ void moe_matvec_bf16(const u16* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {
+    moe_matvec_impl<CALM_BF16>(experts, expertIdx, x, xStride, y, rows, cols);
+}
+extern "C" __global__ void moe_matvec_f16(const u16* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {
+    moe_matvec_impl<CALM_F16>(experts, expertIdx, x, xStride, y, rows, cols);
+}

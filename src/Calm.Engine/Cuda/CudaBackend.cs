@@ -1,0 +1,485 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Calm.Engine.Model;
+using Calm.Engine.Session;
+using Calm.Engine.Weights;
+
+namespace Calm.Engine.Cuda;
+
+/// <summary>Sampling on the device: the generator gets greedy / top-k results without copying V logits.</summary>
+public interface IDeviceSampling
+{
+    /// <summary>Largest k <see cref="ForwardTopK"/> accepts.</summary>
+    int MaxDeviceTopK { get; }
+    /// <summary>Runs the tokens (as <see cref="IForwardBackend.Forward"/>) and returns the argmax of the last logits.</summary>
+    int ForwardGreedy(ReadOnlySpan<int> tokens, int startPos, CancellationToken cancellationToken = default);
+    /// <summary>Runs the tokens and writes the k largest last logits (descending; ties: lower id) and their ids.</summary>
+    void ForwardTopK(ReadOnlySpan<int> tokens, int startPos, Span<int> ids, Span<float> logits, CancellationToken cancellationToken = default);
+}
+
+/// <summary>
+/// The GPU forward pass: weights uploaded once (bf16/f16 matrices; norms and biases as f32), fp16 KV cache
+/// [layers, K, maxCtx, Hd], fp32 activations. One decode step (embedding ... lm_head and argmax) is a CUDA graph
+/// captured at construction; the kernels read the token and position from a device StepParams, so every step
+/// (prefill tokens too) is one graph launch preceded by an 8-byte copy.
+/// </summary>
+public sealed unsafe class CudaBackend : IForwardBackend, IDeviceSampling
+{
+    private const int ParamRing = 64;              // pinned StepParams slots before the host waits for the GPU
+
+    public string DeviceKind => "Cuda";
+    public string DeviceName { get; }
+    public ModelConfig Config { get; }
+    public int MaxContext { get; }
+    public int MaxDeviceTopK => CudaKernels.MaxTopK;
+    public CudaDeviceInfo Device { get; }
+    /// <summary>Device bytes this backend holds (weights, cache, activations).</summary>
+    public long DeviceBytes { get; private set; }
+    /// <summary>Host milliseconds spent enqueuing the last Forward (for the host/GPU time fraction).</summary>
+    public double LastHostMs { get; private set; }
+
+    private readonly CudaContext _ctx;
+    private CudaKernels? _k;
+    private CudaStream? _stream;
+    private CudaGraph? _graph;
+    private CudaPinnedMemory? _pinned;   // [ParamRing] StepParams | result[2] | topk ids[64] | topk vals[64]
+    private readonly List<CudaDeviceMemory> _owned = new();
+    private bool _disposed;
+    private int _ring;
+
+    // device tensors ([shape] dtype)
+    private sealed class DevLayer
+    {
+        public ulong AttnNorm, FfnNorm;          // [D] f32
+        public ulong Wqkv, Bqkv;                 // [Q+2KV, D] wt, [Q+2KV] f32 or 0
+        public ulong Wo, Bo;                     // [D, Q] wt, [D] f32 or 0
+        public ulong QNorm, KNorm;               // [Hd] f32 or 0
+        public ulong Wgu, Bgu, Wdown, Bdown;     // [2F, D] wt, [2F] f32/0, [D, F] wt, [D] f32/0 (dense)
+        public ulong Router;                     // [E, D] wt (MoE)
+        public ulong ExpertGu, ExpertDown;       // [E] pointers to [2F, D] / [D, F] (MoE)
+    }
+    private DevLayer[] _layers = Array.Empty<DevLayer>();
+    private ulong _emb, _lm, _finalNorm;         // [V, D], [V, D], [D]
+    private DType _wt, _embDt, _lmDt;
+    private ulong _kCache, _vCache;              // [L, K, maxCtx, Hd] fp16
+    private ulong _cos, _sin;                    // [maxCtx, rot/2] f32
+    private ulong _x, _xn, _qkv, _att, _gu, _h, _eo, _rl, _idx, _wts, _logits, _pv, _pi, _result, _step;
+    private ulong _candV, _candI, _topV, _topI;
+    private readonly int _slots;
+    private CudaDeviceMemory? _stepMem, _resultMem, _topVMem, _topIMem;
+
+    public CudaBackend(ModelConfig config, ModelWeights weights, int maxContext, int device = 0,
+                       IProgress<LoadProgress>? progress = null, CancellationToken ct = default, Action<string>? verbose = null)
+    {
+        Config = config;
+        MaxContext = maxContext;
+        if (maxContext <= 0) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"ContextLength must be positive (got {maxContext}).", "ContextLength");
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable, why, "Cuda");
+        var devices = CudaDeviceInfo.List();
+        if (device < 0 || device >= devices.Count)
+            throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable, $"There is no CUDA device {device} ({devices.Count} found).", "Cuda");
+        Device = devices[device];
+        DeviceName = Device.Name;
+        _slots = config.IsMoE ? config.NumExpertsPerToken : 1;
+        if (config.HeadDim > CudaKernels.AttentionMaxHeadDim)
+            throw new CalmException(ErrorIds.UnsupportedArchitecture, CalmErrorKind.NotSupported,
+                $"The CUDA backend supports head_dim up to {CudaKernels.AttentionMaxHeadDim}; this model has {config.HeadDim}. Use -Device Cpu.");
+        _ctx = CudaContext.Acquire(device);
+        try
+        {
+            _wt = weights.Layers[0].Wq.DType;
+            CheckPlan(weights);
+            var sw = Stopwatch.StartNew();
+            _k = new CudaKernels(_ctx, Device.Arch, verbose);
+            verbose?.Invoke($"CUDA kernels ready for sm_{Device.Arch} in {sw.ElapsedMilliseconds} ms");
+            _stream = new CudaStream(_ctx);
+            _pinned = new CudaPinnedMemory(_ctx, ParamRing * 8 + 8 + CudaKernels.MaxTopK * 8);
+            sw.Restart();
+            Upload(weights, progress, ct);
+            verbose?.Invoke($"Uploaded {weights.TotalBytes / 1e9:F2} GB of weights to {DeviceName} in {sw.ElapsedMilliseconds} ms ({weights.TotalBytes / 1e9 / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F1} GB/s)");
+            AllocateState();
+            Capture();
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    // ---- planning and upload ---------------------------------------------------------------------------------------
+
+    private long KvBytes => 2L * Config.NumLayers * Config.NumKvHeads * MaxContext * Config.HeadDim * 2;
+
+    private void CheckPlan(ModelWeights w)
+    {
+        foreach (var t in w.AllTensors())
+            if (t.Rank == 2 && t.DType is not (DType.BF16 or DType.F16))
+                throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
+                    $"The CUDA backend runs bf16 and f16 weight matrices; {t.Name} is {DTypes.Name(t.DType)}. Convert the model or use -Device Cpu.", t.Name);
+        var c = Config;
+        long act = 4L * (4L * c.HiddenSize + c.QDim + 2L * c.KvDim + c.QDim + _slots * 3L * c.IntermediateSize + _slots * (long)c.HiddenSize + c.VocabSize + c.NumExperts)
+                   + 2L * MaxContext * (c.RotaryDim / 2) * 4 + (1 << 20);
+        long needed = w.TotalBytes + KvBytes + act;
+        var (free, _) = _ctx.MemoryInfo();
+        if (needed > free)
+            throw new CalmException(ErrorIds.OutOfMemory, CalmErrorKind.ResourceUnavailable,
+                $"The model needs {needed:N0} bytes ({needed / 1e9:F2} GB: weights {w.TotalBytes / 1e9:F2} GB, KV cache {KvBytes / 1e9:F2} GB for {MaxContext} positions) " +
+                $"but {DeviceName} has {free:N0} bytes ({free / 1e9:F2} GB) free. Remove other models, lower -ContextLength, or use a smaller model.", DeviceName);
+    }
+
+    private CudaDeviceMemory Alloc(long bytes, string what)
+    {
+        var m = CudaDeviceMemory.Allocate(_ctx, bytes, what);
+        _owned.Add(m);
+        DeviceBytes += bytes;
+        return m;
+    }
+
+    private long _uploadTotal, _uploadDone;
+    private IProgress<LoadProgress>? _progress;
+    private CancellationToken _ct;
+
+    private void Upload(ModelWeights w, IProgress<LoadProgress>? progress, CancellationToken ct)
+    {
+        _progress = progress; _ct = ct; _uploadTotal = w.TotalBytes; _uploadDone = 0;
+        var c = Config;
+        _embDt = w.Embedding.DType;
+        _emb = UploadMatrix("embed_tokens", w.Embedding);
+        _lmDt = w.LmHead.DType;
+        _lm = ReferenceEquals(w.LmHead, w.Embedding) ? _emb : UploadMatrix("lm_head", w.LmHead);
+        _finalNorm = UploadVector("norm", c.HiddenSize, w.FinalNorm);
+        _layers = new DevLayer[c.NumLayers];
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            var l = w.Layers[i];
+            var d = new DevLayer
+            {
+                AttnNorm = UploadVector($"layers.{i}.input_layernorm", c.HiddenSize, l.AttnNorm),
+                FfnNorm = UploadVector($"layers.{i}.post_attention_layernorm", c.HiddenSize, l.FfnNorm),
+                Wqkv = UploadMatrix($"layers.{i}.qkv", l.Wq, l.Wk, l.Wv),
+                Bqkv = l.Bq is null && l.Bk is null && l.Bv is null ? 0
+                    : UploadVector($"layers.{i}.qkv_bias", c.QDim + 2 * c.KvDim, (l.Bq, c.QDim), (l.Bk, c.KvDim), (l.Bv, c.KvDim)),
+                Wo = UploadMatrix($"layers.{i}.o_proj", l.Wo),
+                Bo = l.Bo is null ? 0 : UploadVector($"layers.{i}.o_proj.bias", c.HiddenSize, l.Bo),
+                QNorm = l.QNorm is null ? 0 : UploadVector($"layers.{i}.q_norm", c.HeadDim, l.QNorm),
+                KNorm = l.KNorm is null ? 0 : UploadVector($"layers.{i}.k_norm", c.HeadDim, l.KNorm),
+            };
+            if (c.QkNorm && (d.QNorm == 0 || d.KNorm == 0))
+                throw new CalmException(ErrorIds.TensorMissing, CalmErrorKind.InvalidData, $"Layer {i} has no q_norm/k_norm but the config asks for them.", $"layers.{i}");
+            if (c.IsMoE)
+            {
+                if (l.Router is null || l.ExpertGate is null || l.ExpertUp is null || l.ExpertDown is null)
+                    throw new CalmException(ErrorIds.TensorMissing, CalmErrorKind.InvalidData, $"Layer {i} lacks its MoE router or experts.", $"layers.{i}");
+                d.Router = UploadMatrix($"layers.{i}.router", l.Router);
+                var gu = new ulong[c.NumExperts];
+                var down = new ulong[c.NumExperts];
+                for (int e = 0; e < c.NumExperts; e++)
+                {
+                    gu[e] = UploadMatrix($"layers.{i}.experts.{e}.w1w3", l.ExpertGate[e], l.ExpertUp[e]);
+                    down[e] = UploadMatrix($"layers.{i}.experts.{e}.w2", l.ExpertDown[e]);
+                }
+                d.ExpertGu = UploadPointers($"layers.{i}.experts.w1w3", gu);
+                d.ExpertDown = UploadPointers($"layers.{i}.experts.w2", down);
+            }
+            else
+            {
+                if (l.WGate is null || l.WUp is null || l.WDown is null)
+                    throw new CalmException(ErrorIds.TensorMissing, CalmErrorKind.InvalidData, $"Layer {i} lacks gate/up/down projections.", $"layers.{i}");
+                d.Wgu = UploadMatrix($"layers.{i}.gate_up", l.WGate, l.WUp);
+                d.Bgu = l.BGate is null && l.BUp is null ? 0
+                    : UploadVector($"layers.{i}.gate_up.bias", 2 * c.IntermediateSize, (l.BGate, c.IntermediateSize), (l.BUp, c.IntermediateSize));
+                d.Wdown = UploadMatrix($"layers.{i}.down_proj", l.WDown);
+                d.Bdown = l.BDown is null ? 0 : UploadVector($"layers.{i}.down_proj.bias", c.HiddenSize, l.BDown);
+            }
+            _layers[i] = d;
+        }
+        _progress?.Report(new LoadProgress($"Uploading weights to {DeviceName}", "done", 1.0));
+    }
+
+    /// <summary>Row-concatenates 2-D tensors of one dtype into a single device matrix.</summary>
+    private ulong UploadMatrix(string what, params Tensor[] parts)
+    {
+        var dt = parts[0].DType;
+        long cols = parts[0].Cols, bytes = 0;
+        foreach (var p in parts)
+        {
+            if (p.DType != dt || p.Cols != cols)
+                throw new CalmException(ErrorIds.TensorShapeMismatch, CalmErrorKind.InvalidData,
+                    $"{p.Name} ({p}) cannot be fused with {parts[0]} for {what}: dtype and columns must match.", p.Name);
+            bytes += p.ByteLength;
+        }
+        var m = Alloc(bytes, what);
+        long off = 0;
+        const long Chunk = 64L << 20;
+        foreach (var p in parts)
+        {
+            for (long done = 0; done < p.ByteLength; done += Chunk)
+            {
+                _ct.ThrowIfCancellationRequested();
+                long n = Math.Min(Chunk, p.ByteLength - done);
+                m.CopyFromHost(p.Data + (nint)done, n, off + done);
+                _uploadDone += n;
+                _progress?.Report(new LoadProgress($"Uploading weights to {DeviceName}",
+                    $"{p.Name}: {_uploadDone / 1e9:F2} of {_uploadTotal / 1e9:F2} GB", _uploadTotal == 0 ? 1 : (double)_uploadDone / _uploadTotal));
+            }
+            off += p.ByteLength;
+        }
+        return m.Ptr;
+    }
+
+    private ulong UploadVector(string what, int n, Tensor t) => UploadVector(what, n, (t, n));
+
+    /// <summary>Concatenated f32 vector of (tensor or zeros, length) parts.</summary>
+    private ulong UploadVector(string what, int n, params (Tensor? T, int Len)[] parts)
+    {
+        var v = new float[n];
+        int off = 0;
+        foreach (var (t, len) in parts)
+        {
+            if (t is not null)
+            {
+                if (t.ElementCount != len)
+                    throw new CalmException(ErrorIds.TensorShapeMismatch, CalmErrorKind.InvalidData, $"{t.Name} has {t.ElementCount} elements; expected {len}.", t.Name);
+                var a = t.ToFloatArray();
+                Array.Copy(a, 0, v, off, len);
+                _uploadDone += t.ByteLength;
+            }
+            off += len;
+        }
+        var m = Alloc((long)n * 4, what);
+        m.CopyFromHost<float>(v);
+        return m.Ptr;
+    }
+
+    private ulong UploadPointers(string what, ulong[] ptrs)
+    {
+        var m = Alloc(ptrs.Length * 8L, what);
+        m.CopyFromHost<ulong>(ptrs);
+        return m.Ptr;
+    }
+
+    private void AllocateState()
+    {
+        var c = Config;
+        var kv = Alloc(KvBytes, "KV cache");
+        kv.Zero();
+        _kCache = kv.Ptr;
+        _vCache = kv.Ptr + (ulong)(KvBytes / 2);
+        var (cos, sin) = RopeTable.Build(c, MaxContext);
+        var mc = Alloc(Math.Max(cos.Length, 1) * 4L, "rope cos"); mc.CopyFromHost<float>(cos); _cos = mc.Ptr;
+        var ms = Alloc(Math.Max(sin.Length, 1) * 4L, "rope sin"); ms.CopyFromHost<float>(sin); _sin = ms.Ptr;
+        ulong F(long n, string what) { var m = Alloc(Math.Max(n, 1) * 4, what); m.Zero(); return m.Ptr; }
+        _x = F(c.HiddenSize, "x");
+        _xn = F(c.HiddenSize, "xn");
+        _qkv = F(c.QDim + 2L * c.KvDim, "qkv");
+        _att = F(c.QDim, "attention out");
+        _gu = F(_slots * 2L * c.IntermediateSize, "gate_up");
+        _h = F(_slots * (long)c.IntermediateSize, "ffn hidden");
+        _eo = F(_slots * (long)c.HiddenSize, "expert out");
+        _rl = F(Math.Max(c.NumExperts, 1), "router logits");
+        _idx = F(_slots, "expert ids");
+        _wts = F(_slots, "expert weights");
+        _logits = F(c.VocabSize, "logits");
+        _pv = F(CudaKernels.ArgmaxBlocks, "argmax partial values");
+        _pi = F(CudaKernels.ArgmaxBlocks, "argmax partial ids");
+        _result = F(2, "argmax result");
+        _resultMem = _owned[^1];
+        _step = F(2, "step params");
+        _stepMem = _owned[^1];
+        long cand = (long)CudaKernels.TopKBlocks(c.VocabSize) * CudaKernels.MaxTopK;
+        _candV = F(cand, "top-k candidates"); _candI = F(cand, "top-k candidate ids");
+        _topV = F(CudaKernels.MaxTopK, "top-k values"); _topVMem = _owned[^1];
+        _topI = F(CudaKernels.MaxTopK, "top-k ids"); _topIMem = _owned[^1];
+    }
+
+    // ---- the decode step ----------------------------------------------------------------------------------------------
+
+    private ulong KLayer(int l) => _kCache + (ulong)((long)l * Config.NumKvHeads * MaxContext * Config.HeadDim * 2);
+    private ulong VLayer(int l) => _vCache + (ulong)((long)l * Config.NumKvHeads * MaxContext * Config.HeadDim * 2);
+
+    /// <summary>Enqueues one full decode step on <paramref name="s"/> (captured once into the graph).</summary>
+    private void EnqueueStep(CudaStream s)
+    {
+        var c = Config; var k = _k!;
+        int D = c.HiddenSize, Q = c.QDim, KV = c.KvDim, Fi = c.IntermediateSize;
+        float eps = (float)c.RmsNormEps;
+        float embScale = c.ScaleEmbeddings ? MathF.Sqrt(D) : 1f;
+        k.Embed(s, _embDt, _emb, _x, D, embScale, _step);
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            var L = _layers[l];
+            k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
+            k.Matvec(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
+            k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
+                           KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step);
+            k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
+                        c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step);
+            k.Matvec(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true);
+            k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne);
+            if (!c.IsMoE)
+            {
+                k.Matvec(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false);
+                k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct);
+                k.Matvec(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true);
+            }
+            else
+            {
+                int E = c.NumExperts, top = c.NumExpertsPerToken;
+                k.Matvec(s, _wt, L.Router, _xn, _rl, 0, E, D, false);
+                k.MoeRoute(s, _rl, E, top, _idx, _wts);
+                k.MoeMatvec(s, _wt, L.ExpertGu, _idx, _xn, 0, _gu, 2 * Fi, D, top);
+                k.GateAct(s, _gu, _h, Fi, top, c.HiddenAct);
+                k.MoeMatvec(s, _wt, L.ExpertDown, _idx, _h, Fi, _eo, D, Fi, top);
+                k.MoeCombine(s, _x, _eo, _wts, top, D);
+            }
+        }
+        k.RmsNorm(s, _x, _finalNorm, _xn, D, eps, c.NormAddOne);
+        k.Matvec(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
+        k.Argmax(s, _logits, c.VocabSize, _pv, _pi, _result);
+    }
+
+    private void Capture()
+    {
+        _stream!.BeginCapture();
+        try { EnqueueStep(_stream); }
+        catch
+        {
+            try { _stream.EndCapture().Dispose(); } catch (CalmException) { }
+            throw;
+        }
+        _graph = _stream.EndCapture();
+    }
+
+    // ---- forward --------------------------------------------------------------------------------------------------------
+
+    /// <summary>Runs the steps; the stream is idle on return (all work finished).</summary>
+    private void Run(ReadOnlySpan<int> tokens, int startPos, Span<float> logits, bool allLogits, CancellationToken ct)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var c = Config;
+        if (tokens.Length == 0) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, "Forward needs at least one token.", "tokens");
+        if (startPos < 0 || (long)startPos + tokens.Length > MaxContext)
+            throw new CalmException(ErrorIds.ContextOverflow, CalmErrorKind.LimitExceeded,
+                $"Positions {startPos}..{startPos + tokens.Length - 1} do not fit the context of {MaxContext} positions. Start a new sequence or import with a larger -ContextLength.", "ContextLength");
+        foreach (var t in tokens)
+            if ((uint)t >= (uint)c.VocabSize)
+                throw new CalmException(ErrorIds.TokenOutOfRange, CalmErrorKind.InvalidArgument, $"Token id {t} is outside the vocabulary (0..{c.VocabSize - 1}).", "tokens");
+        long need = allLogits ? (long)tokens.Length * c.VocabSize : c.VocabSize;
+        if (logits.Length != 0 && logits.Length < need)
+            throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"The logits buffer holds {logits.Length} floats; {need} are needed.", "logits");
+        _ctx.MakeCurrent();
+        var s = _stream!;
+        var hostSw = Stopwatch.StartNew();
+        double waited = 0;
+        var ring = (StepParamsHost*)_pinned!.Ptr;
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if (ct.IsCancellationRequested) { s.Synchronize(); ct.ThrowIfCancellationRequested(); }
+            if (_ring == ParamRing)
+            {
+                var w0 = Stopwatch.GetTimestamp();
+                s.Synchronize();           // every slot's copy has run; reuse the ring
+                waited += Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
+                _ring = 0;
+            }
+            var slot = ring + _ring++;
+            slot->Token = tokens[i];
+            slot->Pos = startPos + i;
+            s.CopyToDeviceAsync(_stepMem!, (nint)slot, 8);
+            _graph!.Launch(s);
+            bool last = i == tokens.Length - 1;
+            if (logits.Length != 0 && (allLogits || last))
+            {
+                var w0 = Stopwatch.GetTimestamp();
+                s.Synchronize();
+                waited += Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
+                var dst = allLogits ? logits.Slice(i * c.VocabSize, c.VocabSize) : logits[..c.VocabSize];
+                fixed (float* p = dst)
+                    CudaException.Check(Cu.cuMemcpyDtoH(p, _logits, (nuint)(c.VocabSize * 4)), "cuMemcpyDtoH(logits)");
+                _ring = 0;
+            }
+        }
+        LastHostMs = hostSw.Elapsed.TotalMilliseconds - waited;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct StepParamsHost { public int Token; public int Pos; }
+
+
+    public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits, bool allLogits, CancellationToken cancellationToken = default)
+    {
+        Run(tokens, startPos, logits, allLogits, cancellationToken);
+        _stream!.Synchronize();
+        _ring = 0;
+    }
+
+    public int ForwardGreedy(ReadOnlySpan<int> tokens, int startPos, CancellationToken cancellationToken = default)
+    {
+        Run(tokens, startPos, Span<float>.Empty, false, cancellationToken);
+        var res = _pinned!.Ptr + ParamRing * 8;
+        _stream!.CopyToHostAsync(res, _resultMem!, 8);
+        _stream.Synchronize();
+        _ring = 0;
+        return *(int*)res;
+    }
+
+    public void ForwardTopK(ReadOnlySpan<int> tokens, int startPos, Span<int> ids, Span<float> logits, CancellationToken cancellationToken = default)
+    {
+        int k = ids.Length;
+        if (k < 1 || k > MaxDeviceTopK || logits.Length < k)
+            throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"GPU top-k needs 1..{MaxDeviceTopK} ids and as many logits (got {k}, {logits.Length}).", "TopK");
+        Run(tokens, startPos, Span<float>.Empty, false, cancellationToken);
+        TopKOfLogits(ids, logits);
+    }
+
+    /// <summary>Top-k of the current logits buffer (after a forward).</summary>
+    internal void TopKOfLogits(Span<int> ids, Span<float> vals)
+    {
+        int k = ids.Length;
+        var s = _stream!;
+        _k!.TopK(s, _logits, Config.VocabSize, k, _candV, _candI, _topV, _topI);
+        var host = _pinned!.Ptr + ParamRing * 8 + 8;
+        s.CopyToHostAsync(host, _topIMem!, k * 4L);
+        s.CopyToHostAsync(host + k * 4, _topVMem!, k * 4L);
+        s.Synchronize();
+        _ring = 0;
+        new ReadOnlySpan<int>((void*)host, k).CopyTo(ids);
+        new ReadOnlySpan<float>((void*)(host + k * 4), k).CopyTo(vals);
+    }
+
+
+    /// <summary>GPU milliseconds of <paramref name="steps"/> graph launches at position <paramref name="pos"/> (benchmarks).</summary>
+    public double TimeDecodeSteps(int steps, int pos, int token = 0)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _ctx.MakeCurrent();
+        using var a = new CudaEvent(_ctx);
+        using var b = new CudaEvent(_ctx);
+        var slot = (StepParamsHost*)_pinned!.Ptr;
+        slot->Token = token; slot->Pos = Math.Clamp(pos, 0, MaxContext - 1);
+        _stream!.CopyToDeviceAsync(_stepMem!, (nint)slot, 8);
+        a.Record(_stream);
+        for (int i = 0; i < steps; i++) _graph!.Launch(_stream);
+        b.Record(_stream);
+        b.Synchronize();
+        _ring = 0;
+        return b.ElapsedSince(a);
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        try { _ctx.MakeCurrent(); _stream?.Synchronize(); } catch (CalmException) { }
+        _graph?.Dispose();
+        _stream?.Dispose();
+        _k?.Dispose();
+        _pinned?.Dispose();
+        foreach (var m in _owned) m.Dispose();
+        _owned.Clear();
+        DeviceBytes = 0;
+        _ctx.Dispose();
+    }
+}

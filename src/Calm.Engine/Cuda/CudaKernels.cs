@@ -1,0 +1,163 @@
+using Calm.Engine.Model;
+
+namespace Calm.Engine.Cuda;
+
+/// <summary>
+/// The kernels of kernels/*.cu loaded into one context, with one C# launcher per kernel (llm.c style: the launcher
+/// owns the grid/block choice; shapes in comments match the .cu files). Pointers are raw device addresses so
+/// callers can pass offsets into larger buffers.
+/// </summary>
+public sealed class CudaKernels : IDisposable
+{
+    public const int MatvecBlock = 256;          // 8 warps = 8 rows per block
+    public const int MaxTopK = 64;               // GPU top-k limit (shared memory of the merge stage)
+    public const int TopKChunk = 4096;           // logits per block in top-k stage 1
+    public const int ArgmaxBlocks = 128;
+    public const int AttentionMaxHeadDim = 512;
+    public const int QkvMaxHeadDim = 1024;
+
+    public CudaContext Context { get; }
+    public int Arch { get; }
+    private readonly List<CudaModule> _modules = new();
+    private readonly Dictionary<string, CudaKernel> _k = new();
+
+    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null)
+    {
+        Context = ctx; Arch = arch;
+        try
+        {
+            foreach (var file in KernelCompiler.Sources.Keys)
+            {
+                var img = KernelCompiler.Get(file, arch, verbose);
+                var m = new CudaModule(ctx, img.Image, file);
+                _modules.Add(m);
+            }
+            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "moe_matvec_bf16", "moe_matvec_f16", "rmsnorm", "qkv_rope_cache",
+                                         "attention_decode", "embed_bf16", "embed_f16", "gate_act", "add_inplace", "moe_route", "moe_combine",
+                                         "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
+                _k[name] = Find(name);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    private CudaKernel Find(string name)
+    {
+        foreach (var m in _modules)
+        {
+            try { return m.GetKernel(name); }
+            catch (CudaException) { }
+        }
+        throw new InvalidOperationException($"kernel {name} is in none of the compiled modules");
+    }
+
+    public static int DTypeCode(DType t) => t switch
+    {
+        DType.F32 => 0, DType.F16 => 1, DType.BF16 => 2,
+        _ => throw new NotSupportedException($"dtype {t} has no CUDA kernel"),
+    };
+
+    private static string Half(DType t) => t switch
+    {
+        DType.BF16 => "bf16", DType.F16 => "f16",
+        _ => throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
+            $"The CUDA backend runs bf16 and f16 weights; this tensor is {DTypes.Name(t)}. Import with -DType bf16 or use -Device Cpu."),
+    };
+
+    private static int Blocks(long n, int block, int max = 65535) => (int)Math.Clamp((n + block - 1) / block, 1, max);
+
+    /// <summary>W [rows, cols] (wt), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when accumulate).</summary>
+    public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
+        => _k["matvec_" + Half(wt)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0);
+
+    /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = experts[idx[s]] [rows, cols] . x[s*xStride ..].
+    /// experts: device table of E pointers; idx [slots] int on the device.</summary>
+    public void MoeMatvec(CudaStream s, DType wt, ulong experts, ulong idx, ulong x, int xStride, ulong y, int rows, int cols, int slots)
+        => _k["moe_matvec_" + Half(wt)].Launch(s, (Blocks(rows, MatvecBlock / 32, int.MaxValue), slots, 1), MatvecBlock, 0, experts, idx, x, xStride, y, rows, cols);
+
+    /// <summary>x [n] f32, w [n] f32 -> out [n] f32 (RMSNorm; gemma: 1 + w).</summary>
+    public void RmsNorm(CudaStream s, ulong x, ulong w, ulong outp, int n, float eps, bool addOne)
+        => _k["rmsnorm"].Launch(s, 1, 1024, 0, x, w, outp, n, eps, addOne ? 1 : 0);
+
+    /// <summary>qkv [H*Hd | K*Hd | K*Hd] f32: q/k RMSNorm (qNorm/kNorm [Hd] when qkNorm), RoPE with tables
+    /// cos/sin [maxCtx, rotDim/2], k and v written at the step's position into this layer's caches [K, maxCtx, Hd] fp16.</summary>
+    public void QkvRopeCache(CudaStream s, ulong qkv, ulong qNorm, ulong kNorm, bool qkNorm, float eps, bool addOne,
+                             ulong cos, ulong sin, int rotDim, ulong kCache, ulong vCache, int maxCtx, int H, int K, int Hd, ulong step)
+    {
+        if (Hd > QkvMaxHeadDim) throw new NotSupportedException($"head_dim {Hd} > {QkvMaxHeadDim}");
+        _k["qkv_rope_cache"].Launch(s, H + 2 * K, 128, 0, qkv, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
+            cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, step);
+    }
+
+    /// <summary>q [H*Hd] f32 against caches [K, maxCtx, Hd] fp16 up to the step's position -> out [H*Hd] f32.</summary>
+    public void Attention(CudaStream s, ulong q, ulong kCache, ulong vCache, ulong outp, int H, int K, int Hd, int maxCtx, int window, float scale, ulong step)
+    {
+        if (Hd > AttentionMaxHeadDim) throw new NotSupportedException($"head_dim {Hd} > {AttentionMaxHeadDim}");
+        _k["attention_decode"].Launch(s, H, 256, 0, q, kCache, vCache, outp, H, K, Hd, maxCtx, window, scale, step);
+    }
+
+    /// <summary>table [V, D] (wt) row of the step's token * scale -> out [D] f32.</summary>
+    public void Embed(CudaStream s, DType wt, ulong table, ulong outp, int D, float scale, ulong step)
+        => _k["embed_" + Half(wt)].Launch(s, Blocks(D, 256, 1024), 256, 0, table, outp, D, scale, step);
+
+    /// <summary>gu [slots, 2F] = [gate|up] -> h [slots, F] = act(gate) * up.</summary>
+    public void GateAct(CudaStream s, ulong gu, ulong h, int F, int slots, Activation act)
+        => _k["gate_act"].Launch(s, Blocks((long)F * slots, 256, 4096), 256, 0, gu, h, F, slots, (int)act);
+
+    /// <summary>y [n] += x [n].</summary>
+    public void Add(CudaStream s, ulong y, ulong x, int n) => _k["add_inplace"].Launch(s, Blocks(n, 256, 4096), 256, 0, y, x, n);
+
+    /// <summary>logits [E] -> idx [k] int, weight [k] f32 (softmax over E, top k, renormalised).</summary>
+    public void MoeRoute(CudaStream s, ulong logits, int E, int k, ulong idx, ulong weight)
+    {
+        if (E > 1024) throw new NotSupportedException($"{E} experts > 1024");
+        _k["moe_route"].Launch(s, 1, 32, 0, logits, E, k, idx, weight);
+    }
+
+    /// <summary>x [D] += sum_s weight[s] * eo [s, D].</summary>
+    public void MoeCombine(CudaStream s, ulong x, ulong eo, ulong weight, int k, int D)
+        => _k["moe_combine"].Launch(s, Blocks(D, 256, 4096), 256, 0, x, eo, weight, k, D);
+
+    /// <summary>src [n] (bf16/f16) -> dst [n] f32.</summary>
+    public void ConvertToF32(CudaStream s, DType t, ulong src, ulong dst, long n)
+        => _k["convert_to_f32"].Launch(s, Blocks(n, 256, 8192), 256, 0, src, dst, n, DTypeCode(t));
+
+    /// <summary>x [n] f32 -> result [2 ints]: index of the largest (lowest index on ties), its value's bits.
+    /// partV/partI: scratch of <see cref="ArgmaxBlocks"/> floats / ints.</summary>
+    public void Argmax(CudaStream s, ulong x, int n, ulong partV, ulong partI, ulong result)
+    {
+        _k["argmax_partial"].Launch(s, ArgmaxBlocks, 256, 0, x, n, partV, partI);
+        _k["argmax_final"].Launch(s, 1, 32, 0, partV, partI, ArgmaxBlocks, result);
+    }
+
+    /// <summary>Blocks of top-k stage 1 for n logits (the scratch is TopKBlocks(n) * k floats and ints).</summary>
+    public static int TopKBlocks(int n) => (n + TopKChunk - 1) / TopKChunk;
+
+    /// <summary>x [n] f32 -> outV [k] f32, outI [k] int in descending order (ties: lower index). k ≤ <see cref="MaxTopK"/>.</summary>
+    public void TopK(CudaStream s, ulong x, int n, int k, ulong candV, ulong candI, ulong outV, ulong outI)
+    {
+        if (k < 1 || k > MaxTopK) throw new ArgumentOutOfRangeException(nameof(k), $"GPU top-k needs 1 ≤ k ≤ {MaxTopK}");
+        int blocks = TopKBlocks(n);
+        _k["topk_partial"].Launch(s, blocks, 256, TopKChunk * 8, x, n, TopKChunk, k, candV, candI);
+        int m = blocks * k;
+        int shared = m * 8;
+        if (shared > 48 * 1024)
+            _k["topk_final"].SetMaxDynamicSharedMemory(shared);
+        _k["topk_final"].Launch(s, 1, 1024, shared, candV, candI, m, k, outV, outI);
+    }
+
+    /// <summary>out [count] of <paramref name="dtype"/> (or f32 after rounding to dtype when asF32) with the
+    /// synthetic generator's values for key = <see cref="SyntheticHash.Key"/>(seed, name).</summary>
+    public void FillSynthetic(CudaStream s, ulong outp, long count, ulong key, float scale, float offset, DType dtype, bool asF32)
+        => _k["fill_synthetic"].Launch(s, Blocks(count, 256, 8192), 256, 0, outp, count, key, scale, offset, DTypeCode(dtype), asF32 ? 1 : 0);
+
+    public void Dispose()
+    {
+        foreach (var m in _modules) m.Dispose();
+        _modules.Clear();
+        _k.Clear();
+    }
+}

@@ -1,0 +1,191 @@
+using System.Diagnostics;
+using System.Reflection;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Calm.Engine.Cuda;
+
+/// <summary>A compiled kernel file: a cubin for the exact architecture, or PTX when this NVRTC cannot target it.</summary>
+public sealed record KernelImage(string File, string Target, byte[] Image, bool IsCubin, bool FromCache, double Milliseconds);
+
+/// <summary>
+/// The kernel sources (kernels/*.cu and the shared header, embedded in the engine) compiled with NVRTC for one
+/// architecture on first use, cached on disk (key: source hash, target, NVRTC version) under the user's cache folder
+/// (CALM_CACHE_DIR, else $XDG_CACHE_HOME/calm or ~/.cache/calm; %LOCALAPPDATA%\Calm\cache on Windows).
+/// </summary>
+public static unsafe class KernelCompiler
+{
+    public const string HeaderName = "common.cuh";
+    private const string ResourcePrefix = "Calm.Kernels.";
+    private static readonly Dictionary<string, KernelImage> s_memory = new();
+
+    /// <summary>File name -> source text of every embedded kernel file (the header excluded).</summary>
+    public static IReadOnlyDictionary<string, string> Sources { get; } = LoadSources(out s_header);
+    private static readonly string s_header;
+    public static string Header => s_header;
+
+    private static Dictionary<string, string> LoadSources(out string header)
+    {
+        var asm = typeof(KernelCompiler).Assembly;
+        var d = new Dictionary<string, string>(StringComparer.Ordinal);
+        header = "";
+        foreach (var name in asm.GetManifestResourceNames().Where(n => n.StartsWith(ResourcePrefix, StringComparison.Ordinal)).Order())
+        {
+            using var s = asm.GetManifestResourceStream(name)!;
+            var text = new StreamReader(s).ReadToEnd();
+            var file = name[ResourcePrefix.Length..];
+            if (file == HeaderName) header = text; else d[file] = text;
+        }
+        return d;
+    }
+
+    public static string CacheFolder
+    {
+        get
+        {
+            var over = Environment.GetEnvironmentVariable("CALM_CACHE_DIR");
+            if (!string.IsNullOrWhiteSpace(over)) return Path.Combine(over, "kernels");
+            if (OperatingSystem.IsWindows())
+                return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData), "Calm", "cache", "kernels");
+            var xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+            var root = !string.IsNullOrWhiteSpace(xdg) ? xdg : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+            return Path.Combine(root, "calm", "kernels");
+        }
+    }
+
+    /// <summary>The compile target for a device of compute capability <paramref name="arch"/> (e.g. 90):
+    /// sm_XX when this NVRTC supports it, else PTX for the newest compute_XX below it (the driver finishes it).</summary>
+    public static (string Option, string Target, bool Cubin) TargetFor(int arch)
+    {
+        var archs = Nvrtc.SupportedArchs();
+        if (archs.Contains(arch)) return ($"--gpu-architecture=sm_{arch}", $"sm_{arch}", true);
+        var below = archs.Where(a => a <= arch).DefaultIfEmpty(-1).Max();
+        if (below < 0)
+            throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable,
+                $"NVRTC {Nvrtc.Version.Major}.{Nvrtc.Version.Minor} cannot generate code for compute capability {arch / 10}.{arch % 10} (it supports {string.Join(", ", archs)}).", "NVRTC");
+        return ($"--gpu-architecture=compute_{below}", $"compute_{below}", false);
+    }
+
+    public static string[] Options(string archOption) => new[] { archOption, "--std=c++17", "-default-device", "--fmad=true" };
+
+    /// <summary>Compiles (or loads from the caches) one kernel file for <paramref name="arch"/>.</summary>
+    public static KernelImage Get(string file, int arch, Action<string>? verbose = null, bool useDiskCache = true)
+    {
+        Nvrtc.EnsureLoaded();
+        var (opt, target, cubin) = TargetFor(arch);
+        var (vmaj, vmin) = Nvrtc.Version;
+        var source = Sources.TryGetValue(file, out var s) ? s : throw new ArgumentException($"no kernel file {file}", nameof(file));
+        var opts = Options(opt);
+        string hash = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(
+            source + "\0" + Header + "\0" + string.Join(" ", opts) + $"\0nvrtc{vmaj}.{vmin}"))).ToLowerInvariant()[..20];
+        string key = $"{Path.GetFileNameWithoutExtension(file)}-{target}-nvrtc{vmaj}.{vmin}-{hash}.{(cubin ? "cubin" : "ptx")}";
+        lock (s_memory)
+            if (s_memory.TryGetValue(key, out var mem)) return mem;
+
+        var sw = Stopwatch.StartNew();
+        string path = Path.Combine(CacheFolder, key);
+        if (useDiskCache && File.Exists(path))
+        {
+            try
+            {
+                var bytes = File.ReadAllBytes(path);
+                if (bytes.Length > 0)
+                {
+                    var hit = new KernelImage(file, target, bytes, cubin, true, sw.Elapsed.TotalMilliseconds);
+                    verbose?.Invoke($"Kernel {file} ({target}): cache hit {path} in {hit.Milliseconds:F1} ms");
+                    lock (s_memory) s_memory[key] = hit;
+                    return hit;
+                }
+            }
+            catch (IOException) { /* fall through to compile */ }
+        }
+        var image = CompileSource(file, source, opts, cubin, out var log);
+        var result = new KernelImage(file, target, image, cubin, false, sw.Elapsed.TotalMilliseconds);
+        verbose?.Invoke($"Kernel {file} ({target}): compiled with NVRTC {vmaj}.{vmin} in {result.Milliseconds:F0} ms{(log.Length > 0 ? "; log: " + log.Trim() : "")}");
+        if (useDiskCache)
+        {
+            try
+            {
+                Directory.CreateDirectory(CacheFolder);
+                var tmp = path + "." + Environment.ProcessId + ".tmp";
+                File.WriteAllBytes(tmp, image);
+                File.Move(tmp, path, overwrite: true);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                verbose?.Invoke($"Kernel cache {CacheFolder} is not writable ({e.Message}); kernels will be compiled again next time.");
+            }
+        }
+        lock (s_memory) s_memory[key] = result;
+        return result;
+    }
+
+    /// <summary>Runs NVRTC on one source with the shared header; throws Calm.KernelCompileFailed with the log.</summary>
+    public static byte[] CompileSource(string file, string source, string[] options, bool cubin, out string log)
+    {
+        Nvrtc.EnsureLoaded();
+        nint prog;
+        var src = Encoding.UTF8.GetBytes(source + "\0");
+        var nameB = Encoding.UTF8.GetBytes(file + "\0");
+        var hdr = Encoding.UTF8.GetBytes(Header + "\0");
+        var hdrName = Encoding.UTF8.GetBytes(HeaderName + "\0");
+        fixed (byte* ps = src, pn = nameB, ph = hdr, phn = hdrName)
+        {
+            byte* h = ph, hn = phn;
+            Nvrtc.Check(Nvrtc.nvrtcCreateProgram(&prog, ps, pn, 1, &h, &hn), "nvrtcCreateProgram");
+        }
+        try
+        {
+            var optBytes = options.Select(o => Encoding.UTF8.GetBytes(o + "\0")).ToArray();
+            var handles = optBytes.Select(b => System.Runtime.InteropServices.GCHandle.Alloc(b, System.Runtime.InteropServices.GCHandleType.Pinned)).ToArray();
+            int r;
+            try
+            {
+                byte** opts = stackalloc byte*[optBytes.Length];
+                for (int i = 0; i < optBytes.Length; i++) opts[i] = (byte*)handles[i].AddrOfPinnedObject();
+                r = Nvrtc.nvrtcCompileProgram(prog, optBytes.Length, opts);
+            }
+            finally { foreach (var hd in handles) hd.Free(); }
+            nuint logSize;
+            Nvrtc.Check(Nvrtc.nvrtcGetProgramLogSize(prog, &logSize), "nvrtcGetProgramLogSize");
+            var lb = new byte[(int)logSize];
+            fixed (byte* pl = lb) Nvrtc.Check(Nvrtc.nvrtcGetProgramLog(prog, pl), "nvrtcGetProgramLog");
+            log = Encoding.UTF8.GetString(lb).TrimEnd('\0');
+            if (r != 0)
+                throw new CalmException(ErrorIds.KernelCompileFailed, CalmErrorKind.DeviceError,
+                    $"NVRTC could not compile kernel {file} ({string.Join(" ", options)}):\n{log}", file);
+            nuint size;
+            if (cubin) Nvrtc.Check(Nvrtc.nvrtcGetCUBINSize(prog, &size), "nvrtcGetCUBINSize");
+            else Nvrtc.Check(Nvrtc.nvrtcGetPTXSize(prog, &size), "nvrtcGetPTXSize");
+            var image = new byte[(int)size];
+            fixed (byte* pi = image)
+            {
+                if (cubin) Nvrtc.Check(Nvrtc.nvrtcGetCUBIN(prog, pi), "nvrtcGetCUBIN");
+                else Nvrtc.Check(Nvrtc.nvrtcGetPTX(prog, pi), "nvrtcGetPTX");
+            }
+            return image;
+        }
+        finally { Nvrtc.nvrtcDestroyProgram(&prog); }
+    }
+
+    /// <summary>Compiles every kernel file for sm_<paramref name="arch"/> (no cache); the CI check. Returns failures.</summary>
+    public static List<string> CheckAll(int arch, Action<string>? report = null)
+    {
+        var failures = new List<string>();
+        foreach (var (file, source) in Sources)
+        {
+            var sw = Stopwatch.StartNew();
+            try
+            {
+                var img = CompileSource(file, source, Options($"--gpu-architecture=sm_{arch}"), true, out var log);
+                report?.Invoke($"ok   {file} sm_{arch}: {img.Length:N0} bytes cubin in {sw.ElapsedMilliseconds} ms{(log.Trim().Length > 0 ? "\n" + log.Trim() : "")}");
+            }
+            catch (CalmException e)
+            {
+                failures.Add($"{file} sm_{arch}");
+                report?.Invoke($"FAIL {file} sm_{arch}: {e.Message}");
+            }
+        }
+        return failures;
+    }
+}

@@ -1,0 +1,75 @@
+using Calm.Engine.Cuda;
+using Calm.Engine.Model;
+using Calm.Engine.Weights;
+
+namespace Calm.Engine.Tests.Cuda;
+
+/// <summary>Shared by the GPU tests: the device (or a skip with the reason), random data, half conversions, errors.</summary>
+internal static class Gpu
+{
+    /// <summary>Context + kernels + stream, or Assert.Skip saying why there is no GPU here.</summary>
+    public static (CudaContext Ctx, CudaKernels K, CudaStream S) Require()
+    {
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) Assert.Skip("No usable CUDA device: " + why);
+        var ctx = CudaContext.Acquire(0);
+        var arch = CudaDeviceInfo.List()[0].Arch;
+        return (ctx, new CudaKernels(ctx, arch), new CudaStream(ctx));
+    }
+
+    public static Random Rng() => new(Environment.TickCount ^ Guid.NewGuid().GetHashCode());
+
+    public static float[] RandF(Random r, int n, float scale = 1f)
+    {
+        var a = new float[n];
+        for (int i = 0; i < n; i++) a[i] = (float)(r.NextDouble() * 2 - 1) * scale;
+        return a;
+    }
+
+    public static ushort ToBits(float v, DType t) => t == DType.BF16 ? Bf16(v) : BitConverter.HalfToUInt16Bits((Half)v);
+    public static float FromBits(ushort b, DType t) => t == DType.BF16 ? BitConverter.Int32BitsToSingle(b << 16) : (float)BitConverter.UInt16BitsToHalf(b);
+
+    public static ushort Bf16(float f)
+    {
+        uint u = BitConverter.SingleToUInt32Bits(f);
+        if ((u & 0x7fffffff) > 0x7f800000) return (ushort)((u >> 16) | 0x40);
+        u += 0x7fffu + ((u >> 16) & 1u);
+        return (ushort)(u >> 16);
+    }
+
+    /// <summary>Random weights rounded to <paramref name="t"/>: (bits for the GPU, exact float values for the reference).</summary>
+    public static (ushort[] Bits, float[] Values) RandHalf(Random r, int n, DType t, float scale = 1f)
+    {
+        var bits = new ushort[n]; var vals = new float[n];
+        for (int i = 0; i < n; i++) { bits[i] = ToBits((float)(r.NextDouble() * 2 - 1) * scale, t); vals[i] = FromBits(bits[i], t); }
+        return (bits, vals);
+    }
+
+    public static CudaDeviceMemory Up<T>(CudaContext ctx, T[] a) where T : unmanaged
+    {
+        var m = CudaDeviceMemory.Allocate(ctx, Math.Max(a.Length, 1) * (long)System.Runtime.CompilerServices.Unsafe.SizeOf<T>());
+        m.CopyFromHost<T>(a);
+        return m;
+    }
+
+    public static CudaDeviceMemory Zeros(CudaContext ctx, long bytes) { var m = CudaDeviceMemory.Allocate(ctx, bytes); m.Zero(); return m; }
+
+    public static double RelL2(ReadOnlySpan<float> got, ReadOnlySpan<float> want)
+    {
+        double num = 0, den = 0;
+        for (int i = 0; i < want.Length; i++) { double d = got[i] - want[i]; num += d * d; den += (double)want[i] * want[i]; }
+        return Math.Sqrt(num / Math.Max(den, 1e-30));
+    }
+
+    /// <summary>Asserts the relative L2 error is within the bound (and the output is finite and not all zero).</summary>
+    public static void Close(ReadOnlySpan<float> got, ReadOnlySpan<float> want, double bound, string what)
+    {
+        Assert.Equal(want.Length, got.Length);
+        foreach (var v in got) Assert.True(float.IsFinite(v), $"{what}: non-finite output");
+        double e = RelL2(got, want);
+        Assert.True(e <= bound, $"{what}: relative L2 error {e:E3} > {bound:E1}");
+    }
+
+    public static float Silu(float x) => x / (1 + MathF.Exp(-x));
+    public static float GeluTanh(float x) => 0.5f * x * (1 + MathF.Tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}

@@ -1,0 +1,295 @@
+using Calm.Engine.Cuda;
+using Calm.Engine.Model;
+
+namespace Calm.Engine.Tests.Cuda;
+
+/// <summary>Each kernel against a CPU reference on fresh random data (runs where a GPU and NVRTC are present).</summary>
+[Trait("Category", "GPU")]
+public class KernelTests
+{
+    [Theory]
+    [InlineData(DType.BF16, 300, 1024, false, false)]
+    [InlineData(DType.F16, 257, 4096, true, true)]
+    [InlineData(DType.BF16, 64, 100, true, false)]   // cols % 8 != 0: scalar path
+    [InlineData(DType.F16, 1000, 2056, false, true)] // tail after the unrolled loop
+    public void MatvecMatchesReference(DType dt, int rows, int cols, bool bias, bool accumulate)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        var (wb, wv) = Gpu.RandHalf(r, rows * cols, dt, 0.1f);
+        var x = Gpu.RandF(r, cols);
+        var b = Gpu.RandF(r, rows);
+        var y0 = Gpu.RandF(r, rows);
+        using var W = Gpu.Up(ctx, wb); using var X = Gpu.Up(ctx, x); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
+        k.Matvec(s, dt, W.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, rows, cols, accumulate);
+        s.Synchronize();
+        var want = new float[rows];
+        for (int i = 0; i < rows; i++)
+        {
+            double a = 0;
+            for (int j = 0; j < cols; j++) a += (double)wv[(long)i * cols + j] * x[j];
+            if (bias) a += b[i];
+            if (accumulate) a += y0[i];
+            want[i] = (float)a;
+        }
+        Gpu.Close(Y.ToArray<float>(rows), want, dt == DType.BF16 ? 2e-6 : 2e-6, $"matvec {dt} {rows}x{cols}");
+    }
+
+    [Theory]
+    [InlineData(4096, false)]
+    [InlineData(3000, true)]
+    public void RmsNormMatchesReference(int n, bool addOne)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        var x = Gpu.RandF(r, n, 3); var w = Gpu.RandF(r, n);
+        using var X = Gpu.Up(ctx, x); using var Wt = Gpu.Up(ctx, w); using var O = Gpu.Zeros(ctx, n * 4L);
+        k.RmsNorm(s, X.Ptr, Wt.Ptr, O.Ptr, n, 1e-5f, addOne);
+        s.Synchronize();
+        double ss = 0; foreach (var v in x) ss += (double)v * v;
+        double inv = 1 / Math.Sqrt(ss / n + 1e-5);
+        var want = new float[n];
+        for (int i = 0; i < n; i++) want[i] = (float)(x[i] * inv * (addOne ? 1 + w[i] : w[i]));
+        Gpu.Close(O.ToArray<float>(n), want, 2e-6, "rmsnorm");
+    }
+
+    [Theory]
+    [InlineData(8, 2, 64, 64, false, 7)]
+    [InlineData(4, 4, 128, 96, true, 0)]     // partial rotary, qk-norm
+    [InlineData(6, 3, 96, 96, false, 130)]
+    public void QkvRopeCacheMatchesReference(int H, int K, int Hd, int rot, bool qkNorm, int pos)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        int maxCtx = 160, half = rot / 2, n = (H + 2 * K) * Hd;
+        var qkv = Gpu.RandF(r, n, 2);
+        var qn = Gpu.RandF(r, Hd); var kn = Gpu.RandF(r, Hd);
+        var cos = new float[maxCtx * half]; var sin = new float[maxCtx * half];
+        for (int p = 0; p < maxCtx; p++) for (int i = 0; i < half; i++)
+        { double a = p * Math.Pow(10000, -2.0 * i / rot); cos[p * half + i] = (float)Math.Cos(a); sin[p * half + i] = (float)Math.Sin(a); }
+        using var Q = Gpu.Up(ctx, qkv); using var QN = Gpu.Up(ctx, qn); using var KN = Gpu.Up(ctx, kn);
+        using var C = Gpu.Up(ctx, cos); using var S = Gpu.Up(ctx, sin);
+        using var KC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2); using var VC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2);
+        using var step = Gpu.Up(ctx, new[] { 0, pos });
+        k.QkvRopeCache(s, Q.Ptr, QN.Ptr, KN.Ptr, qkNorm, 1e-6f, false, C.Ptr, S.Ptr, rot, KC.Ptr, VC.Ptr, maxCtx, H, K, Hd, step.Ptr);
+        s.Synchronize();
+        float[] Head(int b)
+        {
+            var v = qkv.AsSpan(b * Hd, Hd).ToArray();
+            if (b >= H + K) return v;
+            if (qkNorm)
+            {
+                var w = b < H ? qn : kn;
+                double ss = 0; foreach (var e in v) ss += (double)e * e;
+                double inv = 1 / Math.Sqrt(ss / Hd + 1e-6);
+                for (int d = 0; d < Hd; d++) v[d] = (float)(v[d] * inv * w[d]);
+            }
+            var o = (float[])v.Clone();
+            for (int i = 0; i < half; i++)
+            {
+                float c = cos[pos * half + i], si = sin[pos * half + i];
+                o[i] = v[i] * c - v[i + half] * si;
+                o[i + half] = v[i + half] * c + v[i] * si;
+            }
+            return o;
+        }
+        var gotQ = Q.ToArray<float>(H * Hd);
+        var wantQ = Enumerable.Range(0, H).SelectMany(Head).ToArray();
+        Gpu.Close(gotQ, wantQ, 3e-6, "rotated q");
+        var kc = KC.ToArray<ushort>(K * maxCtx * Hd); var vc = VC.ToArray<ushort>(K * maxCtx * Hd);
+        var gotK = new List<float>(); var wantK = new List<float>(); var gotV = new List<float>(); var wantV = new List<float>();
+        for (int h = 0; h < K; h++)
+        {
+            var kk = Head(H + h); var vv = Head(H + K + h);
+            for (int d = 0; d < Hd; d++)
+            {
+                gotK.Add((float)BitConverter.UInt16BitsToHalf(kc[(h * maxCtx + pos) * Hd + d])); wantK.Add(kk[d]);
+                gotV.Add((float)BitConverter.UInt16BitsToHalf(vc[(h * maxCtx + pos) * Hd + d])); wantV.Add(vv[d]);
+            }
+        }
+        Gpu.Close(gotK.ToArray(), wantK.ToArray(), 1e-3, "k in fp16 cache");   // fp16 rounding: 2^-11 relative
+        Gpu.Close(gotV.ToArray(), wantV.ToArray(), 1e-3, "v in fp16 cache");
+    }
+
+    [Theory]
+    [InlineData(8, 2, 128, 37, 0)]
+    [InlineData(4, 4, 64, 300, 0)]
+    [InlineData(6, 2, 96, 200, 50)]    // sliding window
+    [InlineData(2, 1, 256, 0, 0)]      // first position
+    public void AttentionMatchesReference(int H, int K, int Hd, int pos, int window)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        int maxCtx = 320;
+        var q = Gpu.RandF(r, H * Hd);
+        var kc = new ushort[K * maxCtx * Hd]; var vc = new ushort[K * maxCtx * Hd];
+        for (int i = 0; i < kc.Length; i++) { kc[i] = BitConverter.HalfToUInt16Bits((Half)(r.NextDouble() * 2 - 1)); vc[i] = BitConverter.HalfToUInt16Bits((Half)(r.NextDouble() * 2 - 1)); }
+        using var Q = Gpu.Up(ctx, q); using var KC = Gpu.Up(ctx, kc); using var VC = Gpu.Up(ctx, vc); using var O = Gpu.Zeros(ctx, H * Hd * 4L);
+        using var step = Gpu.Up(ctx, new[] { 0, pos });
+        float scale = 1f / MathF.Sqrt(Hd);
+        k.Attention(s, Q.Ptr, KC.Ptr, VC.Ptr, O.Ptr, H, K, Hd, maxCtx, window, scale, step.Ptr);
+        s.Synchronize();
+        var want = new float[H * Hd];
+        int start = window > 0 ? Math.Max(0, pos - window + 1) : 0;
+        for (int h = 0; h < H; h++)
+        {
+            int kh = h / (H / K);
+            var sc = new double[pos + 1]; double mx = double.NegativeInfinity;
+            for (int j = start; j <= pos; j++)
+            {
+                double a = 0;
+                for (int d = 0; d < Hd; d++) a += q[h * Hd + d] * (double)(float)BitConverter.UInt16BitsToHalf(kc[(kh * maxCtx + j) * Hd + d]);
+                sc[j] = a * scale; mx = Math.Max(mx, sc[j]);
+            }
+            double sum = 0; for (int j = start; j <= pos; j++) { sc[j] = Math.Exp(sc[j] - mx); sum += sc[j]; }
+            for (int d = 0; d < Hd; d++)
+            {
+                double o = 0;
+                for (int j = start; j <= pos; j++) o += sc[j] / sum * (float)BitConverter.UInt16BitsToHalf(vc[(kh * maxCtx + j) * Hd + d]);
+                want[h * Hd + d] = (float)o;
+            }
+        }
+        Gpu.Close(O.ToArray<float>(H * Hd), want, 1e-5, $"attention pos {pos} window {window}");
+    }
+
+    [Theory]
+    [InlineData(Activation.Silu, 1)]
+    [InlineData(Activation.GeluTanh, 2)]
+    public void GateActMatchesReference(Activation act, int slots)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        int F = 1000;
+        var gu = Gpu.RandF(r, slots * 2 * F, 4);
+        using var G = Gpu.Up(ctx, gu); using var Hm = Gpu.Zeros(ctx, slots * F * 4L);
+        k.GateAct(s, G.Ptr, Hm.Ptr, F, slots, act);
+        s.Synchronize();
+        var want = new float[slots * F];
+        for (int sl = 0; sl < slots; sl++) for (int i = 0; i < F; i++)
+        {
+            float g = gu[sl * 2 * F + i], u = gu[sl * 2 * F + F + i];
+            want[sl * F + i] = (act == Activation.Silu ? Gpu.Silu(g) : Gpu.GeluTanh(g)) * u;
+        }
+        Gpu.Close(Hm.ToArray<float>(slots * F), want, 1e-5, $"gate {act}");
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, 8, 2)]
+    [InlineData(DType.F16, 16, 4)]
+    public void MoeRouteMatvecCombineMatchReference(DType dt, int E, int top)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        int D = 256, R = 192;
+        var logits = Gpu.RandF(r, E, 3);
+        var x = Gpu.RandF(r, D);
+        var experts = Enumerable.Range(0, E).Select(_ => Gpu.RandHalf(r, R * D, dt, 0.1f)).ToArray();
+        using var L = Gpu.Up(ctx, logits); using var X = Gpu.Up(ctx, x);
+        using var Idx = Gpu.Zeros(ctx, top * 4L); using var Wt = Gpu.Zeros(ctx, top * 4L);
+        var mems = experts.Select(e => Gpu.Up(ctx, e.Bits)).ToArray();
+        try
+        {
+            using var table = Gpu.Up(ctx, mems.Select(m => m.Ptr).ToArray());
+            using var Y = Gpu.Zeros(ctx, top * R * 4L);
+            k.MoeRoute(s, L.Ptr, E, top, Idx.Ptr, Wt.Ptr);
+            k.MoeMatvec(s, dt, table.Ptr, Idx.Ptr, X.Ptr, 0, Y.Ptr, R, D, top);
+            var resid = Gpu.RandF(r, R);
+            using var Res = Gpu.Up(ctx, resid);
+            k.MoeCombine(s, Res.Ptr, Y.Ptr, Wt.Ptr, top, R);
+            s.Synchronize();
+            // reference: softmax, top-k (ties lower id), renormalise
+            double mx = logits.Max();
+            var p = logits.Select(v => Math.Exp(v - mx)).ToArray(); double sum = p.Sum();
+            var order = Enumerable.Range(0, E).OrderByDescending(e => p[e]).ThenBy(e => e).Take(top).ToArray();
+            double chosen = order.Sum(e => p[e] / sum);
+            Assert.Equal(order, Idx.ToArray<int>(top));
+            Gpu.Close(Wt.ToArray<float>(top), order.Select(e => (float)(p[e] / sum / chosen)).ToArray(), 1e-5, "router weights");
+            var want = (float[])resid.Clone();
+            for (int sl = 0; sl < top; sl++)
+            {
+                var w = experts[order[sl]].Values; double ws = p[order[sl]] / sum / chosen;
+                for (int i = 0; i < R; i++) { double a = 0; for (int j = 0; j < D; j++) a += (double)w[i * D + j] * x[j]; want[i] += (float)(ws * a); }
+            }
+            Gpu.Close(Res.ToArray<float>(R), want, 1e-5, "moe output");
+        }
+        finally { foreach (var m in mems) m.Dispose(); }
+    }
+
+    [Theory]
+    [InlineData(128256, 1)]
+    [InlineData(32000, 40)]
+    [InlineData(5000, 64)]
+    public void ArgmaxAndTopKMatchReference(int n, int topk)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        var x = Gpu.RandF(r, n, 10);
+        x[r.Next(n)] = 50; x[r.Next(n)] = 50;     // a tie at the top: the lower index wins
+        using var X = Gpu.Up(ctx, x);
+        using var pv = Gpu.Zeros(ctx, CudaKernels.ArgmaxBlocks * 4L); using var pi = Gpu.Zeros(ctx, CudaKernels.ArgmaxBlocks * 4L);
+        using var res = Gpu.Zeros(ctx, 8);
+        k.Argmax(s, X.Ptr, n, pv.Ptr, pi.Ptr, res.Ptr);
+        int cand = CudaKernels.TopKBlocks(n) * topk;
+        using var cv = Gpu.Zeros(ctx, cand * 4L); using var ci = Gpu.Zeros(ctx, cand * 4L);
+        using var ov = Gpu.Zeros(ctx, topk * 4L); using var oi = Gpu.Zeros(ctx, topk * 4L);
+        k.TopK(s, X.Ptr, n, topk, cv.Ptr, ci.Ptr, ov.Ptr, oi.Ptr);
+        s.Synchronize();
+        var order = Enumerable.Range(0, n).OrderByDescending(i => x[i]).ThenBy(i => i).Take(topk).ToArray();
+        Assert.Equal(order[0], res.ToArray<int>(2)[0]);
+        Assert.Equal(order, oi.ToArray<int>(topk));
+        Assert.Equal(order.Select(i => x[i]).ToArray(), ov.ToArray<float>(topk));
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, false)]
+    [InlineData(DType.F16, false)]
+    [InlineData(DType.BF16, true)]
+    public void EmbeddingMatchesReference(DType dt, bool gemma)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        int V = 500, D = 384, tok = r.Next(V);
+        var (tb, tv) = Gpu.RandHalf(r, V * D, dt);
+        using var T = Gpu.Up(ctx, tb); using var O = Gpu.Zeros(ctx, D * 4L); using var step = Gpu.Up(ctx, new[] { tok, 0 });
+        float scale = gemma ? MathF.Sqrt(D) : 1f;
+        k.Embed(s, dt, T.Ptr, O.Ptr, D, scale, step.Ptr);
+        s.Synchronize();
+        Assert.Equal(tv.AsSpan(tok * D, D).ToArray().Select(v => v * scale).ToArray(), O.ToArray<float>(D));
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, false)]
+    [InlineData(DType.F16, false)]
+    [InlineData(DType.F32, false)]
+    [InlineData(DType.BF16, true)]
+    public void FillMatchesHostHashBitForBit(DType dt, bool asF32)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        int n = 100_003; int seed = r.Next();
+        string name = $"model.layers.{r.Next(32)}.mlp.up_proj.weight";
+        ulong key = SyntheticHash.Key(seed, name);
+        float scale = 0.02f + (float)r.NextDouble(), offset = asF32 ? 1f : 0f;
+        int elem = dt == DType.F32 || asF32 ? 4 : 2;
+        using var O = Gpu.Zeros(ctx, (long)n * elem);
+        k.FillSynthetic(s, O.Ptr, n, key, scale, offset, dt, asF32);
+        s.Synchronize();
+        var want = Enumerable.Range(0, n).Select(i => SyntheticHash.Value(key, i, scale, offset)).ToArray();
+        if (dt == DType.F32 || asF32)
+        {
+            var got = O.ToArray<float>(n);
+            var exp = dt == DType.F32 ? want : want.Select(v => Gpu.FromBits(Gpu.ToBits(v, dt), dt)).ToArray();
+            Assert.Equal(exp, got);
+        }
+        else Assert.Equal(want.Select(v => Gpu.ToBits(v, dt)).ToArray(), O.ToArray<ushort>(n));
+    }
+}

@@ -1,0 +1,107 @@
+using Calm.Engine.Cuda;
+using Calm.Engine.Model;
+
+namespace Calm.Engine.Tests.Cuda;
+
+/// <summary>CUDA-side checks that need no GPU: kernel compilation with NVRTC (the CI check), hashes, tables, probing.</summary>
+public class NoGpuTests
+{
+    [Fact]
+    public void EveryKernelFileIsEmbedded()
+    {
+        Assert.Contains("matvec.cu", KernelCompiler.Sources.Keys);
+        Assert.Contains("fill.cu", KernelCompiler.Sources.Keys);
+        Assert.Contains("StepParams", KernelCompiler.Header);
+        Assert.DoesNotContain(KernelCompiler.Sources.Values, s => s.Contains("#include <"));   // no toolkit headers
+    }
+
+    /// <summary>The CI kernel check: every kernel compiles for sm_80 and sm_90. CALM_REQUIRE_NVRTC=1 (set by
+    /// tools/check-kernels) turns a missing NVRTC into a failure instead of a skip.</summary>
+    [Theory]
+    [InlineData(80)]
+    [InlineData(90)]
+    public void KernelsCompileWithNvrtc(int arch)
+    {
+        var why = Nvrtc.TryLoad();
+        if (why is not null)
+        {
+            Assert.False(Environment.GetEnvironmentVariable("CALM_REQUIRE_NVRTC") == "1", "NVRTC is required here: " + why);
+            Assert.Skip("NVRTC not found: " + why);
+        }
+        var log = new List<string>();
+        var failures = KernelCompiler.CheckAll(arch, log.Add);
+        TestContext.Current.SendDiagnosticMessage(string.Join("\n", log));
+        Assert.True(failures.Count == 0, string.Join("\n", log));
+        Assert.Equal(KernelCompiler.Sources.Count, log.Count(l => l.StartsWith("ok")));
+    }
+
+    [Fact]
+    public void BrokenKernelSourceRaisesCompileErrorWithLog()
+    {
+        if (Nvrtc.TryLoad() is { } why) Assert.Skip("NVRTC not found: " + why);
+        var ex = Assert.Throws<CalmException>(() => KernelCompiler.CompileSource("bad.cu",
+            "#include \"common.cuh\"\nextern \"C\" __global__ void k(float* p) { p[0] = undefined_name; }", KernelCompiler.Options("--gpu-architecture=sm_80"), true, out _));
+        Assert.Equal(ErrorIds.KernelCompileFailed, ex.ErrorId);
+        Assert.Contains("undefined_name", ex.Message);
+    }
+
+    [Fact]
+    public void HashMatchesReferenceConstants()
+    {
+        Assert.Equal(0xcbf29ce484222325UL, SyntheticHash.Fnv1a64(""));
+        Assert.Equal(0xaf63dc4c8601ec8cUL, SyntheticHash.Fnv1a64("a"));
+        Assert.Equal(0xe220a8397b1dcdafUL, SyntheticHash.SplitMix64(0));   // first output of splitmix64 seeded with 0
+        var key = SyntheticHash.Key(7, "model.embed_tokens.weight");
+        for (int i = 0; i < 1000; i++)
+        {
+            float v = SyntheticHash.Value(key, i, 0.5f, 0f);
+            Assert.InRange(v, -0.5f, 0.5f);
+        }
+    }
+
+    [Fact]
+    public void PeakBandwidthFromAttributes()
+    {
+        // H200: HBM3e, 6144-bit bus; 2619 MHz reported memory clock -> ~4.02 TB/s by the 2*clock*width/8 rule
+        Assert.Equal(2.0 * 2_619_000e3 * 768 / 1e9, CudaDeviceInfo.PeakBandwidth(2_619_000, 6144), 6);
+    }
+
+    [Fact]
+    public void RopeTableFollowsHfConventions()
+    {
+        var c = new ModelConfig
+        {
+            Architecture = Architecture.Llama, ModelType = "llama", VocabSize = 10, HiddenSize = 64, IntermediateSize = 16,
+            NumLayers = 1, NumHeads = 1, NumKvHeads = 1, HeadDim = 64, MaxPositionEmbeddings = 131072, RopeTheta = 500000,
+            RopeScaling = new RopeScaling { Type = RopeScalingType.Llama3, Factor = 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 8192 },
+        };
+        var plain = RopeTable.InvFreq(c with { RopeScaling = null }, 100);
+        var scaled = RopeTable.InvFreq(c, 100);
+        Assert.Equal(1f, plain[0]);
+        Assert.Equal(plain[0], scaled[0]);                                   // high frequency: unchanged
+        Assert.Equal(plain[^1] / 8, scaled[^1], 1e-12f);                      // low frequency: divided by factor
+        var (cos, sin) = RopeTable.Build(c with { RopeScaling = null }, 3);
+        Assert.Equal((float)Math.Cos(2.0), cos[2 * 32], 6);
+        Assert.Equal((float)Math.Sin(2.0), sin[2 * 32], 6);
+        Assert.Equal(1f, cos[0]);
+    }
+
+    [Fact]
+    public void CudaChoiceWithoutGpuIsAClearError()
+    {
+        if (CudaDeviceInfo.Unavailable() is null) Assert.Skip("a GPU is present here; this checks the no-GPU path");
+        var c = new ModelConfig
+        {
+            Architecture = Architecture.Llama, ModelType = "llama", VocabSize = 10, HiddenSize = 8, IntermediateSize = 16,
+            NumLayers = 1, NumHeads = 1, NumKvHeads = 1, HeadDim = 8, MaxPositionEmbeddings = 16,
+        };
+        var ex = Assert.Throws<CalmException>(() => ModelFactory.CreateBackend(c, null!, new ImportOptions { Device = DeviceChoice.Cuda }, null, default));
+        Assert.Equal(ErrorIds.DeviceNotAvailable, ex.ErrorId);
+        Assert.Contains("Cpu", ex.Message);
+        var warnings = new List<string>();
+        using var b = ModelFactory.CreateBackend(c, null!, new ImportOptions { Device = DeviceChoice.Auto, Warning = warnings.Add }, null, default);
+        Assert.Equal("Cpu", b.DeviceKind);
+        Assert.Single(warnings);
+        Assert.Contains("CPU", warnings[0]);
+    }
+}
