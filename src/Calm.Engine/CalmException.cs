@@ -68,4 +68,7 @@ public static class ErrorIds
     public const string Cancelled = "Calm.Cancelled";
     public const string OutOfMemory = "Calm.OutOfMemory";
     public const string ModelDisposed = "Calm.ModelDisposed";
+    public const string TemplateError = "Calm.TemplateError";
+    public const string TemplateLimitExceeded = "Calm.TemplateLimitExceeded";
+    public const string TemplateMissing = "Calm.TemplateMissing";
 }
