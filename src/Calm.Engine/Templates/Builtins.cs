@@ -487,7 +487,7 @@ internal sealed partial class Interpreter
                 double m = Math.Pow(10, prec);
                 double r = method switch
                 {
-                    "common" => Math.Round(x * m, MidpointRounding.AwayFromZero) / m,
+                    "common" => prec is >= 0 and <= 15 ? Math.Round(x, (int)prec, MidpointRounding.ToEven) : Math.Round(x * m, MidpointRounding.ToEven) / m,
                     "ceil" => Math.Ceiling(x * m) / m,
                     "floor" => Math.Floor(x * m) / m,
                     _ => throw new TemplateRuntimeError("round method must be 'common', 'ceil' or 'floor'"),

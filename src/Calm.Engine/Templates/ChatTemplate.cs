@@ -29,6 +29,10 @@ public sealed class ChatTemplate
     /// <summary>Clock behind strftime_now (local time by default; tests pin it).</summary>
     public Func<DateTime> Clock { get; init; } = () => DateTime.Now;
 
+    /// <summary>A copy with other limits and/or clock (the parsed template is shared; it is immutable).</summary>
+    public ChatTemplate With(TemplateLimits? limits = null, Func<DateTime>? clock = null) =>
+        new(Source, _body) { BosToken = BosToken, EosToken = EosToken, Origin = Origin, Limits = limits ?? Limits, Clock = clock ?? Clock };
+
     private ChatTemplate(string source, List<Node> body)
     {
         Source = source;

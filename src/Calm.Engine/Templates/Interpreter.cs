@@ -224,6 +224,7 @@ internal sealed partial class Interpreter
         for (int i = 0; i < items.Count; i++)
         {
             CountIteration();
+            loopFrame = new Frame(outer); // Jinja2: assignments inside the body do not carry over to the next iteration
             Bind(fn.Targets, items[i], loopFrame);
             loopFrame.Vars["loop"] = MakeLoop(items, i);
             var flow = Exec(fn.Body, loopFrame);
