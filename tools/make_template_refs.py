@@ -117,13 +117,20 @@ def all_cases(name):
 
 def make_renderer(jinja_only):
     if not jinja_only:
-        from transformers.utils.chat_template_utils import render_jinja_template
         import transformers
+        from transformers.utils import chat_template_utils as ctu
+        if hasattr(ctu, "render_jinja_template"):
+            def render(template, msgs, gen, kwargs):
+                out, _ = ctu.render_jinja_template(conversations=[msgs], chat_template=template, add_generation_prompt=gen, **kwargs)
+                return out[0]
+            return render, "transformers " + transformers.__version__ + " render_jinja_template"
 
+        # Older/newer layouts: transformers' own compiled environment (same filters, globals and options).
         def render(template, msgs, gen, kwargs):
-            out, _ = render_jinja_template(conversations=[msgs], chat_template=template, add_generation_prompt=gen, **kwargs)
-            return out[0]
-        return render, "transformers " + transformers.__version__
+            kw = dict(kwargs)
+            tools = kw.pop("tools", None)
+            return ctu._compile_jinja_template(template).render(messages=msgs, tools=tools, documents=None, add_generation_prompt=gen, **kw)
+        return render, "transformers " + transformers.__version__ + " _compile_jinja_template"
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from datetime import datetime
