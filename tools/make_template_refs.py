@@ -121,8 +121,9 @@ def make_renderer(jinja_only):
         from transformers.utils import chat_template_utils as ctu
         if hasattr(ctu, "render_jinja_template"):
             def render(template, msgs, gen, kwargs):
-                out, _ = ctu.render_jinja_template(conversations=[msgs], chat_template=template, add_generation_prompt=gen, **kwargs)
-                return out[0]
+                res = ctu.render_jinja_template(conversations=[msgs], chat_template=template, add_generation_prompt=gen, **kwargs)
+                out = res[0] if isinstance(res, tuple) else res  # (rendered list, generation indices) in 4.4x-5.x
+                return out[0] if isinstance(out, list) else out
             return render, "transformers " + transformers.__version__ + " render_jinja_template"
 
         # Older/newer layouts: transformers' own compiled environment (same filters, globals and options).
