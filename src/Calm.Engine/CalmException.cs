@@ -70,4 +70,7 @@ public static class ErrorIds
     public const string ModelDisposed = "Calm.ModelDisposed";
     public const string CudaError = "Calm.CudaError";
     public const string KernelCompileFailed = "Calm.KernelCompileFailed";
+    public const string TemplateError = "Calm.TemplateError";
+    public const string TemplateLimitExceeded = "Calm.TemplateLimitExceeded";
+    public const string TemplateMissing = "Calm.TemplateMissing";
 }
