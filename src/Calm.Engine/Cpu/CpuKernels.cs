@@ -69,19 +69,60 @@ public static unsafe class CpuKernels
         return sum;
     }
 
-    /// <summary>f16 row · fp32 vector: converts blocks of the row with TensorPrimitives into a stack buffer, then Dot.</summary>
+    /// <summary>
+    /// f16 row · fp32 vector. .NET 8 exposes no F16C, so halves are widened with integer bit tricks (exact for every
+    /// pattern: normals, subnormals, zeros, inf, NaN), 16 per step; scalar tail.
+    /// </summary>
     public static float DotF16(Half* w, float* x, int n)
     {
-        const int Block = 512;
-        float* buf = stackalloc float[Block];
+        int i = 0;
         float sum = 0f;
-        for (int i = 0; i < n; i += Block)
+        if (Vector256.IsHardwareAccelerated && n >= 16)
         {
-            int m = Math.Min(Block, n - i);
-            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(w + i, m), new Span<float>(buf, m));
-            sum += TensorPrimitives.Dot(new ReadOnlySpan<float>(buf, m), new ReadOnlySpan<float>(x + i, m));
+            var a0 = Vector256<float>.Zero; var a1 = Vector256<float>.Zero;
+            for (; i <= n - 16; i += 16)
+            {
+                var (l, h) = Vector256.Widen(Vector256.Load((ushort*)w + i));
+                a0 = Fma256(HalfBitsToSingle(l), Vector256.Load(x + i), a0);
+                a1 = Fma256(HalfBitsToSingle(h), Vector256.Load(x + i + 8), a1);
+            }
+            sum = Vector256.Sum(a0 + a1);
         }
+        for (; i < n; i++) sum += (float)w[i] * x[i];
         return sum;
+    }
+
+    /// <summary>8 IEEE half bit patterns (zero-extended to uint) to floats, exactly.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> HalfBitsToSingle(Vector256<uint> h)
+    {
+        var o = Vector256.ShiftLeft(h & Vector256.Create(0x7fffu), 13);          // exponent+mantissa into fp32 position
+        var e = o & Vector256.Create(0x7c00u << 13);                              // the exponent field
+        o += Vector256.Create(112u << 23);                                        // rebias 15 -> 127
+        var infNan = Vector256.Equals(e, Vector256.Create(0x7c00u << 13));
+        o += infNan & Vector256.Create(112u << 23);                               // exponent 31 -> 255
+        var sub = Vector256.Equals(e, Vector256<uint>.Zero);
+        var magic = Vector256.Create(113u << 23).AsSingle();                      // 2^-14
+        var subVal = ((o + Vector256.Create(1u << 23)).AsSingle() - magic).AsUInt32(); // subnormals and zero, exact
+        o = Vector256.ConditionalSelect(sub, subVal, o);
+        o |= Vector256.ShiftLeft(h & Vector256.Create(0x8000u), 16);               // sign
+        return o.AsSingle();
+    }
+
+    /// <summary>f16 row to fp32 (same bit tricks as <see cref="DotF16"/>).</summary>
+    public static void ConvertF16(Half* src, float* dst, int n)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i <= n - 16; i += 16)
+            {
+                var (l, h) = Vector256.Widen(Vector256.Load((ushort*)src + i));
+                HalfBitsToSingle(l).Store(dst + i);
+                HalfBitsToSingle(h).Store(dst + i + 8);
+            }
+        }
+        for (; i < n; i++) dst[i] = (float)src[i];
     }
 
     /// <summary>Dot of row <paramref name="row"/> of a stored matrix with x (any weight dtype).</summary>
@@ -149,7 +190,7 @@ public static unsafe class CpuKernels
                 Buffer.MemoryCopy((float*)data + row * cols, dst, cols * 4L, cols * 4L);
                 break;
             case DType.F16:
-                TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>((Half*)data + row * cols, cols), new Span<float>(dst, cols));
+                ConvertF16((Half*)data + row * cols, dst, cols);
                 break;
             case DType.BF16:
                 ConvertBF16((ushort*)data + row * cols, dst, cols);

@@ -47,6 +47,32 @@ public unsafe class CpuKernelTests
         for (int i = 0; i < 37; i++) Assert.Equal(w.GetFloat(37 + i), got[i]);
     }
 
+    [Fact]
+    public void HalfConversionIsExactForEveryBitPattern()
+    {
+        using var store = new NativeWeightStore();
+        nint p = store.Allocate(65536 * 2);
+        for (int i = 0; i < 65536; i++) ((ushort*)p)[i] = (ushort)i;
+        var t = new Tensor("all-halves", DType.F16, new long[] { 1, 65536 }, p, "test");
+        var got = new float[65536];
+        CpuKernels.ConvertTensorRow(t, 0, got);
+        for (int i = 0; i < 65536; i++)
+        {
+            float want = (float)BitConverter.UInt16BitsToHalf((ushort)i);
+            if (float.IsNaN(want)) Assert.True(float.IsNaN(got[i]), $"0x{i:x4}");
+            else Assert.True(BitConverter.SingleToInt32Bits(want) == BitConverter.SingleToInt32Bits(got[i]), $"0x{i:x4}: {got[i]} vs {want}");
+        }
+        // and through the fused dot: a row that is zero except one element (in the SIMD part, then in the tail)
+        var row = new ushort[37]; var x = new float[37];
+        foreach (int at in new[] { 20, 35 })
+            foreach (int i in new[] { 0, 1, 0x3ff, 0x400, 0x3c00, 0x7bff, 0x8001, 0xfbff, 0x7c00, 0xfc00 })
+            {
+                Array.Clear(row); Array.Clear(x); row[at] = (ushort)i; x[at] = 1f;
+                float d; fixed (ushort* pr = row) fixed (float* px = x) d = CpuKernels.DotF16((Half*)pr, px, 37);
+                Assert.Equal((float)BitConverter.UInt16BitsToHalf((ushort)i), d);
+            }
+    }
+
     [Theory, MemberData(nameof(WeightTypes))]
     public void MatMulMatchesNaiveForDecodeAndPrefillShapes(DType dt)
     {
