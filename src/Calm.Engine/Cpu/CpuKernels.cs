@@ -88,25 +88,31 @@ public static unsafe class CpuKernels
             }
             sum = Vector256.Sum(a0 + a1);
         }
+        else
+        {
+            // No 256-bit SIMD (e.g. ARM): TensorPrimitives converts blocks into a stack buffer, then Dot.
+            float* buf = stackalloc float[512];
+            for (; i <= n - 512; i += 512)
+            {
+                TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(w + i, 512), new Span<float>(buf, 512));
+                sum += TensorPrimitives.Dot(new ReadOnlySpan<float>(buf, 512), new ReadOnlySpan<float>(x + i, 512));
+            }
+        }
         for (; i < n; i++) sum += (float)w[i] * x[i];
         return sum;
     }
 
-    /// <summary>8 IEEE half bit patterns (zero-extended to uint) to floats, exactly.</summary>
+    /// <summary>
+    /// 8 IEEE half bit patterns (zero-extended to uint) to floats, exactly: exponent+mantissa moved into place and
+    /// multiplied by 2^112 (rebias 15 -> 127; subnormal halves come out right because the fp32 product is exact),
+    /// exponent forced to 255 for inf/NaN, sign or-ed back.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> HalfBitsToSingle(Vector256<uint> h)
     {
-        var o = Vector256.ShiftLeft(h & Vector256.Create(0x7fffu), 13);          // exponent+mantissa into fp32 position
-        var e = o & Vector256.Create(0x7c00u << 13);                              // the exponent field
-        o += Vector256.Create(112u << 23);                                        // rebias 15 -> 127
-        var infNan = Vector256.Equals(e, Vector256.Create(0x7c00u << 13));
-        o += infNan & Vector256.Create(112u << 23);                               // exponent 31 -> 255
-        var sub = Vector256.Equals(e, Vector256<uint>.Zero);
-        var magic = Vector256.Create(113u << 23).AsSingle();                      // 2^-14
-        var subVal = ((o + Vector256.Create(1u << 23)).AsSingle() - magic).AsUInt32(); // subnormals and zero, exact
-        o = Vector256.ConditionalSelect(sub, subVal, o);
-        o |= Vector256.ShiftLeft(h & Vector256.Create(0x8000u), 16);               // sign
-        return o.AsSingle();
+        var f = Vector256.ShiftLeft(h & Vector256.Create(0x7fffu), 13).AsSingle() * Vector256.Create(0x77800000u).AsSingle(); // * 2^112
+        var infNan = Vector256.GreaterThanOrEqual(f, Vector256.Create(65536f)).AsUInt32() & Vector256.Create(0x7f800000u);
+        return (f.AsUInt32() | infNan | Vector256.ShiftLeft(h & Vector256.Create(0x8000u), 16)).AsSingle();
     }
 
     /// <summary>f16 row to fp32 (same bit tricks as <see cref="DotF16"/>).</summary>
