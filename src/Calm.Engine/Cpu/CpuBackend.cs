@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Calm.Engine.Model;
 using Calm.Engine.Session;
@@ -176,9 +177,7 @@ public sealed unsafe class CpuBackend : IForwardBackend
 
             // ---- attention block
             for (int t = 0; t < m; t++) CpuOps.RmsNorm(s.X.AsSpan(t * d, d), lf.AttnNorm, s.Xb.AsSpan(t * d, d), eps, c.NormAddOne);
-            MatMul(lw.Wq, s.Xb, m, s.Q);
-            MatMul(lw.Wk, s.Xb, m, s.K);
-            MatMul(lw.Wv, s.Xb, m, s.V);
+            MatMulGroup(s.Xb, m, (lw.Wq, s.Q), (lw.Wk, s.K), (lw.Wv, s.V));
             for (int t = 0; t < m; t++)
             {
                 AddBias(s.Q.AsSpan(t * qd, qd), lf.Bq); AddBias(s.K.AsSpan(t * kvd, kvd), lf.Bk); AddBias(s.V.AsSpan(t * kvd, kvd), lf.Bv);
@@ -215,8 +214,7 @@ public sealed unsafe class CpuBackend : IForwardBackend
             else
             {
                 int f = c.IntermediateSize;
-                MatMul(lw.WGate!, s.Xb, m, s.G);
-                MatMul(lw.WUp!, s.Xb, m, s.U);
+                MatMulGroup(s.Xb, m, (lw.WGate!, s.G), (lw.WUp!, s.U));
                 for (int t = 0; t < m; t++)
                 {
                     var g = s.G.AsSpan(t * f, f); var u = s.U.AsSpan(t * f, f);
@@ -287,8 +285,7 @@ public sealed unsafe class CpuBackend : IForwardBackend
                     if (chosen[t * k + j] == ex) { rows[ne] = t; rowW[ne] = weights[t * k + j]; ne++; }
             if (ne == 0) continue;
             for (int i = 0; i < ne; i++) s.Xb.AsSpan(rows[i] * d, d).CopyTo(s.Xe.AsSpan(i * d, d));
-            MatMul(lw.ExpertGate![ex], s.Xe!, ne, s.G);
-            MatMul(lw.ExpertUp![ex], s.Xe!, ne, s.U);
+            MatMulGroup(s.Xe!, ne, (lw.ExpertGate![ex], s.G), (lw.ExpertUp![ex], s.U));
             for (int i = 0; i < ne; i++) CpuOps.GatedActivation(s.G.AsSpan(i * f, f), s.U.AsSpan(i * f, f), c.HiddenAct);
             MatMul(lw.ExpertDown![ex], s.G, ne, s.Ye!);
             for (int i = 0; i < ne; i++)
@@ -303,6 +300,19 @@ public sealed unsafe class CpuBackend : IForwardBackend
     {
         fixed (float* px = x) fixed (float* py = y)
             CpuKernels.MatMul(w.Data, w.DType, (int)w.Rows, (int)w.Cols, px, n, py, (int)w.Rows);
+    }
+
+    /// <summary>Products of several weights with the same X in one parallel region (Y arrays are pinned).</summary>
+    private static void MatMulGroup(float[] x, int n, params (Tensor W, float[] Y)[] outs)
+    {
+        Span<CpuKernels.MatMulJob> jobs = stackalloc CpuKernels.MatMulJob[outs.Length];
+        for (int i = 0; i < outs.Length; i++)
+        {
+            var (w, y) = outs[i];
+            if (y.Length < (long)n * w.Rows || x.Length < (long)n * w.Cols) throw new InvalidOperationException($"scratch too small for {w.Name}");
+            jobs[i] = new CpuKernels.MatMulJob(w.Data, w.DType, (int)w.Rows, (int)w.Cols, (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(y)), (int)w.Rows);
+        }
+        fixed (float* px = x) CpuKernels.MatMulGroup(jobs, px, n);
     }
 
     private static void AddBias(Span<float> x, float[]? b)

@@ -288,6 +288,42 @@ public static unsafe class CpuKernels
         });
     }
 
+    /// <summary>One product of a <see cref="MatMulGroup"/>: Y[t * ldy + r] = W[r] · X[t], Y = <see cref="Y"/>.</summary>
+    public readonly record struct MatMulJob(nint W, DType DType, int Rows, int Cols, nint Y, int Ldy);
+
+    /// <summary>
+    /// Several products over the same X (q/k/v, gate/up) in one parallel region: one scheduling and one barrier
+    /// instead of one per matrix, and the row blocks of all of them balance across cores together.
+    /// </summary>
+    public static void MatMulGroup(ReadOnlySpan<MatMulJob> jobs, float* x, int n)
+    {
+        if (n <= 0 || jobs.IsEmpty) return;
+        long work = 0;
+        foreach (var j in jobs) work += (long)j.Rows * j.Cols * Math.Max(1, n / 4);
+        int workers = Environment.ProcessorCount;
+        if (work < SerialThreshold || workers == 1)
+        {
+            foreach (var j in jobs) MatMulRows(j.W, j.DType, 0, j.Rows, j.Cols, x, n, (float*)j.Y, j.Ldy);
+            return;
+        }
+        // Blocks of ~equal weight elements across all jobs, 8 per core.
+        long target = Math.Max(16384, work / Math.Max(1, n / 4) / (workers * 8));
+        var blocks = new List<(int Job, int R0, int R1)>();
+        for (int k = 0; k < jobs.Length; k++)
+        {
+            int per = (int)Math.Clamp(target / Math.Max(1, jobs[k].Cols), 1, Math.Max(1, jobs[k].Rows));
+            for (int r = 0; r < jobs[k].Rows; r += per) blocks.Add((k, r, Math.Min(jobs[k].Rows, r + per)));
+        }
+        var js = jobs.ToArray();
+        nint px = (nint)x;
+        Parallel.For(0, blocks.Count, b =>
+        {
+            var (k, r0, r1) = blocks[b];
+            var j = js[k];
+            MatMulRows(j.W, j.DType, r0, r1, j.Cols, (float*)px, n, (float*)j.Y, j.Ldy);
+        });
+    }
+
     /// <summary>Rows [r0, r1) of <see cref="MatMul(nint, DType, int, int, float*, int, float*, int)"/> on this thread.</summary>
     public static void MatMulRows(nint w, DType dtype, int r0, int r1, int cols, float* x, int n, float* y, int ldy)
     {

@@ -100,6 +100,38 @@ public unsafe class CpuKernelTests
     }
 
     [Theory]
+    [InlineData(1)]
+    [InlineData(6)]
+    public void MatMulGroupMatchesNaiveForEveryMember(int n)
+    {
+        var rng = NewRng(80 + n);
+        using var store = new NativeWeightStore();
+        int cols = 203;
+        var ws = new[] { (DType.BF16, 300), (DType.F16, 45), (DType.F32, 129) }
+            .Select((p, i) => TestModels.Make(store, $"w{i}", p.Item1, new long[] { p.Item2, cols }, rng, 0.1, 0)).ToArray();
+        var x = RandomFloats(rng, n * cols);
+        var ys = ws.Select(w => new float[n * w.Rows]).ToArray();
+        var handles = ys.Select(y => System.Runtime.InteropServices.GCHandle.Alloc(y, System.Runtime.InteropServices.GCHandleType.Pinned)).ToArray();
+        try
+        {
+            var jobs = ws.Select((w, i) => new CpuKernels.MatMulJob(w.Data, w.DType, (int)w.Rows, cols, handles[i].AddrOfPinnedObject(), (int)w.Rows)).ToArray();
+            fixed (float* px = x) CpuKernels.MatMulGroup(jobs, px, n);
+        }
+        finally { foreach (var h in handles) h.Free(); }
+        for (int k = 0; k < ws.Length; k++)
+            for (int t = 0; t < n; t++)
+            {
+                var xt = x.AsSpan(t * cols, cols).ToArray().Select(v => (double)v).ToArray();
+                for (int r = 0; r < ws[k].Rows; r++)
+                {
+                    var wr = NaiveOps.Row(ws[k], r);
+                    double want = NaiveOps.Dot(wr, xt), mag = wr.Select((wi, i) => Math.Abs(wi * xt[i])).Sum();
+                    Assert.True(Math.Abs(ys[k][t * ws[k].Rows + r] - want) <= 1e-6 * mag, $"seed {Seed} job {k} t={t} r={r}");
+                }
+            }
+    }
+
+    [Theory]
     [InlineData(false)]
     [InlineData(true)]
     public void RmsNormMatchesNaive(bool addOne)
