@@ -68,4 +68,7 @@ public static class ErrorIds
     public const string Cancelled = "Calm.Cancelled";
     public const string OutOfMemory = "Calm.OutOfMemory";
     public const string ModelDisposed = "Calm.ModelDisposed";
+    public const string TokenizerUnsupported = "Calm.TokenizerUnsupported";
+    public const string TokenizerInvalid = "Calm.TokenizerInvalid";
+    public const string TokenizerMissing = "Calm.TokenizerMissing";
 }
