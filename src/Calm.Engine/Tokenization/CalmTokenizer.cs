@@ -133,6 +133,9 @@ public sealed class CalmTokenizer
         return _sp!.Vocabulary.TryGetValue(token, out int sid) ? sid : null;
     }
 
+    /// <summary>True for tokens of tokenizer.json "added_tokens" (special or not).</summary>
+    public bool IsAddedToken(int id) => (uint)id < (uint)_isAdded.Length && _isAdded[id];
+
     /// <summary>True for added tokens marked special (BOS, EOS, chat markers...).</summary>
     public bool IsSpecial(int id) => (uint)id < (uint)_isSpecial.Length && _isSpecial[id];
 
@@ -223,9 +226,8 @@ public sealed class CalmTokenizer
 
     internal void AppendTokenBytes(int id, bool first, List<byte> dst)
     {
-        string t = _idToToken[id]!;
-        if (_isAdded[id]) dst.AddRange(Encoding.UTF8.GetBytes(t));
-        else Decoder.AppendBytes(t, first, dst);
+        // Added tokens go through the decoder too, as in Hugging Face (Gemma's "▁▁▁" added tokens decode to spaces).
+        Decoder.AppendBytes(_idToToken[id]!, first, dst);
     }
 
     /// <summary>The token as stored in the vocabulary (e.g. "Ġworld", "▁world", "&lt;0x0A&gt;").</summary>
