@@ -71,9 +71,11 @@ internal static class RealTokenizers
         catch (System.ComponentModel.Win32Exception e) { return e.Message; }
     }
 
-    /// <summary>The checked-in reference file tests/fixtures/tokenizers/NAME.ref.json.</summary>
+    /// <summary>The checked-in reference file tests/fixtures/tokenizers/NAME.ref.json ($CALM_TOKENIZER_REFS/NAME.ref.json when set).</summary>
     public static string RefPath(string name)
     {
+        // CALM_TOKENIZER_REFS: a folder of NAME.ref.json to test against instead (e.g. fresh output of make_tokenizer_refs.py)
+        if (Environment.GetEnvironmentVariable("CALM_TOKENIZER_REFS") is { Length: > 0 } over) return Path.Combine(over, $"{name}.ref.json");
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
         {
             string p = Path.Combine(d.FullName, "tests", "fixtures", "tokenizers", $"{name}.ref.json");
