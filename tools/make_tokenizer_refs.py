@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Reference token ids for Calm's tokenizer tests, made with Hugging Face's `tokenizers` library.
 
-Runs offline (the GPU machine has no network): reads <tokenizers-dir>/<name>/tokenizer.json as staged by
-tools/stage_tokenizers.sh, encodes every line of the corpus (JSON strings, one per line) with and without special
+Runs offline (the GPU machine has no network): reads <tokenizers-dir>/<name>/tokenizer.json (or tokenizer.json.gz)
+as staged by tools/stage_tokenizers.sh, encodes every line of the corpus (JSON strings, one per line) with and without special
 tokens, decodes the ids back, and writes <out>/<name>.ref.json (compact JSON). Copy those files to
 tests/fixtures/tokenizers/.
 
     python3 tools/make_tokenizer_refs.py --tokenizers-dir shared/tokenizers --corpus tools/tokenizer_corpus.jsonl --out "$OUT"
 """
-import argparse, json, os, sys
+import argparse, gzip, json, os, sys
 
 NAMES = ["llama3_2", "qwen2_5", "qwen3", "gemma2", "mistral_nemo"]
 
@@ -27,10 +27,14 @@ def main():
     missing = []
     for name in NAMES:
         path = os.path.join(args.tokenizers_dir, name, "tokenizer.json")
-        if not os.path.exists(path):
+        if os.path.exists(path):
+            tok = Tokenizer.from_file(path)
+        elif os.path.exists(path + ".gz"):
+            with gzip.open(path + ".gz", "rt", encoding="utf-8") as f:
+                tok = Tokenizer.from_str(f.read())
+        else:
             missing.append(path)
             continue
-        tok = Tokenizer.from_file(path)
         cases = []
         for t in texts:
             plain = tok.encode(t, add_special_tokens=False).ids
