@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Text;
+using Microsoft.ML.Tokenizers;
 
 namespace Calm.Engine.Tokenization;
 
@@ -23,11 +24,20 @@ internal sealed class BpeModel
     readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
     const int CacheWordMaxChars = 256, CacheMaxEntries = 200_000;
 
+    /// <summary>
+    /// The merge step through Microsoft.ML.Tokenizers' BpeTokenizer, used where it computes exactly what Hugging Face
+    /// does: byte-level vocabularies (every initial symbol is one BMP char, no unk, no byte fallback, no affixes).
+    /// The rest (byte fallback over code points, fused unk, ignore_merges) the library cannot express; Merge() does it.
+    /// </summary>
+    readonly BpeTokenizer? _library;
+
     public IReadOnlyDictionary<string, int> Vocab => _vocab;
+    /// <summary>True when the merge step runs in Microsoft.ML.Tokenizers.</summary>
+    public bool UsesLibrary => _library != null;
     public bool ByteFallback => _byteFallback;
 
     public BpeModel(Dictionary<string, int> vocab, List<(string A, string B)> merges, string? unkToken, bool byteFallback,
-                    bool fuseUnk, bool ignoreMerges, string? continuingSubwordPrefix, string? endOfWordSuffix, string where)
+                    bool fuseUnk, bool ignoreMerges, string? continuingSubwordPrefix, string? endOfWordSuffix, string where, bool allowLibrary = true)
     {
         _vocab = vocab;
         _byteFallback = byteFallback;
@@ -52,6 +62,15 @@ internal sealed class BpeModel
                 throw TokenizerLoader.Invalid(where, $"merge #{rank} '{a} {b}' makes '{merged}', which is not in the vocabulary");
             _merges.TryAdd(((long)ia << 32) | (uint)ib, (rank, im));
         }
+        bool byteLevelVocab = allowLibrary && !byteFallback && _unkId < 0 && _prefix == null && _suffix == null
+            && Enumerable.Range(0, 256).All(b => vocab.ContainsKey(ByteLevelMap.ByteToChar[b].ToString()))
+            && merges.All(m => !m.A.Contains(' ') && !m.B.Contains(' '));
+        if (byteLevelVocab)
+            _library = BpeTokenizer.Create(new BpeOptions(vocab)
+            {
+                Merges = merges.Select(m => m.A + " " + m.B),
+                ByteLevel = false, // the pre-tokenizer already mapped bytes to chars
+            });
     }
 
     /// <summary>Appends the ids of one pre-tokenized word.</summary>
@@ -67,6 +86,8 @@ internal sealed class BpeModel
 
     int[] Merge(string word)
     {
+        if (_library != null && IsByteLevelWord(word))
+            return _library.EncodeToIds(word, considerPreTokenization: false, considerNormalization: false).ToArray();
         // Symbols: a doubly linked list over the initial pieces. id[i] = token id, prev/next = neighbours (-1 none),
         // alive[i] = false once merged into its left neighbour.
         var id = new List<int>(word.Length);
@@ -132,5 +153,11 @@ internal sealed class BpeModel
         var result = new List<int>(count);
         for (int i = 0; i >= 0; i = next[i]) result.Add(ids[i]);
         return result.ToArray();
+    }
+
+    static bool IsByteLevelWord(string word)
+    {
+        foreach (char c in word) if (c >= ByteLevelMap.CharToByte.Length || ByteLevelMap.CharToByte[c] < 0) return false;
+        return true;
     }
 }

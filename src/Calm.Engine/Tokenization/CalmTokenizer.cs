@@ -98,7 +98,10 @@ public sealed class CalmTokenizer
     }
 
     /// <summary>Loads a tokenizer.json or a SentencePiece tokenizer.model (or a folder holding one).</summary>
-    public static CalmTokenizer FromFile(string path)
+    public static CalmTokenizer FromFile(string path) => FromFile(path, allowLibraryMerges: true);
+
+    /// <summary>allowLibraryMerges: false runs every BPE merge in Calm's own code (tests compare both ways).</summary>
+    internal static CalmTokenizer FromFile(string path, bool allowLibraryMerges)
     {
         if (Directory.Exists(path)) return FromFolder(path);
         if (!File.Exists(path))
@@ -120,8 +123,11 @@ public sealed class CalmTokenizer
             }
             return new CalmTokenizer(path, null, sp, cfg);
         }
-        return new CalmTokenizer(path, TokenizerLoader.Load(path), null, cfg);
+        return new CalmTokenizer(path, TokenizerLoader.Load(path, allowLibraryMerges), null, cfg);
     }
+
+    /// <summary>True when BPE merges run in Microsoft.ML.Tokenizers (byte-level models, tokenizer.model).</summary>
+    internal bool MergesInLibrary => _sp != null || _parts!.Model.UsesLibrary;
 
     internal int? IdOf(string token)
     {

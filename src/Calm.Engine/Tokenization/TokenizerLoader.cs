@@ -32,7 +32,7 @@ internal static class TokenizerLoader
         public int[] Prefix = Array.Empty<int>(), Suffix = Array.Empty<int>();
     }
 
-    public static Parts Load(string path)
+    public static Parts Load(string path, bool allowLibrary = true)
     {
         JsonDocument doc;
         try
@@ -48,7 +48,7 @@ internal static class TokenizerLoader
             if (root.ValueKind != JsonValueKind.Object) throw Invalid(path, "the top level is not a JSON object");
             var parts = new Parts();
             if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object) throw Invalid(path, "there is no \"model\" object");
-            parts.Model = LoadModel(model, path);
+            parts.Model = LoadModel(model, path, allowLibrary);
             if (root.TryGetProperty("added_tokens", out var added) && added.ValueKind == JsonValueKind.Array)
                 foreach (var a in added.EnumerateArray())
                 {
@@ -83,7 +83,7 @@ internal static class TokenizerLoader
     static string TypeOf(JsonElement o, string what, string path) =>
         o.ValueKind == JsonValueKind.Object && Str(o, "type") is { } t ? t : throw Invalid(path, $"a {what} has no \"type\"");
 
-    static BpeModel LoadModel(JsonElement m, string path)
+    static BpeModel LoadModel(JsonElement m, string path, bool allowLibrary)
     {
         string type = Str(m, "type") ?? (m.TryGetProperty("merges", out _) ? "BPE" : "?");
         if (type != "BPE") throw Unsupported(path, $"a model of type '{type}'");
@@ -113,7 +113,7 @@ internal static class TokenizerLoader
             }
         else throw Invalid(path, "the BPE model has no \"merges\" array");
         return new BpeModel(vocab, merges, Str(m, "unk_token"), Bool(m, "byte_fallback", false), Bool(m, "fuse_unk", false),
-            Bool(m, "ignore_merges", false), Str(m, "continuing_subword_prefix"), Str(m, "end_of_word_suffix"), path);
+            Bool(m, "ignore_merges", false), Str(m, "continuing_subword_prefix"), Str(m, "end_of_word_suffix"), path, allowLibrary);
     }
 
     static NormalizerStep LoadNormalizer(JsonElement n, string path)

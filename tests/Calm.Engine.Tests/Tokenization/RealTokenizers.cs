@@ -64,6 +64,17 @@ internal static class RealTokenizers
         }
     }
 
+    /// <summary>NAME loaded with every merge in Calm's own BPE code instead of Microsoft.ML.Tokenizers.</summary>
+    public static CalmTokenizer GetOwnMerges(string name)
+    {
+        string dir = Folder(name);
+        lock (Loaded)
+        {
+            if (!Loaded.TryGetValue(name + "/own", out var t)) Loaded[name + "/own"] = t = CalmTokenizer.FromFile(Path.Combine(dir, "tokenizer.json"), allowLibraryMerges: false);
+            return t;
+        }
+    }
+
     static string? Run(string exe, string args, string cwd)
     {
         try

@@ -15,9 +15,26 @@ public class ReferenceIdTests
     static RefFile Load(string name) => JsonSerializer.Deserialize<RefFile>(File.ReadAllText(RealTokenizers.RefPath(name)))!;
 
     [Theory, MemberData(nameof(Names))]
-    public void IdsMatchHuggingFace(string name)
+    public void IdsMatchHuggingFace(string name) => CheckIds(name, RealTokenizers.Get(name));
+
+    /// <summary>The same references with every merge in Calm's own BPE code (the path byte-fallback models take).</summary>
+    [Theory, MemberData(nameof(Names))]
+    public void IdsMatchHuggingFaceWithOwnMerges(string name)
     {
-        var tok = RealTokenizers.Get(name);
+        var tok = RealTokenizers.GetOwnMerges(name);
+        Assert.False(tok.MergesInLibrary);
+        CheckIds(name, tok);
+    }
+
+    [Fact]
+    public void ByteLevelModelsMergeInMicrosoftMLTokenizers()
+    {
+        foreach (var n in new[] { "llama3_2", "qwen2_5", "qwen3", "mistral_nemo" }) Assert.True(RealTokenizers.Get(n).MergesInLibrary, n);
+        Assert.False(RealTokenizers.Get("gemma2").MergesInLibrary); // byte fallback: the library has no such option
+    }
+
+    static void CheckIds(string name, CalmTokenizer tok)
+    {
         var refs = Load(name);
         Assert.True(refs.cases.Length >= 50);
         var failures = new List<string>();
