@@ -73,4 +73,7 @@ public static class ErrorIds
     public const string TemplateError = "Calm.TemplateError";
     public const string TemplateLimitExceeded = "Calm.TemplateLimitExceeded";
     public const string TemplateMissing = "Calm.TemplateMissing";
+    public const string TokenizerUnsupported = "Calm.TokenizerUnsupported";
+    public const string TokenizerInvalid = "Calm.TokenizerInvalid";
+    public const string TokenizerMissing = "Calm.TokenizerMissing";
 }
