@@ -92,7 +92,7 @@ function Get-PwshInvocation {
 function Invoke-ChildPwsh([string[]] $Arguments) {
     $inv = @(Get-PwshInvocation)
     $rest = @($inv | Select-Object -Skip 1) + @('-NoProfile', '-NonInteractive') + $Arguments
-    & $inv[0] @rest
+    & $inv[0] @rest | Out-Host
     return $LASTEXITCODE
 }
 
