@@ -151,10 +151,6 @@ function Invoke-PesterChild {
     $config.Output.Verbosity = if ($env:CI) { 'Detailed' } else { 'Normal' }
     if ($Tag) { $config.Filter.Tag = @($Tag -split ',') }
     if ($ExcludeTag) { $config.Filter.ExcludeTag = @($ExcludeTag -split ',') }
-    $config.TestResult.Enabled = $true
-    $config.TestResult.OutputFormat = 'NUnitXml'
-    $config.TestResult.OutputPath = Join-Path $OutDir "test-results/pester$(if ($Tag) { '-' + ($Tag -join '-') }).xml"
-    New-Item -ItemType Directory -Force (Split-Path $config.TestResult.OutputPath.Value) | Out-Null
     $r = Invoke-Pester -Configuration $config
     $failed = $r.FailedCount + $r.FailedContainersCount
     if ($failed -eq 0) { $failed += $r.FailedBlocksCount }

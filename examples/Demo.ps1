@@ -13,7 +13,7 @@ Import-Module (Join-Path $PSScriptRoot '../Calm.psd1') -Force
 
 Write-Host "`n== The machine" -ForegroundColor Cyan
 $cpu = Get-CalmDevice -MeasureBandwidth | Where-Object Kind -EQ 'Cpu'
-Get-CalmDevice -MeasureBandwidth:$false | Format-Table | Out-Host
+$cpu | Format-Table | Out-Host
 Write-Host ("Measured read bandwidth: {0:N1} GB/s (median of 7 passes, spread {1:N0}%)" -f $cpu.MeasuredBandwidthGBps, $cpu.BandwidthSpreadPercent)
 
 Write-Host "`n== A synthetic model: New-CalmModel -Preset $Preset" -ForegroundColor Cyan

@@ -96,8 +96,27 @@ if ([Calm.Engine.Session.CalmSession]::Shared.Models.Count -ne 0) { throw 'the s
 "@
         $pwsh = [Environment]::ProcessPath
         $pre = @(if ([IO.Path]::GetFileNameWithoutExtension($pwsh) -ne 'pwsh') { Join-Path $PSHOME 'pwsh.dll' })
-        $out = & $pwsh @pre -NoProfile -NonInteractive -Command $script 2>&1
-        $LASTEXITCODE | Should -Be 0 -Because ($out -join "`n")
+        $env:NO_COLOR = '1'
+        try { $out = & $pwsh @pre -NoProfile -NonInteractive -Command $script 2>&1 }
+        finally { Remove-Item Env:NO_COLOR }
+        $LASTEXITCODE | Should -Be 0 -Because (($out -join "`n") -replace '\x1b\[[0-9;]*m', '')
         $out | Should -Contain 'released'
+    }
+}
+
+Describe 'Stopping (Ctrl+C)' {
+    It 'stops Get-CalmDevice -MeasureBandwidth promptly and leaves the module usable' {
+        $ps = [PowerShell]::Create()
+        try {
+            $null = $ps.AddScript("Import-Module '$($script:Manifest)'; while (`$true) { Get-CalmDevice -MeasureBandwidth }")
+            $async = $ps.BeginInvoke()
+            Start-Sleep -Milliseconds 1500
+            $sw = [Diagnostics.Stopwatch]::StartNew()
+            $ps.Stop()
+            $sw.Elapsed.TotalSeconds | Should -BeLessThan 10
+            $ps.InvocationStateInfo.State | Should -Be 'Stopped'
+        }
+        finally { $ps.Dispose() }
+        (Get-CalmDevice).Kind | Should -Contain 'Cpu'
     }
 }

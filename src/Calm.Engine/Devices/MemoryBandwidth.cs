@@ -62,9 +62,14 @@ public static unsafe class MemoryBandwidth
             using var start = new Barrier(threads + 1);
             using var done = new Barrier(threads + 1);
             var workers = new Thread[threads];
+            // Each reader stamps its own start and end: a pass lasts from the first start to the last end, whatever
+            // the coordinating thread's scheduling (on a machine with few cores it may run late).
+            var began = new long[threads];
+            var ended = new long[threads];
             for (int t = 0; t < threads; t++)
             {
                 byte* slice = buffer + t * perThread;
+                int index = t;
                 workers[t] = new Thread(() =>
                 {
                     // First touch from the reading thread: the pages are really mapped (and NUMA-local).
@@ -76,7 +81,9 @@ public static unsafe class MemoryBandwidth
                     {
                         start.SignalAndWait();
                         if (Volatile.Read(ref stop) != 0) break;
+                        began[index] = Stopwatch.GetTimestamp();
                         local += ReadAll(slice, perThread);
+                        ended[index] = Stopwatch.GetTimestamp();
                         done.SignalAndWait();
                     }
                     Interlocked.Add(ref sink, local);
@@ -90,10 +97,9 @@ public static unsafe class MemoryBandwidth
                 {
                     if (ct.IsCancellationRequested) break;
                     start.SignalAndWait();
-                    long t0 = Stopwatch.GetTimestamp();
                     done.SignalAndWait();
-                    double s = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-                    if (rep >= 0) samples[rep] = bytes / s / 1e9;
+                    double s = (double)(ended.Max() - began.Min()) / Stopwatch.Frequency;
+                    if (rep >= 0) samples[rep] = bytes / Math.Max(s, 1e-9) / 1e9;
                 }
             }
             finally
