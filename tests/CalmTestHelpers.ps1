@@ -98,9 +98,9 @@ function New-ModelFolder {
     New-Item -ItemType Directory -Force $dir | Out-Null
     $spec = New-TinyLlamaSpec
     if ($Mutate) { & $Mutate $spec }
-    if (-not $NoConfig) { $spec.Config | ConvertTo-Json -Depth 5 | Set-Content -Path (Join-Path $dir 'config.json') -Encoding utf8 }
+    if (-not $NoConfig) { $spec.Config | ConvertTo-Json -Depth 5 | Set-Content -LiteralPath (Join-Path $dir 'config.json') -Encoding utf8 }
     Write-SafetensorsFile -Path (Join-Path $dir 'model.safetensors') -Tensors $spec.Tensors
-    [ordered]@{ bos_token_id = 1; eos_token_id = 2 } | ConvertTo-Json | Set-Content -Path (Join-Path $dir 'generation_config.json') -Encoding utf8
+    [ordered]@{ bos_token_id = 1; eos_token_id = 2 } | ConvertTo-Json | Set-Content -LiteralPath (Join-Path $dir 'generation_config.json') -Encoding utf8
     $dir
 }
 

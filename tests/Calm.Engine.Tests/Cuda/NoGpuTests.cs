@@ -93,13 +93,15 @@ public class NoGpuTests
         var c = new ModelConfig
         {
             Architecture = Architecture.Llama, ModelType = "llama", VocabSize = 10, HiddenSize = 8, IntermediateSize = 16,
-            NumLayers = 1, NumHeads = 1, NumKvHeads = 1, HeadDim = 8, MaxPositionEmbeddings = 16,
+            NumLayers = 1, NumHeads = 1, NumKvHeads = 1, HeadDim = 8, MaxPositionEmbeddings = 16, DType = DType.F32,
         };
-        var ex = Assert.Throws<CalmException>(() => ModelFactory.CreateBackend(c, null!, new ImportOptions { Device = DeviceChoice.Cuda }, null, default));
+        var (weights, store) = Calm.Engine.Synthetic.SyntheticWeights.Build(c, 1, null, default);
+        using var _ = store;
+        var ex = Assert.Throws<CalmException>(() => ModelFactory.CreateBackend(c, weights, new ImportOptions { Device = DeviceChoice.Cuda }, null, default));
         Assert.Equal(ErrorIds.DeviceNotAvailable, ex.ErrorId);
         Assert.Contains("Cpu", ex.Message);
         var warnings = new List<string>();
-        using var b = ModelFactory.CreateBackend(c, null!, new ImportOptions { Device = DeviceChoice.Auto, Warning = warnings.Add }, null, default);
+        using var b = ModelFactory.CreateBackend(c, weights, new ImportOptions { Device = DeviceChoice.Auto, Warning = warnings.Add }, null, default);
         Assert.Equal("Cpu", b.DeviceKind);
         Assert.Single(warnings);
         Assert.Contains("CPU", warnings[0]);
