@@ -85,19 +85,39 @@ public sealed record ModelConfig
     public int RotaryDim => (int)(HeadDim * PartialRotaryFactor) & ~1;
     public bool IsMoE => NumExperts > 0;
 
+    /// <summary>Parameters of one layer's attention block: q/k/v/o (+ biases, q/k norms).</summary>
+    public long AttentionParametersPerLayer
+    {
+        get
+        {
+            long d = HiddenSize;
+            long n = d * QDim + 2L * d * KvDim + (long)QDim * d;
+            if (QkvBias) n += QDim + 2L * KvDim;
+            if (OutputBias) n += d;
+            if (QkNorm) n += 2L * HeadDim;
+            return n;
+        }
+    }
+
+    /// <summary>Parameters of one layer's FFN reading <paramref name="experts"/> experts (all of a dense FFN), router excluded.</summary>
+    public long FfnParametersPerLayer(int experts)
+    {
+        long d = HiddenSize, f = IntermediateSize;
+        if (IsMoE) return experts * 3L * d * f;
+        long n = 3L * d * f;
+        if (MlpBias) n += 2 * f + d;
+        return n;
+    }
+
+    private long RouterParametersPerLayer => IsMoE ? (long)NumExperts * HiddenSize : 0;
+
     /// <summary>Total parameter count (every tensor, tied embeddings once).</summary>
     public long ParameterCount
     {
         get
         {
-            long d = HiddenSize, f = IntermediateSize, v = VocabSize;
-            long attn = d * QDim + 2L * d * KvDim + (long)QDim * d;
-            if (QkvBias) attn += QDim + 2L * KvDim;
-            if (OutputBias) attn += d;
-            if (QkNorm) attn += 2L * HeadDim;
-            long ffn = IsMoE ? NumExperts * 3L * d * f + (long)NumExperts * d : 3L * d * f;
-            if (MlpBias && !IsMoE) ffn += 2 * f + d;
-            long layer = attn + ffn + 2 * d;
+            long d = HiddenSize, v = VocabSize;
+            long layer = AttentionParametersPerLayer + FfnParametersPerLayer(NumExperts) + RouterParametersPerLayer + 2 * d;
             long total = layer * NumLayers + v * d + d;
             if (!TieWordEmbeddings) total += v * d;
             return total;
@@ -109,14 +129,8 @@ public sealed record ModelConfig
     {
         get
         {
-            long d = HiddenSize, f = IntermediateSize, v = VocabSize;
-            long attn = d * QDim + 2L * d * KvDim + (long)QDim * d;
-            if (QkvBias) attn += QDim + 2L * KvDim;
-            if (OutputBias) attn += d;
-            if (QkNorm) attn += 2L * HeadDim;
-            long ffn = IsMoE ? NumExpertsPerToken * 3L * d * f + (long)NumExperts * d : 3L * d * f;
-            if (MlpBias && !IsMoE) ffn += 2 * f + d;
-            long layer = attn + ffn + 2 * d;
+            long d = HiddenSize, v = VocabSize;
+            long layer = AttentionParametersPerLayer + FfnParametersPerLayer(NumExpertsPerToken) + RouterParametersPerLayer + 2 * d;
             return layer * NumLayers + d /* embedding row */ + v * d /* classifier */ + d /* final norm */;
         }
     }

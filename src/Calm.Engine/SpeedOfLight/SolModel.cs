@@ -57,17 +57,12 @@ public static class SolModel
 
     public static WeightElements ElementsPerToken(ModelConfig c)
     {
-        long d = c.HiddenSize, f = c.IntermediateSize;
-        long attn = d * c.QDim + 2L * d * c.KvDim + (long)c.QDim * d;
-        if (c.QkvBias) attn += c.QDim + 2L * c.KvDim;
-        if (c.OutputBias) attn += d;
-        if (c.QkNorm) attn += 2L * c.HeadDim;
-        long ffn = c.IsMoE ? c.NumExpertsPerToken * 3L * d * f : 3L * d * f;
-        if (c.MlpBias && !c.IsMoE) ffn += 2 * f + d;
+        long d = c.HiddenSize;
         long router = c.IsMoE ? (long)c.NumExperts * d : 0;
         long norms = 2 * d * c.NumLayers + d;
         // One embedding row; the classifier is the whole [V, D] matrix (the embedding table itself when tied).
-        return new WeightElements(d, attn * c.NumLayers, ffn * c.NumLayers, router * c.NumLayers, norms, (long)c.VocabSize * d);
+        return new WeightElements(d, c.AttentionParametersPerLayer * c.NumLayers, c.FfnParametersPerLayer(c.NumExpertsPerToken) * c.NumLayers,
+            router * c.NumLayers, norms, (long)c.VocabSize * d);
     }
 
     public static long KvBytesPerPosition(ModelConfig c, double kvBytesPerElement)

@@ -221,33 +221,22 @@ public static class SyntheticWeights
 /// <summary>Host memory the process can still take.</summary>
 public static class HostMemory
 {
-    public static long AvailableBytes()
+    public static long AvailableBytes() => ReadMeminfo("MemAvailable:") ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+
+    public static long TotalBytes() => ReadMeminfo("MemTotal:") ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+
+    /// <summary>A "Key:  N kB" line of /proc/meminfo in bytes; null off Linux or when unreadable.</summary>
+    private static long? ReadMeminfo(string key)
     {
         try
         {
-            if (File.Exists("/proc/meminfo"))
-            {
-                foreach (var line in File.ReadLines("/proc/meminfo"))
-                    if (line.StartsWith("MemAvailable:", StringComparison.Ordinal))
-                        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-            }
+            if (!File.Exists("/proc/meminfo")) return null;
+            foreach (var line in File.ReadLines("/proc/meminfo"))
+                if (line.StartsWith(key, StringComparison.Ordinal))
+                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
         }
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
-        var info = GC.GetGCMemoryInfo();
-        return info.TotalAvailableMemoryBytes;
-    }
-
-    public static long TotalBytes()
-    {
-        try
-        {
-            if (File.Exists("/proc/meminfo"))
-                foreach (var line in File.ReadLines("/proc/meminfo"))
-                    if (line.StartsWith("MemTotal:", StringComparison.Ordinal))
-                        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-        }
-        catch (IOException) { }
-        return GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        return null;
     }
 }
