@@ -241,7 +241,7 @@ public class BackendTests
         using var _store = m.Store;
         using var b = new CudaBackend(m.C, m.W, 256);
         b.ForwardGreedy(new[] { 1 }, 0);
-        double gpuMs = b.TimeDecodeSteps(50, 100) / 50;
+        double gpuMs = b.TimeGraphLaunches(50, 100) / 50;
         var toks = Enumerable.Range(0, 50).Select(i => i % m.C.VocabSize).ToArray();
         b.Forward(toks, 0, Span<float>.Empty, false);
         double hostMs = b.LastHostMs / 50;
