@@ -7,6 +7,7 @@ namespace Calm.Engine.Tests.Cuda;
 /// <summary>CudaBackend end to end on small random models of every architecture, against a float64 reference
 /// forward written here from the HF definitions (fp16 rounding of cached k/v mirrored).</summary>
 [Trait("Category", "GPU")]
+[Collection("GPU")]   // one at a time: the tests read free GPU memory, which a parallel test would change
 public class BackendTests
 {
     private static ModelConfig Cfg(string arch) => arch switch

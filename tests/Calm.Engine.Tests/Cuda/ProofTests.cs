@@ -13,6 +13,7 @@ namespace Calm.Engine.Tests.Cuda;
 /// cycles leaving GPU memory as it was, out-of-memory at upload, synthetic weights made on the GPU bit for bit.
 /// </summary>
 [Trait("Category", "GPU")]
+[Collection("GPU")]   // one at a time: the tests read free GPU memory, which a parallel test would change
 public class ProofTests
 {
     public const double FixtureTolerance = 2e-3;
