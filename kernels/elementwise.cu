@@ -9,6 +9,11 @@ __device__ __forceinline__ void embed_impl(const u16* table, float* out, int D, 
 }
 extern "C" __global__ void embed_bf16(const u16* table, float* out, int D, float scale, const StepParams* sp) { embed_impl<CALM_BF16>(table, out, D, scale, sp); }
 extern "C" __global__ void embed_f16(const u16* table, float* out, int D, float scale, const StepParams* sp) { embed_impl<CALM_F16>(table, out, D, scale, sp); }
+// table [V, D] f32 (float32 checkpoints)
+extern "C" __global__ void embed_f32(const float* table, float* out, int D, float scale, const StepParams* sp) {
+    const float* row = table + (long long)sp->token * D;
+    for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) out[d] = row[d] * scale;
+}
 
 // gu [slots, 2F] f32 = [gate | up] per slot; h [slots, F] = act(gate) * up.
 extern "C" __global__ void gate_act(const float* gu, float* h, int F, int slots, int act) {

@@ -43,14 +43,43 @@ __device__ __forceinline__ float row_dot(const u16* row, const float* x, int col
     return warp_sum(acc);
 }
 
+// f32 weights (fixtures saved in float32): rows read 16 bytes (4 floats) at a time.
+__device__ __forceinline__ float row_dot_f32(const float* row, const float* x, int cols, int lane) {
+    float acc = 0.f;
+    if ((cols & 3) == 0) {
+        const calm_u4* rv = (const calm_u4*)row;
+        int nvec = cols >> 2;
+        for (int v = lane; v < nvec; v += 32) {
+            calm_u4 w = ldg_u4_stream(rv + v);
+            calm_f4 a = *(const calm_f4*)(x + (long long)v * 4);
+            acc = fmaf(__uint_as_float(w.x), a.x, acc); acc = fmaf(__uint_as_float(w.y), a.y, acc);
+            acc = fmaf(__uint_as_float(w.z), a.z, acc); acc = fmaf(__uint_as_float(w.w), a.w, acc);
+        }
+    } else {
+        for (int c = lane; c < cols; c += 32) acc = fmaf(row[c], x[c], acc);
+    }
+    return warp_sum(acc);
+}
+
+// element type of a weight dtype code
+template <int DT> struct WeightT { typedef u16 T; };
+template <> struct WeightT<CALM_F32> { typedef float T; };
+
+template <int DT> __device__ __forceinline__ float row_dot_t(const typename WeightT<DT>::T* row, const float* x, int cols, int lane) {
+    return row_dot<DT>(row, x, cols, lane);
+}
+template <> __device__ __forceinline__ float row_dot_t<CALM_F32>(const float* row, const float* x, int cols, int lane) {
+    return row_dot_f32(row, x, cols, lane);
+}
+
 // W [rows, cols] (DT), x [cols] f32, y [rows] f32, bias [rows] f32 or null.
 // y[r] = W[r,:] . x (+ bias[r]) (+ y[r] when accumulate != 0: fused residual add).
 template <int DT>
-__device__ __forceinline__ void matvec_impl(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
+__device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
     int row = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
-    float s = row_dot<DT>(W + (long long)row * cols, x, cols, lane);
+    float s = row_dot_t<DT>(W + (long long)row * cols, x, cols, lane);
     if (lane == 0) {
         if (bias) s += bias[row];
         if (accumulate) s += y[row];
@@ -64,21 +93,27 @@ extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, c
 extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
     matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate);
 }
+extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
+    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate);
+}
 
 // MoE: blockIdx.y = slot s of the top-k; the expert is expertIdx[s] (chosen on the GPU by moe_route).
-// experts [E] device pointers to [rows, cols] matrices; biases [E] pointers or null table; x [slots, xStride]
+// experts [E] device pointers to [rows, cols] matrices; x [slots, xStride]
 // (xStride 0: every slot reads the same input); y [slots, rows].
 template <int DT>
-__device__ __forceinline__ void moe_matvec_impl(const u16* const* experts, const int* expertIdx, const float* x, int xStride,
+__device__ __forceinline__ void moe_matvec_impl(const void* const* experts, const int* expertIdx, const float* x, int xStride,
                                                 float* y, int rows, int cols) {
     int s = blockIdx.y;
-    const u16* W = experts[expertIdx[s]];
+    const typename WeightT<DT>::T* W = (const typename WeightT<DT>::T*)experts[expertIdx[s]];
     matvec_impl<DT>(W, x + (long long)s * xStride, y + (long long)s * rows, (const float*)0, rows, cols, 0);
 }
 
-extern "C" __global__ void moe_matvec_bf16(const u16* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {
+extern "C" __global__ void moe_matvec_bf16(const void* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {
     moe_matvec_impl<CALM_BF16>(experts, expertIdx, x, xStride, y, rows, cols);
 }
-extern "C" __global__ void moe_matvec_f16(const u16* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {
+extern "C" __global__ void moe_matvec_f16(const void* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {
     moe_matvec_impl<CALM_F16>(experts, expertIdx, x, xStride, y, rows, cols);
+}
+extern "C" __global__ void moe_matvec_f32(const void* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {
+    moe_matvec_impl<CALM_F32>(experts, expertIdx, x, xStride, y, rows, cols);
 }

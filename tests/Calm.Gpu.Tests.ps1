@@ -1,27 +1,71 @@
 # GPU tests: run by `build.ps1 GpuTest` on the H200 machine; skipped with the reason where there is no NVIDIA GPU.
 BeforeDiscovery {
     $script:HasGpu = [bool](Get-Command nvidia-smi -ErrorAction Ignore) -and ((& nvidia-smi -L 2>$null) -match '^GPU \d')
+    $script:Fixtures = @('llama', 'llama_tied', 'mistral', 'qwen2', 'qwen3', 'gemma', 'phi3', 'mixtral') | ForEach-Object { @{ Name = $_ } }
 }
 BeforeAll {
     . (Join-Path $PSScriptRoot 'CalmTestHelpers.ps1')
     Import-CalmForTest
+    $script:FixtureRoot = Join-Path $PSScriptRoot 'fixtures'
+    function Get-GpuFreeGB { (Get-CalmDevice | Where-Object { $_.Kind -eq 'Cuda' -and $_.Index -eq 0 }).FreeMemoryGB }
 }
 
 Describe 'On an NVIDIA GPU' -Tag 'GPU' -Skip:(-not $script:HasGpu) {
-    It 'Get-CalmDevice lists a Cuda row per GPU with its memory and peak bandwidth' {
+    AfterEach { Get-CalmModel | Remove-CalmModel }
+
+    It 'Get-CalmDevice lists a Cuda row per GPU with its memory, attributes and peak bandwidth' {
         $gpus = @(Get-CalmDevice | Where-Object Kind -EQ 'Cuda')
         $gpus.Count | Should -Be @(& nvidia-smi -L | Where-Object { $_ -match '^GPU \d' }).Count
         foreach ($g in $gpus) {
+            $g.Name | Should -Match 'NVIDIA'
             $g.ComputeCapability | Should -Match '^\d+\.\d+$'
             $g.MemoryGB | Should -BeGreaterThan 1
+            $g.FreeMemoryGB | Should -BeGreaterThan 0
+            $g.FreeMemoryGB | Should -BeLessOrEqual $g.MemoryGB
+            $g.Multiprocessors | Should -BeGreaterThan 0
+            $g.MemoryBusWidth | Should -BeGreaterThan 0
+            $g.MemoryClockMHz | Should -BeGreaterThan 0
             $g.PeakBandwidthGBps | Should -BeGreaterThan 100
-            $g.DriverVersion | Should -Not -BeNullOrEmpty
+            $g.PeakBandwidthGBps | Should -Be ([math]::Round(2 * $g.MemoryClockMHz * 1e6 * $g.MemoryBusWidth / 8 / 1e9, 1)) -Because 'peak = 2 x clock x bus width / 8'
+            $g.DriverVersion | Should -Match '^\d+\.\d+$'
+            $g.NvrtcVersion | Should -Match '^\d+\.\d+$'
         }
     }
-    It 'New-CalmModel -Device Cuda puts the tiny preset on the GPU' {
-        $m = New-CalmModel -Preset tiny -Device Cuda -Name gpu-tiny
+
+    It 'Get-CalmDevice -MeasureBandwidth measures the GPU read bandwidth below its peak' {
+        $g = Get-CalmDevice -MeasureBandwidth | Where-Object Kind -EQ 'Cuda' | Select-Object -First 1
+        $g.MeasuredBandwidthGBps | Should -BeGreaterThan 100
+        $g.MeasuredBandwidthGBps | Should -BeLessThan (1.05 * $g.PeakBandwidthGBps)
+    }
+
+    It 'Import-CalmModel -Device Cuda loads the <Name> fixture on the GPU' -TestCases $script:Fixtures {
+        param($Name)
+        $m = Import-CalmModel -Path (Join-Path $script:FixtureRoot $Name) -Device Cuda -Name "gpu-$Name"
         $m.Device | Should -Be 'Cuda'
-        Remove-CalmModel -Name gpu-tiny
+        $m.Vocab | Should -Be 256
+        (Get-CalmModel | Where-Object Name -EQ "gpu-$Name").Device | Should -Be 'Cuda'
+    }
+
+    It 'New-CalmModel -Device Cuda makes a Llama-3-8B shape on the GPU in seconds, and Remove-CalmModel frees it' {
+        $free0 = Get-GpuFreeGB
+        $sw = [Diagnostics.Stopwatch]::StartNew()
+        $m = New-CalmModel -Preset Llama-3-8B -Device Cuda -Name gpu-8b -ContextLength 4096
+        $sw.Stop()
+        $m.Device | Should -Be 'Cuda'
+        $m.WeightBytes | Should -BeGreaterThan 15e9
+        $sw.Elapsed.TotalSeconds | Should -BeLessThan 20 -Because "made on the GPU with no host copy (took $($sw.Elapsed.TotalSeconds) s)"
+        $used = $free0 - (Get-GpuFreeGB)
+        $used | Should -BeGreaterThan ($m.WeightBytes / 1e9)
+        Remove-CalmModel -Name gpu-8b
+        [math]::Abs($free0 - (Get-GpuFreeGB)) | Should -BeLessThan (0.01 * $free0) -Because 'Remove-CalmModel returns the GPU memory'
+    }
+
+    It 'New-CalmModel -Device Cuda refuses a model larger than the GPU with Calm.OutOfMemory' {
+        $free0 = Get-GpuFreeGB
+        { New-CalmModel -Preset Llama-3.1-70B -DType f32 -Device Cuda -Name too-big -ContextLength 1024 -ErrorAction Stop } |
+            Should -Throw -ErrorId 'Calm.OutOfMemory*'
+        @(Get-CalmModel | Where-Object Name -EQ 'too-big').Count | Should -Be 0
+        [math]::Abs($free0 - (Get-GpuFreeGB)) | Should -BeLessThan 0.5
     }
 }
 

@@ -55,6 +55,27 @@ public static class ModelFactory
         if (options.ContextLength is int c && c > config.MaxPositionEmbeddings)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
                 $"ContextLength {c} exceeds the preset's max_position_embeddings ({config.MaxPositionEmbeddings}).", "ContextLength");
+        // On a GPU the weights are made there by the fill kernel (no host copy): the host holds shapes only.
+        bool onGpu = options.Device == DeviceChoice.Cuda || (options.Device == DeviceChoice.Auto && Cuda.CudaDeviceInfo.Unavailable() is null);
+        if (onGpu)
+        {
+            var deviceWeights = SyntheticWeights.DeviceOnly(config);
+            var emptyStore = new NativeWeightStore();
+            try
+            {
+                var backend = CreateBackend(config, deviceWeights, options with { Device = DeviceChoice.Cuda }, progress, ct, seed);
+                return new LoadedModel(options.Name ?? Presets.Canonical(preset), config, deviceWeights, emptyStore, backend, null)
+                {
+                    Preset = Presets.Canonical(preset),
+                    Seed = seed,
+                };
+            }
+            catch
+            {
+                emptyStore.Dispose();
+                throw;
+            }
+        }
         var (weights, store) = SyntheticWeights.Build(config, seed, progress, ct);
         try
         {
@@ -72,7 +93,8 @@ public static class ModelFactory
         }
     }
 
-    internal static IForwardBackend CreateBackend(ModelConfig config, ModelWeights weights, ImportOptions options, IProgress<LoadProgress>? progress, CancellationToken ct)
+    internal static IForwardBackend CreateBackend(ModelConfig config, ModelWeights weights, ImportOptions options, IProgress<LoadProgress>? progress, CancellationToken ct,
+                                                  int? syntheticSeed = null)
     {
         int ctx = options.ContextLength ?? Math.Min(config.MaxPositionEmbeddings, DefaultContextCap);
         if (ctx <= 0)
@@ -85,7 +107,7 @@ public static class ModelFactory
                 if (why is not null)
                     throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable,
                         $"-Device Cuda is not available: {why} Use -Device Cpu (or Auto).", "Cuda");
-                return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose);
+                return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose, syntheticSeed);
             }
             case DeviceChoice.Auto:
             {

@@ -23,7 +23,7 @@ public interface IDeviceSampling
 /// captured at construction; the kernels read the token and position from a device StepParams, so every step
 /// (prefill tokens too) is one graph launch preceded by an 8-byte copy.
 /// </summary>
-public sealed unsafe class CudaBackend : IForwardBackend, IDeviceSampling
+public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSampling, IBenchmarkBackend
 {
     private const int ParamRing = 64;              // pinned StepParams slots before the host waits for the GPU
 
@@ -68,9 +68,17 @@ public sealed unsafe class CudaBackend : IForwardBackend, IDeviceSampling
     private readonly int _slots;
     private CudaDeviceMemory? _stepMem, _resultMem, _topVMem, _topIMem;
 
+    /// <summary>
+    /// Uploads <paramref name="weights"/>. Tensors whose <see cref="Tensor.Data"/> is 0 (device-only, see
+    /// <see cref="Synthetic.SyntheticWeights.DeviceOnly"/>) are made on the GPU by the fill kernel from
+    /// <paramref name="syntheticSeed"/> and the tensor's <see cref="Synthetic.SyntheticWeights.Layout"/> spec (same
+    /// name, shape, scale and offset as the host generator), so no host copy exists.
+    /// </summary>
     public CudaBackend(ModelConfig config, ModelWeights weights, int maxContext, int device = 0,
-                       IProgress<LoadProgress>? progress = null, CancellationToken ct = default, Action<string>? verbose = null)
+                       IProgress<LoadProgress>? progress = null, CancellationToken ct = default, Action<string>? verbose = null,
+                       int? syntheticSeed = null)
     {
+        _synthSeed = syntheticSeed;
         Config = config;
         MaxContext = maxContext;
         if (maxContext <= 0) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"ContextLength must be positive (got {maxContext}).", "ContextLength");
@@ -115,9 +123,18 @@ public sealed unsafe class CudaBackend : IForwardBackend, IDeviceSampling
     private void CheckPlan(ModelWeights w)
     {
         foreach (var t in w.AllTensors())
-            if (t.Rank == 2 && t.DType is not (DType.BF16 or DType.F16))
+            if (t.Rank == 2 && t.DType is not (DType.BF16 or DType.F16 or DType.F32))
                 throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
-                    $"The CUDA backend runs bf16 and f16 weight matrices; {t.Name} is {DTypes.Name(t.DType)}. Convert the model or use -Device Cpu.", t.Name);
+                    $"The CUDA backend runs bf16, f16 and f32 weight matrices; {t.Name} is {DTypes.Name(t.DType)}. Convert the model or use -Device Cpu.", t.Name);
+        foreach (var l in w.Layers)
+            foreach (var t in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.WGate, l.WUp, l.WDown, l.Router })
+                if (t is not null && t.DType != _wt)
+                    throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
+                        $"The CUDA backend needs one dtype for all layer matrices; {t.Name} is {DTypes.Name(t.DType)} but {w.Layers[0].Wq.Name} is {DTypes.Name(_wt)}. Use -Device Cpu.", t.Name);
+        if (_synthSeed is null)
+            foreach (var t in w.AllTensors())
+                if (t.Data == 0)
+                    throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"{t.Name} has no host data and no synthetic seed was given.", t.Name);
         var c = Config;
         long act = 4L * (4L * c.HiddenSize + c.QDim + 2L * c.KvDim + c.QDim + _slots * 3L * c.IntermediateSize + _slots * (long)c.HiddenSize + c.VocabSize + c.NumExperts)
                    + 2L * MaxContext * (c.RotaryDim / 2) * 4 + (1 << 20);
@@ -195,6 +212,7 @@ public sealed unsafe class CudaBackend : IForwardBackend, IDeviceSampling
             }
             _layers[i] = d;
         }
+        _stream!.Synchronize();   // fills are asynchronous; surface any fault here
         _progress?.Report(new LoadProgress($"Uploading weights to {DeviceName}", "done", 1.0));
     }
 
@@ -215,6 +233,19 @@ public sealed unsafe class CudaBackend : IForwardBackend, IDeviceSampling
         const long Chunk = 64L << 20;
         foreach (var p in parts)
         {
+            _named[p.Name] = (m.Ptr + (ulong)off, p.ByteLength, false);
+            if (p.Data == 0)
+            {
+                _ct.ThrowIfCancellationRequested();
+                var spec = Spec(p);
+                _k!.FillSynthetic(_stream!, m.Ptr + (ulong)off, p.ElementCount, Synthetic.SyntheticWeights.Key(_synthSeed!.Value, spec.TensorId),
+                                  spec.Scale, spec.Offset, p.DType, asF32: false);
+                _uploadDone += p.ByteLength;
+                off += p.ByteLength;
+                _progress?.Report(new LoadProgress($"Making synthetic weights on {DeviceName}",
+                    $"{p.Name}: {_uploadDone / 1e9:F2} of {_uploadTotal / 1e9:F2} GB", _uploadTotal == 0 ? 1 : (double)_uploadDone / _uploadTotal));
+                continue;
+            }
             for (long done = 0; done < p.ByteLength; done += Chunk)
             {
                 _ct.ThrowIfCancellationRequested();
@@ -235,22 +266,60 @@ public sealed unsafe class CudaBackend : IForwardBackend, IDeviceSampling
     private ulong UploadVector(string what, int n, params (Tensor? T, int Len)[] parts)
     {
         var v = new float[n];
+        var m = Alloc((long)n * 4, what);
         int off = 0;
+        var fills = new List<(Tensor T, int Off)>();
         foreach (var (t, len) in parts)
         {
             if (t is not null)
             {
                 if (t.ElementCount != len)
                     throw new CalmException(ErrorIds.TensorShapeMismatch, CalmErrorKind.InvalidData, $"{t.Name} has {t.ElementCount} elements; expected {len}.", t.Name);
-                var a = t.ToFloatArray();
-                Array.Copy(a, 0, v, off, len);
+                _named[t.Name] = (m.Ptr + (ulong)off * 4, len * 4L, true);
+                if (t.Data == 0) fills.Add((t, off));
+                else Array.Copy(t.ToFloatArray(), 0, v, off, len);
                 _uploadDone += t.ByteLength;
             }
             off += len;
         }
-        var m = Alloc((long)n * 4, what);
-        m.CopyFromHost<float>(v);
+        m.CopyFromHost<float>(v);   // host parts and zeros; device-only parts are filled over their ranges next
+        foreach (var (t, o) in fills)
+        {
+            var spec = Spec(t);
+            _k!.FillSynthetic(_stream!, m.Ptr + (ulong)o * 4, t.ElementCount, Synthetic.SyntheticWeights.Key(_synthSeed!.Value, spec.TensorId),
+                              spec.Scale, spec.Offset, t.DType, asF32: true);
+        }
         return m.Ptr;
+    }
+
+    private readonly int? _synthSeed;
+    private Dictionary<string, Synthetic.SyntheticWeights.FillSpec>? _specs;
+    /// <summary>HF tensor name -> where its values live on the device (bytes; AsF32: a norm/bias kept as f32).</summary>
+    private readonly Dictionary<string, (ulong Ptr, long Bytes, bool AsF32)> _named = new(StringComparer.Ordinal);
+
+    private Synthetic.SyntheticWeights.FillSpec Spec(Tensor t)
+    {
+        _specs ??= Synthetic.SyntheticWeights.Layout(Config).ToDictionary(x => x.Name, StringComparer.Ordinal);
+        if (!_specs.TryGetValue(t.Name, out var spec))
+            throw new CalmException(ErrorIds.TensorMissing, CalmErrorKind.InvalidData, $"{t.Name} is device-only but the synthetic layout of this config has no such tensor.", t.Name);
+        long n = spec.Shape.Aggregate(1L, (a, b) => a * b);
+        if (n != t.ElementCount)
+            throw new CalmException(ErrorIds.TensorShapeMismatch, CalmErrorKind.InvalidData, $"{t.Name} has {t.ElementCount} elements; the synthetic layout says {n}.", t.Name);
+        return spec;
+    }
+
+    /// <summary>The device copy of one weight tensor by its HF name (tests, diagnostics): the tensor's own bytes for
+    /// matrices; f32 values for norms and biases (the backend keeps those as f32). Null when there is no such tensor.</summary>
+    public byte[]? ReadDeviceTensor(string name, out bool asF32)
+    {
+        asF32 = false;
+        if (!_named.TryGetValue(name, out var e)) return null;
+        asF32 = e.AsF32;
+        _ctx.MakeCurrent();
+        _stream!.Synchronize();
+        var r = new byte[e.Bytes];
+        fixed (byte* p = r) CudaException.Check(Cu.cuMemcpyDtoH(p, e.Ptr, (nuint)e.Bytes), "cuMemcpyDtoH(tensor)");
+        return r;
     }
 
     private ulong UploadPointers(string what, ulong[] ptrs)
@@ -300,44 +369,45 @@ public sealed unsafe class CudaBackend : IForwardBackend, IDeviceSampling
     private ulong VLayer(int l) => _vCache + (ulong)((long)l * Config.NumKvHeads * MaxContext * Config.HeadDim * 2);
 
     /// <summary>Enqueues one full decode step on <paramref name="s"/> (captured once into the graph).</summary>
-    private void EnqueueStep(CudaStream s)
+    private void EnqueueStep(CudaStream s, string? only = null)
     {
         var c = Config; var k = _k!;
+        bool W(string stage) => only is null || only == stage;
         int D = c.HiddenSize, Q = c.QDim, KV = c.KvDim, Fi = c.IntermediateSize;
         float eps = (float)c.RmsNormEps;
         float embScale = c.ScaleEmbeddings ? MathF.Sqrt(D) : 1f;
-        k.Embed(s, _embDt, _emb, _x, D, embScale, _step);
+        if (W(Stages.Other)) k.Embed(s, _embDt, _emb, _x, D, embScale, _step);
         for (int l = 0; l < c.NumLayers; l++)
         {
             var L = _layers[l];
-            k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
-            k.Matvec(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
-            k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
+            if (W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
+            if (W(Stages.AttentionProjections)) k.Matvec(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
+            if (W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                            KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step);
-            k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
+            if (W(Stages.Attention)) k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
                         c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step);
-            k.Matvec(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true);
-            k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne);
+            if (W(Stages.AttentionProjections)) k.Matvec(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true);
+            if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne);
             if (!c.IsMoE)
             {
-                k.Matvec(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false);
-                k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct);
-                k.Matvec(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true);
+                if (W(Stages.Ffn)) k.Matvec(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false);
+                if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct);
+                if (W(Stages.Ffn)) k.Matvec(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true);
             }
             else
             {
                 int E = c.NumExperts, top = c.NumExpertsPerToken;
-                k.Matvec(s, _wt, L.Router, _xn, _rl, 0, E, D, false);
-                k.MoeRoute(s, _rl, E, top, _idx, _wts);
-                k.MoeMatvec(s, _wt, L.ExpertGu, _idx, _xn, 0, _gu, 2 * Fi, D, top);
-                k.GateAct(s, _gu, _h, Fi, top, c.HiddenAct);
-                k.MoeMatvec(s, _wt, L.ExpertDown, _idx, _h, Fi, _eo, D, Fi, top);
-                k.MoeCombine(s, _x, _eo, _wts, top, D);
+                if (W(Stages.Ffn)) k.Matvec(s, _wt, L.Router, _xn, _rl, 0, E, D, false);
+                if (W(Stages.Ffn)) k.MoeRoute(s, _rl, E, top, _idx, _wts);
+                if (W(Stages.Ffn)) k.MoeMatvec(s, _wt, L.ExpertGu, _idx, _xn, 0, _gu, 2 * Fi, D, top);
+                if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, top, c.HiddenAct);
+                if (W(Stages.Ffn)) k.MoeMatvec(s, _wt, L.ExpertDown, _idx, _h, Fi, _eo, D, Fi, top);
+                if (W(Stages.Other)) k.MoeCombine(s, _x, _eo, _wts, top, D);
             }
         }
-        k.RmsNorm(s, _x, _finalNorm, _xn, D, eps, c.NormAddOne);
-        k.Matvec(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
-        k.Argmax(s, _logits, c.VocabSize, _pv, _pi, _result);
+        if (W(Stages.Other)) k.RmsNorm(s, _x, _finalNorm, _xn, D, eps, c.NormAddOne);
+        if (W(Stages.Classifier)) k.Matvec(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
+        if (W(Stages.Other)) k.Argmax(s, _logits, c.VocabSize, _pv, _pi, _result);
     }
 
     private void Capture()
@@ -451,7 +521,7 @@ public sealed unsafe class CudaBackend : IForwardBackend, IDeviceSampling
 
 
     /// <summary>GPU milliseconds of <paramref name="steps"/> graph launches at position <paramref name="pos"/> (benchmarks).</summary>
-    public double TimeDecodeSteps(int steps, int pos, int token = 0)
+    public double TimeGraphLaunches(int steps, int pos, int token = 0)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         _ctx.MakeCurrent();
@@ -474,6 +544,7 @@ public sealed unsafe class CudaBackend : IForwardBackend, IDeviceSampling
         _disposed = true;
         try { _ctx.MakeCurrent(); _stream?.Synchronize(); } catch (CalmException) { }
         _graph?.Dispose();
+        DisposeBench();
         _stream?.Dispose();
         _k?.Dispose();
         _pinned?.Dispose();

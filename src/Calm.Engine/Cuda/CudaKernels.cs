@@ -32,8 +32,8 @@ public sealed class CudaKernels : IDisposable
                 var m = new CudaModule(ctx, img.Image, file);
                 _modules.Add(m);
             }
-            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "moe_matvec_bf16", "moe_matvec_f16", "rmsnorm", "qkv_rope_cache",
-                                         "attention_decode", "embed_bf16", "embed_f16", "gate_act", "add_inplace", "moe_route", "moe_combine",
+            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
+                                         "rmsnorm", "qkv_rope_cache", "attention_decode", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
                 _k[name] = Find(name);
         }
@@ -60,11 +60,12 @@ public sealed class CudaKernels : IDisposable
         _ => throw new NotSupportedException($"dtype {t} has no CUDA kernel"),
     };
 
+    /// <summary>Kernel name suffix of a weight dtype (bf16/f16, and f32 for float32 checkpoints).</summary>
     private static string Half(DType t) => t switch
     {
-        DType.BF16 => "bf16", DType.F16 => "f16",
+        DType.BF16 => "bf16", DType.F16 => "f16", DType.F32 => "f32",
         _ => throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
-            $"The CUDA backend runs bf16 and f16 weights; this tensor is {DTypes.Name(t)}. Import with -DType bf16 or use -Device Cpu."),
+            $"The CUDA backend runs bf16, f16 and f32 weights; this tensor is {DTypes.Name(t)}. Use -Device Cpu."),
     };
 
     private static int Blocks(long n, int block, int max = 65535) => (int)Math.Clamp((n + block - 1) / block, 1, max);
@@ -153,6 +154,15 @@ public sealed class CudaKernels : IDisposable
     /// synthetic generator's values for key = <see cref="SyntheticHash.Key"/>(seed, name).</summary>
     public void FillSynthetic(CudaStream s, ulong outp, long count, ulong key, float scale, float offset, DType dtype, bool asF32)
         => _k["fill_synthetic"].Launch(s, Blocks(count, 256, 8192), 256, 0, outp, count, key, scale, offset, DTypeCode(dtype), asF32 ? 1 : 0);
+
+    /// <summary>Streaming read of n 16-byte vectors at <paramref name="src"/>; each warp's xor of what it read goes to
+    /// out [blocks * 256 / 32] u32 (so the loads stay).</summary>
+    public void BandwidthRead(CudaStream s, ulong src, long vectors, ulong outp, int blocks)
+        => _k["bw_read"].Launch(s, blocks, 256, 0, src, vectors, outp);
+
+    /// <summary>dst [n] = src [n] in 16-byte vectors.</summary>
+    public void BandwidthCopy(CudaStream s, ulong src, ulong dst, long vectors, int blocks)
+        => _k["bw_copy"].Launch(s, blocks, 256, 0, src, dst, vectors);
 
     public void Dispose()
     {

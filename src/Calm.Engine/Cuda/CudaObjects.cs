@@ -104,6 +104,9 @@ public sealed unsafe class CudaDeviceMemory : SafeHandle
         Bounds(dstOffset, bytes);
         Context.MakeCurrent();
         CudaException.Check(Cu.cuMemcpyHtoD(Ptr + (ulong)dstOffset, (void*)src, (nuint)bytes), "cuMemcpyHtoD");
+        // From pageable memory the call may return before the DMA lands, on the legacy stream, which our non-blocking
+        // streams do not wait for: finish it here so a kernel launched next sees the data.
+        CudaException.Check(Cu.cuStreamSynchronize(0), "cuStreamSynchronize(legacy)");
     }
 
     public void CopyFromHost<T>(ReadOnlySpan<T> src, long dstOffset = 0) where T : unmanaged
@@ -125,6 +128,8 @@ public sealed unsafe class CudaDeviceMemory : SafeHandle
     {
         Context.MakeCurrent();
         CudaException.Check(Cu.cuMemsetD8(Ptr, 0, (nuint)Bytes), "cuMemsetD8");
+        // cuMemsetD8 is asynchronous on the legacy stream; non-blocking streams would not wait for it.
+        CudaException.Check(Cu.cuStreamSynchronize(0), "cuStreamSynchronize(legacy)");
     }
 
     private void Bounds(long offset, long bytes)

@@ -162,6 +162,22 @@ public static class SyntheticWeights
         }
     }
 
+    /// <summary>
+    /// The weights of <paramref name="config"/> with no host memory: every tensor has <see cref="Tensor.Data"/> = 0
+    /// (<see cref="Tensor.IsDeviceOnly"/>), the real name, shape and dtype, and Source "device". A backend that accepts
+    /// them (CudaBackend with a synthetic seed) makes the values itself from <see cref="Layout"/>; sizes
+    /// (<see cref="ModelWeights.TotalBytes"/>) are exact. The CPU backend cannot run them.
+    /// </summary>
+    public static ModelWeights DeviceOnly(ModelConfig config)
+    {
+        if (!DTypes.IsWeightType(config.DType))
+            throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
+                $"Synthetic weights can be f32, f16 or bf16, not {DTypes.Name(config.DType)}.", "DType");
+        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var s in Layout(config)) tensors[s.Name] = new Tensor(s.Name, config.DType, s.Shape, 0, "device");
+        return Assemble(config, tensors);
+    }
+
     private static unsafe void Fill(nint ptr, long n, DType dtype, ulong key, float scale, float offset, CancellationToken ct)
     {
         const long Chunk = 1 << 20;

@@ -21,6 +21,9 @@ public sealed unsafe class Tensor
         Name = name; DType = dtype; Shape = shape; Data = data; Source = source;
     }
 
+    /// <summary>True when the values live only on a device (synthetic models made on the GPU): Data is 0.</summary>
+    public bool IsDeviceOnly => Data == 0;
+
     public long ElementCount { get { long n = 1; foreach (var d in Shape) n *= d; return n; } }
     public long ByteLength => ElementCount * DTypes.SizeOf(DType);
     public int Rank => Shape.Length;

@@ -1,4 +1,5 @@
 using System.Management.Automation;
+using Calm.Engine;
 using Calm.Engine.Devices;
 
 namespace Calm.PowerShell.Commands;
@@ -31,5 +32,51 @@ public sealed class GetCalmDeviceCommand : CalmCmdlet
             });
         }
         WriteObject(CpuInfo.Describe(bw));
+        WriteGpuRows();
+    }
+
+    /// <summary>One row per CUDA device (none without a driver). With -MeasureBandwidth, each GPU's streaming read is
+    /// measured too (CudaBandwidth, 4 GiB, 10 passes).</summary>
+    private void WriteGpuRows()
+    {
+        IReadOnlyList<Calm.Engine.Cuda.CudaDeviceInfo> gpus;
+        try { gpus = Calm.Engine.Cuda.CudaDeviceInfo.List(); }
+        catch (CalmException ex)
+        {
+            WriteWarning($"CUDA devices could not be listed: {ex.Message}");
+            return;
+        }
+        foreach (var g in gpus)
+        {
+            BandwidthResult? gbw = null;
+            if (MeasureBandwidth && g.NvrtcVersion is not null)
+            {
+                var index = g.Index;
+                gbw = RunWithProgress($"Measuring {g.Name} read bandwidth", (reporter, ct) =>
+                {
+                    var r = Calm.Engine.Cuda.CudaBandwidth.Measure(Calm.Engine.Cuda.CudaBandwidthKind.Read, Calm.Engine.Cuda.CudaBandwidth.DefaultBytes, 10, index, ct);
+                    reporter.Verbose($"{g.Name} read bandwidth: median {r.MedianGBps:F1} GB/s (min {r.MinGBps:F1}, max {r.MaxGBps:F1}) over {r.SamplesGBps.Length} passes of {r.BufferBytes >> 20} MiB.");
+                    return r;
+                });
+            }
+            if (g.NvrtcProblem is not null) WriteVerbose($"GPU {g.Index}: kernels cannot be compiled: {g.NvrtcProblem}");
+            WriteObject(new CalmDevice
+            {
+                Kind = "Cuda",
+                Index = g.Index,
+                Name = g.Name,
+                MemoryGB = g.MemoryGB,
+                FreeMemoryGB = g.FreeMemoryGB,
+                ComputeCapability = g.ComputeCapability,
+                Multiprocessors = g.Multiprocessors,
+                MemoryBusWidth = g.MemoryBusWidth > 0 ? g.MemoryBusWidth : null,
+                MemoryClockMHz = g.MemoryClockMHz > 0 ? g.MemoryClockMHz : null,
+                PeakBandwidthGBps = g.PeakBandwidthGBps > 0 ? g.PeakBandwidthGBps : null,
+                DriverVersion = g.DriverVersion,
+                NvrtcVersion = g.NvrtcVersion,
+                MeasuredBandwidthGBps = gbw is null ? null : Math.Round(gbw.MedianGBps, 1),
+                BandwidthSpreadPercent = gbw is null ? null : Math.Round(gbw.SpreadPercent, 1),
+            });
+        }
     }
 }

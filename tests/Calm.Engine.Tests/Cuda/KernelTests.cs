@@ -5,6 +5,7 @@ namespace Calm.Engine.Tests.Cuda;
 
 /// <summary>Each kernel against a CPU reference on fresh random data (runs where a GPU and NVRTC are present).</summary>
 [Trait("Category", "GPU")]
+[Collection("GPU")]   // one at a time: the tests read free GPU memory, which a parallel test would change
 public class KernelTests
 {
     [Theory]
