@@ -44,6 +44,8 @@ public sealed class InvokeCalmGenerateCommand : CalmCmdlet
     [Parameter] public long? Seed { get; set; }
     /// <summary>Stop when the text contains one of these (not included in the text).</summary>
     [Parameter] public string[] Stop { get; set; } = Array.Empty<string>();
+    /// <summary>Token ids that end generation like the model's EOS (StopReason Eos), in addition to its own.</summary>
+    [Parameter] public int[] StopTokenId { get; set; } = Array.Empty<int>();
     /// <summary>Log-probabilities of the chosen tokens.</summary>
     [Parameter] public SwitchParameter LogProbs { get; set; }
     /// <summary>Also the N most likely alternatives at each step.</summary>
@@ -67,6 +69,7 @@ public sealed class InvokeCalmGenerateCommand : CalmCmdlet
             LogProbs = LogProbs || TopLogProbs > 0,
             TopLogProbs = TopLogProbs,
             StopOnSpecialTokens = Chat,
+            EosIds = StopTokenId.Length == 0 ? null : Generator.DefaultEos(m).Concat(StopTokenId).ToArray(),
         };
         foreach (var prompt in Prompt)
         {
