@@ -149,6 +149,25 @@ Describe 'Invoke-CalmGenerate' {
         $err.FullyQualifiedErrorId | Should -BeLike "$Id,*"
         if ($Id -eq 'Calm.ContextOverflow') { $err.Exception.Message | Should -Match '512 positions' }
     }
+    It 'stops within a token step on Ctrl+C (PowerShell.Stop), keeping what was streamed; the model stays usable' {
+        $ps = [powershell]::Create()
+        try {
+            $null = $ps.AddScript("Import-Module '$($script:RepoRoot)/Calm.psd1'; Invoke-CalmGenerate 'Moscow' -Model tiny-wp-text-tests -MaxTokens 100000 -Temperature 0.8 -Seed 1 -Stream")
+            $out = [System.Management.Automation.PSDataCollection[psobject]]::new()
+            $handle = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $out)
+            $deadline = [DateTime]::UtcNow.AddSeconds(20)
+            while ($out.Count -lt 5 -and [DateTime]::UtcNow -lt $deadline) { Start-Sleep -Milliseconds 10 }
+            $out.Count | Should -BeGreaterOrEqual 5
+            $sw = [Diagnostics.Stopwatch]::StartNew()
+            $ps.Stop()
+            $sw.Elapsed.TotalSeconds | Should -BeLessThan 2
+            $ps.InvocationStateInfo.State | Should -Be 'Stopped'
+            $n = $out.Count
+            $n | Should -BeLessThan 512
+            $out.Index | Should -Be (0..($n - 1))
+        } finally { $ps.Dispose() }
+        (Invoke-CalmGenerate $script:Prompt -Model $script:Model -MaxTokens 5).GetTokenIds() | Should -Be $script:Training.greedy.ids[0..4]
+    }
     It 'leaves the model usable after an error' {
         { Invoke-CalmGenerate 'a' -Temperature -1 } | Should -Throw
         (Invoke-CalmGenerate $script:Prompt -MaxTokens 5).GetTokenIds() | Should -Be $script:Training.greedy.ids[0..4]
