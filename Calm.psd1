@@ -13,13 +13,18 @@
     Description          = 'Runs large language models on one NVIDIA GPU (or the CPU) near the memory-bandwidth speed of light, and measures how close it gets.'
     PowerShellVersion    = '7.4'
     CompatiblePSEditions = @('Core')
-    FormatsToProcess     = @('module/Calm.Format.ps1xml')
+    FormatsToProcess     = @('module/Calm.Format.ps1xml', 'module/Calm.Text.Format.ps1xml')
     CmdletsToExport      = @(
         'Import-CalmModel'
         'New-CalmModel'
         'Get-CalmModel'
         'Remove-CalmModel'
         'Get-CalmDevice'
+        'ConvertTo-CalmToken'
+        'ConvertFrom-CalmToken'
+        'Invoke-CalmGenerate'
+        'Invoke-CalmChat'
+        'Measure-CalmPerplexity'
     )
     FunctionsToExport    = @()
     VariablesToExport    = @()

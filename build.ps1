@@ -10,7 +10,7 @@
                Ends with the line "N passed, N failed[, N skipped]"; exits non-zero when anything failed.
       GpuTest  Only the GPU-tagged tests (xunit -trait Category=GPU, Pester -Tag GPU). Runs on a machine that has
                only the .NET runtime and pwsh: when there is no SDK and the build output exists, it is used as is.
-      Demo     Build, import, make the tiny synthetic model, generate a few tokens, show the speed-of-light figure.
+      Demo     Build, import the embedded tiny model (models/tiny-wp), generate English text, show the speed-of-light figure.
       Bench    Runs the benchmark scripts bench/*.Bench.ps1 (none yet).
       Package  A publishable module folder out/Calm/<version>/, checked with Test-ModuleManifest and imported.
       Clean    Removes build output (bin/, obj/, out/).

@@ -12,7 +12,8 @@ Describe 'Module manifest' {
         $data.CmdletsToExport | Should -Not -Contain '*'
         $data.PowerShellVersion | Should -Be '7.4'
         $data.CompatiblePSEditions | Should -Be @('Core')
-        $data.FormatsToProcess | Should -Be @('module/Calm.Format.ps1xml')
+        $data.FormatsToProcess | Should -Contain 'module/Calm.Format.ps1xml'
+        $data.FormatsToProcess | ForEach-Object { Join-Path $script:RepoRoot $_ | Should -Exist }
         $m.Version | Should -Be ([version]([xml](Get-Content -Raw (Join-Path $script:RepoRoot 'Directory.Build.props'))).Project.PropertyGroup.Version)
     }
     It 'exports exactly the declared cmdlets' {
@@ -24,7 +25,7 @@ Describe 'Module manifest' {
             (Get-FormatData -TypeName $type).FormatViewDefinition.Control.GetType().Name | Should -Be 'TableControl' -Because $type
         }
         foreach ($cmd in (Get-Module Calm).ExportedCmdlets.Values) {
-            foreach ($t in $cmd.OutputType.Type | Where-Object { $_ -ne [void] }) {
+            foreach ($t in $cmd.OutputType.Type | Where-Object { $_ -ne [void] -and $_ -ne [string] }) {
                 Get-FormatData -TypeName $t.FullName | Should -Not -BeNullOrEmpty -Because "$($cmd.Name) writes $($t.FullName)"
                 $t.IsSealed | Should -BeTrue
             }

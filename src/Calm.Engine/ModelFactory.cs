@@ -34,11 +34,16 @@ public static class ModelFactory
         var loaded = ModelFolderLoader.Load(path, progress, ct, options.Verbose);
         try
         {
+            var full = System.IO.Path.GetFullPath(path);
+            // Tokenizer and chat template first (they only warn), so nothing on the device can leak if they throw.
+            var text = Generation.ModelText.TryLoad(Directory.Exists(full) ? full : System.IO.Path.GetDirectoryName(full)!, options.Warning);
             var backend = CreateBackend(loaded.Config, loaded.Weights, options, progress, ct);
-            var name = options.Name ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(path)));
-            return new LoadedModel(name, loaded.Config, loaded.Weights, loaded.Store, backend, System.IO.Path.GetFullPath(path))
+            var name = options.Name ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(full));
+            return new LoadedModel(name, loaded.Config, loaded.Weights, loaded.Store, backend, full)
             {
                 Generation = loaded.Generation,
+                Text = text,
+                Tokenizer = text?.Tokenizer,
             };
         }
         catch

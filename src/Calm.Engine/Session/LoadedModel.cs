@@ -23,6 +23,9 @@ public sealed class LoadedModel : IDisposable
     public DateTime LoadedAt { get; } = DateTime.Now;
     /// <summary>Tokenizer and friends attach here (text issue); opaque to the core.</summary>
     public object? Tokenizer { get; set; }
+    /// <summary>Tokenizer + chat template of the folder (null for synthetic models or folders without a tokenizer).
+    /// <see cref="Tokenizer"/> holds the same CalmTokenizer.</summary>
+    public Generation.ModelText? Text { get; set; }
     /// <summary>generation_config.json of the folder (eos ids, sampling defaults); null for synthetic models.</summary>
     public GenerationConfig? Generation { get; init; }
     public bool IsDisposed { get; private set; }
