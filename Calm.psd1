@@ -13,13 +13,19 @@
     Description          = 'Runs large language models on one NVIDIA GPU (or the CPU) near the memory-bandwidth speed of light, and measures how close it gets.'
     PowerShellVersion    = '7.4'
     CompatiblePSEditions = @('Core')
-    FormatsToProcess     = @('module/Calm.Format.ps1xml')
+    FormatsToProcess     = @('module/Calm.Format.ps1xml', 'module/Calm.Sol.Format.ps1xml')
     CmdletsToExport      = @(
         'Import-CalmModel'
         'New-CalmModel'
         'Get-CalmModel'
         'Remove-CalmModel'
         'Get-CalmDevice'
+        'Get-CalmPreset'
+        'Get-CalmSpeedOfLight'
+        'Measure-CalmBandwidth'
+        'Measure-CalmSpeedOfLight'
+        'Measure-CalmKernel'
+        'Export-CalmReport'
     )
     FunctionsToExport    = @()
     VariablesToExport    = @()
