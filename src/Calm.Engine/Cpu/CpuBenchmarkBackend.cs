@@ -14,6 +14,9 @@ namespace Calm.Engine.Cpu;
 /// </summary>
 public sealed unsafe partial class CpuBackend : IBenchmarkBackend
 {
+    /// <summary>Minimum untimed warm-up (ms) before timing decode steps or stages on the CPU.</summary>
+    public const double WarmupMs = 200;
+
     /// <summary>Weights + KV cache + activation scratch, bytes of host memory.</summary>
     public long DeviceBytes
     {
@@ -77,9 +80,13 @@ public sealed unsafe partial class CpuBackend : IBenchmarkBackend
         var logits = new float[Config.VocabSize];
         int tok = (int)((uint)(startPos * 2654435761u) % (uint)Config.VocabSize);
         // Warm-up steps decode from startPos too; the timed run then overwrites the same positions.
-        for (int i = 0; i < warmup; i++)
+        // While the JIT is still promoting the forward pass to optimised code (tiered compilation), early steps are
+        // slow: after the requested warm-up, keep warming (same positions) until WarmupMs have passed.
+        long w0 = Stopwatch.GetTimestamp();
+        for (int i = 0; i < warmup || (warmup > 0 && i < 256 && Stopwatch.GetElapsedTime(w0).TotalMilliseconds < WarmupMs); i++)
         {
-            Forward(new[] { tok }, startPos + i, logits, false, ct);
+            ct.ThrowIfCancellationRequested();
+            Forward(new[] { tok }, startPos + i % Math.Max(steps, warmup), logits, false, ct);
             tok = Argmax(logits);
         }
         var ms = new double[steps];
@@ -277,7 +284,9 @@ public sealed unsafe partial class CpuBackend : IBenchmarkBackend
         var times = new double[stages.Length][];
         for (int i = 0; i < stages.Length; i++) times[i] = new double[repeat];
         // One untimed pass of each stage (page faults, JIT), then `repeat` timed passes.
-        foreach (var st in stages) st.Run();
+        long w0 = Stopwatch.GetTimestamp();
+        for (int i = 0; i == 0 || (i < 64 && Stopwatch.GetElapsedTime(w0).TotalMilliseconds < WarmupMs); i++)
+            foreach (var st in stages) { ct.ThrowIfCancellationRequested(); st.Run(); }
         for (int r = 0; r < repeat; r++)
             for (int i = 0; i < stages.Length; i++)
             {

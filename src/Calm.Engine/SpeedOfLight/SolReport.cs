@@ -48,7 +48,7 @@ public static class SolReport
         h.Append($"<title>{E(title)}</title>\n<style>\n");
         h.Append("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;max-width:1100px}\n");
         h.Append("h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}\n");
-        h.Append("table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}");
+        h.Append("table{border-collapse:collapse;font-size:11px;margin:8px 0;display:block;overflow-x:auto;max-width:100%}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}");
         h.Append("th{background:#f3f3f3}td.t,th.t{text-align:left}.note{color:#666;font-size:12px}\n");
         h.Append("svg{background:#fff;border:1px solid #e5e5e5}svg text{font-family:system-ui,sans-serif;font-size:11px;fill:#333}\n</style>\n</head>\n<body>\n");
         h.Append($"<h1>{E(title)}</h1>\n<p class=\"note\">Made by Export-CalmReport on {E(DateTime.Now.ToString("yyyy-MM-dd HH:mm", Inv))}. ");
