@@ -12,7 +12,7 @@ Describe 'Module manifest' {
         $data.CmdletsToExport | Should -Not -Contain '*'
         $data.PowerShellVersion | Should -Be '7.4'
         $data.CompatiblePSEditions | Should -Be @('Core')
-        $data.FormatsToProcess | Should -Be @('module/Calm.Format.ps1xml')
+        $data.FormatsToProcess | Should -Contain 'module/Calm.Format.ps1xml'
         $m.Version | Should -Be ([version]([xml](Get-Content -Raw (Join-Path $script:RepoRoot 'Directory.Build.props'))).Project.PropertyGroup.Version)
     }
     It 'exports exactly the declared cmdlets' {

@@ -105,9 +105,10 @@ Describe 'Measure-CalmSpeedOfLight on the tiny model' {
     }
     AfterAll { $script:M | Remove-CalmModel -Confirm:$false }
     It 'one decode row per context, prefill separately, five stages per context' {
-        $dec = $script:Rows | Where-Object Phase -EQ 'Decode'
-        $pre = $script:Rows | Where-Object Phase -EQ 'Prefill'
-        $st = $script:Rows | Where-Object { $_.PSObject.Properties['Stage'] }
+        $pts = $script:Rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolMeasurement] }
+        $dec = $pts | Where-Object Phase -EQ 'Decode'
+        $pre = $pts | Where-Object Phase -EQ 'Prefill'
+        $st = $script:Rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolStageMeasurement] }
         $dec.Context | Should -Be @(0, 256)
         $pre.PromptTokens | Should -Be 32
         $pre.TimeToFirstTokenMs | Should -BeGreaterThan 0
@@ -123,11 +124,12 @@ Describe 'Measure-CalmSpeedOfLight on the tiny model' {
     }
     It 'pipes into Export-Csv and ConvertTo-Json' {
         $csv = Join-Path $script:Tmp 'rows.csv'
-        $script:Rows | Where-Object Phase | Export-Csv $csv -NoTypeInformation
+        $pts = $script:Rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolMeasurement] }
+        $pts | Export-Csv $csv -NoTypeInformation
         $back = Import-Csv $csv
         $back.Count | Should -Be 3
-        [double]$back[1].TokensPerSecond | Should -Be ([double]($script:Rows | Where-Object Phase)[1].TokensPerSecond.ToString('R'))
-        $j = ($script:Rows | Where-Object Phase -EQ 'Decode') | ConvertTo-Json | ConvertFrom-Json
+        [double]$back[1].TokensPerSecond | Should -Be ([double]$pts[1].TokensPerSecond.ToString('R'))
+        $j = ($pts | Where-Object Phase -EQ 'Decode') | ConvertTo-Json | ConvertFrom-Json
         $j[1].Context | Should -Be 256
         $j[0].PSObject.Properties.Name | Should -Contain 'SolTokensPerSecond'
     }
@@ -181,10 +183,11 @@ Describe 'Export-CalmReport' {
         $meas[0].GetAttribute('points').Split(' ').Count | Should -Be 2
         $doc.SelectNodes("//s:rect[@class='stage']", $ns).Count | Should -Be 10
         $cells = $doc.SelectNodes("//h:table[@data-section='Decode']//h:td", $ns) | ForEach-Object InnerText
-        foreach ($d in ($rows | Where-Object Phase -EQ 'Decode')) { $cells | Should -Contain $d.TokensPerSecond.ToString('0.#', [cultureinfo]::InvariantCulture) }
+        $pts = $rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolMeasurement] }
+        foreach ($d in ($pts | Where-Object Phase -EQ 'Decode')) { $cells | Should -Contain $d.TokensPerSecond.ToString('0.#', [cultureinfo]::InvariantCulture) }
         # CSV rows (strings) draw the same chart.
         $csv = Join-Path $script:Tmp 'r.csv'
-        $rows | Where-Object Phase | Export-Csv $csv -NoTypeInformation
+        $pts | Export-Csv $csv -NoTypeInformation
         Import-Csv $csv | Export-CalmReport -Path (Join-Path $script:Tmp 'r2.html')
         (Get-Content -Raw (Join-Path $script:Tmp 'r2.html')) | Should -Match "class=`"measured`""
     }

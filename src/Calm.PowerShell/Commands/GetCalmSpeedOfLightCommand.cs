@@ -29,6 +29,13 @@ public sealed class GetCalmSpeedOfLightCommand : CalmCmdlet
     [ArgumentCompleter(typeof(PresetCompleter))]
     public string[] Preset { get; set; } = Array.Empty<string>();
 
+    /// <summary>
+    /// The pipeline object in the preset set: a loaded model (Get-CalmModel, New-CalmModel) also has a Preset property,
+    /// so it binds here by name; it is then measured as the model it is.
+    /// </summary>
+    [Parameter(ValueFromPipeline = true, ParameterSetName = PresetSet, DontShow = true)]
+    public PSObject? InputObject { get; set; }
+
     [Parameter(Mandatory = true, ParameterSetName = DimsSet)] public int Layers { get; set; }
     [Parameter(Mandatory = true, ParameterSetName = DimsSet)] public int Hidden { get; set; }
     [Parameter(Mandatory = true, ParameterSetName = DimsSet)] public int Intermediate { get; set; }
@@ -66,7 +73,9 @@ public sealed class GetCalmSpeedOfLightCommand : CalmCmdlet
 
     protected override void Process()
     {
-        switch (ParameterSetName)
+        var set = ParameterSetName;
+        if (set == PresetSet && InputObject?.BaseObject is CalmModel piped) { Model = piped; set = ModelSet; }
+        switch (set)
         {
             case ModelSet:
             {
