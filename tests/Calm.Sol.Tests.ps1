@@ -184,7 +184,7 @@ Describe 'Export-CalmReport' {
         $doc.SelectNodes("//s:rect[@class='stage']", $ns).Count | Should -Be 10
         $cells = $doc.SelectNodes("//h:table[@data-section='Decode']//h:td", $ns) | ForEach-Object InnerText
         $pts = $rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolMeasurement] }
-        foreach ($d in ($pts | Where-Object Phase -EQ 'Decode')) { $cells | Should -Contain $d.TokensPerSecond.ToString('0.#', [cultureinfo]::InvariantCulture) }
+        foreach ($d in ($pts | Where-Object Phase -EQ 'Decode')) { $cells | Should -Contain $d.TokensPerSecond.ToString($(if ($d.TokensPerSecond -ge 100) { '0.#' } else { '0.###' }), [cultureinfo]::InvariantCulture) }
         # CSV rows (strings) draw the same chart.
         $csv = Join-Path $script:Tmp 'r.csv'
         $pts | Export-Csv $csv -NoTypeInformation
