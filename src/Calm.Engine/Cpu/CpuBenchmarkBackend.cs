@@ -15,7 +15,7 @@ namespace Calm.Engine.Cpu;
 public sealed unsafe partial class CpuBackend : IBenchmarkBackend
 {
     /// <summary>Minimum untimed warm-up (ms) before timing decode steps or stages on the CPU.</summary>
-    public const double WarmupMs = 200;
+    public const double WarmupMs = 100;
 
     /// <summary>Weights + KV cache + activation scratch, bytes of host memory.</summary>
     public long DeviceBytes

@@ -134,7 +134,7 @@ public static class SolBench
         for (int r = 0; r < o.Repeat; r++)
         {
             b.FillKvCacheForBenchmark(context, o.Seed + r);
-            var ms = b.TimeDecodeSteps(context, o.Tokens, r == 0 ? o.Warmup : 0, ct);
+            var ms = b.TimeDecodeSteps(context, o.Tokens, o.Warmup, ct);
             allMs.AddRange(ms);
             perRepTs.Add(ms.Length / (ms.Sum() / 1e3));
         }

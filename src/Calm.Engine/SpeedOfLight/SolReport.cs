@@ -158,6 +158,7 @@ public static class SolReport
             h.Append($"<line x1=\"{L}\" x2=\"{W - R}\" y1=\"{Y(y)}\" y2=\"{Y(y)}\" stroke=\"#eee\"/><text x=\"{L - 6}\" y=\"{Y(y)}\" dy=\"4\" text-anchor=\"end\">{E(F(y, "0.###"))}</text>\n");
         h.Append($"<text x=\"16\" y=\"{T + ph / 2}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {T + ph / 2})\">ms per token</text>\n");
         int x = L + gap;
+        bool oneModel = stages.Select(r => r.S("Model")).Distinct().Count() == 1;
         foreach (var g in bars)
         {
             double acc = 0;
@@ -173,7 +174,9 @@ public static class SolReport
                 acc += ms;
             }
             h.Append($"<text x=\"{x + bw / 2}\" y=\"{T + ph + 14}\" text-anchor=\"middle\">{E(F(g.Key.Context, "0"))}</text>");
-            h.Append($"<text x=\"{x + bw / 2}\" y=\"{T + ph + 28}\" text-anchor=\"middle\" style=\"font-size:9px\">{E(g.Key.Series.Length > 14 ? g.Key.Series[..14] : g.Key.Series)}</text>\n");
+            string label = oneModel ? (g.First().S("DType") ?? g.Key.Series) : g.Key.Series;
+            if (label.Length > 12) label = label[^12..];
+            h.Append($"<text x=\"{x + bw / 2}\" y=\"{T + ph + 28}\" text-anchor=\"middle\" style=\"font-size:9px\">{E(label)}</text>\n");
             x += bw + gap;
         }
         h.Append($"<line x1=\"{L}\" x2=\"{W - R}\" y1=\"{T + ph}\" y2=\"{T + ph}\" stroke=\"#555\"/><line x1=\"{L}\" x2=\"{L}\" y1=\"{T}\" y2=\"{T + ph}\" stroke=\"#555\"/>\n");
