@@ -1,6 +1,6 @@
 #!/usr/bin/env pwsh
 # The H200 table in one call (build.ps1 Bench runs it): Measure-CalmBandwidth, then Measure-CalmSpeedOfLight on
-# Llama-3-8B bf16 (synthetic weights of the real shape) at contexts 0, 1k, 4k, 16k, 32k with the per-stage
+# Llama-3-8B bf16 (synthetic weights of the real shape, as the Llama-3.1-8B preset: same tensors, 128k positions) at contexts 0, 1k, 4k, 16k, 32k with the per-stage
 # breakdown and a 512-token prefill; CSV files, a markdown table and the HTML report go to the output folder.
 # Without a GPU it degrades to the tiny preset on the CPU (small contexts) so the script itself stays tested.
 #   Output folder: -OutputFolder, else $env:CALM_BENCH_OUT, else $env:OUT (the GPU machine's), else bench/out.
@@ -21,7 +21,8 @@ if (-not (Get-Module Calm)) { Import-Module (Join-Path $PSScriptRoot '../Calm.ps
 $gpu = -not $Cpu -and [bool](Get-CalmDevice | Where-Object Kind -EQ 'Cuda')
 if ($gpu) {
     $device = 'Cuda'
-    if (-not $Preset) { $Preset = 'Llama-3-8B' }
+    # Llama-3.1-8B is Llama-3-8B's exact tensor shape with a 128k context (Llama-3-8B itself allows 8192 positions).
+    if (-not $Preset) { $Preset = 'Llama-3.1-8B' }
     if (-not $Context) { $Context = 0, 1024, 4096, 16384, 32768 }
 } else {
     Write-Host 'No CUDA device: running the small CPU version of the table (tiny preset).'
