@@ -13,7 +13,7 @@
     Description          = 'Runs large language models on one NVIDIA GPU (or the CPU) near the memory-bandwidth speed of light, and measures how close it gets.'
     PowerShellVersion    = '7.4'
     CompatiblePSEditions = @('Core')
-    FormatsToProcess     = @('module/Calm.Format.ps1xml', 'module/Calm.Text.Format.ps1xml')
+    FormatsToProcess     = @('module/Calm.Format.ps1xml', 'module/Calm.Text.Format.ps1xml', 'module/Calm.Sol.Format.ps1xml')
     CmdletsToExport      = @(
         'Import-CalmModel'
         'New-CalmModel'
@@ -25,6 +25,12 @@
         'Invoke-CalmGenerate'
         'Invoke-CalmChat'
         'Measure-CalmPerplexity'
+        'Get-CalmPreset'
+        'Get-CalmSpeedOfLight'
+        'Measure-CalmBandwidth'
+        'Measure-CalmSpeedOfLight'
+        'Measure-CalmKernel'
+        'Export-CalmReport'
     )
     FunctionsToExport    = @()
     VariablesToExport    = @()

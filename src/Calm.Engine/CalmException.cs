@@ -76,4 +76,5 @@ public static class ErrorIds
     public const string TokenizerUnsupported = "Calm.TokenizerUnsupported";
     public const string TokenizerInvalid = "Calm.TokenizerInvalid";
     public const string TokenizerMissing = "Calm.TokenizerMissing";
+    public const string BandwidthUnknown = "Calm.BandwidthUnknown";
 }

@@ -14,7 +14,7 @@ namespace Calm.Engine.Cpu;
 /// <see cref="IForwardBackend"/>).
 /// Shapes: V vocab, D hidden, F intermediate, H heads, K kv heads, Hd head_dim, E experts, L layers, M tokens in a chunk.
 /// </summary>
-public sealed unsafe class CpuBackend : IForwardBackend
+public sealed unsafe partial class CpuBackend : IForwardBackend
 {
     /// <summary>Tokens per prefill block: every weight is read once per block (activation memory stays bounded).</summary>
     public const int PrefillChunk = 256;

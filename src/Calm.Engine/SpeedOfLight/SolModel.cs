@@ -30,6 +30,10 @@ public sealed record SolPoint
     public double? ComputeBoundMs { get; init; }
     /// <summary>"Memory" or "Compute": which limit is larger.</summary>
     public required string BoundBy { get; init; }
+    /// <summary>Where BandwidthGBps came from: "Given" (-BandwidthGBps), "Measured" (this session) or "Datasheet" (device attributes).</summary>
+    public string BandwidthSource { get; init; } = "Given";
+    /// <summary>Total parameters of the shape (all experts).</summary>
+    public long? Parameters { get; init; }
 }
 
 /// <summary>
