@@ -31,5 +31,39 @@ public sealed class GetCalmDeviceCommand : CalmCmdlet
             });
         }
         WriteObject(CpuInfo.Describe(bw));
+        WriteGpus();
+    }
+
+    /// <summary>One row per CUDA device; when CUDA is not usable, -Verbose says why (no rows, no error).</summary>
+    private void WriteGpus()
+    {
+        var why = Calm.Engine.Cuda.CudaDeviceInfo.Unavailable();
+        IReadOnlyList<Calm.Engine.Cuda.CudaDeviceInfo> gpus = Array.Empty<Calm.Engine.Cuda.CudaDeviceInfo>();
+        try { gpus = Calm.Engine.Cuda.CudaDeviceInfo.List(); }
+        catch (Calm.Engine.CalmException ex) { why ??= ex.Message; }
+        if (gpus.Count == 0)
+        {
+            WriteVerbose($"No CUDA device: {why ?? "the driver reports no device."}");
+            return;
+        }
+        foreach (var g in gpus)
+        {
+            if (g.NvrtcProblem is not null) WriteVerbose($"GPU {g.Index}: {g.NvrtcProblem}");
+            WriteObject(new CalmDevice
+            {
+                Kind = "Cuda",
+                Index = g.Index,
+                Name = g.Name,
+                MemoryGB = g.MemoryGB,
+                FreeMemoryGB = g.FreeMemoryGB,
+                ComputeCapability = g.ComputeCapability,
+                Multiprocessors = g.Multiprocessors,
+                MemoryBusWidth = g.MemoryBusWidth,
+                MemoryClockMHz = g.MemoryClockMHz,
+                PeakBandwidthGBps = g.PeakBandwidthGBps,
+                DriverVersion = g.DriverVersion,
+                NvrtcVersion = g.NvrtcVersion,
+            });
+        }
     }
 }
