@@ -293,7 +293,9 @@ function Invoke-Package {
     try {
         $check = @"
 `$ErrorActionPreference = 'Stop'
-`$env:PSModulePath = '$away' + [IO.Path]::PathSeparator + `$env:PSModulePath
+# A clean module path: the package folder and pwsh's own modules only (nothing from a checkout or a user folder).
+`$env:PSModulePath = '$away' + [IO.Path]::PathSeparator + (Join-Path `$PSHOME 'Modules')
+Set-Location ([IO.Path]::GetTempPath())
 Import-Module Calm -RequiredVersion $version
 `$mod = Get-Module Calm
 `$want = @(`$mod.ExportedCmdlets.Keys | Sort-Object)
@@ -301,6 +303,9 @@ Import-Module Calm -RequiredVersion $version
 if ((`$want -join ',') -ne (`$declared -join ',')) { throw "exported: `$(`$want -join ','); declared: `$(`$declared -join ',')" }
 if (-not `$mod.ModuleBase.StartsWith('$away')) { throw "imported from `$(`$mod.ModuleBase)" }
 `$null = Get-CalmDevice
+`$noHelp = @(`$want | Where-Object { @((Get-Help `$_).examples.example).Count -lt 2 })
+if (`$noHelp.Count -eq `$want.Count) { throw 'the package has no cmdlet help (bin/en-US/Calm.PowerShell.dll-Help.xml)' }
+foreach (`$c in `$noHelp) { Write-Warning "`$c has no help in the package yet (docs/help/`$c.md)" }
 "Imported Calm `$(`$mod.Version) from `$(`$mod.ModuleBase): `$(`$want -join ', ')"
 "@
         $rc = Invoke-ChildPwsh @('-Command', $check)

@@ -1,0 +1,354 @@
+# Hardening (issue 7) through the cmdlets: bad model folders (the cases Calm.Import.Tests.ps1 does not cover), Ctrl+C
+# during an import, 50 import/remove cycles without growth, two runspaces on one model, a model folder that tries to
+# reach outside itself, caches only under the cache folder, completion, -Verbose, and the packaged module.
+BeforeAll {
+    . (Join-Path $PSScriptRoot 'CalmTestHelpers.ps1')
+    Import-CalmForTest
+    $script:Work = Join-Path ([IO.Path]::GetTempPath()) "calm-hardening-tests-$PID"
+    New-Item -ItemType Directory -Force $script:Work | Out-Null
+    $script:TinyWp = Join-Path $script:RepoRoot 'models/tiny-wp'
+
+    function Set-HeaderBytes([string] $File, [byte[]] $Header) {
+        # Replaces the JSON header of a safetensors file (keeps the data section) and fixes the length prefix.
+        $all = [IO.File]::ReadAllBytes($File)
+        $n = [BitConverter]::ToUInt64($all, 0)
+        $data = $all[(8 + $n)..($all.Length - 1)]
+        $fs = [IO.File]::Create($File)
+        try {
+            $fs.Write([BitConverter]::GetBytes([uint64]$Header.Length), 0, 8)
+            $fs.Write($Header, 0, $Header.Length)
+            $fs.Write($data, 0, $data.Length)
+        }
+        finally { $fs.Dispose() }
+    }
+    function Get-HeaderText([string] $File) {
+        $all = [IO.File]::ReadAllBytes($File)
+        $n = [BitConverter]::ToUInt64($all, 0)
+        [Text.Encoding]::UTF8.GetString($all, 8, $n)
+    }
+    function Set-Config([string] $Dir, [scriptblock] $Change) {
+        $c = Get-Content -Raw (Join-Path $Dir 'config.json') | ConvertFrom-Json -AsHashtable
+        & $Change $c
+        $c | ConvertTo-Json -Depth 5 | Set-Content -LiteralPath (Join-Path $Dir 'config.json') -Encoding utf8
+    }
+    function Get-MemorySample {
+        # Working set and private memory after a full, compacting collection (finalizers run: mapped files closed).
+        [GC]::Collect(); [GC]::WaitForPendingFinalizers(); [GC]::Collect()
+        $p = [Diagnostics.Process]::GetCurrentProcess()
+        $p.Refresh()
+        [pscustomobject]@{ WorkingSet = $p.WorkingSet64; Private = $p.PrivateMemorySize64 }
+    }
+    function Get-Median([double[]] $v) { $s = @($v | Sort-Object); if ($s.Count % 2) { $s[($s.Count - 1) / 2] } else { ($s[$s.Count / 2 - 1] + $s[$s.Count / 2]) / 2 } }
+}
+AfterAll {
+    Get-CalmModel | Remove-CalmModel -Confirm:$false
+    Remove-Item -Recurse -Force -ErrorAction Ignore $script:Work
+}
+
+Describe 'Bad model files through Import-CalmModel' {
+    BeforeEach { $script:Before = Get-LoadedNames }
+    AfterEach {
+        Get-LoadedNames | Should -Be $script:Before -Because 'nothing half-loaded may stay in the session'
+        # and the session still imports
+        $ok = New-CalmModel tiny -Device Cpu -Name 'after-bad-input'
+        $ok.Name | Should -Be 'after-bad-input'
+        Remove-CalmModel -Name 'after-bad-input'
+    }
+
+    It 'an absurd header length (2^63-1, 2^40): Calm.Safetensors.HeaderTooLarge' {
+        foreach ($len in @(([uint64]::MaxValue -shr 1), ([uint64]1 -shl 40))) {
+            $dir = New-ModelFolder -Root $script:Work -Name "header-absurd-$len"
+            $fs = [IO.File]::Open((Join-Path $dir 'model.safetensors'), 'Open')
+            try { $fs.Write([BitConverter]::GetBytes([uint64]$len), 0, 8) } finally { $fs.Dispose() }
+            { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.Safetensors.HeaderTooLarge,*'
+        }
+    }
+    It 'a header length within a huge (sparse) file but beyond any real header: refused before allocating it' {
+        $dir = New-ModelFolder -Root $script:Work -Name 'header-huge-in-file'
+        $file = Join-Path $dir 'model.safetensors'
+        $fs = [IO.File]::Open($file, 'Open')
+        try {
+            $fs.SetLength(3GB)                                          # sparse on Linux: no disk is used
+            $fs.Write([BitConverter]::GetBytes([uint64]2.5GB), 0, 8)
+        }
+        finally { $fs.Dispose() }
+        $before = [GC]::GetTotalAllocatedBytes($true)
+        { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.Safetensors.HeaderTooLarge,*'
+        ([GC]::GetTotalAllocatedBytes($true) - $before) | Should -BeLessThan 100MB -Because 'the 2.5 GB header must not be read into memory'
+        Remove-Item -Force $file
+    }
+    It 'a header that is not JSON: Calm.Safetensors.HeaderInvalid' {
+        $dir = New-ModelFolder -Root $script:Work -Name 'header-not-json'
+        Set-HeaderBytes (Join-Path $dir 'model.safetensors') ([Text.Encoding]::ASCII.GetBytes('this is not json at all!'))
+        { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.Safetensors.HeaderInvalid,*'
+    }
+    It 'a header that is not UTF-8: Calm.Safetensors.HeaderInvalid' {
+        $dir = New-ModelFolder -Root $script:Work -Name 'header-not-utf8'
+        $file = Join-Path $dir 'model.safetensors'
+        $bytes = [Text.Encoding]::UTF8.GetBytes((Get-HeaderText $file))
+        $i = [Array]::IndexOf($bytes, [byte][char]'p')   # inside "pt" of __metadata__ or a tensor name
+        $bytes[$i] = 0xFF; $bytes[$i + 1] = 0xFE
+        Set-HeaderBytes $file $bytes
+        { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.Safetensors.HeaderInvalid,*'
+    }
+    It 'a header that is a JSON array, or an entry without dtype: Calm.Safetensors.HeaderInvalid' {
+        $dir = New-ModelFolder -Root $script:Work -Name 'header-array'
+        Set-HeaderBytes (Join-Path $dir 'model.safetensors') ([Text.Encoding]::ASCII.GetBytes('[1, 2, 3]       '))
+        { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.Safetensors.HeaderInvalid,*'
+        $dir = New-ModelFolder -Root $script:Work -Name 'header-no-dtype'
+        $file = Join-Path $dir 'model.safetensors'
+        Set-HeaderBytes $file ([Text.Encoding]::UTF8.GetBytes(((Get-HeaderText $file) -replace '"dtype":"F32",', '')))
+        { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.Safetensors.HeaderInvalid,*'
+    }
+    It 'a dtype/shape that disagrees with the byte range: Calm.Safetensors.SizeMismatch, naming the tensor' {
+        # input_layernorm: 16 f32 = 64 bytes, declared as F16 (32 bytes) over the same 64-byte range
+        $dir = New-ModelFolder -Root $script:Work -Name 'size-mismatch' -Mutate {
+            param($s) $t = $s.Tensors | Where-Object Name -EQ 'model.layers.0.input_layernorm.weight'; $t.Shape = [long[]]@(8)
+        }
+        # Written packed with 32 bytes; now say it has 16 elements without moving the bytes.
+        $file = Join-Path $dir 'model.safetensors'
+        $text = Get-HeaderText $file
+        $text = $text -replace '("model\.layers\.0\.input_layernorm\.weight":\{"dtype":"F32","shape":)\[8\]', '${1}[16]'
+        Set-HeaderBytes $file ([Text.Encoding]::UTF8.GetBytes($text))
+        $err = { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.Safetensors.SizeMismatch,*' -PassThru
+        $err.Exception.Message | Should -BeLike '*input_layernorm*'
+    }
+    It 'config.json that is not JSON: Calm.ConfigInvalid' {
+        $dir = New-ModelFolder -Root $script:Work -Name 'config-not-json'
+        Set-Content -LiteralPath (Join-Path $dir 'config.json') -Value '{ "model_type": "llama", ' -Encoding utf8
+        { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.ConfigInvalid,*'
+    }
+    It 'config.json without <Field>: Calm.ConfigInvalid naming it' -ForEach @(
+        @{ Field = 'hidden_size' }, @{ Field = 'num_hidden_layers' }, @{ Field = 'num_attention_heads' }, @{ Field = 'vocab_size' }
+    ) {
+        $dir = New-ModelFolder -Root $script:Work -Name "config-no-$Field"
+        Set-Config $dir { param($c) $c.Remove($Field) }
+        $err = { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.ConfigInvalid,*' -PassThru
+        $err.Exception.Message | Should -BeLike "*$Field*"
+    }
+    It 'config.json with nonsense: <Why>' -ForEach @(
+        @{ Why = 'zero attention heads'; Change = { param($c) $c.num_attention_heads = 0 } }
+        @{ Why = 'zero layers'; Change = { param($c) $c.num_hidden_layers = 0 } }
+        @{ Why = 'negative hidden size'; Change = { param($c) $c.hidden_size = -16 } }
+        @{ Why = 'head_dim not dividing hidden (no head_dim, 16 / 3 heads)'; Change = { param($c) $c.Remove('head_dim'); $c.num_attention_heads = 3; $c.num_key_value_heads = 3 } }
+        @{ Why = 'kv heads not dividing heads'; Change = { param($c) $c.num_key_value_heads = 3 } }
+        @{ Why = 'rms_norm_eps a string'; Change = { param($c) $c.rms_norm_eps = 'small' } }
+        @{ Why = 'num_hidden_layers beyond int'; Change = { param($c) $c.num_hidden_layers = 1e12 } }
+    ) {
+        $dir = New-ModelFolder -Root $script:Work -Name ('config-' + ($Why -replace '\W', '-'))
+        Set-Config $dir $Change
+        { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.ConfigInvalid,*'
+    }
+    It 'a shard index naming a shard that is not there: Calm.ShardMissing' {
+        $dir = New-ModelFolder -Root $script:Work -Name 'shard-missing'
+        Rename-Item (Join-Path $dir 'model.safetensors') 'model-00001-of-00002.safetensors'
+        $map = [ordered]@{}
+        $i = 0
+        foreach ($t in (New-TinyLlamaSpec).Tensors) { $map[$t.Name] = if ($i++ % 2) { 'model-00002-of-00002.safetensors' } else { 'model-00001-of-00002.safetensors' } }
+        [ordered]@{ metadata = @{ total_size = 11456 }; weight_map = $map } | ConvertTo-Json -Depth 5 |
+            Set-Content (Join-Path $dir 'model.safetensors.index.json') -Encoding utf8
+        $err = { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.ShardMissing,*' -PassThru
+        $err.Exception.Message | Should -BeLike '*model-00002-of-00002.safetensors*'
+    }
+    It 'a shard index with an absolute path or a path through ..: Calm.ShardPathOutsideModel' {
+        $outsideDir = New-ModelFolder -Root $script:Work -Name 'shard-target'
+        foreach ($shard in (Join-Path $outsideDir 'model.safetensors'), '../shard-target/model.safetensors', 'sub/../../shard-target/model.safetensors') {
+            $dir = New-ModelFolder -Root $script:Work -Name 'shard-abs'
+            Remove-Item (Join-Path $dir 'model.safetensors')
+            $map = [ordered]@{}
+            foreach ($t in (New-TinyLlamaSpec).Tensors) { $map[$t.Name] = $shard }
+            [ordered]@{ weight_map = $map } | ConvertTo-Json -Depth 5 | Set-Content (Join-Path $dir 'model.safetensors.index.json') -Encoding utf8
+            { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.ShardPathOutsideModel,*' -Because $shard
+        }
+    }
+    It 'a shard index that is not JSON or has no weight_map: Calm.ShardIndexInvalid' {
+        foreach ($text in '{ "weight_map": ', '{ "metadata": {} }', '{ "weight_map": { "model.norm.weight": 7 } }') {
+            $dir = New-ModelFolder -Root $script:Work -Name 'shard-index-bad'
+            Remove-Item (Join-Path $dir 'model.safetensors')
+            Set-Content (Join-Path $dir 'model.safetensors.index.json') -Value $text -Encoding utf8
+            { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.ShardIndexInvalid,*' -Because $text
+        }
+    }
+}
+
+Describe 'Ctrl+C during an import' {
+    BeforeAll {
+        function Start-InRunspace([string] $Script) {
+            # A second runspace in this process (the same CalmSession), with the module already imported there.
+            $ps = [powershell]::Create()
+            $null = $ps.AddScript("Import-Module '$(Join-Path $script:RepoRoot 'Calm.psd1')'").Invoke()
+            $ps.Commands.Clear()
+            $null = $ps.AddScript($Script)
+            $ps
+        }
+    }
+    It 'stopping New-CalmModel of a 1B model mid-way leaves the session unchanged, frees the memory, and the session imports again' {
+        $before = Get-LoadedNames
+        $mem0 = Get-MemorySample
+        $ps = Start-InRunspace 'New-CalmModel -Preset Llama-3.2-1B -Device Cpu -Name stopped-1b'
+        try {
+            $h = $ps.BeginInvoke()
+            # wait until the weights are being written (a progress record), then press "Ctrl+C"
+            $deadline = [DateTime]::UtcNow.AddSeconds(30)
+            while ($ps.Streams.Progress.Count -lt 2 -and -not $h.IsCompleted -and [DateTime]::UtcNow -lt $deadline) { Start-Sleep -Milliseconds 10 }
+            $h.IsCompleted | Should -BeFalse -Because 'the stop must land while the import runs'
+            $sw = [Diagnostics.Stopwatch]::StartNew()
+            $ps.Stop()
+            $sw.Elapsed.TotalSeconds | Should -BeLessThan 5 -Because 'Ctrl+C returns promptly'
+            $ps.InvocationStateInfo.State | Should -Be 'Stopped'
+        }
+        finally { $ps.Dispose() }
+        Get-LoadedNames | Should -Be $before
+        Start-Sleep -Milliseconds 300   # the worker notices the token between tensors
+        $mem1 = Get-MemorySample
+        ($mem1.WorkingSet - $mem0.WorkingSet) | Should -BeLessThan 200MB -Because 'the 2.5 GB of weights written so far are freed'
+        $m = Import-CalmModel -LiteralPath $script:TinyWp -Device Cpu -Name 'after-stop'
+        $m.Name | Should -Be 'after-stop'
+        Remove-CalmModel -Name 'after-stop'
+    }
+    It 'stopping Import-CalmModel stuck reading a file returns within seconds, and the late result is discarded' -Skip:(-not (Get-Command mkfifo -ErrorAction Ignore)) {
+        # An import of a small folder on the CPU takes ~2 ms (the weights are memory-mapped), too fast to stop by hand.
+        # A config.json that is a FIFO blocks the read (like a hung network drive) until something writes to it.
+        $dir = New-ModelFolder -Root $script:Work -Name 'fifo-config'
+        $config = Get-Content -Raw (Join-Path $dir 'config.json')
+        Remove-Item (Join-Path $dir 'config.json')
+        & mkfifo (Join-Path $dir 'config.json')
+        $before = Get-LoadedNames
+        $ps = Start-InRunspace "Import-CalmModel -LiteralPath '$dir' -Device Cpu -Name 'fifo'"
+        try {
+            $h = $ps.BeginInvoke()
+            Start-Sleep -Milliseconds 300
+            $h.IsCompleted | Should -BeFalse -Because 'the import waits on the FIFO'
+            $sw = [Diagnostics.Stopwatch]::StartNew()
+            $ps.Stop()
+            $sw.Elapsed.TotalSeconds | Should -BeLessThan 8 -Because 'Ctrl+C returns even when the engine cannot notice it'
+            $ps.InvocationStateInfo.State | Should -Be 'Stopped'
+        }
+        finally { $ps.Dispose() }
+        # Now let the stuck read finish with a valid config: the import completes in the background and must be freed,
+        # not added to the session.
+        [IO.File]::WriteAllText((Join-Path $dir 'config.json'), $config)
+        Start-Sleep -Milliseconds 500
+        Get-LoadedNames | Should -Be $before
+        @(Get-CalmModel -Name 'fifo' -ErrorAction Ignore).Count | Should -Be 0
+        (Import-CalmModel -LiteralPath $script:TinyWp -Device Cpu -Name 'after-stops').Name | Should -Be 'after-stops'
+        Remove-CalmModel -Name 'after-stops'
+    }
+}
+
+Describe 'Load and endurance' {
+    It '50 import/remove cycles (tiny-wp folder and synthetic tiny): process memory returns within 1%' {
+        # Noise rule (measured: the working set climbs ~15 MB over the first ~30 cycles as the allocator and PowerShell's
+        # caches warm up, then stays flat within ~1-2 MB): 20 warm-up cycles are not measured; of the 50 measured
+        # cycles, the baseline is the median of the first 5 and the end is the median of the last 5; the end may exceed
+        # the baseline by 1% plus the spread seen within the baseline window itself.
+        # A leak of one model per cycle (8.4 MB + 10 MB) would add > 800 MB; of a KV cache alone, > 20 MB.
+        $ws = [System.Collections.Generic.List[double]]::new()
+        $priv = [System.Collections.Generic.List[double]]::new()
+        for ($i = 1; $i -le 70; $i++) {
+            $a = Import-CalmModel -LiteralPath $script:TinyWp -Device Cpu -Name "cycle-a"
+            $b = New-CalmModel tiny -Seed $i -Device Cpu -Name "cycle-b"
+            $null = [Calm.PowerShell.DemoDecoder]::Greedy($a, [int[]](1, 2, 3), 2)
+            Remove-CalmModel -Name cycle-a, cycle-b
+            if ($i -le 20) { continue }
+            $s = Get-MemorySample
+            $ws.Add($s.WorkingSet); $priv.Add($s.Private)
+        }
+        $ws.Count | Should -Be 50
+        foreach ($series in @(@{ Name = 'working set'; V = $ws }, @{ Name = 'private bytes'; V = $priv })) {
+            $base = @($series.V[0..4]); $end = @($series.V[45..49])
+            $spread = ($base | Measure-Object -Maximum).Maximum - ($base | Measure-Object -Minimum).Minimum
+            $limit = (Get-Median $base) * 1.01 + $spread
+            Get-Median $end | Should -BeLessOrEqual $limit -Because ("{0}: baseline median {1:N1} MB (spread {2:N1} MB), end median {3:N1} MB" -f
+                $series.Name, ((Get-Median $base) / 1MB), ($spread / 1MB), ((Get-Median $end) / 1MB))
+        }
+        Get-LoadedNames | Should -Be ''
+    }
+    It 'two runspaces decoding on one model at once are serialized: each gets the single-threaded result' {
+        $m = Import-CalmModel -LiteralPath $script:TinyWp -Device Cpu -Name 'shared' -ContextLength 256
+        try {
+            $promptA = [int[]](0, 100, 200, 300, 400); $promptB = [int[]](0, 7, 77, 777, 1777)
+            $refA = [Calm.PowerShell.DemoDecoder]::Greedy($m, $promptA, 24).Tokens -join ','
+            $refB = [Calm.PowerShell.DemoDecoder]::Greedy($m, $promptB, 24).Tokens -join ','
+            $refA | Should -Not -Be $refB
+            Get-Command Start-ThreadJob -ErrorAction Stop | Out-Null
+            $manifest = Join-Path $script:RepoRoot 'Calm.psd1'
+            $jobs = foreach ($p in @($promptA, $promptB, $promptA, $promptB)) {
+                Start-ThreadJob -ArgumentList $manifest, $p -ScriptBlock {
+                    param($manifest, [int[]] $prompt)
+                    Import-Module $manifest
+                    1..3 | ForEach-Object { [Calm.PowerShell.DemoDecoder]::Greedy((Get-CalmModel -Name shared), $prompt, 24).Tokens -join ',' }
+                }
+            }
+            $null = $jobs | Wait-Job
+            $results = @(foreach ($j in $jobs) { Receive-Job $j -ErrorAction Stop; Remove-Job $j })
+            $results.Count | Should -Be 12
+            $results[0..2] | Should -Be @($refA, $refA, $refA)
+            $results[3..5] | Should -Be @($refB, $refB, $refB)
+            $results[6..8] | Should -Be @($refA, $refA, $refA)
+            $results[9..11] | Should -Be @($refB, $refB, $refB)
+        }
+        finally { Remove-CalmModel -Name 'shared' }
+    }
+    It 'two runspaces importing the same folder at once both succeed with distinct models' {
+        $manifest = Join-Path $script:RepoRoot 'Calm.psd1'
+        $jobs = foreach ($n in 'twin-1', 'twin-2') {
+            Start-ThreadJob -ArgumentList $manifest, $script:TinyWp, $n -ScriptBlock {
+                param($manifest, $dir, $name)
+                Import-Module $manifest
+                (Import-CalmModel -LiteralPath $dir -Device Cpu -Name $name).Name
+            }
+        }
+        @($jobs | Receive-Job -Wait -AutoRemoveJob -ErrorAction Stop | Sort-Object) | Should -Be @('twin-1', 'twin-2')
+        Remove-CalmModel -Name twin-*
+    }
+}
+
+Describe 'Security: a model folder is data only' {
+    It 'an index.json cannot make Calm read a file outside the folder, even one that exists' {
+        # ShardPathOutsideModel covers the cases; here the target is a real, readable safetensors file next door.
+        $victim = New-ModelFolder -Root $script:Work -Name 'victim'
+        $dir = New-ModelFolder -Root $script:Work -Name 'escaper'
+        Remove-Item (Join-Path $dir 'model.safetensors')
+        $map = [ordered]@{}
+        foreach ($t in (New-TinyLlamaSpec).Tensors) { $map[$t.Name] = '../victim/model.safetensors' }
+        [ordered]@{ weight_map = $map } | ConvertTo-Json -Depth 5 | Set-Content (Join-Path $dir 'model.safetensors.index.json') -Encoding utf8
+        $err = { Import-CalmModel -LiteralPath $dir -Device Cpu } | Should -Throw -ErrorId 'Calm.ShardPathOutsideModel,*' -PassThru
+        $err.Exception.Message | Should -BeLike '*victim*'
+    }
+    It 'symbolic links inside the folder are followed (by design, documented in Get-Help Import-CalmModel)' -Skip:$IsWindows {
+        $real = New-ModelFolder -Root $script:Work -Name 'link-target'
+        $dir = Join-Path $script:Work 'linked'
+        New-Item -ItemType Directory -Force $dir | Out-Null
+        Copy-Item (Join-Path $real 'config.json') $dir
+        New-Item -ItemType SymbolicLink -Path (Join-Path $dir 'model.safetensors') -Target (Join-Path $real 'model.safetensors') -Force | Out-Null
+        (Import-CalmModel -LiteralPath $dir -Device Cpu -Name 'linked').Name | Should -Be 'linked'
+        Remove-CalmModel -Name 'linked'
+        (Get-Help Import-CalmModel).alertSet.alert.Text | Should -BeLike '*Symbolic links*followed*'
+    }
+    It 'a chat template in a model folder cannot reach files, the environment or .NET' {
+        $dir = Join-Path $script:Work 'evil-template'
+        Copy-Item -Recurse -Force $script:TinyWp $dir
+        $secret = Join-Path $script:Work 'secret.txt'
+        'TOP-SECRET' | Set-Content $secret
+        $env:CALM_TEST_SECRET = 'ENV-SECRET'
+        $cfg = Get-Content -Raw (Join-Path $dir 'tokenizer_config.json') | ConvertFrom-Json -AsHashtable
+        $cfg.chat_template = "{{ messages[0].content }}|{{ ''.__class__ }}|{{ self }}|{{ config }}|{{ lipsum }}|{{ cycler }}|{{ env }}|" +
+            "{% include '$secret' %}"
+        $cfg | ConvertTo-Json -Depth 5 | Set-Content (Join-Path $dir 'tokenizer_config.json') -Encoding utf8
+        $tpl = $null
+        $out = try {
+            $tpl = [Calm.Engine.Templates.ChatTemplate]::FromModelFolder($dir)
+            $msgs = [System.Collections.Generic.List[Calm.Engine.Templates.ChatMessage]]::new()
+            $msgs.Add([Calm.Engine.Templates.ChatMessage]::new('user', 'hi', $null))
+            $tpl.Render($msgs, $true, $null)
+        }
+        catch [Calm.Engine.CalmException] { $_.Exception.ErrorId }
+        catch { "$($_.Exception.GetType().Name): $($_.Exception.Message)" }
+        finally { $env:CALM_TEST_SECRET = $null }
+        "$out" | Should -Not -BeLike '*TOP-SECRET*'
+        "$out" | Should -Not -BeLike '*ENV-SECRET*'
+        "$out" | Should -Not -BeLike '*System.*'
+        "$out" | Should -Match '^(Calm\.Template\w+|hi\|.*)$'
+    }
+}
