@@ -38,7 +38,10 @@ BeforeAll {
         $p.Refresh()
         [pscustomobject]@{ WorkingSet = $p.WorkingSet64; Private = $p.PrivateMemorySize64 }
     }
-    function Get-Median([double[]] $v) { $s = @($v | Sort-Object); if ($s.Count % 2) { $s[($s.Count - 1) / 2] } else { ($s[$s.Count / 2 - 1] + $s[$s.Count / 2]) / 2 } }
+    function Get-Median([double[]] $Values) {
+        $a = [double[]]$Values.Clone(); [Array]::Sort($a); $n = $a.Length
+        if ($n % 2) { $a[[int](($n - 1) / 2)] } else { ($a[[int]($n / 2) - 1] + $a[[int]($n / 2)]) / 2 }
+    }
 }
 AfterAll {
     Get-CalmModel | Remove-CalmModel -Confirm:$false
@@ -258,7 +261,7 @@ Describe 'Load and endurance' {
         $ws.Count | Should -Be 50
         foreach ($series in @(@{ Name = 'working set'; V = $ws }, @{ Name = 'private bytes'; V = $priv })) {
             $base = @($series.V[0..9]); $end = @($series.V[40..49])
-            $spread = ($base | Measure-Object -Maximum).Maximum - ($base | Measure-Object -Minimum).Minimum
+            $spread = [Linq.Enumerable]::Max([double[]]$base) - [Linq.Enumerable]::Min([double[]]$base)
             $limit = (Get-Median $base) * 1.01 + $spread
             Get-Median $end | Should -BeLessOrEqual $limit -Because ("{0}: baseline median {1:N1} MB (spread {2:N1} MB), end median {3:N1} MB" -f
                 $series.Name, ((Get-Median $base) / 1MB), ($spread / 1MB), ((Get-Median $end) / 1MB)) + '; series (MB): ' + (($series.V | ForEach-Object { [int]($_ / 1MB) }) -join ' ')
@@ -440,7 +443,7 @@ Describe 'The PowerShell finish' {
             $null = $ps.AddScript("Import-Module '$(Join-Path $script:RepoRoot 'Calm.psd1')'; `$ProgressPreference = 'Continue'; `$null = Import-CalmModel -LiteralPath '$($script:TinyWp)' -Device Cpu -Name 'progress'").Invoke()
             $p = @($ps.Streams.Progress)
             $p.Count | Should -BeGreaterThan 1
-            ($p | Where-Object Activity -Like '*progress*').Count + ($p | Where-Object StatusDescription -Like '*tensor*').Count | Should -BeGreaterThan 0
+            @($p | Where-Object Activity -Like '*progress*').Count | Should -BeGreaterThan 0 -Because 'the activity names the import'
             $p[-1].RecordType | Should -Be 'Completed'
         }
         finally { $ps.Dispose(); Remove-CalmModel -Name 'progress' -ErrorAction Ignore }
