@@ -247,24 +247,49 @@ Describe 'Load and endurance' {
         # measured; of the 50 measured cycles, the baseline is the median of the first 10 and the end the median of the
         # last 10; the end may exceed the baseline by 1% plus the range (max - min) seen within the baseline window.
         # A leak of one model per cycle (8.4 MB + 10 MB) would add > 900 MB; of a KV cache alone, > 20 MB.
-        $ws = [System.Collections.Generic.List[double]]::new()
-        $priv = [System.Collections.Generic.List[double]]::new()
-        for ($i = 1; $i -le 70; $i++) {
-            $a = Import-CalmModel -LiteralPath $script:TinyWp -Device Cpu -Name "cycle-a"
-            $b = New-CalmModel tiny -Seed $i -Device Cpu -Name "cycle-b"
-            $null = [Calm.PowerShell.DemoDecoder]::Greedy($a, [int[]](1, 2, 3), 2)
-            Remove-CalmModel -Name cycle-a, cycle-b
-            if ($i -le 20) { continue }
-            $s = Get-MemorySample
-            $ws.Add($s.WorkingSet); $priv.Add($s.Private)
-        }
+        # The cycles run in a child pwsh that does nothing else: inside Pester the working set also grows by ~0.3 MB per
+        # cycle with no Calm object alive (Pester's own bookkeeping), which would hide or fake a Calm leak.
+        $script_ = @"
+`$ErrorActionPreference = 'Stop'
+Import-Module '$(Join-Path $script:RepoRoot 'Calm.psd1')'
+`$ws = @(); `$priv = @()
+for (`$i = 1; `$i -le 70; `$i++) {
+    `$a = Import-CalmModel -LiteralPath '$($script:TinyWp)' -Device Cpu -Name cycle-a
+    `$b = New-CalmModel tiny -Seed `$i -Device Cpu -Name cycle-b
+    `$null = [Calm.PowerShell.DemoDecoder]::Greedy(`$a, [int[]](1, 2, 3), 2)
+    Remove-CalmModel -Name cycle-a, cycle-b
+    if (`$i -le 20) { continue }
+    [GC]::Collect(); [GC]::WaitForPendingFinalizers(); [GC]::Collect()
+    `$p = [Diagnostics.Process]::GetCurrentProcess(); `$p.Refresh()
+    `$ws += `$p.WorkingSet64; `$priv += `$p.PrivateMemorySize64
+}
+if (@(Get-CalmModel).Count) { throw 'models left loaded' }
+[pscustomobject]@{ WorkingSet = `$ws; Private = `$priv } | ConvertTo-Json -Compress
+"@
+        $inv = [Environment]::ProcessPath
+        $pre = @(); if ([IO.Path]::GetFileNameWithoutExtension($inv) -ne 'pwsh') { $pre += (Join-Path $PSHOME 'pwsh.dll') }
+        # A fixed glibc mmap threshold: every block over 128 KB is its own mapping, returned to the OS when freed, so the
+        # working set shows what Calm holds rather than what the allocator keeps cached (no effect off glibc).
+        $savedThreshold = $env:MALLOC_MMAP_THRESHOLD_
+        $env:MALLOC_MMAP_THRESHOLD_ = '131072'
+        try { $json = & $inv @pre -NoProfile -NonInteractive -Command $script_ }
+        finally { $env:MALLOC_MMAP_THRESHOLD_ = $savedThreshold }
+        $LASTEXITCODE | Should -Be 0 -Because "$json"
+        $r = $json | Select-Object -Last 1 | ConvertFrom-Json
+        $ws = [double[]]$r.WorkingSet; $priv = [double[]]$r.Private
         $ws.Count | Should -Be 50
+        $priv.Count | Should -Be 50
         foreach ($series in @(@{ Name = 'working set'; V = $ws }, @{ Name = 'private bytes'; V = $priv })) {
             $base = @($series.V[0..9]); $end = @($series.V[40..49])
             $spread = [Linq.Enumerable]::Max([double[]]$base) - [Linq.Enumerable]::Min([double[]]$base)
             $limit = (Get-Median $base) * 1.01 + $spread
-            Get-Median $end | Should -BeLessOrEqual $limit -Because ("{0}: baseline median {1:N1} MB (spread {2:N1} MB), end median {3:N1} MB" -f
-                $series.Name, ((Get-Median $base) / 1MB), ($spread / 1MB), ((Get-Median $end) / 1MB)) + '; series (MB): ' + (($series.V | ForEach-Object { [int]($_ / 1MB) }) -join ' ')
+            # Private bytes on Linux is the data segment incl. reserved, untouched address space: a thread-pool thread
+            # started late adds its 8 MB stack reservation (seen: one 9 MB step). It gets a looser bound of 1% + range
+            # + 16 MB (still less than one cycle's 18.4 MB of models); the resident working set gets the 1% rule.
+            if ($series.Name -eq 'private bytes') { $limit += 16MB }
+            $why = ("{0}: baseline median {1:N1} MB (range {2:N1} MB), end median {3:N1} MB; series (MB): {4}" -f
+                $series.Name, ((Get-Median $base) / 1MB), ($spread / 1MB), ((Get-Median $end) / 1MB), (($series.V | ForEach-Object { [int]($_ / 1MB) }) -join ' '))
+            (Get-Median $end) | Should -BeLessOrEqual $limit -Because $why
         }
         Get-LoadedNames | Should -Be ''
     }
