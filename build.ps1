@@ -105,6 +105,7 @@ function Invoke-Build {
     if (-not (Test-DotnetSdk)) {
         if ($haveOutput) {
             Write-Step "No .NET SDK here: using the existing build output (bin/, $([IO.Path]::GetRelativePath($Root, $TestDll)))"
+            Invoke-HelpBuild
             return
         }
         throw 'There is no .NET SDK here and no build output: build on a machine with the SDK first (dotnet pwsh ./build.ps1 Build).'
@@ -112,7 +113,15 @@ function Invoke-Build {
     Write-Step "Build Calm $version ($Configuration)"
     Invoke-Native dotnet @('build', $ModuleProject, '-c', $Configuration, '-o', $ModuleBin, '-v', 'q', '-nologo', '-clp:NoSummary')
     Invoke-Native dotnet @('build', $TestProject, '-c', $Configuration, '-v', 'q', '-nologo', '-clp:NoSummary')
+    Invoke-HelpBuild
     Write-Host "Module: $ModuleBin (Import-Module ./Calm.psd1)"
+}
+
+function Invoke-HelpBuild {
+    # docs/help/*.md -> bin/en-US/Calm.PowerShell.dll-Help.xml (in a child pwsh: it imports the built module).
+    Write-Step 'Help (tools/Build-Help.ps1)'
+    $rc = Invoke-ChildPwsh @('-File', (Join-Path $Root 'tools/Build-Help.ps1'))
+    if ($rc -ne 0) { throw "tools/Build-Help.ps1 failed (exit code $rc)." }
 }
 
 # --------------------------------------------------------------------------------------------------------------- Pester
@@ -269,6 +278,7 @@ function Invoke-Package {
     Set-ManifestVersion (Join-Path $dest 'Calm.psd1') $version
     Copy-Item (Join-Path $Root 'module/*') (Join-Path $dest 'module') -Recurse
     Get-ChildItem $ModuleBin -File | Where-Object Extension -in '.dll', '.json' | Copy-Item -Destination (Join-Path $dest 'bin')
+    Copy-Item (Join-Path $ModuleBin 'en-US') (Join-Path $dest 'bin') -Recurse   # the cmdlet help (MAML)
     foreach ($extra in 'README.md', 'LICENSE') {
         if (Test-Path (Join-Path $Root $extra)) { Copy-Item (Join-Path $Root $extra) $dest }
     }
@@ -283,7 +293,9 @@ function Invoke-Package {
     try {
         $check = @"
 `$ErrorActionPreference = 'Stop'
-`$env:PSModulePath = '$away' + [IO.Path]::PathSeparator + `$env:PSModulePath
+# A clean module path: the package folder and pwsh's own modules only (nothing from a checkout or a user folder).
+`$env:PSModulePath = '$away' + [IO.Path]::PathSeparator + (Join-Path `$PSHOME 'Modules')
+Set-Location ([IO.Path]::GetTempPath())
 Import-Module Calm -RequiredVersion $version
 `$mod = Get-Module Calm
 `$want = @(`$mod.ExportedCmdlets.Keys | Sort-Object)
@@ -291,6 +303,9 @@ Import-Module Calm -RequiredVersion $version
 if ((`$want -join ',') -ne (`$declared -join ',')) { throw "exported: `$(`$want -join ','); declared: `$(`$declared -join ',')" }
 if (-not `$mod.ModuleBase.StartsWith('$away')) { throw "imported from `$(`$mod.ModuleBase)" }
 `$null = Get-CalmDevice
+`$noHelp = @(`$want | Where-Object { @((Get-Help `$_).examples.example).Count -lt 2 })
+if (`$noHelp.Count -eq `$want.Count) { throw 'the package has no cmdlet help (bin/en-US/Calm.PowerShell.dll-Help.xml)' }
+foreach (`$c in `$noHelp) { Write-Warning "`$c has no help in the package yet (docs/help/`$c.md)" }
 "Imported Calm `$(`$mod.Version) from `$(`$mod.ModuleBase): `$(`$want -join ', ')"
 "@
         $rc = Invoke-ChildPwsh @('-Command', $check)

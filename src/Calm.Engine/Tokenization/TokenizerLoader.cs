@@ -34,11 +34,26 @@ internal static class TokenizerLoader
 
     public static Parts Load(string path, bool allowLibrary = true)
     {
+        // Hardening: System.Text.Json reports a wrong-typed or badly encoded value only when it is read (as
+        // InvalidOperationException), and the BPE library rejects some vocabularies with ArgumentException; a
+        // tokenizer.json is data, so all of these are Calm.TokenizerInvalid.
+        try { return LoadCore(path, allowLibrary); }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException or OverflowException
+                                      or KeyNotFoundException or IndexOutOfRangeException or DecoderFallbackException)
+        {
+            throw Invalid(path, $"a value cannot be used ({e.Message})");
+        }
+    }
+
+    private static Parts LoadCore(string path, bool allowLibrary)
+    {
         JsonDocument doc;
         try
         {
-            using var fs = File.OpenRead(path);
-            doc = JsonDocument.Parse(fs, new JsonDocumentOptions { MaxDepth = 256 });
+            var bytes = File.ReadAllBytes(path);
+            if (!System.Text.Unicode.Utf8.IsValid(bytes))
+                throw Invalid(path, "the file is not UTF-8 text");
+            doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 256 });
         }
         catch (JsonException e) { throw new CalmException(ErrorIds.TokenizerInvalid, CalmErrorKind.InvalidData, $"The tokenizer file '{path}' is not valid JSON ({e.Message}). Re-download the model's tokenizer files.", path, e); }
         catch (IOException e) { throw new CalmException(ErrorIds.PathNotFound, CalmErrorKind.ObjectNotFound, $"Cannot read the tokenizer file '{path}': {e.Message}", path, e); }

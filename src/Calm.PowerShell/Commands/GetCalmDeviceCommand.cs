@@ -32,18 +32,20 @@ public sealed class GetCalmDeviceCommand : CalmCmdlet
             });
         }
         WriteObject(CpuInfo.Describe(bw));
-        WriteGpuRows();
+        WriteGpus();
     }
 
-    /// <summary>One row per CUDA device (none without a driver). With -MeasureBandwidth, each GPU's streaming read is
-    /// measured too (CudaBandwidth, 4 GiB, 10 passes).</summary>
-    private void WriteGpuRows()
+    /// <summary>One row per CUDA device; when CUDA is not usable, -Verbose says why (no rows, no error). With
+    /// -MeasureBandwidth, each GPU's streaming read is measured too (CudaBandwidth, 4 GiB, 10 passes).</summary>
+    private void WriteGpus()
     {
-        IReadOnlyList<Calm.Engine.Cuda.CudaDeviceInfo> gpus;
+        var why = Calm.Engine.Cuda.CudaDeviceInfo.Unavailable();
+        IReadOnlyList<Calm.Engine.Cuda.CudaDeviceInfo> gpus = Array.Empty<Calm.Engine.Cuda.CudaDeviceInfo>();
         try { gpus = Calm.Engine.Cuda.CudaDeviceInfo.List(); }
-        catch (CalmException ex)
+        catch (Calm.Engine.CalmException ex) { why ??= ex.Message; }
+        if (gpus.Count == 0)
         {
-            WriteWarning($"CUDA devices could not be listed: {ex.Message}");
+            WriteVerbose($"No CUDA device: {why ?? "the driver reports no device."}");
             return;
         }
         foreach (var g in gpus)
