@@ -256,7 +256,7 @@ Import-Module '$(Join-Path $script:RepoRoot 'Calm.psd1')'
 for (`$i = 1; `$i -le 70; `$i++) {
     `$a = Import-CalmModel -LiteralPath '$($script:TinyWp)' -Device Cpu -Name cycle-a
     `$b = New-CalmModel tiny -Seed `$i -Device Cpu -Name cycle-b
-    `$null = [Calm.PowerShell.DemoDecoder]::Greedy(`$a, [int[]](1, 2, 3), 2)
+    `$null = Invoke-CalmGenerate -Model `$a -TokenId 1, 2, 3 -MaxTokens 2 -Temperature 0
     Remove-CalmModel -Name cycle-a, cycle-b
     if (`$i -le 20) { continue }
     [GC]::Collect(); [GC]::WaitForPendingFinalizers(); [GC]::Collect()
@@ -297,8 +297,8 @@ if (@(Get-CalmModel).Count) { throw 'models left loaded' }
         $m = Import-CalmModel -LiteralPath $script:TinyWp -Device Cpu -Name 'shared' -ContextLength 256
         try {
             $promptA = [int[]](0, 100, 200, 300, 400); $promptB = [int[]](0, 7, 77, 777, 1777)
-            $refA = [Calm.PowerShell.DemoDecoder]::Greedy($m, $promptA, 24).Tokens -join ','
-            $refB = [Calm.PowerShell.DemoDecoder]::Greedy($m, $promptB, 24).Tokens -join ','
+            $refA = (Invoke-CalmGenerate -Model $m -TokenId $promptA -MaxTokens 24 -Temperature 0).GetTokenIds() -join ','
+            $refB = (Invoke-CalmGenerate -Model $m -TokenId $promptB -MaxTokens 24 -Temperature 0).GetTokenIds() -join ','
             $refA | Should -Not -Be $refB
             Get-Command Start-ThreadJob -ErrorAction Stop | Out-Null
             $manifest = Join-Path $script:RepoRoot 'Calm.psd1'
@@ -306,7 +306,7 @@ if (@(Get-CalmModel).Count) { throw 'models left loaded' }
                 Start-ThreadJob -ArgumentList $manifest, $p -ScriptBlock {
                     param($manifest, [int[]] $prompt)
                     Import-Module $manifest
-                    1..3 | ForEach-Object { [Calm.PowerShell.DemoDecoder]::Greedy((Get-CalmModel -Name shared), $prompt, 24).Tokens -join ',' }
+                    1..3 | ForEach-Object { (Invoke-CalmGenerate -Model shared -TokenId $prompt -MaxTokens 24 -Temperature 0).GetTokenIds() -join ',' }
                 }
             }
             $null = $jobs | Wait-Job
@@ -409,7 +409,7 @@ Describe 'Caches only under the cache folder' {
         Push-Location $cwd
         try {
             $null = Import-CalmModel -LiteralPath $dir -Device Cpu -Name 'ro'
-            $null = [Calm.PowerShell.DemoDecoder]::Greedy((Get-CalmModel -Name ro), [int[]](1, 2), 2)
+            $null = Invoke-CalmGenerate -Model ro -TokenId 1, 2 -MaxTokens 2 -Temperature 0
             Remove-CalmModel -Name 'ro'
         }
         finally { Pop-Location }

@@ -174,8 +174,10 @@ public static class SolBench
         b.TimePrefill(promptTokens, 1, ct); // warm-up
         for (int r = 0; r < o.Repeat; r++) reps.Add(b.TimePrefill(promptTokens, 1, ct));
         var perRepTs = reps.Select(ms => promptTokens / (ms / 1e3)).ToList();
-        var (ts, sd) = MeanStd(perRepTs);
+        var (_, sd) = MeanStd(perRepTs);
         double ttft = reps.OrderBy(x => x).ElementAt(reps.Count / 2);
+        // The rate is the prompt over the median time to first token, so TokensPerSecond and TTFT always agree.
+        double ts = promptTokens / (ttft / 1e3);
         var sol0 = SolModel.Compute(m.Name, c, dt, kv, 0, o.BandwidthGBps, o.TflopsPerSecond);
         // The floor: read every weight once and write the prompt's keys/values; FLOPs of every token.
         double bytes = sol0.WeightBytes + (double)sol0.KvBytesPerToken * promptTokens;

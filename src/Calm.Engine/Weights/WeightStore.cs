@@ -44,6 +44,26 @@ public sealed unsafe class NativeWeightStore : WeightStore
             _blocks.Clear();
             _bytes = 0;
         }
+        NativeHeap.Trim();
+    }
+}
+
+/// <summary>
+/// Returns freed heap memory to the OS. glibc keeps freed blocks below its (dynamic, up to 32 MB) mmap threshold in
+/// its arenas, so after Remove-CalmModel the process would still hold gigabytes of weights it no longer uses.
+/// </summary>
+internal static partial class NativeHeap
+{
+    private static bool s_unavailable = !OperatingSystem.IsLinux();
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "malloc_trim")]
+    private static partial int MallocTrim(nuint pad);
+
+    public static void Trim()
+    {
+        if (s_unavailable) return;
+        try { MallocTrim(0); }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { s_unavailable = true; } // musl: no malloc_trim
     }
 }
 

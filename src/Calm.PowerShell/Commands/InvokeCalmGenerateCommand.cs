@@ -9,15 +9,23 @@ namespace Calm.PowerShell.Commands;
 /// Invoke-CalmGenerate: continues each prompt with the model. The prompt is raw text (the tokenizer adds its BOS);
 /// -Chat puts it through the model's chat template as one user message (after -SystemPrompt) instead. Without -Stream
 /// one result per prompt; with -Stream one object per token as it is produced. Ctrl+C stops within one token step.
+/// -TokenId takes the prompt as token ids instead, which also works for models without a tokenizer (synthetic presets).
 /// </summary>
-[Cmdlet(VerbsLifecycle.Invoke, "CalmGenerate")]
+[Cmdlet(VerbsLifecycle.Invoke, "CalmGenerate", DefaultParameterSetName = TextSet)]
 [OutputType(typeof(CalmGeneration))]
 [OutputType(typeof(CalmGeneratedToken))]
 public sealed class InvokeCalmGenerateCommand : CalmCmdlet
 {
-    [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ValueFromPipelineByPropertyName = true)]
+    private const string TextSet = "Text";
+    private const string TokenSet = "TokenId";
+
+    [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ValueFromPipelineByPropertyName = true, ParameterSetName = TextSet)]
     [AllowEmptyString]
     public string[] Prompt { get; set; } = Array.Empty<string>();
+
+    /// <summary>The prompt as token ids (no tokenizer needed; the result's Text is empty when the model has none).</summary>
+    [Parameter(Mandatory = true, ParameterSetName = TokenSet)]
+    public int[] TokenId { get; set; } = Array.Empty<int>();
 
     [Parameter]
     [ModelTransformation]
@@ -71,6 +79,18 @@ public sealed class InvokeCalmGenerateCommand : CalmCmdlet
             StopOnSpecialTokens = Chat,
             EosIds = StopTokenId.Length == 0 ? null : Generator.DefaultEos(m).Concat(StopTokenId).ToArray(),
         };
+        if (ParameterSetName == TokenSet)
+        {
+            if (Chat)
+                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
+                    "-Chat renders text through the chat template; it cannot be used with -TokenId.", "Chat");
+            var t = m.Text?.Tokenizer;
+            Action<GeneratedToken>? onIdToken = Stream ? x => WriteObject(CalmGeneratedToken.From(x, t)) : null;
+            var rr = Generator.Generate(m, TokenId, options, onIdToken, CancellationToken);
+            if (rr.StopReason == StopReason.Cancelled) throw new PipelineStoppedException();
+            if (!Stream) WriteObject(CalmGeneration.From(string.Join(" ", TokenId), rr, m, options.LogProbs));
+            return;
+        }
         foreach (var prompt in Prompt)
         {
             if (string.IsNullOrEmpty(prompt))
