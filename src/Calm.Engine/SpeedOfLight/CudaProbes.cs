@@ -31,8 +31,8 @@ internal sealed class CudaBandwidthProbe(int index) : IBandwidthProbe
     public string DeviceName => _info.Name;
     public double? PeakGBps => _info.PeakBandwidthGBps > 0 ? _info.PeakBandwidthGBps : null;
     public double? PeakTflops => BenchDevices.KnownTflops(_info.Name);
-    /// <summary>8 × L2 and at least 1 GiB (the H200's 60 MB L2 is then far exceeded).</summary>
-    public long DefaultBufferBytes => Math.Max(1L << 30, 8L * Math.Max(_info.L2CacheMB, 1) << 20);
+    /// <summary>The same buffer as CudaBandwidth's default (4 GiB, far beyond any L2), so every figure uses one denominator.</summary>
+    public long DefaultBufferBytes => CudaBandwidth.DefaultBytes;
 
     public double[] Measure(string kind, long bytes, int repeat, CancellationToken ct)
     {
