@@ -11,7 +11,7 @@
       GpuTest  Only the GPU-tagged tests (xunit -trait Category=GPU, Pester -Tag GPU). Runs on a machine that has
                only the .NET runtime and pwsh: when there is no SDK and the build output exists, it is used as is.
       Demo     Build, import the embedded tiny model (models/tiny-wp), generate English text, show the speed-of-light figure.
-      Bench    Runs the benchmark scripts bench/*.Bench.ps1 (none yet).
+      Bench    Runs the benchmark scripts bench/*.Bench.ps1 (GPU-only ones are skipped, saying so, without a GPU).
       Package  A publishable module folder out/Calm/<version>/, checked with Test-ModuleManifest and imported.
       Clean    Removes build output (bin/, obj/, out/).
 
@@ -258,7 +258,13 @@ function Invoke-Bench {
         Write-Host 'No benchmark scripts yet (bench/*.Bench.ps1 arrive with the speed-of-light work); nothing was measured.'
         return
     }
+    $hasGpu = [bool](Get-Command nvidia-smi -ErrorAction Ignore) -and ((& nvidia-smi -L 2>$null) -match '^GPU \d')
     foreach ($b in $benches) {
+        # A script whose header says "# Needs: GPU" is skipped, with the reason, where there is no NVIDIA GPU.
+        if (-not $hasGpu -and (Select-String -Path $b.FullName -Pattern '^# Needs: GPU' -Quiet)) {
+            Write-Host "Bench $($b.Name) skipped: it needs an NVIDIA GPU and nvidia-smi lists none." -ForegroundColor Yellow
+            continue
+        }
         Write-Step "Bench $($b.Name) (child pwsh)"
         $rc = Invoke-ChildPwsh @('-File', $b.FullName)
         if ($rc -ne 0) { Write-Host "$($b.Name) failed (exit code $rc)." -ForegroundColor Red; $script:ExitCode = 1 }

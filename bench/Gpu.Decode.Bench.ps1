@@ -1,3 +1,4 @@
+# Needs: GPU
 <#
 .SYNOPSIS
     GPU decode figures for bench/RESULTS.md (CUDA issue's first figure; performance issue's bf16 row): measured read

@@ -1,4 +1,5 @@
 #!/usr/bin/env pwsh
+# Needs: GPU
 # Calm and Hugging Face transformers decoding the same shape on the same GPU in one call (the performance issue's
 # side-by-side row). Needs the GPU machine: python3 with torch + transformers, and Calm's build (see bench/RESULTS.md).
 #   pwsh bench/SideBySide.Bench.ps1 -OutputFolder $OUT/side
