@@ -34,6 +34,9 @@ internal static class SolCommon
             var r = BenchDevices.MeasureBandwidth(probe, "Read", Math.Min(probe.DefaultBufferBytes, 256L << 20), 5, ct);
             return new(r.MedianGBps, "Measured", null, tflops, r.Device);
         }
+        if (kind != "Cpu" && Calm.Engine.Cuda.CudaDeviceInfo.Unavailable() is string why)
+            throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable,
+                $"{name} is not available: {why} Pass -BandwidthGBps to compute the speed of light for another device.", "Device");
         throw new CalmException(ErrorIds.BandwidthUnknown, CalmErrorKind.NotAvailable,
             $"No memory bandwidth is known for {name}: it was not measured in this session and the device reports no peak. " +
             $"Run Measure-CalmBandwidth -Device {name} first, or pass -BandwidthGBps.", "BandwidthGBps");
