@@ -90,8 +90,9 @@ public sealed record SolBenchOptions
 /// <summary>The measurements behind Measure-CalmSpeedOfLight, one point at a time (callers hold the model's gate).</summary>
 public static class SolBench
 {
+    /// <summary>The KV cache's element type: the CPU reference keeps fp32, the CUDA backend fp16.</summary>
     public static string KvDTypeOf(IForwardBackend backend, DType weights)
-        => backend.DeviceKind.Equals("Cpu", StringComparison.OrdinalIgnoreCase) ? "f32" : DTypes.Name(weights);
+        => backend.DeviceKind.Equals("Cpu", StringComparison.OrdinalIgnoreCase) ? "f32" : "f16";
 
     private static IBenchmarkBackend Bench(LoadedModel m) => m.Backend as IBenchmarkBackend
         ?? throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotSupported,

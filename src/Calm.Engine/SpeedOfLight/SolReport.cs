@@ -83,8 +83,10 @@ public static class SolReport
 
     private static void DecodeChart(StringBuilder h, List<Row> decode)
     {
-        const int W = 900, H = 420, L = 70, R = 230, T = 20, B = 50;
-        int pw = W - L - R, ph = H - T - B;
+        const int H = 420, L = 70, T = 20, B = 50, PlotWidth = 600;
+        // The legend sits right of the plot: wide enough for the longest "<series> speed of light" (~7 px a character).
+        int R = Math.Max(230, 60 + 7 * decode.Select(SeriesKey).Distinct().Max(k => k.Length + " speed of light".Length));
+        int W = L + PlotWidth + R, pw = PlotWidth, ph = H - T - B;
         double maxX = Math.Max(1, decode.Max(r => r.D("Context") ?? 0));
         double maxY = decode.Max(r => Math.Max(r.D("TokensPerSecond") ?? 0, r.D("SolTokensPerSecond") ?? 0));
         if (!(maxY > 0)) maxY = 1;
