@@ -15,7 +15,8 @@ namespace Calm.Engine.Quant;
 ///   e4m3 byte = S.EEEE.MMM: sign bit 7, exponent bits 6..3 (bias 7), mantissa bits 2..0;
 ///     E = 0: subnormal (M/8) * 2^-6;  E = 1..15: (1 + M/8) * 2^(E-7);  S.1111.111 (0x7F, 0xFF) = NaN; no infinities;
 ///     largest finite 0x7E = 448. This is __nv_fp8_e4m3 / torch.float8_e4m3fn, so cvt.rn.f16x2.e4m3x2 reads it.
-///   s[r] = absmax(row r) / 448 (1 when the row is all zeros); q = round-to-nearest-even(w / s[r]) saturated to ±448.
+///   s[r] = absmax(row r) / 448 (1 when the row is all zeros); q = round-to-nearest-even of the fp32 quotient w / s[r],
+///   saturated to ±448 (what cvt.rn.satfinite.e4m3x2.f32 does with an fp32 division).
 /// </code>
 /// Rows are C bytes: 16-byte aligned whenever C % 16 == 0 (every real model); a GPU kernel loads 16 weights per uint4.
 ///
@@ -26,7 +27,7 @@ namespace Calm.Engine.Quant;
 ///   scales  fp16  d[R][C/32]   at Scales + 2*(r*C/32 + g)    one IEEE half per group g = c / 32
 ///   w[r][c] = (u - 8) * d[r][c/32]                           (signed value -8..7)
 ///   d = m / -8 where m is the group's element of largest magnitude (sign kept), so m maps exactly to -8 and the
-///   other elements to round-half-even(w / d) + 8 clamped to 0..15 (llama.cpp Q4_0's choice of levels); d = 0 for
+///   other elements to round-half-even(fp32 w / d) + 8 clamped to 0..15 (llama.cpp Q4_0's choice of levels); d = 0 for
 ///   an all-zero group. 0.5 + 2/32 = 0.5625 bytes per weight (SolModel.BytesPerElement("int4") = 0.5 + 2/32).
 /// </code>
 /// C must be a multiple of 32: a group is exactly 16 bytes (one uint4 load) and a row of values is 16-byte aligned.
