@@ -139,7 +139,7 @@ public static unsafe class CpuKernels
         DType.F16 => DotF16((Half*)data + row * cols, x, cols),
         DType.F32 => DotF32((float*)data + row * cols, x, cols),
         DType.F8E4M3 => DotFp8((byte*)data + row * cols, scales == 0 ? 1f : ((float*)scales)[row], x, cols),
-        DType.Int4 => DotInt4((byte*)data + row * (cols / 2), (Half*)scales + row * (cols / Quant.QuantFormats.Int4GroupSize), x, cols),
+        DType.Int4 => DotInt4((byte*)data + row * Quant.QuantFormats.Int4RowBytes(cols), (Half*)scales + row * Quant.QuantFormats.Int4Groups(cols), x, cols),
         _ => throw new NotSupportedException($"weight dtype {dtype}"),
     };
 
@@ -165,12 +165,20 @@ public static unsafe class CpuKernels
         }
     }
 
-    /// <summary>int4 row · x (n % 32 == 0): per group d * sum((u - 8) * x), the 32 products of a group in 2 partial sums.</summary>
+    /// <summary>int4 row · x: per group d * sum((u - 8) * x), the 32 products of a group in 2 partial sums; a partial
+    /// last group (n % 32 != 0) reads x only up to n.</summary>
     public static float DotInt4(byte* p, Half* d, float* x, int n)
     {
         const int G = Quant.QuantFormats.Int4GroupSize;
         float sum = 0f;
-        for (int g = 0; g < n / G; g++)
+        int full = n / G;
+        if (full * G != n)
+        {
+            float a = 0;
+            for (int c = full * G; c < n; c++) a += (((c & 1) == 0 ? p[c / 2] & 0xF : p[c / 2] >> 4) - 8) * x[c];
+            sum = (float)d[full] * a;
+        }
+        for (int g = 0; g < full; g++)
         {
             byte* pg = p + g * (G / 2);
             float* xg = x + g * G;
@@ -193,10 +201,11 @@ public static unsafe class CpuKernels
             for (int i = 0; i < n; i++) dst[i] = lut[q[i]] * scale;
     }
 
-    /// <summary>int4 row to fp32 (n % 32 == 0): dst[c] = (nibble(c) - 8) * d[c / 32].</summary>
+    /// <summary>int4 row to fp32: dst[c] = (nibble(c) - 8) * d[c / 32] for c in [0, n).</summary>
     public static void ConvertInt4(byte* p, Half* d, float* dst, int n)
     {
         const int G = Quant.QuantFormats.Int4GroupSize;
+        for (int c = n / G * G; c < n; c++) dst[c] = (((c & 1) == 0 ? p[c / 2] & 0xF : p[c / 2] >> 4) - 8) * (float)d[c / G];
         for (int g = 0; g < n / G; g++)
         {
             float s = (float)d[g];
@@ -267,7 +276,7 @@ public static unsafe class CpuKernels
                 ConvertFp8((byte*)data + row * cols, scales == 0 ? 1f : ((float*)scales)[row], dst, cols);
                 break;
             case DType.Int4:
-                ConvertInt4((byte*)data + row * (cols / 2), (Half*)scales + row * (cols / Quant.QuantFormats.Int4GroupSize), dst, cols);
+                ConvertInt4((byte*)data + row * Quant.QuantFormats.Int4RowBytes(cols), (Half*)scales + row * Quant.QuantFormats.Int4Groups(cols), dst, cols);
                 break;
             case DType.F32:
                 Buffer.MemoryCopy((float*)data + row * cols, dst, cols * 4L, cols * 4L);

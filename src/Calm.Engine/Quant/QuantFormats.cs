@@ -30,7 +30,11 @@ namespace Calm.Engine.Quant;
 ///   other elements to round-half-even(fp32 w / d) + 8 clamped to 0..15 (llama.cpp Q4_0's choice of levels); d = 0 for
 ///   an all-zero group. 0.5 + 2/32 = 0.5625 bytes per weight (SolModel.BytesPerElement("int4") = 0.5 + 2/32).
 /// </code>
-/// C must be a multiple of 32: a group is exactly 16 bytes (one uint4 load) and a row of values is 16-byte aligned.
+/// A group is exactly 16 bytes (one uint4 load) and a row of values is 16-byte aligned. When C is not a multiple of
+/// 32 (synthetic presets; no real model) each row is padded to whole groups: the row stride is ceil(C/32)*16 bytes,
+/// ceil(C/32) scales per row, and the padding nibbles are 8 (value 0) -- so the rows above read
+///   values  p[R][ceil(C/32)*16],  scales d[R][ceil(C/32)]
+/// and a kernel may multiply a whole last group as long as it does not read x past C (or x is zero-padded).
 /// Symmetric was chosen over asymmetric (scale + min) for the smaller scale stream and one fma per group; its
 /// perplexity on models/tiny-wp is in bench/RESULTS.md ("Quantization quality (CPU)").
 ///
@@ -42,6 +46,11 @@ public static class QuantFormats
 {
     /// <summary>Elements per int4 group (one fp16 scale each).</summary>
     public const int Int4GroupSize = 32;
+    /// <summary>int4 groups (and fp16 scales) per row of <paramref name="cols"/> elements: ceil(cols / 32).</summary>
+    public static long Int4Groups(long cols) => (cols + Int4GroupSize - 1) / Int4GroupSize;
+    /// <summary>Bytes of one int4 row of values (row stride): 16 per group.</summary>
+    public static long Int4RowBytes(long cols) => Int4Groups(cols) * (Int4GroupSize / 2);
+
     /// <summary>Largest finite e4m3 value.</summary>
     public const float E4M3Max = 448f;
 

@@ -23,20 +23,20 @@ public static unsafe class Quantizer
             throw new CalmException(ErrorIds.QuantizationNotSupported, CalmErrorKind.NotSupported,
                 $"Tensor {src.Name} lives only on the GPU; it cannot be quantized on the host.", src.Name);
         long cols = src.Cols, rows = src.TotalRows;
-        if (target == DType.Int4 && cols % QuantFormats.Int4GroupSize != 0)
-            throw new CalmException(ErrorIds.QuantizationNotSupported, CalmErrorKind.NotSupported,
-                $"Tensor {src.Name} {Tensor.ShapeText(src.Shape)} has rows of {cols} elements; int4 needs a multiple of {QuantFormats.Int4GroupSize}. Use -DType fp8.", src.Name);
         if (cols > int.MaxValue) throw new ArgumentException($"{src.Name}: rows too long");
         int c = (int)cols;
-        long dataBytes = target == DType.Int4 ? rows * (cols / 2) : rows * cols;
-        long scaleBytes = target == DType.Int4 ? rows * (cols / QuantFormats.Int4GroupSize) * 2 : rows * 4;
+        // int4 rows are padded to whole groups of 32 (zeros: nibble 8); cpad elements are quantized per row.
+        long groups = QuantFormats.Int4Groups(cols), rowBytes = QuantFormats.Int4RowBytes(cols);
+        int cpad = target == DType.Int4 ? checked((int)(groups * QuantFormats.Int4GroupSize)) : c;
+        long dataBytes = target == DType.Int4 ? rows * rowBytes : rows * cols;
+        long scaleBytes = target == DType.Int4 ? rows * groups * 2 : rows * 4;
         nint data = store.Allocate(dataBytes), scales = store.Allocate(scaleBytes);
         nint s = src.Data;
         var dt = src.DType;
         // Blocks of rows so cancellation is seen and each worker reuses one fp32 row buffer.
         int blockRows = (int)Math.Clamp(1_000_000 / Math.Max(cols, 1), 1, Math.Max(rows, 1));
         long blocks = (rows + blockRows - 1) / blockRows;
-        Parallel.For(0L, blocks, new ParallelOptions { CancellationToken = ct }, () => new float[c], (b, _, buf) =>
+        Parallel.For(0L, blocks, new ParallelOptions { CancellationToken = ct }, () => new float[cpad], (b, _, buf) =>
         {
             long r0 = b * blockRows, r1 = Math.Min(rows, r0 + blockRows);
             fixed (float* f = buf)
@@ -44,7 +44,7 @@ public static unsafe class Quantizer
                 {
                     CpuKernels.ConvertRow(s, dt, r, c, f);
                     if (target == DType.F8E4M3) QuantizeRowFp8(f, c, (byte*)data + r * cols, (float*)scales + r);
-                    else QuantizeRowInt4(f, c, (byte*)data + r * (cols / 2), (Half*)scales + r * (cols / QuantFormats.Int4GroupSize));
+                    else QuantizeRowInt4(f, cpad, (byte*)data + r * rowBytes, (Half*)scales + r * groups); // f[c..cpad) stays 0
                 }
             return buf;
         }, _ => { });
@@ -61,7 +61,7 @@ public static unsafe class Quantizer
         for (int i = 0; i < n; i++) q[i] = QuantFormats.FloatToE4M3(x[i] / s);
     }
 
-    /// <summary>One int4 row (n % 32 == 0): per group d = m / -8 (m: the element of largest magnitude), nibble = rne(x/d) + 8 in 0..15.</summary>
+    /// <summary>One int4 row (n % 32 == 0, padded with zeros): per group d = m / -8 (m: the element of largest magnitude), nibble = rne(x/d) + 8 in 0..15.</summary>
     public static void QuantizeRowInt4(float* x, int n, byte* packed, Half* scales)
     {
         const int G = QuantFormats.Int4GroupSize;

@@ -38,13 +38,13 @@ public sealed unsafe class Tensor
 
     /// <summary>Rows over all leading dimensions (ElementCount / Cols).</summary>
     public long TotalRows => Cols == 0 ? 0 : ElementCount / Cols;
-    /// <summary>Bytes of one row of values (int4: Cols / 2).</summary>
-    public long RowDataBytes => DType == DType.Int4 ? Cols / 2 : Cols * DTypes.SizeOf(DType);
+    /// <summary>Bytes of one row of values (int4: 16 per group of 32, the last group padded).</summary>
+    public long RowDataBytes => DType == DType.Int4 ? Quant.QuantFormats.Int4RowBytes(Cols) : Cols * DTypes.SizeOf(DType);
     /// <summary>Bytes of one row's scales (fp8: 4, int4: 2 * Cols / 32; 0 without scales).</summary>
     public long RowScaleBytes => Scales == 0 ? 0 : DType switch
     {
         DType.F8E4M3 => sizeof(float),
-        DType.Int4 => Cols / Quant.QuantFormats.Int4GroupSize * sizeof(ushort),
+        DType.Int4 => Quant.QuantFormats.Int4Groups(Cols) * sizeof(ushort),
         _ => 0,
     };
     /// <summary>Bytes of the values alone.</summary>
@@ -96,10 +96,16 @@ public sealed unsafe class Tensor
         DType.F16 => (float)((Half*)Data)[i],
         DType.BF16 => BitConverter.Int32BitsToSingle(((ushort*)Data)[i] << 16),
         DType.F8E4M3 => Quant.QuantFormats.E4M3ToFloat(((byte*)Data)[i]) * (Scales == 0 ? 1f : ((float*)Scales)[i / Cols]),
-        DType.Int4 => Quant.QuantFormats.Int4Value(((byte*)Data)[i >> 1], (int)(i & 1))
-                      * (float)((Half*)Scales)[i / Quant.QuantFormats.Int4GroupSize],
+        DType.Int4 => Int4At(i / Cols, i % Cols),
         _ => throw new NotSupportedException($"{Name}: dtype {DType} is not a weight type"),
     };
+
+    private float Int4At(long row, long col)
+    {
+        byte b = ((byte*)Data)[row * RowDataBytes + col / 2];
+        return Quant.QuantFormats.Int4Value(b, (int)(col & 1))
+               * (float)((Half*)Scales)[row * Quant.QuantFormats.Int4Groups(Cols) + col / Quant.QuantFormats.Int4GroupSize];
+    }
 
     /// <summary>Copies the whole tensor to a new float array (small tensors: norms, biases).</summary>
     public float[] ToFloatArray()

@@ -46,8 +46,9 @@ public unsafe class QuantFormatTests
     private static double NaiveDequant(Tensor t, long r, long c)
     {
         if (t.DType == DType.F8E4M3) return NaiveE4M3(((byte*)t.Data)[r * t.Cols + c]) * ((float*)t.Scales)[r];
-        byte* row = (byte*)t.Data + r * t.Cols / 2;
-        double d = (double)((Half*)t.Scales)[r * (t.Cols / 32) + c / 32];
+        long groups = (t.Cols + 31) / 32; // rows padded to whole groups of 32: 16 bytes and one scale per group
+        byte* row = (byte*)t.Data + r * groups * 16;
+        double d = (double)((Half*)t.Scales)[r * groups + c / 32];
         return NaiveNibble(row, (int)c) * d;
     }
 
@@ -176,14 +177,22 @@ public unsafe class QuantFormatTests
     }
 
     [Fact]
-    public void Int4NeedsRowsOfWholeGroups()
+    public void Int4RowsArePaddedToWholeGroups()
     {
+        // 48 columns: one full group and one of 16 (padded with nibble 8 = 0); row stride 32 bytes, 2 scales per row.
         var (w, s) = RandomTensor(new Random(Seed), 4, 48, DType.BF16);
         using var _ = s;
         using var qs = new NativeWeightStore();
-        var e = Assert.Throws<CalmException>(() => Quantizer.Quantize(w, DType.Int4, qs));
-        Assert.Equal(ErrorIds.QuantizationNotSupported, e.ErrorId);
-        Assert.Contains("multiple of 32", e.Message);
+        var q = Quantizer.Quantize(w, DType.Int4, qs);
+        Assert.Equal(4L * 32 + 4 * 2 * 2, q.ByteLength);
+        for (int r = 0; r < 4; r++)
+        {
+            for (int j = 24; j < 32; j++) Assert.Equal(0x88, ((byte*)q.Data)[r * 32 + j]);
+            double m = 0;
+            for (int i = 32; i < 48; i++) { double x = w.GetFloat(r * 48 + i); if (Math.Abs(x) > Math.Abs(m)) m = x; }
+            Assert.Equal((double)(Half)(m / -8), (double)((Half*)q.Scales)[r * 2 + 1]);
+            for (int c = 0; c < 48; c++) Assert.Equal(NaiveDequant(q, r, c), (double)q.GetFloat(r * 48 + c), 1e-9);
+        }
     }
 
     // ---- kernels ----------------------------------------------------------------------------------------------
@@ -195,6 +204,8 @@ public unsafe class QuantFormatTests
     [InlineData(DType.Int4, 1, 160)]
     [InlineData(DType.Int4, 5, 96)]
     [InlineData(DType.Int4, 37, 64)]
+    [InlineData(DType.Int4, 1, 688)]
+    [InlineData(DType.Int4, 6, 688)]
     public void MatMulMatchesNaiveDequantizedProduct(DType dt, int n, int cols)
     {
         var rng = new Random(Seed + n);
