@@ -201,6 +201,9 @@ public unsafe class QuantFormatTests
     [InlineData(DType.F8E4M3, 1, 160)]
     [InlineData(DType.F8E4M3, 5, 96)]
     [InlineData(DType.F8E4M3, 37, 64)]
+    [InlineData(DType.F8E4M3, 1, 100)]
+    [InlineData(DType.F8E4M3, 3, 13)]
+    [InlineData(DType.F8E4M3, 2, 48)]
     [InlineData(DType.Int4, 1, 160)]
     [InlineData(DType.Int4, 5, 96)]
     [InlineData(DType.Int4, 37, 64)]
@@ -234,6 +237,40 @@ public unsafe class QuantFormatTests
                 for (int c = 0; c < cols; c++) want += NaiveDequant(q, r, c) * x[c];
                 Assert.Equal(want, CpuKernels.DotRow(q.Data, q.DType, r, cols, px, q.Scales), 1e-4);
             }
+    }
+
+    [Fact]
+    public void Fp8DotDecodesEveryByteIncludingSubnormalsAndNaN()
+    {
+        // The 254 finite codes spread over the SIMD blocks and a 3-element scalar tail; a one-hot x picks each out.
+        var codes = Enumerable.Range(0, 256).Where(b => (b & 0x7F) != 0x7F).Select(b => (byte)b).ToList();
+        codes.AddRange(new byte[] { 0x01, 0x7E, 0x88 });
+        var q = codes.ToArray();
+        int n = q.Length; // 257: 8 blocks of 32 and a scalar tail of 1
+        var x = new float[n];
+        fixed (byte* pq = q) fixed (float* px = x)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                Array.Clear(x); x[i] = 1f;
+                Assert.Equal(NaiveE4M3(q[i]) * 0.5, (double)CpuKernels.DotFp8(pq, 0.5f, px, n));
+            }
+            // A sum over all of them, against the double reference.
+            for (int i = 0; i < n; i++) x[i] = 1f / (1 + i % 7);
+            double want = 0;
+            for (int i = 0; i < n; i++) want += NaiveE4M3(q[i]) * x[i];
+            Assert.Equal(want, (double)CpuKernels.DotFp8(pq, 1f, px, n), Math.Abs(want) * 1e-5 + 1e-3);
+            // NaN codes read as NaN in the SIMD part (index 5) and the tail (last).
+            foreach (int at in new[] { 5, n - 1 })
+            {
+                byte keep = q[at];
+                q[at] = 0xFF;
+                Assert.True(float.IsNaN(CpuKernels.DotFp8(pq, 1f, px, n)), $"NaN code at {at}");
+                q[at] = 0x7F;
+                Assert.True(float.IsNaN(CpuKernels.DotFp8(pq, 1f, px, n)), $"NaN code at {at}");
+                q[at] = keep;
+            }
+        }
     }
 
     [Fact]
