@@ -38,7 +38,7 @@ Describe 'Import-CalmModel -DType' {
         }
         finally { Remove-CalmModel -Model $m -Confirm:$false }
     }
-    It 'accepts the aliases e4m3 and q4' {
+    It 'accepts the alias e4m3 for fp8' {
         $m = Import-CalmModel $script:TinyWp -Device Cpu -DType e4m3 -Name quant-alias
         try { $m.DType | Should -Be 'fp8' } finally { Remove-CalmModel -Model $m -Confirm:$false }
     }
