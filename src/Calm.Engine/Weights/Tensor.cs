@@ -18,7 +18,7 @@ public sealed unsafe class Tensor
 
     /// <summary>
     /// Scales of a quantized tensor (layouts in <see cref="Quant.QuantFormats"/>): F8E4M3 fp32 [rows] (one per output
-    /// row), Int4 fp16 [rows][Cols/32] (one per group of 32). 0 for unquantized tensors (and for an fp8 checkpoint
+    /// row), Int4 fp16 [rows][ceil(Cols/32)] (one per group of 32). 0 for unquantized tensors (and for an fp8 checkpoint
     /// tensor without scales, read with scale 1).
     /// </summary>
     public nint Scales { get; }
