@@ -447,8 +447,8 @@ Describe 'The PowerShell finish' {
     It 'completes -Device and -DType' {
         Get-Completions 'Import-CalmModel x -Device C' | Should -Be @('Cpu', 'Cuda')
         Get-Completions 'New-CalmModel tiny -Device ' | Should -Be @('Auto', 'Cpu', 'Cuda')
-        Get-Completions 'New-CalmModel tiny -DType f' | Should -Be @('f16', 'f32')
-        Get-Completions 'New-CalmModel tiny -DType ' | Should -Be @('bf16', 'f16', 'f32')
+        Get-Completions 'New-CalmModel tiny -DType f' | Should -Be @('f16', 'f32', 'fp8')
+        Get-Completions 'New-CalmModel tiny -DType ' | Should -Be @('bf16', 'f16', 'f32', 'fp8', 'int4')
     }
     It '-Verbose tells the story of an import: folder, config, files, tensors and dtype, device, memory' {
         $v = @(Import-CalmModel -LiteralPath $script:TinyWp -Device Cpu -Name 'story' -Verbose 4>&1 |

@@ -77,4 +77,6 @@ public static class ErrorIds
     public const string TokenizerInvalid = "Calm.TokenizerInvalid";
     public const string TokenizerMissing = "Calm.TokenizerMissing";
     public const string BandwidthUnknown = "Calm.BandwidthUnknown";
+    /// <summary>A quantized weight dtype (fp8/int4) that this tensor, source or device cannot take.</summary>
+    public const string QuantizationNotSupported = "Calm.QuantizationNotSupported";
 }

@@ -21,6 +21,11 @@ public sealed record ImportOptions
     /// <summary>Receives warnings (e.g. Auto fell back to CPU) and verbose lines.</summary>
     public Action<string>? Warning { get; init; }
     public Action<string>? Verbose { get; init; }
+    /// <summary>
+    /// Weight dtype to quantize to at import: <see cref="DType.F8E4M3"/> (fp8) or <see cref="DType.Int4"/> (int4),
+    /// formats in <see cref="Quant.QuantFormats"/>; null (or the checkpoint's own dtype) keeps the stored weights.
+    /// </summary>
+    public DType? WeightDType { get; init; }
 }
 
 /// <summary>Builds <see cref="LoadedModel"/>s: from a Hugging Face folder, or synthetic from a preset.</summary>
@@ -31,7 +36,31 @@ public static class ModelFactory
     /// <summary>Maps and validates a model folder, then puts it on a device. Nothing stays allocated on failure.</summary>
     public static LoadedModel Import(string path, ImportOptions options, IProgress<LoadProgress>? progress = null, CancellationToken ct = default)
     {
+        options = CheckQuantizedDevice(options.WeightDType, options);
         var loaded = ModelFolderLoader.Load(path, progress, ct, options.Verbose);
+        if (options.WeightDType is DType want && want != loaded.Config.DType)
+        {
+            if (!DTypes.IsQuantized(want))
+            {
+                loaded.Store.Dispose();
+                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
+                    $"-DType {DTypes.Name(want)}: this checkpoint is stored as {DTypes.Name(loaded.Config.DType)}; import converts only to fp8 or int4 " +
+                    $"(or leave out -DType to keep {DTypes.Name(loaded.Config.DType)}).", "DType");
+            }
+            var mapped = loaded.Store;
+            try
+            {
+                var (qw, qs) = Quant.Quantizer.QuantizeModel(loaded.Weights, want, progress, ct);
+                options.Verbose?.Invoke($"Quantized to {DTypes.Name(want)}: {loaded.Weights.TotalBytes / 1e6:F1} MB -> {qw.TotalBytes / 1e6:F1} MB.");
+                loaded = loaded with { Config = loaded.Config with { DType = want }, Weights = qw, Store = qs };
+            }
+            finally
+            {
+                // The mapped checkpoint is needed no longer: everything kept was copied into the native store
+                // (and on failure the quantizer freed its own store).
+                mapped.Dispose();
+            }
+        }
         try
         {
             var full = System.IO.Path.GetFullPath(path);
@@ -56,6 +85,34 @@ public static class ModelFactory
     /// <summary>A model of a named real shape with deterministic random weights and no files.</summary>
     public static LoadedModel CreateSynthetic(string preset, int seed, DType dtype, ImportOptions options, IProgress<LoadProgress>? progress = null, CancellationToken ct = default)
     {
+        if (DTypes.IsQuantized(dtype))
+        {
+            // Quantized: bf16 random weights (the same values as -DType bf16 with this seed), quantized on the host.
+            options = CheckQuantizedDevice(dtype, options);
+            var bconfig = Presets.Get(preset) with { DType = DType.BF16 };
+            if (options.ContextLength is int cq && cq > bconfig.MaxPositionEmbeddings)
+                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
+                    $"ContextLength {cq} exceeds the preset's max_position_embeddings ({bconfig.MaxPositionEmbeddings}).", "ContextLength");
+            var (bw, bstore) = SyntheticWeights.Build(bconfig, seed, progress, ct);
+            ModelWeights qw; NativeWeightStore qs;
+            try { (qw, qs) = Quant.Quantizer.QuantizeModel(bw, dtype, progress, ct); }
+            finally { bstore.Dispose(); }
+            var qconfig = bconfig with { DType = dtype };
+            try
+            {
+                var backend = CreateBackend(qconfig, qw, options, progress, ct);
+                return new LoadedModel(options.Name ?? Presets.Canonical(preset), qconfig, qw, qs, backend, null)
+                {
+                    Preset = Presets.Canonical(preset),
+                    Seed = seed,
+                };
+            }
+            catch
+            {
+                qs.Dispose();
+                throw;
+            }
+        }
         var config = Presets.Get(preset) with { DType = dtype };
         if (options.ContextLength is int c && c > config.MaxPositionEmbeddings)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
@@ -96,6 +153,22 @@ public static class ModelFactory
             store.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Quantized weights run on the CPU backend in this build: -Device Cuda is refused before anything is loaded,
+    /// Auto becomes Cpu (with a warning when a GPU is there).
+    /// </summary>
+    private static ImportOptions CheckQuantizedDevice(DType? dtype, ImportOptions options)
+    {
+        if (dtype is not DType d || !DTypes.IsQuantized(d)) return options;
+        if (options.Device == DeviceChoice.Cuda)
+            throw new CalmException(ErrorIds.QuantizationNotSupported, CalmErrorKind.NotSupported,
+                $"{DTypes.Name(d)} weights run on the CPU backend in this build; the CUDA kernels are pending. Use -Device Cpu, or import without -DType {DTypes.Name(d)} for the GPU.",
+                "Device");
+        if (options.Device == DeviceChoice.Auto && Cuda.CudaDeviceInfo.Unavailable() is null)
+            options.Warning?.Invoke($"Running on the CPU: {DTypes.Name(d)} weights have no CUDA kernels in this build yet.");
+        return options with { Device = DeviceChoice.Cpu };
     }
 
     internal static IForwardBackend CreateBackend(ModelConfig config, ModelWeights weights, ImportOptions options, IProgress<LoadProgress>? progress, CancellationToken ct,

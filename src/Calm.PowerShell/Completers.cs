@@ -81,3 +81,18 @@ public sealed class DTypeCompleter : IArgumentCompleter
             ("f32", "float, 4 bytes per weight"),
         });
 }
+
+/// <summary>-DType of Import-CalmModel and New-CalmModel: bf16, f16, f32 and the quantized fp8, int4.</summary>
+public sealed class WeightDTypeCompleter : IArgumentCompleter
+{
+    public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete,
+        CommandAst commandAst, IDictionary fakeBoundParameters)
+        => Completion.Matching(wordToComplete, new[]
+        {
+            ("bf16", "bfloat16, 2 bytes per weight"),
+            ("f16", "IEEE half, 2 bytes per weight"),
+            ("f32", "float, 4 bytes per weight"),
+            ("fp8", "e4m3 with one fp32 scale per output row, 1 byte per weight (quantized at import)"),
+            ("int4", "4-bit with one fp16 scale per 32 weights, 0.5625 bytes per weight (quantized at import)"),
+        });
+}

@@ -9,7 +9,7 @@ namespace Calm.Engine.Cpu;
 /// <summary>
 /// CPU reference backend: the correctness oracle for the GPU and the fallback without one. Runs every architecture of
 /// <see cref="Architecture"/> with Hugging Face transformers' math in fp32 (weights stay in their stored dtype and
-/// are converted on the fly), with an fp32 KV cache. Prefill multiplies each weight row with a whole block of tokens
+/// are converted on the fly; fp8/int4 projections dequantized per row with their scales), with an fp32 KV cache. Prefill multiplies each weight row with a whole block of tokens
 /// (<see cref="PrefillChunk"/> tokens at a time); decode of one token is a matvec. Not thread-safe (see
 /// <see cref="IForwardBackend"/>).
 /// Shapes: V vocab, D hidden, F intermediate, H heads, K kv heads, Hd head_dim, E experts, L layers, M tokens in a chunk.
@@ -49,9 +49,13 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
             throw new CalmException(ErrorIds.ConfigInvalid, CalmErrorKind.InvalidData,
                 $"The weights have {weights.Layers.Length} layers but the config says {config.NumLayers}.", "num_hidden_layers");
         foreach (var t in weights.AllTensors())
-            if (!DTypes.IsWeightType(t.DType))
+            if (!DTypes.IsWeightType(t.DType) && !(DTypes.IsQuantized(t.DType) && t.Scales != 0 && t.Rank == 2))
                 throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
-                    $"Tensor {t.Name} in {t.Source} has dtype {DTypes.Name(t.DType)}; the CPU backend computes with f32, f16 and bf16 weights.", t.Name);
+                    $"Tensor {t.Name} in {t.Source} has dtype {DTypes.Name(t.DType)}; the CPU backend computes with f32, f16 and bf16 weights " +
+                    "and with fp8/int4 projection weights quantized at import (-DType fp8|int4).", t.Name);
+        if (DTypes.IsQuantized(weights.Embedding.DType))
+            throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
+                $"The embedding {weights.Embedding.Name} is {DTypes.Name(weights.Embedding.DType)}; embeddings stay in f32, f16 or bf16.", weights.Embedding.Name);
         if (config.IsMoE && weights.Layers.Any(l => l.Router is null || l.ExpertGate is null || l.ExpertUp is null || l.ExpertDown is null))
             throw new CalmException(ErrorIds.TensorMissing, CalmErrorKind.InvalidData, "A mixture-of-experts layer lacks its router or experts.", "block_sparse_moe");
         if (!config.IsMoE && weights.Layers.Any(l => l.WGate is null || l.WUp is null || l.WDown is null))
@@ -234,7 +238,7 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
         int first = allLogits ? 0 : m - 1, count = m - first;
         for (int t = first; t < m; t++) CpuOps.RmsNorm(s.X.AsSpan(t * d, d), _finalNorm, s.Xb.AsSpan(t * d, d), eps, c.NormAddOne);
         fixed (float* px = &s.Xb[first * d]) fixed (float* pl = logits)
-            CpuKernels.MatMul(_w.LmHead.Data, _w.LmHead.DType, v, d, px, count, pl, v);
+            CpuKernels.MatMul(_w.LmHead.Data, _w.LmHead.DType, v, d, px, count, pl, v, _w.LmHead.Scales);
     }
 
     /// <summary>Att[t, h] = softmax(q·K^T / sqrt(Hd)) V over visible positions; head h reads kv head h / (H/K).</summary>
@@ -299,7 +303,7 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
     private static void MatMul(Tensor w, float[] x, int n, float[] y)
     {
         fixed (float* px = x) fixed (float* py = y)
-            CpuKernels.MatMul(w.Data, w.DType, (int)w.Rows, (int)w.Cols, px, n, py, (int)w.Rows);
+            CpuKernels.MatMul(w.Data, w.DType, (int)w.Rows, (int)w.Cols, px, n, py, (int)w.Rows, w.Scales);
     }
 
     /// <summary>Products of several weights with the same X in one parallel region (Y arrays are pinned).</summary>
@@ -310,7 +314,7 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
         {
             var (w, y) = outs[i];
             if (y.Length < (long)n * w.Rows || x.Length < (long)n * w.Cols) throw new InvalidOperationException($"scratch too small for {w.Name}");
-            jobs[i] = new CpuKernels.MatMulJob(w.Data, w.DType, (int)w.Rows, (int)w.Cols, (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(y)), (int)w.Rows);
+            jobs[i] = new CpuKernels.MatMulJob(w.Data, w.DType, (int)w.Rows, (int)w.Cols, (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(y)), (int)w.Rows, w.Scales);
         }
         fixed (float* px = x) CpuKernels.MatMulGroup(jobs, px, n);
     }

@@ -223,7 +223,7 @@ public sealed unsafe partial class CpuBackend : IBenchmarkBackend
         void Classifier()
         {
             fixed (float* px = s.Xb) fixed (float* pl = logits)
-                CpuKernels.MatMul(_w.LmHead.Data, _w.LmHead.DType, c.VocabSize, d, px, 1, pl, c.VocabSize);
+                CpuKernels.MatMul(_w.LmHead.Data, _w.LmHead.DType, c.VocabSize, d, px, 1, pl, c.VocabSize, _w.LmHead.Scales);
         }
         void Attend()
         {

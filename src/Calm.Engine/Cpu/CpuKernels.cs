@@ -9,7 +9,8 @@ using Tensor = Calm.Engine.Weights.Tensor;
 namespace Calm.Engine.Cpu;
 
 /// <summary>
-/// SIMD kernels of the CPU reference backend: dot products of a stored weight row (F32, F16, BF16) with an fp32 vector,
+/// SIMD kernels of the CPU reference backend: dot products of a stored weight row (F32, F16, BF16; fp8 and int4 of
+/// Quant/QuantFormats.cs with their scales) with an fp32 vector,
 /// matrix-vector (decode) and matrix-matrix (prefill) products parallelised over rows. fp32 accumulation everywhere;
 /// weights are converted on the fly and never copied. Every op has a naive double-precision reference in the test
 /// project (tests/Calm.Engine.Tests/Cpu/NaiveOps.cs).
@@ -131,14 +132,143 @@ public static unsafe class CpuKernels
         for (; i < n; i++) dst[i] = (float)src[i];
     }
 
-    /// <summary>Dot of row <paramref name="row"/> of a stored matrix with x (any weight dtype).</summary>
-    public static float DotRow(nint data, DType dtype, long row, int cols, float* x) => dtype switch
+    /// <summary>Dot of row <paramref name="row"/> of a stored matrix with x (any weight dtype; scales for fp8/int4).</summary>
+    public static float DotRow(nint data, DType dtype, long row, int cols, float* x, nint scales = 0) => dtype switch
     {
         DType.BF16 => DotBF16((ushort*)data + row * cols, x, cols),
         DType.F16 => DotF16((Half*)data + row * cols, x, cols),
         DType.F32 => DotF32((float*)data + row * cols, x, cols),
+        DType.F8E4M3 => DotFp8((byte*)data + row * cols, scales == 0 ? 1f : ((float*)scales)[row], x, cols),
+        DType.Int4 => DotInt4((byte*)data + row * Quant.QuantFormats.Int4RowBytes(cols), (Half*)scales + row * Quant.QuantFormats.Int4Groups(cols), x, cols),
         _ => throw new NotSupportedException($"weight dtype {dtype}"),
     };
+
+    // ------------------------------------------------------------------------------------------------------------
+    // Quantized rows (layouts: Quant/QuantFormats.cs). fp8: e4m3 byte -> float by the 256-entry table, times the
+    // row's fp32 scale. int4: (nibble - 8) times the group's fp16 scale, low nibble first.
+    // ------------------------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// fp8 row · x: scale * sum(e4m3(q[i]) * x[i]). AVX2: 8 bytes zero-extended to 8 ints, the 7 magnitude bits moved
+    /// to the fp32 exponent/mantissa position and multiplied by 2^120 (rebias 7 -> 127; exact for subnormals too),
+    /// NaN codes (S.1111.111) forced to NaN, the sign or-ed back, then FMA; scalar table lookups for the tail.
+    /// </summary>
+    public static float DotFp8(byte* q, float scale, float* x, int n)
+    {
+        int i = 0;
+        float sum = 0f;
+        if (Avx2.IsSupported && n >= 16)
+        {
+            var a0 = Vector256<float>.Zero; var a1 = Vector256<float>.Zero;
+            var a2 = Vector256<float>.Zero; var a3 = Vector256<float>.Zero;
+            for (; i <= n - 32; i += 32)
+            {
+                a0 = Fma256(E4M3x8(q + i), Vector256.Load(x + i), a0);
+                a1 = Fma256(E4M3x8(q + i + 8), Vector256.Load(x + i + 8), a1);
+                a2 = Fma256(E4M3x8(q + i + 16), Vector256.Load(x + i + 16), a2);
+                a3 = Fma256(E4M3x8(q + i + 24), Vector256.Load(x + i + 24), a3);
+            }
+            for (; i <= n - 8; i += 8) a0 = Fma256(E4M3x8(q + i), Vector256.Load(x + i), a0);
+            sum = Vector256.Sum((a0 + a1) + (a2 + a3));
+        }
+        fixed (float* lut = Quant.QuantFormats.E4M3Table)
+            for (; i < n; i++) sum += lut[q[i]] * x[i];
+        return scale * sum;
+    }
+
+    /// <summary>8 e4m3 bytes at <paramref name="q"/> to 8 floats (see <see cref="DotFp8"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> E4M3x8(byte* q)
+    {
+        var b = Avx2.ConvertToVector256Int32(q).AsUInt32();
+        var mag = b & Vector256.Create(0x7Fu);
+        var f = Vector256.ShiftLeft(mag, 20).AsSingle() * Vector256.Create(0x7B800000u).AsSingle(); // * 2^120
+        var nan = Vector256.Equals(mag, Vector256.Create(0x7Fu)) & Vector256.Create(0x7FC00000u);
+        return (f.AsUInt32() | nan | Vector256.ShiftLeft(b & Vector256.Create(0x80u), 24)).AsSingle();
+    }
+
+    /// <summary>
+    /// int4 row · x: per group d * sum((u - 8) * x); a partial last group (n % 32 != 0) reads x only up to n. AVX2: 8
+    /// packed bytes -> 8 ints, low and high nibbles interleaved back into element order with unpack + lane permute.
+    /// </summary>
+    public static float DotInt4(byte* p, Half* d, float* x, int n)
+    {
+        const int G = Quant.QuantFormats.Int4GroupSize;
+        float sum = 0f;
+        int full = n / G;
+        if (full * G != n)
+        {
+            float a = 0;
+            for (int c = full * G; c < n; c++) a += (((c & 1) == 0 ? p[c / 2] & 0xF : p[c / 2] >> 4) - 8) * x[c];
+            sum = (float)d[full] * a;
+        }
+        if (Avx2.IsSupported)
+        {
+            var acc = Vector256<float>.Zero;
+            var eight = Vector256.Create(8);
+            var mask = Vector256.Create(15);
+            for (int g = 0; g < full; g++)
+            {
+                byte* pg = p + g * (G / 2);
+                float* xg = x + g * G;
+                var s0 = Vector256<float>.Zero; var s1 = Vector256<float>.Zero;
+                for (int h = 0; h < 2; h++)
+                {
+                    var b = Avx2.ConvertToVector256Int32(pg + h * 8);                  // bytes j..j+7
+                    var lo = Avx2.Subtract(Avx2.And(b, mask), eight);                   // elements 2j
+                    var hi = Avx2.Subtract(Avx2.ShiftRightLogical(b, 4), eight);        // elements 2j+1
+                    var u0 = Avx2.UnpackLow(lo, hi);                                    // e0..3 | e8..11
+                    var u1 = Avx2.UnpackHigh(lo, hi);                                   // e4..7 | e12..15
+                    var e0 = Avx2.Permute2x128(u0, u1, 0x20);                           // e0..7
+                    var e1 = Avx2.Permute2x128(u0, u1, 0x31);                           // e8..15
+                    s0 = Fma256(Avx.ConvertToVector256Single(e0), Vector256.Load(xg + h * 16), s0);
+                    s1 = Fma256(Avx.ConvertToVector256Single(e1), Vector256.Load(xg + h * 16 + 8), s1);
+                }
+                acc = Fma256(s0 + s1, Vector256.Create((float)d[g]), acc);
+            }
+            return sum + Vector256.Sum(acc);
+        }
+        for (int g = 0; g < full; g++)
+        {
+            byte* pg = p + g * (G / 2);
+            float* xg = x + g * G;
+            float a = 0, b = 0;
+            for (int j = 0; j < G / 2; j++)
+            {
+                int v = pg[j];
+                a += ((v & 0xF) - 8) * xg[2 * j];
+                b += ((v >> 4) - 8) * xg[2 * j + 1];
+            }
+            sum += (float)d[g] * (a + b);
+        }
+        return sum;
+    }
+
+    /// <summary>fp8 row to fp32: dst[i] = e4m3(q[i]) * scale.</summary>
+    public static void ConvertFp8(byte* q, float scale, float* dst, int n)
+    {
+        fixed (float* lut = Quant.QuantFormats.E4M3Table)
+            for (int i = 0; i < n; i++) dst[i] = lut[q[i]] * scale;
+    }
+
+    /// <summary>int4 row to fp32: dst[c] = (nibble(c) - 8) * d[c / 32] for c in [0, n).</summary>
+    public static void ConvertInt4(byte* p, Half* d, float* dst, int n)
+    {
+        const int G = Quant.QuantFormats.Int4GroupSize;
+        for (int c = n / G * G; c < n; c++) dst[c] = (((c & 1) == 0 ? p[c / 2] & 0xF : p[c / 2] >> 4) - 8) * (float)d[c / G];
+        for (int g = 0; g < n / G; g++)
+        {
+            float s = (float)d[g];
+            byte* pg = p + g * (G / 2);
+            float* o = dst + g * G;
+            for (int j = 0; j < G / 2; j++)
+            {
+                int v = pg[j];
+                o[2 * j] = ((v & 0xF) - 8) * s;
+                o[2 * j + 1] = ((v >> 4) - 8) * s;
+            }
+        }
+    }
 
     /// <summary>Four dot products of one fp32 row with four vectors (prefill register blocking: w is loaded once).</summary>
     public static void Dot4(float* w, float* x0, float* x1, float* x2, float* x3, int n, out float s0, out float s1, out float s2, out float s3)
@@ -188,10 +318,16 @@ public static unsafe class CpuKernels
     // Row conversion: stored row -> fp32 buffer (prefill converts a row once and reuses it for every token).
     // ------------------------------------------------------------------------------------------------------------
 
-    public static void ConvertRow(nint data, DType dtype, long row, int cols, float* dst)
+    public static void ConvertRow(nint data, DType dtype, long row, int cols, float* dst, nint scales = 0)
     {
         switch (dtype)
         {
+            case DType.F8E4M3:
+                ConvertFp8((byte*)data + row * cols, scales == 0 ? 1f : ((float*)scales)[row], dst, cols);
+                break;
+            case DType.Int4:
+                ConvertInt4((byte*)data + row * Quant.QuantFormats.Int4RowBytes(cols), (Half*)scales + row * Quant.QuantFormats.Int4Groups(cols), dst, cols);
+                break;
             case DType.F32:
                 Buffer.MemoryCopy((float*)data + row * cols, dst, cols * 4L, cols * 4L);
                 break;
@@ -225,7 +361,7 @@ public static unsafe class CpuKernels
     {
         int cols = checked((int)t.Cols);
         if (dst.Length < cols) throw new ArgumentException("destination too short", nameof(dst));
-        fixed (float* d = dst) ConvertRow(t.Data, t.DType, row, cols, d);
+        fixed (float* d = dst) ConvertRow(t.Data, t.DType, row, cols, d, t.Scales);
     }
 
     // ------------------------------------------------------------------------------------------------------------
@@ -242,7 +378,7 @@ public static unsafe class CpuKernels
     {
         CheckShapes(w, x.Length, 1, y.Length);
         fixed (float* px = x) fixed (float* py = y)
-            MatMul(w.Data, w.DType, (int)w.Rows, (int)w.Cols, px, 1, py, (int)w.Rows);
+            MatMul(w.Data, w.DType, (int)w.Rows, (int)w.Cols, px, 1, py, (int)w.Rows, w.Scales);
     }
 
     /// <summary>Y[t, r] = W[r] · X[t] for N tokens (X: N×C, Y: N×R, both dense).</summary>
@@ -250,7 +386,7 @@ public static unsafe class CpuKernels
     {
         CheckShapes(w, x.Length, n, y.Length);
         fixed (float* px = x) fixed (float* py = y)
-            MatMul(w.Data, w.DType, (int)w.Rows, (int)w.Cols, px, n, py, (int)w.Rows);
+            MatMul(w.Data, w.DType, (int)w.Rows, (int)w.Cols, px, n, py, (int)w.Rows, w.Scales);
     }
 
     private static void CheckShapes(Tensor w, int xLen, int n, int yLen)
@@ -263,16 +399,17 @@ public static unsafe class CpuKernels
     /// <summary>
     /// Y[t * ldy + r] = W[r] · X[t * cols] for t in [0, n), r in [0, rows). n = 1 is a matvec reading each row once
     /// with a fused convert+dot; n > 1 converts each weight row once into fp32 and multiplies it with the whole block
-    /// of tokens (4 at a time), so every weight byte is read once per call, whatever n is.
+    /// of tokens (4 at a time), so every weight byte is read once per call, whatever n is. <paramref name="scales"/>:
+    /// the scales of an fp8/int4 weight (<see cref="Tensor.Scales"/>).
     /// </summary>
-    public static void MatMul(nint w, DType dtype, int rows, int cols, float* x, int n, float* y, int ldy)
+    public static void MatMul(nint w, DType dtype, int rows, int cols, float* x, int n, float* y, int ldy, nint scales = 0)
     {
         if (rows <= 0 || n <= 0) return;
         long work = (long)rows * cols * Math.Max(1, n / 4);
         int workers = Environment.ProcessorCount;
         if (work < SerialThreshold || workers == 1)
         {
-            MatMulRows(w, dtype, 0, rows, cols, x, n, y, ldy);
+            MatMulRows(w, dtype, 0, rows, cols, x, n, y, ldy, scales);
             return;
         }
         // Blocks: enough for load balance (8 per core), each at least ~16K weight elements.
@@ -284,12 +421,12 @@ public static unsafe class CpuKernels
         Parallel.For(0, blocks, b =>
         {
             int r0 = b * per, r1 = Math.Min(rows, r0 + per);
-            MatMulRows(w, dtype, r0, r1, cols, (float*)px, n, (float*)py, ldy);
+            MatMulRows(w, dtype, r0, r1, cols, (float*)px, n, (float*)py, ldy, scales);
         });
     }
 
     /// <summary>One product of a <see cref="MatMulGroup"/>: Y[t * ldy + r] = W[r] · X[t], Y = <see cref="Y"/>.</summary>
-    public readonly record struct MatMulJob(nint W, DType DType, int Rows, int Cols, nint Y, int Ldy);
+    public readonly record struct MatMulJob(nint W, DType DType, int Rows, int Cols, nint Y, int Ldy, nint Scales = 0);
 
     /// <summary>
     /// Several products over the same X (q/k/v, gate/up) in one parallel region: one scheduling and one barrier
@@ -303,7 +440,7 @@ public static unsafe class CpuKernels
         int workers = Environment.ProcessorCount;
         if (work < SerialThreshold || workers == 1)
         {
-            foreach (var j in jobs) MatMulRows(j.W, j.DType, 0, j.Rows, j.Cols, x, n, (float*)j.Y, j.Ldy);
+            foreach (var j in jobs) MatMulRows(j.W, j.DType, 0, j.Rows, j.Cols, x, n, (float*)j.Y, j.Ldy, j.Scales);
             return;
         }
         // Blocks of ~equal weight elements across all jobs, 8 per core.
@@ -320,13 +457,15 @@ public static unsafe class CpuKernels
         {
             var (k, r0, r1) = blocks[b];
             var j = js[k];
-            MatMulRows(j.W, j.DType, r0, r1, j.Cols, (float*)px, n, (float*)j.Y, j.Ldy);
+            MatMulRows(j.W, j.DType, r0, r1, j.Cols, (float*)px, n, (float*)j.Y, j.Ldy, j.Scales);
         });
     }
 
     /// <summary>Rows [r0, r1) of <see cref="MatMul(nint, DType, int, int, float*, int, float*, int)"/> on this thread.</summary>
-    public static void MatMulRows(nint w, DType dtype, int r0, int r1, int cols, float* x, int n, float* y, int ldy)
+    public static void MatMulRows(nint w, DType dtype, int r0, int r1, int cols, float* x, int n, float* y, int ldy, nint scales = 0)
     {
+        if (dtype == DType.Int4 && scales == 0)
+            throw new ArgumentException("an int4 weight needs its scales", nameof(scales));
         if (n == 1)
         {
             switch (dtype)
@@ -334,6 +473,7 @@ public static unsafe class CpuKernels
                 case DType.BF16: for (int r = r0; r < r1; r++) y[r] = DotBF16((ushort*)w + (long)r * cols, x, cols); break;
                 case DType.F16: for (int r = r0; r < r1; r++) y[r] = DotF16((Half*)w + (long)r * cols, x, cols); break;
                 case DType.F32: for (int r = r0; r < r1; r++) y[r] = DotF32((float*)w + (long)r * cols, x, cols); break;
+                case DType.F8E4M3: case DType.Int4: for (int r = r0; r < r1; r++) y[r] = DotRow(w, dtype, r, cols, x, scales); break;
                 default: throw new NotSupportedException($"weight dtype {dtype}");
             }
             return;
@@ -353,7 +493,7 @@ public static unsafe class CpuKernels
                 if (dtype == DType.F32) wt = (float*)w + (long)rs * cols;
                 else
                 {
-                    for (int r = rs; r < re; r++) ConvertRow(w, dtype, r, cols, tile + (long)(r - rs) * cols);
+                    for (int r = rs; r < re; r++) ConvertRow(w, dtype, r, cols, tile + (long)(r - rs) * cols, scales);
                     wt = tile;
                 }
                 for (int ts = 0; ts < n; ts += TB)

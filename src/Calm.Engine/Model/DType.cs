@@ -15,10 +15,15 @@ public enum DType
     Bool,   // "BOOL"
     F8E4M3, // "F8_E4M3"
     F8E5M2, // "F8_E5M2"
+    // Appended (quantized weights; layouts in Quant/QuantFormats.cs). A weight tensor of these dtypes carries its
+    // scales in Tensor.Scales. F8E4M3 above is the fp8 weight dtype (per-row fp32 scales).
+    Int4,   // 4-bit signed integers, two per byte (low nibble first), groups of 32 with one fp16 scale each
 }
 
 public static class DTypes
 {
+    /// <summary>Bytes per element of the stored values (Int4: 1, two elements share a byte: use
+    /// <see cref="Weights.Tensor.ByteLength"/> for sizes). Scales of quantized tensors are not included.</summary>
     public static int SizeOf(DType t) => t switch
     {
         DType.F64 or DType.I64 => 8,
@@ -50,13 +55,32 @@ public static class DTypes
     /// <summary>Weight dtypes the engine computes with.</summary>
     public static bool IsWeightType(DType t) => t is DType.F32 or DType.F16 or DType.BF16;
 
-    /// <summary>User-facing name: f32, f16, bf16.</summary>
+    /// <summary>Quantized weight dtypes (values + scales): fp8 (e4m3, per-row scales) and int4 (group-wise scales).</summary>
+    public static bool IsQuantized(DType t) => t is DType.F8E4M3 or DType.Int4;
+
+    /// <summary>
+    /// -DType of Import-CalmModel / New-CalmModel: the float names of <see cref="TryParseName"/> plus the quantized
+    /// fp8 (e4m3, aliases f8, e4m3, float8) and int4 (aliases q4, i4).
+    /// </summary>
+    public static bool TryParseWeightDType(string s, out DType t)
+    {
+        if (TryParseName(s, out t)) return true;
+        switch (s.Trim().ToLowerInvariant())
+        {
+            case "fp8": case "f8": case "e4m3": case "f8e4m3": case "float8": case "float8_e4m3fn": t = DType.F8E4M3; return true;
+            case "int4": case "q4": case "i4": t = DType.Int4; return true;
+            default: t = default; return false;
+        }
+    }
+
+    /// <summary>User-facing name: f32, f16, bf16, fp8, int4.</summary>
     public static string Name(DType t) => t switch
     {
         DType.F32 => "f32",
         DType.F16 => "f16",
         DType.BF16 => "bf16",
         DType.F8E4M3 => "fp8",
+        DType.Int4 => "int4",
         _ => t.ToString().ToLowerInvariant(),
     };
 

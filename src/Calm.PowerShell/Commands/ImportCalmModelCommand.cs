@@ -41,6 +41,12 @@ public sealed class ImportCalmModelCommand : CalmCmdlet
     [Parameter]
     public int? ContextLength { get; set; }
 
+    /// <summary>Quantize the weights at import: fp8 (e4m3, per-row scales) or int4 (groups of 32); default: as stored.</summary>
+    [Parameter]
+    [ArgumentCompleter(typeof(WeightDTypeCompleter))]
+    [ValidateNotNullOrEmpty]
+    public string? DType { get; set; }
+
     protected override void Process()
     {
         var folders = ParameterSetName == LiteralPathSet ? LiteralPath.Select(ResolveLiteral).ToList() : Path.SelectMany(ResolveWildcard).ToList();
@@ -49,7 +55,19 @@ public sealed class ImportCalmModelCommand : CalmCmdlet
                 $"-Name '{Name}' cannot name {folders.Count} models; import them one at a time or leave out -Name.", "Name");
         if (ContextLength is int c && c <= 0)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"-ContextLength must be positive (got {c}).", "ContextLength");
+        _weightDType = ParseDType();
         foreach (var folder in folders) ImportOne(folder);
+    }
+
+    private Calm.Engine.Model.DType? _weightDType;
+
+    private Calm.Engine.Model.DType? ParseDType()
+    {
+        if (DType is null) return null;
+        if (!Calm.Engine.Model.DTypes.TryParseWeightDType(DType, out var t))
+            throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
+                $"-DType '{DType}' is not a weight dtype. Use fp8 or int4 to quantize at import (or bf16, f16, f32: the checkpoint's own dtype).", "DType");
+        return t;
     }
 
     private void ImportOne(string folder)
@@ -67,6 +85,7 @@ public sealed class ImportCalmModelCommand : CalmCmdlet
             Name = name,
             Device = Device,
             ContextLength = ContextLength,
+            WeightDType = _weightDType,
             Verbose = reporter.Verbose,
             Warning = reporter.Warning,
         }, reporter, ct));

@@ -23,9 +23,9 @@ public sealed class NewCalmModelCommand : CalmCmdlet
     [Parameter]
     public int Seed { get; set; }
 
-    /// <summary>Stored weight dtype: bf16 (default), f16 or f32.</summary>
+    /// <summary>Stored weight dtype: bf16 (default), f16, f32, or fp8 / int4 (bf16 random weights quantized; CPU only in this build).</summary>
     [Parameter]
-    [ArgumentCompleter(typeof(DTypeCompleter))]
+    [ArgumentCompleter(typeof(WeightDTypeCompleter))]
     public string DType { get; set; } = "bf16";
 
     /// <summary>Session name; default: the preset name, made unique.</summary>
@@ -43,9 +43,9 @@ public sealed class NewCalmModelCommand : CalmCmdlet
 
     protected override void Process()
     {
-        if (!DTypes.TryParseName(DType, out var dtype))
+        if (!DTypes.TryParseWeightDType(DType, out var dtype))
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
-                $"-DType '{DType}' is not a weight type Calm computes with. Use bf16, f16 or f32.", "DType");
+                $"-DType '{DType}' is not a weight type Calm computes with. Use bf16, f16, f32, fp8 or int4.", "DType");
         if (ContextLength is int c && c <= 0)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"-ContextLength must be positive (got {c}).", "ContextLength");
 

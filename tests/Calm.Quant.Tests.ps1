@@ -1,0 +1,79 @@
+# Quantized weights at import (issue 6, host side): Import-CalmModel / New-CalmModel -DType fp8|int4 on the CPU.
+BeforeAll {
+    . (Join-Path $PSScriptRoot 'CalmTestHelpers.ps1')
+    Import-CalmForTest
+    $script:TinyWp = Join-Path $script:RepoRoot 'models/tiny-wp'
+    $script:Training = Get-Content -Raw (Join-Path $script:TinyWp 'training.json') | ConvertFrom-Json
+}
+AfterAll { Get-CalmModel | Where-Object Name -like 'quant-*' | Remove-CalmModel -Confirm:$false }
+
+Describe 'Import-CalmModel -DType' {
+    BeforeAll {
+        $script:Bf16 = Import-CalmModel $script:TinyWp -Device Cpu -Name quant-bf16
+    }
+    AfterAll { Remove-CalmModel -Model quant-bf16 -Confirm:$false -ErrorAction Ignore }
+
+    It 'imports tiny-wp as <dtype>, reports the quantized size and generates' -ForEach @(
+        @{ DType = 'fp8'; BytesPerWeight = 1 }
+        @{ DType = 'int4'; BytesPerWeight = 0.5625 }
+    ) {
+        $m = Import-CalmModel $script:TinyWp -Device Cpu -DType $DType -Name "quant-$DType"
+        try {
+            $m.DType | Should -Be $DType
+            $m.Device | Should -Be 'Cpu'
+            # Sizes from the shape: embedding and norms stay bf16; the projections and the (tied) classifier's own
+            # copy are quantized (fp8: 1 byte + 4 per row; int4: 0.5 byte + 2 per group of 32).
+            $d = $m.HiddenSize; $f = 768; $kv = $m.KvHeads * $m.HeadDim
+            $proj = $m.Layers * (2 * $d * $d + 2 * $kv * $d + 3 * $f * $d) + $m.Vocab * $d
+            $kept = $script:Bf16.WeightBytes - 2 * ($proj - $m.Vocab * $d)
+            $rows = $m.Layers * (2 * $d + 2 * $kv + 2 * $f + $d) + $m.Vocab
+            $want = if ($DType -eq 'fp8') { $kept + $proj + 4 * $rows } else { $kept + $proj / 2 + $proj / 32 * 2 }
+            $m.WeightBytes | Should -Be $want
+            $m.WeightBytes | Should -BeLessThan $script:Bf16.WeightBytes
+            $ids = $script:Training.greedy.ids
+            $r = Invoke-CalmGenerate -Prompt $script:Training.greedy.prompt -Model $m -MaxTokens 8 -Temperature 0
+            $r.GeneratedTokens | Should -Be 8
+            $r.GetTokenIds()[0..2] | Should -Be $ids[0..2]
+            $r.Text | Should -Not -BeNullOrEmpty
+        }
+        finally { Remove-CalmModel -Model $m -Confirm:$false }
+    }
+    It 'accepts the alias e4m3 for fp8' {
+        $m = Import-CalmModel $script:TinyWp -Device Cpu -DType e4m3 -Name quant-alias
+        try { $m.DType | Should -Be 'fp8' } finally { Remove-CalmModel -Model $m -Confirm:$false }
+    }
+    It 'refuses an unknown -DType before loading, naming the valid ones' {
+        $before = @(Get-CalmModel).Count
+        { Import-CalmModel $script:TinyWp -Device Cpu -DType int3 -Name quant-bad } | Should -Throw -ErrorId 'Calm.InvalidArgument,*'
+        try { Import-CalmModel $script:TinyWp -Device Cpu -DType int3 -ErrorAction Stop } catch { $_.Exception.Message | Should -Match 'fp8 or int4' }
+        @(Get-CalmModel).Count | Should -Be $before
+    }
+    It 'refuses a float -DType other than the checkpoint''s own' {
+        { Import-CalmModel $script:TinyWp -Device Cpu -DType f32 -Name quant-f32 } | Should -Throw -ErrorId 'Calm.InvalidArgument,*'
+        Get-CalmModel -Name quant-f32 -ErrorAction Ignore | Should -BeNullOrEmpty
+    }
+    It 'refuses -Device Cuda with a quantized dtype (CUDA kernels pending) with Calm.QuantizationNotSupported' {
+        { Import-CalmModel $script:TinyWp -Device Cuda -DType fp8 -Name quant-gpu } | Should -Throw -ErrorId 'Calm.QuantizationNotSupported,*'
+    }
+    It 'completes -DType with the quantized types' {
+        (TabExpansion2 -inputScript 'Import-CalmModel x -DType ' -cursorColumn 26).CompletionMatches.CompletionText |
+            Should -Be @('bf16', 'f16', 'f32', 'fp8', 'int4')
+    }
+}
+
+Describe 'New-CalmModel -DType' {
+    It 'makes the tiny preset with int4 weights that run' {
+        $m = New-CalmModel -Preset tiny -DType int4 -Device Cpu -Name quant-tiny
+        try {
+            $m.DType | Should -Be 'int4'
+            $bf = New-CalmModel -Preset tiny -DType bf16 -Device Cpu -Name quant-tiny-bf16
+            try { $m.WeightBytes | Should -BeLessThan $bf.WeightBytes } finally { Remove-CalmModel -Model $bf -Confirm:$false }
+            $r = Invoke-CalmGenerate -TokenId 1, 2, 3 -Model $m -MaxTokens 4 -Temperature 0
+            $r.GeneratedTokens | Should -Be 4
+        }
+        finally { Remove-CalmModel -Model $m -Confirm:$false }
+    }
+    It 'refuses an unknown -DType' {
+        { New-CalmModel -Preset tiny -DType fp4 -Device Cpu } | Should -Throw -ErrorId 'Calm.InvalidArgument,*'
+    }
+}
