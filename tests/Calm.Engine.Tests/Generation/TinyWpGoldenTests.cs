@@ -42,8 +42,7 @@ public class TinyWpGoldenTests(TinyWpFixture fx) : IClassFixture<TinyWpFixture>
     {
         var t = TinyWp.Training();
         var p = t.GetProperty("perplexity");
-        string path = Path.Combine(TinyWp.RepoRoot, "..", "shared", "data", "war-and-peace.txt");
-        Assert.True(File.Exists(path), $"the held-out text is expected at {path}");
+        string path = TinyWp.WarAndPeacePath();
         string text = File.ReadAllText(path, Encoding.UTF8);
         int cut = text.IndexOf(t.GetProperty("holdout_mark").GetString()!, StringComparison.Ordinal);
         string held = text[cut..];

@@ -19,7 +19,7 @@ public class ModelQuantTests(ITestOutputHelper output)
     internal static int[] HeldOutIds(LoadedModel m, int? maxTokens)
     {
         var t = TinyWp.Training();
-        string path = Path.Combine(TinyWp.RepoRoot, "..", "shared", "data", "war-and-peace.txt");
+        string path = TinyWp.WarAndPeacePath();
         string text = File.ReadAllText(path, Encoding.UTF8);
         string held = text[text.IndexOf(t.GetProperty("holdout_mark").GetString()!, StringComparison.Ordinal)..];
         var tok = m.Text!.Tokenizer!;
