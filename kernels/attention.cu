@@ -69,3 +69,227 @@ extern "C" __global__ void attention_decode(const float* q, const u16* kCache, c
         out[(long long)h * Hd + d] = o / L;
     }
 }
+
+// ---- split decode attention (flash-decoding) ---------------------------------------------------------------------
+// Grid (K, S, Z): block (kh, split, z) reads one chunk of the KV cache of kv head kh once for the query heads
+// kh*G + z*MAXG + [0, MAXG) of its group (GQA: G = H/K query heads share a kv head). The positions start..pos are cut
+// into at most S chunks of a multiple of 32 positions (computed from the step's position, so the captured graph
+// stays valid at every position); blocks past the last chunk return at once.
+// Inside a block: Hd/8 lanes own one cache row (16-byte loads, 8 fp16 each); a warp walks 32/(Hd/8) rows at a time,
+// FD_UNROLL row groups in flight; every row-stream keeps a running (max, sum, weighted V) per query head in the
+// log2 domain; streams merge by shuffles, warps through shared memory.
+// When a kv head needs more than one chunk, each block writes its partial (max, sum, unnormalised output) to the
+// workspace; the last block of the kv head to finish (atomic counter) merges the partials and writes out.
+// Workspace (f32): pm [H, S] | pl [H, S] | pacc [H, S, Hd] | counters [K*Z] int (zero at allocation, reset by the
+// merging block).
+#define FD_THREADS 256
+#define FD_WARPS (FD_THREADS / 32)
+#define FD_MAX_HD 256
+
+__device__ __forceinline__ float ld_cg_f32(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+
+template <int MAXG, int U>
+__device__ __forceinline__ void attention_split_impl(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws,
+                                                     int H, int K, int Hd, int maxCtx, int window, float scale, int S,
+                                                     const StepParams* sp) {
+    __shared__ float s_m[FD_WARPS][MAXG];
+    __shared__ float s_l[MAXG];
+    __shared__ float s_acc[MAXG][FD_MAX_HD];
+    __shared__ int s_last;
+    const int G = H / K;
+    const int kh = blockIdx.x, split = blockIdx.y, z = blockIdx.z, Z = gridDim.z;
+    const int g0 = z * MAXG;
+    const int ng = min(MAXG, G - g0);
+    const int pos = sp->pos;
+    const int start = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
+    const int n = pos - start + 1;
+    int chunk = (n + S - 1) / S;
+    chunk = (chunk + 31) & ~31;
+    const int nsplit = (n + chunk - 1) / chunk;
+    if (split >= nsplit) return;
+    const int c0 = start + split * chunk;
+    const int c1 = min(c0 + chunk, pos + 1);
+
+    const int tpp = Hd >> 3;               // lanes per cache row (power of two <= 32)
+    const int ppw = 32 / tpp;              // rows per warp per load
+    const int streams = FD_WARPS * ppw;    // rows per block per load
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int slot = lane / tpp, dl = lane & (tpp - 1);
+    const float sl = scale * 1.4426950408889634f;   // scores in log2 units: exp2 instead of exp
+
+    float qv[MAXG][8], acc[MAXG][8], m[MAXG], l[MAXG];
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) {
+        m[g] = -CALM_INF; l[g] = 0.f;
+        const float* qh = q + (long long)(kh * G + g0 + (g < ng ? g : 0)) * Hd + dl * 8;
+        calm_f4 a = *(const calm_f4*)qh, b = *(const calm_f4*)(qh + 4);
+        float f = g < ng ? sl : 0.f;
+        qv[g][0] = a.x * f; qv[g][1] = a.y * f; qv[g][2] = a.z * f; qv[g][3] = a.w * f;
+        qv[g][4] = b.x * f; qv[g][5] = b.y * f; qv[g][6] = b.z * f; qv[g][7] = b.w * f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[g][e] = 0.f;
+    }
+    const u16* kb = kCache + (long long)kh * maxCtx * Hd + dl * 8;
+    const u16* vb = vCache + (long long)kh * maxCtx * Hd + dl * 8;
+
+    // base is uniform across the warp (the shuffles below need every lane)
+    for (int base = c0 + warp * ppw; base < c1; base += streams * U) {
+        calm_u4 kr[U], vr[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int j = base + u * streams + slot;
+            if (j < c1) { kr[u] = ldg_u4(kb + (long long)j * Hd); vr[u] = ldg_u4(vb + (long long)j * Hd); }
+            else { kr[u].x = kr[u].y = kr[u].z = kr[u].w = 0u; vr[u] = kr[u]; }
+        }
+        float s[U][MAXG];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float k8[8];
+            unpack2<CALM_F16>(kr[u].x, k8[0], k8[1]); unpack2<CALM_F16>(kr[u].y, k8[2], k8[3]);
+            unpack2<CALM_F16>(kr[u].z, k8[4], k8[5]); unpack2<CALM_F16>(kr[u].w, k8[6], k8[7]);
+#pragma unroll
+            for (int g = 0; g < MAXG; g++) {
+                float a = qv[g][0] * k8[0];
+#pragma unroll
+                for (int e = 1; e < 8; e++) a = fmaf(qv[g][e], k8[e], a);
+                s[u][g] = a;
+            }
+        }
+        for (int o = tpp >> 1; o > 0; o >>= 1) {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int g = 0; g < MAXG; g++) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], o);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            bool valid = base + u * streams + slot < c1;
+#pragma unroll
+            for (int g = 0; g < MAXG; g++) if (!valid) s[u][g] = -CALM_INF;
+        }
+        float v8[U][8];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            unpack2<CALM_F16>(vr[u].x, v8[u][0], v8[u][1]); unpack2<CALM_F16>(vr[u].y, v8[u][2], v8[u][3]);
+            unpack2<CALM_F16>(vr[u].z, v8[u][4], v8[u][5]); unpack2<CALM_F16>(vr[u].w, v8[u][6], v8[u][7]);
+        }
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            float mx = m[g];
+#pragma unroll
+            for (int u = 0; u < U; u++) mx = fmaxf(mx, s[u][g]);
+            float mref = mx == -CALM_INF ? 0.f : mx;
+            float corr = exp2f(m[g] - mref);
+            float p[U];
+            float ps = 0.f;
+#pragma unroll
+            for (int u = 0; u < U; u++) { p[u] = exp2f(s[u][g] - mref); ps += p[u]; }
+            l[g] = fmaf(l[g], corr, ps);
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                float a = acc[g][e] * corr;
+#pragma unroll
+                for (int u = 0; u < U; u++) a = fmaf(p[u], v8[u][e], a);
+                acc[g][e] = a;
+            }
+            m[g] = mx;
+        }
+    }
+    // merge the row-streams of this warp (lanes with the same dl)
+    for (int o = tpp; o < 32; o <<= 1) {
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+            float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+            float M = fmaxf(m[g], mo);
+            float Mr = M == -CALM_INF ? 0.f : M;
+            float fa = exp2f(m[g] - Mr), fb = exp2f(mo - Mr);
+            l[g] = l[g] * fa + lo * fb;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] = acc[g][e] * fa + __shfl_xor_sync(0xffffffffu, acc[g][e], o) * fb;
+            m[g] = M;
+        }
+    }
+    // merge the warps: block max per head, then rescaled sums through shared atomics
+    if (lane == 0) {
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) s_m[warp][g] = m[g];
+    }
+    for (int i = threadIdx.x; i < MAXG * FD_MAX_HD; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
+    if (threadIdx.x < MAXG) s_l[threadIdx.x] = 0.f;
+    __syncthreads();
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) {
+        float M = -CALM_INF;
+        for (int w = 0; w < FD_WARPS; w++) M = fmaxf(M, s_m[w][g]);
+        float f = (m[g] == -CALM_INF) ? 0.f : exp2f(m[g] - M);
+        if (slot == 0 && g < ng) {
+#pragma unroll
+            for (int e = 0; e < 8; e++) atomicAdd(&s_acc[g][dl * 8 + e], acc[g][e] * f);
+            if (dl == 0) atomicAdd(&s_l[g], l[g] * f);
+        }
+        m[g] = M;   // now the block's max (same in every thread)
+    }
+    __syncthreads();
+    const int h0 = kh * G + g0;
+    if (nsplit == 1) {
+        for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+            int g = i / Hd, d = i - g * Hd;
+            out[(long long)(h0 + g) * Hd + d] = s_acc[g][d] / s_l[g];
+        }
+        return;
+    }
+    float* pm = ws;
+    float* pl = ws + (long long)H * S;
+    float* pacc = ws + 2LL * H * S;
+    int* counters = (int*)(ws + (long long)H * S * (Hd + 2));
+    for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+        int g = i / Hd, d = i - g * Hd;
+        pacc[((long long)(h0 + g) * S + split) * Hd + d] = s_acc[g][d];
+    }
+    if (threadIdx.x < ng) {
+        int g = threadIdx.x;
+        float M = -CALM_INF;
+        for (int w = 0; w < FD_WARPS; w++) M = fmaxf(M, s_m[w][g]);
+        pm[(long long)(h0 + g) * S + split] = M;
+        pl[(long long)(h0 + g) * S + split] = s_l[g];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int prev = atomicAdd(&counters[kh * Z + z], 1);
+        s_last = prev == nsplit - 1;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    if (threadIdx.x == 0) counters[kh * Z + z] = 0;   // ready for the next launch
+    __threadfence();
+    for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+        int g = i / Hd, d = i - g * Hd;
+        const long long row = (long long)(h0 + g) * S;
+        float M = -CALM_INF;
+        for (int t = 0; t < nsplit; t++) M = fmaxf(M, ld_cg_f32(pm + row + t));
+        float L = 0.f, o = 0.f;
+        for (int t = 0; t < nsplit; t++) {
+            float w = exp2f(ld_cg_f32(pm + row + t) - M);
+            L = fmaf(ld_cg_f32(pl + row + t), w, L);
+            o = fmaf(ld_cg_f32(pacc + (row + t) * Hd + d), w, o);
+        }
+        out[(long long)(h0 + g) * Hd + d] = o / L;
+    }
+}
+
+#define FD_KERNEL(NAME, MAXG, U, MINB)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
+    NAME(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K, int Hd, int maxCtx, \
+         int window, float scale, int S, const StepParams* sp) {                                                       \
+        attention_split_impl<MAXG, U>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window, scale, S, sp);             \
+    }
+FD_KERNEL(attention_split_g1, 1, 4, 2)
+FD_KERNEL(attention_split_g2, 2, 4, 2)
+FD_KERNEL(attention_split_g4, 4, 4, 2)
+FD_KERNEL(attention_split_g8, 8, 2, 1)

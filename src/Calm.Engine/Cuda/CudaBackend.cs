@@ -63,6 +63,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private DType _wt, _embDt, _lmDt;
     private ulong _kCache, _vCache;              // [L, K, maxCtx, Hd] fp16
     private ulong _cos, _sin;                    // [maxCtx, rot/2] f32
+    private ulong _attWs;   // split-attention workspace (0: the shape takes the single-block kernel)
     private ulong _x, _xn, _qkv, _att, _gu, _h, _eo, _rl, _idx, _wts, _logits, _pv, _pi, _result, _step;
     private ulong _candV, _candI, _topV, _topI;
     private readonly int _slots;
@@ -344,6 +345,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         _xn = F(c.HiddenSize, "xn");
         _qkv = F(c.QDim + 2L * c.KvDim, "qkv");
         _att = F(c.QDim, "attention out");
+        long attWs = _k!.AttentionWorkspaceBytes(c.NumHeads, c.NumKvHeads, c.HeadDim);
+        _attWs = attWs > 0 ? F((attWs + 3) / 4, "split-attention workspace") : 0;
         _gu = F(_slots * 2L * c.IntermediateSize, "gate_up");
         _h = F(_slots * (long)c.IntermediateSize, "ffn hidden");
         _eo = F(_slots * (long)c.HiddenSize, "expert out");
@@ -385,7 +388,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             if (W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                            KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step);
             if (W(Stages.Attention)) k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
-                        c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step);
+                        c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs);
             if (W(Stages.AttentionProjections)) k.Matvec(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true);
             if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne);
             if (!c.IsMoE)

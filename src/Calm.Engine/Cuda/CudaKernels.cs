@@ -18,12 +18,19 @@ public sealed class CudaKernels : IDisposable
 
     public CudaContext Context { get; }
     public int Arch { get; }
+    /// <summary>Multiprocessors of the device (sizes the split-attention grid).</summary>
+    public int Multiprocessors { get; }
+    /// <summary>Split attention: blocks per multiprocessor the grid aims at (the g1/g2/g4 kernels fit 2 of 256 threads).</summary>
+    public int AttentionBlocksPerSm { get; }
+    public const int SplitAttentionMaxHeadDim = 256;
     private readonly List<CudaModule> _modules = new();
     private readonly Dictionary<string, CudaKernel> _k = new();
 
-    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null)
+    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2)
     {
         Context = ctx; Arch = arch;
+        AttentionBlocksPerSm = Math.Clamp(attentionBlocksPerSm, 1, 64);
+        Multiprocessors = Math.Max(1, CudaDeviceInfo.List().FirstOrDefault(d => d.Index == ctx.Device)?.Multiprocessors ?? 1);
         try
         {
             foreach (var file in KernelCompiler.Sources.Keys)
@@ -33,7 +40,7 @@ public sealed class CudaKernels : IDisposable
                 _modules.Add(m);
             }
             foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
-                                         "rmsnorm", "qkv_rope_cache", "attention_decode", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
+                                         "rmsnorm", "qkv_rope_cache", "attention_decode", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
                 _k[name] = Find(name);
         }
@@ -93,10 +100,53 @@ public sealed class CudaKernels : IDisposable
             cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, step);
     }
 
-    /// <summary>q [H*Hd] f32 against caches [K, maxCtx, Hd] fp16 up to the step's position -> out [H*Hd] f32.</summary>
-    public void Attention(CudaStream s, ulong q, ulong kCache, ulong vCache, ulong outp, int H, int K, int Hd, int maxCtx, int window, float scale, ulong step)
+    /// <summary>Whether the split (flash-decoding) attention kernel takes this shape: head_dim 8·2^i ≤ 256 (Hd/8 lanes
+    /// per cache row must divide a warp) and H a multiple of K.</summary>
+    public static bool SplitAttentionSupported(int H, int K, int Hd)
+        => K > 0 && H % K == 0 && Hd % 8 == 0 && Hd <= SplitAttentionMaxHeadDim && 32 % (Hd / 8) == 0;
+
+    /// <summary>Query heads per block (MAXG of the kernel variant) and head groups per kv head (grid z).</summary>
+    private static (int MaxG, int Z) SplitGroups(int H, int K)
+    {
+        int G = H / K;
+        int maxg = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
+        return (maxg, (G + maxg - 1) / maxg);
+    }
+
+    /// <summary>Chunks the sequence is cut into per kv head (grid y): enough blocks for <see cref="AttentionBlocksPerSm"/>
+    /// per multiprocessor; fewer are active at short contexts (chunks are ≥ 32 positions).</summary>
+    public int AttentionSplits(int H, int K)
+    {
+        var (_, z) = SplitGroups(H, K);
+        long want = (long)AttentionBlocksPerSm * Multiprocessors;
+        return (int)Math.Clamp((want + (long)K * z - 1) / ((long)K * z), 1, 256);
+    }
+
+    /// <summary>Bytes of the split-attention workspace for this shape (0 when the shape takes the single-block kernel):
+    /// pm [H, S] | pl [H, S] | pacc [H, S, Hd] f32 | counters [K*Z] int. Allocate once, zeroed; share across layers.</summary>
+    public long AttentionWorkspaceBytes(int H, int K, int Hd)
+    {
+        if (!SplitAttentionSupported(H, K, Hd)) return 0;
+        int S = AttentionSplits(H, K);
+        var (_, z) = SplitGroups(H, K);
+        return 4L * ((long)H * S * (Hd + 2) + (long)K * z);
+    }
+
+    /// <summary>q [H*Hd] f32 against caches [K, maxCtx, Hd] fp16 up to the step's position -> out [H*Hd] f32.
+    /// With a <paramref name="workspace"/> of <see cref="AttentionWorkspaceBytes"/> (zeroed at allocation) and a
+    /// supported shape: split over the sequence, one block per (kv head, chunk) serving all its query heads; else one
+    /// block per query head.</summary>
+    public void Attention(CudaStream s, ulong q, ulong kCache, ulong vCache, ulong outp, int H, int K, int Hd, int maxCtx, int window, float scale, ulong step,
+                          ulong workspace = 0)
     {
         if (Hd > AttentionMaxHeadDim) throw new NotSupportedException($"head_dim {Hd} > {AttentionMaxHeadDim}");
+        if (workspace != 0 && SplitAttentionSupported(H, K, Hd))
+        {
+            var (maxg, z) = SplitGroups(H, K);
+            int S = AttentionSplits(H, K);
+            _k["attention_split_g" + maxg].Launch(s, (K, S, z), 256, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step);
+            return;
+        }
         _k["attention_decode"].Launch(s, H, 256, 0, q, kCache, vCache, outp, H, K, Hd, maxCtx, window, scale, step);
     }
 

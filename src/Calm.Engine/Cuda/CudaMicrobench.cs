@@ -49,8 +49,10 @@ public static class CudaMicrobench
     }
 
     /// <summary>Decode attention at position context-1 for heads query heads over kvHeads × context × headDim fp16 K
-    /// and V. Bytes = K + V read + q + out.</summary>
-    public static KernelTiming Attention(int context, int heads, int kvHeads, int headDim, int repeat = 20, int device = 0, CancellationToken ct = default)
+    /// and V. Bytes = K + V read + q + out. <paramref name="split"/>: the split (flash-decoding) kernel with
+    /// <paramref name="blocksPerSm"/> blocks per multiprocessor, else the single-block-per-head kernel.</summary>
+    public static KernelTiming Attention(int context, int heads, int kvHeads, int headDim, int repeat = 20, int device = 0, CancellationToken ct = default,
+                                         bool split = true, int blocksPerSm = 2)
     {
         if (context < 1 || heads < 1 || kvHeads < 1 || heads % kvHeads != 0 || headDim < 1 || headDim > CudaKernels.AttentionMaxHeadDim)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
@@ -58,8 +60,8 @@ public static class CudaMicrobench
         long cache = (long)kvHeads * context * headDim * 2;      // one of K or V, fp16
         long bytes = 2 * cache + 2L * heads * headDim * 4;
         float scale = 1f / MathF.Sqrt(headDim);
-        return Run("attention_decode", 2 * cache, bytes, repeat, device, ct, (k, s, b, i) =>
-            k.Attention(s, b.X, b.W[i], b.W[i] + (ulong)cache, b.Y, heads, kvHeads, headDim, context, 0, scale, b.Step),
+        return Run(split ? "attention_split" : "attention_decode", 2 * cache, bytes, repeat, device, ct, (k, s, b, i) =>
+            k.Attention(s, b.X, b.W[i], b.W[i] + (ulong)cache, b.Y, heads, kvHeads, headDim, context, 0, scale, b.Step, b.Ws),
             (k, s, ctx, copies) =>
             {
                 var b = new Buffers(ctx);
@@ -74,14 +76,16 @@ public static class CudaMicrobench
                 var step = b.AddMem(8, "step params");
                 step.CopyFromHost<int>(new[] { 0, context - 1 });
                 b.Step = step.Ptr;
+                long ws = split ? k.AttentionWorkspaceBytes(heads, kvHeads, headDim) : 0;
+                if (ws > 0) { var wm = b.AddMem(ws, "attention workspace"); wm.Zero(); b.Ws = wm.Ptr; }
                 return b;
-            });
+            }, blocksPerSm);
     }
 
     private sealed class Buffers(CudaContext ctx) : IDisposable
     {
         public readonly List<ulong> W = new();
-        public ulong X, Y, Step;
+        public ulong X, Y, Step, Ws;
         private readonly List<CudaDeviceMemory> _mem = new();
         public ulong Add(long bytes, string what) => AddMem(bytes, what).Ptr;
         public CudaDeviceMemory AddMem(long bytes, string what) { var m = CudaDeviceMemory.Allocate(ctx, bytes, what); _mem.Add(m); return m; }
@@ -89,7 +93,7 @@ public static class CudaMicrobench
     }
 
     private static KernelTiming Run(string name, long rotatingBytes, long bytes, int repeat, int device, CancellationToken ct,
-                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make)
+                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2)
     {
         if (repeat < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Repeat must be ≥ 1 (got {repeat}).", "Repeat");
         var why = CudaDeviceInfo.Unavailable();
@@ -98,7 +102,7 @@ public static class CudaMicrobench
         long l2 = Math.Max(info.L2CacheMB, 1) * (1L << 20);
         int copies = (int)Math.Clamp((4 * l2 + rotatingBytes - 1) / Math.Max(rotatingBytes, 1), 1, 64);
         using var ctx = CudaContext.Acquire(device);
-        using var k = new CudaKernels(ctx, info.Arch);
+        using var k = new CudaKernels(ctx, info.Arch, null, attentionBlocksPerSm);
         using var s = new CudaStream(ctx);
         using var bufs = make(k, s, ctx, copies);
         int calls = Math.Max(MinCallsPerRep, copies);

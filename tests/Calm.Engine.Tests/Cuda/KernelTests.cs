@@ -121,19 +121,41 @@ public class KernelTests
     [InlineData(6, 2, 96, 200, 50)]    // sliding window
     [InlineData(2, 1, 256, 0, 0)]      // first position
     public void AttentionMatchesReference(int H, int K, int Hd, int pos, int window)
+        => CheckAttention(H, K, Hd, pos, window, split: false, blocksPerSm: 2);
+
+    // split (flash-decoding) kernel: GQA groups of 1..16 query heads (16: two blocks per kv head), head_dim 16..256,
+    // one chunk and many chunks, sliding window, different grid sizes
+    [Theory]
+    [InlineData(8, 2, 128, 37, 0, 2)]
+    [InlineData(32, 8, 128, 3999, 0, 2)]   // Llama-3-8B heads at context 4000
+    [InlineData(4, 1, 64, 300, 0, 8)]
+    [InlineData(12, 2, 64, 1000, 100, 2)]  // G = 6 (MAXG 8), window
+    [InlineData(16, 1, 32, 2000, 0, 1)]    // G = 16: two head groups
+    [InlineData(2, 2, 16, 500, 0, 4)]      // G = 1, 2 lanes per row
+    [InlineData(4, 2, 256, 700, 0, 3)]     // 32 lanes per row
+    [InlineData(8, 2, 128, 0, 0, 2)]       // first position
+    [InlineData(4, 2, 8, 129, 0, 2)]       // head_dim 8: one lane per row
+    public void SplitAttentionMatchesReference(int H, int K, int Hd, int pos, int window, int blocksPerSm)
+        => CheckAttention(H, K, Hd, pos, window, split: true, blocksPerSm);
+
+    private static void CheckAttention(int H, int K, int Hd, int pos, int window, bool split, int blocksPerSm)
     {
-        var (ctx, k, s) = Gpu.Require();
-        using var _c = ctx; using var _k = k; using var _s = s;
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) Assert.Skip("No usable CUDA device: " + why);
+        using var ctx = CudaContext.Acquire(0);
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, blocksPerSm);
+        using var s = new CudaStream(ctx);
         var r = Gpu.Rng();
-        int maxCtx = 320;
+        int maxCtx = Math.Max(320, pos + 17);
         var q = Gpu.RandF(r, H * Hd);
         var kc = new ushort[K * maxCtx * Hd]; var vc = new ushort[K * maxCtx * Hd];
         for (int i = 0; i < kc.Length; i++) { kc[i] = BitConverter.HalfToUInt16Bits((Half)(r.NextDouble() * 2 - 1)); vc[i] = BitConverter.HalfToUInt16Bits((Half)(r.NextDouble() * 2 - 1)); }
         using var Q = Gpu.Up(ctx, q); using var KC = Gpu.Up(ctx, kc); using var VC = Gpu.Up(ctx, vc); using var O = Gpu.Zeros(ctx, H * Hd * 4L);
         using var step = Gpu.Up(ctx, new[] { 0, pos });
+        long wsBytes = split ? k.AttentionWorkspaceBytes(H, K, Hd) : 0;
+        if (split) Assert.True(wsBytes > 0, "split kernel should take this shape");
+        using var WS = Gpu.Zeros(ctx, Math.Max(wsBytes, 4));
         float scale = 1f / MathF.Sqrt(Hd);
-        k.Attention(s, Q.Ptr, KC.Ptr, VC.Ptr, O.Ptr, H, K, Hd, maxCtx, window, scale, step.Ptr);
-        s.Synchronize();
         var want = new float[H * Hd];
         int start = window > 0 ? Math.Max(0, pos - window + 1) : 0;
         for (int h = 0; h < H; h++)
@@ -154,7 +176,15 @@ public class KernelTests
                 want[h * Hd + d] = (float)o;
             }
         }
-        Gpu.Close(O.ToArray<float>(H * Hd), want, 1e-5, $"attention pos {pos} window {window}");
+        // twice, the output poisoned (NaN) before the second launch: the split kernel's counters must be reset by
+        // the first launch or no block merges and NaN stays
+        for (int rep = 0; rep < 2; rep++)
+        {
+            if (rep == 1) O.CopyFromHost<float>(Enumerable.Repeat(float.NaN, H * Hd).ToArray());
+            k.Attention(s, Q.Ptr, KC.Ptr, VC.Ptr, O.Ptr, H, K, Hd, maxCtx, window, scale, step.Ptr, split ? WS.Ptr : 0);
+            s.Synchronize();
+            Gpu.Close(O.ToArray<float>(H * Hd), want, 1e-5, $"attention {(split ? "split" : "single")} pos {pos} window {window} launch {rep + 1}");
+        }
     }
 
     [Theory]
