@@ -53,10 +53,28 @@ foreach ($p in $StageContext) {
 }
 $pf = $b.TimePrefill(512, 3, $ct)
 $lines.Add(("Prefill 512 tokens (token-by-token graph launches): {0:F1} ms" -f $pf))
+$lines.Add("Kernels with programmatic dependent launch: $($b.ProgrammaticLaunch)")
 $m.Dispose()
+# the same decode with programmatic dependent launch off (CALM_PDL=0), for the before/after
+$env:CALM_PDL = '0'
+try {
+    $m = [Calm.Engine.ModelFactory]::CreateSynthetic($Preset, 1, [Calm.Engine.Model.DType]::BF16, $opt, $null, $ct)
+    $b = $m.Backend
+    $b.FillKvCacheForBenchmark($ContextLength, 1)
+    foreach ($p in @(0, 4000)) {
+        $meds = foreach ($r in 1..3) { (Stat $b.TimeDecodeSteps($p, $Steps, 8, $ct)).Median }
+        $st = Stat $meds
+        $bytes = $perTokWeights + $kvPerPos * ($p + [math]::Floor($Steps / 2) + 1)
+        $gbps = $bytes / ($st.Median * 1e6)
+        $lines.Add(("PDL off (programmatic {5}): context {0}: {1:F4} ms/token ({2:F4}..{3:F4}), {4:F1}% of read" -f $p, $st.Median, $st.Min, $st.Max, (100 * $gbps / $read.MedianGBps), $b.ProgrammaticLaunch))
+    }
+    $m.Dispose()
+} finally { Remove-Item env:CALM_PDL }
 foreach ($shape in @(@(4096, 4096), @(14336, 4096), @(4096, 14336), @(128256, 4096))) {
-    $t = [Calm.Engine.Cuda.CudaMicrobench]::Matvec($shape[0], $shape[1], [Calm.Engine.Model.DType]::BF16, 20, 0, $ct)
-    $lines.Add(("matvec {0}x{1} bf16: {2:F2} us, {3:F0} GB/s ({4:F1}% of read)" -f $shape[0], $shape[1], ($t.MedianMs * 1000), $t.MedianGBps, (100 * $t.MedianGBps / $read.MedianGBps)))
+    foreach ($pdl in @($true, $false)) {
+        $t = [Calm.Engine.Cuda.CudaMicrobench]::Matvec($shape[0], $shape[1], [Calm.Engine.Model.DType]::BF16, 20, 0, $ct, $pdl)
+        $lines.Add(("matvec {0}x{1} bf16 (pdl {5}): {2:F2} us, {3:F0} GB/s ({4:F1}% of read)" -f $shape[0], $shape[1], ($t.MedianMs * 1000), $t.MedianGBps, (100 * $t.MedianGBps / $read.MedianGBps), $pdl))
+    }
 }
 foreach ($ctx in @(1024, 4096, 32768)) {
     foreach ($v in @(@($false, 2), @($true, 1), @($true, 2), @($true, 4))) {

@@ -12,6 +12,7 @@
 extern "C" __global__ void attention_decode(const float* q, const u16* kCache, const u16* vCache, float* out,
                                             int H, int K, int Hd, int maxCtx, int window, float scale,
                                             const StepParams* sp) {
+    PDL_ENTER();
     __shared__ float s_m[ATT_MAX_WARPS], s_l[ATT_MAX_WARPS];
     __shared__ float s_acc[ATT_MAX_WARPS][ATT_MAX_HD];
     int h = blockIdx.x;
@@ -73,7 +74,7 @@ extern "C" __global__ void attention_decode(const float* q, const u16* kCache, c
 // ---- split decode attention (flash-decoding) ---------------------------------------------------------------------
 // Grid (K, S, Z): block (kh, split, z) reads one chunk of the KV cache of kv head kh once for the query heads
 // kh*G + z*MAXG + [0, MAXG) of its group (GQA: G = H/K query heads share a kv head). The positions start..pos are cut
-// into at most S chunks of a multiple of 32 positions (computed from the step's position, so the captured graph
+// into at most S chunks of a multiple of 64 positions (computed from the step's position, so the captured graph
 // stays valid at every position); blocks past the last chunk return at once.
 // Inside a block: Hd/8 lanes own one cache row (16-byte loads, 8 fp16 each); a warp walks 32/(Hd/8) rows at a time,
 // FD_UNROLL row groups in flight; every row-stream keeps a running (max, sum, weighted V) per query head in the
@@ -85,10 +86,16 @@ extern "C" __global__ void attention_decode(const float* q, const u16* kCache, c
 #define FD_THREADS 256
 #define FD_WARPS (FD_THREADS / 32)
 #define FD_MAX_HD 256
+#define FD_MAX_SPLITS 256   // S <= 256 (CudaKernels.AttentionSplits)
 
 __device__ __forceinline__ float ld_cg_f32(const float* p) {
     float v;
     asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ calm_f4 ld_cg_f4(const float* p) {
+    calm_f4 v;
+    asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
     return v;
 }
 
@@ -96,9 +103,12 @@ template <int MAXG, int U>
 __device__ __forceinline__ void attention_split_impl(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws,
                                                      int H, int K, int Hd, int maxCtx, int window, float scale, int S,
                                                      const StepParams* sp) {
+    PDL_ENTER();
     __shared__ float s_m[FD_WARPS][MAXG];
     __shared__ float s_l[MAXG];
     __shared__ float s_acc[MAXG][FD_MAX_HD];
+    __shared__ float s_wbuf[MAXG][FD_MAX_SPLITS];   // merge: each split's max, then its weight
+    __shared__ float s_lw[MAXG][FD_MAX_SPLITS];     // merge: each split's sum
     __shared__ int s_last;
     const int G = H / K;
     const int kh = blockIdx.x, split = blockIdx.y, z = blockIdx.z, Z = gridDim.z;
@@ -108,7 +118,7 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
     const int start = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
     const int n = pos - start + 1;
     int chunk = (n + S - 1) / S;
-    chunk = (chunk + 31) & ~31;
+    chunk = (chunk + 63) & ~63;            // whole 64-row passes (Hd 128: 16 rows per pass x FD_UNROLL 4)
     const int nsplit = (n + chunk - 1) / chunk;
     if (split >= nsplit) return;
     const int c0 = start + split * chunk;
@@ -268,18 +278,65 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
     if (!s_last) return;
     if (threadIdx.x == 0) counters[kh * Z + z] = 0;   // ready for the next launch
     __threadfence();
-    for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
-        int g = i / Hd, d = i - g * Hd;
-        const long long row = (long long)(h0 + g) * S;
+    // merge, parallel over splits: (1) every (head, split) max and sum into shared, (2) one warp per head turns them
+    // into weights exp2(pm - M) / L, (3) threads = (float4 of the output, stride over splits), 8 loads in flight,
+    // their sums meet in shared memory
+    float* s_w = &s_wbuf[0][0];
+    for (int i = threadIdx.x; i < ng * nsplit; i += FD_THREADS) {
+        int g = i / nsplit, t = i - g * nsplit;
+        s_w[g * FD_MAX_SPLITS + t] = ld_cg_f32(pm + (long long)(h0 + g) * S + t);
+        s_lw[g][t] = ld_cg_f32(pl + (long long)(h0 + g) * S + t);
+    }
+    for (int i = threadIdx.x; i < MAXG * FD_MAX_HD; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
+    __syncthreads();
+    if (warp < ng) {
+        const int g = warp;
         float M = -CALM_INF;
-        for (int t = 0; t < nsplit; t++) M = fmaxf(M, ld_cg_f32(pm + row + t));
-        float L = 0.f, o = 0.f;
-        for (int t = 0; t < nsplit; t++) {
-            float w = exp2f(ld_cg_f32(pm + row + t) - M);
-            L = fmaf(ld_cg_f32(pl + row + t), w, L);
-            o = fmaf(ld_cg_f32(pacc + (row + t) * Hd + d), w, o);
+        for (int t = lane; t < nsplit; t += 32) M = fmaxf(M, s_w[g * FD_MAX_SPLITS + t]);
+        M = warp_max(M);
+        float L = 0.f;
+        for (int t = lane; t < nsplit; t += 32) L += s_lw[g][t] * exp2f(s_w[g * FD_MAX_SPLITS + t] - M);
+        L = warp_sum(L);
+        __syncwarp();
+        for (int t = lane; t < nsplit; t += 32) s_w[g * FD_MAX_SPLITS + t] = exp2f(s_w[g * FD_MAX_SPLITS + t] - M) / L;
+    }
+    __syncthreads();
+    const int items = ng * (Hd >> 2);                      // float4 pieces of the group's output
+    const int R = items >= FD_THREADS ? 1 : FD_THREADS / items;   // threads per piece (stride over splits)
+    for (int i = threadIdx.x; i < items * R; i += FD_THREADS) {
+        const int it = i % items, r = i / items;
+        const int g = it / (Hd >> 2), d = (it - g * (Hd >> 2)) * 4;
+        const float* base = pacc + (long long)(h0 + g) * S * Hd + d;
+        float o0 = 0.f, o1 = 0.f, o2 = 0.f, o3 = 0.f;
+        for (int t0 = r; t0 < nsplit; t0 += 8 * R) {
+            calm_f4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                int t = t0 + u * R;
+                if (t < nsplit) v[u] = ld_cg_f4(base + (long long)t * Hd);
+                else v[u].x = v[u].y = v[u].z = v[u].w = 0.f;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                int t = t0 + u * R;
+                float w = t < nsplit ? s_w[g * FD_MAX_SPLITS + t] : 0.f;
+                o0 = fmaf(v[u].x, w, o0); o1 = fmaf(v[u].y, w, o1); o2 = fmaf(v[u].z, w, o2); o3 = fmaf(v[u].w, w, o3);
+            }
         }
-        out[(long long)(h0 + g) * Hd + d] = o / L;
+        if (R == 1) {
+            calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
+            *(calm_f4*)(out + (long long)(h0 + g) * Hd + d) = o;
+        } else {
+            atomicAdd(&s_acc[g][d], o0); atomicAdd(&s_acc[g][d + 1], o1);
+            atomicAdd(&s_acc[g][d + 2], o2); atomicAdd(&s_acc[g][d + 3], o3);
+        }
+    }
+    if (R > 1) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+            int g = i / Hd, d = i - g * Hd;
+            out[(long long)(h0 + g) * Hd + d] = s_acc[g][d];
+        }
     }
 }
 

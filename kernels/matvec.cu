@@ -75,9 +75,15 @@ template <> __device__ __forceinline__ float row_dot_t<CALM_F32>(const float* ro
 // W [rows, cols] (DT), x [cols] f32, y [rows] f32, bias [rows] f32 or null.
 // y[r] = W[r,:] . x (+ bias[r]) (+ y[r] when accumulate != 0: fused residual add).
 template <int DT>
-__device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
+__device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate,
+                                            bool prefetch) {
     int row = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
+    // the weights do not depend on earlier kernels: start pulling this warp's row into L2 before waiting for them
+    // (with programmatic launch this overlaps the previous kernel; x and y are touched only after pdl_wait)
+    if (row < rows && prefetch) prefetch_l2_warp(W + (long long)row * cols, (long long)cols * sizeof(typename WeightT<DT>::T), lane);
+    pdl_trigger();
+    pdl_wait();
     if (row >= rows) return;
     float s = row_dot_t<DT>(W + (long long)row * cols, x, cols, lane);
     if (lane == 0) {
@@ -87,14 +93,14 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
     }
 }
 
-extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
-    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate);
+extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate, prefetch != 0);
 }
-extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
-    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate);
+extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch != 0);
 }
-extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
-    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate);
+extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch != 0);
 }
 
 // MoE: blockIdx.y = slot s of the top-k; the expert is expertIdx[s] (chosen on the GPU by moe_route).
@@ -104,8 +110,9 @@ template <int DT>
 __device__ __forceinline__ void moe_matvec_impl(const void* const* experts, const int* expertIdx, const float* x, int xStride,
                                                 float* y, int rows, int cols) {
     int s = blockIdx.y;
+    pdl_wait();   // the expert ids come from moe_route
     const typename WeightT<DT>::T* W = (const typename WeightT<DT>::T*)experts[expertIdx[s]];
-    matvec_impl<DT>(W, x + (long long)s * xStride, y + (long long)s * rows, (const float*)0, rows, cols, 0);
+    matvec_impl<DT>(W, x + (long long)s * xStride, y + (long long)s * rows, (const float*)0, rows, cols, 0, false);
 }
 
 extern "C" __global__ void moe_matvec_bf16(const void* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {

@@ -23,12 +23,17 @@ public sealed class CudaKernels : IDisposable
     /// <summary>Split attention: blocks per multiprocessor the grid aims at (the g1/g2/g4 kernels fit 2 of 256 threads).</summary>
     public int AttentionBlocksPerSm { get; }
     public const int SplitAttentionMaxHeadDim = 256;
+    /// <summary>Programmatic dependent launch for the decode kernels (sm_90+, a driver with cuLaunchKernelEx): each
+    /// kernel may start while the previous one finishes; the matvecs prefetch their weights into L2 meanwhile.
+    /// Off with CALM_PDL=0 or the constructor's pdl: false.</summary>
+    public bool Programmatic { get; }
     private readonly List<CudaModule> _modules = new();
     private readonly Dictionary<string, CudaKernel> _k = new();
 
-    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2)
+    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null)
     {
         Context = ctx; Arch = arch;
+        Programmatic = (pdl ?? Environment.GetEnvironmentVariable("CALM_PDL") != "0") && arch >= 90 && Cu.HasLaunchKernelEx;
         AttentionBlocksPerSm = Math.Clamp(attentionBlocksPerSm, 1, 64);
         Multiprocessors = Math.Max(1, CudaDeviceInfo.List().FirstOrDefault(d => d.Index == ctx.Device)?.Multiprocessors ?? 1);
         try
@@ -43,6 +48,11 @@ public sealed class CudaKernels : IDisposable
                                          "rmsnorm", "qkv_rope_cache", "attention_decode", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
                 _k[name] = Find(name);
+            // kernels that call pdl_wait before touching earlier kernels' data (kernels/common.cuh)
+            if (Programmatic)
+                foreach (var (name, kern) in _k)
+                    if (name is not ("bw_read" or "bw_copy" or "fill_synthetic" or "convert_to_f32"))
+                        kern.Programmatic = true;
         }
         catch
         {
@@ -79,7 +89,8 @@ public sealed class CudaKernels : IDisposable
 
     /// <summary>W [rows, cols] (wt), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when accumulate).</summary>
     public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
-        => _k["matvec_" + Half(wt)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0);
+        => _k["matvec_" + Half(wt)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
+            Programmatic ? 1 : 0);
 
     /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = experts[idx[s]] [rows, cols] . x[s*xStride ..].
     /// experts: device table of E pointers; idx [slots] int on the device.</summary>

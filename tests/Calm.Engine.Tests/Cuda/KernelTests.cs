@@ -138,6 +138,47 @@ public class KernelTests
     public void SplitAttentionMatchesReference(int H, int K, int Hd, int pos, int window, int blocksPerSm)
         => CheckAttention(H, K, Hd, pos, window, split: true, blocksPerSm);
 
+    // programmatic dependent launch: a chain matvec -> rmsnorm -> matvec (+= y) captured into a graph, each kernel
+    // reading what the previous one wrote; launched early, a kernel that read before pdl_wait would see stale data
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void DependentChainMatchesReference(bool pdl)
+    {
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) Assert.Skip("No usable CUDA device: " + why);
+        using var ctx = CudaContext.Acquire(0);
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, 2, pdl);
+        using var s = new CudaStream(ctx);
+        var r = Gpu.Rng();
+        int n = 2048, m = 3072;
+        var (w0b, w0) = Gpu.RandHalf(r, m * n, DType.BF16, 0.05f);
+        var (w1b, w1) = Gpu.RandHalf(r, n * m, DType.BF16, 0.05f);
+        var x = Gpu.RandF(r, n); var nw = Gpu.RandF(r, m); var c0 = Gpu.RandF(r, n);
+        using var W0 = Gpu.Up(ctx, w0b); using var W1 = Gpu.Up(ctx, w1b); using var X = Gpu.Up(ctx, x); using var NW = Gpu.Up(ctx, nw);
+        using var A = Gpu.Zeros(ctx, m * 4L); using var N = Gpu.Zeros(ctx, m * 4L); using var C = Gpu.Up(ctx, c0);
+        s.Synchronize();
+        s.BeginCapture();
+        k.Matvec(s, DType.BF16, W0.Ptr, X.Ptr, A.Ptr, 0, m, n, false);
+        k.RmsNorm(s, A.Ptr, NW.Ptr, N.Ptr, m, 1e-5f, false);
+        k.Matvec(s, DType.BF16, W1.Ptr, N.Ptr, C.Ptr, 0, n, m, true);
+        using var g = s.EndCapture();
+        g.Launch(s);
+        s.Synchronize();
+        var a = new double[m];
+        for (int i = 0; i < m; i++) { double t = 0; for (int j = 0; j < n; j++) t += (double)w0[(long)i * n + j] * x[j]; a[i] = t; }
+        double ss = 0; foreach (var v in a) ss += v * v;
+        double inv = 1 / Math.Sqrt(ss / m + 1e-5);
+        var want = new float[n];
+        for (int i = 0; i < n; i++)
+        {
+            double t = c0[i];
+            for (int j = 0; j < m; j++) t += (double)w1[(long)i * m + j] * (a[j] * inv * nw[j]);
+            want[i] = (float)t;
+        }
+        Gpu.Close(C.ToArray<float>(n), want, 1e-5, $"matvec -> rmsnorm -> matvec chain (pdl {pdl}, active {k.Programmatic})");
+    }
+
     private static void CheckAttention(int H, int K, int Hd, int pos, int window, bool split, int blocksPerSm)
     {
         var why = CudaDeviceInfo.Unavailable();
