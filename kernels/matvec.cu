@@ -76,12 +76,15 @@ template <> __device__ __forceinline__ float row_dot_t<CALM_F32>(const float* ro
 // y[r] = W[r,:] . x (+ bias[r]) (+ y[r] when accumulate != 0: fused residual add).
 template <int DT>
 __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate,
-                                            bool prefetch) {
+                                            int prefetch) {
     int row = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     // the weights do not depend on earlier kernels: start pulling this warp's row into L2 before waiting for them
     // (with programmatic launch this overlaps the previous kernel; x and y are touched only after pdl_wait)
-    if (row < rows && prefetch) prefetch_l2_warp(W + (long long)row * cols, (long long)cols * sizeof(typename WeightT<DT>::T), lane);
+    if (row < rows && prefetch > 0) {
+        long long rowBytes = (long long)cols * sizeof(typename WeightT<DT>::T);
+        prefetch_l2_warp(W + (long long)row * cols, rowBytes < prefetch ? rowBytes : prefetch, lane);
+    }
     pdl_trigger();
     pdl_wait();
     if (row >= rows) return;
@@ -94,13 +97,13 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
 }
 
 extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate, prefetch != 0);
+    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate, prefetch);
 }
 extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch != 0);
+    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch);
 }
 extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch != 0);
+    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch);
 }
 
 // MoE: blockIdx.y = slot s of the top-k; the expert is expertIdx[s] (chosen on the GPU by moe_route).
@@ -112,7 +115,7 @@ __device__ __forceinline__ void moe_matvec_impl(const void* const* experts, cons
     int s = blockIdx.y;
     pdl_wait();   // the expert ids come from moe_route
     const typename WeightT<DT>::T* W = (const typename WeightT<DT>::T*)experts[expertIdx[s]];
-    matvec_impl<DT>(W, x + (long long)s * xStride, y + (long long)s * rows, (const float*)0, rows, cols, 0, false);
+    matvec_impl<DT>(W, x + (long long)s * xStride, y + (long long)s * rows, (const float*)0, rows, cols, 0, 0);
 }
 
 extern "C" __global__ void moe_matvec_bf16(const void* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {

@@ -65,6 +65,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private ulong _cos, _sin;                    // [maxCtx, rot/2] f32
     /// <summary>Whether the decode kernels run with programmatic dependent launch (see <see cref="CudaKernels.Programmatic"/>).</summary>
     public bool ProgrammaticLaunch => _k?.Programmatic ?? false;
+    /// <summary>Whether decode attention runs the cp.async-pipelined split kernel.</summary>
+    public bool AttentionPipelined => _k?.AttentionPipelined ?? false;
     private ulong _attWs;   // split-attention workspace (0: the shape takes the single-block kernel)
     private ulong _x, _xn, _qkv, _att, _gu, _h, _eo, _rl, _idx, _wts, _logits, _pv, _pi, _result, _step;
     private ulong _candV, _candI, _topV, _topI;

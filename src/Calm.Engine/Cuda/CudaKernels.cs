@@ -25,15 +25,25 @@ public sealed class CudaKernels : IDisposable
     public const int SplitAttentionMaxHeadDim = 256;
     /// <summary>Programmatic dependent launch for the decode kernels (sm_90+, a driver with cuLaunchKernelEx): each
     /// kernel may start while the previous one finishes; the matvecs prefetch their weights into L2 meanwhile.
-    /// Off with CALM_PDL=0 or the constructor's pdl: false.</summary>
+    /// Measured slower on the H200 (bench/RESULTS.md), so off unless CALM_PDL=1 or the constructor's pdl: true.</summary>
     public bool Programmatic { get; }
+    /// <summary>With <see cref="Programmatic"/>: bytes of each weight row a matvec prefetches into L2 before it waits
+    /// for the previous kernel (CALM_PDL_PREFETCH, default 0).</summary>
+    public int PrefetchBytes { get; }
+    /// <summary>Split attention through a cp.async shared-memory pipeline (sm_80+; CALM_ATT_ASYNC=0 or the
+    /// constructor's attentionPipelined: false for the register-load kernel).</summary>
+    public bool AttentionPipelined { get; }
+    private const int SplitStages = 3, SplitThreads = 256;
     private readonly List<CudaModule> _modules = new();
     private readonly Dictionary<string, CudaKernel> _k = new();
+    private readonly HashSet<int> _splitSmemSet = new();
 
-    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null)
+    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null)
     {
+        AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") != "0") && arch >= 80;
         Context = ctx; Arch = arch;
-        Programmatic = (pdl ?? Environment.GetEnvironmentVariable("CALM_PDL") != "0") && arch >= 90 && Cu.HasLaunchKernelEx;
+        Programmatic = (pdl ?? Environment.GetEnvironmentVariable("CALM_PDL") == "1") && arch >= 90 && Cu.HasLaunchKernelEx;
+        PrefetchBytes = int.TryParse(Environment.GetEnvironmentVariable("CALM_PDL_PREFETCH"), out var pf) ? Math.Max(pf, 0) : 0;
         AttentionBlocksPerSm = Math.Clamp(attentionBlocksPerSm, 1, 64);
         Multiprocessors = Math.Max(1, CudaDeviceInfo.List().FirstOrDefault(d => d.Index == ctx.Device)?.Multiprocessors ?? 1);
         try
@@ -45,7 +55,7 @@ public sealed class CudaKernels : IDisposable
                 _modules.Add(m);
             }
             foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
-                                         "rmsnorm", "qkv_rope_cache", "attention_decode", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
+                                         "rmsnorm", "qkv_rope_cache", "attention_decode", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
                 _k[name] = Find(name);
             // kernels that call pdl_wait before touching earlier kernels' data (kernels/common.cuh)
@@ -90,7 +100,7 @@ public sealed class CudaKernels : IDisposable
     /// <summary>W [rows, cols] (wt), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when accumulate).</summary>
     public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
         => _k["matvec_" + Half(wt)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
-            Programmatic ? 1 : 0);
+            Programmatic ? PrefetchBytes : 0);
 
     /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = experts[idx[s]] [rows, cols] . x[s*xStride ..].
     /// experts: device table of E pointers; idx [slots] int on the device.</summary>
@@ -155,7 +165,17 @@ public sealed class CudaKernels : IDisposable
         {
             var (maxg, z) = SplitGroups(H, K);
             int S = AttentionSplits(H, K);
-            _k["attention_split_g" + maxg].Launch(s, (K, S, z), 256, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step);
+            if (AttentionPipelined)
+            {
+                // dynamic shared memory: SplitStages x (K, V) x 256*U 16-byte vectors (U = 4 rows per stream, 2 for g8)
+                int u = maxg == 8 ? 2 : 4;
+                int smem = SplitStages * 2 * SplitThreads * u * 16;
+                var kern = _k["attention_split_g" + maxg + "_async"];
+                if (smem > 48 * 1024 && _splitSmemSet.Add(maxg)) kern.SetMaxDynamicSharedMemory(smem);
+                kern.Launch(s, (K, S, z), SplitThreads, smem, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step);
+                return;
+            }
+            _k["attention_split_g" + maxg].Launch(s, (K, S, z), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step);
             return;
         }
         _k["attention_decode"].Launch(s, H, 256, 0, q, kCache, vCache, outp, H, K, Hd, maxCtx, window, scale, step);

@@ -53,7 +53,7 @@ public static class CudaMicrobench
     /// and V. Bytes = K + V read + q + out. <paramref name="split"/>: the split (flash-decoding) kernel with
     /// <paramref name="blocksPerSm"/> blocks per multiprocessor, else the single-block-per-head kernel.</summary>
     public static KernelTiming Attention(int context, int heads, int kvHeads, int headDim, int repeat = 20, int device = 0, CancellationToken ct = default,
-                                         bool split = true, int blocksPerSm = 2)
+                                         bool split = true, int blocksPerSm = 2, bool? pipelined = null)
     {
         if (context < 1 || heads < 1 || kvHeads < 1 || heads % kvHeads != 0 || headDim < 1 || headDim > CudaKernels.AttentionMaxHeadDim)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
@@ -61,7 +61,7 @@ public static class CudaMicrobench
         long cache = (long)kvHeads * context * headDim * 2;      // one of K or V, fp16
         long bytes = 2 * cache + 2L * heads * headDim * 4;
         float scale = 1f / MathF.Sqrt(headDim);
-        return Run(split ? "attention_split" : "attention_decode", 2 * cache, bytes, repeat, device, ct, (k, s, b, i) =>
+        return Run(split ? (pipelined == false ? "attention_split" : "attention_split_async") : "attention_decode", 2 * cache, bytes, repeat, device, ct, (k, s, b, i) =>
             k.Attention(s, b.X, b.W[i], b.W[i] + (ulong)cache, b.Y, heads, kvHeads, headDim, context, 0, scale, b.Step, b.Ws),
             (k, s, ctx, copies) =>
             {
@@ -80,7 +80,7 @@ public static class CudaMicrobench
                 long ws = split ? k.AttentionWorkspaceBytes(heads, kvHeads, headDim) : 0;
                 if (ws > 0) { var wm = b.AddMem(ws, "attention workspace"); wm.Zero(); b.Ws = wm.Ptr; }
                 return b;
-            }, blocksPerSm);
+            }, blocksPerSm, null, pipelined);
     }
 
     private sealed class Buffers(CudaContext ctx) : IDisposable
@@ -94,7 +94,7 @@ public static class CudaMicrobench
     }
 
     private static KernelTiming Run(string name, long rotatingBytes, long bytes, int repeat, int device, CancellationToken ct,
-                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2, bool? pdl = null)
+                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2, bool? pdl = null, bool? pipelined = null)
     {
         if (repeat < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Repeat must be ≥ 1 (got {repeat}).", "Repeat");
         var why = CudaDeviceInfo.Unavailable();
@@ -103,7 +103,7 @@ public static class CudaMicrobench
         long l2 = Math.Max(info.L2CacheMB, 1) * (1L << 20);
         int copies = (int)Math.Clamp((4 * l2 + rotatingBytes - 1) / Math.Max(rotatingBytes, 1), 1, 64);
         using var ctx = CudaContext.Acquire(device);
-        using var k = new CudaKernels(ctx, info.Arch, null, attentionBlocksPerSm, pdl);
+        using var k = new CudaKernels(ctx, info.Arch, null, attentionBlocksPerSm, pdl, pipelined);
         using var s = new CudaStream(ctx);
         using var bufs = make(k, s, ctx, copies);
         int calls = Math.Max(MinCallsPerRep, copies);

@@ -121,7 +121,7 @@ public class KernelTests
     [InlineData(6, 2, 96, 200, 50)]    // sliding window
     [InlineData(2, 1, 256, 0, 0)]      // first position
     public void AttentionMatchesReference(int H, int K, int Hd, int pos, int window)
-        => CheckAttention(H, K, Hd, pos, window, split: false, blocksPerSm: 2);
+        => CheckAttention(H, K, Hd, pos, window, split: false, blocksPerSm: 2, pipelined: false);
 
     // split (flash-decoding) kernel: GQA groups of 1..16 query heads (16: two blocks per kv head), head_dim 16..256,
     // one chunk and many chunks, sliding window, different grid sizes
@@ -136,7 +136,10 @@ public class KernelTests
     [InlineData(8, 2, 128, 0, 0, 2)]       // first position
     [InlineData(4, 2, 8, 129, 0, 2)]       // head_dim 8: one lane per row
     public void SplitAttentionMatchesReference(int H, int K, int Hd, int pos, int window, int blocksPerSm)
-        => CheckAttention(H, K, Hd, pos, window, split: true, blocksPerSm);
+    {
+        CheckAttention(H, K, Hd, pos, window, split: true, blocksPerSm, pipelined: true);
+        CheckAttention(H, K, Hd, pos, window, split: true, blocksPerSm, pipelined: false);
+    }
 
     // programmatic dependent launch: a chain matvec -> rmsnorm -> matvec (+= y) captured into a graph, each kernel
     // reading what the previous one wrote; launched early, a kernel that read before pdl_wait would see stale data
@@ -179,12 +182,12 @@ public class KernelTests
         Gpu.Close(C.ToArray<float>(n), want, 1e-5, $"matvec -> rmsnorm -> matvec chain (pdl {pdl}, active {k.Programmatic})");
     }
 
-    private static void CheckAttention(int H, int K, int Hd, int pos, int window, bool split, int blocksPerSm)
+    private static void CheckAttention(int H, int K, int Hd, int pos, int window, bool split, int blocksPerSm, bool pipelined)
     {
         var why = CudaDeviceInfo.Unavailable();
         if (why is not null) Assert.Skip("No usable CUDA device: " + why);
         using var ctx = CudaContext.Acquire(0);
-        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, blocksPerSm);
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, blocksPerSm, null, pipelined);
         using var s = new CudaStream(ctx);
         var r = Gpu.Rng();
         int maxCtx = Math.Max(320, pos + 17);
@@ -219,12 +222,17 @@ public class KernelTests
         }
         // twice, the output poisoned (NaN) before the second launch: the split kernel's counters must be reset by
         // the first launch or no block merges and NaN stays
+        // (and bit-identical both times: the merge order is fixed, so a step is reproducible)
+        float[]? first = null;
         for (int rep = 0; rep < 2; rep++)
         {
             if (rep == 1) O.CopyFromHost<float>(Enumerable.Repeat(float.NaN, H * Hd).ToArray());
             k.Attention(s, Q.Ptr, KC.Ptr, VC.Ptr, O.Ptr, H, K, Hd, maxCtx, window, scale, step.Ptr, split ? WS.Ptr : 0);
             s.Synchronize();
-            Gpu.Close(O.ToArray<float>(H * Hd), want, 1e-5, $"attention {(split ? "split" : "single")} pos {pos} window {window} launch {rep + 1}");
+            var got = O.ToArray<float>(H * Hd);
+            Gpu.Close(got, want, 1e-5, $"attention {(split ? (k.AttentionPipelined ? "split pipelined" : "split") : "single")} pos {pos} window {window} launch {rep + 1}");
+            if (first is null) first = got;
+            else Assert.True(first.AsSpan().SequenceEqual(got), "the same launch twice gave different bits");
         }
     }
 
