@@ -22,19 +22,19 @@ __device__ __forceinline__ float dot8(const calm_u4 w, const float* x) {
 }
 
 // dot(row[0..cols), x) summed over the warp; every lane returns the total.
-template <int DT>
+template <int DT, int UNR>
 __device__ __forceinline__ float row_dot(const u16* row, const float* x, int cols, int lane) {
     float acc = 0.f;
     if ((cols & 7) == 0) {
         const calm_u4* rv = (const calm_u4*)row;
         int nvec = cols >> 3;
         int v = lane;
-        for (; v + 32 * (MV_UNROLL - 1) < nvec; v += 32 * MV_UNROLL) {
-            calm_u4 w[MV_UNROLL];
+        for (; v + 32 * (UNR - 1) < nvec; v += 32 * UNR) {
+            calm_u4 w[UNR];
 #pragma unroll
-            for (int u = 0; u < MV_UNROLL; u++) w[u] = ldg_u4_stream(rv + v + 32 * u);
+            for (int u = 0; u < UNR; u++) w[u] = ldg_u4_stream(rv + v + 32 * u);
 #pragma unroll
-            for (int u = 0; u < MV_UNROLL; u++) acc += dot8<DT>(w[u], x + (long long)(v + 32 * u) * 8);
+            for (int u = 0; u < UNR; u++) acc += dot8<DT>(w[u], x + (long long)(v + 32 * u) * 8);
         }
         for (; v < nvec; v += 32) acc += dot8<DT>(ldg_u4_stream(rv + v), x + (long long)v * 8);
     } else {
@@ -65,16 +65,16 @@ __device__ __forceinline__ float row_dot_f32(const float* row, const float* x, i
 template <int DT> struct WeightT { typedef u16 T; };
 template <> struct WeightT<CALM_F32> { typedef float T; };
 
-template <int DT> __device__ __forceinline__ float row_dot_t(const typename WeightT<DT>::T* row, const float* x, int cols, int lane) {
-    return row_dot<DT>(row, x, cols, lane);
-}
-template <> __device__ __forceinline__ float row_dot_t<CALM_F32>(const float* row, const float* x, int cols, int lane) {
-    return row_dot_f32(row, x, cols, lane);
-}
+template <int DT, int UNR> struct RowDot {
+    static __device__ __forceinline__ float run(const u16* row, const float* x, int cols, int lane) { return row_dot<DT, UNR>(row, x, cols, lane); }
+};
+template <int UNR> struct RowDot<CALM_F32, UNR> {
+    static __device__ __forceinline__ float run(const float* row, const float* x, int cols, int lane) { return row_dot_f32(row, x, cols, lane); }
+};
 
 // W [rows, cols] (DT), x [cols] f32, y [rows] f32, bias [rows] f32 or null.
 // y[r] = W[r,:] . x (+ bias[r]) (+ y[r] when accumulate != 0: fused residual add).
-template <int DT>
+template <int DT, int UNR = MV_UNROLL>
 __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate,
                                             int prefetch) {
     int row = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
@@ -88,7 +88,7 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
     pdl_trigger();
     pdl_wait();
     if (row >= rows) return;
-    float s = row_dot_t<DT>(W + (long long)row * cols, x, cols, lane);
+    float s = RowDot<DT, UNR>::run(W + (long long)row * cols, x, cols, lane);
     if (lane == 0) {
         if (bias) s += bias[row];
         if (accumulate) s += y[row];
@@ -101,6 +101,15 @@ extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, c
 }
 extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
     matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch);
+}
+// deep: MV_DEEP loads in flight per lane (a 4096-column bf16 row is 16 loads per lane: the whole row at once), for
+// matrices too short to fill the GPU with MV_UNROLL-deep warps
+#define MV_DEEP 16
+extern "C" __global__ void matvec_bf16_deep(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_BF16, MV_DEEP>(W, x, y, bias, rows, cols, accumulate, prefetch);
+}
+extern "C" __global__ void matvec_f16_deep(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_F16, MV_DEEP>(W, x, y, bias, rows, cols, accumulate, prefetch);
 }
 extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
     matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch);

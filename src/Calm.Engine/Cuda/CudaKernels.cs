@@ -25,24 +25,35 @@ public sealed class CudaKernels : IDisposable
     public const int SplitAttentionMaxHeadDim = 256;
     /// <summary>Programmatic dependent launch for the decode kernels (sm_90+, a driver with cuLaunchKernelEx): each
     /// kernel may start while the previous one finishes; the matvecs prefetch their weights into L2 meanwhile.
-    /// Measured slower on the H200 (bench/RESULTS.md), so off unless CALM_PDL=1 or the constructor's pdl: true.</summary>
+    /// On by default (without the L2 prefetch: bench/RESULTS.md); off with CALM_PDL=0 or the constructor's pdl: false.</summary>
     public bool Programmatic { get; }
     /// <summary>With <see cref="Programmatic"/>: bytes of each weight row a matvec prefetches into L2 before it waits
     /// for the previous kernel (CALM_PDL_PREFETCH, default 0).</summary>
     public int PrefetchBytes { get; }
-    /// <summary>Split attention through a cp.async shared-memory pipeline (sm_80+; CALM_ATT_ASYNC=0 or the
-    /// constructor's attentionPipelined: false for the register-load kernel).</summary>
+    /// <summary>Split attention through a cp.async shared-memory pipeline (sm_80+). Measured no faster than the
+    /// register-load kernel on the H200, so only with CALM_ATT_ASYNC=1 or the constructor's attentionPipelined: true.</summary>
     public bool AttentionPipelined { get; }
+    /// <summary>Deep matvec (16 loads in flight per lane) for short matrices: null = auto (fewer 8-row blocks than
+    /// 4 per multiprocessor), true/false = always/never (CALM_MV_DEEP=1/0).</summary>
+    public bool? MatvecDeep { get; }
+    private const int DeepCols = 32 * 8 * 16;   // a warp's 16 loads in flight cover 4096 half-precision columns
+
+    private bool UseDeepMatvec(DType wt, int rows, int cols)
+    {
+        if (wt == DType.F32 || cols % 8 != 0 || cols < DeepCols) return false;
+        return MatvecDeep ?? ((rows + MatvecBlock / 32 - 1) / (MatvecBlock / 32) < 4L * Multiprocessors);
+    }
     private const int SplitStages = 3, SplitThreads = 256;
     private readonly List<CudaModule> _modules = new();
     private readonly Dictionary<string, CudaKernel> _k = new();
     private readonly HashSet<int> _splitSmemSet = new();
 
-    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null)
+    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, bool? matvecDeep = null)
     {
-        AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") != "0") && arch >= 80;
+        AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
+        MatvecDeep = matvecDeep ?? (Environment.GetEnvironmentVariable("CALM_MV_DEEP") switch { "1" => true, "0" => false, _ => null });
         Context = ctx; Arch = arch;
-        Programmatic = (pdl ?? Environment.GetEnvironmentVariable("CALM_PDL") == "1") && arch >= 90 && Cu.HasLaunchKernelEx;
+        Programmatic = (pdl ?? Environment.GetEnvironmentVariable("CALM_PDL") != "0") && arch >= 90 && Cu.HasLaunchKernelEx;
         PrefetchBytes = int.TryParse(Environment.GetEnvironmentVariable("CALM_PDL_PREFETCH"), out var pf) ? Math.Max(pf, 0) : 0;
         AttentionBlocksPerSm = Math.Clamp(attentionBlocksPerSm, 1, 64);
         Multiprocessors = Math.Max(1, CudaDeviceInfo.List().FirstOrDefault(d => d.Index == ctx.Device)?.Multiprocessors ?? 1);
@@ -54,7 +65,7 @@ public sealed class CudaKernels : IDisposable
                 var m = new CudaModule(ctx, img.Image, file);
                 _modules.Add(m);
             }
-            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
+            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "matvec_bf16_deep", "matvec_f16_deep", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
                                          "rmsnorm", "qkv_rope_cache", "attention_decode", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
                 _k[name] = Find(name);
@@ -99,7 +110,7 @@ public sealed class CudaKernels : IDisposable
 
     /// <summary>W [rows, cols] (wt), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when accumulate).</summary>
     public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
-        => _k["matvec_" + Half(wt)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
+        => _k["matvec_" + Half(wt) + (UseDeepMatvec(wt, rows, cols) ? "_deep" : "")].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
             Programmatic ? PrefetchBytes : 0);
 
     /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = experts[idx[s]] [rows, cols] . x[s*xStride ..].
@@ -171,7 +182,7 @@ public sealed class CudaKernels : IDisposable
                 int u = maxg == 8 ? 2 : 4;
                 int smem = SplitStages * 2 * SplitThreads * u * 16;
                 var kern = _k["attention_split_g" + maxg + "_async"];
-                if (smem > 48 * 1024 && _splitSmemSet.Add(maxg)) kern.SetMaxDynamicSharedMemory(smem);
+                if (_splitSmemSet.Add(maxg)) kern.SetMaxDynamicSharedMemory(smem);   // static + dynamic may pass 48 KB
                 kern.Launch(s, (K, S, z), SplitThreads, smem, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step);
                 return;
             }

@@ -25,7 +25,7 @@ public static class CudaMicrobench
 
     /// <summary>y [rows] = W [rows, cols] (dtype bf16/f16/f32) · x [cols]. Bytes = weights + x + y.</summary>
     /// <param name="pdl">programmatic dependent launch (consecutive calls overlap; weights prefetched into L2); null: the default.</param>
-    public static KernelTiming Matvec(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, bool? pdl = null)
+    public static KernelTiming Matvec(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, bool? pdl = null, bool? deep = null)
     {
         if (rows < 1 || cols < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Rows and columns must be ≥ 1 (got {rows} × {cols}).", "Rows");
         if (dtype is not (DType.BF16 or DType.F16 or DType.F32))
@@ -46,7 +46,7 @@ public static class CudaMicrobench
                 b.X = b.Add(cols * 4L, "x"); k.FillSynthetic(s, b.X, cols, 0xB0B, 1f, 0f, DType.F32, false);
                 b.Y = b.Add(rows * 4L, "y");
                 return b;
-            }, 2, pdl);
+            }, 2, pdl, null, deep);
     }
 
     /// <summary>Decode attention at position context-1 for heads query heads over kvHeads × context × headDim fp16 K
@@ -94,7 +94,7 @@ public static class CudaMicrobench
     }
 
     private static KernelTiming Run(string name, long rotatingBytes, long bytes, int repeat, int device, CancellationToken ct,
-                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2, bool? pdl = null, bool? pipelined = null)
+                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2, bool? pdl = null, bool? pipelined = null, bool? deep = null)
     {
         if (repeat < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Repeat must be ≥ 1 (got {repeat}).", "Repeat");
         var why = CudaDeviceInfo.Unavailable();
@@ -103,7 +103,7 @@ public static class CudaMicrobench
         long l2 = Math.Max(info.L2CacheMB, 1) * (1L << 20);
         int copies = (int)Math.Clamp((4 * l2 + rotatingBytes - 1) / Math.Max(rotatingBytes, 1), 1, 64);
         using var ctx = CudaContext.Acquire(device);
-        using var k = new CudaKernels(ctx, info.Arch, null, attentionBlocksPerSm, pdl, pipelined);
+        using var k = new CudaKernels(ctx, info.Arch, null, attentionBlocksPerSm, pdl, pipelined, deep);
         using var s = new CudaStream(ctx);
         using var bufs = make(k, s, ctx, copies);
         int calls = Math.Max(MinCallsPerRep, copies);

@@ -13,6 +13,9 @@ public class KernelTests
     [InlineData(DType.F16, 257, 4096, true, true)]
     [InlineData(DType.BF16, 64, 100, true, false)]   // cols % 8 != 0: scalar path
     [InlineData(DType.F16, 1000, 2056, false, true)] // tail after the unrolled loop
+    [InlineData(DType.BF16, 300, 4096, true, true)]  // the deep kernel (auto: short matrix, 4096 columns)
+    [InlineData(DType.F16, 77, 4104, false, true)]   // deep with a tail
+    [InlineData(DType.BF16, 64, 14336, false, false)] // deep, several passes
     public void MatvecMatchesReference(DType dt, int rows, int cols, bool bias, bool accumulate)
     {
         var (ctx, k, s) = Gpu.Require();
