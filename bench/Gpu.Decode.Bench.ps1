@@ -56,7 +56,7 @@ $lines.Add(("Prefill 512 tokens (token-by-token graph launches): {0:F1} ms" -f $
 $lines.Add("Kernels with programmatic dependent launch: $($b.ProgrammaticLaunch); split attention pipelined (cp.async): $($b.AttentionPipelined)")
 $m.Dispose()
 # the same decode with programmatic dependent launch off (CALM_PDL=0), for the before/after
-foreach ($variant in @(@('CALM_PDL', '0', 'CALM_MV_DEEP', '0'), @('CALM_PDL', '1', 'CALM_MV_DEEP', '0'), @('CALM_ATT_ASYNC', '1', 'CALM_MV_DEEP', '1'))) {
+foreach ($variant in @(@('CALM_PDL', '0', 'CALM_MV_DEEP', '0'), @('CALM_PDL', '1', 'CALM_MV_DEEP', '8'), @('CALM_PDL', '1', 'CALM_MV_DEEP', '16'))) {
 Set-Item "env:$($variant[0])" $variant[1]; Set-Item "env:$($variant[2])" $variant[3]
 try {
     $m = [Calm.Engine.ModelFactory]::CreateSynthetic($Preset, 1, [Calm.Engine.Model.DType]::BF16, $opt, $null, $ct)
@@ -73,7 +73,7 @@ try {
 } finally { Remove-Item "env:$($variant[0])"; Remove-Item "env:$($variant[2])" }
 }
 foreach ($shape in @(@(4096, 4096), @(14336, 4096), @(4096, 14336), @(128256, 4096))) {
-    foreach ($v in @(@($true, $false), @($false, $false), @($true, $true))) {
+    foreach ($v in @(@($true, 0), @($false, 0), @($true, 8), @($true, 16))) {
         $t = [Calm.Engine.Cuda.CudaMicrobench]::Matvec($shape[0], $shape[1], [Calm.Engine.Model.DType]::BF16, 20, 0, $ct, $v[0], $v[1])
         $lines.Add(("matvec {0}x{1} bf16 (pdl {5}, deep {6}): {2:F2} us, {3:F0} GB/s ({4:F1}% of read)" -f $shape[0], $shape[1], ($t.MedianMs * 1000), $t.MedianGBps, (100 * $t.MedianGBps / $read.MedianGBps), $v[0], $v[1]))
     }

@@ -102,14 +102,19 @@ extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, c
 extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
     matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch);
 }
-// deep: MV_DEEP loads in flight per lane (a 4096-column bf16 row is 16 loads per lane: the whole row at once), for
-// matrices too short to fill the GPU with MV_UNROLL-deep warps
-#define MV_DEEP 16
-extern "C" __global__ void matvec_bf16_deep(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_BF16, MV_DEEP>(W, x, y, bias, rows, cols, accumulate, prefetch);
+// deep: 8 or 16 loads in flight per lane (16: a 4096-column bf16 row at once). __launch_bounds__ gives ptxas the
+// registers to keep them all in flight (without it, ptxas sinks the loads into the dot products at 42 registers).
+extern "C" __global__ void __launch_bounds__(256, 4) matvec_bf16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_BF16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch);
 }
-extern "C" __global__ void matvec_f16_deep(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_F16, MV_DEEP>(W, x, y, bias, rows, cols, accumulate, prefetch);
+extern "C" __global__ void __launch_bounds__(256, 4) matvec_f16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_F16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_bf16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_BF16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_f16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_F16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch);
 }
 extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
     matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch);

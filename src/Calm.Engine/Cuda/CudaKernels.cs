@@ -33,25 +33,21 @@ public sealed class CudaKernels : IDisposable
     /// <summary>Split attention through a cp.async shared-memory pipeline (sm_80+). Measured no faster than the
     /// register-load kernel on the H200, so only with CALM_ATT_ASYNC=1 or the constructor's attentionPipelined: true.</summary>
     public bool AttentionPipelined { get; }
-    /// <summary>Deep matvec (16 loads in flight per lane) for short matrices: null = auto (fewer 8-row blocks than
-    /// 4 per multiprocessor), true/false = always/never (CALM_MV_DEEP=1/0).</summary>
-    public bool? MatvecDeep { get; }
-    private const int DeepCols = 32 * 8 * 16;   // a warp's 16 loads in flight cover 4096 half-precision columns
-
-    private bool UseDeepMatvec(DType wt, int rows, int cols)
-    {
-        if (wt == DType.F32 || cols % 8 != 0 || cols < DeepCols) return false;
-        return MatvecDeep ?? ((rows + MatvecBlock / 32 - 1) / (MatvecBlock / 32) < 4L * Multiprocessors);
-    }
+    /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
+    /// kernels (CALM_MV_DEEP=8/16), used for bf16/f16 rows of at least 256*depth columns.</summary>
+    public int MatvecDeep { get; }
+    private string DeepSuffix(DType wt, int cols)
+        => MatvecDeep > 0 && wt != DType.F32 && cols % 8 == 0 && cols >= 256 * MatvecDeep ? "_deep" + MatvecDeep : "";
     private const int SplitStages = 3, SplitThreads = 256;
     private readonly List<CudaModule> _modules = new();
     private readonly Dictionary<string, CudaKernel> _k = new();
     private readonly HashSet<int> _splitSmemSet = new();
 
-    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, bool? matvecDeep = null)
+    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null)
     {
         AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
-        MatvecDeep = matvecDeep ?? (Environment.GetEnvironmentVariable("CALM_MV_DEEP") switch { "1" => true, "0" => false, _ => null });
+        MatvecDeep = matvecDeep ?? (Environment.GetEnvironmentVariable("CALM_MV_DEEP") switch { "8" => 8, "16" => 16, _ => 0 });
+        if (MatvecDeep is not (0 or 8 or 16)) throw new ArgumentOutOfRangeException(nameof(matvecDeep), "matvec depth must be 0, 8 or 16");
         Context = ctx; Arch = arch;
         Programmatic = (pdl ?? Environment.GetEnvironmentVariable("CALM_PDL") != "0") && arch >= 90 && Cu.HasLaunchKernelEx;
         PrefetchBytes = int.TryParse(Environment.GetEnvironmentVariable("CALM_PDL_PREFETCH"), out var pf) ? Math.Max(pf, 0) : 0;
@@ -65,7 +61,7 @@ public sealed class CudaKernels : IDisposable
                 var m = new CudaModule(ctx, img.Image, file);
                 _modules.Add(m);
             }
-            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "matvec_bf16_deep", "matvec_f16_deep", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
+            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "matvec_bf16_deep8", "matvec_f16_deep8", "matvec_bf16_deep16", "matvec_f16_deep16", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
                                          "rmsnorm", "qkv_rope_cache", "attention_decode", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
                 _k[name] = Find(name);
@@ -110,7 +106,7 @@ public sealed class CudaKernels : IDisposable
 
     /// <summary>W [rows, cols] (wt), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when accumulate).</summary>
     public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
-        => _k["matvec_" + Half(wt) + (UseDeepMatvec(wt, rows, cols) ? "_deep" : "")].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
+        => _k["matvec_" + Half(wt) + DeepSuffix(wt, cols)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
             Programmatic ? PrefetchBytes : 0);
 
     /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = experts[idx[s]] [rows, cols] . x[s*xStride ..].

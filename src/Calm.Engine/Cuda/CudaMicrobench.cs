@@ -25,7 +25,7 @@ public static class CudaMicrobench
 
     /// <summary>y [rows] = W [rows, cols] (dtype bf16/f16/f32) · x [cols]. Bytes = weights + x + y.</summary>
     /// <param name="pdl">programmatic dependent launch (consecutive calls overlap; weights prefetched into L2); null: the default.</param>
-    public static KernelTiming Matvec(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, bool? pdl = null, bool? deep = null)
+    public static KernelTiming Matvec(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, bool? pdl = null, int? deep = null)
     {
         if (rows < 1 || cols < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Rows and columns must be ≥ 1 (got {rows} × {cols}).", "Rows");
         if (dtype is not (DType.BF16 or DType.F16 or DType.F32))
@@ -94,7 +94,7 @@ public static class CudaMicrobench
     }
 
     private static KernelTiming Run(string name, long rotatingBytes, long bytes, int repeat, int device, CancellationToken ct,
-                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2, bool? pdl = null, bool? pipelined = null, bool? deep = null)
+                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2, bool? pdl = null, bool? pipelined = null, int? deep = null)
     {
         if (repeat < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Repeat must be ≥ 1 (got {repeat}).", "Repeat");
         var why = CudaDeviceInfo.Unavailable();

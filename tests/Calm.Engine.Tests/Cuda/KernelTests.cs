@@ -13,13 +13,18 @@ public class KernelTests
     [InlineData(DType.F16, 257, 4096, true, true)]
     [InlineData(DType.BF16, 64, 100, true, false)]   // cols % 8 != 0: scalar path
     [InlineData(DType.F16, 1000, 2056, false, true)] // tail after the unrolled loop
-    [InlineData(DType.BF16, 300, 4096, true, true)]  // the deep kernel (auto: short matrix, 4096 columns)
-    [InlineData(DType.F16, 77, 4104, false, true)]   // deep with a tail
-    [InlineData(DType.BF16, 64, 14336, false, false)] // deep, several passes
-    public void MatvecMatchesReference(DType dt, int rows, int cols, bool bias, bool accumulate)
+    [InlineData(DType.BF16, 300, 4096, true, true, 16)]  // deep kernels: whole 4096-column row in flight
+    [InlineData(DType.F16, 77, 4104, false, true, 16)]   // deep with a tail
+    [InlineData(DType.BF16, 64, 14336, false, false, 8)] // deep 8, several passes
+    [InlineData(DType.F16, 129, 2048, true, false, 8)]
+    [InlineData(DType.BF16, 129, 2048, true, false, 16)] // too short for deep 16: the plain kernel
+    public void MatvecMatchesReference(DType dt, int rows, int cols, bool bias, bool accumulate, int deep = 0)
     {
-        var (ctx, k, s) = Gpu.Require();
-        using var _c = ctx; using var _k = k; using var _s = s;
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) Assert.Skip("No usable CUDA device: " + why);
+        using var ctx = CudaContext.Acquire(0);
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, 2, null, null, deep);
+        using var s = new CudaStream(ctx);
         var r = Gpu.Rng();
         var (wb, wv) = Gpu.RandHalf(r, rows * cols, dt, 0.1f);
         var x = Gpu.RandF(r, cols);
