@@ -53,33 +53,40 @@ foreach ($p in $StageContext) {
 }
 $pf = $b.TimePrefill(512, 3, $ct)
 $lines.Add(("Prefill 512 tokens (token-by-token graph launches): {0:F1} ms" -f $pf))
-$lines.Add("Kernels with programmatic dependent launch: $($b.ProgrammaticLaunch); split attention pipelined (cp.async): $($b.AttentionPipelined)")
+$lines.Add("Defaults: programmatic dependent launch $($b.ProgrammaticLaunch); norm fused into matvec $($b.FuseNorm); split attention pipelined (cp.async) $($b.AttentionPipelined); CALM_* set: $((Get-ChildItem env:CALM_* | ForEach-Object Name) -join ',')")
 $m.Dispose()
-# the same decode with programmatic dependent launch off (CALM_PDL=0), for the before/after
-foreach ($variant in @(@('CALM_PDL', '0', 'CALM_MV_DEEP', '0'), @('CALM_PDL', '1', 'CALM_MV_DEEP', '8'), @('CALM_PDL', '1', 'CALM_MV_DEEP', '16'))) {
-Set-Item "env:$($variant[0])" $variant[1]; Set-Item "env:$($variant[2])" $variant[3]
-try {
-    $m = [Calm.Engine.ModelFactory]::CreateSynthetic($Preset, 1, [Calm.Engine.Model.DType]::BF16, $opt, $null, $ct)
-    $b = $m.Backend
-    $b.FillKvCacheForBenchmark($ContextLength, 1)
-    foreach ($p in @(0, 4000, 8000)) {
-        $meds = foreach ($r in 1..3) { (Stat $b.TimeDecodeSteps($p, $Steps, 8, $ct)).Median }
-        $st = Stat $meds
-        $bytes = $perTokWeights + $kvPerPos * ($p + [math]::Floor($Steps / 2) + 1)
-        $gbps = $bytes / ($st.Median * 1e6)
-        $lines.Add(("{5}={6} {7}={8}: context {0}: {1:F4} ms/token ({2:F4}..{3:F4}), {4:F1}% of read" -f $p, $st.Median, $st.Min, $st.Max, (100 * $gbps / $read.MedianGBps), $variant[0], $variant[1], $variant[2], $variant[3]))
-    }
-    $m.Dispose()
-} finally { Remove-Item "env:$($variant[0])"; Remove-Item "env:$($variant[2])" }
+# the same decode with the optimisations switched off one at a time (environment read when the model is made)
+$variants = @(
+    @{ CALM_PDL = '0'; CALM_MV_DEEP = '0'; CALM_FUSE_NORM = '0' },   # the first figure's kernels (+ split attention)
+    @{ CALM_FUSE_NORM = '0' },
+    @{ CALM_PDL = '0' },
+    @{ CALM_MV_DEEP = '8' }
+)
+foreach ($variant in $variants) {
+    $name = ($variant.GetEnumerator() | Sort-Object Key | ForEach-Object { "$($_.Key)=$($_.Value)" }) -join ' '
+    foreach ($e in $variant.GetEnumerator()) { Set-Item "env:$($e.Key)" $e.Value }
+    try {
+        $m = [Calm.Engine.ModelFactory]::CreateSynthetic($Preset, 1, [Calm.Engine.Model.DType]::BF16, $opt, $null, $ct)
+        $b = $m.Backend
+        $b.FillKvCacheForBenchmark($ContextLength, 1)
+        foreach ($p in @(0, 4000, 8000)) {
+            $meds = foreach ($r in 1..3) { (Stat $b.TimeDecodeSteps($p, $Steps, 8, $ct)).Median }
+            $st = Stat $meds
+            $bytes = $perTokWeights + $kvPerPos * ($p + [math]::Floor($Steps / 2) + 1)
+            $gbps = $bytes / ($st.Median * 1e6)
+            $lines.Add(("{5}: context {0}: {1:F4} ms/token ({2:F4}..{3:F4}), {4:F1}% of read" -f $p, $st.Median, $st.Min, $st.Max, (100 * $gbps / $read.MedianGBps), $name))
+        }
+        $m.Dispose()
+    } finally { foreach ($e in $variant.GetEnumerator()) { Remove-Item "env:$($e.Key)" } }
 }
 foreach ($shape in @(@(4096, 4096), @(14336, 4096), @(4096, 14336), @(128256, 4096))) {
-    foreach ($v in @(@($true, 0), @($false, 0), @($true, 8), @($true, 16))) {
+    foreach ($v in @(@($true, 16), @($false, 0), @($true, 8))) {
         $t = [Calm.Engine.Cuda.CudaMicrobench]::Matvec($shape[0], $shape[1], [Calm.Engine.Model.DType]::BF16, 20, 0, $ct, $v[0], $v[1])
         $lines.Add(("matvec {0}x{1} bf16 (pdl {5}, deep {6}): {2:F2} us, {3:F0} GB/s ({4:F1}% of read)" -f $shape[0], $shape[1], ($t.MedianMs * 1000), $t.MedianGBps, (100 * $t.MedianGBps / $read.MedianGBps), $v[0], $v[1]))
     }
 }
 foreach ($ctx in @(1024, 4096, 32768)) {
-    foreach ($v in @(@($false, 2, $false), @($true, 2, $false), @($true, 1, $true), @($true, 2, $true), @($true, 4, $true))) {
+    foreach ($v in @(@($false, 2, $false), @($true, 2, $false), @($true, 1, $false), @($true, 2, $true))) {
         if (-not $v[0] -and $ctx -gt 4096) { continue }   # the single-block kernel: 4 ms at 32768, known
         $t = [Calm.Engine.Cuda.CudaMicrobench]::Attention($ctx, 32, 8, 128, 20, 0, $ct, $v[0], $v[1], $v[2])
         $lines.Add(("attention {5} ctx {0} 32/8 heads x128: {1:F2} us, {2:F0} GB/s ({3:F1}% of read){4}" -f $ctx, ($t.MedianMs * 1000), $t.MedianGBps, (100 * $t.MedianGBps / $read.MedianGBps),

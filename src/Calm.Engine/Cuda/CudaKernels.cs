@@ -34,7 +34,8 @@ public sealed class CudaKernels : IDisposable
     /// register-load kernel on the H200, so only with CALM_ATT_ASYNC=1 or the constructor's attentionPipelined: true.</summary>
     public bool AttentionPipelined { get; }
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
-    /// kernels (CALM_MV_DEEP=8/16), used for bf16/f16 rows of at least 256*depth columns.</summary>
+    /// kernels, used for bf16/f16 rows of at least 256*depth columns. Default 16 (CALM_MV_DEEP=0/8 to change):
+    /// measured fastest on the H200 for every Llama-3-8B shape (bench/RESULTS.md).</summary>
     public int MatvecDeep { get; }
     private string DeepSuffix(DType wt, int cols)
         => MatvecDeep > 0 && wt != DType.F32 && cols % 8 == 0 && cols >= 256 * MatvecDeep ? "_deep" + MatvecDeep : "";
@@ -46,7 +47,7 @@ public sealed class CudaKernels : IDisposable
     public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null)
     {
         AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
-        MatvecDeep = matvecDeep ?? (Environment.GetEnvironmentVariable("CALM_MV_DEEP") switch { "8" => 8, "16" => 16, _ => 0 });
+        MatvecDeep = matvecDeep ?? (Environment.GetEnvironmentVariable("CALM_MV_DEEP") switch { "0" => 0, "8" => 8, _ => 16 });
         if (MatvecDeep is not (0 or 8 or 16)) throw new ArgumentOutOfRangeException(nameof(matvecDeep), "matvec depth must be 0, 8 or 16");
         Context = ctx; Arch = arch;
         Programmatic = (pdl ?? Environment.GetEnvironmentVariable("CALM_PDL") != "0") && arch >= 90 && Cu.HasLaunchKernelEx;
@@ -61,7 +62,7 @@ public sealed class CudaKernels : IDisposable
                 var m = new CudaModule(ctx, img.Image, file);
                 _modules.Add(m);
             }
-            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "matvec_bf16_deep8", "matvec_f16_deep8", "matvec_bf16_deep16", "matvec_f16_deep16", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
+            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "matvec_bf16_deep8", "matvec_f16_deep8", "matvec_bf16_deep16", "matvec_f16_deep16", "matvec_norm_bf16", "matvec_norm_f16", "matvec_norm_f32", "matvec_norm_bf16_deep8", "matvec_norm_f16_deep8", "matvec_norm_bf16_deep16", "matvec_norm_f16_deep16", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
                                          "rmsnorm", "qkv_rope_cache", "attention_decode", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
                 _k[name] = Find(name);
@@ -108,6 +109,12 @@ public sealed class CudaKernels : IDisposable
     public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
         => _k["matvec_" + Half(wt) + DeepSuffix(wt, cols)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
             Programmatic ? PrefetchBytes : 0);
+
+    /// <summary>RMSNorm fused into the matvec: y [rows] = W [rows, cols] (x [cols] / rms(x) * (g or 1 + g)) (+ bias) (+ y when
+    /// accumulate); g = nw [cols] f32. x must not alias y.</summary>
+    public void MatvecNorm(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, ulong nw, float eps, bool addOne)
+        => _k["matvec_norm_" + Half(wt) + DeepSuffix(wt, cols)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols,
+            accumulate ? 1 : 0, Programmatic ? PrefetchBytes : 0, nw, eps, addOne ? 1 : 0);
 
     /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = experts[idx[s]] [rows, cols] . x[s*xStride ..].
     /// experts: device table of E pointers; idx [slots] int on the device.</summary>

@@ -45,6 +45,43 @@ public class KernelTests
         Gpu.Close(Y.ToArray<float>(rows), want, dt == DType.BF16 ? 2e-6 : 2e-6, $"matvec {dt} {rows}x{cols}");
     }
 
+    // RMSNorm fused into the matvec: every depth, bf16/f16/f32, gemma's 1 + g, a partial last block, scalar tail
+    [Theory]
+    [InlineData(DType.BF16, 300, 4096, false, true, 16)]
+    [InlineData(DType.F16, 203, 4096, true, false, 8)]
+    [InlineData(DType.BF16, 1000, 2048, true, true, 0)]
+    [InlineData(DType.F32, 77, 1024, false, false, 0)]
+    [InlineData(DType.BF16, 45, 100, false, true, 0)]     // cols % 8 != 0
+    public void MatvecNormMatchesReference(DType dt, int rows, int cols, bool addOne, bool accumulate, int deep)
+    {
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) Assert.Skip("No usable CUDA device: " + why);
+        using var ctx = CudaContext.Acquire(0);
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, 2, null, null, deep);
+        using var s = new CudaStream(ctx);
+        var r = Gpu.Rng();
+        float[] wv; CudaDeviceMemory W;
+        if (dt == DType.F32) { wv = Gpu.RandF(r, rows * cols, 0.1f); W = Gpu.Up(ctx, wv); }
+        else { var (wb, v) = Gpu.RandHalf(r, rows * cols, dt, 0.1f); wv = v; W = Gpu.Up(ctx, wb); }
+        using var _w = W;
+        var x = Gpu.RandF(r, cols, 3); var g = Gpu.RandF(r, cols); var y0 = Gpu.RandF(r, rows); var b = Gpu.RandF(r, rows);
+        using var X = Gpu.Up(ctx, x); using var G = Gpu.Up(ctx, g); using var Y = Gpu.Up(ctx, y0); using var B = Gpu.Up(ctx, b);
+        k.MatvecNorm(s, dt, W.Ptr, X.Ptr, Y.Ptr, B.Ptr, rows, cols, accumulate, G.Ptr, 1e-5f, addOne);
+        s.Synchronize();
+        double ss = 0; foreach (var v in x) ss += (double)v * v;
+        double inv = 1 / Math.Sqrt(ss / cols + 1e-5);
+        var want = new float[rows];
+        for (int i = 0; i < rows; i++)
+        {
+            double a = 0;
+            for (int j = 0; j < cols; j++) a += (double)wv[(long)i * cols + j] * (x[j] * inv * (addOne ? 1 + g[j] : g[j]));
+            a += b[i];
+            if (accumulate) a += y0[i];
+            want[i] = (float)a;
+        }
+        Gpu.Close(Y.ToArray<float>(rows), want, 2e-6, $"matvec+norm {dt} {rows}x{cols} deep {deep}");
+    }
+
     [Theory]
     [InlineData(4096, false)]
     [InlineData(3000, true)]
