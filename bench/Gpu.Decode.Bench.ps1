@@ -57,10 +57,10 @@ $lines.Add("Defaults: programmatic dependent launch $($b.ProgrammaticLaunch); no
 $m.Dispose()
 # the same decode with the optimisations switched off one at a time (environment read when the model is made)
 $variants = @(
-    @{ CALM_PDL = '0'; CALM_MV_DEEP = '0'; CALM_FUSE_NORM = '0' },   # the first figure's kernels (+ split attention)
-    @{ CALM_FUSE_NORM = '0' },
+    @{ CALM_PDL = '0'; CALM_MV_DEEP = '0' },   # the first figure's matvec, no PDL (split attention stays)
     @{ CALM_PDL = '0' },
-    @{ CALM_MV_DEEP = '8' }
+    @{ CALM_MV_DEEP = '8' },
+    @{ CALM_FUSE_NORM = '1' }
 )
 foreach ($variant in $variants) {
     $name = ($variant.GetEnumerator() | Sort-Object Key | ForEach-Object { "$($_.Key)=$($_.Value)" }) -join ' '
