@@ -3,13 +3,13 @@
     GPU decode figures for bench/RESULTS.md (CUDA issue's first figure; performance issue's bf16 row): measured read
     bandwidth (CudaBandwidth) and Llama-3-8B-shape bf16 decode in the same process, with per-stage times.
 .EXAMPLE
-    pwsh -NoProfile -File bench/Gpu.Decode.Bench.ps1 -Preset Llama-3-8B -Context 0,1024,4000
+    pwsh -NoProfile -File bench/Gpu.Decode.Bench.ps1      # Llama-3-8B, contexts 0,1024,4000,8000, variants, microbenchmarks
 #>
 param(
     [string] $Preset = 'Llama-3-8B',
-    [int[]] $Context = @(0, 1024, 4000, 16000, 32000),
-    [int] $ContextLength = 32768,
-    [int[]] $StageContext = @(0, 4000, 32000),
+    [int[]] $Context = @(0, 1024, 4000, 8000),
+    [int] $ContextLength = 8192,          # the Llama-3-8B preset's max_position_embeddings
+    [int[]] $StageContext = @(0, 4000, 8000),
     [int] $Steps = 64,
     [int] $Repeat = 5,
     [string] $Out = $env:OUT
