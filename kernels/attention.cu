@@ -367,7 +367,6 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
         s_w[g * FD_MAX_SPLITS + t] = ld_cg_f32(pm + (long long)(h0 + g) * S + t);
         s_lw[g][t] = ld_cg_f32(pl + (long long)(h0 + g) * S + t);
     }
-    for (int i = threadIdx.x; i < MAXG * FD_MAX_HD; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
     __syncthreads();
     if (warp < ng) {
         const int g = warp;
