@@ -69,6 +69,29 @@ __device__ __forceinline__ calm_u4 ldg_u4_stream(const void* p) {
 
 #define CALM_INF __int_as_float(0x7f800000)
 
+// ---- programmatic dependent launch (sm_90+; no-ops below, and when launched without the attribute) ---------------
+// pdl_wait: blocks until the previous kernel on the stream has finished and its writes are visible; a kernel
+// launched as Programmatic must call it before touching anything earlier kernels read or write.
+// pdl_trigger: lets the next kernel launch now (its blocks start and wait in pdl_wait, or prefetch weights).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+#define PDL_ENTER() do { pdl_wait(); pdl_trigger(); } while (0)
+
+// L2 prefetch of [p, p + bytes), the warp's lanes taking 128-byte lines in turn
+__device__ __forceinline__ void prefetch_l2_warp(const void* p, long long bytes, int lane) {
+    const char* c = (const char*)p;
+    for (long long off = (long long)lane * 128; off < bytes; off += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];" :: "l"(c + off));
+}
+
 // ---- reductions --------------------------------------------------------------------------------------------------
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

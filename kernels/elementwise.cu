@@ -4,6 +4,7 @@
 // table [V, D] (DT), out [D] f32 = table[token] * scale (gemma: sqrt(D); else 1). token from the step params.
 template <int DT>
 __device__ __forceinline__ void embed_impl(const u16* table, float* out, int D, float scale, const StepParams* sp) {
+    PDL_ENTER();
     const u16* row = table + (long long)sp->token * D;
     for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) out[d] = load_elem<DT>(row, d) * scale;
 }
@@ -11,12 +12,14 @@ extern "C" __global__ void embed_bf16(const u16* table, float* out, int D, float
 extern "C" __global__ void embed_f16(const u16* table, float* out, int D, float scale, const StepParams* sp) { embed_impl<CALM_F16>(table, out, D, scale, sp); }
 // table [V, D] f32 (float32 checkpoints)
 extern "C" __global__ void embed_f32(const float* table, float* out, int D, float scale, const StepParams* sp) {
+    PDL_ENTER();
     const float* row = table + (long long)sp->token * D;
     for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) out[d] = row[d] * scale;
 }
 
 // gu [slots, 2F] f32 = [gate | up] per slot; h [slots, F] = act(gate) * up.
 extern "C" __global__ void gate_act(const float* gu, float* h, int F, int slots, int act) {
+    PDL_ENTER();
     long long n = (long long)F * slots;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
         long long s = idx / F, i = idx - s * F;
@@ -27,12 +30,14 @@ extern "C" __global__ void gate_act(const float* gu, float* h, int F, int slots,
 
 // y [n] += x [n]
 extern "C" __global__ void add_inplace(float* y, const float* x, int n) {
+    PDL_ENTER();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) y[i] += x[i];
 }
 
 // Mixtral routing. logits [E] f32 -> idx [k] int, weight [k] f32: softmax over all E, the k largest (ties: lower
 // expert), renormalised to sum 1. E <= 1024. One warp.
 extern "C" __global__ void moe_route(const float* logits, int E, int k, int* idx, float* weight) {
+    PDL_ENTER();
     __shared__ float p[1024];
     int lane = threadIdx.x;
     float mx = -CALM_INF;
@@ -57,6 +62,7 @@ extern "C" __global__ void moe_route(const float* logits, int E, int k, int* idx
 
 // x [D] += sum_s weight[s] * eo[s, D]   (MoE expert outputs into the residual stream)
 extern "C" __global__ void moe_combine(float* x, const float* eo, const float* weight, int k, int D) {
+    PDL_ENTER();
     for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) {
         float a = 0.f;
         for (int s = 0; s < k; s++) a = fmaf(weight[s], eo[(long long)s * D + d], a);

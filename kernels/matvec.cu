@@ -5,11 +5,20 @@
 
 #define MV_UNROLL 4
 
-// 8 weights (one 16-byte vector) . 8 fp32 inputs
-template <int DT>
-__device__ __forceinline__ float dot8(const calm_u4 w, const float* x) {
+// x element times its RMSNorm weight (NORM: the norm is fused into this matvec; the 1/rms scale is applied to the
+// row's sum at the end, as W (x * r * g) = r * W (x * g))
+__device__ __forceinline__ float gain(float g, int addOne) { return addOne ? g + 1.f : g; }
+
+// 8 weights (one 16-byte vector) . 8 fp32 inputs (times 8 norm weights when NORM)
+template <int DT, bool NORM>
+__device__ __forceinline__ float dot8(const calm_u4 w, const float* x, const float* nw, int addOne) {
     calm_f4 a = *(const calm_f4*)x;
     calm_f4 b = *(const calm_f4*)(x + 4);
+    if (NORM) {
+        calm_f4 ga = *(const calm_f4*)nw, gb = *(const calm_f4*)(nw + 4);
+        a.x *= gain(ga.x, addOne); a.y *= gain(ga.y, addOne); a.z *= gain(ga.z, addOne); a.w *= gain(ga.w, addOne);
+        b.x *= gain(gb.x, addOne); b.y *= gain(gb.y, addOne); b.z *= gain(gb.z, addOne); b.w *= gain(gb.w, addOne);
+    }
     float w0, w1, w2, w3, w4, w5, w6, w7;
     unpack2<DT>(w.x, w0, w1);
     unpack2<DT>(w.y, w2, w3);
@@ -22,29 +31,30 @@ __device__ __forceinline__ float dot8(const calm_u4 w, const float* x) {
 }
 
 // dot(row[0..cols), x) summed over the warp; every lane returns the total.
-template <int DT>
-__device__ __forceinline__ float row_dot(const u16* row, const float* x, int cols, int lane) {
+template <int DT, int UNR, bool NORM>
+__device__ __forceinline__ float row_dot(const u16* row, const float* x, const float* nw, int addOne, int cols, int lane) {
     float acc = 0.f;
     if ((cols & 7) == 0) {
         const calm_u4* rv = (const calm_u4*)row;
         int nvec = cols >> 3;
         int v = lane;
-        for (; v + 32 * (MV_UNROLL - 1) < nvec; v += 32 * MV_UNROLL) {
-            calm_u4 w[MV_UNROLL];
+        for (; v + 32 * (UNR - 1) < nvec; v += 32 * UNR) {
+            calm_u4 w[UNR];
 #pragma unroll
-            for (int u = 0; u < MV_UNROLL; u++) w[u] = ldg_u4_stream(rv + v + 32 * u);
+            for (int u = 0; u < UNR; u++) w[u] = ldg_u4_stream(rv + v + 32 * u);
 #pragma unroll
-            for (int u = 0; u < MV_UNROLL; u++) acc += dot8<DT>(w[u], x + (long long)(v + 32 * u) * 8);
+            for (int u = 0; u < UNR; u++) acc += dot8<DT, NORM>(w[u], x + (long long)(v + 32 * u) * 8, nw + (long long)(v + 32 * u) * 8, addOne);
         }
-        for (; v < nvec; v += 32) acc += dot8<DT>(ldg_u4_stream(rv + v), x + (long long)v * 8);
+        for (; v < nvec; v += 32) acc += dot8<DT, NORM>(ldg_u4_stream(rv + v), x + (long long)v * 8, nw + (long long)v * 8, addOne);
     } else {
-        for (int c = lane; c < cols; c += 32) acc = fmaf(load_elem<DT>(row, c), x[c], acc);
+        for (int c = lane; c < cols; c += 32) acc = fmaf(load_elem<DT>(row, c), NORM ? x[c] * gain(nw[c], addOne) : x[c], acc);
     }
     return warp_sum(acc);
 }
 
 // f32 weights (fixtures saved in float32): rows read 16 bytes (4 floats) at a time.
-__device__ __forceinline__ float row_dot_f32(const float* row, const float* x, int cols, int lane) {
+template <bool NORM>
+__device__ __forceinline__ float row_dot_f32(const float* row, const float* x, const float* nw, int addOne, int cols, int lane) {
     float acc = 0.f;
     if ((cols & 3) == 0) {
         const calm_u4* rv = (const calm_u4*)row;
@@ -52,11 +62,15 @@ __device__ __forceinline__ float row_dot_f32(const float* row, const float* x, i
         for (int v = lane; v < nvec; v += 32) {
             calm_u4 w = ldg_u4_stream(rv + v);
             calm_f4 a = *(const calm_f4*)(x + (long long)v * 4);
+            if (NORM) {
+                calm_f4 g = *(const calm_f4*)(nw + (long long)v * 4);
+                a.x *= gain(g.x, addOne); a.y *= gain(g.y, addOne); a.z *= gain(g.z, addOne); a.w *= gain(g.w, addOne);
+            }
             acc = fmaf(__uint_as_float(w.x), a.x, acc); acc = fmaf(__uint_as_float(w.y), a.y, acc);
             acc = fmaf(__uint_as_float(w.z), a.z, acc); acc = fmaf(__uint_as_float(w.w), a.w, acc);
         }
     } else {
-        for (int c = lane; c < cols; c += 32) acc = fmaf(row[c], x[c], acc);
+        for (int c = lane; c < cols; c += 32) acc = fmaf(row[c], NORM ? x[c] * gain(nw[c], addOne) : x[c], acc);
     }
     return warp_sum(acc);
 }
@@ -65,21 +79,48 @@ __device__ __forceinline__ float row_dot_f32(const float* row, const float* x, i
 template <int DT> struct WeightT { typedef u16 T; };
 template <> struct WeightT<CALM_F32> { typedef float T; };
 
-template <int DT> __device__ __forceinline__ float row_dot_t(const typename WeightT<DT>::T* row, const float* x, int cols, int lane) {
-    return row_dot<DT>(row, x, cols, lane);
-}
-template <> __device__ __forceinline__ float row_dot_t<CALM_F32>(const float* row, const float* x, int cols, int lane) {
-    return row_dot_f32(row, x, cols, lane);
-}
+template <int DT, int UNR, bool NORM> struct RowDot {
+    static __device__ __forceinline__ float run(const u16* row, const float* x, const float* nw, int addOne, int cols, int lane) {
+        return row_dot<DT, UNR, NORM>(row, x, nw, addOne, cols, lane);
+    }
+};
+template <int UNR, bool NORM> struct RowDot<CALM_F32, UNR, NORM> {
+    static __device__ __forceinline__ float run(const float* row, const float* x, const float* nw, int addOne, int cols, int lane) {
+        return row_dot_f32<NORM>(row, x, nw, addOne, cols, lane);
+    }
+};
 
 // W [rows, cols] (DT), x [cols] f32, y [rows] f32, bias [rows] f32 or null.
 // y[r] = W[r,:] . x (+ bias[r]) (+ y[r] when accumulate != 0: fused residual add).
-template <int DT>
-__device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
+template <int DT, int UNR = MV_UNROLL, bool NORM = false>
+__device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate,
+                                            int prefetch, const float* nw = 0, float eps = 0.f, int addOne = 0) {
     int row = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    float s = row_dot_t<DT>(W + (long long)row * cols, x, cols, lane);
+    // the weights do not depend on earlier kernels: start pulling this warp's row into L2 before waiting for them
+    // (with programmatic launch this overlaps the previous kernel; x and y are touched only after pdl_wait)
+    if (row < rows && prefetch > 0) {
+        long long rowBytes = (long long)cols * sizeof(typename WeightT<DT>::T);
+        prefetch_l2_warp(W + (long long)row * cols, rowBytes < prefetch ? rowBytes : prefetch, lane);
+    }
+    pdl_trigger();
+    pdl_wait();
+    if (!NORM && row >= rows) return;
+    float s = row < rows ? RowDot<DT, UNR, NORM>::run(W + (long long)row * cols, x, nw, addOne, cols, lane) : 0.f;
+    if (NORM) {
+        // 1/rms of x for the whole block (x was just read through L1 by the dot products); every thread takes part
+        float ss = 0.f;
+        if ((cols & 3) == 0)
+            for (int v = threadIdx.x; v < (cols >> 2); v += blockDim.x) {
+                calm_f4 a = *(const calm_f4*)(x + (long long)v * 4);
+                ss = fmaf(a.x, a.x, ss); ss = fmaf(a.y, a.y, ss); ss = fmaf(a.z, a.z, ss); ss = fmaf(a.w, a.w, ss);
+            }
+        else
+            for (int c = threadIdx.x; c < cols; c += blockDim.x) ss = fmaf(x[c], x[c], ss);
+        ss = block_sum(ss);
+        if (row >= rows) return;
+        s *= rsqrtf(ss / (float)cols + eps);
+    }
     if (lane == 0) {
         if (bias) s += bias[row];
         if (accumulate) s += y[row];
@@ -87,14 +128,43 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
     }
 }
 
-extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
-    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate);
+extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate, prefetch);
 }
-extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
-    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate);
+extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch);
 }
-extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate) {
-    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate);
+// deep: 8 or 16 loads in flight per lane (16: a 4096-column bf16 row at once). __launch_bounds__ gives ptxas the
+// registers to keep them all in flight (without it, ptxas sinks the loads into the dot products at 42 registers).
+extern "C" __global__ void __launch_bounds__(256, 4) matvec_bf16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_BF16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch);
+}
+extern "C" __global__ void __launch_bounds__(256, 4) matvec_f16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_F16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_bf16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_BF16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_f16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_F16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch);
+}
+// RMSNorm fused: y = W (rmsnorm(x) * g) (+ bias) (+ y); nw [cols] f32 the norm weights (addOne: 1 + nw, gemma).
+// x must not be y (the norm reads all of x).
+#define MV_NORM_KERNEL(NAME, DT, T, UNR, BOUNDS)                                                                              \
+    extern "C" __global__ void BOUNDS NAME(const T* W, const float* x, float* y, const float* bias, int rows, int cols,   \
+                                           int accumulate, int prefetch, const float* nw, float eps, int addOne) {      \
+        matvec_impl<DT, UNR, true>(W, x, y, bias, rows, cols, accumulate, prefetch, nw, eps, addOne);                    \
+    }
+MV_NORM_KERNEL(matvec_norm_bf16, CALM_BF16, u16, MV_UNROLL, )
+MV_NORM_KERNEL(matvec_norm_f16, CALM_F16, u16, MV_UNROLL, )
+MV_NORM_KERNEL(matvec_norm_f32, CALM_F32, float, MV_UNROLL, )
+MV_NORM_KERNEL(matvec_norm_bf16_deep8, CALM_BF16, u16, 8, __launch_bounds__(256, 4))
+MV_NORM_KERNEL(matvec_norm_f16_deep8, CALM_F16, u16, 8, __launch_bounds__(256, 4))
+MV_NORM_KERNEL(matvec_norm_bf16_deep16, CALM_BF16, u16, 16, __launch_bounds__(256, 2))
+MV_NORM_KERNEL(matvec_norm_f16_deep16, CALM_F16, u16, 16, __launch_bounds__(256, 2))
+
+extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
+    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch);
 }
 
 // MoE: blockIdx.y = slot s of the top-k; the expert is expertIdx[s] (chosen on the GPU by moe_route).
@@ -104,8 +174,9 @@ template <int DT>
 __device__ __forceinline__ void moe_matvec_impl(const void* const* experts, const int* expertIdx, const float* x, int xStride,
                                                 float* y, int rows, int cols) {
     int s = blockIdx.y;
+    pdl_wait();   // the expert ids come from moe_route
     const typename WeightT<DT>::T* W = (const typename WeightT<DT>::T*)experts[expertIdx[s]];
-    matvec_impl<DT>(W, x + (long long)s * xStride, y + (long long)s * rows, (const float*)0, rows, cols, 0);
+    matvec_impl<DT>(W, x + (long long)s * xStride, y + (long long)s * rows, (const float*)0, rows, cols, 0, 0);
 }
 
 extern "C" __global__ void moe_matvec_bf16(const void* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {

@@ -4,6 +4,7 @@
 
 // x [n] f32, w [n] f32, out [n] f32: out = x / sqrt(mean(x^2) + eps) * (w or 1 + w). One block.
 extern "C" __global__ void rmsnorm(const float* x, const float* w, float* out, int n, float eps, int addOne) {
+    PDL_ENTER();
     float ss = 0.f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) { float v = x[i]; ss = fmaf(v, v, ss); }
     ss = block_sum(ss);
@@ -26,6 +27,7 @@ extern "C" __global__ void qkv_rope_cache(float* qkv, const float* qNorm, const 
                                           const float* ropeCos, const float* ropeSin, int rotDim,
                                           u16* kCache, u16* vCache, int maxCtx, int H, int K, int Hd,
                                           const StepParams* sp) {
+    PDL_ENTER();
     __shared__ float sh[QKV_MAX_HD];
     int b = blockIdx.x;
     int pos = sp->pos;

@@ -4,6 +4,7 @@
 
 // Stage 1: x [n] f32 -> pv/pi [gridDim.x] best (value, index) of each block's grid-stride share.
 extern "C" __global__ void argmax_partial(const float* x, int n, float* pv, int* pi) {
+    PDL_ENTER();
     __shared__ float s_v[32];
     __shared__ int s_i[32];
     float bv = -CALM_INF; int bi = 0x7fffffff;
@@ -25,6 +26,7 @@ extern "C" __global__ void argmax_partial(const float* x, int n, float* pv, int*
 
 // Stage 2 (one warp): pv/pi [m] -> result[0] = index (int), result[1] = value (float bits).
 extern "C" __global__ void argmax_final(const float* pv, const int* pi, int m, int* result) {
+    PDL_ENTER();
     int lane = threadIdx.x;
     float bv = -CALM_INF; int bi = 0x7fffffff;
     for (int i = lane; i < m; i += 32) { float v = pv[i]; int j = pi[i]; if (v > bv || (v == bv && j < bi)) { bv = v; bi = j; } }
@@ -71,6 +73,7 @@ __device__ int block_argmax_slot(const float* s_v, const int* s_i, int m, float*
 // Stage 1: block b takes x[b*chunk, min(n,(b+1)*chunk)) into shared memory (dynamic: chunk floats + chunk ints) and
 // writes its k best to cv/ci [b*k .. b*k+k) in descending order (index -1 where the chunk has fewer than k).
 extern "C" __global__ void topk_partial(const float* x, int n, int chunk, int k, float* cv, int* ci) {
+    PDL_ENTER();
     extern __shared__ float dyn[];
     float* s_v = dyn;
     int* s_i = (int*)(dyn + chunk);
@@ -98,6 +101,7 @@ extern "C" __global__ void topk_partial(const float* x, int n, int chunk, int k,
 // Stage 2 (one block): candidates cv/ci [m] (dynamic shared: m floats + m ints) -> outV/outI [k], descending
 // (index -1 when fewer than k candidates exist).
 extern "C" __global__ void topk_final(const float* cv, const int* ci, int m, int k, float* outV, int* outI) {
+    PDL_ENTER();
     extern __shared__ float dyn[];
     float* s_v = dyn;
     int* s_i = (int*)(dyn + m);

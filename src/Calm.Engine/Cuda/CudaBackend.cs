@@ -63,6 +63,14 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private DType _wt, _embDt, _lmDt;
     private ulong _kCache, _vCache;              // [L, K, maxCtx, Hd] fp16
     private ulong _cos, _sin;                    // [maxCtx, rot/2] f32
+    /// <summary>Whether the decode kernels run with programmatic dependent launch (see <see cref="CudaKernels.Programmatic"/>).</summary>
+    public bool ProgrammaticLaunch => _k?.Programmatic ?? false;
+    /// <summary>Whether decode attention runs the cp.async-pipelined split kernel.</summary>
+    public bool AttentionPipelined => _k?.AttentionPipelined ?? false;
+    /// <summary>RMSNorm fused into the matvec that reads it (qkv, gate_up, lm_head). Measured slower on the H200
+    /// (the deep kernel spills with the norm weights, and every block re-reduces x), so only with CALM_FUSE_NORM=1.</summary>
+    public bool FuseNorm { get; } = Environment.GetEnvironmentVariable("CALM_FUSE_NORM") == "1";
+    private ulong _attWs;   // split-attention workspace (0: the shape takes the single-block kernel)
     private ulong _x, _xn, _qkv, _att, _gu, _h, _eo, _rl, _idx, _wts, _logits, _pv, _pi, _result, _step;
     private ulong _candV, _candI, _topV, _topI;
     private readonly int _slots;
@@ -344,6 +352,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         _xn = F(c.HiddenSize, "xn");
         _qkv = F(c.QDim + 2L * c.KvDim, "qkv");
         _att = F(c.QDim, "attention out");
+        long attWs = _k!.AttentionWorkspaceBytes(c.NumHeads, c.NumKvHeads, c.HeadDim);
+        _attWs = attWs > 0 ? F((attWs + 3) / 4, "split-attention workspace") : 0;
         _gu = F(_slots * 2L * c.IntermediateSize, "gate_up");
         _h = F(_slots * (long)c.IntermediateSize, "ffn hidden");
         _eo = F(_slots * (long)c.HiddenSize, "expert out");
@@ -380,17 +390,25 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         for (int l = 0; l < c.NumLayers; l++)
         {
             var L = _layers[l];
-            if (W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
-            if (W(Stages.AttentionProjections)) k.Matvec(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
+            if (FuseNorm)
+            {
+                if (W(Stages.AttentionProjections)) k.MatvecNorm(s, _wt, L.Wqkv, _x, _qkv, L.Bqkv, Q + 2 * KV, D, false, L.AttnNorm, eps, c.NormAddOne);
+            }
+            else
+            {
+                if (W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
+                if (W(Stages.AttentionProjections)) k.Matvec(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
+            }
             if (W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                            KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step);
             if (W(Stages.Attention)) k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
-                        c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step);
+                        c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs);
             if (W(Stages.AttentionProjections)) k.Matvec(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true);
-            if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne);
+            if (!FuseNorm || c.IsMoE) { if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne); }
             if (!c.IsMoE)
             {
-                if (W(Stages.Ffn)) k.Matvec(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false);
+                if (FuseNorm) { if (W(Stages.Ffn)) k.MatvecNorm(s, _wt, L.Wgu, _x, _gu, L.Bgu, 2 * Fi, D, false, L.FfnNorm, eps, c.NormAddOne); }
+                else if (W(Stages.Ffn)) k.Matvec(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false);
                 if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct);
                 if (W(Stages.Ffn)) k.Matvec(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true);
             }
@@ -405,8 +423,12 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
                 if (W(Stages.Other)) k.MoeCombine(s, _x, _eo, _wts, top, D);
             }
         }
-        if (W(Stages.Other)) k.RmsNorm(s, _x, _finalNorm, _xn, D, eps, c.NormAddOne);
-        if (W(Stages.Classifier)) k.Matvec(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
+        if (FuseNorm) { if (W(Stages.Classifier)) k.MatvecNorm(s, _lmDt, _lm, _x, _logits, 0, c.VocabSize, D, false, _finalNorm, eps, c.NormAddOne); }
+        else
+        {
+            if (W(Stages.Other)) k.RmsNorm(s, _x, _finalNorm, _xn, D, eps, c.NormAddOne);
+            if (W(Stages.Classifier)) k.Matvec(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
+        }
         if (W(Stages.Other)) k.Argmax(s, _logits, c.VocabSize, _pv, _pi, _result);
     }
 

@@ -18,12 +18,42 @@ public sealed class CudaKernels : IDisposable
 
     public CudaContext Context { get; }
     public int Arch { get; }
+    /// <summary>Multiprocessors of the device (sizes the split-attention grid).</summary>
+    public int Multiprocessors { get; }
+    /// <summary>Split attention: blocks per multiprocessor the grid aims at (the g1/g2/g4 kernels fit 2 of 256 threads).</summary>
+    public int AttentionBlocksPerSm { get; }
+    public const int SplitAttentionMaxHeadDim = 256;
+    /// <summary>Programmatic dependent launch for the decode kernels (sm_90+, a driver with cuLaunchKernelEx): each
+    /// kernel may start while the previous one finishes; the matvecs prefetch their weights into L2 meanwhile.
+    /// On by default (without the L2 prefetch: bench/RESULTS.md); off with CALM_PDL=0 or the constructor's pdl: false.</summary>
+    public bool Programmatic { get; }
+    /// <summary>With <see cref="Programmatic"/>: bytes of each weight row a matvec prefetches into L2 before it waits
+    /// for the previous kernel (CALM_PDL_PREFETCH, default 0).</summary>
+    public int PrefetchBytes { get; }
+    /// <summary>Split attention through a cp.async shared-memory pipeline (sm_80+). Measured no faster than the
+    /// register-load kernel on the H200, so only with CALM_ATT_ASYNC=1 or the constructor's attentionPipelined: true.</summary>
+    public bool AttentionPipelined { get; }
+    /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
+    /// kernels, used for bf16/f16 rows of at least 256*depth columns. Default 16 (CALM_MV_DEEP=0/8 to change):
+    /// measured fastest on the H200 for every Llama-3-8B shape (bench/RESULTS.md).</summary>
+    public int MatvecDeep { get; }
+    private string DeepSuffix(DType wt, int cols)
+        => MatvecDeep > 0 && wt != DType.F32 && cols % 8 == 0 && cols >= 256 * MatvecDeep ? "_deep" + MatvecDeep : "";
+    private const int SplitStages = 3, SplitThreads = 256;
     private readonly List<CudaModule> _modules = new();
     private readonly Dictionary<string, CudaKernel> _k = new();
+    private readonly HashSet<int> _splitSmemSet = new();
 
-    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null)
+    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null)
     {
+        AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
+        MatvecDeep = matvecDeep ?? (Environment.GetEnvironmentVariable("CALM_MV_DEEP") switch { "0" => 0, "8" => 8, _ => 16 });
+        if (MatvecDeep is not (0 or 8 or 16)) throw new ArgumentOutOfRangeException(nameof(matvecDeep), "matvec depth must be 0, 8 or 16");
         Context = ctx; Arch = arch;
+        Programmatic = (pdl ?? Environment.GetEnvironmentVariable("CALM_PDL") != "0") && arch >= 90 && Cu.HasLaunchKernelEx;
+        PrefetchBytes = int.TryParse(Environment.GetEnvironmentVariable("CALM_PDL_PREFETCH"), out var pf) ? Math.Max(pf, 0) : 0;
+        AttentionBlocksPerSm = Math.Clamp(attentionBlocksPerSm, 1, 64);
+        Multiprocessors = Math.Max(1, CudaDeviceInfo.List().FirstOrDefault(d => d.Index == ctx.Device)?.Multiprocessors ?? 1);
         try
         {
             foreach (var file in KernelCompiler.Sources.Keys)
@@ -32,10 +62,15 @@ public sealed class CudaKernels : IDisposable
                 var m = new CudaModule(ctx, img.Image, file);
                 _modules.Add(m);
             }
-            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
-                                         "rmsnorm", "qkv_rope_cache", "attention_decode", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
+            foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "matvec_bf16_deep8", "matvec_f16_deep8", "matvec_bf16_deep16", "matvec_f16_deep16", "matvec_norm_bf16", "matvec_norm_f16", "matvec_norm_f32", "matvec_norm_bf16_deep8", "matvec_norm_f16_deep8", "matvec_norm_bf16_deep16", "matvec_norm_f16_deep16", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
+                                         "rmsnorm", "qkv_rope_cache", "attention_decode", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
                 _k[name] = Find(name);
+            // kernels that call pdl_wait before touching earlier kernels' data (kernels/common.cuh)
+            if (Programmatic)
+                foreach (var (name, kern) in _k)
+                    if (name is not ("bw_read" or "bw_copy" or "fill_synthetic" or "convert_to_f32"))
+                        kern.Programmatic = true;
         }
         catch
         {
@@ -72,7 +107,14 @@ public sealed class CudaKernels : IDisposable
 
     /// <summary>W [rows, cols] (wt), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when accumulate).</summary>
     public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
-        => _k["matvec_" + Half(wt)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0);
+        => _k["matvec_" + Half(wt) + DeepSuffix(wt, cols)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
+            Programmatic ? PrefetchBytes : 0);
+
+    /// <summary>RMSNorm fused into the matvec: y [rows] = W [rows, cols] (x [cols] / rms(x) * (g or 1 + g)) (+ bias) (+ y when
+    /// accumulate); g = nw [cols] f32. x must not alias y.</summary>
+    public void MatvecNorm(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, ulong nw, float eps, bool addOne)
+        => _k["matvec_norm_" + Half(wt) + DeepSuffix(wt, cols)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols,
+            accumulate ? 1 : 0, Programmatic ? PrefetchBytes : 0, nw, eps, addOne ? 1 : 0);
 
     /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = experts[idx[s]] [rows, cols] . x[s*xStride ..].
     /// experts: device table of E pointers; idx [slots] int on the device.</summary>
@@ -93,10 +135,63 @@ public sealed class CudaKernels : IDisposable
             cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, step);
     }
 
-    /// <summary>q [H*Hd] f32 against caches [K, maxCtx, Hd] fp16 up to the step's position -> out [H*Hd] f32.</summary>
-    public void Attention(CudaStream s, ulong q, ulong kCache, ulong vCache, ulong outp, int H, int K, int Hd, int maxCtx, int window, float scale, ulong step)
+    /// <summary>Whether the split (flash-decoding) attention kernel takes this shape: head_dim 8·2^i ≤ 256 (Hd/8 lanes
+    /// per cache row must divide a warp) and H a multiple of K.</summary>
+    public static bool SplitAttentionSupported(int H, int K, int Hd)
+        => K > 0 && H % K == 0 && Hd % 8 == 0 && Hd <= SplitAttentionMaxHeadDim && 32 % (Hd / 8) == 0;
+
+    /// <summary>Query heads per block (MAXG of the kernel variant) and head groups per kv head (grid z).</summary>
+    private static (int MaxG, int Z) SplitGroups(int H, int K)
+    {
+        int G = H / K;
+        int maxg = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
+        return (maxg, (G + maxg - 1) / maxg);
+    }
+
+    /// <summary>Chunks the sequence is cut into per kv head (grid y): enough blocks for <see cref="AttentionBlocksPerSm"/>
+    /// per multiprocessor; fewer are active at short contexts (chunks are ≥ 32 positions).</summary>
+    public int AttentionSplits(int H, int K)
+    {
+        var (_, z) = SplitGroups(H, K);
+        long want = (long)AttentionBlocksPerSm * Multiprocessors;
+        return (int)Math.Clamp((want + (long)K * z - 1) / ((long)K * z), 1, 256);
+    }
+
+    /// <summary>Bytes of the split-attention workspace for this shape (0 when the shape takes the single-block kernel):
+    /// pm [H, S] | pl [H, S] | pacc [H, S, Hd] f32 | counters [K*Z] int. Allocate once, zeroed; share across layers.</summary>
+    public long AttentionWorkspaceBytes(int H, int K, int Hd)
+    {
+        if (!SplitAttentionSupported(H, K, Hd)) return 0;
+        int S = AttentionSplits(H, K);
+        var (_, z) = SplitGroups(H, K);
+        return 4L * ((long)H * S * (Hd + 2) + (long)K * z);
+    }
+
+    /// <summary>q [H*Hd] f32 against caches [K, maxCtx, Hd] fp16 up to the step's position -> out [H*Hd] f32.
+    /// With a <paramref name="workspace"/> of <see cref="AttentionWorkspaceBytes"/> (zeroed at allocation) and a
+    /// supported shape: split over the sequence, one block per (kv head, chunk) serving all its query heads; else one
+    /// block per query head.</summary>
+    public void Attention(CudaStream s, ulong q, ulong kCache, ulong vCache, ulong outp, int H, int K, int Hd, int maxCtx, int window, float scale, ulong step,
+                          ulong workspace = 0)
     {
         if (Hd > AttentionMaxHeadDim) throw new NotSupportedException($"head_dim {Hd} > {AttentionMaxHeadDim}");
+        if (workspace != 0 && SplitAttentionSupported(H, K, Hd))
+        {
+            var (maxg, z) = SplitGroups(H, K);
+            int S = AttentionSplits(H, K);
+            if (AttentionPipelined)
+            {
+                // dynamic shared memory: SplitStages x (K, V) x 256*U 16-byte vectors (U = 4 rows per stream, 2 for g8)
+                int u = maxg == 8 ? 2 : 4;
+                int smem = SplitStages * 2 * SplitThreads * u * 16;
+                var kern = _k["attention_split_g" + maxg + "_async"];
+                if (_splitSmemSet.Add(maxg)) kern.SetMaxDynamicSharedMemory(smem);   // static + dynamic may pass 48 KB
+                kern.Launch(s, (K, S, z), SplitThreads, smem, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step);
+                return;
+            }
+            _k["attention_split_g" + maxg].Launch(s, (K, S, z), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step);
+            return;
+        }
         _k["attention_decode"].Launch(s, H, 256, 0, q, kCache, vCache, outp, H, K, Hd, maxCtx, window, scale, step);
     }
 

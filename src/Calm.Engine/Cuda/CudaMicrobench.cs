@@ -24,7 +24,8 @@ public static class CudaMicrobench
     private const int MinCallsPerRep = 8;
 
     /// <summary>y [rows] = W [rows, cols] (dtype bf16/f16/f32) · x [cols]. Bytes = weights + x + y.</summary>
-    public static KernelTiming Matvec(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default)
+    /// <param name="pdl">programmatic dependent launch (consecutive calls overlap; weights prefetched into L2); null: the default.</param>
+    public static KernelTiming Matvec(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, bool? pdl = null, int? deep = null)
     {
         if (rows < 1 || cols < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Rows and columns must be ≥ 1 (got {rows} × {cols}).", "Rows");
         if (dtype is not (DType.BF16 or DType.F16 or DType.F32))
@@ -45,12 +46,14 @@ public static class CudaMicrobench
                 b.X = b.Add(cols * 4L, "x"); k.FillSynthetic(s, b.X, cols, 0xB0B, 1f, 0f, DType.F32, false);
                 b.Y = b.Add(rows * 4L, "y");
                 return b;
-            });
+            }, 2, pdl, null, deep);
     }
 
     /// <summary>Decode attention at position context-1 for heads query heads over kvHeads × context × headDim fp16 K
-    /// and V. Bytes = K + V read + q + out.</summary>
-    public static KernelTiming Attention(int context, int heads, int kvHeads, int headDim, int repeat = 20, int device = 0, CancellationToken ct = default)
+    /// and V. Bytes = K + V read + q + out. <paramref name="split"/>: the split (flash-decoding) kernel with
+    /// <paramref name="blocksPerSm"/> blocks per multiprocessor, else the single-block-per-head kernel.</summary>
+    public static KernelTiming Attention(int context, int heads, int kvHeads, int headDim, int repeat = 20, int device = 0, CancellationToken ct = default,
+                                         bool split = true, int blocksPerSm = 2, bool? pipelined = null)
     {
         if (context < 1 || heads < 1 || kvHeads < 1 || heads % kvHeads != 0 || headDim < 1 || headDim > CudaKernels.AttentionMaxHeadDim)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
@@ -58,8 +61,8 @@ public static class CudaMicrobench
         long cache = (long)kvHeads * context * headDim * 2;      // one of K or V, fp16
         long bytes = 2 * cache + 2L * heads * headDim * 4;
         float scale = 1f / MathF.Sqrt(headDim);
-        return Run("attention_decode", 2 * cache, bytes, repeat, device, ct, (k, s, b, i) =>
-            k.Attention(s, b.X, b.W[i], b.W[i] + (ulong)cache, b.Y, heads, kvHeads, headDim, context, 0, scale, b.Step),
+        return Run(split ? (pipelined == false ? "attention_split" : "attention_split_async") : "attention_decode", 2 * cache, bytes, repeat, device, ct, (k, s, b, i) =>
+            k.Attention(s, b.X, b.W[i], b.W[i] + (ulong)cache, b.Y, heads, kvHeads, headDim, context, 0, scale, b.Step, b.Ws),
             (k, s, ctx, copies) =>
             {
                 var b = new Buffers(ctx);
@@ -74,14 +77,16 @@ public static class CudaMicrobench
                 var step = b.AddMem(8, "step params");
                 step.CopyFromHost<int>(new[] { 0, context - 1 });
                 b.Step = step.Ptr;
+                long ws = split ? k.AttentionWorkspaceBytes(heads, kvHeads, headDim) : 0;
+                if (ws > 0) { var wm = b.AddMem(ws, "attention workspace"); wm.Zero(); b.Ws = wm.Ptr; }
                 return b;
-            });
+            }, blocksPerSm, null, pipelined);
     }
 
     private sealed class Buffers(CudaContext ctx) : IDisposable
     {
         public readonly List<ulong> W = new();
-        public ulong X, Y, Step;
+        public ulong X, Y, Step, Ws;
         private readonly List<CudaDeviceMemory> _mem = new();
         public ulong Add(long bytes, string what) => AddMem(bytes, what).Ptr;
         public CudaDeviceMemory AddMem(long bytes, string what) { var m = CudaDeviceMemory.Allocate(ctx, bytes, what); _mem.Add(m); return m; }
@@ -89,7 +94,7 @@ public static class CudaMicrobench
     }
 
     private static KernelTiming Run(string name, long rotatingBytes, long bytes, int repeat, int device, CancellationToken ct,
-                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make)
+                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2, bool? pdl = null, bool? pipelined = null, int? deep = null)
     {
         if (repeat < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Repeat must be ≥ 1 (got {repeat}).", "Repeat");
         var why = CudaDeviceInfo.Unavailable();
@@ -98,7 +103,7 @@ public static class CudaMicrobench
         long l2 = Math.Max(info.L2CacheMB, 1) * (1L << 20);
         int copies = (int)Math.Clamp((4 * l2 + rotatingBytes - 1) / Math.Max(rotatingBytes, 1), 1, 64);
         using var ctx = CudaContext.Acquire(device);
-        using var k = new CudaKernels(ctx, info.Arch);
+        using var k = new CudaKernels(ctx, info.Arch, null, attentionBlocksPerSm, pdl, pipelined, deep);
         using var s = new CudaStream(ctx);
         using var bufs = make(k, s, ctx, copies);
         int calls = Math.Max(MinCallsPerRep, copies);

@@ -61,6 +61,34 @@ internal static unsafe class Cu
     public static delegate* unmanaged<nint*, nint, byte*, int> cuModuleGetFunction;
     public static delegate* unmanaged<nint, int, int, int> cuFuncSetAttribute;
     public static delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> cuLaunchKernel;
+    /// <summary>cuLaunchKernelEx(const CUlaunchConfig*, CUfunction, void** params, void** extra); null when the driver lacks it (CUDA &lt; 12).</summary>
+    public static delegate* unmanaged<LaunchConfig*, nint, void**, void**, int> cuLaunchKernelEx;
+    public const int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
+    public static bool HasLaunchKernelEx => cuLaunchKernelEx != null;
+
+    /// <summary>CUlaunchAttribute: id (4 bytes) + pad (4) + a 64-byte value union.</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 72)]
+    public struct LaunchAttribute
+    {
+        [FieldOffset(0)] public int Id;
+        [FieldOffset(8)] public int Value;   // programmaticStreamSerializationAllowed
+    }
+
+    /// <summary>CUlaunchConfig (56 bytes on 64-bit).</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 56)]
+    public struct LaunchConfig
+    {
+        [FieldOffset(0)] public uint GridX;
+        [FieldOffset(4)] public uint GridY;
+        [FieldOffset(8)] public uint GridZ;
+        [FieldOffset(12)] public uint BlockX;
+        [FieldOffset(16)] public uint BlockY;
+        [FieldOffset(20)] public uint BlockZ;
+        [FieldOffset(24)] public uint SharedBytes;
+        [FieldOffset(32)] public nint Stream;
+        [FieldOffset(40)] public LaunchAttribute* Attrs;
+        [FieldOffset(48)] public uint NumAttrs;
+    }
     public static delegate* unmanaged<nint*, uint, int> cuStreamCreate;
     public static delegate* unmanaged<nint, int> cuStreamDestroy;
     public static delegate* unmanaged<nint, int> cuStreamSynchronize;
@@ -136,6 +164,7 @@ internal static unsafe class Cu
             cuModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)Sym("cuModuleGetFunction");
             cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)Sym("cuFuncSetAttribute");
             cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)Sym("cuLaunchKernel");
+            cuLaunchKernelEx = NativeLibrary.TryGetExport(s_lib, "cuLaunchKernelEx", out var lkx) ? (delegate* unmanaged<LaunchConfig*, nint, void**, void**, int>)lkx : null;
             cuStreamCreate = (delegate* unmanaged<nint*, uint, int>)Sym("cuStreamCreate");
             cuStreamDestroy = (delegate* unmanaged<nint, int>)Sym("cuStreamDestroy_v2");
             cuStreamSynchronize = (delegate* unmanaged<nint, int>)Sym("cuStreamSynchronize");

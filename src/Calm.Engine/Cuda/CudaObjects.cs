@@ -232,6 +232,11 @@ public sealed unsafe class CudaKernel
     public void SetMaxDynamicSharedMemory(int bytes)
         => CudaException.Check(Cu.cuFuncSetAttribute(Handle, Cu.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes), $"cuFuncSetAttribute({Name})");
 
+    /// <summary>Launched with programmatic dependent launch (Hopper+): the kernel may start while the previous kernel
+    /// on the stream is still running; it must execute griddepcontrol.wait (pdl_wait in common.cuh) before it reads
+    /// or writes anything the previous kernels touch. Set only for kernels that do.</summary>
+    public bool Programmatic { get; set; }
+
     public void Launch(CudaStream stream, (int X, int Y, int Z) grid, int block, int sharedBytes, params KernelArg[] args)
     {
         if (grid.X <= 0 || grid.Y <= 0 || grid.Z <= 0 || block <= 0)
@@ -239,6 +244,19 @@ public sealed unsafe class CudaKernel
         ulong* vals = stackalloc ulong[args.Length];
         void** ptrs = stackalloc void*[args.Length];
         for (int i = 0; i < args.Length; i++) { vals[i] = args[i].Bits; ptrs[i] = &vals[i]; }
+        if (Programmatic && Cu.cuLaunchKernelEx != null)
+        {
+            Cu.LaunchAttribute attr = default;
+            attr.Id = Cu.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.Value = 1;
+            Cu.LaunchConfig cfg = default;
+            cfg.GridX = (uint)grid.X; cfg.GridY = (uint)grid.Y; cfg.GridZ = (uint)grid.Z;
+            cfg.BlockX = (uint)block; cfg.BlockY = 1; cfg.BlockZ = 1;
+            cfg.SharedBytes = (uint)sharedBytes; cfg.Stream = stream.Handle;
+            cfg.Attrs = &attr; cfg.NumAttrs = 1;
+            CudaException.Check(Cu.cuLaunchKernelEx(&cfg, Handle, ptrs, null), $"cuLaunchKernelEx({Name})");
+            return;
+        }
         CudaException.Check(Cu.cuLaunchKernel(Handle, (uint)grid.X, (uint)grid.Y, (uint)grid.Z, (uint)block, 1, 1,
             (uint)sharedBytes, stream.Handle, ptrs, null), $"cuLaunchKernel({Name})");
     }
