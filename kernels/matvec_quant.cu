@@ -1,7 +1,7 @@
 // matvec_quant.cu: y = W x for quantized weights (layouts: src/Calm.Engine/Quant/QuantFormats.cs), fp32 input,
-// fp32 accumulation and output. Same structure as matvec.cu: each warp owns whole rows (MQ_ROWS of them, so every x
-// chunk a lane loads is used MQ_ROWS times), lanes stream the rows 16 bytes at a time with MQ_UNROLL loads in flight
-// per row, the partial sums meet in a warp reduction.
+// fp32 accumulation and output. Same structure as matvec.cu: each warp owns whole rows (R of them, so every x
+// chunk a lane loads from L1 serves R rows), lanes stream the rows 16 bytes at a time with U loads in flight per row
+// (R*U per lane), the partial sums meet in a warp reduction.
 //
 // fp8  W: q [rows, cols] e4m3 bytes (row r at q + r*cols), s [rows] fp32.  y[r] = s[r] * sum_c e4m3(q[r][c]) * x[c]
 //      16 weights per 16-byte load when cols % 16 == 0 (rows are then 16-byte aligned); else a byte-wise path.
@@ -10,7 +10,6 @@
 //      A partial last group (cols % 32 != 0, padded with nibble 8) never reads x at or past cols.
 #include "common.cuh"
 
-#define MQ_UNROLL 4
 
 // ---- e4m3 -> f16x2 ---------------------------------------------------------------------------------------------
 // The hardware conversion (cvt.rn.f16x2.e4m3x2) exists from sm_89 and PTX ISA 7.8 (CUDA 11.8). CALM_FP8_CVT selects
@@ -105,8 +104,8 @@ __device__ __forceinline__ void store_rows(float (&acc)[R], const float* rowScal
 }
 
 // ---- fp8 matvec --------------------------------------------------------------------------------------------------
-// Q [rows, cols] e4m3, S [rows] f32, x [cols] f32, y [rows] f32, bias [rows] f32 or null; R rows per warp.
-template <int R>
+// Q [rows, cols] e4m3, S [rows] f32, x [cols] f32, y [rows] f32, bias [rows] f32 or null; R rows per warp, U loads per row in flight.
+template <int R, int U>
 __device__ __forceinline__ void matvec_fp8_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
                                                 int rows, int cols, int accumulate) {
     int warp = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
@@ -120,14 +119,14 @@ __device__ __forceinline__ void matvec_fp8_impl(const unsigned char* Q, const fl
     if ((cols & 15) == 0) {
         int nvec = cols >> 4;
         int v = lane;
-        for (; v + 32 * (MQ_UNROLL - 1) < nvec; v += 32 * MQ_UNROLL) {
-            calm_u4 w[R][MQ_UNROLL];
+        for (; v + 32 * (U - 1) < nvec; v += 32 * U) {
+            calm_u4 w[R][U];
 #pragma unroll
-            for (int u = 0; u < MQ_UNROLL; u++)
+            for (int u = 0; u < U; u++)
 #pragma unroll
                 for (int i = 0; i < R; i++) w[i][u] = ldg_u4_stream((const calm_u4*)rp[i] + v + 32 * u);
 #pragma unroll
-            for (int u = 0; u < MQ_UNROLL; u++) {
+            for (int u = 0; u < U; u++) {
                 const calm_f4* xp = (const calm_f4*)(x + (long long)(v + 32 * u) * 16);
                 calm_f4 xs[4] = { xp[0], xp[1], xp[2], xp[3] };
 #pragma unroll
@@ -152,7 +151,7 @@ __device__ __forceinline__ void matvec_fp8_impl(const unsigned char* Q, const fl
 
 // ---- int4 matvec -------------------------------------------------------------------------------------------------
 // P [rows, G*16] packed nibbles, D [rows, G] f16 (G = ceil(cols/32)), x [cols] f32, y [rows] f32, bias [rows] or null.
-template <int R>
+template <int R, int U>
 __device__ __forceinline__ void matvec_int4_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
                                                  int rows, int cols, int accumulate) {
     int warp = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
@@ -169,15 +168,15 @@ __device__ __forceinline__ void matvec_int4_impl(const unsigned char* P, const u
         acc[i] = 0.f; rp[i] = (const calm_u4*)(P + r * G * 16); dp[i] = D + r * G;
     }
     int g = lane;
-    for (; g + 32 * (MQ_UNROLL - 1) < full; g += 32 * MQ_UNROLL) {
-        calm_u4 w[R][MQ_UNROLL];
-        u16 d[R][MQ_UNROLL];
+    for (; g + 32 * (U - 1) < full; g += 32 * U) {
+        calm_u4 w[R][U];
+        u16 d[R][U];
 #pragma unroll
-        for (int u = 0; u < MQ_UNROLL; u++)
+        for (int u = 0; u < U; u++)
 #pragma unroll
             for (int i = 0; i < R; i++) { w[i][u] = ldg_u4_stream(rp[i] + g + 32 * u); d[i][u] = dp[i][g + 32 * u]; }
 #pragma unroll
-        for (int u = 0; u < MQ_UNROLL; u++) {
+        for (int u = 0; u < U; u++) {
             const calm_f4* xp = (const calm_f4*)(x + (long long)(g + 32 * u) * 32);
             float s[R];
 #pragma unroll
@@ -219,33 +218,36 @@ __device__ __forceinline__ void matvec_int4_impl(const unsigned char* P, const u
 }
 
 // ---- entry points ------------------------------------------------------------------------------------------------
-// _r1: one row per warp; _r2: two rows per warp (each x chunk used twice). Launch: 256 threads, ceil(rows / (8 R)) blocks.
-#define MQ_ENTRIES(R, SUF)                                                                                                 \
+// _rR: R rows per warp (each x chunk read from L1 serves R rows; int4 reads 8 bytes of x per weight byte, so R = 1 would
+// need as much L1 bandwidth as the SM has), 8 16-byte weight loads in flight per lane for R >= 2.
+// Launch: 256 threads, ceil(rows / (8 R)) blocks.
+#define MQ_ENTRIES(R, U, SUF)                                                                                                 \
 extern "C" __global__ void matvec_fp8##SUF(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias, \
                                            int rows, int cols, int accumulate) {                                         \
-    matvec_fp8_impl<R>(Q, S, x, y, bias, rows, cols, accumulate);                                                       \
+    matvec_fp8_impl<R, U>(Q, S, x, y, bias, rows, cols, accumulate);                                                       \
 }                                                                                                                        \
 extern "C" __global__ void matvec_int4##SUF(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias, \
                                             int rows, int cols, int accumulate) {                                        \
-    matvec_int4_impl<R>(P, D, x, y, bias, rows, cols, accumulate);                                                      \
+    matvec_int4_impl<R, U>(P, D, x, y, bias, rows, cols, accumulate);                                                      \
 }                                                                                                                        \
 /* MoE: blockIdx.y = slot s; expert e = expertIdx[s]; values/scales: device tables of E pointers;                     \
    x [slots, xStride] (xStride 0: one shared input), y [slots, rows]. */                                              \
 extern "C" __global__ void moe_matvec_fp8##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
                                                const float* x, int xStride, float* y, int rows, int cols) {             \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    matvec_fp8_impl<R>((const unsigned char*)values[e], (const float*)scales[e], x + (long long)s * xStride,            \
+    matvec_fp8_impl<R, U>((const unsigned char*)values[e], (const float*)scales[e], x + (long long)s * xStride,            \
                        y + (long long)s * rows, (const float*)0, rows, cols, 0);                                         \
 }                                                                                                                        \
 extern "C" __global__ void moe_matvec_int4##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
                                                 const float* x, int xStride, float* y, int rows, int cols) {            \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    matvec_int4_impl<R>((const unsigned char*)values[e], (const u16*)scales[e], x + (long long)s * xStride,             \
+    matvec_int4_impl<R, U>((const unsigned char*)values[e], (const u16*)scales[e], x + (long long)s * xStride,             \
                         y + (long long)s * rows, (const float*)0, rows, cols, 0);                                        \
 }
 
-MQ_ENTRIES(1, _r1)
-MQ_ENTRIES(2, _r2)
+MQ_ENTRIES(1, 4, _r1)
+MQ_ENTRIES(2, 4, _r2)
+MQ_ENTRIES(4, 2, _r4)
 
 // Reports which e4m3 conversion this image was compiled with (1: cvt.rn.f16x2.e4m3x2, 0: bit fallback); out [1] int.
 extern "C" __global__ void matvec_quant_info(int* out) { out[0] = CALM_FP8_CVT; }

@@ -29,7 +29,7 @@ public sealed class CudaQuantKernels : IDisposable
         try
         {
             foreach (var f in new[] { "fp8", "int4" })
-                foreach (var r in new[] { "_r1", "_r2" })
+                foreach (var r in new[] { "_r1", "_r2", "_r4" })
                 {
                     _k["matvec_" + f + r] = _module.GetKernel("matvec_" + f + r);
                     _k["moe_matvec_" + f + r] = _module.GetKernel("moe_matvec_" + f + r);
@@ -51,12 +51,13 @@ public sealed class CudaQuantKernels : IDisposable
             $"The quantized CUDA matvec runs fp8 and int4 weights; this tensor is {DTypes.Name(t)}."),
     };
 
-    /// <summary>Rows per warp: 1 or 2 as asked, 0 = automatic (2 from <see cref="TwoRowsFrom"/> rows).</summary>
+    /// <summary>Rows per warp: 1, 2 or 4 as asked, 0 = automatic (2 from <see cref="TwoRowsFrom"/> rows, else 1: small
+    /// matrices need every warp they can get). Tune with <see cref="Bench"/>'s rowsPerWarp.</summary>
     public static int RowsPerWarp(int rows, int requested) => requested switch
     {
         0 => rows >= TwoRowsFrom ? 2 : 1,
-        1 or 2 => requested,
-        _ => throw new ArgumentOutOfRangeException(nameof(requested), "rows per warp is 0 (automatic), 1 or 2"),
+        1 or 2 or 4 => requested,
+        _ => throw new ArgumentOutOfRangeException(nameof(requested), "rows per warp is 0 (automatic), 1, 2 or 4"),
     };
 
     /// <summary>Device bytes of the values of a [rows, cols] weight: fp8 rows*cols, int4 rows*ceil(cols/32)*16.</summary>

@@ -59,6 +59,8 @@ public unsafe class QuantKernelTests
     [InlineData(DType.F8E4M3, 257, 4096, true, true, 2)]     // one unrolled pass, odd rows
     [InlineData(DType.F8E4M3, 999, 4112, false, true, 2)]    // tail after the unrolled loop
     [InlineData(DType.F8E4M3, 1001, 2064, true, false, 1)]
+    [InlineData(DType.F8E4M3, 203, 8208, true, true, 4)]     // 4 rows per warp: 203 = 6*32 + 11, tail
+    [InlineData(DType.Int4, 203, 4160, true, true, 4)]       // 4 rows per warp, 128 + 2 groups
     [InlineData(DType.F8E4M3, 65, 100, true, true, 2)]       // cols % 16 != 0: byte-wise path
     [InlineData(DType.F8E4M3, 1, 24, false, false, 1)]
     [InlineData(DType.Int4, 300, 1024, false, false, 1)]
@@ -94,11 +96,13 @@ public unsafe class QuantKernelTests
         Gpu.Close(Y.ToArray<float>(rows), want, 1e-5, $"matvec {DTypes.Name(dt)} {rows}x{cols} r{rowsPerWarp}");
     }
 
-    /// <summary>Every e4m3 code through the 16-byte path: row c holds code c at column c % 16, x = 1, scale 1, so
-    /// y[c] is the decoded value itself (NaN for 0x7F and 0xFF, as the CPU table says).</summary>
+    /// <summary>Every e4m3 code through the 16-byte path: row c holds code c at column j = c % 32, x[j] = j + 1, scale 1,
+    /// so y[c] = e4m3(c) * (j + 1) exactly (NaN for 0x7F and 0xFF, as the CPU table says); a swapped byte order or a
+    /// wrong decode shows as a mismatch.</summary>
     [Theory]
     [InlineData(1)]
     [InlineData(2)]
+    [InlineData(4)]
     public void EveryFp8CodeDecodesExactly(int rowsPerWarp)
     {
         var (ctx, k, s) = Require();
@@ -108,13 +112,13 @@ public unsafe class QuantKernelTests
         for (int c = 0; c < rows; c++) q[c * cols + (c % cols)] = (byte)c;
         var scales = Enumerable.Repeat(1f, rows).ToArray();
         using var V = Gpu.Up(ctx, q); using var S = Gpu.Up(ctx, scales);
-        using var X = Gpu.Up(ctx, Enumerable.Repeat(1f, cols).ToArray()); using var Y = Gpu.Zeros(ctx, rows * 4L);
+        using var X = Gpu.Up(ctx, Enumerable.Range(1, cols).Select(i => (float)i).ToArray()); using var Y = Gpu.Zeros(ctx, rows * 4L);
         k.Matvec(s, DType.F8E4M3, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, rowsPerWarp);
         s.Synchronize();
         var y = Y.ToArray<float>(rows);
         for (int c = 0; c < rows; c++)
         {
-            float want = QuantFormats.E4M3Table[c];
+            float want = QuantFormats.E4M3Table[c] * (c % cols + 1);
             if (float.IsNaN(want)) Assert.True(float.IsNaN(y[c]), $"code 0x{c:X2}: want NaN, got {y[c]}");
             else Assert.True(want == y[c] || (want == 0 && y[c] == 0), $"code 0x{c:X2}: want {want}, got {y[c]}");
         }
@@ -140,12 +144,16 @@ public unsafe class QuantKernelTests
             }
         var x = Enumerable.Range(1, cols).Select(i => (float)i).ToArray();
         using var V = Gpu.Up(ctx, p); using var S = Gpu.Up(ctx, d); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
-        k.Matvec(s, DType.Int4, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, 1);
-        s.Synchronize();
-        var y = Y.ToArray<float>(rows);
-        for (int n = 0; n < 16; n++)
-            for (int e = 0; e < 32; e++)
-                Assert.Equal((n - 8) * (e + 1) * 0.25f, y[n * 32 + e]);
+        foreach (int rpw in new[] { 1, 2, 4 })
+        {
+            Y.Zero();
+            k.Matvec(s, DType.Int4, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, rpw);
+            s.Synchronize();
+            var y = Y.ToArray<float>(rows);
+            for (int n = 0; n < 16; n++)
+                for (int e = 0; e < 32; e++)
+                    Assert.True((n - 8) * (e + 1) * 0.25f == y[n * 32 + e], $"r{rpw} nibble {n} at {e}: got {y[n * 32 + e]}");
+        }
     }
 
     /// <summary>No NaN/inf from valid weights: saturated fp8 rows (±448 codes), all-zero rows (fp8 scale 1, int4 d = 0)
@@ -188,6 +196,7 @@ public unsafe class QuantKernelTests
     [InlineData(DType.F8E4M3, 0)]
     [InlineData(DType.Int4, 0)]
     [InlineData(DType.Int4, 2)]
+    [InlineData(DType.F8E4M3, 4)]
     public void MoeMatvecPicksTheExperts(DType dt, int rowsPerWarp)
     {
         var (ctx, k, s) = Require();
@@ -244,6 +253,38 @@ public unsafe class QuantKernelTests
         Assert.Equal(want, t.Bytes);
         Assert.Equal(3, t.Ms.Length);
         Assert.All(t.Ms, ms => Assert.True(ms > 0 && double.IsFinite(ms)));
+    }
+}
+
+/// <summary>
+/// Not a correctness test: times the Llama-3-8B matvec shapes for every rows-per-warp variant and writes the table to
+/// $OUT/quant-matvec-variants.txt (when OUT is set) and the test's diagnostics, so the automatic choice
+/// (<see cref="CudaQuantKernels.RowsPerWarp"/>) can be tuned from one GpuTest run. Asserts only that each timing is sane.
+/// </summary>
+[Trait("Category", "GPU")]
+[Collection("GPU")]
+public class QuantKernelVariantReport
+{
+    [Fact]
+    public void TimeRowsPerWarpVariants()
+    {
+        if (CudaDeviceInfo.Unavailable() is { } why) Assert.Skip("No usable CUDA device: " + why);
+        var sb = new StringBuilder();
+        var info = CudaDeviceInfo.List()[0];
+        sb.AppendLine($"# quantized matvec variants on {info.Name} (sm_{info.Arch}), NVRTC {Nvrtc.Version.Major}.{Nvrtc.Version.Minor}; GB/s = (values + scales + x + y) / median");
+        foreach (var dt in new[] { DType.F8E4M3, DType.Int4 })
+            foreach (var (rows, cols) in new[] { (4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (28672, 4096) })
+                foreach (int rpw in new[] { 1, 2, 4 })
+                {
+                    var t = CudaQuantKernels.Bench(rows, cols, dt, repeat: 15, rowsPerWarp: rpw);
+                    Assert.True(t.MedianMs > 0 && double.IsFinite(t.MedianMs));
+                    sb.AppendLine($"{t.Kernel,-22} {rows,6}x{cols,-6} median {t.MedianMs * 1e3,9:F2} us  min {t.MinMs * 1e3,9:F2} us  {t.MedianGBps,8:F0} GB/s");
+                }
+        var text = sb.ToString();
+        TestContext.Current.SendDiagnosticMessage(text);
+        var outDir = Environment.GetEnvironmentVariable("OUT");
+        if (!string.IsNullOrEmpty(outDir) && Directory.Exists(outDir))
+            File.WriteAllText(Path.Combine(outDir, "quant-matvec-variants.txt"), text);
     }
 }
 
