@@ -21,11 +21,21 @@ public sealed class CudaQuantKernels : IDisposable
     private readonly CudaModule _module;
     private readonly Dictionary<string, CudaKernel> _k = new();
 
-    public CudaQuantKernels(CudaContext ctx, int arch, Action<string>? verbose = null)
+    /// <param name="forceFp8Convert">null: the source's own choice (hardware e4m3 conversion on sm_89+ with NVRTC ≥ 11.8);
+    /// true/false: compile with -DCALM_FP8_CVT=1/0, uncached (tests run the bit fallback on a GPU that has the
+    /// instruction, so both paths are checked on one machine).</param>
+    public CudaQuantKernels(CudaContext ctx, int arch, Action<string>? verbose = null, bool? forceFp8Convert = null)
     {
         Context = ctx; Arch = arch;
-        var img = KernelCompiler.Get(SourceFile, arch, verbose);
-        _module = new CudaModule(ctx, img.Image, SourceFile);
+        byte[] image;
+        if (forceFp8Convert is bool force)
+        {
+            var (opt, _, cubin) = KernelCompiler.TargetFor(arch);
+            var opts = KernelCompiler.Options(opt).Append($"-DCALM_FP8_CVT={(force ? 1 : 0)}").ToArray();
+            image = KernelCompiler.CompileSource(SourceFile, KernelCompiler.Sources[SourceFile], opts, cubin, out _);
+        }
+        else image = KernelCompiler.Get(SourceFile, arch, verbose).Image;
+        _module = new CudaModule(ctx, image, SourceFile);
         try
         {
             foreach (var f in new[] { "fp8", "int4" })

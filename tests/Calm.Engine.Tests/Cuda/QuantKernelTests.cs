@@ -16,12 +16,13 @@ namespace Calm.Engine.Tests.Cuda;
 [Collection("GPU")]
 public unsafe class QuantKernelTests
 {
-    private static (CudaContext Ctx, CudaQuantKernels K, CudaStream S) Require()
+    private static (CudaContext Ctx, CudaQuantKernels K, CudaStream S) Require(bool? forceFp8Convert = null)
     {
         var why = CudaDeviceInfo.Unavailable();
         if (why is not null) Assert.Skip("No usable CUDA device: " + why);
         var ctx = CudaContext.Acquire(0);
-        return (ctx, new CudaQuantKernels(ctx, CudaDeviceInfo.List()[0].Arch), new CudaStream(ctx));
+        try { return (ctx, new CudaQuantKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, forceFp8Convert), new CudaStream(ctx)); }
+        catch { ctx.Dispose(); throw; }
     }
 
     /// <summary>Random fp32 [rows, cols] weights (a few rows scaled far apart), quantized to <paramref name="dt"/>.</summary>
@@ -69,9 +70,11 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, 513, 4113, true, false, 2)]      // partial last group (17 of 32), padded rows
     [InlineData(DType.Int4, 77, 100, true, true, 1)]         // 3 groups + 4
     [InlineData(DType.Int4, 5, 7, false, false, 2)]          // only a partial group
-    public void MatvecMatchesCpuReference(DType dt, int rows, int cols, bool bias, bool accumulate, int rowsPerWarp)
+    [InlineData(DType.F8E4M3, 777, 4096, true, false, 2, false)]  // the sm_80 bit fallback, compiled for this GPU
+    [InlineData(DType.F8E4M3, 129, 2064, false, true, 1, false)]
+    public void MatvecMatchesCpuReference(DType dt, int rows, int cols, bool bias, bool accumulate, int rowsPerWarp, bool? forceFp8Convert = null)
     {
-        var (ctx, k, s) = Require();
+        var (ctx, k, s) = Require(forceFp8Convert);
         using var _c = ctx; using var _k = k; using var _s = s;
         using var store = new NativeWeightStore();
         var r = Gpu.Rng();
@@ -100,12 +103,15 @@ public unsafe class QuantKernelTests
     /// so y[c] = e4m3(c) * (j + 1) exactly (NaN for 0x7F and 0xFF, as the CPU table says); a swapped byte order or a
     /// wrong decode shows as a mismatch.</summary>
     [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(4)]
-    public void EveryFp8CodeDecodesExactly(int rowsPerWarp)
+    [InlineData(1, null)]
+    [InlineData(2, null)]
+    [InlineData(4, null)]
+    [InlineData(1, false)]   // the sm_80 bit fallback, compiled for this GPU
+    [InlineData(2, false)]
+    public void EveryFp8CodeDecodesExactly(int rowsPerWarp, bool? forceFp8Convert)
     {
-        var (ctx, k, s) = Require();
+        var (ctx, k, s) = Require(forceFp8Convert);
+        if (forceFp8Convert == false) Assert.False(k.UsesHardwareFp8Convert(s));
         using var _c = ctx; using var _k = k; using var _s = s;
         const int rows = 256, cols = 32;
         var q = new byte[rows * cols];
@@ -292,9 +298,10 @@ public class QuantKernelVariantReport
 public class QuantKernelCompileTests
 {
     [Theory]
-    [InlineData(80, false)]
-    [InlineData(90, true)]
-    public void Fp8ConversionPathFollowsArchAndNvrtc(int arch, bool hardwareWhereSupported)
+    [InlineData(80, false, null)]
+    [InlineData(90, true, null)]
+    [InlineData(90, false, "-DCALM_FP8_CVT=0")]   // the forced fallback (what the GPU tests run on sm_90 too)
+    public void Fp8ConversionPathFollowsArchAndNvrtc(int arch, bool hardwareWhereSupported, string? define)
     {
         if (Nvrtc.TryLoad() is { } why)
         {
@@ -303,7 +310,7 @@ public class QuantKernelCompileTests
         }
         var src = KernelCompiler.Sources[CudaQuantKernels.SourceFile];
         var ptx = Encoding.UTF8.GetString(KernelCompiler.CompileSource(CudaQuantKernels.SourceFile, src,
-            KernelCompiler.Options($"--gpu-architecture=compute_{arch}"), false, out _));
+            KernelCompiler.Options($"--gpu-architecture=compute_{arch}").Concat(define is null ? [] : [define]).ToArray(), false, out _));
         var (maj, min) = Nvrtc.Version;
         bool nvrtcHas = maj > 11 || (maj == 11 && min >= 8);
         bool hw = ptx.Contains("cvt.rn.f16x2.e4m3x2");
