@@ -51,9 +51,12 @@ internal sealed class CudaKernelBench(int index) : IKernelBench
     public KernelTiming Matvec(int rows, int cols, string dtype, int repeat, CancellationToken ct)
     {
         ct.ThrowIfCancellationRequested();
-        if (!Calm.Engine.Model.DTypes.TryParseName(dtype, out var dt))
-            throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Unknown dtype '{dtype}'. Use bf16, f16 or f32.", "DType");
-        var r = CudaMicrobench.Matvec(rows, cols, dt, repeat, index, ct);
+        if (!Calm.Engine.Model.DTypes.TryParseWeightDType(dtype, out var dt))
+            throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Unknown dtype '{dtype}'. Use bf16, f16, f32, fp8 or int4.", "DType");
+        // fp8 (e4m3, per-row scales) and int4 (groups of 32, fp16 scales): kernels/matvec_quant.cu; bytes include scales
+        var r = Calm.Engine.Model.DTypes.IsQuantized(dt)
+            ? CudaQuantKernels.Bench(rows, cols, dt, repeat, index, ct)
+            : CudaMicrobench.Matvec(rows, cols, dt, repeat, index, ct);
         return new SpeedOfLight.KernelTiming(r.Ms, r.Bytes);
     }
 

@@ -1,0 +1,253 @@
+// matvec_quant.cu: y = W x for quantized weights (layouts: src/Calm.Engine/Quant/QuantFormats.cs), fp32 input,
+// fp32 accumulation and output. Same structure as matvec.cu: each warp owns whole rows (R of them, so every x
+// chunk a lane loads from L1 serves R rows), lanes stream the rows 16 bytes at a time with U loads in flight per row
+// (R*U per lane), the partial sums meet in a warp reduction.
+//
+// fp8  W: q [rows, cols] e4m3 bytes (row r at q + r*cols), s [rows] fp32.  y[r] = s[r] * sum_c e4m3(q[r][c]) * x[c]
+//      16 weights per 16-byte load when cols % 16 == 0 (rows are then 16-byte aligned); else a byte-wise path.
+// int4 W: p [rows, G*16] bytes, G = ceil(cols/32) groups per row (one group = 16 bytes = one 16-byte load), two
+//      weights per byte, low nibble first; d [rows, G] fp16.  y[r] = sum_g d[r][g] * sum_{c in g, c < cols} (u - 8) * x[c]
+//      A partial last group (cols % 32 != 0, padded with nibble 8) never reads x at or past cols.
+#include "common.cuh"
+
+
+// ---- e4m3 -> f16x2 ---------------------------------------------------------------------------------------------
+// The hardware conversion (cvt.rn.f16x2.e4m3x2) exists from sm_89 and PTX ISA 7.8 (CUDA 11.8). CALM_FP8_CVT selects
+// it; NVRTC defines __CUDACC_VER_MAJOR__/__CUDACC_VER_MINOR__, so a compiler that predates PTX 7.8 gets the bit
+// fallback, as does every architecture below sm_89. The C# side may force either path with -DCALM_FP8_CVT=0|1.
+#ifndef CALM_FP8_CVT
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890 && defined(__CUDACC_VER_MAJOR__) && \
+    (__CUDACC_VER_MAJOR__ > 11 || (__CUDACC_VER_MAJOR__ == 11 && __CUDACC_VER_MINOR__ >= 8))
+#define CALM_FP8_CVT 1
+#else
+#define CALM_FP8_CVT 0
+#endif
+#endif
+
+// Two e4m3 bytes (low byte = first element) -> f16x2 (low half = first element), exact (e4m3 is a subset of f16).
+// Fallback: with the byte in the top of a 16-bit half, S.EEEE.MMM is shifted right by one under the sign, which is the
+// f16 S.0EEEE.MMM0000000 = value * 2^-8 (exponent bias 7 vs 15; subnormals land on f16 subnormals exactly), then
+// scaled by 2^8 with an exact f16x2 multiply. NaN codes S.1111.111 are forced to an f16 NaN.
+__device__ __forceinline__ u32 e4m3x2_to_f16x2(u32 two /* bytes in bits 0..15 */) {
+#if CALM_FP8_CVT
+    u32 r;
+    u16 a = (u16)two;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(r) : "h"(a));
+    return r;
+#else
+    u32 t = __byte_perm(two, 0u, 0x1404);                        // [0, b0, 0, b1]: each byte in the top of its half
+    u32 h = (t & 0x80008000u) | ((t >> 1) & 0x3F803F80u);        // f16 bits of value * 2^-8
+    u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(h), "r"(0x5C005C00u));  // * 256 (f16 0x5C00), exact
+    u32 nan = __vcmpeq2(t & 0x7F007F00u, 0x7F007F00u);          // 0xFFFF in each half holding a NaN code
+    return r | (nan & 0x7E007E00u);
+#endif
+}
+
+// one e4m3 byte -> f32 (the byte-wise path for rows that are not 16-byte aligned)
+__device__ __forceinline__ float e4m3_to_f32(u32 b) {
+    u32 mag = b & 0x7Fu;
+    if (mag == 0x7Fu) return __int_as_float(0x7FC00000);
+    float f = __uint_as_float(mag << 20) * 1.329227995784916e36f;  // * 2^120: rebias 7 -> 127 (subnormals exact)
+    return (b & 0x80u) ? -f : f;
+}
+
+// 16 e4m3 weights (one 16-byte vector) . 16 fp32 inputs held in registers (xs[0..3], element order)
+__device__ __forceinline__ float dot16_fp8(const calm_u4 w, const calm_f4* xs) {
+    const u32 words[4] = { w.x, w.y, w.z, w.w };
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float w0, w1, w2, w3;
+        unpack2<CALM_F16>(e4m3x2_to_f16x2(words[k] & 0xffffu), w0, w1);
+        unpack2<CALM_F16>(e4m3x2_to_f16x2(words[k] >> 16), w2, w3);
+        s = fmaf(w0, xs[k].x, s); s = fmaf(w1, xs[k].y, s); s = fmaf(w2, xs[k].z, s); s = fmaf(w3, xs[k].w, s);
+    }
+    return s;
+}
+
+// ---- int4 ------------------------------------------------------------------------------------------------------
+// The float with bits 0x4B0000uu is exactly 2^23 + uu, so (that) - (2^23 + 8) = u - 8 with no int->float conversion;
+// prmt builds it in one instruction: byte 0 from the packed word, bytes 1..3 from 0x4B000000.
+#define MQ_MAGIC 0x4B000000u
+#define MQ_MAGIC_BIAS 8388616.f
+__device__ __forceinline__ float nib_byte(u32 w, u32 sel) { return __uint_as_float(__byte_perm(w, MQ_MAGIC, sel)) - MQ_MAGIC_BIAS; }
+
+// Four packed bytes (8 weights in element order b0.lo, b0.hi, b1.lo, ...) . 8 fp32 inputs (a, b), unscaled.
+__device__ __forceinline__ float dot8_int4(u32 w, calm_f4 a, calm_f4 b) {
+    u32 lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+    float s = nib_byte(lo, 0x7540) * a.x;
+    s = fmaf(nib_byte(hi, 0x7540), a.y, s);
+    s = fmaf(nib_byte(lo, 0x7541), a.z, s);
+    s = fmaf(nib_byte(hi, 0x7541), a.w, s);
+    s = fmaf(nib_byte(lo, 0x7542), b.x, s);
+    s = fmaf(nib_byte(hi, 0x7542), b.y, s);
+    s = fmaf(nib_byte(lo, 0x7543), b.z, s);
+    s = fmaf(nib_byte(hi, 0x7543), b.w, s);
+    return s;
+}
+
+// Writes the R row totals of a warp (every lane holds its partials): y[r] = scale * total (+ bias) (+ y).
+template <int R>
+__device__ __forceinline__ void store_rows(float (&acc)[R], const float* rowScale, float* y, const float* bias, int row0, int rows, int lane, int accumulate) {
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        float t = warp_sum(acc[i]);
+        int r = row0 + i;
+        if (lane == 0 && r < rows) {
+            if (rowScale) t *= rowScale[r];
+            if (bias) t += bias[r];
+            if (accumulate) t += y[r];
+            y[r] = t;
+        }
+    }
+}
+
+// ---- fp8 matvec --------------------------------------------------------------------------------------------------
+// Q [rows, cols] e4m3, S [rows] f32, x [cols] f32, y [rows] f32, bias [rows] f32 or null; R rows per warp, U loads per row in flight.
+template <int R, int U>
+__device__ __forceinline__ void matvec_fp8_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
+                                                int rows, int cols, int accumulate) {
+    int warp = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    int row0 = warp * R;
+    if (row0 >= rows) return;
+    float acc[R];
+    const unsigned char* rp[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) { acc[i] = 0.f; rp[i] = Q + (long long)min(row0 + i, rows - 1) * cols; }  // past the end: reread the last row, result dropped
+    if ((cols & 15) == 0) {
+        int nvec = cols >> 4;
+        int v = lane;
+        for (; v + 32 * (U - 1) < nvec; v += 32 * U) {
+            calm_u4 w[R][U];
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int i = 0; i < R; i++) w[i][u] = ldg_u4_stream((const calm_u4*)rp[i] + v + 32 * u);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const calm_f4* xp = (const calm_f4*)(x + (long long)(v + 32 * u) * 16);
+                calm_f4 xs[4] = { xp[0], xp[1], xp[2], xp[3] };
+#pragma unroll
+                for (int i = 0; i < R; i++) acc[i] += dot16_fp8(w[i][u], xs);
+            }
+        }
+        for (; v < nvec; v += 32) {
+            const calm_f4* xp = (const calm_f4*)(x + (long long)v * 16);
+            calm_f4 xs[4] = { xp[0], xp[1], xp[2], xp[3] };
+#pragma unroll
+            for (int i = 0; i < R; i++) acc[i] += dot16_fp8(ldg_u4_stream((const calm_u4*)rp[i] + v), xs);
+        }
+    } else {
+        for (int c = lane; c < cols; c += 32) {
+            float xv = x[c];
+#pragma unroll
+            for (int i = 0; i < R; i++) acc[i] = fmaf(e4m3_to_f32(rp[i][c]), xv, acc[i]);
+        }
+    }
+    store_rows<R>(acc, S, y, bias, row0, rows, lane, accumulate);
+}
+
+// ---- int4 matvec -------------------------------------------------------------------------------------------------
+// P [rows, G*16] packed nibbles, D [rows, G] f16 (G = ceil(cols/32)), x [cols] f32, y [rows] f32, bias [rows] or null.
+template <int R, int U>
+__device__ __forceinline__ void matvec_int4_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
+                                                 int rows, int cols, int accumulate) {
+    int warp = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    int row0 = warp * R;
+    if (row0 >= rows) return;
+    int G = (cols + 31) >> 5, full = cols >> 5;
+    float acc[R];
+    const calm_u4* rp[R];
+    const u16* dp[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        long long r = min(row0 + i, rows - 1);   // past the end: reread the last row, result dropped
+        acc[i] = 0.f; rp[i] = (const calm_u4*)(P + r * G * 16); dp[i] = D + r * G;
+    }
+    int g = lane;
+    for (; g + 32 * (U - 1) < full; g += 32 * U) {
+        calm_u4 w[R][U];
+        u16 d[R][U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int i = 0; i < R; i++) { w[i][u] = ldg_u4_stream(rp[i] + g + 32 * u); d[i][u] = dp[i][g + 32 * u]; }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const calm_f4* xp = (const calm_f4*)(x + (long long)(g + 32 * u) * 32);
+            float s[R];
+#pragma unroll
+            for (int i = 0; i < R; i++) s[i] = 0.f;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                calm_f4 a = xp[2 * k], b = xp[2 * k + 1];
+#pragma unroll
+                for (int i = 0; i < R; i++) {
+                    const u32 wk = k == 0 ? w[i][u].x : k == 1 ? w[i][u].y : k == 2 ? w[i][u].z : w[i][u].w;
+                    s[i] += dot8_int4(wk, a, b);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < R; i++) acc[i] = fmaf(f16_to_f32(d[i][u]), s[i], acc[i]);
+        }
+    }
+    for (; g < full; g += 32) {
+        const calm_f4* xp = (const calm_f4*)(x + (long long)g * 32);
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            calm_u4 w = ldg_u4_stream(rp[i] + g);
+            float s = dot8_int4(w.x, xp[0], xp[1]) + dot8_int4(w.y, xp[2], xp[3]) + dot8_int4(w.z, xp[4], xp[5]) + dot8_int4(w.w, xp[6], xp[7]);
+            acc[i] = fmaf(f16_to_f32(dp[i][g]), s, acc[i]);
+        }
+    }
+    int rem = cols & 31;
+    if (rem && lane < rem) {   // partial last group: element full*32 + lane, only x below cols is read
+        int c = full * 32 + lane;
+        float xv = x[c];
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            u32 b = ((const unsigned char*)(rp[i] + full))[lane >> 1];
+            float v = (float)(int)(((lane & 1) ? b >> 4 : b) & 15u) - 8.f;
+            acc[i] = fmaf(f16_to_f32(dp[i][full]) * v, xv, acc[i]);
+        }
+    }
+    store_rows<R>(acc, (const float*)0, y, bias, row0, rows, lane, accumulate);
+}
+
+// ---- entry points ------------------------------------------------------------------------------------------------
+// _rR: R rows per warp (each x chunk read from L1 serves R rows; int4 reads 8 bytes of x per weight byte, so R = 1 would
+// need as much L1 bandwidth as the SM has), 8 16-byte weight loads in flight per lane for R >= 2.
+// Launch: 256 threads, ceil(rows / (8 R)) blocks.
+#define MQ_ENTRIES(R, U, SUF)                                                                                                 \
+extern "C" __global__ void matvec_fp8##SUF(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias, \
+                                           int rows, int cols, int accumulate) {                                         \
+    matvec_fp8_impl<R, U>(Q, S, x, y, bias, rows, cols, accumulate);                                                       \
+}                                                                                                                        \
+extern "C" __global__ void matvec_int4##SUF(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias, \
+                                            int rows, int cols, int accumulate) {                                        \
+    matvec_int4_impl<R, U>(P, D, x, y, bias, rows, cols, accumulate);                                                      \
+}                                                                                                                        \
+/* MoE: blockIdx.y = slot s; expert e = expertIdx[s]; values/scales: device tables of E pointers;                     \
+   x [slots, xStride] (xStride 0: one shared input), y [slots, rows]. */                                              \
+extern "C" __global__ void moe_matvec_fp8##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
+                                               const float* x, int xStride, float* y, int rows, int cols) {             \
+    int s = blockIdx.y, e = expertIdx[s];                                                                                \
+    matvec_fp8_impl<R, U>((const unsigned char*)values[e], (const float*)scales[e], x + (long long)s * xStride,            \
+                       y + (long long)s * rows, (const float*)0, rows, cols, 0);                                         \
+}                                                                                                                        \
+extern "C" __global__ void moe_matvec_int4##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
+                                                const float* x, int xStride, float* y, int rows, int cols) {            \
+    int s = blockIdx.y, e = expertIdx[s];                                                                                \
+    matvec_int4_impl<R, U>((const unsigned char*)values[e], (const u16*)scales[e], x + (long long)s * xStride,             \
+                        y + (long long)s * rows, (const float*)0, rows, cols, 0);                                        \
+}
+
+MQ_ENTRIES(1, 4, _r1)
+MQ_ENTRIES(2, 4, _r2)
+MQ_ENTRIES(4, 2, _r4)
+
+// Reports which e4m3 conversion this image was compiled with (1: cvt.rn.f16x2.e4m3x2, 0: bit fallback); out [1] int.
+extern "C" __global__ void matvec_quant_info(int* out) { out[0] = CALM_FP8_CVT; }

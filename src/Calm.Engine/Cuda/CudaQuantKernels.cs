@@ -1,0 +1,234 @@
+using Calm.Engine.Model;
+using Calm.Engine.Quant;
+
+namespace Calm.Engine.Cuda;
+
+/// <summary>
+/// The quantized matvec kernels of kernels/matvec_quant.cu (fp8 e4m3 with per-row fp32 scales, int4 with per-32
+/// fp16 group scales; layouts in <see cref="QuantFormats"/>, exactly what Import-CalmModel -DType fp8|int4 produces on
+/// the host, uploaded byte for byte) with their launchers, and their microbenchmark. Pointers are raw device
+/// addresses (offsets into larger buffers are fine as long as values stay 16-byte aligned).
+/// </summary>
+public sealed class CudaQuantKernels : IDisposable
+{
+    public const string SourceFile = "matvec_quant.cu";
+    public const int Block = 256;                // 8 warps per block
+    /// <summary>Rows at or above which the automatic choice gives each warp two rows (x read once per two rows).</summary>
+    public const int TwoRowsFrom = 4096;
+
+    public CudaContext Context { get; }
+    public int Arch { get; }
+    private readonly CudaModule _module;
+    private readonly Dictionary<string, CudaKernel> _k = new();
+
+    /// <param name="forceFp8Convert">null: the source's own choice (hardware e4m3 conversion on sm_89+ with NVRTC ≥ 11.8);
+    /// true/false: compile with -DCALM_FP8_CVT=1/0, uncached (tests run the bit fallback on a GPU that has the
+    /// instruction, so both paths are checked on one machine).</param>
+    public CudaQuantKernels(CudaContext ctx, int arch, Action<string>? verbose = null, bool? forceFp8Convert = null)
+    {
+        Context = ctx; Arch = arch;
+        byte[] image;
+        if (forceFp8Convert is bool force)
+        {
+            var (opt, _, cubin) = KernelCompiler.TargetFor(arch);
+            var opts = KernelCompiler.Options(opt).Append($"-DCALM_FP8_CVT={(force ? 1 : 0)}").ToArray();
+            image = KernelCompiler.CompileSource(SourceFile, KernelCompiler.Sources[SourceFile], opts, cubin, out _);
+        }
+        else image = KernelCompiler.Get(SourceFile, arch, verbose).Image;
+        _module = new CudaModule(ctx, image, SourceFile);
+        try
+        {
+            foreach (var f in new[] { "fp8", "int4" })
+                foreach (var r in new[] { "_r1", "_r2", "_r4" })
+                {
+                    _k["matvec_" + f + r] = _module.GetKernel("matvec_" + f + r);
+                    _k["moe_matvec_" + f + r] = _module.GetKernel("moe_matvec_" + f + r);
+                }
+            _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
+        }
+        catch
+        {
+            _module.Dispose();
+            throw;
+        }
+    }
+
+    private static string Suffix(DType t) => t switch
+    {
+        DType.F8E4M3 => "fp8",
+        DType.Int4 => "int4",
+        _ => throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
+            $"The quantized CUDA matvec runs fp8 and int4 weights; this tensor is {DTypes.Name(t)}."),
+    };
+
+    /// <summary>Rows per warp: 1, 2 or 4 as asked, 0 = automatic (2 from <see cref="TwoRowsFrom"/> rows, else 1: small
+    /// matrices need every warp they can get). Tune with <see cref="Bench"/>'s rowsPerWarp.</summary>
+    public static int RowsPerWarp(int rows, int requested) => requested switch
+    {
+        0 => rows >= TwoRowsFrom ? 2 : 1,
+        1 or 2 or 4 => requested,
+        _ => throw new ArgumentOutOfRangeException(nameof(requested), "rows per warp is 0 (automatic), 1, 2 or 4"),
+    };
+
+    /// <summary>Device bytes of the values of a [rows, cols] weight: fp8 rows*cols, int4 rows*ceil(cols/32)*16.</summary>
+    public static long ValueBytes(DType t, long rows, long cols) => t switch
+    {
+        DType.F8E4M3 => rows * cols,
+        DType.Int4 => rows * QuantFormats.Int4RowBytes(cols),
+        _ => throw new ArgumentException($"{t} is not quantized", nameof(t)),
+    };
+
+    /// <summary>Device bytes of the scales: fp8 4*rows (fp32), int4 2*rows*ceil(cols/32) (fp16).</summary>
+    public static long ScaleBytes(DType t, long rows, long cols) => t switch
+    {
+        DType.F8E4M3 => rows * 4,
+        DType.Int4 => rows * QuantFormats.Int4Groups(cols) * 2,
+        _ => throw new ArgumentException($"{t} is not quantized", nameof(t)),
+    };
+
+    private static int Blocks(int rows, int r) => (int)Math.Max(1, (rows + (long)r * (Block / 32) - 1) / ((long)r * (Block / 32)));
+
+    /// <summary>
+    /// W [rows, cols] (fp8: values [rows, cols] e4m3 + scales [rows] f32; int4: values [rows, ceil(cols/32)*16] packed +
+    /// scales [rows, ceil(cols/32)] f16), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when
+    /// accumulate). fp8 rows take the 16-byte path when cols % 16 == 0 (values 16-byte aligned); int4 always does.
+    /// </summary>
+    public void Matvec(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, int rowsPerWarp = 0)
+    {
+        int r = RowsPerWarp(rows, rowsPerWarp);
+        _k[$"matvec_{Suffix(wt)}_r{r}"].Launch(s, Blocks(rows, r), Block, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
+    }
+
+    /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = expert idx[s] [rows, cols] . x[s*xStride ..].
+    /// valueTable / scaleTable: device tables of E pointers (values and scales of each expert); idx [slots] int on the device.</summary>
+    public void MoeMatvec(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong y, int rows, int cols, int slots, int rowsPerWarp = 0)
+    {
+        int r = RowsPerWarp(rows, rowsPerWarp);
+        _k[$"moe_matvec_{Suffix(wt)}_r{r}"].Launch(s, (Blocks(rows, r), slots, 1), Block, 0, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
+    }
+
+    /// <summary>Whether this image converts e4m3 with the hardware instruction (cvt.rn.f16x2.e4m3x2: sm_89+ and
+    /// NVRTC ≥ 11.8) rather than the bit fallback; runs a one-thread kernel and waits for it.</summary>
+    public bool UsesHardwareFp8Convert(CudaStream s)
+    {
+        using var m = CudaDeviceMemory.Allocate(Context, 4, "quant info");
+        m.Zero();
+        _k["matvec_quant_info"].Launch(s, 1, 1, 0, m.Ptr);
+        s.Synchronize();
+        return m.ToArray<int>(1)[0] == 1;
+    }
+
+    public void Dispose()
+    {
+        _k.Clear();
+        _module.Dispose();
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Microbenchmark (Measure-CalmKernel -Device Cuda -DType fp8|int4)
+    // ---------------------------------------------------------------------------------------------------------------
+
+    private const int MinCallsPerRep = 8;
+
+    /// <summary>
+    /// y [rows] = W [rows, cols] (fp8 or int4) · x [cols], timed like <see cref="CudaMicrobench.Matvec"/>: random valid
+    /// weights in enough copies to rotate over ≥ 4× the L2, each repetition a captured graph of ≥ 8 calls timed with
+    /// CUDA events, per-call milliseconds. Bytes = values + scales + x + y.
+    /// </summary>
+    public static KernelTiming Bench(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, int rowsPerWarp = 0)
+    {
+        if (rows < 1 || cols < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Rows and columns must be ≥ 1 (got {rows} × {cols}).", "Rows");
+        if (!DTypes.IsQuantized(dtype))
+            throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported, $"The quantized GPU matvec runs fp8 and int4, not {DTypes.Name(dtype)}.", "DType");
+        if (repeat < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Repeat must be ≥ 1 (got {repeat}).", "Repeat");
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable, why, "Cuda");
+        var info = CudaDeviceInfo.List()[device];
+        int r = RowsPerWarp(rows, rowsPerWarp);
+        long vBytes = ValueBytes(dtype, rows, cols), sBytes = ScaleBytes(dtype, rows, cols);
+        long wBytes = vBytes + sBytes;
+        long bytes = wBytes + cols * 4L + rows * 4L;
+        long l2 = Math.Max(info.L2CacheMB, 1) * (1L << 20);
+        int copies = (int)Math.Clamp((4 * l2 + wBytes - 1) / Math.Max(wBytes, 1), 1, 64);
+
+        using var ctx = CudaContext.Acquire(device);
+        using var k = new CudaQuantKernels(ctx, info.Arch);
+        using var s = new CudaStream(ctx);
+        var mem = new List<CudaDeviceMemory>();
+        try
+        {
+            var rng = new Random(rows * 31 + cols);
+            var (vals, scales) = RandomWeights(rng, dtype, rows, cols);
+            var xs = new float[cols];
+            for (int i = 0; i < cols; i++) xs[i] = (float)(rng.NextDouble() * 2 - 1);
+            CudaDeviceMemory Add(long n, string what) { var m = CudaDeviceMemory.Allocate(ctx, n, what); mem.Add(m); return m; }
+            var W = new List<(ulong V, ulong S)>();
+            for (int i = 0; i < copies; i++)
+            {
+                var v = Add(vBytes, "quantized weights"); v.CopyFromHost<byte>(vals);
+                var sc = Add(sBytes, "weight scales"); sc.CopyFromHost<byte>(scales);
+                W.Add((v.Ptr, sc.Ptr));
+            }
+            var X = Add(cols * 4L, "x"); X.CopyFromHost<float>(xs);
+            var Y = Add(rows * 4L, "y");
+            void Call(int i) => k.Matvec(s, dtype, W[i].V, W[i].S, X.Ptr, Y.Ptr, 0, rows, cols, false, r);
+
+            int calls = Math.Max(MinCallsPerRep, copies);
+            for (int i = 0; i < copies; i++) Call(i);   // warm-up
+            s.Synchronize();
+            bool hw = dtype == DType.F8E4M3 && k.UsesHardwareFp8Convert(s);
+            s.BeginCapture();
+            try { for (int i = 0; i < calls; i++) Call(i % copies); }
+            catch { try { s.EndCapture().Dispose(); } catch (CalmException) { } throw; }
+            using var graph = s.EndCapture();
+            graph.Launch(s);
+            s.Synchronize();
+            using var a = new CudaEvent(ctx);
+            using var b = new CudaEvent(ctx);
+            var ms = new double[repeat];
+            for (int rep = 0; rep < repeat; rep++)
+            {
+                ct.ThrowIfCancellationRequested();
+                a.Record(s);
+                graph.Launch(s);
+                b.Record(s);
+                b.Synchronize();
+                ms[rep] = b.ElapsedSince(a) / calls;
+            }
+            string name = $"matvec_{Suffix(dtype)}_r{r}" + (dtype == DType.F8E4M3 ? (hw ? "/cvt" : "/bits") : "");
+            return new KernelTiming(name, ms, bytes);
+        }
+        finally
+        {
+            foreach (var m in mem) m.Dispose();
+        }
+    }
+
+    /// <summary>Random weights in the stored format (host bytes of values and scales): fp8 any non-NaN code with
+    /// scales around 1/448; int4 any nibble (padding nibbles 8) with fp16 scales in [0.005, 0.02).</summary>
+    internal static (byte[] Values, byte[] Scales) RandomWeights(Random rng, DType dtype, int rows, int cols)
+    {
+        var v = new byte[ValueBytes(dtype, rows, cols)];
+        var sc = new byte[ScaleBytes(dtype, rows, cols)];
+        rng.NextBytes(v);
+        if (dtype == DType.F8E4M3)
+        {
+            for (long i = 0; i < v.LongLength; i++) if ((v[i] & 0x7F) == 0x7F) v[i] ^= 1;   // 0x7F/0xFF (NaN) -> 0x7E/0xFE
+            for (int i = 0; i < rows; i++) BitConverter.TryWriteBytes(sc.AsSpan(4 * i), (float)(0.5 + rng.NextDouble()) / QuantFormats.E4M3Max);
+        }
+        else
+        {
+            long groups = QuantFormats.Int4Groups(cols), rowBytes = QuantFormats.Int4RowBytes(cols);
+            if (cols % QuantFormats.Int4GroupSize != 0)
+                for (int r = 0; r < rows; r++)
+                    for (long c = cols; c < groups * QuantFormats.Int4GroupSize; c++)
+                    {
+                        long at = r * rowBytes + c / 2;
+                        v[at] = (byte)((c & 1) == 0 ? (v[at] & 0xF0) | 8 : (v[at] & 0x0F) | 0x80);
+                    }
+            for (long i = 0; i < rows * groups; i++)
+                BitConverter.TryWriteBytes(sc.AsSpan((int)(2 * i)), BitConverter.HalfToUInt16Bits((Half)(0.005 + 0.015 * rng.NextDouble())));
+        }
+        return (v, sc);
+    }
+}

@@ -1,0 +1,321 @@
+using System.Text;
+using Calm.Engine.Cpu;
+using Calm.Engine.Cuda;
+using Calm.Engine.Model;
+using Calm.Engine.Quant;
+using Calm.Engine.Weights;
+
+namespace Calm.Engine.Tests.Cuda;
+
+/// <summary>
+/// The fp8 and int4 matvec kernels (kernels/matvec_quant.cu) against the CPU reference on fresh random weights
+/// quantized by the engine's own <see cref="Quantizer"/>: both sides compute the same dequantized products in fp32, so
+/// only the summation order differs.
+/// </summary>
+[Trait("Category", "GPU")]
+[Collection("GPU")]
+public unsafe class QuantKernelTests
+{
+    private static (CudaContext Ctx, CudaQuantKernels K, CudaStream S) Require(bool? forceFp8Convert = null)
+    {
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) Assert.Skip("No usable CUDA device: " + why);
+        var ctx = CudaContext.Acquire(0);
+        try { return (ctx, new CudaQuantKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, forceFp8Convert), new CudaStream(ctx)); }
+        catch { ctx.Dispose(); throw; }
+    }
+
+    /// <summary>Random fp32 [rows, cols] weights (a few rows scaled far apart), quantized to <paramref name="dt"/>.</summary>
+    private static Tensor RandomQuantized(Random r, NativeWeightStore store, DType dt, int rows, int cols)
+    {
+        nint p = store.Allocate((long)rows * cols * 4);
+        var f = (float*)p;
+        for (int i = 0; i < rows; i++)
+        {
+            float rowScale = (float)Math.Pow(10, r.Next(-3, 3));
+            for (int j = 0; j < cols; j++) f[(long)i * cols + j] = (float)(r.NextDouble() * 2 - 1) * rowScale;
+        }
+        var src = new Tensor("w", DType.F32, new long[] { rows, cols }, p, "test");
+        return Quantizer.Quantize(src, dt, store);
+    }
+
+    private static CudaDeviceMemory UpNative(CudaContext ctx, nint p, long bytes)
+    {
+        var m = CudaDeviceMemory.Allocate(ctx, Math.Max(bytes, 1));
+        m.CopyFromHost(p, bytes);
+        return m;
+    }
+
+    /// <summary>x [cols] f32 on the device followed by NaNs: a kernel that reads x at or past cols poisons y.</summary>
+    private static CudaDeviceMemory UpXWithNaNGuard(CudaContext ctx, float[] x)
+    {
+        var padded = new float[x.Length + 64];
+        x.CopyTo(padded, 0);
+        for (int i = x.Length; i < padded.Length; i++) padded[i] = float.NaN;
+        return Gpu.Up(ctx, padded);
+    }
+
+    [Theory]
+    [InlineData(DType.F8E4M3, 300, 1024, false, false, 1)]
+    [InlineData(DType.F8E4M3, 257, 4096, true, true, 2)]     // one unrolled pass, odd rows
+    [InlineData(DType.F8E4M3, 999, 4112, false, true, 2)]    // tail after the unrolled loop
+    [InlineData(DType.F8E4M3, 1001, 2064, true, false, 1)]
+    [InlineData(DType.F8E4M3, 203, 8208, true, true, 4)]     // 4 rows per warp: 203 = 6*32 + 11, tail
+    [InlineData(DType.Int4, 203, 4160, true, true, 4)]       // 4 rows per warp, 128 + 2 groups
+    [InlineData(DType.F8E4M3, 65, 100, true, true, 2)]       // cols % 16 != 0: byte-wise path
+    [InlineData(DType.F8E4M3, 1, 24, false, false, 1)]
+    [InlineData(DType.Int4, 300, 1024, false, false, 1)]
+    [InlineData(DType.Int4, 257, 4096, true, true, 2)]       // one unrolled pass
+    [InlineData(DType.Int4, 999, 8352, false, true, 1)]      // 8192 + 5 groups: tail loop
+    [InlineData(DType.Int4, 513, 4113, true, false, 2)]      // partial last group (17 of 32), padded rows
+    [InlineData(DType.Int4, 77, 100, true, true, 1)]         // 3 groups + 4
+    [InlineData(DType.Int4, 5, 7, false, false, 2)]          // only a partial group
+    [InlineData(DType.F8E4M3, 777, 4096, true, false, 2, false)]  // the sm_80 bit fallback, compiled for this GPU
+    [InlineData(DType.F8E4M3, 129, 2064, false, true, 1, false)]
+    public void MatvecMatchesCpuReference(DType dt, int rows, int cols, bool bias, bool accumulate, int rowsPerWarp, bool? forceFp8Convert = null)
+    {
+        var (ctx, k, s) = Require(forceFp8Convert);
+        using var _c = ctx; using var _k = k; using var _s = s;
+        using var store = new NativeWeightStore();
+        var r = Gpu.Rng();
+        var w = RandomQuantized(r, store, dt, rows, cols);
+        Assert.Equal(CudaQuantKernels.ValueBytes(dt, rows, cols), w.DataBytes);
+        Assert.Equal(CudaQuantKernels.ScaleBytes(dt, rows, cols), w.ScaleBytes);
+        var x = Gpu.RandF(r, cols);
+        var b = Gpu.RandF(r, rows);
+        var y0 = Gpu.RandF(r, rows);
+        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
+        k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, rows, cols, accumulate, rowsPerWarp);
+        s.Synchronize();
+
+        var want = new float[rows];
+        CpuKernels.MatVec(w, x, want);
+        for (int i = 0; i < rows; i++)
+        {
+            if (bias) want[i] += b[i];
+            if (accumulate) want[i] += y0[i];
+        }
+        Gpu.Close(Y.ToArray<float>(rows), want, 1e-5, $"matvec {DTypes.Name(dt)} {rows}x{cols} r{rowsPerWarp}");
+    }
+
+    /// <summary>Every e4m3 code through the 16-byte path: row c holds code c at column j = c % 32, x[j] = j + 1, scale 1,
+    /// so y[c] = e4m3(c) * (j + 1) exactly (NaN for 0x7F and 0xFF, as the CPU table says); a swapped byte order or a
+    /// wrong decode shows as a mismatch.</summary>
+    [Theory]
+    [InlineData(1, null)]
+    [InlineData(2, null)]
+    [InlineData(4, null)]
+    [InlineData(1, false)]   // the sm_80 bit fallback, compiled for this GPU
+    [InlineData(2, false)]
+    public void EveryFp8CodeDecodesExactly(int rowsPerWarp, bool? forceFp8Convert)
+    {
+        var (ctx, k, s) = Require(forceFp8Convert);
+        if (forceFp8Convert == false) Assert.False(k.UsesHardwareFp8Convert(s));
+        using var _c = ctx; using var _k = k; using var _s = s;
+        const int rows = 256, cols = 32;
+        var q = new byte[rows * cols];
+        for (int c = 0; c < rows; c++) q[c * cols + (c % cols)] = (byte)c;
+        var scales = Enumerable.Repeat(1f, rows).ToArray();
+        using var V = Gpu.Up(ctx, q); using var S = Gpu.Up(ctx, scales);
+        using var X = Gpu.Up(ctx, Enumerable.Range(1, cols).Select(i => (float)i).ToArray()); using var Y = Gpu.Zeros(ctx, rows * 4L);
+        k.Matvec(s, DType.F8E4M3, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, rowsPerWarp);
+        s.Synchronize();
+        var y = Y.ToArray<float>(rows);
+        for (int c = 0; c < rows; c++)
+        {
+            float want = QuantFormats.E4M3Table[c] * (c % cols + 1);
+            if (float.IsNaN(want)) Assert.True(float.IsNaN(y[c]), $"code 0x{c:X2}: want NaN, got {y[c]}");
+            else Assert.True(want == y[c] || (want == 0 && y[c] == 0), $"code 0x{c:X2}: want {want}, got {y[c]}");
+        }
+    }
+
+    /// <summary>Every nibble value at every position of a group: row n*32+p holds nibble n at element p (others 8 =
+    /// zero), x[p] = p + 1, so y = (n - 8) * (p + 1) * d exactly.</summary>
+    [Fact]
+    public void EveryInt4NibbleAtEveryPosition()
+    {
+        var (ctx, k, s) = Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        const int cols = 32, rows = 16 * 32;
+        var p = new byte[rows * 16];
+        Array.Fill(p, (byte)0x88);
+        var d = new ushort[rows];
+        for (int n = 0; n < 16; n++)
+            for (int e = 0; e < 32; e++)
+            {
+                int row = n * 32 + e, at = row * 16 + e / 2;
+                p[at] = (byte)(e % 2 == 0 ? (p[at] & 0xF0) | n : (p[at] & 0x0F) | (n << 4));
+                d[row] = BitConverter.HalfToUInt16Bits((Half)0.25f);
+            }
+        var x = Enumerable.Range(1, cols).Select(i => (float)i).ToArray();
+        using var V = Gpu.Up(ctx, p); using var S = Gpu.Up(ctx, d); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
+        foreach (int rpw in new[] { 1, 2, 4 })
+        {
+            Y.Zero();
+            k.Matvec(s, DType.Int4, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, rpw);
+            s.Synchronize();
+            var y = Y.ToArray<float>(rows);
+            for (int n = 0; n < 16; n++)
+                for (int e = 0; e < 32; e++)
+                    Assert.True((n - 8) * (e + 1) * 0.25f == y[n * 32 + e], $"r{rpw} nibble {n} at {e}: got {y[n * 32 + e]}");
+        }
+    }
+
+    /// <summary>No NaN/inf from valid weights: saturated fp8 rows (±448 codes), all-zero rows (fp8 scale 1, int4 d = 0)
+    /// and large activations; matches the reference.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void ExtremeWeightsStayFinite(DType dt)
+    {
+        var (ctx, k, s) = Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        using var store = new NativeWeightStore();
+        const int rows = 96, cols = 4096 + 64;
+        nint p = store.Allocate((long)rows * cols * 4);
+        var f = (float*)p;
+        var r = Gpu.Rng();
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < cols; j++)
+                f[(long)i * cols + j] = (i % 3) switch
+                {
+                    0 => 0f,                                               // all-zero row
+                    1 => (j % 2 == 0 ? 1f : -1f) * 60000f,                 // every weight at the row's absmax
+                    _ => (float)(r.NextDouble() * 2 - 1) * 1e-3f,
+                };
+        var w = Quantizer.Quantize(new Tensor("w", DType.F32, new long[] { rows, cols }, p, "test"), dt, store);
+        var x = Gpu.RandF(r, cols, 100f);
+        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var X = UpXWithNaNGuard(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
+        k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false);
+        s.Synchronize();
+        var want = new float[rows];
+        CpuKernels.MatVec(w, x, want);
+        var got = Y.ToArray<float>(rows);
+        for (int i = 0; i < rows; i += 3) Assert.Equal(0f, got[i]);
+        Gpu.Close(got, want, 1e-5, $"extreme {DTypes.Name(dt)}");
+    }
+
+    /// <summary>MoE: two slots pick experts 2 and 0 of three; each slot's y equals that expert's CPU matvec.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3, 0)]
+    [InlineData(DType.Int4, 0)]
+    [InlineData(DType.Int4, 2)]
+    [InlineData(DType.F8E4M3, 4)]
+    public void MoeMatvecPicksTheExperts(DType dt, int rowsPerWarp)
+    {
+        var (ctx, k, s) = Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        using var store = new NativeWeightStore();
+        const int rows = 333, cols = 1056, E = 3, slots = 2;
+        var r = Gpu.Rng();
+        var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, rows, cols)).ToArray();
+        var vals = experts.Select(e => UpNative(ctx, e.Data, e.DataBytes)).ToArray();
+        var scs = experts.Select(e => UpNative(ctx, e.Scales, e.ScaleBytes)).ToArray();
+        try
+        {
+            var x = Gpu.RandF(r, slots * cols);
+            using var VT = Gpu.Up(ctx, vals.Select(m => m.Ptr).ToArray());
+            using var ST = Gpu.Up(ctx, scs.Select(m => m.Ptr).ToArray());
+            var idx = new[] { 2, 0 };
+            using var I = Gpu.Up(ctx, idx); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, slots * rows * 4L);
+            k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, rowsPerWarp);
+            s.Synchronize();
+            var got = Y.ToArray<float>(slots * rows);
+            for (int sl = 0; sl < slots; sl++)
+            {
+                var want = new float[rows];
+                CpuKernels.MatVec(experts[idx[sl]], x.AsSpan(sl * cols, cols), want);
+                Gpu.Close(got.AsSpan(sl * rows, rows), want, 1e-5, $"moe {DTypes.Name(dt)} slot {sl}");
+            }
+        }
+        finally
+        {
+            foreach (var m in vals.Concat(scs)) m.Dispose();
+        }
+    }
+
+    /// <summary>On sm_89+ with NVRTC ≥ 11.8 the image uses the hardware e4m3 conversion.</summary>
+    [Fact]
+    public void HardwareFp8ConversionWhereAvailable()
+    {
+        var (ctx, k, s) = Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var (maj, min) = Nvrtc.Version;
+        bool expect = k.Arch >= 89 && (maj > 11 || (maj == 11 && min >= 8)) && KernelCompiler.TargetFor(k.Arch).Target.EndsWith(k.Arch.ToString());
+        Assert.Equal(expect, k.UsesHardwareFp8Convert(s));
+    }
+
+    /// <summary>The benchmark runs and counts values + scales + x + y.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void BenchCountsScales(DType dt)
+    {
+        if (CudaDeviceInfo.Unavailable() is { } why) Assert.Skip("No usable CUDA device: " + why);
+        var t = CudaQuantKernels.Bench(1024, 4096, dt, repeat: 3);
+        long want = CudaQuantKernels.ValueBytes(dt, 1024, 4096) + CudaQuantKernels.ScaleBytes(dt, 1024, 4096) + 4096 * 4 + 1024 * 4;
+        Assert.Equal(want, t.Bytes);
+        Assert.Equal(3, t.Ms.Length);
+        Assert.All(t.Ms, ms => Assert.True(ms > 0 && double.IsFinite(ms)));
+    }
+}
+
+/// <summary>
+/// Not a correctness test: times the Llama-3-8B matvec shapes for every rows-per-warp variant and writes the table to
+/// $OUT/quant-matvec-variants.txt (when OUT is set) and the test's diagnostics, so the automatic choice
+/// (<see cref="CudaQuantKernels.RowsPerWarp"/>) can be tuned from one GpuTest run. Asserts only that each timing is sane.
+/// </summary>
+[Trait("Category", "GPU")]
+[Collection("GPU")]
+public class QuantKernelVariantReport
+{
+    [Fact]
+    public void TimeRowsPerWarpVariants()
+    {
+        if (CudaDeviceInfo.Unavailable() is { } why) Assert.Skip("No usable CUDA device: " + why);
+        var sb = new StringBuilder();
+        var info = CudaDeviceInfo.List()[0];
+        sb.AppendLine($"# quantized matvec variants on {info.Name} (sm_{info.Arch}), NVRTC {Nvrtc.Version.Major}.{Nvrtc.Version.Minor}; GB/s = (values + scales + x + y) / median");
+        foreach (var dt in new[] { DType.F8E4M3, DType.Int4 })
+            foreach (var (rows, cols) in new[] { (4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (28672, 4096) })
+                foreach (int rpw in new[] { 1, 2, 4 })
+                {
+                    var t = CudaQuantKernels.Bench(rows, cols, dt, repeat: 15, rowsPerWarp: rpw);
+                    Assert.True(t.MedianMs > 0 && double.IsFinite(t.MedianMs));
+                    sb.AppendLine($"{t.Kernel,-22} {rows,6}x{cols,-6} median {t.MedianMs * 1e3,9:F2} us  min {t.MinMs * 1e3,9:F2} us  {t.MedianGBps,8:F0} GB/s");
+                }
+        var text = sb.ToString();
+        TestContext.Current.SendDiagnosticMessage(text);
+        var outDir = Environment.GetEnvironmentVariable("OUT");
+        if (!string.IsNullOrEmpty(outDir) && Directory.Exists(outDir))
+            File.WriteAllText(Path.Combine(outDir, "quant-matvec-variants.txt"), text);
+    }
+}
+
+/// <summary>No GPU needed: which e4m3 conversion the quantized matvec compiles to, per target, with this NVRTC.</summary>
+public class QuantKernelCompileTests
+{
+    [Theory]
+    [InlineData(80, false, null)]
+    [InlineData(90, true, null)]
+    [InlineData(90, false, "-DCALM_FP8_CVT=0")]   // the forced fallback (what the GPU tests run on sm_90 too)
+    public void Fp8ConversionPathFollowsArchAndNvrtc(int arch, bool hardwareWhereSupported, string? define)
+    {
+        if (Nvrtc.TryLoad() is { } why)
+        {
+            Assert.False(Environment.GetEnvironmentVariable("CALM_REQUIRE_NVRTC") == "1", "NVRTC is required here: " + why);
+            Assert.Skip("NVRTC not found: " + why);
+        }
+        var src = KernelCompiler.Sources[CudaQuantKernels.SourceFile];
+        var ptx = Encoding.UTF8.GetString(KernelCompiler.CompileSource(CudaQuantKernels.SourceFile, src,
+            KernelCompiler.Options($"--gpu-architecture=compute_{arch}").Concat(define is null ? [] : [define]).ToArray(), false, out _));
+        var (maj, min) = Nvrtc.Version;
+        bool nvrtcHas = maj > 11 || (maj == 11 && min >= 8);
+        bool hw = ptx.Contains("cvt.rn.f16x2.e4m3x2");
+        Assert.Equal(hardwareWhereSupported && nvrtcHas, hw);
+        Assert.Equal(!hw, ptx.Contains("mul.rn.f16x2"));   // the bit fallback's exact * 256
+        Assert.Contains(".entry matvec_int4_r2", ptx);
+    }
+}
