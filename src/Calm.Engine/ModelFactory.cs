@@ -156,19 +156,16 @@ public static class ModelFactory
     }
 
     /// <summary>
-    /// Quantized weights run on the CPU backend in this build: -Device Cuda is refused before anything is loaded,
-    /// Auto becomes Cpu (with a warning when a GPU is there).
+    /// Quantized weights run on both backends (the CPU kernels and CudaQuantKernels). -Device Cuda without a usable GPU
+    /// is refused here, before the checkpoint is loaded and quantized, rather than after.
     /// </summary>
     private static ImportOptions CheckQuantizedDevice(DType? dtype, ImportOptions options)
     {
-        if (dtype is not DType d || !DTypes.IsQuantized(d)) return options;
-        if (options.Device == DeviceChoice.Cuda)
-            throw new CalmException(ErrorIds.QuantizationNotSupported, CalmErrorKind.NotSupported,
-                $"{DTypes.Name(d)} weights run on the CPU backend in this build; the CUDA kernels are pending. Use -Device Cpu, or import without -DType {DTypes.Name(d)} for the GPU.",
-                "Device");
-        if (options.Device == DeviceChoice.Auto && Cuda.CudaDeviceInfo.Unavailable() is null)
-            options.Warning?.Invoke($"Running on the CPU: {DTypes.Name(d)} weights have no CUDA kernels in this build yet.");
-        return options with { Device = DeviceChoice.Cpu };
+        if (dtype is not DType d || !DTypes.IsQuantized(d) || options.Device != DeviceChoice.Cuda) return options;
+        if (Cuda.CudaDeviceInfo.Unavailable() is { } why)
+            throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable,
+                $"-Device Cuda is not available: {why} Use -Device Cpu (or Auto) for {DTypes.Name(d)} weights.", "Cuda");
+        return options;
     }
 
     internal static IForwardBackend CreateBackend(ModelConfig config, ModelWeights weights, ImportOptions options, IProgress<LoadProgress>? progress, CancellationToken ct,

@@ -176,12 +176,15 @@ public sealed unsafe partial class CudaBackend
     internal Dictionary<string, long> StageBytes(int position)
     {
         var c = Config;
-        long ws = DTypes.SizeOf(_wt), D = c.HiddenSize, Fi = c.IntermediateSize;
-        long proj = c.NumLayers * ((c.QDim + 2L * c.KvDim) * D + D * (long)c.QDim) * ws;
+        // bytes per weight (int4: values + one fp16 scale per 32; fp8: the 4-byte row scales are < 0.1%, left out)
+        static double Bpw(DType t) => t == DType.Int4 ? 0.5 + 2.0 / Quant.QuantFormats.Int4GroupSize : DTypes.SizeOf(t);
+        double ws = Bpw(_wt);
+        long D = c.HiddenSize, Fi = c.IntermediateSize;
+        long proj = (long)(c.NumLayers * ((c.QDim + 2L * c.KvDim) * D + D * (long)c.QDim) * ws);
         long ffn = c.IsMoE
-            ? c.NumLayers * ((long)c.NumExperts * D + c.NumExpertsPerToken * 3L * Fi * D) * ws
-            : c.NumLayers * 3L * Fi * D * ws;
-        long cls = (long)c.VocabSize * D * DTypes.SizeOf(_lmDt);
+            ? (long)(c.NumLayers * ((long)c.NumExperts * D * Bpw(_routerDt) + c.NumExpertsPerToken * 3L * Fi * D * ws))
+            : (long)(c.NumLayers * 3L * Fi * D * ws);
+        long cls = (long)((long)c.VocabSize * D * Bpw(_lmDt));
         int window = c.SlidingWindow ?? 0;
         long seen = window > 0 ? Math.Min(position + 1, window) : position + 1;
         long att = c.NumLayers * 2L * c.NumKvHeads * c.HeadDim * 2 * seen;

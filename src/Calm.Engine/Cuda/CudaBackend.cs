@@ -18,7 +18,8 @@ public interface IDeviceSampling
 }
 
 /// <summary>
-/// The GPU forward pass: weights uploaded once (bf16/f16 matrices; norms and biases as f32), fp16 KV cache
+/// The GPU forward pass: weights uploaded once (bf16/f16/f32 matrices, or fp8/int4 projections and classifier as two
+/// buffers each, values and scales, run by <see cref="CudaQuantKernels"/>; norms and biases as f32), fp16 KV cache
 /// [layers, K, maxCtx, Hd], fp32 activations. One decode step (embedding ... lm_head and argmax) is a CUDA graph
 /// captured at construction; the kernels read the token and position from a device StepParams, so every step
 /// (prefill tokens too) is one graph launch preceded by an 8-byte copy.
@@ -40,6 +41,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
 
     private readonly CudaContext _ctx;
     private CudaKernels? _k;
+    private CudaQuantKernels? _qk;       // fp8/int4 matvecs; only when some weight matrix is quantized
     private CudaStream? _stream;
     private CudaGraph? _graph;
     private CudaPinnedMemory? _pinned;   // [ParamRing] StepParams | result[2] | topk ids[64] | topk vals[64]
@@ -61,6 +63,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private DevLayer[] _layers = Array.Empty<DevLayer>();
     private ulong _emb, _lm, _finalNorm;         // [V, D], [V, D], [D]
     private DType _wt, _embDt, _lmDt;
+    private DType _routerDt;                     // the MoE router keeps its source dtype when the experts are quantized
+    /// <summary>Quantized matrices: device values pointer (or expert pointer table) -> its scales (or scales pointer table).</summary>
+    private readonly Dictionary<ulong, ulong> _scaleOf = new();
     private ulong _kCache, _vCache;              // [L, K, maxCtx, Hd] fp16
     private ulong _cos, _sin;                    // [maxCtx, rot/2] f32
     /// <summary>Whether the decode kernels run with programmatic dependent launch (see <see cref="CudaKernels.Programmatic"/>).</summary>
@@ -108,6 +113,11 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             CheckPlan(weights);
             var sw = Stopwatch.StartNew();
             _k = new CudaKernels(_ctx, Device.Arch, verbose);
+            if (DTypes.IsQuantized(_wt) || DTypes.IsQuantized(weights.LmHead.DType))
+            {
+                _qk = new CudaQuantKernels(_ctx, Device.Arch, verbose);
+                FuseNorm = false;   // the quantized matvec has no fused-norm variant
+            }
             verbose?.Invoke($"CUDA kernels ready for sm_{Device.Arch} in {sw.ElapsedMilliseconds} ms");
             _stream = new CudaStream(_ctx);
             _pinned = new CudaPinnedMemory(_ctx, ParamRing * 8 + 8 + CudaKernels.MaxTopK * 8);
@@ -130,15 +140,31 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
 
     private void CheckPlan(ModelWeights w)
     {
-        foreach (var t in w.AllTensors())
-            if (t.Rank == 2 && t.DType is not (DType.BF16 or DType.F16 or DType.F32))
-                throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
-                    $"The CUDA backend runs bf16, f16 and f32 weight matrices; {t.Name} is {DTypes.Name(t.DType)}. Convert the model or use -Device Cpu.", t.Name);
+        // fp8/int4 (QuantFormats) may be the layer projections, the experts and an untied classifier; the embedding
+        // (row gather), norms, biases and the MoE router stay bf16/f16/f32 (the router with its own dtype).
+        var quantizable = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
         foreach (var l in w.Layers)
-            foreach (var t in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.WGate, l.WUp, l.WDown, l.Router })
-                if (t is not null && t.DType != _wt)
+            foreach (var t in LayerMatrices(l)) quantizable.Add(t);
+        if (!ReferenceEquals(w.LmHead, w.Embedding)) quantizable.Add(w.LmHead);
+        foreach (var t in w.AllTensors())
+        {
+            if (t.Rank == 2 && t.DType is not (DType.BF16 or DType.F16 or DType.F32) && !(DTypes.IsQuantized(t.DType) && quantizable.Contains(t)))
+                throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
+                    $"The CUDA backend runs bf16, f16 and f32 weight matrices (and fp8/int4 projections and classifiers); {t.Name} is {DTypes.Name(t.DType)}. Convert the model or use -Device Cpu.", t.Name);
+            if (DTypes.IsQuantized(t.DType) && (t.IsDeviceOnly || (t.DType == DType.Int4 && t.Scales == 0)))
+                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
+                    $"{t.Name} is {DTypes.Name(t.DType)} without host {(t.IsDeviceOnly ? "values" : "scales")}; quantized weights are uploaded from the host (import with -DType).", t.Name);
+        }
+        foreach (var l in w.Layers)
+            foreach (var t in LayerMatrices(l))
+                if (t.DType != _wt)
                     throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
                         $"The CUDA backend needs one dtype for all layer matrices; {t.Name} is {DTypes.Name(t.DType)} but {w.Layers[0].Wq.Name} is {DTypes.Name(_wt)}. Use -Device Cpu.", t.Name);
+        _routerDt = w.Layers[0].Router?.DType ?? _wt;
+        foreach (var l in w.Layers)
+            if (l.Router is { } r && r.DType != _routerDt)
+                throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
+                    $"The CUDA backend needs one dtype for all MoE routers; {r.Name} is {DTypes.Name(r.DType)} but {w.Layers[0].Router!.Name} is {DTypes.Name(_routerDt)}. Use -Device Cpu.", r.Name);
         if (_synthSeed is null)
             foreach (var t in w.AllTensors())
                 if (t.Data == 0)
@@ -152,6 +178,14 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             throw new CalmException(ErrorIds.OutOfMemory, CalmErrorKind.ResourceUnavailable,
                 $"The model needs {needed:N0} bytes ({needed / 1e9:F2} GB: weights {w.TotalBytes / 1e9:F2} GB, KV cache {KvBytes / 1e9:F2} GB for {MaxContext} positions) " +
                 $"but {DeviceName} has {free:N0} bytes ({free / 1e9:F2} GB) free. Remove other models, lower -ContextLength, or use a smaller model.", DeviceName);
+    }
+
+    /// <summary>The matrices of a layer that share the layer dtype <see cref="_wt"/> (all but the router).</summary>
+    private static IEnumerable<Tensor> LayerMatrices(LayerWeights l)
+    {
+        foreach (var t in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.WGate, l.WUp, l.WDown }) if (t is not null) yield return t;
+        foreach (var e in new[] { l.ExpertGate, l.ExpertUp, l.ExpertDown })
+            foreach (var t in e ?? Array.Empty<Tensor>()) yield return t;
     }
 
     private CudaDeviceMemory Alloc(long bytes, string what)
@@ -207,6 +241,11 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
                 }
                 d.ExpertGu = UploadPointers($"layers.{i}.experts.w1w3", gu);
                 d.ExpertDown = UploadPointers($"layers.{i}.experts.w2", down);
+                if (DTypes.IsQuantized(_wt))
+                {
+                    _scaleOf[d.ExpertGu] = UploadPointers($"layers.{i}.experts.w1w3.scales", gu.Select(p => _scaleOf[p]).ToArray());
+                    _scaleOf[d.ExpertDown] = UploadPointers($"layers.{i}.experts.w2.scales", down.Select(p => _scaleOf[p]).ToArray());
+                }
             }
             else
             {
@@ -236,6 +275,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
                     $"{p.Name} ({p}) cannot be fused with {parts[0]} for {what}: dtype and columns must match.", p.Name);
             bytes += p.ByteLength;
         }
+        if (DTypes.IsQuantized(dt)) return UploadQuantized(what, parts);
         var m = Alloc(bytes, what);
         long off = 0;
         const long Chunk = 64L << 20;
@@ -267,6 +307,57 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         }
         return m.Ptr;
     }
+
+    /// <summary>
+    /// A quantized matrix (fp8/int4, <see cref="Quant.QuantFormats"/>) as two device buffers: values [sum rows, row bytes]
+    /// (the parts' values concatenated by rows; every part has the same columns, so every row keeps its 16-byte
+    /// alignment) and scales (the parts' scales concatenated the same way: fp8 fp32 [sum rows], int4 fp16 [sum rows,
+    /// ceil(cols/32)]). An fp8 part without scales (a checkpoint read with scale 1) gets scales of 1. Returns the values
+    /// pointer; <see cref="_scaleOf"/> maps it to the scales.
+    /// </summary>
+    private ulong UploadQuantized(string what, Tensor[] parts)
+    {
+        var dt = parts[0].DType;
+        long cols = parts[0].Cols, vBytes = 0, sBytes = 0;
+        foreach (var p in parts)
+        {
+            vBytes += p.DataBytes;
+            sBytes += CudaQuantKernels.ScaleBytes(dt, p.TotalRows, cols);
+        }
+        var v = Alloc(vBytes, what);
+        var sc = Alloc(Math.Max(sBytes, 4), what + " scales");
+        long vo = 0, so = 0;
+        const long Chunk = 64L << 20;
+        foreach (var p in parts)
+        {
+            long pv = p.DataBytes, ps = CudaQuantKernels.ScaleBytes(dt, p.TotalRows, cols);
+            _named[p.Name] = (v.Ptr + (ulong)vo, pv, false);
+            _named[p.Name + ScalesSuffix] = (sc.Ptr + (ulong)so, ps, false);
+            for (long done = 0; done < pv; done += Chunk)
+            {
+                _ct.ThrowIfCancellationRequested();
+                long n = Math.Min(Chunk, pv - done);
+                v.CopyFromHost(p.Data + (nint)done, n, vo + done);
+                _uploadDone += n;
+                _progress?.Report(new LoadProgress($"Uploading weights to {DeviceName}",
+                    $"{p.Name}: {_uploadDone / 1e9:F2} of {_uploadTotal / 1e9:F2} GB", _uploadTotal == 0 ? 1 : (double)_uploadDone / _uploadTotal));
+            }
+            if (p.Scales != 0) sc.CopyFromHost(p.Scales, ps, so);
+            else
+            {
+                var ones = new float[p.TotalRows];   // fp8 without scales (CheckPlan refuses int4 without them)
+                Array.Fill(ones, 1f);
+                sc.CopyFromHost<float>(ones, so);
+            }
+            _uploadDone += p.ScaleBytes;
+            vo += pv; so += ps;
+        }
+        _scaleOf[v.Ptr] = sc.Ptr;
+        return v.Ptr;
+    }
+
+    /// <summary>Suffix of the <see cref="ReadDeviceTensor"/> name of a quantized matrix's scales.</summary>
+    public const string ScalesSuffix = ":scales";
 
     private ulong UploadVector(string what, int n, Tensor t) => UploadVector(what, n, (t, n));
 
@@ -397,29 +488,29 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             else
             {
                 if (W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
-                if (W(Stages.AttentionProjections)) k.Matvec(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
+                if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
             }
             if (W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                            KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step);
             if (W(Stages.Attention)) k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
                         c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs);
-            if (W(Stages.AttentionProjections)) k.Matvec(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true);
+            if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true);
             if (!FuseNorm || c.IsMoE) { if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne); }
             if (!c.IsMoE)
             {
                 if (FuseNorm) { if (W(Stages.Ffn)) k.MatvecNorm(s, _wt, L.Wgu, _x, _gu, L.Bgu, 2 * Fi, D, false, L.FfnNorm, eps, c.NormAddOne); }
-                else if (W(Stages.Ffn)) k.Matvec(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false);
+                else if (W(Stages.Ffn)) Mv(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false);
                 if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct);
-                if (W(Stages.Ffn)) k.Matvec(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true);
+                if (W(Stages.Ffn)) Mv(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true);
             }
             else
             {
                 int E = c.NumExperts, top = c.NumExpertsPerToken;
-                if (W(Stages.Ffn)) k.Matvec(s, _wt, L.Router, _xn, _rl, 0, E, D, false);
+                if (W(Stages.Ffn)) k.Matvec(s, _routerDt, L.Router, _xn, _rl, 0, E, D, false);
                 if (W(Stages.Ffn)) k.MoeRoute(s, _rl, E, top, _idx, _wts);
-                if (W(Stages.Ffn)) k.MoeMatvec(s, _wt, L.ExpertGu, _idx, _xn, 0, _gu, 2 * Fi, D, top);
+                if (W(Stages.Ffn)) MoeMv(s, L.ExpertGu, _xn, 0, _gu, 2 * Fi, D, top);
                 if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, top, c.HiddenAct);
-                if (W(Stages.Ffn)) k.MoeMatvec(s, _wt, L.ExpertDown, _idx, _h, Fi, _eo, D, Fi, top);
+                if (W(Stages.Ffn)) MoeMv(s, L.ExpertDown, _h, Fi, _eo, D, Fi, top);
                 if (W(Stages.Other)) k.MoeCombine(s, _x, _eo, _wts, top, D);
             }
         }
@@ -427,10 +518,29 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         else
         {
             if (W(Stages.Other)) k.RmsNorm(s, _x, _finalNorm, _xn, D, eps, c.NormAddOne);
-            if (W(Stages.Classifier)) k.Matvec(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
+            if (W(Stages.Classifier)) Mv(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
         }
         if (W(Stages.Other)) k.Argmax(s, _logits, c.VocabSize, _pv, _pi, _result);
     }
+
+    /// <summary>y [rows] = W [rows, cols] (dtype wt; fp8/int4 with the scales <see cref="_scaleOf"/> holds for W) · x [cols]
+    /// (+ bias) (+ y when accumulate): the one per-matrix dispatch of the decode step.</summary>
+    private void Mv(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
+    {
+        if (DTypes.IsQuantized(wt)) _qk!.Matvec(s, wt, W, _scaleOf[W], x, y, bias, rows, cols, accumulate);
+        else _k!.Matvec(s, wt, W, x, y, bias, rows, cols, accumulate);
+    }
+
+    /// <summary>MoE experts (table of E pointers, layer dtype) for the routed slots in <see cref="_idx"/>.</summary>
+    private void MoeMv(CudaStream s, ulong table, ulong x, int xStride, ulong y, int rows, int cols, int slots)
+    {
+        if (DTypes.IsQuantized(_wt)) _qk!.MoeMatvec(s, _wt, table, _scaleOf[table], _idx, x, xStride, y, rows, cols, slots);
+        else _k!.MoeMatvec(s, _wt, table, _idx, x, xStride, y, rows, cols, slots);
+    }
+
+    /// <summary>Whether some weight matrix is fp8/int4 (run by <see cref="CudaQuantKernels"/>; a batched prefill path
+    /// must fall back to the per-token graph for these until it has quantized GEMMs).</summary>
+    public bool HasQuantizedWeights => _qk is not null;
 
     private void Capture()
     {
@@ -569,6 +679,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         DisposeBench();
         _stream?.Dispose();
         _k?.Dispose();
+        _qk?.Dispose();
         _pinned?.Dispose();
         foreach (var m in _owned) m.Dispose();
         _owned.Clear();

@@ -13,8 +13,9 @@ public sealed class CudaQuantKernels : IDisposable
 {
     public const string SourceFile = "matvec_quant.cu";
     public const int Block = 256;                // 8 warps per block
-    /// <summary>Rows at or above which the automatic choice gives each warp two rows (x read once per two rows).</summary>
-    public const int TwoRowsFrom = 4096;
+    /// <summary>fp8 rows at or above which the automatic choice gives each warp four rows instead of two (measured on the
+    /// H200, bench/logs/quant-matvec-variants-2026-11-26-H200.txt: r4 best for 14336 and 28672 rows, r2 for 4096).</summary>
+    public const int Fp8FourRowsFrom = 8192;
 
     public CudaContext Context { get; }
     public int Arch { get; }
@@ -61,11 +62,13 @@ public sealed class CudaQuantKernels : IDisposable
             $"The quantized CUDA matvec runs fp8 and int4 weights; this tensor is {DTypes.Name(t)}."),
     };
 
-    /// <summary>Rows per warp: 1, 2 or 4 as asked, 0 = automatic (2 from <see cref="TwoRowsFrom"/> rows, else 1: small
-    /// matrices need every warp they can get). Tune with <see cref="Bench"/>'s rowsPerWarp.</summary>
-    public static int RowsPerWarp(int rows, int requested) => requested switch
+    /// <summary>Rows per warp: 1, 2 or 4 as asked, 0 = automatic from the H200 measurements
+    /// (bench/logs/quant-matvec-variants-2026-11-26-H200.txt): fp8 4 from <see cref="Fp8FourRowsFrom"/> rows, else 2;
+    /// int4 always 4 (each x chunk read from L1 serves four rows; int4 reads 8 bytes of x per weight byte).
+    /// Tune with <see cref="Bench"/>'s rowsPerWarp.</summary>
+    public static int RowsPerWarp(DType t, int rows, int requested) => requested switch
     {
-        0 => rows >= TwoRowsFrom ? 2 : 1,
+        0 => t == DType.Int4 ? 4 : rows >= Fp8FourRowsFrom ? 4 : 2,
         1 or 2 or 4 => requested,
         _ => throw new ArgumentOutOfRangeException(nameof(requested), "rows per warp is 0 (automatic), 1, 2 or 4"),
     };
@@ -95,7 +98,7 @@ public sealed class CudaQuantKernels : IDisposable
     /// </summary>
     public void Matvec(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, int rowsPerWarp = 0)
     {
-        int r = RowsPerWarp(rows, rowsPerWarp);
+        int r = RowsPerWarp(wt, rows, rowsPerWarp);
         _k[$"matvec_{Suffix(wt)}_r{r}"].Launch(s, Blocks(rows, r), Block, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
     }
 
@@ -103,7 +106,7 @@ public sealed class CudaQuantKernels : IDisposable
     /// valueTable / scaleTable: device tables of E pointers (values and scales of each expert); idx [slots] int on the device.</summary>
     public void MoeMatvec(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong y, int rows, int cols, int slots, int rowsPerWarp = 0)
     {
-        int r = RowsPerWarp(rows, rowsPerWarp);
+        int r = RowsPerWarp(wt, rows, rowsPerWarp);
         _k[$"moe_matvec_{Suffix(wt)}_r{r}"].Launch(s, (Blocks(rows, r), slots, 1), Block, 0, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
     }
 
@@ -144,7 +147,7 @@ public sealed class CudaQuantKernels : IDisposable
         var why = CudaDeviceInfo.Unavailable();
         if (why is not null) throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable, why, "Cuda");
         var info = CudaDeviceInfo.List()[device];
-        int r = RowsPerWarp(rows, rowsPerWarp);
+        int r = RowsPerWarp(dtype, rows, rowsPerWarp);
         long vBytes = ValueBytes(dtype, rows, cols), sBytes = ScaleBytes(dtype, rows, cols);
         long wBytes = vBytes + sBytes;
         long bytes = wBytes + cols * 4L + rows * 4L;

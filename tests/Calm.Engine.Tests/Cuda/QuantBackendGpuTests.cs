@@ -1,0 +1,218 @@
+using Calm.Engine.Cpu;
+using Calm.Engine.Cuda;
+using Calm.Engine.Generation;
+using Calm.Engine.Model;
+using Calm.Engine.Quant;
+using Calm.Engine.Session;
+using Calm.Engine.Synthetic;
+using Calm.Engine.Tests.Fixtures;
+using Calm.Engine.Tests.Generation;
+using Calm.Engine.Weights;
+
+namespace Calm.Engine.Tests.Cuda;
+
+/// <summary>
+/// fp8/int4 weights on the GPU (CudaBackend + CudaQuantKernels) against the CPU backend on the very same quantized
+/// weights: tiny-wp imported with -DType on both devices, every transformers fixture architecture (MoE experts with a
+/// bf16 router, biases, tied classifiers), a synthetic Llama-3.2-1B shape, the upload layout byte for byte, and greedy
+/// generation. The only differences left between the two are the GPU's fp16 KV cache and summation order.
+/// </summary>
+[Trait("Category", "GPU")]
+[Collection("GPU")]
+public class QuantBackendGpuTests
+{
+    /// <summary>Relative L2 of GPU vs CPU logits per position on the same quantized weights (the task's bound).</summary>
+    public const double SameWeightsTolerance = 1e-3;
+
+    private static void RequireGpu()
+    {
+        if (CudaDeviceInfo.Unavailable() is { } why) Assert.Skip("No usable CUDA device: " + why);
+    }
+
+    private static void Log(string s) => TestContext.Current.SendDiagnosticMessage(s);
+
+    /// <summary>Prefill of <paramref name="prompt"/> (all logits) then <paramref name="decode"/> single-token steps that follow
+    /// the CPU's greedy choice, on both backends; asserts relative L2 ≤ bound at every position, returns the worst.</summary>
+    private static double CompareForward(IForwardBackend cpu, IForwardBackend gpu, int vocab, int[] prompt, int decode, double bound, string what)
+    {
+        int n = prompt.Length;
+        var a = new float[n * vocab];
+        var g = new float[n * vocab];
+        Array.Fill(g, float.NaN);
+        cpu.Forward(prompt, 0, a, allLogits: true);
+        gpu.Forward(prompt, 0, g, allLogits: true);
+        double worst = 0;
+        for (int p = 0; p < n; p++)
+        {
+            var gp = g.AsSpan(p * vocab, vocab);
+            foreach (var v in gp) Assert.True(float.IsFinite(v), $"{what}: non-finite GPU logit at prefill position {p}");
+            double e = Gpu.RelL2(gp, a.AsSpan(p * vocab, vocab));
+            worst = Math.Max(worst, e);
+            Assert.True(e <= bound, $"{what}: prefill position {p}: GPU vs CPU relative L2 {e:E2} > {bound:E0}");
+        }
+        var lc = a.AsSpan((n - 1) * vocab, vocab).ToArray();
+        var lg = new float[vocab];
+        for (int i = 0; i < decode; i++)
+        {
+            int tok = Array.IndexOf(lc, lc.Max());
+            Array.Fill(lg, float.NaN);
+            cpu.Forward(new[] { tok }, n + i, lc, false);
+            gpu.Forward(new[] { tok }, n + i, lg, false);
+            double e = Gpu.RelL2(lg, lc);
+            worst = Math.Max(worst, e);
+            Assert.True(e <= bound, $"{what}: decode step {i} (position {n + i}): GPU vs CPU relative L2 {e:E2} > {bound:E0}");
+        }
+        return worst;
+    }
+
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void TinyWpImportedQuantizedOnGpuMatchesCpu(DType dt)
+    {
+        RequireGpu();
+        using var cpu = ModelFactory.Import(TinyWp.Folder, new ImportOptions { Device = DeviceChoice.Cpu, WeightDType = dt, ContextLength = 128 });
+        using var gpu = ModelFactory.Import(TinyWp.Folder, new ImportOptions { Device = DeviceChoice.Cuda, WeightDType = dt, ContextLength = 128 });
+        Assert.Equal("Cuda", gpu.DeviceKind);
+        Assert.Equal(dt, gpu.Config.DType);
+        Assert.True(gpu.Backend is CudaBackend { HasQuantizedWeights: true });
+        Assert.Equal(dt, gpu.Weights.Layers[0].Wq.DType);
+        Assert.Equal(dt, gpu.Weights.LmHead.DType);
+        Assert.Equal(cpu.WeightBytes, gpu.WeightBytes);
+        int seed = Gpu.Rng().Next();
+        var r = new Random(seed);
+        var prompt = Enumerable.Range(0, 24).Select(_ => r.Next(cpu.Config.VocabSize)).ToArray();
+        double worst = CompareForward(cpu.Backend, gpu.Backend, cpu.Config.VocabSize, prompt, 16, SameWeightsTolerance, $"tiny-wp {DTypes.Name(dt)}");
+        Log($"tiny-wp {DTypes.Name(dt)} (seed {seed}): worst GPU vs CPU relative L2 over 24 prefill + 16 decode positions {worst:E2}");
+    }
+
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void TinyWpQuantizedGreedyGenerationOnGpu(DType dt)
+    {
+        RequireGpu();
+        using var gpu = ModelFactory.Import(TinyWp.Folder, new ImportOptions { Device = DeviceChoice.Cuda, WeightDType = dt, ContextLength = 128 });
+        var golden = TinyWp.Training().GetProperty("greedy");
+        var want = golden.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        var res = Generator.Generate(gpu, golden.GetProperty("prompt").GetString()!, new GenerateOptions { MaxTokens = 12 });
+        Assert.Equal(12, res.Ids.Length);
+        // as on the CPU (Quant/ModelQuantTests): the first tokens of the bf16 golden continuation survive quantization
+        Assert.Equal(want[..3], res.Ids[..3]);
+        Assert.False(string.IsNullOrWhiteSpace(res.Text));
+        // the device argmax is the argmax of the device logits
+        var b = (CudaBackend)gpu.Backend;
+        var ids = res.PromptIds;
+        int greedy = b.ForwardGreedy(ids, 0);
+        var logits = new float[gpu.Config.VocabSize];
+        b.Forward(ids, 0, logits, false);
+        Assert.Equal(Array.IndexOf(logits, logits.Max()), greedy);
+        Log($"tiny-wp {DTypes.Name(dt)} on the GPU: {res.Text}");
+    }
+
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void UploadedQuantizedWeightsEqualTheHostBytes(DType dt)
+    {
+        RequireGpu();
+        using var gpu = ModelFactory.Import(Path.Combine(TransformersFixtureTests.FixturesDir, "mixtral"),
+            new ImportOptions { Device = DeviceChoice.Cuda, WeightDType = dt, ContextLength = 32 });
+        var b = (CudaBackend)gpu.Backend;
+        int quantized = 0;
+        foreach (var t in gpu.Weights.AllTensors().Where(t => DTypes.IsQuantized(t.DType)))
+        {
+            var values = b.ReadDeviceTensor(t.Name, out _);
+            var scales = b.ReadDeviceTensor(t.Name + CudaBackend.ScalesSuffix, out _);
+            Assert.True(values is not null && scales is not null, $"{t.Name}: not on the device");
+            unsafe
+            {
+                Assert.True(new ReadOnlySpan<byte>((void*)t.Data, checked((int)t.DataBytes)).SequenceEqual(values), $"{t.Name}: device values differ from the host's");
+                Assert.True(new ReadOnlySpan<byte>((void*)t.Scales, checked((int)t.ScaleBytes)).SequenceEqual(scales), $"{t.Name}: device scales differ from the host's");
+            }
+            quantized++;
+        }
+        // every projection, expert and the classifier; the router stays in the checkpoint's dtype
+        var c = gpu.Config;
+        Assert.Equal(c.NumLayers * (4 + 3 * c.NumExperts) + 1, quantized);
+        Assert.False(DTypes.IsQuantized(gpu.Weights.Layers[0].Router!.DType));
+    }
+
+    [Theory]
+    [MemberData(nameof(FixtureCases))]
+    public void FixtureArchitecturesQuantizedOnGpuMatchCpu(string name, DType dt)
+    {
+        RequireGpu();
+        var folder = Path.Combine(TransformersFixtureTests.FixturesDir, name);
+        using var cpu = ModelFactory.Import(folder, new ImportOptions { Device = DeviceChoice.Cpu, WeightDType = dt, ContextLength = 64 });
+        using var gpu = ModelFactory.Import(folder, new ImportOptions { Device = DeviceChoice.Cuda, WeightDType = dt, ContextLength = 64 });
+        Assert.Equal("Cuda", gpu.DeviceKind);
+        var reference = TransformersFixtureTests.LoadReference(name);
+        double worst = CompareForward(cpu.Backend, gpu.Backend, cpu.Config.VocabSize, reference.InputIds, 8, SameWeightsTolerance, $"{name} {DTypes.Name(dt)}");
+        Log($"{name} {DTypes.Name(dt)}: worst GPU vs CPU relative L2 {worst:E2}");
+    }
+
+    public static TheoryData<string, DType> FixtureCases()
+    {
+        var d = new TheoryData<string, DType>();
+        foreach (var n in TransformersFixtureTests.Names())
+            foreach (var dt in new[] { DType.F8E4M3, DType.Int4 }) d.Add(n.Data, dt);
+        return d;
+    }
+
+    /// <summary>Tolerance of the 1B shape: 16 layers of random weights, the bound of the transformers fixtures on the GPU.</summary>
+    public const double LargeShapeTolerance = 2e-3;
+
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void Llama32_1BShapeQuantizedGpuMatchesCpuOverDecodeSteps(DType dt)
+    {
+        RequireGpu();
+        int seed = Gpu.Rng().Next();
+        var config = Presets.Get("Llama-3.2-1B") with { DType = DType.BF16 };
+        var (bw, bstore) = SyntheticWeights.Build(config, seed, null, default);
+        ModelWeights qw; NativeWeightStore qs;
+        using (bstore) (qw, qs) = Quantizer.QuantizeModel(bw, dt, null, default);
+        using var _ = qs;
+        var qc = config with { DType = dt };
+        using var cpu = new CpuBackend(qc, qw, 64);
+        using var gpu = new CudaBackend(qc, qw, 64);
+        Assert.True(gpu.HasQuantizedWeights);
+        int v = qc.VocabSize;
+        var lc = new float[v]; var lg = new float[v];
+        int token = new Random(seed).Next(v);
+        double worst = 0;
+        for (int p = 0; p < 6; p++)
+        {
+            cpu.Forward(new[] { token }, p, lc, false);
+            Array.Fill(lg, float.NaN);
+            gpu.Forward(new[] { token }, p, lg, false);
+            double err = Gpu.RelL2(lg, lc);
+            worst = Math.Max(worst, err);
+            Assert.True(err <= LargeShapeTolerance, $"step {p}: {DTypes.Name(dt)} GPU vs CPU logits relative L2 {err:E2} > {LargeShapeTolerance:E0}");
+            token = Array.IndexOf(lc, lc.Max());
+        }
+        Log($"Llama-3.2-1B shape {DTypes.Name(dt)}, seed {seed}: worst GPU vs CPU relative L2 over 6 decode steps {worst:E2}; device bytes {gpu.DeviceBytes:N0}");
+    }
+
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void SyntheticQuantizedPresetOnGpuMatchesCpu(DType dt)
+    {
+        // New-CalmModel -Device Cuda -DType fp8|int4: bf16 random weights quantized on the host, then uploaded.
+        RequireGpu();
+        int seed = Gpu.Rng().Next();
+        var opt = new ImportOptions { ContextLength = 64 };
+        using var cpu = ModelFactory.CreateSynthetic("tiny", seed, dt, opt with { Device = DeviceChoice.Cpu });
+        using var gpu = ModelFactory.CreateSynthetic("tiny", seed, dt, opt with { Device = DeviceChoice.Cuda });
+        Assert.Equal("Cuda", gpu.DeviceKind);
+        Assert.Equal(dt, gpu.Config.DType);
+        Assert.Equal(cpu.WeightBytes, gpu.WeightBytes);
+        var r = new Random(seed);
+        var prompt = Enumerable.Range(0, 12).Select(_ => r.Next(cpu.Config.VocabSize)).ToArray();
+        double worst = CompareForward(cpu.Backend, gpu.Backend, cpu.Config.VocabSize, prompt, 8, SameWeightsTolerance, $"tiny preset {DTypes.Name(dt)}");
+        Log($"tiny preset {DTypes.Name(dt)} (seed {seed}): worst GPU vs CPU relative L2 {worst:E2}");
+    }
+}
