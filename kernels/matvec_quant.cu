@@ -220,7 +220,7 @@ __device__ __forceinline__ void matvec_int4_impl(const unsigned char* P, const u
 // ---- entry points ------------------------------------------------------------------------------------------------
 // _rR: R rows per warp (each x chunk read from L1 serves R rows; int4 reads 8 bytes of x per weight byte, so R = 1 would
 // need as much L1 bandwidth as the SM has), 8 16-byte weight loads in flight per lane for R >= 2.
-// Launch: 256 threads, ceil(rows / (8 R)) blocks.
+// Launch: 256 threads, ceil(rows / (8 R)) blocks. R = 1, 2, 4 or 8.
 #define MQ_ENTRIES(R, U, SUF)                                                                                                 \
 extern "C" __global__ void matvec_fp8##SUF(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias, \
                                            int rows, int cols, int accumulate) {                                         \
@@ -248,6 +248,9 @@ extern "C" __global__ void moe_matvec_int4##SUF(const void* const* values, const
 MQ_ENTRIES(1, 4, _r1)
 MQ_ENTRIES(2, 4, _r2)
 MQ_ENTRIES(4, 2, _r4)
+// 8 rows per warp, one load per row in flight (still 8 per lane): halves the x traffic from L1 per weight byte again
+// (int4 candidate; selectable with rowsPerWarp 8, not chosen automatically until measured).
+MQ_ENTRIES(8, 1, _r8)
 
 // Reports which e4m3 conversion this image was compiled with (1: cvt.rn.f16x2.e4m3x2, 0: bit fallback); out [1] int.
 extern "C" __global__ void matvec_quant_info(int* out) { out[0] = CALM_FP8_CVT; }

@@ -1,4 +1,8 @@
-# Quantized weights at import (issue 6, host side): Import-CalmModel / New-CalmModel -DType fp8|int4 on the CPU.
+# Quantized weights at import (issue 6): Import-CalmModel / New-CalmModel -DType fp8|int4 on the CPU, and on the GPU
+# (Describe tagged GPU: run by `build.ps1 GpuTest` on the H200 machine).
+BeforeDiscovery {
+    $script:HasGpu = [bool](Get-Command nvidia-smi -ErrorAction Ignore) -and ((& nvidia-smi -L 2>$null) -match '^GPU \d')
+}
 BeforeAll {
     . (Join-Path $PSScriptRoot 'CalmTestHelpers.ps1')
     Import-CalmForTest
@@ -52,8 +56,11 @@ Describe 'Import-CalmModel -DType' {
         { Import-CalmModel $script:TinyWp -Device Cpu -DType f32 -Name quant-f32 } | Should -Throw -ErrorId 'Calm.InvalidArgument,*'
         Get-CalmModel -Name quant-f32 -ErrorAction Ignore | Should -BeNullOrEmpty
     }
-    It 'refuses -Device Cuda with a quantized dtype (CUDA kernels pending) with Calm.QuantizationNotSupported' {
-        { Import-CalmModel $script:TinyWp -Device Cuda -DType fp8 -Name quant-gpu } | Should -Throw -ErrorId 'Calm.QuantizationNotSupported,*'
+    It 'refuses -Device Cuda with a quantized dtype where there is no GPU, before loading, with Calm.DeviceNotAvailable' -Skip:$script:HasGpu {
+        $before = @(Get-CalmModel).Count
+        { Import-CalmModel $script:TinyWp -Device Cuda -DType fp8 -Name quant-gpu } | Should -Throw -ErrorId 'Calm.DeviceNotAvailable,*'
+        { New-CalmModel -Preset tiny -Device Cuda -DType int4 -Name quant-gpu } | Should -Throw -ErrorId 'Calm.DeviceNotAvailable,*'
+        @(Get-CalmModel).Count | Should -Be $before
     }
     It 'completes -DType with the quantized types' {
         (TabExpansion2 -inputScript 'Import-CalmModel x -DType ' -cursorColumn 26).CompletionMatches.CompletionText |
@@ -75,5 +82,34 @@ Describe 'New-CalmModel -DType' {
     }
     It 'refuses an unknown -DType' {
         { New-CalmModel -Preset tiny -DType fp4 -Device Cpu } | Should -Throw -ErrorId 'Calm.InvalidArgument,*'
+    }
+}
+
+Describe 'Quantized weights on an NVIDIA GPU' -Tag 'GPU' -Skip:(-not $script:HasGpu) {
+    AfterEach { Get-CalmModel | Where-Object Name -like 'quant-gpu-*' | Remove-CalmModel -Confirm:$false }
+
+    It 'Import-CalmModel ./models/tiny-wp -Device Cuda -DType <DType> runs on the GPU, as large as on the CPU, and generates' -ForEach @(
+        @{ DType = 'fp8' }
+        @{ DType = 'int4' }
+    ) {
+        $cpu = Import-CalmModel $script:TinyWp -Device Cpu -DType $DType -Name "quant-gpu-cpu-$DType"
+        $m = Import-CalmModel $script:TinyWp -Device Cuda -DType $DType -Name "quant-gpu-$DType"
+        $m.Device | Should -Be 'Cuda'
+        $m.DType | Should -Be $DType
+        $m.WeightBytes | Should -Be $cpu.WeightBytes
+        $ids = $script:Training.greedy.ids
+        $r = Invoke-CalmGenerate -Prompt $script:Training.greedy.prompt -Model $m -MaxTokens 8 -Temperature 0
+        $r.GeneratedTokens | Should -Be 8
+        $r.GetTokenIds()[0..2] | Should -Be $ids[0..2]
+        $r.Text | Should -Not -BeNullOrEmpty
+        $rc = Invoke-CalmGenerate -Prompt $script:Training.greedy.prompt -Model $cpu -MaxTokens 3 -Temperature 0
+        $r.GetTokenIds()[0..2] | Should -Be $rc.GetTokenIds()[0..2] -Because 'the GPU runs the same quantized weights as the CPU'
+    }
+    It 'New-CalmModel -Device Cuda -DType int4 makes the tiny preset on the GPU and generates' {
+        $m = New-CalmModel -Preset tiny -DType int4 -Device Cuda -Name quant-gpu-tiny
+        $m.Device | Should -Be 'Cuda'
+        $m.DType | Should -Be 'int4'
+        $r = Invoke-CalmGenerate -TokenId 1, 2, 3 -Model $m -MaxTokens 4 -Temperature 0
+        $r.GeneratedTokens | Should -Be 4
     }
 }

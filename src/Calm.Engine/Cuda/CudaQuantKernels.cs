@@ -40,7 +40,7 @@ public sealed class CudaQuantKernels : IDisposable
         try
         {
             foreach (var f in new[] { "fp8", "int4" })
-                foreach (var r in new[] { "_r1", "_r2", "_r4" })
+                foreach (var r in new[] { "_r1", "_r2", "_r4", "_r8" })
                 {
                     _k["matvec_" + f + r] = _module.GetKernel("matvec_" + f + r);
                     _k["moe_matvec_" + f + r] = _module.GetKernel("moe_matvec_" + f + r);
@@ -62,15 +62,15 @@ public sealed class CudaQuantKernels : IDisposable
             $"The quantized CUDA matvec runs fp8 and int4 weights; this tensor is {DTypes.Name(t)}."),
     };
 
-    /// <summary>Rows per warp: 1, 2 or 4 as asked, 0 = automatic from the H200 measurements
+    /// <summary>Rows per warp: 1, 2, 4 or 8 as asked (8: one load per row in flight, an int4 candidate), 0 = automatic from the H200 measurements
     /// (bench/logs/quant-matvec-variants-2026-11-26-H200.txt): fp8 4 from <see cref="Fp8FourRowsFrom"/> rows, else 2;
     /// int4 always 4 (each x chunk read from L1 serves four rows; int4 reads 8 bytes of x per weight byte).
     /// Tune with <see cref="Bench"/>'s rowsPerWarp.</summary>
     public static int RowsPerWarp(DType t, int rows, int requested) => requested switch
     {
         0 => t == DType.Int4 ? 4 : rows >= Fp8FourRowsFrom ? 4 : 2,
-        1 or 2 or 4 => requested,
-        _ => throw new ArgumentOutOfRangeException(nameof(requested), "rows per warp is 0 (automatic), 1, 2 or 4"),
+        1 or 2 or 4 or 8 => requested,
+        _ => throw new ArgumentOutOfRangeException(nameof(requested), "rows per warp is 0 (automatic), 1, 2, 4 or 8"),
     };
 
     /// <summary>Device bytes of the values of a [rows, cols] weight: fp8 rows*cols, int4 rows*ceil(cols/32)*16.</summary>

@@ -62,6 +62,9 @@ public unsafe class QuantKernelTests
     [InlineData(DType.F8E4M3, 1001, 2064, true, false, 1)]
     [InlineData(DType.F8E4M3, 203, 8208, true, true, 4)]     // 4 rows per warp: 203 = 6*32 + 11, tail
     [InlineData(DType.Int4, 203, 4160, true, true, 4)]       // 4 rows per warp, 128 + 2 groups
+    [InlineData(DType.Int4, 203, 4160, true, true, 8)]       // 8 rows per warp: 203 = 3*64 + 11, tail
+    [InlineData(DType.Int4, 517, 4113, false, true, 8)]      // 8 rows per warp, partial last group
+    [InlineData(DType.F8E4M3, 203, 4112, true, false, 8)]
     [InlineData(DType.F8E4M3, 65, 100, true, true, 2)]       // cols % 16 != 0: byte-wise path
     [InlineData(DType.F8E4M3, 1, 24, false, false, 1)]
     [InlineData(DType.Int4, 300, 1024, false, false, 1)]
@@ -106,6 +109,7 @@ public unsafe class QuantKernelTests
     [InlineData(1, null)]
     [InlineData(2, null)]
     [InlineData(4, null)]
+    [InlineData(8, null)]
     [InlineData(1, false)]   // the sm_80 bit fallback, compiled for this GPU
     [InlineData(2, false)]
     public void EveryFp8CodeDecodesExactly(int rowsPerWarp, bool? forceFp8Convert)
@@ -150,7 +154,7 @@ public unsafe class QuantKernelTests
             }
         var x = Enumerable.Range(1, cols).Select(i => (float)i).ToArray();
         using var V = Gpu.Up(ctx, p); using var S = Gpu.Up(ctx, d); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
-        foreach (int rpw in new[] { 1, 2, 4 })
+        foreach (int rpw in new[] { 1, 2, 4, 8 })
         {
             Y.Zero();
             k.Matvec(s, DType.Int4, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, rpw);
@@ -203,6 +207,7 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, 0)]
     [InlineData(DType.Int4, 2)]
     [InlineData(DType.F8E4M3, 4)]
+    [InlineData(DType.Int4, 8)]
     public void MoeMatvecPicksTheExperts(DType dt, int rowsPerWarp)
     {
         var (ctx, k, s) = Require();
@@ -280,7 +285,7 @@ public class QuantKernelVariantReport
         sb.AppendLine($"# quantized matvec variants on {info.Name} (sm_{info.Arch}), NVRTC {Nvrtc.Version.Major}.{Nvrtc.Version.Minor}; GB/s = (values + scales + x + y) / median");
         foreach (var dt in new[] { DType.F8E4M3, DType.Int4 })
             foreach (var (rows, cols) in new[] { (4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (28672, 4096) })
-                foreach (int rpw in new[] { 1, 2, 4 })
+                foreach (int rpw in dt == DType.Int4 ? new[] { 1, 2, 4, 8 } : new[] { 1, 2, 4 })
                 {
                     var t = CudaQuantKernels.Bench(rows, cols, dt, repeat: 15, rowsPerWarp: rpw);
                     Assert.True(t.MedianMs > 0 && double.IsFinite(t.MedianMs));
