@@ -331,8 +331,10 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         foreach (var p in parts)
         {
             long pv = p.DataBytes, ps = CudaQuantKernels.ScaleBytes(dt, p.TotalRows, cols);
-            _named[p.Name] = (v.Ptr + (ulong)vo, pv, false);
-            _named[p.Name + ScalesSuffix] = (sc.Ptr + (ulong)so, ps, false);
+            // a tied classifier's quantized copy carries the embedding's name: the embedding keeps the plain name
+            string key = _named.ContainsKey(p.Name) ? p.Name + QuantizedCopySuffix : p.Name;
+            _named[key] = (v.Ptr + (ulong)vo, pv, false);
+            _named[key + ScalesSuffix] = (sc.Ptr + (ulong)so, ps, false);
             for (long done = 0; done < pv; done += Chunk)
             {
                 _ct.ThrowIfCancellationRequested();
@@ -358,6 +360,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
 
     /// <summary>Suffix of the <see cref="ReadDeviceTensor"/> name of a quantized matrix's scales.</summary>
     public const string ScalesSuffix = ":scales";
+    /// <summary>Suffix of the <see cref="ReadDeviceTensor"/> name of a tied classifier's quantized copy (the embedding
+    /// keeps its own name).</summary>
+    public const string QuantizedCopySuffix = ":quantized";
 
     private ulong UploadVector(string what, int n, Tensor t) => UploadVector(what, n, (t, n));
 

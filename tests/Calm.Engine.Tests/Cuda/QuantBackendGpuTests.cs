@@ -111,31 +111,40 @@ public class QuantBackendGpuTests
     }
 
     [Theory]
-    [InlineData(DType.F8E4M3)]
-    [InlineData(DType.Int4)]
-    public void UploadedQuantizedWeightsEqualTheHostBytes(DType dt)
+    [InlineData("mixtral", DType.F8E4M3)]      // experts (fused gate|up per expert), a bf16 router
+    [InlineData("mixtral", DType.Int4)]
+    [InlineData("llama_tied", DType.Int4)]     // fused qkv and gate|up, the tied classifier's own quantized copy
+    [InlineData("qwen2", DType.F8E4M3)]
+    public void UploadedQuantizedWeightsEqualTheHostBytes(string name, DType dt)
     {
         RequireGpu();
-        using var gpu = ModelFactory.Import(Path.Combine(TransformersFixtureTests.FixturesDir, "mixtral"),
+        using var gpu = ModelFactory.Import(Path.Combine(TransformersFixtureTests.FixturesDir, name),
             new ImportOptions { Device = DeviceChoice.Cuda, WeightDType = dt, ContextLength = 32 });
         var b = (CudaBackend)gpu.Backend;
         int quantized = 0;
-        foreach (var t in gpu.Weights.AllTensors().Where(t => DTypes.IsQuantized(t.DType)))
+        var w = gpu.Weights;
+        foreach (var t in w.AllTensors().Where(t => DTypes.IsQuantized(t.DType)))
         {
-            var values = b.ReadDeviceTensor(t.Name, out _);
-            var scales = b.ReadDeviceTensor(t.Name + CudaBackend.ScalesSuffix, out _);
-            Assert.True(values is not null && scales is not null, $"{t.Name}: not on the device");
+            // a tied classifier's quantized copy has the embedding's name
+            string key = ReferenceEquals(t, w.LmHead) && t.Name == w.Embedding.Name ? t.Name + CudaBackend.QuantizedCopySuffix : t.Name;
+            var values = b.ReadDeviceTensor(key, out _);
+            var scales = b.ReadDeviceTensor(key + CudaBackend.ScalesSuffix, out _);
+            Assert.True(values is not null && scales is not null, $"{key}: not on the device");
             unsafe
             {
-                Assert.True(new ReadOnlySpan<byte>((void*)t.Data, checked((int)t.DataBytes)).SequenceEqual(values), $"{t.Name}: device values differ from the host's");
-                Assert.True(new ReadOnlySpan<byte>((void*)t.Scales, checked((int)t.ScaleBytes)).SequenceEqual(scales), $"{t.Name}: device scales differ from the host's");
+                Assert.True(new ReadOnlySpan<byte>((void*)t.Data, checked((int)t.DataBytes)).SequenceEqual(values), $"{key}: device values differ from the host's");
+                Assert.True(new ReadOnlySpan<byte>((void*)t.Scales, checked((int)t.ScaleBytes)).SequenceEqual(scales), $"{key}: device scales differ from the host's");
             }
             quantized++;
         }
-        // every projection, expert and the classifier; the router stays in the checkpoint's dtype
+        // every projection, expert and the classifier; the embedding and the router stay in the checkpoint's dtype
         var c = gpu.Config;
-        Assert.Equal(c.NumLayers * (4 + 3 * c.NumExperts) + 1, quantized);
-        Assert.False(DTypes.IsQuantized(gpu.Weights.Layers[0].Router!.DType));
+        Assert.Equal(c.NumLayers * (4 + 3 * (c.IsMoE ? c.NumExperts : 1)) + 1, quantized);
+        Assert.False(DTypes.IsQuantized(w.Embedding.DType));
+        if (c.IsMoE) Assert.False(DTypes.IsQuantized(w.Layers[0].Router!.DType));
+        // the embedding keeps its own bytes under its own name
+        var emb = b.ReadDeviceTensor(w.Embedding.Name, out _);
+        unsafe { Assert.True(new ReadOnlySpan<byte>((void*)w.Embedding.Data, checked((int)w.Embedding.ByteLength)).SequenceEqual(emb), "embedding bytes differ"); }
     }
 
     [Theory]
