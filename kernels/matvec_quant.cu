@@ -217,6 +217,72 @@ __device__ __forceinline__ void matvec_int4_impl(const unsigned char* P, const u
     store_rows<R>(acc, (const float*)0, y, bias, row0, rows, lane, accumulate);
 }
 
+// ---- int4 matvec with x staged in shared memory ---------------------------------------------------------------------
+// Why: in matvec_int4_impl lane g reads x[32g .. 32g+31] with 16-byte loads 128 bytes apart, so every x load of a warp
+// touches 32 cache lines (32 L1 wavefronts); at R rows per warp that caps the weight stream at about R * 0.5 TB/s on
+// the H200 (measured r1 ~0.5, r2 ~1.0, r4 ~1.5-1.8 TB/s). Here each block first copies x [cols] into shared memory
+// (coalesced), group g at xs[g*MQ_XS_STRIDE] with 4 floats of padding, so the 16-byte reads of 8 lanes (one phase)
+// fall in 8 distinct 4-bank sets: conflict-free. x past cols is stored as 0, so the last partial group needs no
+// special path (its padding nibbles are 8 anyway). Dynamic shared memory: ceil(cols/32) * MQ_XS_STRIDE * 4 bytes.
+#define MQ_XS_STRIDE 36
+template <int R, int U>
+__device__ __forceinline__ void matvec_int4_xs_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
+                                                    int rows, int cols, int accumulate) {
+    extern __shared__ __align__(16) float mq_xs[];   // [G][MQ_XS_STRIDE]
+    int G = (cols + 31) >> 5;
+    for (int c = threadIdx.x; c < G * 32; c += blockDim.x) mq_xs[(c >> 5) * MQ_XS_STRIDE + (c & 31)] = c < cols ? x[c] : 0.f;
+    __syncthreads();
+    int warp = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    int row0 = warp * R;
+    if (row0 >= rows) return;
+    float acc[R];
+    const calm_u4* rp[R];
+    const u16* dp[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        long long r = min(row0 + i, rows - 1);   // past the end: reread the last row, result dropped
+        acc[i] = 0.f; rp[i] = (const calm_u4*)(P + r * G * 16); dp[i] = D + r * G;
+    }
+    int g = lane;
+    for (; g + 32 * (U - 1) < G; g += 32 * U) {
+        calm_u4 w[R][U];
+        u16 d[R][U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int i = 0; i < R; i++) { w[i][u] = ldg_u4_stream(rp[i] + g + 32 * u); d[i][u] = dp[i][g + 32 * u]; }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const calm_f4* xp = (const calm_f4*)(mq_xs + (g + 32 * u) * MQ_XS_STRIDE);
+            float s[R];
+#pragma unroll
+            for (int i = 0; i < R; i++) s[i] = 0.f;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                calm_f4 a = xp[2 * k], b = xp[2 * k + 1];
+#pragma unroll
+                for (int i = 0; i < R; i++) {
+                    const u32 wk = k == 0 ? w[i][u].x : k == 1 ? w[i][u].y : k == 2 ? w[i][u].z : w[i][u].w;
+                    s[i] += dot8_int4(wk, a, b);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < R; i++) acc[i] = fmaf(f16_to_f32(d[i][u]), s[i], acc[i]);
+        }
+    }
+    for (; g < G; g += 32) {
+        const calm_f4* xp = (const calm_f4*)(mq_xs + g * MQ_XS_STRIDE);
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            calm_u4 w = ldg_u4_stream(rp[i] + g);
+            float s = dot8_int4(w.x, xp[0], xp[1]) + dot8_int4(w.y, xp[2], xp[3]) + dot8_int4(w.z, xp[4], xp[5]) + dot8_int4(w.w, xp[6], xp[7]);
+            acc[i] = fmaf(f16_to_f32(dp[i][g]), s, acc[i]);
+        }
+    }
+    store_rows<R>(acc, (const float*)0, y, bias, row0, rows, lane, accumulate);
+}
+
 // ---- entry points ------------------------------------------------------------------------------------------------
 // _rR: R rows per warp (each x chunk read from L1 serves R rows; int4 reads 8 bytes of x per weight byte, so R = 1 would
 // need as much L1 bandwidth as the SM has), 8 16-byte weight loads in flight per lane for R >= 2.
@@ -251,6 +317,25 @@ MQ_ENTRIES(4, 2, _r4)
 // 8 rows per warp, one load per row in flight (still 8 per lane): halves the x traffic from L1 per weight byte again
 // (int4 candidate; selectable with rowsPerWarp 8, not chosen automatically until measured).
 MQ_ENTRIES(8, 1, _r8)
+
+// int4 with x staged in shared memory (matvec_int4_xs_impl); launch as above with ceil(cols/32)*MQ_XS_STRIDE*4 bytes
+// of dynamic shared memory.
+#define MQ_XS_ENTRIES(R, U, SUF)                                                                                           \
+extern "C" __global__ void matvec_int4_xs##SUF(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias, \
+                                               int rows, int cols, int accumulate) {                                     \
+    matvec_int4_xs_impl<R, U>(P, D, x, y, bias, rows, cols, accumulate);                                                  \
+}                                                                                                                        \
+extern "C" __global__ void moe_matvec_int4_xs##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
+                                                   const float* x, int xStride, float* y, int rows, int cols) {         \
+    int s = blockIdx.y, e = expertIdx[s];                                                                                \
+    matvec_int4_xs_impl<R, U>((const unsigned char*)values[e], (const u16*)scales[e], x + (long long)s * xStride,          \
+                           y + (long long)s * rows, (const float*)0, rows, cols, 0);                                     \
+}
+
+MQ_XS_ENTRIES(1, 4, _r1)
+MQ_XS_ENTRIES(2, 4, _r2)
+MQ_XS_ENTRIES(4, 2, _r4)
+MQ_XS_ENTRIES(8, 1, _r8)
 
 // Reports which e4m3 conversion this image was compiled with (1: cvt.rn.f16x2.e4m3x2, 0: bit fallback); out [1] int.
 extern "C" __global__ void matvec_quant_info(int* out) { out[0] = CALM_FP8_CVT; }

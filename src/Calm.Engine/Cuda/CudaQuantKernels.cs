@@ -18,6 +18,32 @@ public sealed class CudaQuantKernels : IDisposable
     public const int Fp8FourRowsFrom = 8192;
 
     public CudaContext Context { get; }
+    /// <summary>Default of the int4 launchers' stageX: x copied once per block into padded shared memory so the x reads
+    /// are conflict-free instead of 32 cache lines per warp load (kernels/matvec_quant.cu, matvec_int4_xs_impl).</summary>
+    public bool Int4StageX { get; }
+    /// <summary>Largest dynamic shared memory the staged int4 kernels ask for; wider rows take the plain kernel.</summary>
+    public const int MaxStagedXBytes = 160 * 1024;
+    private int _xsSmemSet = 48 * 1024;   // per-function limit raised so far (all _xs kernels together)
+
+    /// <summary>Shared memory bytes of the staged-x int4 kernels for <paramref name="cols"/>: ceil(cols/32) * 36 floats.</summary>
+    public static int StagedXBytes(int cols) => (int)(QuantFormats.Int4Groups(cols) * 36 * 4);
+
+    /// <summary>The kernel name prefix and dynamic shared memory of an int4/fp8 launch.</summary>
+    private (string Prefix, int Smem) Variant(DType wt, int cols, bool? stageX)
+    {
+        if (wt == DType.Int4 && (stageX ?? Int4StageX) && StagedXBytes(cols) <= MaxStagedXBytes)
+        {
+            int smem = StagedXBytes(cols);
+            if (smem > _xsSmemSet)
+            {
+                foreach (var (name, k) in _k)
+                    if (name.Contains("int4_xs")) k.SetMaxDynamicSharedMemory(smem);
+                _xsSmemSet = smem;
+            }
+            return ("int4_xs", smem);
+        }
+        return (Suffix(wt), 0);
+    }
     public int Arch { get; }
     private readonly CudaModule _module;
     private readonly Dictionary<string, CudaKernel> _k = new();
@@ -25,9 +51,12 @@ public sealed class CudaQuantKernels : IDisposable
     /// <param name="forceFp8Convert">null: the source's own choice (hardware e4m3 conversion on sm_89+ with NVRTC ≥ 11.8);
     /// true/false: compile with -DCALM_FP8_CVT=1/0, uncached (tests run the bit fallback on a GPU that has the
     /// instruction, so both paths are checked on one machine).</param>
-    public CudaQuantKernels(CudaContext ctx, int arch, Action<string>? verbose = null, bool? forceFp8Convert = null)
+    /// <param name="int4StageX">int4 kernels stage x in shared memory (the _xs variants) when no call says otherwise;
+    /// null: the CALM_INT4_XS environment variable ("1" = on). Off by default until measured.</param>
+    public CudaQuantKernels(CudaContext ctx, int arch, Action<string>? verbose = null, bool? forceFp8Convert = null, bool? int4StageX = null)
     {
         Context = ctx; Arch = arch;
+        Int4StageX = int4StageX ?? Environment.GetEnvironmentVariable("CALM_INT4_XS") == "1";
         byte[] image;
         if (forceFp8Convert is bool force)
         {
@@ -44,6 +73,11 @@ public sealed class CudaQuantKernels : IDisposable
                 {
                     _k["matvec_" + f + r] = _module.GetKernel("matvec_" + f + r);
                     _k["moe_matvec_" + f + r] = _module.GetKernel("moe_matvec_" + f + r);
+                    if (f == "int4")
+                    {
+                        _k["matvec_int4_xs" + r] = _module.GetKernel("matvec_int4_xs" + r);
+                        _k["moe_matvec_int4_xs" + r] = _module.GetKernel("moe_matvec_int4_xs" + r);
+                    }
                 }
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
         }
@@ -96,18 +130,20 @@ public sealed class CudaQuantKernels : IDisposable
     /// scales [rows, ceil(cols/32)] f16), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when
     /// accumulate). fp8 rows take the 16-byte path when cols % 16 == 0 (values 16-byte aligned); int4 always does.
     /// </summary>
-    public void Matvec(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, int rowsPerWarp = 0)
+    public void Matvec(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, int rowsPerWarp = 0, bool? stageX = null)
     {
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
-        _k[$"matvec_{Suffix(wt)}_r{r}"].Launch(s, Blocks(rows, r), Block, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
+        var (v, smem) = Variant(wt, cols, stageX);
+        _k[$"matvec_{v}_r{r}"].Launch(s, Blocks(rows, r), Block, smem, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
     }
 
     /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = expert idx[s] [rows, cols] . x[s*xStride ..].
     /// valueTable / scaleTable: device tables of E pointers (values and scales of each expert); idx [slots] int on the device.</summary>
-    public void MoeMatvec(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong y, int rows, int cols, int slots, int rowsPerWarp = 0)
+    public void MoeMatvec(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong y, int rows, int cols, int slots, int rowsPerWarp = 0, bool? stageX = null)
     {
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
-        _k[$"moe_matvec_{Suffix(wt)}_r{r}"].Launch(s, (Blocks(rows, r), slots, 1), Block, 0, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
+        var (v, smem) = Variant(wt, cols, stageX);
+        _k[$"moe_matvec_{v}_r{r}"].Launch(s, (Blocks(rows, r), slots, 1), Block, smem, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
     }
 
     /// <summary>Whether this image converts e4m3 with the hardware instruction (cvt.rn.f16x2.e4m3x2: sm_89+ and
@@ -138,7 +174,7 @@ public sealed class CudaQuantKernels : IDisposable
     /// weights in enough copies to rotate over ≥ 4× the L2, each repetition a captured graph of ≥ 8 calls timed with
     /// CUDA events, per-call milliseconds. Bytes = values + scales + x + y.
     /// </summary>
-    public static KernelTiming Bench(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, int rowsPerWarp = 0)
+    public static KernelTiming Bench(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, int rowsPerWarp = 0, bool stageX = false)
     {
         if (rows < 1 || cols < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Rows and columns must be ≥ 1 (got {rows} × {cols}).", "Rows");
         if (!DTypes.IsQuantized(dtype))
@@ -174,7 +210,7 @@ public sealed class CudaQuantKernels : IDisposable
             }
             var X = Add(cols * 4L, "x"); X.CopyFromHost<float>(xs);
             var Y = Add(rows * 4L, "y");
-            void Call(int i) => k.Matvec(s, dtype, W[i].V, W[i].S, X.Ptr, Y.Ptr, 0, rows, cols, false, r);
+            void Call(int i) => k.Matvec(s, dtype, W[i].V, W[i].S, X.Ptr, Y.Ptr, 0, rows, cols, false, r, stageX);
 
             int calls = Math.Max(MinCallsPerRep, copies);
             for (int i = 0; i < copies; i++) Call(i);   // warm-up
@@ -198,7 +234,8 @@ public sealed class CudaQuantKernels : IDisposable
                 b.Synchronize();
                 ms[rep] = b.ElapsedSince(a) / calls;
             }
-            string name = $"matvec_{Suffix(dtype)}_r{r}" + (dtype == DType.F8E4M3 ? (hw ? "/cvt" : "/bits") : "");
+            bool staged = stageX && dtype == DType.Int4 && StagedXBytes(cols) <= MaxStagedXBytes;
+            string name = $"matvec_{(staged ? "int4_xs" : Suffix(dtype))}_r{r}" + (dtype == DType.F8E4M3 ? (hw ? "/cvt" : "/bits") : "");
             return new KernelTiming(name, ms, bytes);
         }
         finally

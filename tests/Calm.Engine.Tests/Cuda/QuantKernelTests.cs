@@ -75,7 +75,13 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, 5, 7, false, false, 2)]          // only a partial group
     [InlineData(DType.F8E4M3, 777, 4096, true, false, 2, false)]  // the sm_80 bit fallback, compiled for this GPU
     [InlineData(DType.F8E4M3, 129, 2064, false, true, 1, false)]
-    public void MatvecMatchesCpuReference(DType dt, int rows, int cols, bool bias, bool accumulate, int rowsPerWarp, bool? forceFp8Convert = null)
+    [InlineData(DType.Int4, 203, 4160, true, true, 4, null, true)]     // x staged in shared memory (_xs variants)
+    [InlineData(DType.Int4, 517, 4113, false, true, 8, null, true)]    // staged, partial last group, 8 rows per warp
+    [InlineData(DType.Int4, 999, 8352, true, false, 2, null, true)]    // staged, tail loop
+    [InlineData(DType.Int4, 77, 100, true, true, 1, null, true)]
+    [InlineData(DType.Int4, 5, 7, false, false, 4, null, true)]
+    [InlineData(DType.Int4, 300, 14336, true, true, 4, null, true)]    // 64.5 KB of shared memory: above the 48 KB default
+    public void MatvecMatchesCpuReference(DType dt, int rows, int cols, bool bias, bool accumulate, int rowsPerWarp, bool? forceFp8Convert = null, bool stageX = false)
     {
         var (ctx, k, s) = Require(forceFp8Convert);
         using var _c = ctx; using var _k = k; using var _s = s;
@@ -89,7 +95,7 @@ public unsafe class QuantKernelTests
         var y0 = Gpu.RandF(r, rows);
         using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
-        k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, rows, cols, accumulate, rowsPerWarp);
+        k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, rows, cols, accumulate, rowsPerWarp, stageX);
         s.Synchronize();
 
         var want = new float[rows];
@@ -99,7 +105,7 @@ public unsafe class QuantKernelTests
             if (bias) want[i] += b[i];
             if (accumulate) want[i] += y0[i];
         }
-        Gpu.Close(Y.ToArray<float>(rows), want, 1e-5, $"matvec {DTypes.Name(dt)} {rows}x{cols} r{rowsPerWarp}");
+        Gpu.Close(Y.ToArray<float>(rows), want, 1e-5, $"matvec {DTypes.Name(dt)} {rows}x{cols} r{rowsPerWarp}{(stageX ? " staged x" : "")}");
     }
 
     /// <summary>Every e4m3 code through the 16-byte path: row c holds code c at column j = c % 32, x[j] = j + 1, scale 1,
@@ -154,10 +160,10 @@ public unsafe class QuantKernelTests
             }
         var x = Enumerable.Range(1, cols).Select(i => (float)i).ToArray();
         using var V = Gpu.Up(ctx, p); using var S = Gpu.Up(ctx, d); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
-        foreach (int rpw in new[] { 1, 2, 4, 8 })
+        foreach (int rpw in new[] { 1, 2, 4, 8, -4, -8 })   // negative: the staged-x variant with |rpw| rows per warp
         {
             Y.Zero();
-            k.Matvec(s, DType.Int4, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, rpw);
+            k.Matvec(s, DType.Int4, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, Math.Abs(rpw), rpw < 0);
             s.Synchronize();
             var y = Y.ToArray<float>(rows);
             for (int n = 0; n < 16; n++)
@@ -208,7 +214,8 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, 2)]
     [InlineData(DType.F8E4M3, 4)]
     [InlineData(DType.Int4, 8)]
-    public void MoeMatvecPicksTheExperts(DType dt, int rowsPerWarp)
+    [InlineData(DType.Int4, 4, true)]
+    public void MoeMatvecPicksTheExperts(DType dt, int rowsPerWarp, bool stageX = false)
     {
         var (ctx, k, s) = Require();
         using var _c = ctx; using var _k = k; using var _s = s;
@@ -225,7 +232,7 @@ public unsafe class QuantKernelTests
             using var ST = Gpu.Up(ctx, scs.Select(m => m.Ptr).ToArray());
             var idx = new[] { 2, 0 };
             using var I = Gpu.Up(ctx, idx); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, slots * rows * 4L);
-            k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, rowsPerWarp);
+            k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, rowsPerWarp, stageX);
             s.Synchronize();
             var got = Y.ToArray<float>(slots * rows);
             for (int sl = 0; sl < slots; sl++)
@@ -285,9 +292,9 @@ public class QuantKernelVariantReport
         sb.AppendLine($"# quantized matvec variants on {info.Name} (sm_{info.Arch}), NVRTC {Nvrtc.Version.Major}.{Nvrtc.Version.Minor}; GB/s = (values + scales + x + y) / median");
         foreach (var dt in new[] { DType.F8E4M3, DType.Int4 })
             foreach (var (rows, cols) in new[] { (4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (28672, 4096) })
-                foreach (int rpw in dt == DType.Int4 ? new[] { 1, 2, 4, 8 } : new[] { 1, 2, 4 })
+                foreach (int rpw in dt == DType.Int4 ? new[] { 1, 2, 4, 8, -2, -4, -8 } : new[] { 1, 2, 4 })   // negative: staged x
                 {
-                    var t = CudaQuantKernels.Bench(rows, cols, dt, repeat: 15, rowsPerWarp: rpw);
+                    var t = CudaQuantKernels.Bench(rows, cols, dt, repeat: 15, rowsPerWarp: Math.Abs(rpw), stageX: rpw < 0);
                     Assert.True(t.MedianMs > 0 && double.IsFinite(t.MedianMs));
                     sb.AppendLine($"{t.Kernel,-22} {rows,6}x{cols,-6} median {t.MedianMs * 1e3,9:F2} us  min {t.MinMs * 1e3,9:F2} us  {t.MedianGBps,8:F0} GB/s");
                 }
