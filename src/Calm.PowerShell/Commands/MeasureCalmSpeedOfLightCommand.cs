@@ -88,8 +88,8 @@ public sealed class MeasureCalmSpeedOfLightCommand : CalmCmdlet
     {
         if (ParameterSetName == PresetSet)
         {
-            if (!DTypes.TryParseName(DType, out var dtype) || !DTypes.IsWeightType(dtype))
-                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"-DType '{DType}' is not a weight type Calm computes with. Use bf16, f16 or f32.", "DType");
+            if (!DTypes.TryParseWeightDType(DType, out var dtype) || !(DTypes.IsWeightType(dtype) || DTypes.IsQuantized(dtype)))
+                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"-DType '{DType}' is not a weight type Calm computes with. Use bf16, f16, f32, fp8 or int4.", "DType");
             if (Context.Length == 0) Context = new[] { 0 };
             int need = Math.Max(Context.Max() + Math.Max(Tokens, Warmup), PromptTokens.Length > 0 ? PromptTokens.Max() : 1);
             var name = CalmSession.Shared.UniqueName($"{Calm.Engine.Synthetic.Presets.Canonical(Preset)}-bench");

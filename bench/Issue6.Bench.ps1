@@ -1,0 +1,38 @@
+#!/usr/bin/env pwsh
+# Needs: GPU
+# The rows of the performance issue that the other bench scripts do not cover, in one call: Llama-3-8B decode with
+# fp8 and int4 weights (with -Breakdown), Llama-3.2-1B bf16, Mixtral-8x7B bf16 (MoE: only active experts read).
+# Every row against the read bandwidth Measure-CalmBandwidth measures first in the same process.
+#   pwsh bench/Issue6.Bench.ps1 -OutputFolder $OUT/issue6
+[CmdletBinding()]
+param(
+    [string] $OutputFolder = $(if ($env:OUT) { Join-Path $env:OUT 'issue6' } else { Join-Path $PSScriptRoot 'out/issue6' }),
+    [int] $Tokens = 32,
+    [int] $Repeat = 3
+)
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+if (-not (Get-Module Calm)) { Import-Module (Join-Path $PSScriptRoot '../Calm.psd1') }
+New-Item -ItemType Directory -Force -Path $OutputFolder | Out-Null
+$bw = @(Measure-CalmBandwidth -Device Cuda)
+$bw | Format-Table | Out-Host
+$rows = [System.Collections.Generic.List[object]]::new()
+$runs = @(
+    @{ Preset = 'Llama-3-8B'; DType = 'fp8'; Context = 0, 4096 }
+    @{ Preset = 'Llama-3-8B'; DType = 'int4'; Context = 0, 4096 }
+    @{ Preset = 'Llama-3.2-1B'; DType = 'bf16'; Context = 0, 4096 }
+    @{ Preset = 'Mixtral-8x7B'; DType = 'bf16'; Context = 0, 4096 }
+)
+foreach ($r in $runs) {
+    try {
+        $out = @(Measure-CalmSpeedOfLight -Preset $r.Preset -DType $r.DType -Device Cuda -Context $r.Context -Tokens $Tokens -Repeat $Repeat -Breakdown)
+        $out | Out-Host
+        foreach ($o in $out) { $rows.Add($o) }
+    }
+    catch { Write-Host "$($r.Preset) $($r.DType): $($_.FullyQualifiedErrorId): $($_.Exception.Message)" -ForegroundColor Red }
+}
+$points = @($rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolMeasurement] })
+$stages = @($rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolStageMeasurement] })
+$points | Export-Csv (Join-Path $OutputFolder 'issue6.csv') -NoTypeInformation
+$stages | Export-Csv (Join-Path $OutputFolder 'issue6-stages.csv') -NoTypeInformation
+$points | Format-Table Model, DType, Context, TokensPerSecond, MsPerToken, SolTokensPerSecond, PercentOfSol, AchievedGBps | Out-String -Width 200 | Out-Host
