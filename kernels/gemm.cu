@@ -1,0 +1,199 @@
+// gemm.cu: the batched (prefill) matrix products on the tensor cores, and the row-wise helpers around them.
+//   Y [T, N] f32 = X [T, K] (bf16/f16) . W [N, K]^T (bf16/f16, row-major as stored) (+ bias [N] f32) (+ Y when accumulate)
+// mma.sync.m16n8k16 (sm_80+, fp32 accumulation). Block tile GM x GN x GK = 128 x 128 x 32, 8 warps as 2 (M) x 4 (N),
+// each warp 64 x 32 = 4 x 4 mma tiles. Tiles stream into shared memory through cp.async, GEMM_STAGES deep; fragments
+// come out with ldmatrix. Rows past T or N and 16-byte chunks past K are zero-filled (cp.async src-size 0), so T and N
+// are free; K must be a multiple of 8 (16-byte rows) and X, W 16-byte aligned (CudaPrefillKernels checks).
+#include "common.cuh"
+
+#define GM 128
+#define GN 128
+#define GK 32
+#define GPAD 8                     // halves of padding per smem row: 80-byte rows, conflict-free ldmatrix
+#define GROW (GK + GPAD)           // smem row stride in halves
+#define GEMM_THREADS 256
+#define GEMM_STAGES 3
+// dynamic shared memory bytes: STAGES x (A [GM][GROW] + B [GN][GROW]) halves
+#define GEMM_SMEM (GEMM_STAGES * (GM + GN) * GROW * 2)
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 a;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ void g_cp16(u32 dst, const void* src, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void g_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void g_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+#endif
+}
+__device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+#endif
+}
+// c[4] += a[4] (16x16) . b[2] (16x8); DT picks bf16 or f16 operands
+template <int DT>
+__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (DT == CALM_BF16)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// one stage: A rows m0.. of X [T, K] and B rows n0.. of W [N, K], columns k0 .. k0+GK, into sA/sB [rows][GROW]
+__device__ __forceinline__ void gemm_load_stage(u32 sA, u32 sB, const u16* X, const u16* W, int T, int N, int K, int m0, int n0, int k0) {
+    // each tile is 128 rows x 4 chunks of 16 bytes = 512 chunks; 256 threads take 2 of A and 2 of B
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int c = threadIdx.x + i * GEMM_THREADS;
+        int r = c >> 2, kc = (c & 3) * 8;
+        int k = k0 + kc;
+        bool okk = k < K;
+        int ra = m0 + r, rb = n0 + r;
+        bool oka = okk && ra < T, okb = okk && rb < N;
+        const u16* pa = X + (oka ? (long long)ra * K + k : 0);
+        const u16* pb = W + (okb ? (long long)rb * K + k : 0);
+        g_cp16(sA + (u32)(r * GROW + kc) * 2, pa, oka ? 16 : 0);
+        g_cp16(sB + (u32)(r * GROW + kc) * 2, pb, okb ? 16 : 0);
+    }
+}
+
+template <int DT>
+__device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
+    extern __shared__ __align__(16) u16 gsm[];
+    const int m0 = blockIdx.y * GM, n0 = blockIdx.x * GN;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;   // this warp's 64 x 32 sub-tile
+    const u32 base = smem_addr(gsm);
+    const u32 stageBytes = (GM + GN) * GROW * 2;
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+    const int kTiles = (K + GK - 1) / GK;
+#pragma unroll
+    for (int s = 0; s < GEMM_STAGES - 1; s++) {
+        if (s < kTiles) gemm_load_stage(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
+        g_commit();
+    }
+    // ldmatrix lane addresses (halves within a tile): A x4 = rows lane&15, column (lane>>4)*8;
+    // B x4 over two n8 tiles = row (lane&7) + (lane>>4)*8, column ((lane>>3)&1)*8
+    const int aRow = lane & 15, aCol = (lane >> 4) * 8;
+    const int bRow = (lane & 7) + ((lane >> 4) << 3), bCol = ((lane >> 3) & 1) * 8;
+    for (int kt = 0; kt < kTiles; kt++) {
+        g_wait<GEMM_STAGES - 2>();
+        __syncthreads();   // stage kt landed for every thread; the stage refilled next was read by all
+        {
+            int nk = kt + GEMM_STAGES - 1;
+            int st = nk % GEMM_STAGES;
+            if (nk < kTiles) gemm_load_stage(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
+            g_commit();
+        }
+        const u32 sA = base + (kt % GEMM_STAGES) * stageBytes, sB = sA + GM * GROW * 2;
+#pragma unroll
+        for (int kk = 0; kk < GK; kk += 16) {
+            u32 a[4][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                ldsm_x4(sA + (u32)((wm + i * 16 + aRow) * GROW + kk + aCol) * 2, a[i][0], a[i][1], a[i][2], a[i][3]);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                ldsm_x4(sB + (u32)((wn + j * 16 + bRow) * GROW + kk + bCol) * 2, b[2 * j][0], b[2 * j][1], b[2 * j + 1][0], b[2 * j + 1][1]);
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mma16816<DT>(acc[i][j], a[i], b[j]);
+        }
+    }
+    g_wait<0>();
+    // epilogue: c0,c1 at (row g, cols 2t, 2t+1), c2,c3 at (row g+8, same cols)
+    const int g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int row = m0 + wm + i * 16 + g + h * 8;
+                int col = n0 + wn + j * 8 + 2 * t4;
+                if (row >= T) continue;
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int n = col + e;
+                    if (n >= N) continue;
+                    float v = acc[i][j][h * 2 + e];
+                    if (bias) v += bias[n];
+                    float* y = Y + (long long)row * N + n;
+                    if (accumulate) v += *y;
+                    *y = v;
+                }
+            }
+}
+
+// grid (ceil(N/GN), ceil(T/GM)), GEMM_THREADS threads, GEMM_SMEM bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_bf16(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
+    gemm_impl<CALM_BF16>(X, W, Y, bias, T, N, K, accumulate);
+}
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_f16(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
+    gemm_impl<CALM_F16>(X, W, Y, bias, T, N, K, accumulate);
+}
+
+// ---- row-wise helpers of the batched forward ----------------------------------------------------------------------
+__device__ __forceinline__ u16 to_half(float v, int dt) { return dt == CALM_BF16 ? f32_to_bf16(v) : f32_to_f16(v); }
+
+// tokens [T] int, table [V, D] (tdt: f32/f16/bf16) -> x [T, D] f32 = table[token] * scale. grid (blocks, T)
+extern "C" __global__ void embed_rows(const int* tokens, const void* table, int tdt, float* x, int D, float scale) {
+    int t = blockIdx.y;
+    long long row = (long long)tokens[t] * D;
+    for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) {
+        float v = tdt == CALM_F32 ? ((const float*)table)[row + d]
+                : tdt == CALM_BF16 ? bf16_to_f32(((const u16*)table)[row + d]) : f16_to_f32(((const u16*)table)[row + d]);
+        x[(long long)t * D + d] = v * scale;
+    }
+}
+
+// x [T, n] f32, w [n] f32 -> out [T, n] in dtype odt (bf16/f16) = x / rms(x) * (w or 1 + w). One block per row.
+extern "C" __global__ void rmsnorm_rows(const float* x, const float* w, u16* out, int n, float eps, int addOne, int odt) {
+    const float* xr = x + (long long)blockIdx.x * n;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) { float v = xr[i]; ss = fmaf(v, v, ss); }
+    ss = block_sum(ss);
+    float r = rsqrtf(ss / (float)n + eps);
+    u16* o = out + (long long)blockIdx.x * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float g = w[i];
+        if (addOne) g += 1.f;
+        o[i] = to_half(xr[i] * r * g, odt);
+    }
+}
+
+// gu [T, 2F] f32 = [gate | up] per row -> h [T, F] (odt) = act(gate) * up
+extern "C" __global__ void gate_act_rows(const float* gu, u16* h, int F, int T, int act, int odt) {
+    long long n = (long long)F * T;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
+        long long t = idx / F, i = idx - t * F;
+        const float* g = gu + t * 2 * F;
+        h[idx] = to_half(activate(g[i], act) * g[F + i], odt);
+    }
+}
