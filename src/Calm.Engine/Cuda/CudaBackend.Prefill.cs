@@ -19,6 +19,15 @@ public sealed unsafe partial class CudaBackend
     /// turns it off). Tests switch it to compare both paths.</summary>
     public bool BatchedPrefill { get; set; } = Environment.GetEnvironmentVariable("CALM_PREFILL") != "token";
 
+    /// <summary>Rows per chunk actually used (1 .. <see cref="PrefillChunk"/>; tests lower it to cross chunk boundaries).</summary>
+    public int PrefillChunkRows
+    {
+        get => _chunkRows;
+        set => _chunkRows = value is >= 1 and <= PrefillChunk ? value
+            : throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Prefill chunk rows must be 1..{PrefillChunk} (got {value}).", "PrefillChunkRows");
+    }
+    private int _chunkRows = PrefillChunk;
+
     private string? _prefillWhy;
     private bool _prefillChecked;
     private CudaPrefillKernels? _pk;
@@ -84,9 +93,10 @@ public sealed unsafe partial class CudaBackend
         float embScale = c.ScaleEmbeddings ? MathF.Sqrt(D) : 1f;
         float scale = 1f / MathF.Sqrt(Hd);
         var dt = _wt;
-        for (int c0 = 0; c0 < T; c0 += _pRows)
+        int rows = Math.Min(_pRows, _chunkRows);
+        for (int c0 = 0; c0 < T; c0 += rows)
         {
-            int n = Math.Min(_pRows, T - c0), pos0 = startPos + c0;
+            int n = Math.Min(rows, T - c0), pos0 = startPos + c0;
             var w0 = Stopwatch.GetTimestamp();
             s.Synchronize();   // the previous chunk has read the token buffer
             waited += Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
