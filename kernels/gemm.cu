@@ -1,20 +1,20 @@
 // gemm.cu: the batched (prefill) matrix products on the tensor cores, and the row-wise helpers around them.
 //   Y [T, N] f32 = X [T, K] (bf16/f16) . W [N, K]^T (bf16/f16, row-major as stored) (+ bias [N] f32) (+ Y when accumulate)
-// mma.sync.m16n8k16 (sm_80+, fp32 accumulation). Block tile GM x GN x GK = 128 x 128 x 32, 8 warps as 2 (M) x 4 (N),
-// each warp 64 x 32 = 4 x 4 mma tiles. Tiles stream into shared memory through cp.async, GEMM_STAGES deep; fragments
+// mma.sync.m16n8k16 (sm_80+, fp32 accumulation). Block tile GM x GN x GK = (32*MT) x 128 x 32, 8 warps as 2 (M) x 4 (N),
+// each warp (16*MT) x 32 = MT x 4 mma tiles: MT = 4 (128-row tiles) or 2 (64-row tiles, twice the blocks for short
+// prompts and narrow outputs, where 128-row tiles leave multiprocessors idle). Tiles stream into shared memory through cp.async, GEMM_STAGES deep; fragments
 // come out with ldmatrix. Rows past T or N and 16-byte chunks past K are zero-filled (cp.async src-size 0), so T and N
 // are free; K must be a multiple of 8 (16-byte rows) and X, W 16-byte aligned (CudaPrefillKernels checks).
 #include "common.cuh"
 
-#define GM 128
 #define GN 128
 #define GK 32
 #define GPAD 8                     // halves of padding per smem row: 80-byte rows, conflict-free ldmatrix
 #define GROW (GK + GPAD)           // smem row stride in halves
 #define GEMM_THREADS 256
 #define GEMM_STAGES 3
-// dynamic shared memory bytes: STAGES x (A [GM][GROW] + B [GN][GROW]) halves
-#define GEMM_SMEM (GEMM_STAGES * (GM + GN) * GROW * 2)
+// dynamic shared memory bytes: STAGES x (A [GM][GROW] + B [GN][GROW]) halves (GM = 32*MT)
+#define GEMM_SMEM(MT) (GEMM_STAGES * (32 * (MT) + GN) * GROW * 2)
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     u32 a;
@@ -57,35 +57,37 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
 #endif
 }
 
-// one stage: A rows m0.. of X [T, K] and B rows n0.. of W [N, K], columns k0 .. k0+GK, into sA/sB [rows][GROW]
-__device__ __forceinline__ void gemm_load_stage(u32 sA, u32 sB, const u16* X, const u16* W, int T, int N, int K, int m0, int n0, int k0) {
-    // each tile is 128 rows x 4 chunks of 16 bytes = 512 chunks; 256 threads take 2 of A and 2 of B
+// rows r0.. of M [rows, K], columns k0 .. k0+GK, into s [R][GROW]: R rows x 4 chunks of 16 bytes, 256 threads
+template <int R>
+__device__ __forceinline__ void gemm_load_tile(u32 s, const u16* M, int rows, int K, int r0, int k0) {
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < R * 4 / GEMM_THREADS; i++) {
         int c = threadIdx.x + i * GEMM_THREADS;
         int r = c >> 2, kc = (c & 3) * 8;
-        int k = k0 + kc;
-        bool okk = k < K;
-        int ra = m0 + r, rb = n0 + r;
-        bool oka = okk && ra < T, okb = okk && rb < N;
-        const u16* pa = X + (oka ? (long long)ra * K + k : 0);
-        const u16* pb = W + (okb ? (long long)rb * K + k : 0);
-        g_cp16(sA + (u32)(r * GROW + kc) * 2, pa, oka ? 16 : 0);
-        g_cp16(sB + (u32)(r * GROW + kc) * 2, pb, okb ? 16 : 0);
+        int k = k0 + kc, row = r0 + r;
+        bool ok = k < K && row < rows;
+        g_cp16(s + (u32)(r * GROW + kc) * 2, M + (ok ? (long long)row * K + k : 0), ok ? 16 : 0);
     }
 }
+// one stage: A rows m0.. of X [T, K] and B rows n0.. of W [N, K] (out-of-range rows and chunks zero-filled)
+template <int MT>
+__device__ __forceinline__ void gemm_load_stage(u32 sA, u32 sB, const u16* X, const u16* W, int T, int N, int K, int m0, int n0, int k0) {
+    gemm_load_tile<32 * MT>(sA, X, T, K, m0, k0);
+    gemm_load_tile<GN>(sB, W, N, K, n0, k0);
+}
 
-template <int DT>
+template <int DT, int MT>
 __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
     extern __shared__ __align__(16) u16 gsm[];
+    const int GM = 32 * MT;
     const int m0 = blockIdx.y * GM, n0 = blockIdx.x * GN;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;   // this warp's 64 x 32 sub-tile
+    const int wm = (warp >> 2) * 16 * MT, wn = (warp & 3) * 32;   // this warp's (16*MT) x 32 sub-tile
     const u32 base = smem_addr(gsm);
     const u32 stageBytes = (GM + GN) * GROW * 2;
-    float acc[4][4][4];
+    float acc[MT][4][4];
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < MT; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
@@ -94,7 +96,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
     const int kTiles = (K + GK - 1) / GK;
 #pragma unroll
     for (int s = 0; s < GEMM_STAGES - 1; s++) {
-        if (s < kTiles) gemm_load_stage(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
+        if (s < kTiles) gemm_load_stage<MT>(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
         g_commit();
     }
     // ldmatrix lane addresses (halves within a tile): A x4 = rows lane&15, column (lane>>4)*8;
@@ -107,21 +109,21 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
         {
             int nk = kt + GEMM_STAGES - 1;
             int st = nk % GEMM_STAGES;
-            if (nk < kTiles) gemm_load_stage(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
+            if (nk < kTiles) gemm_load_stage<MT>(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
             g_commit();
         }
         const u32 sA = base + (kt % GEMM_STAGES) * stageBytes, sB = sA + GM * GROW * 2;
 #pragma unroll
         for (int kk = 0; kk < GK; kk += 16) {
-            u32 a[4][4], b[4][2];
+            u32 a[MT][4], b[4][2];
 #pragma unroll
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < MT; i++)
                 ldsm_x4(sA + (u32)((wm + i * 16 + aRow) * GROW + kk + aCol) * 2, a[i][0], a[i][1], a[i][2], a[i][3]);
 #pragma unroll
             for (int j = 0; j < 2; j++)
                 ldsm_x4(sB + (u32)((wn + j * 16 + bRow) * GROW + kk + bCol) * 2, b[2 * j][0], b[2 * j][1], b[2 * j + 1][0], b[2 * j + 1][1]);
 #pragma unroll
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < MT; i++)
 #pragma unroll
                 for (int j = 0; j < 4; j++) mma16816<DT>(acc[i][j], a[i], b[j]);
         }
@@ -130,7 +132,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
     // epilogue: c0,c1 at (row g, cols 2t, 2t+1), c2,c3 at (row g+8, same cols)
     const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < MT; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
@@ -151,13 +153,15 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
             }
 }
 
-// grid (ceil(N/GN), ceil(T/GM)), GEMM_THREADS threads, GEMM_SMEM bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_bf16(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
-    gemm_impl<CALM_BF16>(X, W, Y, bias, T, N, K, accumulate);
-}
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_f16(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
-    gemm_impl<CALM_F16>(X, W, Y, bias, T, N, K, accumulate);
-}
+// grid (ceil(N/GN), ceil(T/GM)), GEMM_THREADS threads, GEMM_SMEM(MT) bytes of dynamic shared memory; _m64: GM = 64
+#define GEMM_ENTRY(NAME, DT, MT) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
+        gemm_impl<DT, MT>(X, W, Y, bias, T, N, K, accumulate); \
+    }
+GEMM_ENTRY(gemm_bf16, CALM_BF16, 4)
+GEMM_ENTRY(gemm_f16, CALM_F16, 4)
+GEMM_ENTRY(gemm_bf16_m64, CALM_BF16, 2)
+GEMM_ENTRY(gemm_f16_m64, CALM_F16, 2)
 
 // ---- row-wise helpers of the batched forward ----------------------------------------------------------------------
 __device__ __forceinline__ u16 to_half(float v, int dt) { return dt == CALM_BF16 ? f32_to_bf16(v) : f32_to_f16(v); }

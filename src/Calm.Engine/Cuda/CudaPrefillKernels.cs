@@ -9,9 +9,12 @@ namespace Calm.Engine.Cuda;
 /// </summary>
 public sealed class CudaPrefillKernels : IDisposable
 {
-    public const int GemmTileM = 128, GemmTileN = 128, GemmTileK = 32, GemmThreads = 256, GemmStages = 3;
-    /// <summary>Dynamic shared memory of the GEMM: stages x (A + B tiles) of 128 rows x (32 + 8) halves.</summary>
-    public const int GemmSharedBytes = GemmStages * (GemmTileM + GemmTileN) * (GemmTileK + 8) * 2;
+    public const int GemmTileN = 128, GemmTileK = 32, GemmThreads = 256, GemmStages = 3;
+    /// <summary>Dynamic shared memory of the GEMM with <paramref name="tileRows"/> (64 or 128) rows of X per block:
+    /// stages x (A + B tiles) x (32 + 8) halves per row.</summary>
+    public static int GemmSharedBytes(int tileRows) => GemmStages * (tileRows + GemmTileN) * (GemmTileK + 8) * 2;
+    /// <summary>Multiprocessors of the device (picks the GEMM tile height).</summary>
+    public int Multiprocessors { get; }
     public const int AttentionQueryTile = 16, AttentionKeyChunk = 32, AttentionThreads = 128, AttentionMaxHeadDim = 256;
     public const int QkvMaxHeadDim = 1024;
 
@@ -35,16 +38,20 @@ public sealed class CudaPrefillKernels : IDisposable
     {
         if (!Supported(arch)) throw new NotSupportedException($"the prefill kernels need sm_80 or newer (this device is sm_{arch})");
         Arch = arch;
+        Multiprocessors = Math.Max(1, CudaDeviceInfo.List().FirstOrDefault(d => d.Index == ctx.Device)?.Multiprocessors ?? 1);
         try
         {
             foreach (var file in new[] { "gemm.cu", "prefill_attention.cu" })
                 _modules.Add(new CudaModule(ctx, KernelCompiler.Get(file, arch, verbose).Image, file));
-            foreach (var name in new[] { "gemm_bf16", "gemm_f16", "embed_rows", "rmsnorm_rows", "gate_act_rows" })
+            foreach (var name in new[] { "gemm_bf16", "gemm_f16", "gemm_bf16_m64", "gemm_f16_m64", "embed_rows", "rmsnorm_rows", "gate_act_rows" })
                 _k[name] = _modules[0].GetKernel(name);
             foreach (var name in new[] { "qkv_rope_rows", "attention_prefill" })
                 _k[name] = _modules[1].GetKernel(name);
-            _k["gemm_bf16"].SetMaxDynamicSharedMemory(GemmSharedBytes);
-            _k["gemm_f16"].SetMaxDynamicSharedMemory(GemmSharedBytes);
+            foreach (var h in new[] { "bf16", "f16" })
+            {
+                _k["gemm_" + h].SetMaxDynamicSharedMemory(GemmSharedBytes(128));
+                _k["gemm_" + h + "_m64"].SetMaxDynamicSharedMemory(GemmSharedBytes(64));
+            }
             _k["attention_prefill"].SetMaxDynamicSharedMemory(AttentionSharedBytes(AttentionMaxHeadDim));
         }
         catch
@@ -60,14 +67,20 @@ public sealed class CudaPrefillKernels : IDisposable
         _ => throw new NotSupportedException($"the tensor-core GEMM takes bf16 or f16 operands, not {t}"),
     };
 
+    /// <summary>Rows of X per block for a T x N product: 128 when that still gives two blocks per multiprocessor, else 64.</summary>
+    public int GemmTileRows(int T, int N)
+        => (long)((T + 127) / 128) * ((N + GemmTileN - 1) / GemmTileN) >= 2L * Multiprocessors ? 128 : 64;
+
     /// <summary>Y [T, N] f32 = X [T, K] (dt) . W [N, K]^T (dt) (+ bias [N] f32 when nonzero) (+ Y when accumulate).
-    /// K % 8 == 0; X and W 16-byte aligned.</summary>
-    public void Gemm(CudaStream s, DType dt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate)
+    /// K % 8 == 0; X and W 16-byte aligned. tileRows: 64 or 128 rows of X per block (0: <see cref="GemmTileRows"/>).</summary>
+    public void Gemm(CudaStream s, DType dt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, int tileRows = 0)
     {
+        if (tileRows == 0) tileRows = GemmTileRows(T, N);
+        if (tileRows is not (64 or 128)) throw new ArgumentOutOfRangeException(nameof(tileRows), "GEMM tiles are 64 or 128 rows");
         if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);
         if (T <= 0 || N <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{N}");
         if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
-        _k["gemm_" + Half(dt)].Launch(s, ((N + GemmTileN - 1) / GemmTileN, (T + GemmTileM - 1) / GemmTileM, 1), GemmThreads, GemmSharedBytes,
+        _k["gemm_" + Half(dt) + (tileRows == 64 ? "_m64" : "")].Launch(s, ((N + GemmTileN - 1) / GemmTileN, (T + tileRows - 1) / tileRows, 1), GemmThreads, GemmSharedBytes(tileRows),
             X, W, Y, bias, T, N, K, accumulate ? 1 : 0);
     }
 

@@ -24,12 +24,14 @@ public class PrefillTests
     }
 
     [Theory]
-    [InlineData(DType.BF16, 1, 128, 64, false, false)]
-    [InlineData(DType.BF16, 37, 200, 264, true, false)]      // T, N partial tiles; K tail inside a 32-wide k tile
-    [InlineData(DType.F16, 130, 300, 512, true, true)]
-    [InlineData(DType.BF16, 257, 129, 1000, false, true)]    // three row tiles, N = one tile + 1
-    [InlineData(DType.F16, 5, 1000, 8, false, false)]        // K = 8: one partial k tile
-    public void GemmMatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate)
+    [InlineData(DType.BF16, 1, 128, 64, false, false, 128)]
+    [InlineData(DType.BF16, 37, 200, 264, true, false, 64)]      // T, N partial tiles; K tail inside a 32-wide k tile
+    [InlineData(DType.F16, 130, 300, 512, true, true, 128)]
+    [InlineData(DType.F16, 130, 300, 512, true, true, 64)]
+    [InlineData(DType.BF16, 257, 129, 1000, false, true, 128)]   // three row tiles, N = one tile + 1
+    [InlineData(DType.BF16, 257, 129, 1000, false, true, 64)]    // five row tiles
+    [InlineData(DType.F16, 5, 1000, 8, false, false, 0)]         // K = 8: one partial k tile; tile picked by the launcher
+    public void GemmMatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows)
     {
         var (ctx, p, s) = Require();
         using var _c = ctx; using var _p = p; using var _s = s;
@@ -39,7 +41,7 @@ public class PrefillTests
         var b = Gpu.RandF(r, N);
         var y0 = Gpu.RandF(r, T * N);
         using var X = Gpu.Up(ctx, xb); using var W = Gpu.Up(ctx, wb); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
-        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, N, K, accumulate);
+        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, N, K, accumulate, tileRows);
         s.Synchronize();
         var want = new float[T * N];
         for (int t = 0; t < T; t++)
@@ -51,7 +53,7 @@ public class PrefillTests
                 if (accumulate) a += y0[t * N + n];
                 want[t * N + n] = (float)a;
             }
-        Gpu.Close(Y.ToArray<float>(T * N), want, 1e-5, $"gemm {dt} {T}x{N}x{K}");
+        Gpu.Close(Y.ToArray<float>(T * N), want, 1e-5, $"gemm {dt} {T}x{N}x{K} tile {tileRows}");
     }
 
     [Fact]
