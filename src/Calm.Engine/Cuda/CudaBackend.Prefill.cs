@@ -56,21 +56,42 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>Whether Forward of <paramref name="tokens"/> tokens takes the batched path.</summary>
-    public bool UsesBatchedPrefill(int tokens) => tokens > 1 && BatchedPrefill && PrefillFallbackReason is null;
+    public bool UsesBatchedPrefill(int tokens) => tokens > 1 && BatchedPrefill && PrefillFallbackReason is null && EnsurePrefillState();
 
-    private void EnsurePrefillState()
+    /// <summary>Allocates the chunk scratch on first use. Out of GPU memory: whatever was allocated is freed, and
+    /// this backend prefills token by token from then on (<see cref="PrefillFallbackReason"/> says so).</summary>
+    private bool EnsurePrefillState()
     {
-        if (_pk is not null) return;
+        if (_pk is not null) return true;
         var c = Config;
-        _pk = new CudaPrefillKernels(_ctx, Device.Arch);
-        int C = _pRows = Math.Min(PrefillChunk, MaxContext);
+        int C = Math.Min(PrefillChunk, MaxContext);
         long widest = Math.Max(c.HiddenSize, Math.Max(c.QDim, c.IntermediateSize));
-        _pTok = new CudaPinnedMemory(_ctx, C * 4L);
-        _pTokMem = Alloc(C * 4L, "prefill tokens");
-        _pX = Alloc((long)C * c.HiddenSize * 4, "prefill residual").Ptr;
-        _pH = Alloc((long)C * widest * 2, "prefill gemm input").Ptr;
-        _pQkv = Alloc((long)C * (c.QDim + 2L * c.KvDim) * 4, "prefill qkv").Ptr;
-        _pGu = Alloc((long)C * 2L * c.IntermediateSize * 4, "prefill gate_up").Ptr;
+        int owned0 = _owned.Count;
+        long bytes0 = DeviceBytes;
+        CudaPrefillKernels? pk = null;
+        try
+        {
+            pk = new CudaPrefillKernels(_ctx, Device.Arch);
+            _pTokMem = Alloc(C * 4L, "prefill tokens");
+            _pX = Alloc((long)C * c.HiddenSize * 4, "prefill residual").Ptr;
+            _pH = Alloc((long)C * widest * 2, "prefill gemm input").Ptr;
+            _pQkv = Alloc((long)C * (c.QDim + 2L * c.KvDim) * 4, "prefill qkv").Ptr;
+            _pGu = Alloc((long)C * 2L * c.IntermediateSize * 4, "prefill gate_up").Ptr;
+            _pTok = new CudaPinnedMemory(_ctx, C * 4L);
+        }
+        catch (CalmException e) when (e.ErrorId == ErrorIds.OutOfMemory)
+        {
+            pk?.Dispose();
+            for (int i = _owned.Count - 1; i >= owned0; i--) { _owned[i].Dispose(); _owned.RemoveAt(i); }
+            DeviceBytes = bytes0;
+            _pTokMem = null;
+            _prefillWhy = "not enough GPU memory for the batched prefill's scratch (" + e.Message + ")";
+            _prefillChecked = true;
+            return false;
+        }
+        _pRows = C;
+        _pk = pk;
+        return true;
     }
 
     private void DisposePrefill()
@@ -83,7 +104,6 @@ public sealed unsafe partial class CudaBackend
     /// row's when allLogits, else the last row's (also left in _logits with its argmax in _result, as a decode step does).</summary>
     private void RunBatched(ReadOnlySpan<int> tokens, int startPos, Span<float> logits, bool allLogits, CancellationToken ct)
     {
-        EnsurePrefillState();
         var c = Config; var k = _k!; var pk = _pk!; var s = _stream!;
         var hostSw = Stopwatch.StartNew();
         double waited = 0;
@@ -148,7 +168,6 @@ public sealed unsafe partial class CudaBackend
         if (!UsesBatchedPrefill(tokens)) return -1;
         var toks = new int[tokens];
         for (int i = 0; i < tokens; i++) toks[i] = (int)((i * 2654435761L) % Config.VocabSize);
-        EnsurePrefillState();
         using var a = new CudaEvent(_ctx);
         using var b = new CudaEvent(_ctx);
         var s = _stream!;
