@@ -1,6 +1,6 @@
 // gemm.cu: the batched (prefill) matrix products on the tensor cores, and the row-wise helpers around them.
 //   Y [T, N] f32 = X [T, K] (bf16/f16) . W [N, K]^T (bf16/f16, row-major as stored) (+ bias [N] f32) (+ Y when accumulate)
-// mma.sync.m16n8k16 (sm_80+, fp32 accumulation). Block tile GM x GN x GK = (32*MT) x 128 x 32, 8 warps as 2 (M) x 4 (N),
+// mma.sync.m16n8k16 (sm_80+, fp32 accumulation). Block tile GM x GN x GK = (32*MT) x 128 x (32 or 64), 8 warps as 2 (M) x 4 (N),
 // each warp (16*MT) x 32 = MT x 4 mma tiles: MT = 4 (128-row tiles) or 2 (64-row tiles, twice the blocks for short
 // prompts and narrow outputs, where 128-row tiles leave multiprocessors idle). Tiles stream into shared memory through cp.async, GEMM_STAGES deep; fragments
 // come out with ldmatrix. Rows past T or N and 16-byte chunks past K are zero-filled (cp.async src-size 0), so T and N
@@ -8,13 +8,11 @@
 #include "common.cuh"
 
 #define GN 128
-#define GK 32
-#define GPAD 8                     // halves of padding per smem row: 80-byte rows, conflict-free ldmatrix
-#define GROW (GK + GPAD)           // smem row stride in halves
+#define GPAD 8                     // halves of padding per smem row (80- or 144-byte rows): conflict-free ldmatrix
+// GK (32 or 64): the k depth of a stage; smem rows hold GK + GPAD halves
 #define GEMM_THREADS 256
 #define GEMM_STAGES 3
-// dynamic shared memory bytes: STAGES x (A [GM][GROW] + B [GN][GROW]) halves (GM = 32*MT)
-#define GEMM_SMEM(MT) (GEMM_STAGES * (32 * (MT) + GN) * GROW * 2)
+// dynamic shared memory bytes: STAGES x (A [GM][GK+GPAD] + B [GN][GK+GPAD]) halves (GM = 32*MT)
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     u32 a;
@@ -57,29 +55,30 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
 #endif
 }
 
-// rows r0.. of M [rows, K], columns k0 .. k0+GK, into s [R][GROW]: R rows x 4 chunks of 16 bytes, 256 threads
-template <int R>
+// rows r0.. of M [rows, K], columns k0 .. k0+GK, into s [R][GK+GPAD]: R rows x GK/8 chunks of 16 bytes, 256 threads
+template <int R, int GK>
 __device__ __forceinline__ void gemm_load_tile(u32 s, const u16* M, int rows, int K, int r0, int k0) {
+    const int GROW = GK + GPAD, CPR = GK / 8;
 #pragma unroll
-    for (int i = 0; i < R * 4 / GEMM_THREADS; i++) {
+    for (int i = 0; i < R * CPR / GEMM_THREADS; i++) {
         int c = threadIdx.x + i * GEMM_THREADS;
-        int r = c >> 2, kc = (c & 3) * 8;
+        int r = c / CPR, kc = (c % CPR) * 8;
         int k = k0 + kc, row = r0 + r;
         bool ok = k < K && row < rows;
         g_cp16(s + (u32)(r * GROW + kc) * 2, M + (ok ? (long long)row * K + k : 0), ok ? 16 : 0);
     }
 }
 // one stage: A rows m0.. of X [T, K] and B rows n0.. of W [N, K] (out-of-range rows and chunks zero-filled)
-template <int MT>
+template <int MT, int GK>
 __device__ __forceinline__ void gemm_load_stage(u32 sA, u32 sB, const u16* X, const u16* W, int T, int N, int K, int m0, int n0, int k0) {
-    gemm_load_tile<32 * MT>(sA, X, T, K, m0, k0);
-    gemm_load_tile<GN>(sB, W, N, K, n0, k0);
+    gemm_load_tile<32 * MT, GK>(sA, X, T, K, m0, k0);
+    gemm_load_tile<GN, GK>(sB, W, N, K, n0, k0);
 }
 
-template <int DT, int MT>
+template <int DT, int MT, int GK>
 __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
     extern __shared__ __align__(16) u16 gsm[];
-    const int GM = 32 * MT;
+    const int GM = 32 * MT, GROW = GK + GPAD;
     const int m0 = blockIdx.y * GM, n0 = blockIdx.x * GN;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wm = (warp >> 2) * 16 * MT, wn = (warp & 3) * 32;   // this warp's (16*MT) x 32 sub-tile
@@ -96,7 +95,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
     const int kTiles = (K + GK - 1) / GK;
 #pragma unroll
     for (int s = 0; s < GEMM_STAGES - 1; s++) {
-        if (s < kTiles) gemm_load_stage<MT>(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
+        if (s < kTiles) gemm_load_stage<MT, GK>(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
         g_commit();
     }
     // ldmatrix lane addresses (halves within a tile): A x4 = rows lane&15, column (lane>>4)*8;
@@ -109,7 +108,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
         {
             int nk = kt + GEMM_STAGES - 1;
             int st = nk % GEMM_STAGES;
-            if (nk < kTiles) gemm_load_stage<MT>(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
+            if (nk < kTiles) gemm_load_stage<MT, GK>(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
             g_commit();
         }
         const u32 sA = base + (kt % GEMM_STAGES) * stageBytes, sB = sA + GM * GROW * 2;
@@ -153,15 +152,20 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
             }
 }
 
-// grid (ceil(N/GN), ceil(T/GM)), GEMM_THREADS threads, GEMM_SMEM(MT) bytes of dynamic shared memory; _m64: GM = 64
-#define GEMM_ENTRY(NAME, DT, MT) \
+// grid (ceil(N/GN), ceil(T/GM)), GEMM_THREADS threads, STAGES*(GM+GN)*(GK+GPAD)*2 bytes of dynamic shared memory;
+// _m64: GM = 64 (else 128); _k64: GK = 64 (else 32)
+#define GEMM_ENTRY(NAME, DT, MT, GK) \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
-        gemm_impl<DT, MT>(X, W, Y, bias, T, N, K, accumulate); \
+        gemm_impl<DT, MT, GK>(X, W, Y, bias, T, N, K, accumulate); \
     }
-GEMM_ENTRY(gemm_bf16, CALM_BF16, 4)
-GEMM_ENTRY(gemm_f16, CALM_F16, 4)
-GEMM_ENTRY(gemm_bf16_m64, CALM_BF16, 2)
-GEMM_ENTRY(gemm_f16_m64, CALM_F16, 2)
+GEMM_ENTRY(gemm_bf16, CALM_BF16, 4, 32)
+GEMM_ENTRY(gemm_f16, CALM_F16, 4, 32)
+GEMM_ENTRY(gemm_bf16_m64, CALM_BF16, 2, 32)
+GEMM_ENTRY(gemm_f16_m64, CALM_F16, 2, 32)
+GEMM_ENTRY(gemm_bf16_k64, CALM_BF16, 4, 64)
+GEMM_ENTRY(gemm_f16_k64, CALM_F16, 4, 64)
+GEMM_ENTRY(gemm_bf16_m64_k64, CALM_BF16, 2, 64)
+GEMM_ENTRY(gemm_f16_m64_k64, CALM_F16, 2, 64)
 
 // ---- row-wise helpers of the batched forward ----------------------------------------------------------------------
 __device__ __forceinline__ u16 to_half(float v, int dt) { return dt == CALM_BF16 ? f32_to_bf16(v) : f32_to_f16(v); }

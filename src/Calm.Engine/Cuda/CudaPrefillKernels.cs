@@ -10,9 +10,11 @@ namespace Calm.Engine.Cuda;
 public sealed class CudaPrefillKernels : IDisposable
 {
     public const int GemmTileN = 128, GemmTileK = 32, GemmThreads = 256, GemmStages = 3;
-    /// <summary>Dynamic shared memory of the GEMM with <paramref name="tileRows"/> (64 or 128) rows of X per block:
-    /// stages x (A + B tiles) x (32 + 8) halves per row.</summary>
-    public static int GemmSharedBytes(int tileRows) => GemmStages * (tileRows + GemmTileN) * (GemmTileK + 8) * 2;
+    /// <summary>Dynamic shared memory of the GEMM with <paramref name="tileRows"/> (64 or 128) rows of X per block and
+    /// a k depth of <paramref name="depth"/> (32 or 64) per stage: stages x (A + B tiles) x (depth + 8) halves per row.</summary>
+    public static int GemmSharedBytes(int tileRows, int depth = GemmTileK) => GemmStages * (tileRows + GemmTileN) * (depth + 8) * 2;
+    /// <summary>k depth of a GEMM stage when the call does not say: 32 (CALM_GEMM_K=64 for 64; the prefill bench times both).</summary>
+    public int GemmDepth { get; }
     /// <summary>Multiprocessors of the device (picks the GEMM tile height).</summary>
     public int Multiprocessors { get; }
     public const int AttentionQueryTile = 16, AttentionKeyChunk = 32, AttentionThreads = 128, AttentionMaxHeadDim = 256;
@@ -34,8 +36,10 @@ public sealed class CudaPrefillKernels : IDisposable
         => Hd <= 0 || Hd % 2 != 0 || Hd > AttentionMaxHeadDim ? $"prefill attention needs an even head_dim ≤ {AttentionMaxHeadDim}; got {Hd}"
          : K <= 0 || H % K != 0 ? $"prefill attention needs num_heads ({H}) to be a multiple of num_kv_heads ({K})" : null;
 
-    public CudaPrefillKernels(CudaContext ctx, int arch, Action<string>? verbose = null)
+    public CudaPrefillKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int? gemmDepth = null)
     {
+        GemmDepth = gemmDepth ?? (Environment.GetEnvironmentVariable("CALM_GEMM_K") == "64" ? 64 : 32);
+        if (GemmDepth is not (32 or 64)) throw new ArgumentOutOfRangeException(nameof(gemmDepth), "GEMM depth is 32 or 64");
         if (!Supported(arch)) throw new NotSupportedException($"the prefill kernels need sm_80 or newer (this device is sm_{arch})");
         Arch = arch;
         Multiprocessors = Math.Max(1, CudaDeviceInfo.List().FirstOrDefault(d => d.Index == ctx.Device)?.Multiprocessors ?? 1);
@@ -43,7 +47,7 @@ public sealed class CudaPrefillKernels : IDisposable
         {
             foreach (var file in new[] { "gemm.cu", "prefill_attention.cu" })
                 _modules.Add(new CudaModule(ctx, KernelCompiler.Get(file, arch, verbose).Image, file));
-            foreach (var name in new[] { "gemm_bf16", "gemm_f16", "gemm_bf16_m64", "gemm_f16_m64", "embed_rows", "rmsnorm_rows", "gate_act_rows" })
+            foreach (var name in new[] { "gemm_bf16", "gemm_f16", "gemm_bf16_m64", "gemm_f16_m64", "gemm_bf16_k64", "gemm_f16_k64", "gemm_bf16_m64_k64", "gemm_f16_m64_k64", "embed_rows", "rmsnorm_rows", "gate_act_rows" })
                 _k[name] = _modules[0].GetKernel(name);
             foreach (var name in new[] { "qkv_rope_rows", "attention_prefill" })
                 _k[name] = _modules[1].GetKernel(name);
@@ -51,6 +55,8 @@ public sealed class CudaPrefillKernels : IDisposable
             {
                 _k["gemm_" + h].SetMaxDynamicSharedMemory(GemmSharedBytes(128));
                 _k["gemm_" + h + "_m64"].SetMaxDynamicSharedMemory(GemmSharedBytes(64));
+                _k["gemm_" + h + "_k64"].SetMaxDynamicSharedMemory(GemmSharedBytes(128, 64));
+                _k["gemm_" + h + "_m64_k64"].SetMaxDynamicSharedMemory(GemmSharedBytes(64, 64));
             }
             _k["attention_prefill"].SetMaxDynamicSharedMemory(AttentionSharedBytes(AttentionMaxHeadDim));
         }
@@ -72,15 +78,19 @@ public sealed class CudaPrefillKernels : IDisposable
         => (long)((T + 127) / 128) * ((N + GemmTileN - 1) / GemmTileN) >= 2L * Multiprocessors ? 128 : 64;
 
     /// <summary>Y [T, N] f32 = X [T, K] (dt) . W [N, K]^T (dt) (+ bias [N] f32 when nonzero) (+ Y when accumulate).
-    /// K % 8 == 0; X and W 16-byte aligned. tileRows: 64 or 128 rows of X per block (0: <see cref="GemmTileRows"/>).</summary>
-    public void Gemm(CudaStream s, DType dt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, int tileRows = 0)
+    /// K % 8 == 0; X and W 16-byte aligned. tileRows: 64 or 128 rows of X per block (0: <see cref="GemmTileRows"/>);
+    /// depth: 32 or 64 columns of K per stage (0: <see cref="GemmDepth"/>).</summary>
+    public void Gemm(CudaStream s, DType dt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, int tileRows = 0, int depth = 0)
     {
         if (tileRows == 0) tileRows = GemmTileRows(T, N);
+        if (depth == 0) depth = GemmDepth;
         if (tileRows is not (64 or 128)) throw new ArgumentOutOfRangeException(nameof(tileRows), "GEMM tiles are 64 or 128 rows");
+        if (depth is not (32 or 64)) throw new ArgumentOutOfRangeException(nameof(depth), "GEMM depth is 32 or 64");
         if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);
         if (T <= 0 || N <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{N}");
         if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
-        _k["gemm_" + Half(dt) + (tileRows == 64 ? "_m64" : "")].Launch(s, ((N + GemmTileN - 1) / GemmTileN, (T + tileRows - 1) / tileRows, 1), GemmThreads, GemmSharedBytes(tileRows),
+        _k["gemm_" + Half(dt) + (tileRows == 64 ? "_m64" : "") + (depth == 64 ? "_k64" : "")].Launch(s, ((N + GemmTileN - 1) / GemmTileN, (T + tileRows - 1) / tileRows, 1),
+            GemmThreads, GemmSharedBytes(tileRows, depth),
             X, W, Y, bias, T, N, K, accumulate ? 1 : 0);
     }
 

@@ -24,14 +24,16 @@ public class PrefillTests
     }
 
     [Theory]
-    [InlineData(DType.BF16, 1, 128, 64, false, false, 128)]
-    [InlineData(DType.BF16, 37, 200, 264, true, false, 64)]      // T, N partial tiles; K tail inside a 32-wide k tile
-    [InlineData(DType.F16, 130, 300, 512, true, true, 128)]
-    [InlineData(DType.F16, 130, 300, 512, true, true, 64)]
-    [InlineData(DType.BF16, 257, 129, 1000, false, true, 128)]   // three row tiles, N = one tile + 1
-    [InlineData(DType.BF16, 257, 129, 1000, false, true, 64)]    // five row tiles
-    [InlineData(DType.F16, 5, 1000, 8, false, false, 0)]         // K = 8: one partial k tile; tile picked by the launcher
-    public void GemmMatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows)
+    [InlineData(DType.BF16, 1, 128, 64, false, false, 128, 32)]
+    [InlineData(DType.BF16, 37, 200, 264, true, false, 64, 32)]      // T, N partial tiles; K tail inside a k tile
+    [InlineData(DType.BF16, 37, 200, 264, true, false, 64, 64)]
+    [InlineData(DType.F16, 130, 300, 512, true, true, 128, 32)]
+    [InlineData(DType.F16, 130, 300, 512, true, true, 64, 64)]
+    [InlineData(DType.BF16, 257, 129, 1000, false, true, 128, 64)]   // three row tiles, N = one tile + 1, K tail
+    [InlineData(DType.BF16, 257, 129, 1000, false, true, 64, 32)]    // five row tiles
+    [InlineData(DType.F16, 5, 1000, 8, false, false, 0, 0)]          // K = 8: one partial k tile; tile picked by the launcher
+    [InlineData(DType.BF16, 3, 64, 4104, true, true, 128, 64)]       // long K: many stages through the 3-deep ring
+    public void GemmMatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows, int depth)
     {
         var (ctx, p, s) = Require();
         using var _c = ctx; using var _p = p; using var _s = s;
@@ -41,7 +43,7 @@ public class PrefillTests
         var b = Gpu.RandF(r, N);
         var y0 = Gpu.RandF(r, T * N);
         using var X = Gpu.Up(ctx, xb); using var W = Gpu.Up(ctx, wb); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
-        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, N, K, accumulate, tileRows);
+        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, N, K, accumulate, tileRows, depth);
         s.Synchronize();
         var want = new float[T * N];
         for (int t = 0; t < T; t++)
@@ -53,7 +55,7 @@ public class PrefillTests
                 if (accumulate) a += y0[t * N + n];
                 want[t * N + n] = (float)a;
             }
-        Gpu.Close(Y.ToArray<float>(T * N), want, 1e-5, $"gemm {dt} {T}x{N}x{K} tile {tileRows}");
+        Gpu.Close(Y.ToArray<float>(T * N), want, 1e-5, $"gemm {dt} {T}x{N}x{K} tile {tileRows} depth {depth}");
     }
 
     [Fact]
