@@ -1,6 +1,9 @@
 // gemm.cu: the batched (prefill) matrix products on the tensor cores, and the row-wise helpers around them.
-//   Y [T, N] f32 = X [T, K] (bf16/f16) . W [N, K]^T (bf16/f16, row-major as stored) (+ bias [N] f32) (+ Y when accumulate)
-// mma.sync.m16n8k16 (sm_80+, fp32 accumulation). Block tile GM x GN x GK = (32*MT) x 128 x (32 or 64), 8 warps as 2 (M) x 4 (N),
+//   Y [T, N] f32 = X [T, K] f16 . W [N, K]^T (bf16/f16, row-major as stored) (+ bias [N] f32) (+ Y when accumulate)
+// The activations are f16, not bf16: rounding them to bf16 (8-bit mantissa) costs ~1e-3 relative error per product,
+// ~2e-3 on the logits of a 2-layer model; f16 (11 bits) costs 8x less. bf16 weights are converted to f16 in shared
+// memory (exact for |w| in [6.1e-5, 65504]; smaller ones round to f16 subnormals, an absolute error < 3e-8).
+// mma.sync.m16n8k16.f32.f16.f16.f32 (sm_80+, fp32 accumulation). Block tile GM x GN x GK = (32*MT) x 128 x (32 or 64), 8 warps as 2 (M) x 4 (N),
 // each warp (16*MT) x 32 = MT x 4 mma tiles: MT = 4 (128-row tiles) or 2 (64-row tiles, twice the blocks for short
 // prompts and narrow outputs, where 128-row tiles leave multiprocessors idle). Tiles stream into shared memory through cp.async, GEMM_STAGES deep; fragments
 // come out with ldmatrix. Rows past T or N and 16-byte chunks past K are zero-filled (cp.async src-size 0), so T and N
@@ -40,16 +43,10 @@ __device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
 #endif
 }
-// c[4] += a[4] (16x16) . b[2] (16x8); DT picks bf16 or f16 operands
-template <int DT>
+// c[4] += a[4] (16x16) . b[2] (16x8), f16 operands
 __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    if (DT == CALM_BF16)
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    else
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif
@@ -68,6 +65,24 @@ __device__ __forceinline__ void gemm_load_tile(u32 s, const u16* M, int rows, in
         g_cp16(s + (u32)(r * GROW + kc) * 2, M + (ok ? (long long)row * K + k : 0), ok ? 16 : 0);
     }
 }
+// two bf16 (low = first) -> two f16 in the same places
+__device__ __forceinline__ u32 bf16x2_to_f16x2(u32 w) {
+    return (u32)f32_to_f16(__int_as_float(w << 16)) | ((u32)f32_to_f16(__int_as_float(w & 0xffff0000u)) << 16);
+}
+// the B chunks this thread copied into a stage (same mapping as gemm_load_tile), bf16 -> f16 in place
+template <int GK>
+__device__ __forceinline__ void gemm_convert_b(u16* sB) {
+    const int GROW = GK + GPAD, CPR = GK / 8;
+#pragma unroll
+    for (int i = 0; i < GN * CPR / GEMM_THREADS; i++) {
+        int c = threadIdx.x + i * GEMM_THREADS;
+        calm_u4* p = (calm_u4*)(sB + (c / CPR) * GROW + (c % CPR) * 8);
+        calm_u4 v = *p;
+        v.x = bf16x2_to_f16x2(v.x); v.y = bf16x2_to_f16x2(v.y); v.z = bf16x2_to_f16x2(v.z); v.w = bf16x2_to_f16x2(v.w);
+        *p = v;
+    }
+}
+
 // one stage: A rows m0.. of X [T, K] and B rows n0.. of W [N, K] (out-of-range rows and chunks zero-filled)
 template <int MT, int GK>
 __device__ __forceinline__ void gemm_load_stage(u32 sA, u32 sB, const u16* X, const u16* W, int T, int N, int K, int m0, int n0, int k0) {
@@ -103,8 +118,9 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
     const int aRow = lane & 15, aCol = (lane >> 4) * 8;
     const int bRow = (lane & 7) + ((lane >> 4) << 3), bCol = ((lane >> 3) & 1) * 8;
     for (int kt = 0; kt < kTiles; kt++) {
-        g_wait<GEMM_STAGES - 2>();
-        __syncthreads();   // stage kt landed for every thread; the stage refilled next was read by all
+        g_wait<GEMM_STAGES - 2>();   // this thread's copies of stage kt have landed
+        if (DT == CALM_BF16) gemm_convert_b<GK>(gsm + (kt % GEMM_STAGES) * (stageBytes / 2) + GM * GROW);
+        __syncthreads();   // stage kt landed (and converted) for every thread; the stage refilled next was read by all
         {
             int nk = kt + GEMM_STAGES - 1;
             int st = nk % GEMM_STAGES;
@@ -124,7 +140,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
 #pragma unroll
             for (int i = 0; i < MT; i++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) mma16816<DT>(acc[i][j], a[i], b[j]);
+                for (int j = 0; j < 4; j++) mma16816(acc[i][j], a[i], b[j]);
         }
     }
     g_wait<0>();
@@ -168,7 +184,12 @@ GEMM_ENTRY(gemm_bf16_m64_k64, CALM_BF16, 2, 64)
 GEMM_ENTRY(gemm_f16_m64_k64, CALM_F16, 2, 64)
 
 // ---- row-wise helpers of the batched forward ----------------------------------------------------------------------
-__device__ __forceinline__ u16 to_half(float v, int dt) { return dt == CALM_BF16 ? f32_to_bf16(v) : f32_to_f16(v); }
+// f16 saturates at +-65504 instead of overflowing to inf (NaN stays NaN)
+__device__ __forceinline__ u16 to_half(float v, int dt) {
+    if (dt == CALM_BF16) return f32_to_bf16(v);
+    if (fabsf(v) > 65504.f) v = copysignf(65504.f, v);
+    return f32_to_f16(v);
+}
 
 // tokens [T] int, table [V, D] (tdt: f32/f16/bf16) -> x [T, D] f32 = table[token] * scale. grid (blocks, T)
 extern "C" __global__ void embed_rows(const int* tokens, const void* table, int tdt, float* x, int D, float scale) {

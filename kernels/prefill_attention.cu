@@ -167,7 +167,10 @@ extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const
 #pragma unroll
         for (int i = 0; i < PA_PER_LANE; i++) {
             int d = lane + 32 * i;
-            if (d < Hd) o[d] = odt == CALM_BF16 ? f32_to_bf16(acc[a][i] * inv) : f32_to_f16(acc[a][i] * inv);
+            if (d < Hd) {
+                float v = acc[a][i] * inv;   // a convex mix of fp16 cache values: within f16 range
+                o[d] = odt == CALM_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+            }
         }
     }
 }

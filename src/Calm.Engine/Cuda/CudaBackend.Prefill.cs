@@ -112,7 +112,8 @@ public sealed unsafe partial class CudaBackend
         float eps = (float)c.RmsNormEps;
         float embScale = c.ScaleEmbeddings ? MathF.Sqrt(D) : 1f;
         float scale = 1f / MathF.Sqrt(Hd);
-        var dt = _wt;
+        var dt = _wt;               // weights
+        const DType act = DType.F16; // GEMM inputs (kernels/gemm.cu: f16 activations, bf16 weights converted in shared memory)
         int rows = Math.Min(_pRows, _chunkRows);
         for (int c0 = 0; c0 < T; c0 += rows)
         {
@@ -127,16 +128,16 @@ public sealed unsafe partial class CudaBackend
             for (int l = 0; l < c.NumLayers; l++)
             {
                 var L = _layers[l];
-                pk.RmsNormRows(s, _pX, L.AttnNorm, _pH, n, D, eps, c.NormAddOne, dt);
+                pk.RmsNormRows(s, _pX, L.AttnNorm, _pH, n, D, eps, c.NormAddOne, act);
                 pk.Gemm(s, dt, _pH, L.Wqkv, _pQkv, L.Bqkv, n, Q + 2 * KV, D, false);
                 pk.QkvRopeRows(s, _pQkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                                KLayer(l), VLayer(l), MaxContext, H, K, Hd, n, pos0);
                 pk.AttentionPrefill(s, _pQkv, Q + 2 * KV, KLayer(l), VLayer(l), _pH, n, pos0, H, K, Hd, MaxContext,
-                                    c.SlidingWindow ?? 0, scale, dt);
+                                    c.SlidingWindow ?? 0, scale, act);
                 pk.Gemm(s, dt, _pH, L.Wo, _pX, L.Bo, n, D, Q, true);
-                pk.RmsNormRows(s, _pX, L.FfnNorm, _pH, n, D, eps, c.NormAddOne, dt);
+                pk.RmsNormRows(s, _pX, L.FfnNorm, _pH, n, D, eps, c.NormAddOne, act);
                 pk.Gemm(s, dt, _pH, L.Wgu, _pGu, L.Bgu, n, 2 * Fi, D, false);
-                pk.GateActRows(s, _pGu, _pH, Fi, n, c.HiddenAct, dt);
+                pk.GateActRows(s, _pGu, _pH, Fi, n, c.HiddenAct, act);
                 pk.Gemm(s, dt, _pH, L.Wdown, _pX, L.Bdown, n, D, Fi, true);
             }
             // classifier: every row of the chunk (allLogits), or only the prompt's last row

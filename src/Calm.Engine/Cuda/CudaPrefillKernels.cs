@@ -77,10 +77,12 @@ public sealed class CudaPrefillKernels : IDisposable
     public int GemmTileRows(int T, int N)
         => (long)((T + 127) / 128) * ((N + GemmTileN - 1) / GemmTileN) >= 2L * Multiprocessors ? 128 : 64;
 
-    /// <summary>Y [T, N] f32 = X [T, K] (dt) . W [N, K]^T (dt) (+ bias [N] f32 when nonzero) (+ Y when accumulate).
+    /// <summary>Y [T, N] f32 = X [T, K] f16 . W [N, K]^T (wt: bf16 or f16, converted to f16 in shared memory) (+ bias [N]
+    /// f32 when nonzero) (+ Y when accumulate). The activations are f16 whatever the weights: bf16 activations cost ~8x
+    /// the rounding error (kernels/gemm.cu).
     /// K % 8 == 0; X and W 16-byte aligned. tileRows: 64 or 128 rows of X per block (0: <see cref="GemmTileRows"/>);
     /// depth: 32 or 64 columns of K per stage (0: <see cref="GemmDepth"/>).</summary>
-    public void Gemm(CudaStream s, DType dt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, int tileRows = 0, int depth = 0)
+    public void Gemm(CudaStream s, DType wt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, int tileRows = 0, int depth = 0)
     {
         if (tileRows == 0) tileRows = GemmTileRows(T, N);
         if (depth == 0) depth = GemmDepth;
@@ -89,7 +91,7 @@ public sealed class CudaPrefillKernels : IDisposable
         if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);
         if (T <= 0 || N <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{N}");
         if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
-        _k["gemm_" + Half(dt) + (tileRows == 64 ? "_m64" : "") + (depth == 64 ? "_k64" : "")].Launch(s, ((N + GemmTileN - 1) / GemmTileN, (T + tileRows - 1) / tileRows, 1),
+        _k["gemm_" + Half(wt) + (tileRows == 64 ? "_m64" : "") + (depth == 64 ? "_k64" : "")].Launch(s, ((N + GemmTileN - 1) / GemmTileN, (T + tileRows - 1) / tileRows, 1),
             GemmThreads, GemmSharedBytes(tileRows, depth),
             X, W, Y, bias, T, N, K, accumulate ? 1 : 0);
     }
@@ -98,11 +100,11 @@ public sealed class CudaPrefillKernels : IDisposable
     public void EmbedRows(CudaStream s, ulong tokens, ulong table, DType tdt, ulong x, int T, int D, float scale)
         => _k["embed_rows"].Launch(s, ((D + 255) / 256, T, 1), 256, 0, tokens, table, CudaKernels.DTypeCode(tdt), x, D, scale);
 
-    /// <summary>x [T, n] f32, w [n] f32 -> out [T, n] (odt bf16/f16) = RMSNorm of each row (gemma: 1 + w).</summary>
+    /// <summary>x [T, n] f32, w [n] f32 -> out [T, n] (odt bf16/f16; f16 saturates at ±65504) = RMSNorm of each row (gemma: 1 + w).</summary>
     public void RmsNormRows(CudaStream s, ulong x, ulong w, ulong outp, int T, int n, float eps, bool addOne, DType odt)
         => _k["rmsnorm_rows"].Launch(s, T, 256, 0, x, w, outp, n, eps, addOne ? 1 : 0, CudaKernels.DTypeCode(odt));
 
-    /// <summary>gu [T, 2F] f32 = [gate | up] -> h [T, F] (odt) = act(gate) * up.</summary>
+    /// <summary>gu [T, 2F] f32 = [gate | up] -> h [T, F] (odt; f16 saturates at ±65504) = act(gate) * up.</summary>
     public void GateActRows(CudaStream s, ulong gu, ulong h, int F, int T, Activation act, DType odt)
         => _k["gate_act_rows"].Launch(s, (int)Math.Clamp(((long)F * T + 255) / 256, 1, 65535), 256, 0, gu, h, F, T, (int)act, CudaKernels.DTypeCode(odt));
 

@@ -38,7 +38,7 @@ public class PrefillTests
         var (ctx, p, s) = Require();
         using var _c = ctx; using var _p = p; using var _s = s;
         var r = Gpu.Rng();
-        var (xb, xv) = Gpu.RandHalf(r, T * K, dt, 1f);
+        var (xb, xv) = Gpu.RandHalf(r, T * K, DType.F16, 1f);   // activations are f16 whatever the weights
         var (wb, wv) = Gpu.RandHalf(r, N * K, dt, 0.1f);
         var b = Gpu.RandF(r, N);
         var y0 = Gpu.RandF(r, T * N);
