@@ -74,6 +74,7 @@ extern "C" __global__ void qkv_rope_rows(float* qkv, int ld, const float* qNorm,
 #define PA_KC 32
 #define PA_MAX_HD 256
 #define PA_PER_LANE (PA_MAX_HD / 32)
+struct __align__(8) pa_f2 { float x, y; };
 
 extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const float* q, int ld, const u16* kCache, const u16* vCache, u16* out,
                                                                              int T, int start, int H, int K, int Hd, int maxCtx, int window, float scale, int odt) {
@@ -123,37 +124,46 @@ extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const
             float k0 = f16_to_f32((u16)(kw & 0xffffu)), k1 = f16_to_f32((u16)(kw >> 16));
 #pragma unroll
             for (int a = 0; a < PA_QPW; a++) {
-                const float* qr = sqb + (warp + a * PA_WARPS) * Hd;
-                s[a] = fmaf(qr[2 * w], k0, fmaf(qr[2 * w + 1], k1, s[a]));
+                pa_f2 qq = ((const pa_f2*)(sqb + (warp + a * PA_WARPS) * Hd))[w];   // broadcast 8-byte read (Hd even)
+                s[a] = fmaf(qq.x, k0, fmaf(qq.y, k1, s[a]));
             }
         }
         const int j = c0 + lane;
+        float pr[PA_QPW];   // this lane's key weight for each query (0: not visible)
+        bool any = false;
 #pragma unroll
         for (int a = 0; a < PA_QPW; a++) {
             int t = t0 + warp + a * PA_WARPS;
             int p = start + t;
             bool ok = t < T && j <= p && (window <= 0 || j > p - window);
             float sc = ok ? s[a] : -CALM_INF;
-            float cm = warp_max(sc);
-            float mn = fmaxf(m[a], cm);
+            float mn = fmaxf(m[a], warp_max(sc));
+            pr[a] = 0.f;
             if (mn == -CALM_INF) continue;   // no visible key yet for this query (uniform across the warp)
             float corr = expf(m[a] - mn);
-            float pr = ok ? expf(sc - mn) : 0.f;
-            l[a] = l[a] * corr + warp_sum(pr);
+            pr[a] = ok ? expf(sc - mn) : 0.f;
+            l[a] = l[a] * corr + warp_sum(pr[a]);
             m[a] = mn;
+            any = true;
 #pragma unroll
             for (int i = 0; i < PA_PER_LANE; i++) acc[a][i] *= corr;
-            for (int r = 0; r < PA_KC; r++) {
-                float pj = __shfl_sync(0xffffffffu, pr, r);
-                if (pj == 0.f) continue;   // uniform: every lane got the same pj
+        }
+        if (!any) continue;   // uniform
+        // weighted V: each cache row read once from shared memory for all the warp's queries
+        for (int r = 0; r < PA_KC; r++) {
+            float pj[PA_QPW];
+            bool nz = false;
 #pragma unroll
-                for (int i = 0; i < PA_PER_LANE; i++) {
-                    int d = lane + 32 * i;
-                    if (d < Hd) {
-                        u32 vw = sv[r * hw + (d >> 1)];
-                        float v = f16_to_f32((u16)((d & 1) ? (vw >> 16) : (vw & 0xffffu)));
-                        acc[a][i] = fmaf(pj, v, acc[a][i]);
-                    }
+            for (int a = 0; a < PA_QPW; a++) { pj[a] = __shfl_sync(0xffffffffu, pr[a], r); nz |= pj[a] != 0.f; }
+            if (!nz) continue;   // uniform: every lane got the same pj
+#pragma unroll
+            for (int i = 0; i < PA_PER_LANE; i++) {
+                int d = lane + 32 * i;
+                if (d < Hd) {
+                    u32 vw = sv[r * hw + (d >> 1)];
+                    float v = f16_to_f32((u16)((d & 1) ? (vw >> 16) : (vw & 0xffffu)));
+#pragma unroll
+                    for (int a = 0; a < PA_QPW; a++) acc[a][i] = fmaf(pj[a], v, acc[a][i]);
                 }
             }
         }
