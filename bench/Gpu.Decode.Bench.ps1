@@ -53,7 +53,7 @@ foreach ($p in $StageContext) {
     }
 }
 $pf = $b.TimePrefill(512, 3, $ct)
-$lines.Add(("Prefill 512 tokens (token-by-token graph launches): {0:F1} ms" -f $pf))
+$lines.Add(("Prefill 512 tokens ({1}): {0:F1} ms" -f $pf, $(if ($b.UsesBatchedPrefill(512)) { 'batched, tensor-core GEMMs' } else { 'token-by-token graph launches: ' + $b.PrefillFallbackReason })))
 $lines.Add("Defaults: programmatic dependent launch $($b.ProgrammaticLaunch); norm fused into matvec $($b.FuseNorm); split attention pipelined (cp.async) $($b.AttentionPipelined); CALM_* set: $((Get-ChildItem env:CALM_* | ForEach-Object Name) -join ',')")
 $m.Dispose()
 # the same decode with the optimisations switched off one at a time (environment read when the model is made)

@@ -91,6 +91,13 @@ public sealed unsafe partial class CudaBackend
         if (tokens < 1 || repeat < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Prefill needs ≥ 1 token and ≥ 1 repeat (got {tokens}, {repeat}).", "PromptTokens");
         if (tokens > MaxContext) throw Overflow(tokens - 1);
         _ctx.MakeCurrent();
+        if (UsesBatchedPrefill(tokens))   // the batched path (CudaBackend.Prefill.cs): median of the repeats
+        {
+            var bm = new double[repeat];
+            for (int r = 0; r < repeat; r++) { ct.ThrowIfCancellationRequested(); bm[r] = TimeBatchedPrefill(tokens, ct); }
+            _ring = 0;
+            return Median(bm);
+        }
         var s = _stream!;
         using var table = StepTable(tokens, 0, tokens);
         using var a = new CudaEvent(_ctx);

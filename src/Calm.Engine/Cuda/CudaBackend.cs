@@ -577,6 +577,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         if (logits.Length != 0 && logits.Length < need)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"The logits buffer holds {logits.Length} floats; {need} are needed.", "logits");
         _ctx.MakeCurrent();
+        if (UsesBatchedPrefill(tokens.Length)) { RunBatched(tokens, startPos, logits, allLogits, ct); return; }   // CudaBackend.Prefill.cs
         var s = _stream!;
         var hostSw = Stopwatch.StartNew();
         double waited = 0;
@@ -682,6 +683,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         try { _ctx.MakeCurrent(); _stream?.Synchronize(); } catch (CalmException) { }
         _graph?.Dispose();
         DisposeBench();
+        DisposePrefill();
         _stream?.Dispose();
         _k?.Dispose();
         _qk?.Dispose();

@@ -1,0 +1,228 @@
+// gemm.cu: the batched (prefill) matrix products on the tensor cores, and the row-wise helpers around them.
+//   Y [T, N] f32 = X [T, K] f16 . W [N, K]^T (bf16/f16, row-major as stored) (+ bias [N] f32) (+ Y when accumulate)
+// The activations are f16, not bf16: rounding them to bf16 (8-bit mantissa) costs ~1e-3 relative error per product,
+// ~2e-3 on the logits of a 2-layer model; f16 (11 bits) costs 8x less. bf16 weights are converted to f16 in shared
+// memory (exact for |w| in [6.1e-5, 65504]; smaller ones round to f16 subnormals, an absolute error < 3e-8).
+// mma.sync.m16n8k16.f32.f16.f16.f32 (sm_80+, fp32 accumulation). Block tile GM x GN x GK = (32*MT) x 128 x (32 or 64), 8 warps as 2 (M) x 4 (N),
+// each warp (16*MT) x 32 = MT x 4 mma tiles: MT = 4 (128-row tiles) or 2 (64-row tiles, twice the blocks for short
+// prompts and narrow outputs, where 128-row tiles leave multiprocessors idle). Tiles stream into shared memory through cp.async, GEMM_STAGES deep; fragments
+// come out with ldmatrix. Rows past T or N and 16-byte chunks past K are zero-filled (cp.async src-size 0), so T and N
+// are free; K must be a multiple of 8 (16-byte rows) and X, W 16-byte aligned (CudaPrefillKernels checks).
+#include "common.cuh"
+
+#define GN 128
+#define GPAD 8                     // halves of padding per smem row (80- or 144-byte rows): conflict-free ldmatrix
+// GK (32 or 64): the k depth of a stage; smem rows hold GK + GPAD halves
+#define GEMM_THREADS 256
+#define GEMM_STAGES 3
+// dynamic shared memory bytes: STAGES x (A [GM][GK+GPAD] + B [GN][GK+GPAD]) halves (GM = 32*MT)
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 a;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ void g_cp16(u32 dst, const void* src, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void g_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void g_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+#endif
+}
+__device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+#endif
+}
+// c[4] += a[4] (16x16) . b[2] (16x8), f16 operands
+__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// rows r0.. of M [rows, K], columns k0 .. k0+GK, into s [R][GK+GPAD]: R rows x GK/8 chunks of 16 bytes, 256 threads
+template <int R, int GK>
+__device__ __forceinline__ void gemm_load_tile(u32 s, const u16* M, int rows, int K, int r0, int k0) {
+    const int GROW = GK + GPAD, CPR = GK / 8;
+#pragma unroll
+    for (int i = 0; i < R * CPR / GEMM_THREADS; i++) {
+        int c = threadIdx.x + i * GEMM_THREADS;
+        int r = c / CPR, kc = (c % CPR) * 8;
+        int k = k0 + kc, row = r0 + r;
+        bool ok = k < K && row < rows;
+        g_cp16(s + (u32)(r * GROW + kc) * 2, M + (ok ? (long long)row * K + k : 0), ok ? 16 : 0);
+    }
+}
+// two bf16 (low = first) -> two f16 in the same places
+__device__ __forceinline__ u32 bf16x2_to_f16x2(u32 w) {
+    return (u32)f32_to_f16(__int_as_float(w << 16)) | ((u32)f32_to_f16(__int_as_float(w & 0xffff0000u)) << 16);
+}
+// the B chunks this thread copied into a stage (same mapping as gemm_load_tile), bf16 -> f16 in place
+template <int GK>
+__device__ __forceinline__ void gemm_convert_b(u16* sB) {
+    const int GROW = GK + GPAD, CPR = GK / 8;
+#pragma unroll
+    for (int i = 0; i < GN * CPR / GEMM_THREADS; i++) {
+        int c = threadIdx.x + i * GEMM_THREADS;
+        calm_u4* p = (calm_u4*)(sB + (c / CPR) * GROW + (c % CPR) * 8);
+        calm_u4 v = *p;
+        v.x = bf16x2_to_f16x2(v.x); v.y = bf16x2_to_f16x2(v.y); v.z = bf16x2_to_f16x2(v.z); v.w = bf16x2_to_f16x2(v.w);
+        *p = v;
+    }
+}
+
+// one stage: A rows m0.. of X [T, K] and B rows n0.. of W [N, K] (out-of-range rows and chunks zero-filled)
+template <int MT, int GK>
+__device__ __forceinline__ void gemm_load_stage(u32 sA, u32 sB, const u16* X, const u16* W, int T, int N, int K, int m0, int n0, int k0) {
+    gemm_load_tile<32 * MT, GK>(sA, X, T, K, m0, k0);
+    gemm_load_tile<GN, GK>(sB, W, N, K, n0, k0);
+}
+
+template <int DT, int MT, int GK>
+__device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
+    extern __shared__ __align__(16) u16 gsm[];
+    const int GM = 32 * MT, GROW = GK + GPAD;
+    const int m0 = blockIdx.y * GM, n0 = blockIdx.x * GN;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wm = (warp >> 2) * 16 * MT, wn = (warp & 3) * 32;   // this warp's (16*MT) x 32 sub-tile
+    const u32 base = smem_addr(gsm);
+    const u32 stageBytes = (GM + GN) * GROW * 2;
+    float acc[MT][4][4];
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+    const int kTiles = (K + GK - 1) / GK;
+#pragma unroll
+    for (int s = 0; s < GEMM_STAGES - 1; s++) {
+        if (s < kTiles) gemm_load_stage<MT, GK>(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
+        g_commit();
+    }
+    // ldmatrix lane addresses (halves within a tile): A x4 = rows lane&15, column (lane>>4)*8;
+    // B x4 over two n8 tiles = row (lane&7) + (lane>>4)*8, column ((lane>>3)&1)*8
+    const int aRow = lane & 15, aCol = (lane >> 4) * 8;
+    const int bRow = (lane & 7) + ((lane >> 4) << 3), bCol = ((lane >> 3) & 1) * 8;
+    for (int kt = 0; kt < kTiles; kt++) {
+        g_wait<GEMM_STAGES - 2>();   // this thread's copies of stage kt have landed
+        if (DT == CALM_BF16) gemm_convert_b<GK>(gsm + (kt % GEMM_STAGES) * (stageBytes / 2) + GM * GROW);
+        __syncthreads();   // stage kt landed (and converted) for every thread; the stage refilled next was read by all
+        {
+            int nk = kt + GEMM_STAGES - 1;
+            int st = nk % GEMM_STAGES;
+            if (nk < kTiles) gemm_load_stage<MT, GK>(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
+            g_commit();
+        }
+        const u32 sA = base + (kt % GEMM_STAGES) * stageBytes, sB = sA + GM * GROW * 2;
+#pragma unroll
+        for (int kk = 0; kk < GK; kk += 16) {
+            u32 a[MT][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+                ldsm_x4(sA + (u32)((wm + i * 16 + aRow) * GROW + kk + aCol) * 2, a[i][0], a[i][1], a[i][2], a[i][3]);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                ldsm_x4(sB + (u32)((wn + j * 16 + bRow) * GROW + kk + bCol) * 2, b[2 * j][0], b[2 * j][1], b[2 * j + 1][0], b[2 * j + 1][1]);
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mma16816(acc[i][j], a[i], b[j]);
+        }
+    }
+    g_wait<0>();
+    // epilogue: c0,c1 at (row g, cols 2t, 2t+1), c2,c3 at (row g+8, same cols)
+    const int g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int row = m0 + wm + i * 16 + g + h * 8;
+                int col = n0 + wn + j * 8 + 2 * t4;
+                if (row >= T) continue;
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int n = col + e;
+                    if (n >= N) continue;
+                    float v = acc[i][j][h * 2 + e];
+                    if (bias) v += bias[n];
+                    float* y = Y + (long long)row * N + n;
+                    if (accumulate) v += *y;
+                    *y = v;
+                }
+            }
+}
+
+// grid (ceil(N/GN), ceil(T/GM)), GEMM_THREADS threads, STAGES*(GM+GN)*(GK+GPAD)*2 bytes of dynamic shared memory;
+// _m64: GM = 64 (else 128); _k64: GK = 64 (else 32)
+#define GEMM_ENTRY(NAME, DT, MT, GK) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
+        gemm_impl<DT, MT, GK>(X, W, Y, bias, T, N, K, accumulate); \
+    }
+GEMM_ENTRY(gemm_bf16, CALM_BF16, 4, 32)
+GEMM_ENTRY(gemm_f16, CALM_F16, 4, 32)
+GEMM_ENTRY(gemm_bf16_m64, CALM_BF16, 2, 32)
+GEMM_ENTRY(gemm_f16_m64, CALM_F16, 2, 32)
+GEMM_ENTRY(gemm_bf16_k64, CALM_BF16, 4, 64)
+GEMM_ENTRY(gemm_f16_k64, CALM_F16, 4, 64)
+GEMM_ENTRY(gemm_bf16_m64_k64, CALM_BF16, 2, 64)
+GEMM_ENTRY(gemm_f16_m64_k64, CALM_F16, 2, 64)
+
+// ---- row-wise helpers of the batched forward ----------------------------------------------------------------------
+// f16 saturates at +-65504 instead of overflowing to inf (NaN stays NaN)
+__device__ __forceinline__ u16 to_half(float v, int dt) {
+    if (dt == CALM_BF16) return f32_to_bf16(v);
+    if (fabsf(v) > 65504.f) v = copysignf(65504.f, v);
+    return f32_to_f16(v);
+}
+
+// tokens [T] int, table [V, D] (tdt: f32/f16/bf16) -> x [T, D] f32 = table[token] * scale. grid (blocks, T)
+extern "C" __global__ void embed_rows(const int* tokens, const void* table, int tdt, float* x, int D, float scale) {
+    int t = blockIdx.y;
+    long long row = (long long)tokens[t] * D;
+    for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) {
+        float v = tdt == CALM_F32 ? ((const float*)table)[row + d]
+                : tdt == CALM_BF16 ? bf16_to_f32(((const u16*)table)[row + d]) : f16_to_f32(((const u16*)table)[row + d]);
+        x[(long long)t * D + d] = v * scale;
+    }
+}
+
+// x [T, n] f32, w [n] f32 -> out [T, n] in dtype odt (bf16/f16) = x / rms(x) * (w or 1 + w). One block per row.
+extern "C" __global__ void rmsnorm_rows(const float* x, const float* w, u16* out, int n, float eps, int addOne, int odt) {
+    const float* xr = x + (long long)blockIdx.x * n;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) { float v = xr[i]; ss = fmaf(v, v, ss); }
+    ss = block_sum(ss);
+    float r = rsqrtf(ss / (float)n + eps);
+    u16* o = out + (long long)blockIdx.x * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float g = w[i];
+        if (addOne) g += 1.f;
+        o[i] = to_half(xr[i] * r * g, odt);
+    }
+}
+
+// gu [T, 2F] f32 = [gate | up] per row -> h [T, F] (odt) = act(gate) * up
+extern "C" __global__ void gate_act_rows(const float* gu, u16* h, int F, int T, int act, int odt) {
+    long long n = (long long)F * T;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
+        long long t = idx / F, i = idx - t * F;
+        const float* g = gu + t * 2 * F;
+        h[idx] = to_half(activate(g[i], act) * g[F + i], odt);
+    }
+}

@@ -1,0 +1,182 @@
+using System.Diagnostics;
+using Calm.Engine.Model;
+
+namespace Calm.Engine.Cuda;
+
+/// <summary>
+/// Batched prefill: a Forward of more than one token runs the layer stack once over chunks of up to
+/// <see cref="PrefillChunk"/> rows (tensor-core GEMMs for the projections, prefill attention against the KV cache)
+/// instead of one decode graph launch per token. Taken for dense models with bf16/f16 layer matrices on sm_80+;
+/// everything else (MoE, f32 or quantized weights, shapes the kernels do not take) keeps the per-token path, and
+/// <see cref="PrefillFallbackReason"/> says why.
+/// </summary>
+public sealed unsafe partial class CudaBackend
+{
+    /// <summary>Rows per batched chunk (bounds the scratch: about 4·(2F + Q + 2KV + D) + 2·max(D, Q, F) bytes per row).</summary>
+    public const int PrefillChunk = 512;
+
+    /// <summary>Use the batched prefill where <see cref="PrefillFallbackReason"/> is null (default; CALM_PREFILL=token
+    /// turns it off). Tests switch it to compare both paths.</summary>
+    public bool BatchedPrefill { get; set; } = Environment.GetEnvironmentVariable("CALM_PREFILL") != "token";
+
+    /// <summary>Rows per chunk actually used (1 .. <see cref="PrefillChunk"/>; tests lower it to cross chunk boundaries).</summary>
+    public int PrefillChunkRows
+    {
+        get => _chunkRows;
+        set => _chunkRows = value is >= 1 and <= PrefillChunk ? value
+            : throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Prefill chunk rows must be 1..{PrefillChunk} (got {value}).", "PrefillChunkRows");
+    }
+    private int _chunkRows = PrefillChunk;
+
+    private string? _prefillWhy;
+    private bool _prefillChecked;
+    private CudaPrefillKernels? _pk;
+    private CudaPinnedMemory? _pTok;
+    private CudaDeviceMemory? _pTokMem;
+    private ulong _pX, _pH, _pQkv, _pGu;   // [C, D] f32 | [C, max(D, Q, F)] half | [C, Q+2KV] f32 | [C, 2F] f32
+    private int _pRows;
+
+    /// <summary>Why a multi-token Forward runs token by token on this model (null: it runs batched).</summary>
+    public string? PrefillFallbackReason
+    {
+        get
+        {
+            if (_prefillChecked) return _prefillWhy;
+            var c = Config;
+            _prefillWhy = c.IsMoE ? "MoE layers run token by token (the batched path covers dense FFNs only)"
+                : _wt is not (DType.BF16 or DType.F16) ? $"the layer matrices are {DTypes.Name(_wt)}; the tensor-core GEMM takes bf16/f16"
+                : !CudaPrefillKernels.Supported(Device.Arch) ? $"the tensor-core kernels need sm_80+ (this device is sm_{Device.Arch})"
+                : CudaPrefillKernels.GemmUnsupported(c.HiddenSize) is { } a ? "hidden_size: " + a
+                : CudaPrefillKernels.GemmUnsupported(c.QDim) is { } b ? "q dim: " + b
+                : CudaPrefillKernels.GemmUnsupported(c.IntermediateSize) is { } f ? "intermediate_size: " + f
+                : CudaPrefillKernels.AttentionUnsupported(c.NumHeads, c.NumKvHeads, c.HeadDim);
+            _prefillChecked = true;
+            return _prefillWhy;
+        }
+    }
+
+    /// <summary>Whether Forward of <paramref name="tokens"/> tokens takes the batched path.</summary>
+    public bool UsesBatchedPrefill(int tokens) => tokens > 1 && BatchedPrefill && PrefillFallbackReason is null && EnsurePrefillState();
+
+    /// <summary>Allocates the chunk scratch on first use. Out of GPU memory: whatever was allocated is freed, and
+    /// this backend prefills token by token from then on (<see cref="PrefillFallbackReason"/> says so).</summary>
+    private bool EnsurePrefillState()
+    {
+        if (_pk is not null) return true;
+        var c = Config;
+        int C = Math.Min(PrefillChunk, MaxContext);
+        long widest = Math.Max(c.HiddenSize, Math.Max(c.QDim, c.IntermediateSize));
+        int owned0 = _owned.Count;
+        long bytes0 = DeviceBytes;
+        CudaPrefillKernels? pk = null;
+        try
+        {
+            pk = new CudaPrefillKernels(_ctx, Device.Arch);
+            _pTokMem = Alloc(C * 4L, "prefill tokens");
+            _pX = Alloc((long)C * c.HiddenSize * 4, "prefill residual").Ptr;
+            _pH = Alloc((long)C * widest * 2, "prefill gemm input").Ptr;
+            _pQkv = Alloc((long)C * (c.QDim + 2L * c.KvDim) * 4, "prefill qkv").Ptr;
+            _pGu = Alloc((long)C * 2L * c.IntermediateSize * 4, "prefill gate_up").Ptr;
+            _pTok = new CudaPinnedMemory(_ctx, C * 4L);
+        }
+        catch (CalmException e) when (e.ErrorId == ErrorIds.OutOfMemory)
+        {
+            pk?.Dispose();
+            for (int i = _owned.Count - 1; i >= owned0; i--) { _owned[i].Dispose(); _owned.RemoveAt(i); }
+            DeviceBytes = bytes0;
+            _pTokMem = null;
+            _prefillWhy = "not enough GPU memory for the batched prefill's scratch (" + e.Message + ")";
+            _prefillChecked = true;
+            return false;
+        }
+        _pRows = C;
+        _pk = pk;
+        return true;
+    }
+
+    private void DisposePrefill()
+    {
+        _pk?.Dispose(); _pk = null;
+        _pTok?.Dispose(); _pTok = null;
+    }
+
+    /// <summary>The batched forward of <paramref name="tokens"/> at startPos.. (validated by Run). Logits as Run: every
+    /// row's when allLogits, else the last row's (also left in _logits with its argmax in _result, as a decode step does).</summary>
+    private void RunBatched(ReadOnlySpan<int> tokens, int startPos, Span<float> logits, bool allLogits, CancellationToken ct)
+    {
+        var c = Config; var k = _k!; var pk = _pk!; var s = _stream!;
+        var hostSw = Stopwatch.StartNew();
+        double waited = 0;
+        int D = c.HiddenSize, Q = c.QDim, KV = c.KvDim, Fi = c.IntermediateSize, T = tokens.Length;
+        int H = c.NumHeads, K = c.NumKvHeads, Hd = c.HeadDim;
+        float eps = (float)c.RmsNormEps;
+        float embScale = c.ScaleEmbeddings ? MathF.Sqrt(D) : 1f;
+        float scale = 1f / MathF.Sqrt(Hd);
+        var dt = _wt;               // weights
+        const DType act = DType.F16; // GEMM inputs (kernels/gemm.cu: f16 activations, bf16 weights converted in shared memory)
+        int rows = Math.Min(_pRows, _chunkRows);
+        for (int c0 = 0; c0 < T; c0 += rows)
+        {
+            int n = Math.Min(rows, T - c0), pos0 = startPos + c0;
+            var w0 = Stopwatch.GetTimestamp();
+            s.Synchronize();   // the previous chunk has read the token buffer
+            waited += Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
+            if (ct.IsCancellationRequested) ct.ThrowIfCancellationRequested();
+            tokens.Slice(c0, n).CopyTo(new Span<int>((void*)_pTok!.Ptr, n));
+            s.CopyToDeviceAsync(_pTokMem!, _pTok.Ptr, n * 4L);
+            pk.EmbedRows(s, _pTokMem!.Ptr, _emb, _embDt, _pX, n, D, embScale);
+            for (int l = 0; l < c.NumLayers; l++)
+            {
+                var L = _layers[l];
+                pk.RmsNormRows(s, _pX, L.AttnNorm, _pH, n, D, eps, c.NormAddOne, act);
+                pk.Gemm(s, dt, _pH, L.Wqkv, _pQkv, L.Bqkv, n, Q + 2 * KV, D, false);
+                pk.QkvRopeRows(s, _pQkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
+                               KLayer(l), VLayer(l), MaxContext, H, K, Hd, n, pos0);
+                pk.AttentionPrefill(s, _pQkv, Q + 2 * KV, KLayer(l), VLayer(l), _pH, n, pos0, H, K, Hd, MaxContext,
+                                    c.SlidingWindow ?? 0, scale, act);
+                pk.Gemm(s, dt, _pH, L.Wo, _pX, L.Bo, n, D, Q, true);
+                pk.RmsNormRows(s, _pX, L.FfnNorm, _pH, n, D, eps, c.NormAddOne, act);
+                pk.Gemm(s, dt, _pH, L.Wgu, _pGu, L.Bgu, n, 2 * Fi, D, false);
+                pk.GateActRows(s, _pGu, _pH, Fi, n, c.HiddenAct, act);
+                pk.Gemm(s, dt, _pH, L.Wdown, _pX, L.Bdown, n, D, Fi, true);
+            }
+            // classifier: every row of the chunk (allLogits), or only the prompt's last row
+            int first = allLogits && logits.Length != 0 ? 0 : (c0 + n == T ? n - 1 : n);
+            for (int i = first; i < n; i++)
+            {
+                k.RmsNorm(s, _pX + (ulong)((long)i * D * 4), _finalNorm, _xn, D, eps, c.NormAddOne);
+                k.Matvec(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
+                int row = c0 + i;
+                if (logits.Length != 0 && (allLogits || row == T - 1))
+                {
+                    var w1 = Stopwatch.GetTimestamp();
+                    s.Synchronize();
+                    waited += Stopwatch.GetElapsedTime(w1).TotalMilliseconds;
+                    var dst = allLogits ? logits.Slice(row * c.VocabSize, c.VocabSize) : logits[..c.VocabSize];
+                    fixed (float* p = dst)
+                        CudaException.Check(Cu.cuMemcpyDtoH(p, _logits, (nuint)(c.VocabSize * 4)), "cuMemcpyDtoH(logits)");
+                }
+            }
+        }
+        k.Argmax(s, _logits, c.VocabSize, _pv, _pi, _result);
+        LastHostMs = hostSw.Elapsed.TotalMilliseconds - waited;
+    }
+
+    /// <summary>GPU milliseconds of one batched prefill of <paramref name="tokens"/> tokens from position 0 (no logits
+    /// copied; the last row's classifier and argmax included), or -1 when this model falls back to per-token.</summary>
+    private double TimeBatchedPrefill(int tokens, CancellationToken ct)
+    {
+        if (!UsesBatchedPrefill(tokens)) return -1;
+        var toks = new int[tokens];
+        for (int i = 0; i < tokens; i++) toks[i] = (int)((i * 2654435761L) % Config.VocabSize);
+        using var a = new CudaEvent(_ctx);
+        using var b = new CudaEvent(_ctx);
+        var s = _stream!;
+        s.Synchronize();
+        a.Record(s);
+        RunBatched(toks, 0, Span<float>.Empty, false, ct);
+        b.Record(s);
+        b.Synchronize();
+        return b.ElapsedSince(a);
+    }
+}

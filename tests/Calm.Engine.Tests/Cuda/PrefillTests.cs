@@ -1,0 +1,202 @@
+using Calm.Engine.Cpu;
+using Calm.Engine.Cuda;
+using Calm.Engine.Model;
+using Calm.Engine.Tests.Fixtures;
+using Calm.Engine.Weights;
+
+namespace Calm.Engine.Tests.Cuda;
+
+/// <summary>The batched prefill: tensor-core GEMM and prefill attention against CPU references on fresh random data,
+/// the per-row RoPE/KV write against the decode kernel, and whole models: batched prefill logits equal the per-token
+/// path's on every transformers fixture that takes the batched path, and decode continues after it.</summary>
+[Trait("Category", "GPU")]
+[Collection("GPU")]
+public class PrefillTests
+{
+    private static (CudaContext Ctx, CudaPrefillKernels P, CudaStream S) Require()
+    {
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) Assert.Skip("No usable CUDA device: " + why);
+        int arch = CudaDeviceInfo.List()[0].Arch;
+        if (!CudaPrefillKernels.Supported(arch)) Assert.Skip($"The tensor-core prefill kernels need sm_80+; this GPU is sm_{arch}.");
+        var ctx = CudaContext.Acquire(0);
+        return (ctx, new CudaPrefillKernels(ctx, arch), new CudaStream(ctx));
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, 1, 128, 64, false, false, 128, 32)]
+    [InlineData(DType.BF16, 37, 200, 264, true, false, 64, 32)]      // T, N partial tiles; K tail inside a k tile
+    [InlineData(DType.BF16, 37, 200, 264, true, false, 64, 64)]
+    [InlineData(DType.F16, 130, 300, 512, true, true, 128, 32)]
+    [InlineData(DType.F16, 130, 300, 512, true, true, 64, 64)]
+    [InlineData(DType.BF16, 257, 129, 1000, false, true, 128, 64)]   // three row tiles, N = one tile + 1, K tail
+    [InlineData(DType.BF16, 257, 129, 1000, false, true, 64, 32)]    // five row tiles
+    [InlineData(DType.F16, 5, 1000, 8, false, false, 0, 0)]          // K = 8: one partial k tile; tile picked by the launcher
+    [InlineData(DType.BF16, 3, 64, 4104, true, true, 128, 64)]       // long K: many stages through the 3-deep ring
+    public void GemmMatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows, int depth)
+    {
+        var (ctx, p, s) = Require();
+        using var _c = ctx; using var _p = p; using var _s = s;
+        var r = Gpu.Rng();
+        var (xb, xv) = Gpu.RandHalf(r, T * K, DType.F16, 1f);   // activations are f16 whatever the weights
+        var (wb, wv) = Gpu.RandHalf(r, N * K, dt, 0.1f);
+        var b = Gpu.RandF(r, N);
+        var y0 = Gpu.RandF(r, T * N);
+        using var X = Gpu.Up(ctx, xb); using var W = Gpu.Up(ctx, wb); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
+        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, N, K, accumulate, tileRows, depth);
+        s.Synchronize();
+        var want = new float[T * N];
+        for (int t = 0; t < T; t++)
+            for (int n = 0; n < N; n++)
+            {
+                double a = 0;
+                for (int k = 0; k < K; k++) a += (double)xv[t * K + k] * wv[n * K + k];
+                if (bias) a += b[n];
+                if (accumulate) a += y0[t * N + n];
+                want[t * N + n] = (float)a;
+            }
+        // the tensor cores' fp32 accumulation truncates (not IEEE round-to-nearest): ~2^-24 per k16 step relative to the
+        // running sum, growing with sqrt(K / 16) on these random sums; a wrong tile, fragment or mask gives errors near 1
+        double bound = 2e-6 * Math.Max(1, Math.Sqrt(K / 16.0));
+        Gpu.Close(Y.ToArray<float>(T * N), want, bound, $"gemm {dt} {T}x{N}x{K} tile {tileRows} depth {depth}");
+    }
+
+    [Fact]
+    public void GemmRejectsShapesItCannotTake()
+    {
+        Assert.NotNull(CudaPrefillKernels.GemmUnsupported(100));
+        Assert.NotNull(CudaPrefillKernels.GemmUnsupported(0));
+        Assert.Null(CudaPrefillKernels.GemmUnsupported(4096));
+        Assert.NotNull(CudaPrefillKernels.AttentionUnsupported(8, 3, 64));
+        Assert.NotNull(CudaPrefillKernels.AttentionUnsupported(8, 2, 512));
+        Assert.Null(CudaPrefillKernels.AttentionUnsupported(32, 8, 128));
+        var (ctx, p, s) = Require();
+        using var _c = ctx; using var _p = p; using var _s = s;
+        using var M = Gpu.Zeros(ctx, 4096);
+        Assert.Throws<NotSupportedException>(() => p.Gemm(s, DType.BF16, M.Ptr, M.Ptr, M.Ptr, 0, 2, 2, 12, false));
+    }
+
+    // q rows [T, ld], caches written for positions 0..start+T-1; GQA, window, head dims 64/96/128/256
+    [Theory]
+    [InlineData(8, 2, 64, 37, 0, 0, DType.BF16)]
+    [InlineData(4, 4, 128, 20, 45, 0, DType.F16)]
+    [InlineData(6, 3, 96, 50, 13, 7, DType.BF16)]      // sliding window shorter than the chunk
+    [InlineData(4, 1, 256, 33, 100, 40, DType.F16)]
+    public void AttentionPrefillMatchesCpu(int H, int K, int Hd, int T, int start, int window, DType odt)
+    {
+        var (ctx, p, s) = Require();
+        using var _c = ctx; using var _p = p; using var _s = s;
+        var r = Gpu.Rng();
+        int maxCtx = start + T + 3, ld = (H + 2 * K) * Hd;
+        var q = Gpu.RandF(r, T * ld, 2);
+        var (kb, kv) = Gpu.RandHalf(r, K * maxCtx * Hd, DType.F16, 1.5f);
+        var (vb, vv) = Gpu.RandHalf(r, K * maxCtx * Hd, DType.F16, 1f);
+        using var Q = Gpu.Up(ctx, q); using var KC = Gpu.Up(ctx, kb); using var VC = Gpu.Up(ctx, vb);
+        using var O = Gpu.Zeros(ctx, (long)T * H * Hd * 2);
+        float scale = 1f / MathF.Sqrt(Hd);
+        p.AttentionPrefill(s, Q.Ptr, ld, KC.Ptr, VC.Ptr, O.Ptr, T, start, H, K, Hd, maxCtx, window, scale, odt);
+        s.Synchronize();
+        var got = O.ToArray<ushort>(T * H * Hd).Select(u => Gpu.FromBits(u, odt)).ToArray();
+        var want = new float[T * H * Hd];
+        var scores = new float[maxCtx];
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++)
+            {
+                int kh = h / (H / K);
+                var keys = kv.AsSpan(kh * maxCtx * Hd, maxCtx * Hd);
+                var vals = vv.AsSpan(kh * maxCtx * Hd, maxCtx * Hd);
+                var o = want.AsSpan((t * H + h) * Hd, Hd);
+                CpuOps.AttendHead(q.AsSpan(t * ld + h * Hd, Hd), keys, vals, Hd, start + t, window > 0 ? window : null, scale, scores, o);
+                for (int d = 0; d < Hd; d++) o[d] = Gpu.FromBits(Gpu.ToBits(o[d], odt), odt);   // the kernel's output format
+            }
+        Gpu.Close(got, want, 1e-3, $"prefill attention H{H} K{K} Hd{Hd} T{T} start{start} window{window}");
+    }
+
+    // the per-row kernel does for T rows what the decode kernel does for one token at a time
+    [Theory]
+    [InlineData(8, 2, 64, 64, false, 9, 3)]
+    [InlineData(4, 4, 128, 64, true, 17, 0)]   // partial rotary, qk-norm
+    public void QkvRopeRowsEqualsPerTokenKernel(int H, int K, int Hd, int rot, bool qkNorm, int T, int start)
+    {
+        var (ctx, p, s) = Require();
+        using var _c = ctx; using var _p = p; using var _s = s;
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch);
+        var r = Gpu.Rng();
+        int maxCtx = 64, half = rot / 2, ld = (H + 2 * K) * Hd;
+        var qkv = Gpu.RandF(r, T * ld, 2);
+        var qn = Gpu.RandF(r, Hd); var kn = Gpu.RandF(r, Hd);
+        var cos = Gpu.RandF(r, maxCtx * half); var sin = Gpu.RandF(r, maxCtx * half);
+        using var QN = Gpu.Up(ctx, qn); using var KN = Gpu.Up(ctx, kn); using var C = Gpu.Up(ctx, cos); using var S = Gpu.Up(ctx, sin);
+        using var Q1 = Gpu.Up(ctx, qkv); using var Q2 = Gpu.Up(ctx, qkv);
+        long cb = (long)K * maxCtx * Hd * 2;
+        using var K1 = Gpu.Zeros(ctx, cb); using var V1 = Gpu.Zeros(ctx, cb); using var K2 = Gpu.Zeros(ctx, cb); using var V2 = Gpu.Zeros(ctx, cb);
+        p.QkvRopeRows(s, Q1.Ptr, QN.Ptr, KN.Ptr, qkNorm, 1e-6f, false, C.Ptr, S.Ptr, rot, K1.Ptr, V1.Ptr, maxCtx, H, K, Hd, T, start);
+        var steps = new int[2 * T];
+        for (int t = 0; t < T; t++) steps[2 * t + 1] = start + t;
+        using var St = Gpu.Up(ctx, steps);
+        for (int t = 0; t < T; t++)
+            k.QkvRopeCache(s, Q2.Ptr + (ulong)(t * ld * 4), QN.Ptr, KN.Ptr, qkNorm, 1e-6f, false, C.Ptr, S.Ptr, rot, K2.Ptr, V2.Ptr, maxCtx, H, K, Hd,
+                           St.Ptr + (ulong)(t * 8));
+        s.Synchronize();
+        Gpu.Close(Q1.ToArray<float>(T * ld), Q2.ToArray<float>(T * ld), 1e-6, "rotated q rows");
+        var k1 = K1.ToArray<ushort>((int)(cb / 2)); var k2 = K2.ToArray<ushort>((int)(cb / 2));
+        var v1 = V1.ToArray<ushort>((int)(cb / 2)); var v2 = V2.ToArray<ushort>((int)(cb / 2));
+        Gpu.Close(k1.Select(u => Gpu.FromBits(u, DType.F16)).ToArray(), k2.Select(u => Gpu.FromBits(u, DType.F16)).ToArray(), 1e-3, "k cache");
+        Assert.Equal(v2, v1);   // v is a plain copy: bit for bit
+        Assert.Contains(k1, u => u != 0);
+    }
+
+    // whole models: the batched path against the per-token path on the same backend, at every position; chunks of 5
+    // rows (so chunk boundaries and start > 0 are crossed) against one chunk; then decode continues from the prefill
+    [Theory]
+    [MemberData(nameof(TransformersFixtureTests.Names), MemberType = typeof(TransformersFixtureTests))]
+    public void FixtureBatchedPrefillEqualsPerTokenPrefill(string name)
+    {
+        if (CudaDeviceInfo.Unavailable() is { } why) Assert.Skip("No usable CUDA device: " + why);
+        var reference = TransformersFixtureTests.LoadReference(name);
+        var folder = ModelFolderLoader.Load(Path.Combine(TransformersFixtureTests.FixturesDir, name), null, default);
+        using var _store = folder.Store;
+        using var b = new CudaBackend(folder.Config, folder.Weights, 64);
+        int v = folder.Config.VocabSize, n = reference.InputIds.Length;
+        if (b.PrefillFallbackReason is { } fb)
+        {
+            Assert.False(b.UsesBatchedPrefill(n));
+            Assert.Skip($"{name} prefills token by token: {fb}");
+        }
+        Assert.True(b.UsesBatchedPrefill(n));
+        var batched = new float[n * v];
+        b.Forward(reference.InputIds, 0, batched, allLogits: true);
+        b.PrefillChunkRows = 5;
+        var chunked = new float[n * v];
+        b.Forward(reference.InputIds, 0, chunked, allLogits: true);
+        b.PrefillChunkRows = CudaBackend.PrefillChunk;
+        b.BatchedPrefill = false;
+        var perToken = new float[n * v];
+        b.Forward(reference.InputIds, 0, perToken, allLogits: true);
+        b.BatchedPrefill = true;
+        double worst = 0;
+        for (int p = 0; p < n; p++)
+        {
+            var want = perToken.AsSpan(p * v, v);
+            double e1 = Gpu.RelL2(batched.AsSpan(p * v, v), want), e2 = Gpu.RelL2(chunked.AsSpan(p * v, v), want);
+            worst = Math.Max(worst, Math.Max(e1, e2));
+            Assert.True(e1 <= 2e-3, $"{name} position {p}: batched vs per-token relative L2 {e1:E2}");
+            Assert.True(e2 <= 2e-3, $"{name} position {p}: 5-row chunks vs per-token relative L2 {e2:E2}");
+            Assert.True(Gpu.RelL2(batched.AsSpan(p * v, v), reference.Logits[p]) <= ProofTests.FixtureTolerance, $"{name} position {p}: batched vs transformers");
+        }
+        // prefill n-4 tokens batched (last logits only), then decode the rest one by one against transformers
+        var last = new float[v];
+        b.Forward(reference.InputIds.AsSpan(0, n - 4), 0, last, allLogits: false);
+        Gpu.Close(last, reference.Logits[n - 5], ProofTests.FixtureTolerance, $"{name} last logits of the batched prefill");
+        for (int p = n - 4; p < n; p++)
+        {
+            b.Forward(reference.InputIds.AsSpan(p, 1), p, last, allLogits: false);
+            Gpu.Close(last, reference.Logits[p], ProofTests.FixtureTolerance, $"{name} decode at {p} after batched prefill");
+        }
+        // greedy after a batched prefill is the argmax of those logits
+        int g = b.ForwardGreedy(reference.InputIds.AsSpan(0, n), 0);
+        var lastRow = batched.AsSpan((n - 1) * v, v).ToArray();
+        Assert.Equal(Array.IndexOf(lastRow, lastRow.Max()), g);
+        TestContext.Current.SendDiagnosticMessage($"{name}: batched/chunked vs per-token prefill worst relative L2 {worst:E2} over {n} positions");
+    }
+}
