@@ -49,7 +49,7 @@ $ctx = [Calm.Engine.Cuda.CudaContext]::Acquire(0)
 $pk = [Calm.Engine.Cuda.CudaPrefillKernels]::new($ctx, $info.Arch, $null, $null)
 $s = [Calm.Engine.Cuda.CudaStream]::new($ctx)
 $D = $c.HiddenSize; $F = $c.IntermediateSize; $QKV = $c.QDim + 2 * $c.KvDim
-$shapes = @(@('qkv', $QKV, $D), @('o', $D, $c.QDim), @('gate_up', 2 * $F, $D), @('down', $D, $F))
+$shapes = @(@('qkv', $QKV, $D), @('o', $D, $c.QDim), @('gate_up', (2 * $F), $D), @('down', $D, $F))
 $T = 512
 $X = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, [long]$T * [math]::Max($D, $F) * 2, 'x'); $X.Zero()
 $W = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, [long]2 * $F * $D * 2, 'w'); $W.Zero()

@@ -204,7 +204,10 @@ public class ProofTests
         Assert.True(stepDeep > step0, "a deep position should be slower");
         Assert.True(st0.Single(s => s.Stage == Stages.Ffn).Ms > st0.Single(s => s.Stage == Stages.Other).Ms);
         double prefill = b.TimePrefill(64, 3, default);
-        Assert.True(prefill > 16 * step0 && prefill < 256 * step0, $"prefill of 64 tokens {prefill:F3} ms vs step {step0:F4} ms");
+        if (((CudaBackend)m.Backend).UsesBatchedPrefill(64))   // tensor-core GEMMs read each weight once for all 64 tokens
+            Assert.True(prefill > 0.5 * step0 && prefill < 32 * step0, $"batched prefill of 64 tokens {prefill:F3} ms vs step {step0:F4} ms");
+        else                                                    // token by token through the decode graph
+            Assert.True(prefill > 16 * step0 && prefill < 256 * step0, $"prefill of 64 tokens {prefill:F3} ms vs step {step0:F4} ms");
         Assert.True(b.DeviceBytes > m.WeightBytes);
         var ex = Assert.Throws<CalmException>(() => b.TimeDecodeSteps(16380, 10, 0, default));
         Assert.Equal(ErrorIds.ContextOverflow, ex.ErrorId);
