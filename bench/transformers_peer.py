@@ -74,8 +74,6 @@ def main():
             print("eager", json.dumps(result["eager"]), flush=True)
         if "static" in modes:
             result["static_compiled"] = measure(model, ids, args.new, args.repeat, cache_implementation="static")
-            result["static_compiled"]["auto_compiled"] = bool(getattr(model, "_compiled_call", None) is not None
-                                                              or getattr(model, "_cache", None) is not None)
             print("static+compile", json.dumps(result["static_compiled"]), flush=True)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)
