@@ -488,3 +488,34 @@ Describe 'The PowerShell finish' {
         $m.ExportedCmdlets.Keys | Sort-Object | Should -Be @((Import-PowerShellDataFile (Join-Path $pkg 'Calm.psd1')).CmdletsToExport | Sort-Object)
     }
 }
+
+Describe 'Ctrl+C during perplexity' {
+    It 'stopping Measure-CalmPerplexity mid-way returns promptly, emits nothing half-done, and leaves the model usable' {
+        $m = Import-CalmModel -LiteralPath $script:TinyWp -Device Cpu -Name 'ppl-stop'
+        try {
+            # ~40,000 tokens of text: several seconds of scoring on the CPU, far longer than the stop takes.
+            $text = ((1..60) | ForEach-Object { 'Prince Andrew looked at the sky, and Natasha laughed in the ballroom while Pierre watched.' }) -join "`n"
+            $text = ($text + "`n") * 12
+            $ps = [powershell]::Create()
+            try {
+                $null = $ps.AddScript("Import-Module '$(Join-Path $script:RepoRoot 'Calm.psd1')'").Invoke()
+                $ps.Commands.Clear()
+                $null = $ps.AddCommand('Measure-CalmPerplexity').AddParameter('Text', $text).AddParameter('Model', 'ppl-stop').AddParameter('Window', 128).AddParameter('Stride', 64)
+                $out = [System.Management.Automation.PSDataCollection[psobject]]::new()
+                $h = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $out)
+                Start-Sleep -Milliseconds 1500   # tokenizing done, scoring under way (it takes far longer than this)
+                $h.IsCompleted | Should -BeFalse -Because 'the stop must land while the text is being scored'
+                $sw = [Diagnostics.Stopwatch]::StartNew()
+                $ps.Stop()
+                $sw.Elapsed.TotalSeconds | Should -BeLessThan 5 -Because 'Ctrl+C returns promptly'
+                $ps.InvocationStateInfo.State | Should -Be 'Stopped'
+                $out.Count | Should -Be 0 -Because 'no half-computed perplexity is emitted'
+            }
+            finally { $ps.Dispose() }
+            $r = Measure-CalmPerplexity -Text 'Prince Andrew looked at the sky.' -Model 'ppl-stop'
+            $r.Tokens | Should -BeGreaterThan 3
+            $r.Perplexity | Should -BeGreaterThan 1
+        }
+        finally { Remove-CalmModel -Name 'ppl-stop' }
+    }
+}
