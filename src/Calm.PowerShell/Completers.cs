@@ -72,14 +72,16 @@ public sealed class DeviceCompleter : IArgumentCompleter
 /// <summary>-DType: bf16, f16, f32.</summary>
 public sealed class DTypeCompleter : IArgumentCompleter
 {
+    internal static readonly (string, string)[] FloatTypes =
+    {
+        ("bf16", "bfloat16, 2 bytes per weight"),
+        ("f16", "IEEE half, 2 bytes per weight"),
+        ("f32", "float, 4 bytes per weight"),
+    };
+
     public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete,
         CommandAst commandAst, IDictionary fakeBoundParameters)
-        => Completion.Matching(wordToComplete, new[]
-        {
-            ("bf16", "bfloat16, 2 bytes per weight"),
-            ("f16", "IEEE half, 2 bytes per weight"),
-            ("f32", "float, 4 bytes per weight"),
-        });
+        => Completion.Matching(wordToComplete, FloatTypes);
 }
 
 /// <summary>-DType of Import-CalmModel and New-CalmModel: bf16, f16, f32 and the quantized fp8, int4.</summary>
@@ -87,12 +89,9 @@ public sealed class WeightDTypeCompleter : IArgumentCompleter
 {
     public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete,
         CommandAst commandAst, IDictionary fakeBoundParameters)
-        => Completion.Matching(wordToComplete, new[]
+        => Completion.Matching(wordToComplete, DTypeCompleter.FloatTypes.Concat(new[]
         {
-            ("bf16", "bfloat16, 2 bytes per weight"),
-            ("f16", "IEEE half, 2 bytes per weight"),
-            ("f32", "float, 4 bytes per weight"),
             ("fp8", "e4m3 with one fp32 scale per output row, 1 byte per weight (quantized at import)"),
             ("int4", "4-bit with one fp16 scale per 32 weights, 0.5625 bytes per weight (quantized at import)"),
-        });
+        }));
 }

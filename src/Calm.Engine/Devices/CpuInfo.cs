@@ -51,30 +51,9 @@ public static class CpuInfo
     /// <summary>Total and available physical memory in bytes (/proc/meminfo; else the GC's view of the machine).</summary>
     public static (long? Total, long? Available) Memory()
     {
-        try
-        {
-            if (File.Exists("/proc/meminfo"))
-            {
-                long? total = null, avail = null;
-                foreach (var line in File.ReadLines("/proc/meminfo"))
-                {
-                    if (line.StartsWith("MemTotal:", StringComparison.Ordinal)) total = Kb(line);
-                    else if (line.StartsWith("MemAvailable:", StringComparison.Ordinal)) avail = Kb(line);
-                    if (total is not null && avail is not null) break;
-                }
-                if (total is not null) return (total, avail);
-            }
-        }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
+        long? total = HostMemory.ReadMeminfo("MemTotal:");
+        if (total is not null) return (total, HostMemory.ReadMeminfo("MemAvailable:"));
         var gc = GC.GetGCMemoryInfo();
         return (gc.TotalAvailableMemoryBytes > 0 ? gc.TotalAvailableMemoryBytes : null, null);
-
-        static long? Kb(string line)
-        {
-            // "MemTotal:       24567890 kB"
-            var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-            return parts.Length >= 2 && long.TryParse(parts[1], out var kb) ? kb * 1024 : null;
-        }
     }
 }

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Text;
+using Calm.Engine.Devices;
 using Calm.Engine.Model;
 using Calm.Engine.Weights;
 
@@ -231,28 +232,5 @@ public static class SyntheticWeights
             FinalNorm = t["model.norm.weight"],
             LmHead = c.TieWordEmbeddings ? emb : t["lm_head.weight"],
         };
-    }
-}
-
-/// <summary>Host memory the process can still take.</summary>
-public static class HostMemory
-{
-    public static long AvailableBytes() => ReadMeminfo("MemAvailable:") ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-
-    public static long TotalBytes() => ReadMeminfo("MemTotal:") ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-
-    /// <summary>A "Key:  N kB" line of /proc/meminfo in bytes; null off Linux or when unreadable.</summary>
-    private static long? ReadMeminfo(string key)
-    {
-        try
-        {
-            if (!File.Exists("/proc/meminfo")) return null;
-            foreach (var line in File.ReadLines("/proc/meminfo"))
-                if (line.StartsWith(key, StringComparison.Ordinal))
-                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-        }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-        return null;
     }
 }
