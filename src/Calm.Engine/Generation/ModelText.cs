@@ -53,7 +53,7 @@ public sealed class ModelText
         if (model.Text?.TokenizerError is { } e) throw e;
         throw new CalmException(ErrorIds.TokenizerMissing, CalmErrorKind.NotAvailable,
             model.Path is null
-                ? $"Model '{model.Name}' is synthetic and has no tokenizer: it works on token ids only. Pass token ids, or import a model folder with a tokenizer.json."
+                ? $"Model '{model.Name}' is synthetic and has no tokenizer: it works on token ids only. Pass token ids (Invoke-CalmGenerate -TokenId 1, 2, 3), or import a model folder with a tokenizer.json."
                 : $"Model '{model.Name}' ('{model.Path}') has no tokenizer.json or tokenizer.model, so text cannot be encoded. Copy the model's tokenizer files into the folder, or pass token ids.",
             model.Name);
     }

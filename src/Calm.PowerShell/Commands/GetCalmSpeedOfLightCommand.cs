@@ -121,7 +121,8 @@ public sealed class GetCalmSpeedOfLightCommand : CalmCmdlet
     private void Emit(string name, ModelConfig c, string dtype, string kv, string kind, int index)
     {
         SolModel.BytesPerElement(dtype); SolModel.BytesPerElement(kv); // unknown dtype: Calm.InvalidArgument before anything else
-        var den = SolCommon.Resolve(kind, index, BandwidthGBps, TflopsPerSecond, measureCpu: false, CancellationToken);
+        // The CPU has no datasheet figure: without -BandwidthGBps or an earlier measurement, measure it now (~1 s, remembered).
+        var den = SolCommon.Resolve(kind, index, BandwidthGBps, TflopsPerSecond, measureCpu: true, CancellationToken, WriteVerbose);
         foreach (int ctx in Context)
         {
             var p = SolModel.Compute(name, c, dtype, kv, ctx, den.GBps, den.Tflops) with { BandwidthSource = den.Source, Parameters = c.ParameterCount };
