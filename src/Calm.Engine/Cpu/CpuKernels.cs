@@ -26,10 +26,12 @@ public static unsafe class CpuKernels
     // Dot products: one stored row w[0..n) with x[0..n) (fp32), fp32 accumulation.
     // ------------------------------------------------------------------------------------------------------------
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotF32(float* w, float* x, int n)
         => TensorPrimitives.Dot(new ReadOnlySpan<float>(w, n), new ReadOnlySpan<float>(x, n));
 
     /// <summary>bf16 row · fp32 vector: widen ushort→uint, shift left 16, reinterpret as float, FMA; scalar tail.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotBF16(ushort* w, float* x, int n)
     {
         int i = 0;
@@ -74,6 +76,7 @@ public static unsafe class CpuKernels
     /// f16 row · fp32 vector. .NET 8 exposes no F16C, so halves are widened with integer bit tricks (exact for every
     /// pattern: normals, subnormals, zeros, inf, NaN), 16 per step; scalar tail.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotF16(Half* w, float* x, int n)
     {
         int i = 0;
@@ -117,6 +120,7 @@ public static unsafe class CpuKernels
     }
 
     /// <summary>f16 row to fp32 (same bit tricks as <see cref="DotF16"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ConvertF16(Half* src, float* dst, int n)
     {
         int i = 0;
@@ -153,6 +157,7 @@ public static unsafe class CpuKernels
     /// to the fp32 exponent/mantissa position and multiplied by 2^120 (rebias 7 -> 127; exact for subnormals too),
     /// NaN codes (S.1111.111) forced to NaN, the sign or-ed back, then FMA; scalar table lookups for the tail.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotFp8(byte* q, float scale, float* x, int n)
     {
         int i = 0;
@@ -191,6 +196,7 @@ public static unsafe class CpuKernels
     /// int4 row · x: per group d * sum((u - 8) * x); a partial last group (n % 32 != 0) reads x only up to n. AVX2: 8
     /// packed bytes -> 8 ints, low and high nibbles interleaved back into element order with unpack + lane permute.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotInt4(byte* p, Half* d, float* x, int n)
     {
         const int G = Quant.QuantFormats.Int4GroupSize;
@@ -271,6 +277,7 @@ public static unsafe class CpuKernels
     }
 
     /// <summary>Four dot products of one fp32 row with four vectors (prefill register blocking: w is loaded once).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dot4(float* w, float* x0, float* x1, float* x2, float* x3, int n, out float s0, out float s1, out float s2, out float s3)
     {
         int i = 0;
@@ -341,6 +348,7 @@ public static unsafe class CpuKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ConvertBF16(ushort* src, float* dst, int n)
     {
         int i = 0;
@@ -462,6 +470,7 @@ public static unsafe class CpuKernels
     }
 
     /// <summary>Rows [r0, r1) of <see cref="MatMul(nint, DType, int, int, float*, int, float*, int)"/> on this thread.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void MatMulRows(nint w, DType dtype, int r0, int r1, int cols, float* x, int n, float* y, int ldy, nint scales = 0)
     {
         if (dtype == DType.Int4 && scales == 0)

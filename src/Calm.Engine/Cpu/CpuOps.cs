@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using Calm.Engine.Model;
 
@@ -15,6 +16,7 @@ public static class CpuOps
     /// out[i] = x[i] * rsqrt(mean(x^2) + eps) * w[i]   (or * (1 + w[i]) when <paramref name="addOne"/>: gemma).
     /// x, out: [n]; w: [n] (fp32 copy of the norm weight). out may alias x.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> output, float eps, bool addOne)
     {
         int n = w.Length;
@@ -101,6 +103,7 @@ public static class CpuOps
     /// Rotates one head vector in place, HF rotate_half convention: pairs (i, i + rot/2) for i &lt; rot/2, where
     /// rot = 2 * cos.Length; dims [rot, head_dim) pass through (partial rotary).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ApplyRope(Span<float> head, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
     {
         int half = cos.Length;
@@ -135,6 +138,7 @@ public static class CpuOps
     }
 
     /// <summary>h[i] = act(g[i]) * u[i] (gated FFN), in place into g.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void GatedActivation(Span<float> g, ReadOnlySpan<float> u, Activation act)
     {
         switch (act)
@@ -148,6 +152,7 @@ public static class CpuOps
 
     // ---------------------------------------------------------------- softmax
     /// <summary>In-place numerically stable softmax (fp32).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Softmax(Span<float> x)
     {
         float max = float.NegativeInfinity;
@@ -172,6 +177,7 @@ public static class CpuOps
     /// q: [Hd]; keys/values: the cache, position j of this kv head at keys[j * kvStride .. + Hd];
     /// scores: scratch of at least pos + 1 floats; output: [Hd]. scale = 1/sqrt(Hd).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void AttendHead(ReadOnlySpan<float> q, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int kvStride,
         int pos, int? slidingWindow, float scale, Span<float> scores, Span<float> output)
     {

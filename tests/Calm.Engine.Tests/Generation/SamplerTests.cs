@@ -4,6 +4,34 @@ namespace Calm.Engine.Tests.Generation;
 
 public class SamplerTests
 {
+    [Fact]
+    public void CandidateSortIsValueDescendingThenIdAscendingOnFreshRandomData()
+    {
+        var rng = new Random(Environment.TickCount);
+        var sampler = new Sampler(new SamplingOptions { Temperature = 1, TopP = 0.9 });
+        for (int round = 0; round < 50; round++)
+        {
+            int n = rng.Next(1, 5000);
+            var ids = Enumerable.Range(0, n).Select(_ => rng.Next(0, 200_000)).Distinct().ToArray();
+            // Values with many exact ties, negatives, zeros of both signs and large magnitudes.
+            var vals = ids.Select(_ => rng.Next(4) switch
+            {
+                0 => (float)rng.Next(-3, 4),
+                1 => -0.0f,
+                2 => (float)((rng.NextDouble() - 0.5) * 1e6),
+                _ => (float)(rng.NextDouble() * 40 - 20),
+            }).ToArray();
+            var want = ids.Zip(vals).OrderByDescending(p => p.Second).ThenBy(p => p.First).ToArray();
+            var gotIds = ids.ToArray(); var gotVals = vals.ToArray();
+            sampler.SortDescending(gotIds, gotVals);
+            for (int k = 0; k < want.Length; k++)
+            {
+                Assert.Equal(want[k].First, gotIds[k]);
+                Assert.True(want[k].Second == gotVals[k], $"value at {k}: {want[k].Second} vs {gotVals[k]}");
+            }
+        }
+    }
+
     static float[] RandomLogits(int v, int seed)
     {
         var r = new Random(seed);
