@@ -126,12 +126,36 @@ public sealed class Sampler
             // Tokens more than 40·T below the top have relative weight < e^-40 (4e-18): left out before sorting.
             float max = float.NegativeInfinity;
             foreach (float x in logits) if (x > max) max = x;
+            if (Options.TopP >= 1 && Options.MinP <= 0) return SampleUnsorted(logits, max);
             float floor = (float)(max - 40 * Options.Temperature);
+            // min-p alone keeps exactly the tokens with p ≥ MinP·p_max, i.e. logit ≥ max + T·ln(MinP): filter before sorting.
+            if (Options.TopP >= 1 && Options.MinP > 0) floor = Math.Max(floor, (float)(max + Options.Temperature * Math.Log(Options.MinP)));
             n = 0;
             for (int i = 0; i < v; i++) if (logits[i] >= floor) { _ids[n] = i; _vals[n] = logits[i]; n++; }
             SortDescending(_ids.AsSpan(0, n), _vals.AsSpan(0, n));
         }
         return SampleCandidates(_ids.AsSpan(0, n), _vals.AsSpan(0, n));
+    }
+
+    /// <summary>
+    /// Plain temperature sampling over the whole vocabulary needs no order: one pass for the normaliser, one inverse-CDF
+    /// pass in id order (the same distribution as the sorted path; a 128k vocabulary costs no sort per token).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    int SampleUnsorted(ReadOnlySpan<float> logits, float max)
+    {
+        double inv = 1.0 / Options.Temperature, sum = 0;
+        for (int i = 0; i < logits.Length; i++) sum += Math.Exp((logits[i] - max) * inv);
+        double u = _rng.NextDouble() * sum;
+        int last = 0;
+        for (int i = 0; i < logits.Length; i++)
+        {
+            double p = Math.Exp((logits[i] - max) * inv);
+            if (p > 0) last = i;
+            u -= p;
+            if (u < 0) return i;
+        }
+        return last;
     }
 
     /// <summary>Chooses from candidates sorted by logit descending (ties: lower id first), e.g. a device top-k.
