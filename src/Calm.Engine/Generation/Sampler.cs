@@ -120,6 +120,7 @@ public sealed class Sampler
         int v = logits.Length;
         int n = Options.TopK > 0 ? Math.Min(Options.TopK, v) : v;
         Ensure(n);
+        double? topPTotal = null;
         if (n < v) TopK(logits, n, _ids, _vals);
         else
         {
@@ -130,11 +131,28 @@ public sealed class Sampler
             float floor = (float)(max - 40 * Options.Temperature);
             // min-p alone keeps exactly the tokens with p ≥ MinP·p_max, i.e. logit ≥ max + T·ln(MinP): filter before sorting.
             if (Options.TopP >= 1 && Options.MinP > 0) floor = Math.Max(floor, (float)(max + Options.Temperature * Math.Log(Options.MinP)));
+            if (Options.TopP < 1)
+            {
+                // The nucleus is the largest tokens up to TopP of the whole mass. If the tokens with p ≥ 1e-3·p_max
+                // already hold that much, the nucleus lies among them: sort only those (a 128k vocabulary is
+                // otherwise sorted whole every token), measuring TopP against the mass of all tokens above the floor.
+                double inv = 1.0 / Options.Temperature, all = 0, near = 0;
+                float nearFloor = (float)(max + Options.Temperature * Math.Log(1e-3));
+                for (int i = 0; i < v; i++)
+                {
+                    float x = logits[i];
+                    if (x < floor) continue;
+                    double e = Math.Exp((x - max) * inv);
+                    all += e;
+                    if (x >= nearFloor) near += e;
+                }
+                if (near >= Options.TopP * all) { floor = Math.Max(floor, nearFloor); topPTotal = all; }
+            }
             n = 0;
             for (int i = 0; i < v; i++) if (logits[i] >= floor) { _ids[n] = i; _vals[n] = logits[i]; n++; }
             SortDescending(_ids.AsSpan(0, n), _vals.AsSpan(0, n));
         }
-        return SampleCandidates(_ids.AsSpan(0, n), _vals.AsSpan(0, n));
+        return SampleCandidates(_ids.AsSpan(0, n), _vals.AsSpan(0, n), topPTotal);
     }
 
     /// <summary>
@@ -161,7 +179,12 @@ public sealed class Sampler
     /// <summary>Chooses from candidates sorted by logit descending (ties: lower id first), e.g. a device top-k.
     /// Penalties must be off (see <see cref="CanUseCandidates"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public int SampleCandidates(ReadOnlySpan<int> ids, ReadOnlySpan<float> logits)
+    public int SampleCandidates(ReadOnlySpan<int> ids, ReadOnlySpan<float> logits) => SampleCandidates(ids, logits, null);
+
+    /// <param name="topPTotal">The mass (relative to the top token) top-p is measured against when the candidates
+    /// are a prefix of a larger sorted set; null: the candidates' own mass.</param>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    int SampleCandidates(ReadOnlySpan<int> ids, ReadOnlySpan<float> logits, double? topPTotal)
     {
         if (ids.Length == 0) throw new ArgumentException("No candidates.", nameof(ids));
         if (Options.IsGreedy) return ids[0];
@@ -174,7 +197,7 @@ public sealed class Sampler
         int keep = n;
         if (Options.TopP < 1)
         {
-            double cum = 0, target = Options.TopP * sum;
+            double cum = 0, target = Options.TopP * (topPTotal ?? sum);
             for (int i = 0; i < n; i++) { cum += p[i]; if (cum >= target) { keep = i + 1; break; } }
         }
         // min-p: drop tokens below MinP × the top probability (p[0] is the top, relative weight 1).
