@@ -86,6 +86,7 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
     }
 
     public string DeviceKind => "Cpu";
+    public string KvCacheDType => "f32";
     public string DeviceName => $"CPU ({Environment.ProcessorCount} cores)";
     public ModelConfig Config { get; }
     public int MaxContext { get; }

@@ -29,6 +29,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private const int ParamRing = 64;              // pinned StepParams slots before the host waits for the GPU
 
     public string DeviceKind => "Cuda";
+    public string KvCacheDType => "f16";
     public string DeviceName { get; }
     public ModelConfig Config { get; }
     public int MaxContext { get; }

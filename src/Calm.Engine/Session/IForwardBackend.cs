@@ -14,6 +14,8 @@ public interface IForwardBackend : IDisposable
     /// <summary>Human-readable device, e.g. "CPU (2 cores)" or "NVIDIA H200".</summary>
     string DeviceName { get; }
     ModelConfig Config { get; }
+    /// <summary>Element type of the KV cache ("f32" on the CPU reference, "f16" on the GPU), for the byte model.</summary>
+    string KvCacheDType { get; }
     /// <summary>Positions the KV cache holds.</summary>
     int MaxContext { get; }
 

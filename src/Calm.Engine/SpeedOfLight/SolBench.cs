@@ -90,10 +90,6 @@ public sealed record SolBenchOptions
 /// <summary>The measurements behind Measure-CalmSpeedOfLight, one point at a time (callers hold the model's gate).</summary>
 public static class SolBench
 {
-    /// <summary>The KV cache's element type: the CPU reference keeps fp32, the CUDA backend fp16.</summary>
-    public static string KvDTypeOf(IForwardBackend backend, DType weights)
-        => backend.DeviceKind.Equals("Cpu", StringComparison.OrdinalIgnoreCase) ? "f32" : "f16";
-
     private static IBenchmarkBackend Bench(LoadedModel m) => m.Backend as IBenchmarkBackend
         ?? throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotSupported,
             $"The {m.DeviceKind} backend of '{m.Name}' has no benchmark support in this build. Load the model on the CPU (-Device Cpu).", m.Name);
@@ -129,7 +125,7 @@ public static class SolBench
     {
         var b = Bench(m);
         var c = m.Config;
-        string dt = DTypes.Name(m.DType), kv = KvDTypeOf(m.Backend, m.DType);
+        string dt = DTypes.Name(m.DType), kv = m.Backend.KvCacheDType;
         var perRepTs = new List<double>();
         var allMs = new List<double>();
         for (int r = 0; r < o.Repeat; r++)
@@ -170,7 +166,7 @@ public static class SolBench
         if (promptTokens <= 0 || promptTokens > m.Backend.MaxContext)
             throw new CalmException(ErrorIds.ContextOverflow, CalmErrorKind.LimitExceeded,
                 $"A prompt of {promptTokens} tokens must be in 1..{m.Backend.MaxContext} (the KV cache of '{m.Name}').", "PromptTokens");
-        string dt = DTypes.Name(m.DType), kv = KvDTypeOf(m.Backend, m.DType);
+        string dt = DTypes.Name(m.DType), kv = m.Backend.KvCacheDType;
         var reps = new List<double>();
         b.TimePrefill(promptTokens, 1, ct); // warm-up
         for (int r = 0; r < o.Repeat; r++) reps.Add(b.TimePrefill(promptTokens, 1, ct));

@@ -81,7 +81,7 @@ public sealed class GetCalmSpeedOfLightCommand : CalmCmdlet
             {
                 var m = ResolveModel(Model);
                 var (kind, index) = Device is null ? KindOf(m) : BenchDevices.Parse(Device);
-                Emit(m.Name, m.Config, DType ?? DTypes.Name(m.DType), KvCacheDType ?? (DType is null ? SolBench.KvDTypeOf(m.Backend, m.DType) : DType), kind, index);
+                Emit(m.Name, m.Config, DType ?? DTypes.Name(m.DType), KvCacheDType ?? (DType is null ? m.Backend.KvCacheDType : DType), kind, index);
                 break;
             }
             case PresetSet:
