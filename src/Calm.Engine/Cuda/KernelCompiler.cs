@@ -19,25 +19,32 @@ public static unsafe class KernelCompiler
     private const string ResourcePrefix = "Calm.Kernels.";
     private static readonly Dictionary<string, KernelImage> s_memory = new();
 
-    /// <summary>File name -> source text of every embedded kernel file (the header excluded).</summary>
-    public static IReadOnlyDictionary<string, string> Sources { get; } = LoadSources(out s_header);
-    private static readonly string s_header;
-    public static string Header => s_header;
+    /// <summary>File name -> source text of every embedded kernel file (the headers excluded).</summary>
+    public static IReadOnlyDictionary<string, string> Sources { get; } = LoadSources(out s_headers);
+    private static readonly SortedDictionary<string, string> s_headers;
+    /// <summary>common.cuh, the header every kernel file includes.</summary>
+    public static string Header => s_headers.TryGetValue(HeaderName, out var h) ? h : "";
+    /// <summary>Every kernels/*.cuh by name (common.cuh and the device code shared by several kernel files); all are
+    /// given to NVRTC by name, so a kernel file may include any of them.</summary>
+    public static IReadOnlyDictionary<string, string> Headers => s_headers;
 
-    private static Dictionary<string, string> LoadSources(out string header)
+    private static Dictionary<string, string> LoadSources(out SortedDictionary<string, string> headers)
     {
         var asm = typeof(KernelCompiler).Assembly;
         var d = new Dictionary<string, string>(StringComparer.Ordinal);
-        header = "";
+        headers = new SortedDictionary<string, string>(StringComparer.Ordinal);
         foreach (var name in asm.GetManifestResourceNames().Where(n => n.StartsWith(ResourcePrefix, StringComparison.Ordinal)).Order())
         {
             using var s = asm.GetManifestResourceStream(name)!;
             var text = new StreamReader(s).ReadToEnd();
             var file = name[ResourcePrefix.Length..];
-            if (file == HeaderName) header = text; else d[file] = text;
+            if (file.EndsWith(".cuh", StringComparison.Ordinal)) headers[file] = text; else d[file] = text;
         }
         return d;
     }
+
+    /// <summary>All headers as one string (names and texts) for the cache key: a change in any header recompiles.</summary>
+    private static string HeadersKey => string.Join("\0", s_headers.Select(kv => kv.Key + "\0" + kv.Value));
 
     public static string CacheFolder
     {
@@ -77,7 +84,7 @@ public static unsafe class KernelCompiler
         var source = Sources.TryGetValue(file, out var s) ? s : throw new ArgumentException($"no kernel file {file}", nameof(file));
         var opts = Options(opt);
         string hash = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(
-            source + "\0" + Header + "\0" + string.Join(" ", opts) + $"\0nvrtc{vmaj}.{vmin}"))).ToLowerInvariant()[..20];
+            source + "\0" + HeadersKey + "\0" + string.Join(" ", opts) + $"\0nvrtc{vmaj}.{vmin}"))).ToLowerInvariant()[..20];
         string key = $"{Path.GetFileNameWithoutExtension(file)}-{target}-nvrtc{vmaj}.{vmin}-{hash}.{(cubin ? "cubin" : "ptx")}";
         lock (s_memory)
             if (s_memory.TryGetValue(key, out var mem)) return mem;
@@ -127,13 +134,19 @@ public static unsafe class KernelCompiler
         nint prog;
         var src = Encoding.UTF8.GetBytes(source + "\0");
         var nameB = Encoding.UTF8.GetBytes(file + "\0");
-        var hdr = Encoding.UTF8.GetBytes(Header + "\0");
-        var hdrName = Encoding.UTF8.GetBytes(HeaderName + "\0");
-        fixed (byte* ps = src, pn = nameB, ph = hdr, phn = hdrName)
+        var hdrTexts = s_headers.Values.Select(t => Encoding.UTF8.GetBytes(t + "\0")).ToArray();
+        var hdrNames = s_headers.Keys.Select(n => Encoding.UTF8.GetBytes(n + "\0")).ToArray();
+        var pins = hdrTexts.Concat(hdrNames).Select(b => System.Runtime.InteropServices.GCHandle.Alloc(b, System.Runtime.InteropServices.GCHandleType.Pinned)).ToArray();
+        try
         {
-            byte* h = ph, hn = phn;
-            Nvrtc.Check(Nvrtc.nvrtcCreateProgram(&prog, ps, pn, 1, &h, &hn), "nvrtcCreateProgram");
+            int nh = hdrTexts.Length;
+            byte** ht = stackalloc byte*[Math.Max(nh, 1)];
+            byte** hn = stackalloc byte*[Math.Max(nh, 1)];
+            for (int i = 0; i < nh; i++) { ht[i] = (byte*)pins[i].AddrOfPinnedObject(); hn[i] = (byte*)pins[nh + i].AddrOfPinnedObject(); }
+            fixed (byte* ps = src, pn = nameB)
+                Nvrtc.Check(Nvrtc.nvrtcCreateProgram(&prog, ps, pn, nh, ht, hn), "nvrtcCreateProgram");
         }
+        finally { foreach (var p in pins) p.Free(); }
         try
         {
             var optBytes = options.Select(o => Encoding.UTF8.GetBytes(o + "\0")).ToArray();

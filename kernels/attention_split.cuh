@@ -1,0 +1,356 @@
+// attention_split.cuh: the split (flash-decoding) decode attention as device code, shared by the standalone kernels
+// (attention.cu) and the persistent decode kernel (decode_persistent.cu). Block indices are parameters so a
+// persistent block can take any (kv head, chunk, head group) work item.
+#pragma once
+#include "common.cuh"
+
+// ---- split decode attention (flash-decoding) ---------------------------------------------------------------------
+// Grid (K, S, Z): block (kh, split, z) reads one chunk of the KV cache of kv head kh once for the query heads
+// kh*G + z*MAXG + [0, MAXG) of its group (GQA: G = H/K query heads share a kv head). The positions start..pos are cut
+// into at most S chunks of a multiple of 64 positions (computed from the step's position, so the captured graph
+// stays valid at every position); blocks past the last chunk return at once.
+// Inside a block: Hd/8 lanes own one cache row (16-byte loads, 8 fp16 each); a warp walks 32/(Hd/8) rows at a time,
+// FD_UNROLL row groups in flight; every row-stream keeps a running (max, sum, weighted V) per query head in the
+// log2 domain; streams merge by shuffles, warps through shared memory.
+// When a kv head needs more than one chunk, each block writes its partial (max, sum, unnormalised output) to the
+// workspace; the last block of the kv head to finish (atomic counter) merges the partials and writes out.
+// Workspace (f32): pm [H, S] | pl [H, S] | pacc [H, S, Hd] | counters [K*Z] int (zero at allocation, reset by the
+// merging block).
+#define FD_THREADS 256
+#define FD_WARPS (FD_THREADS / 32)
+#define FD_MAX_HD 256
+#define FD_MAX_SPLITS 256   // S <= 256 (CudaKernels.AttentionSplits)
+
+__device__ __forceinline__ float ld_cg_f32(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ calm_f4 ld_cg_f4(const float* p) {
+    calm_f4 v;
+    asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+    return v;
+}
+
+#define FD_STAGES 3
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int srcBytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    u32 sa;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(sa) : "l"(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(sa), "l"(gmem), "r"(srcBytes) : "memory");
+#else
+    calm_u4 v; v.x = v.y = v.z = v.w = 0u;
+    if (srcBytes) v = ldg_u4(gmem);
+    *(calm_u4*)smem = v;
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+#endif
+}
+// one stage: rows r0 .. r0 + vecs/tpp - 1 of K and V (rows >= c1 zero-filled) into dst [2][vecs] 16-byte vectors
+__device__ __forceinline__ void fd_issue_stage(calm_u4* dst, const u16* kh0, const u16* vh0, int r0, int c1, int Hd, int tpp, int vecs) {
+    for (int v = threadIdx.x; v < vecs; v += FD_THREADS) {
+        int r = r0 + v / tpp;
+        bool ok = r < c1;
+        long long off = (long long)(ok ? r : r0) * Hd + (v & (tpp - 1)) * 8;
+        cp_async16(dst + v, kh0 + off, ok ? 16 : 0);
+        cp_async16(dst + vecs + v, vh0 + off, ok ? 16 : 0);
+    }
+}
+
+// One step of a row-stream: U cache rows (K in kr, V in vr; rows j = base + u*streams + slot, valid when j < c1)
+// folded into the running (m, l, acc) of each of the MAXG query heads. Every lane of the warp must call it.
+template <int MAXG, int U>
+__device__ __forceinline__ void fd_rows(const calm_u4 (&kr)[U], const calm_u4 (&vr)[U], int base, int streams, int slot, int c1, int tpp,
+                                        const float (&qv)[MAXG][8], float (&m)[MAXG], float (&l)[MAXG], float (&acc)[MAXG][8]) {
+        float s[U][MAXG];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        float k8[8];
+        unpack2<CALM_F16>(kr[u].x, k8[0], k8[1]); unpack2<CALM_F16>(kr[u].y, k8[2], k8[3]);
+        unpack2<CALM_F16>(kr[u].z, k8[4], k8[5]); unpack2<CALM_F16>(kr[u].w, k8[6], k8[7]);
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            float a = qv[g][0] * k8[0];
+#pragma unroll
+            for (int e = 1; e < 8; e++) a = fmaf(qv[g][e], k8[e], a);
+            s[u][g] = a;
+        }
+    }
+    for (int o = tpp >> 1; o > 0; o >>= 1) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int g = 0; g < MAXG; g++) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], o);
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        bool valid = base + u * streams + slot < c1;
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) if (!valid) s[u][g] = -CALM_INF;
+    }
+    float v8[U][8];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        unpack2<CALM_F16>(vr[u].x, v8[u][0], v8[u][1]); unpack2<CALM_F16>(vr[u].y, v8[u][2], v8[u][3]);
+        unpack2<CALM_F16>(vr[u].z, v8[u][4], v8[u][5]); unpack2<CALM_F16>(vr[u].w, v8[u][6], v8[u][7]);
+    }
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) {
+        float mx = m[g];
+#pragma unroll
+        for (int u = 0; u < U; u++) mx = fmaxf(mx, s[u][g]);
+        float mref = mx == -CALM_INF ? 0.f : mx;
+        float corr = exp2f(m[g] - mref);
+        float p[U];
+        float ps = 0.f;
+#pragma unroll
+        for (int u = 0; u < U; u++) { p[u] = exp2f(s[u][g] - mref); ps += p[u]; }
+        l[g] = fmaf(l[g], corr, ps);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            float a = acc[g][e] * corr;
+#pragma unroll
+            for (int u = 0; u < U; u++) a = fmaf(p[u], v8[u][e], a);
+            acc[g][e] = a;
+        }
+        m[g] = mx;
+    }
+}
+
+template <int MAXG, int U, bool ASYNC>
+__device__ __forceinline__ void attention_split_impl(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws,
+                                                     int H, int K, int Hd, int maxCtx, int window, float scale, int S,
+                                                     const StepParams* sp, int kh, int split, int z, int Z) {
+    __shared__ float s_m[FD_WARPS][MAXG];
+    __shared__ float s_l[MAXG];
+    __shared__ float s_acc[MAXG][FD_MAX_HD];
+    __shared__ float s_wbuf[MAXG][FD_MAX_SPLITS];   // merge: each split's max, then its weight
+    __shared__ float s_lw[MAXG][FD_MAX_SPLITS];     // merge: each split's sum
+    __shared__ calm_f4 s_red[FD_THREADS];          // merge: partial sums of the threads sharing a piece
+    __shared__ int s_last;
+    const int G = H / K;
+    const int g0 = z * MAXG;
+    const int ng = min(MAXG, G - g0);
+    const int pos = sp->pos;
+    const int start = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
+    const int n = pos - start + 1;
+    int chunk = (n + S - 1) / S;
+    chunk = (chunk + 63) & ~63;            // whole 64-row passes (Hd 128: 16 rows per pass x FD_UNROLL 4)
+    const int nsplit = (n + chunk - 1) / chunk;
+    if (split >= nsplit) return;
+    const int c0 = start + split * chunk;
+    const int c1 = min(c0 + chunk, pos + 1);
+
+    const int tpp = Hd >> 3;               // lanes per cache row (power of two <= 32)
+    const int ppw = 32 / tpp;              // rows per warp per load
+    const int streams = FD_WARPS * ppw;    // rows per block per load
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int slot = lane / tpp, dl = lane & (tpp - 1);
+    const float sl = scale * 1.4426950408889634f;   // scores in log2 units: exp2 instead of exp
+
+    float qv[MAXG][8], acc[MAXG][8], m[MAXG], l[MAXG];
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) {
+        m[g] = -CALM_INF; l[g] = 0.f;
+        const float* qh = q + (long long)(kh * G + g0 + (g < ng ? g : 0)) * Hd + dl * 8;
+        calm_f4 a = ld_cg_f4(qh), b = ld_cg_f4(qh + 4);   // .cg: q may come from another block of a persistent kernel
+        float f = g < ng ? sl : 0.f;
+        qv[g][0] = a.x * f; qv[g][1] = a.y * f; qv[g][2] = a.z * f; qv[g][3] = a.w * f;
+        qv[g][4] = b.x * f; qv[g][5] = b.y * f; qv[g][6] = b.z * f; qv[g][7] = b.w * f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[g][e] = 0.f;
+    }
+    const u16* kb = kCache + (long long)kh * maxCtx * Hd + dl * 8;
+    const u16* vb = vCache + (long long)kh * maxCtx * Hd + dl * 8;
+
+    // base is uniform across the warp (the shuffles in fd_rows need every lane)
+    if (!ASYNC) {
+        for (int base = c0 + warp * ppw; base < c1; base += streams * U) {
+            calm_u4 kr[U], vr[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int j = base + u * streams + slot;
+                if (j < c1) { kr[u] = ldg_u4(kb + (long long)j * Hd); vr[u] = ldg_u4(vb + (long long)j * Hd); }
+                else { kr[u].x = kr[u].y = kr[u].z = kr[u].w = 0u; vr[u] = kr[u]; }
+            }
+            fd_rows<MAXG, U>(kr, vr, base, streams, slot, c1, tpp, qv, m, l, acc);
+        }
+    } else {
+        // cp.async pipeline: stages of rps = streams*U rows (16 KB of K + 16 KB of V), FD_STAGES deep in shared
+        // memory, so loads stay in flight while the warps compute (no registers held for them)
+        extern __shared__ calm_u4 s_kv[];   // [FD_STAGES][2][rps * tpp]
+        const int rps = streams * U, vecs = rps * tpp;
+        const int nst = (c1 - c0 + rps - 1) / rps;
+        const u16* kh0 = kCache + (long long)kh * maxCtx * Hd;
+        const u16* vh0 = vCache + (long long)kh * maxCtx * Hd;
+        for (int stg = 0; stg < FD_STAGES - 1; stg++) {
+            if (stg < nst) fd_issue_stage(s_kv + (stg % FD_STAGES) * 2 * vecs, kh0, vh0, c0 + stg * rps, c1, Hd, tpp, vecs);
+            cp_async_commit();
+        }
+        for (int it = 0; it < nst; it++) {
+            int nx = it + FD_STAGES - 1;
+            if (nx < nst) fd_issue_stage(s_kv + (nx % FD_STAGES) * 2 * vecs, kh0, vh0, c0 + nx * rps, c1, Hd, tpp, vecs);
+            cp_async_commit();
+            cp_async_wait<FD_STAGES - 1>();
+            __syncthreads();
+            const calm_u4* sk = s_kv + (it % FD_STAGES) * 2 * vecs;
+            const calm_u4* sv = sk + vecs;
+            const int st = warp * ppw + slot;
+            calm_u4 kr[U], vr[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) { kr[u] = sk[(u * streams + st) * tpp + dl]; vr[u] = sv[(u * streams + st) * tpp + dl]; }
+            fd_rows<MAXG, U>(kr, vr, c0 + it * rps + warp * ppw, streams, slot, c1, tpp, qv, m, l, acc);
+            __syncthreads();   // this stage's buffer is refilled next
+        }
+    }
+    // merge the row-streams of this warp (lanes with the same dl)
+    for (int o = tpp; o < 32; o <<= 1) {
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+            float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+            float M = fmaxf(m[g], mo);
+            float Mr = M == -CALM_INF ? 0.f : M;
+            float fa = exp2f(m[g] - Mr), fb = exp2f(mo - Mr);
+            l[g] = l[g] * fa + lo * fb;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] = acc[g][e] * fa + __shfl_xor_sync(0xffffffffu, acc[g][e], o) * fb;
+            m[g] = M;
+        }
+    }
+    // merge the warps: block max per head, then rescaled sums through shared atomics
+    if (lane == 0) {
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) s_m[warp][g] = m[g];
+    }
+    for (int i = threadIdx.x; i < MAXG * FD_MAX_HD; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
+    if (threadIdx.x < MAXG) s_l[threadIdx.x] = 0.f;
+    __syncthreads();
+    float f[MAXG];
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) {
+        float M = -CALM_INF;
+        for (int w = 0; w < FD_WARPS; w++) M = fmaxf(M, s_m[w][g]);
+        f[g] = (m[g] == -CALM_INF) ? 0.f : exp2f(m[g] - M);
+    }
+    // warps add in a fixed order (deterministic: the same step gives the same bits every time)
+    for (int w = 0; w < FD_WARPS; w++) {
+        if (warp == w && slot == 0) {
+#pragma unroll
+            for (int g = 0; g < MAXG; g++) {
+                if (g < ng) {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) s_acc[g][dl * 8 + e] += acc[g][e] * f[g];
+                    if (dl == 0) s_l[g] += l[g] * f[g];
+                }
+            }
+        }
+        __syncthreads();
+    }
+    const int h0 = kh * G + g0;
+    if (nsplit == 1) {
+        for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+            int g = i / Hd, d = i - g * Hd;
+            out[(long long)(h0 + g) * Hd + d] = s_acc[g][d] / s_l[g];
+        }
+        return;
+    }
+    float* pm = ws;
+    float* pl = ws + (long long)H * S;
+    float* pacc = ws + 2LL * H * S;
+    int* counters = (int*)(ws + (long long)H * S * (Hd + 2));
+    for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+        int g = i / Hd, d = i - g * Hd;
+        pacc[((long long)(h0 + g) * S + split) * Hd + d] = s_acc[g][d];
+    }
+    if (threadIdx.x < ng) {
+        int g = threadIdx.x;
+        float M = -CALM_INF;
+        for (int w = 0; w < FD_WARPS; w++) M = fmaxf(M, s_m[w][g]);
+        pm[(long long)(h0 + g) * S + split] = M;
+        pl[(long long)(h0 + g) * S + split] = s_l[g];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int prev = atomicAdd(&counters[kh * Z + z], 1);
+        s_last = prev == nsplit - 1;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    if (threadIdx.x == 0) counters[kh * Z + z] = 0;   // ready for the next launch
+    __threadfence();
+    // merge, parallel over splits: (1) every (head, split) max and sum into shared, (2) one warp per head turns them
+    // into weights exp2(pm - M) / L, (3) threads = (float4 of the output, stride over splits), 8 loads in flight,
+    // their sums meet in shared memory
+    float* s_w = &s_wbuf[0][0];
+    for (int i = threadIdx.x; i < ng * nsplit; i += FD_THREADS) {
+        int g = i / nsplit, t = i - g * nsplit;
+        s_w[g * FD_MAX_SPLITS + t] = ld_cg_f32(pm + (long long)(h0 + g) * S + t);
+        s_lw[g][t] = ld_cg_f32(pl + (long long)(h0 + g) * S + t);
+    }
+    __syncthreads();
+    if (warp < ng) {
+        const int g = warp;
+        float M = -CALM_INF;
+        for (int t = lane; t < nsplit; t += 32) M = fmaxf(M, s_w[g * FD_MAX_SPLITS + t]);
+        M = warp_max(M);
+        float L = 0.f;
+        for (int t = lane; t < nsplit; t += 32) L += s_lw[g][t] * exp2f(s_w[g * FD_MAX_SPLITS + t] - M);
+        L = warp_sum(L);
+        __syncwarp();
+        for (int t = lane; t < nsplit; t += 32) s_w[g * FD_MAX_SPLITS + t] = exp2f(s_w[g * FD_MAX_SPLITS + t] - M) / L;
+    }
+    __syncthreads();
+    const int items = ng * (Hd >> 2);                      // float4 pieces of the group's output
+    const int R = items >= FD_THREADS ? 1 : FD_THREADS / items;   // threads per piece (stride over splits)
+    for (int i = threadIdx.x; i < items * R; i += FD_THREADS) {
+        const int it = i % items, r = i / items;
+        const int g = it / (Hd >> 2), d = (it - g * (Hd >> 2)) * 4;
+        const float* base = pacc + (long long)(h0 + g) * S * Hd + d;
+        float o0 = 0.f, o1 = 0.f, o2 = 0.f, o3 = 0.f;
+        for (int t0 = r; t0 < nsplit; t0 += 8 * R) {
+            calm_f4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                int t = t0 + u * R;
+                if (t < nsplit) v[u] = ld_cg_f4(base + (long long)t * Hd);
+                else v[u].x = v[u].y = v[u].z = v[u].w = 0.f;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                int t = t0 + u * R;
+                float w = t < nsplit ? s_w[g * FD_MAX_SPLITS + t] : 0.f;
+                o0 = fmaf(v[u].x, w, o0); o1 = fmaf(v[u].y, w, o1); o2 = fmaf(v[u].z, w, o2); o3 = fmaf(v[u].w, w, o3);
+            }
+        }
+        if (R == 1) {
+            calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
+            *(calm_f4*)(out + (long long)(h0 + g) * Hd + d) = o;
+        } else {
+            calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
+            s_red[i] = o;   // i < items * R <= FD_THREADS
+        }
+    }
+    if (R > 1) {
+        __syncthreads();
+        // the R partial sums of each piece, added in a fixed order
+        for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+            int g = i / Hd, d = i - g * Hd;
+            int it = g * (Hd >> 2) + (d >> 2), c = d & 3;
+            float o = 0.f;
+            for (int r = 0; r < R; r++) o += ((const float*)&s_red[r * items + it])[c];
+            out[(long long)(h0 + g) * Hd + d] = o;
+        }
+    }
+}
+
