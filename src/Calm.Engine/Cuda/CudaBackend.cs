@@ -90,7 +90,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     /// </summary>
     public CudaBackend(ModelConfig config, ModelWeights weights, int maxContext, int device = 0,
                        IProgress<LoadProgress>? progress = null, CancellationToken ct = default, Action<string>? verbose = null,
-                       int? syntheticSeed = null)
+                       int? syntheticSeed = null, string? decode = null)
     {
         _synthSeed = syntheticSeed;
         Config = config;
@@ -127,6 +127,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             verbose?.Invoke($"Uploaded {weights.TotalBytes / 1e9:F2} GB of weights to {DeviceName} in {sw.ElapsedMilliseconds} ms ({weights.TotalBytes / 1e9 / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F1} GB/s)");
             AllocateState();
             Capture();
+            SetUpPersistent(decode, verbose);
         }
         catch
         {
@@ -597,7 +598,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             slot->Token = tokens[i];
             slot->Pos = startPos + i;
             s.CopyToDeviceAsync(_stepMem!, (nint)slot, 8);
-            _graph!.Launch(s);
+            LaunchStep(s);
             bool last = i == tokens.Length - 1;
             if (logits.Length != 0 && (allLogits || last))
             {
@@ -670,7 +671,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         slot->Token = token; slot->Pos = Math.Clamp(pos, 0, MaxContext - 1);
         _stream!.CopyToDeviceAsync(_stepMem!, (nint)slot, 8);
         a.Record(_stream);
-        for (int i = 0; i < steps; i++) _graph!.Launch(_stream);
+        for (int i = 0; i < steps; i++) LaunchStep(_stream);
         b.Record(_stream);
         b.Synchronize();
         _ring = 0;
@@ -683,6 +684,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         _disposed = true;
         try { _ctx.MakeCurrent(); _stream?.Synchronize(); } catch (CalmException) { }
         _graph?.Dispose();
+        DisposePersistent();
         DisposeBench();
         DisposePrefill();
         _stream?.Dispose();

@@ -15,6 +15,9 @@ public sealed class CudaKernels : IDisposable
     public const int ArgmaxBlocks = 128;
     public const int AttentionMaxHeadDim = 512;
     public const int QkvMaxHeadDim = 1024;
+    /// <summary>The persistent decode kernel's file: not loaded with the others; CudaBackend compiles the one variant
+    /// (weight format, attention group size) a model needs.</summary>
+    public const string PersistentSourceFile = "decode_persistent.cu";
 
     public CudaContext Context { get; }
     public int Arch { get; }
@@ -58,6 +61,7 @@ public sealed class CudaKernels : IDisposable
         {
             foreach (var file in KernelCompiler.Sources.Keys)
             {
+                if (file == PersistentSourceFile) continue;   // one variant compiled on demand (CudaBackend.Persistent.cs)
                 var img = KernelCompiler.Get(file, arch, verbose);
                 var m = new CudaModule(ctx, img.Image, file);
                 _modules.Add(m);
