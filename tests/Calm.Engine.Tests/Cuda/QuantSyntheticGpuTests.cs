@@ -179,6 +179,21 @@ public class QuantSyntheticGpuTests
         Assert.True(leaked < 64L << 20, $"{leaked:N0} bytes of device memory still allocated after cancelling");
     }
 
+    [Fact]
+    public void QuantizedSyntheticLargerThanTheGpuIsOutOfMemoryWithNothingAllocated()
+    {
+        RequireGpu();
+        using var ctx = CudaContext.Acquire(0);
+        long free0 = ctx.MemoryInfo().Free;
+        var config = Presets.Get("Llama-3.1-70B") with { DType = SyntheticWeights.QuantizedSourceDType, NumLayers = 640 };   // ~440 GB of fp8
+        var dw = SyntheticWeights.DeviceOnly(config, DType.F8E4M3);
+        Assert.True(dw.TotalBytes > ctx.MemoryInfo().Total, $"{dw.TotalBytes:N0} bytes fit on this GPU");
+        var ex = Assert.Throws<CalmException>(() => new CudaBackend(config with { DType = DType.F8E4M3 }, dw, 1024, syntheticSeed: 1));
+        Assert.Equal(ErrorIds.OutOfMemory, ex.ErrorId);
+        long leaked = free0 - ctx.MemoryInfo().Free;
+        Assert.True(leaked < 64L << 20, $"{leaked:N0} bytes of device memory still allocated after the refusal");
+    }
+
     /// <summary>The measurement needs Mixtral-8x7B fp8 on the GPU: made in seconds with no host memory (the
     /// host path had to build 93 GB of bf16). Also int4. Logs the time; one decode step gives finite logits.</summary>
     [Theory]
