@@ -153,9 +153,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             if (t.Rank == 2 && t.DType is not (DType.BF16 or DType.F16 or DType.F32) && !(DTypes.IsQuantized(t.DType) && quantizable.Contains(t)))
                 throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
                     $"The CUDA backend runs bf16, f16 and f32 weight matrices (and fp8/int4 projections and classifiers); {t.Name} is {DTypes.Name(t.DType)}. Convert the model or use -Device Cpu.", t.Name);
-            if (DTypes.IsQuantized(t.DType) && (t.IsDeviceOnly || (t.DType == DType.Int4 && t.Scales == 0)))
-                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
-                    $"{t.Name} is {DTypes.Name(t.DType)} without host {(t.IsDeviceOnly ? "values" : "scales")}; quantized weights are uploaded from the host (import with -DType).", t.Name);
+            if (DTypes.IsQuantized(t.DType)) CheckQuantizedPlan(t);
         }
         foreach (var l in w.Layers)
             foreach (var t in LayerMatrices(l))
@@ -337,6 +335,12 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             string key = _named.ContainsKey(p.Name) ? p.Name + QuantizedCopySuffix : p.Name;
             _named[key] = (v.Ptr + (ulong)vo, pv, false);
             _named[key + ScalesSuffix] = (sc.Ptr + (ulong)so, ps, false);
+            if (p.IsDeviceOnly)
+            {
+                MakeQuantizedSynthetic(p, v.Ptr + (ulong)vo, sc.Ptr + (ulong)so);
+                vo += pv; so += ps;
+                continue;
+            }
             for (long done = 0; done < pv; done += Chunk)
             {
                 _ct.ThrowIfCancellationRequested();

@@ -254,6 +254,29 @@ public sealed class CudaKernels : IDisposable
     public void FillSynthetic(CudaStream s, ulong outp, long count, ulong key, float scale, float offset, DType dtype, bool asF32)
         => _k["fill_synthetic"].Launch(s, Blocks(count, 256, 8192), 256, 0, outp, count, key, scale, offset, DTypeCode(dtype), asF32 ? 1 : 0);
 
+    /// <summary>
+    /// A device-only synthetic weight [rows, cols] made already quantized (kernels/quantize.cu): the generator's values
+    /// for <paramref name="key"/> rounded to <paramref name="source"/>, quantized to <paramref name="target"/> (fp8: values
+    /// [rows, cols] bytes + fp32 scales [rows]; int4: values [rows, ceil(cols/32)*16] + fp16 scales [rows, ceil(cols/32)]),
+    /// byte for byte what <see cref="Quant.Quantizer"/> makes of the host generator's tensor.
+    /// </summary>
+    public void QuantizeSynthetic(CudaStream s, DType target, ulong values, ulong scales, long rows, int cols, ulong key, float scale, float offset, DType source)
+    {
+        if (rows <= 0 || cols <= 0) return;
+        string name = target switch
+        {
+            DType.F8E4M3 => "quantize_synthetic_fp8",
+            DType.Int4 => "quantize_synthetic_int4",
+            _ => throw new ArgumentException($"{target} is not quantized", nameof(target)),
+        };
+        if (!_k.TryGetValue(name, out var kern)) _k[name] = kern = Find(name);
+        long cap = 16L * Multiprocessors;
+        int grid = target == DType.F8E4M3
+            ? (int)Math.Clamp(rows, 1, cap)                                                          // a block per row
+            : (int)Math.Clamp((rows * Quant.QuantFormats.Int4Groups(cols) + 7) / 8, 1, cap);        // a warp per group
+        kern.Launch(s, grid, 256, 0, values, scales, rows, cols, key, scale, offset, DTypeCode(source));
+    }
+
     /// <summary>Streaming read of n 16-byte vectors at <paramref name="src"/>; each warp's xor of what it read goes to
     /// out [blocks * 256 / 32] u32 (so the loads stay).</summary>
     public void BandwidthRead(CudaStream s, ulong src, long vectors, ulong outp, int blocks)
