@@ -8,6 +8,10 @@
 // prompts and narrow outputs, where 128-row tiles leave multiprocessors idle). Tiles stream into shared memory through cp.async, GEMM_STAGES deep; fragments
 // come out with ldmatrix. Rows past T or N and 16-byte chunks past K are zero-filled (cp.async src-size 0), so T and N
 // are free; K must be a multiple of 8 (16-byte rows) and X, W 16-byte aligned (CudaPrefillKernels checks).
+// Variant 2 (_v2, _v2s4; CALM_GEMM_VARIANT): the same tiles with (a) the grid's x over row tiles, so the (T/GM) blocks
+// that share one W column tile run side by side and W streams from DRAM once instead of T/GM times (gate_up at T=512:
+// 235 MB once, not 4x), (b) bf16 B fragments converted to f16 in registers after ldmatrix (no shared-memory pass and
+// no extra wait per stage), (c) float2 stores in the epilogue; _v2s4: 4 stages instead of 3.
 #include "common.cuh"
 
 #define GN 128
@@ -69,6 +73,16 @@ __device__ __forceinline__ void gemm_load_tile(u32 s, const u16* M, int rows, in
 __device__ __forceinline__ u32 bf16x2_to_f16x2(u32 w) {
     return (u32)f32_to_f16(__int_as_float(w << 16)) | ((u32)f32_to_f16(__int_as_float(w & 0xffff0000u)) << 16);
 }
+// the same with one cvt.rn.f16x2.f32 per pair (sm_80+; d = {hi: first operand, lo: second})
+__device__ __forceinline__ u32 bf16x2_to_f16x2_v2(u32 w) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(__int_as_float(w & 0xffff0000u)), "f"(__int_as_float(w << 16)));
+    return r;
+#else
+    return bf16x2_to_f16x2(w);
+#endif
+}
 // the B chunks this thread copied into a stage (same mapping as gemm_load_tile), bf16 -> f16 in place
 template <int GK>
 __device__ __forceinline__ void gemm_convert_b(u16* sB) {
@@ -90,11 +104,13 @@ __device__ __forceinline__ void gemm_load_stage(u32 sA, u32 sB, const u16* X, co
     gemm_load_tile<GN, GK>(sB, W, N, K, n0, k0);
 }
 
-template <int DT, int MT, int GK>
+struct __align__(8) gemm_f2 { float x, y; };
+
+template <int DT, int MT, int GK, int STG, int V2>
 __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
     extern __shared__ __align__(16) u16 gsm[];
     const int GM = 32 * MT, GROW = GK + GPAD;
-    const int m0 = blockIdx.y * GM, n0 = blockIdx.x * GN;
+    const int m0 = (V2 ? blockIdx.x : blockIdx.y) * GM, n0 = (V2 ? blockIdx.y : blockIdx.x) * GN;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wm = (warp >> 2) * 16 * MT, wn = (warp & 3) * 32;   // this warp's (16*MT) x 32 sub-tile
     const u32 base = smem_addr(gsm);
@@ -109,7 +125,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
 
     const int kTiles = (K + GK - 1) / GK;
 #pragma unroll
-    for (int s = 0; s < GEMM_STAGES - 1; s++) {
+    for (int s = 0; s < STG - 1; s++) {
         if (s < kTiles) gemm_load_stage<MT, GK>(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
         g_commit();
     }
@@ -118,16 +134,16 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
     const int aRow = lane & 15, aCol = (lane >> 4) * 8;
     const int bRow = (lane & 7) + ((lane >> 4) << 3), bCol = ((lane >> 3) & 1) * 8;
     for (int kt = 0; kt < kTiles; kt++) {
-        g_wait<GEMM_STAGES - 2>();   // this thread's copies of stage kt have landed
-        if (DT == CALM_BF16) gemm_convert_b<GK>(gsm + (kt % GEMM_STAGES) * (stageBytes / 2) + GM * GROW);
+        g_wait<STG - 2>();   // this thread's copies of stage kt have landed
+        if (DT == CALM_BF16 && !V2) gemm_convert_b<GK>(gsm + (kt % STG) * (stageBytes / 2) + GM * GROW);
         __syncthreads();   // stage kt landed (and converted) for every thread; the stage refilled next was read by all
         {
-            int nk = kt + GEMM_STAGES - 1;
-            int st = nk % GEMM_STAGES;
+            int nk = kt + STG - 1;
+            int st = nk % STG;
             if (nk < kTiles) gemm_load_stage<MT, GK>(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
             g_commit();
         }
-        const u32 sA = base + (kt % GEMM_STAGES) * stageBytes, sB = sA + GM * GROW * 2;
+        const u32 sA = base + (kt % STG) * stageBytes, sB = sA + GM * GROW * 2;
 #pragma unroll
         for (int kk = 0; kk < GK; kk += 16) {
             u32 a[MT][4], b[4][2];
@@ -137,6 +153,10 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
 #pragma unroll
             for (int j = 0; j < 2; j++)
                 ldsm_x4(sB + (u32)((wn + j * 16 + bRow) * GROW + kk + bCol) * 2, b[2 * j][0], b[2 * j][1], b[2 * j + 1][0], b[2 * j + 1][1]);
+            if (DT == CALM_BF16 && V2) {   // bf16 pairs -> f16 pairs in the same places (v1 converted the stage in shared memory)
+#pragma unroll
+                for (int j = 0; j < 4; j++) { b[j][0] = bf16x2_to_f16x2_v2(b[j][0]); b[j][1] = bf16x2_to_f16x2_v2(b[j][1]); }
+            }
 #pragma unroll
             for (int i = 0; i < MT; i++)
 #pragma unroll
@@ -155,6 +175,15 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
                 int row = m0 + wm + i * 16 + g + h * 8;
                 int col = n0 + wn + j * 8 + 2 * t4;
                 if (row >= T) continue;
+                if (V2 && (N & 1) == 0 && col + 1 < N) {   // col even, N even: 8-byte aligned pair
+                    float v0 = acc[i][j][h * 2], v1 = acc[i][j][h * 2 + 1];
+                    if (bias) { v0 += bias[col]; v1 += bias[col + 1]; }
+                    gemm_f2* y = (gemm_f2*)(Y + (long long)row * N + col);
+                    if (accumulate) { gemm_f2 o = *y; v0 += o.x; v1 += o.y; }
+                    gemm_f2 r; r.x = v0; r.y = v1;
+                    *y = r;
+                    continue;
+                }
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int n = col + e;
@@ -168,20 +197,28 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
             }
 }
 
-// grid (ceil(N/GN), ceil(T/GM)), GEMM_THREADS threads, STAGES*(GM+GN)*(GK+GPAD)*2 bytes of dynamic shared memory;
-// _m64: GM = 64 (else 128); _k64: GK = 64 (else 32)
-#define GEMM_ENTRY(NAME, DT, MT, GK) \
+// grid (ceil(N/GN), ceil(T/GM)) (v2: (ceil(T/GM), ceil(N/GN))), GEMM_THREADS threads, STAGES*(GM+GN)*(GK+GPAD)*2 bytes
+// of dynamic shared memory; _m64: GM = 64 (else 128); _k64: GK = 64 (else 32); _v2: variant 2, 3 stages; _v2s4: 4 stages
+#define GEMM_ENTRY(NAME, DT, MT, GK, STG, V2) \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
-        gemm_impl<DT, MT, GK>(X, W, Y, bias, T, N, K, accumulate); \
+        gemm_impl<DT, MT, GK, STG, V2>(X, W, Y, bias, T, N, K, accumulate); \
     }
-GEMM_ENTRY(gemm_bf16, CALM_BF16, 4, 32)
-GEMM_ENTRY(gemm_f16, CALM_F16, 4, 32)
-GEMM_ENTRY(gemm_bf16_m64, CALM_BF16, 2, 32)
-GEMM_ENTRY(gemm_f16_m64, CALM_F16, 2, 32)
-GEMM_ENTRY(gemm_bf16_k64, CALM_BF16, 4, 64)
-GEMM_ENTRY(gemm_f16_k64, CALM_F16, 4, 64)
-GEMM_ENTRY(gemm_bf16_m64_k64, CALM_BF16, 2, 64)
-GEMM_ENTRY(gemm_f16_m64_k64, CALM_F16, 2, 64)
+GEMM_ENTRY(gemm_bf16, CALM_BF16, 4, 32, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_f16, CALM_F16, 4, 32, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_bf16_m64, CALM_BF16, 2, 32, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_f16_m64, CALM_F16, 2, 32, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_bf16_k64, CALM_BF16, 4, 64, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_f16_k64, CALM_F16, 4, 64, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_bf16_m64_k64, CALM_BF16, 2, 64, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_f16_m64_k64, CALM_F16, 2, 64, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_bf16_k64_v2, CALM_BF16, 4, 64, 3, 1)
+GEMM_ENTRY(gemm_f16_k64_v2, CALM_F16, 4, 64, 3, 1)
+GEMM_ENTRY(gemm_bf16_m64_k64_v2, CALM_BF16, 2, 64, 3, 1)
+GEMM_ENTRY(gemm_f16_m64_k64_v2, CALM_F16, 2, 64, 3, 1)
+GEMM_ENTRY(gemm_bf16_k64_v2s4, CALM_BF16, 4, 64, 4, 1)
+GEMM_ENTRY(gemm_f16_k64_v2s4, CALM_F16, 4, 64, 4, 1)
+GEMM_ENTRY(gemm_bf16_m64_k64_v2s4, CALM_BF16, 2, 64, 4, 1)
+GEMM_ENTRY(gemm_f16_m64_k64_v2s4, CALM_F16, 2, 64, 4, 1)
 
 // ---- row-wise helpers of the batched forward ----------------------------------------------------------------------
 // f16 saturates at +-65504 instead of overflowing to inf (NaN stays NaN)
