@@ -29,19 +29,21 @@ $lines = [Collections.Generic.List[string]]::new()
 function Say([string] $s) { Write-Host $s; $lines.Add($s) }
 Say "GPU: $($info.Name), driver $($info.DriverVersion), NVRTC $($info.NvrtcVersion), $($info.Multiprocessors) SMs"
 
-# name -> environment (CALM_GEMM_K 32|64, CALM_GEMM_TILE auto|auto2|64|128, CALM_GEMM_VARIANT 1|2|3, CALM_PREFILL_ATT 1|2)
+# name -> environment (CALM_GEMM_K 32|64, CALM_GEMM_TILE auto|auto2|64|128, CALM_GEMM_VARIANT 1|2|3, CALM_PREFILL_ATT 1|2,
+# CALM_PREFILL_FUSE 0|1)
 $all = [ordered]@{
     'defaults'              = @{}
-    'old-defaults'          = @{ CALM_GEMM_K = '32'; CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1' }   # 2026-11-26: 59.2 ms
-    'old-k64'               = @{ CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1' }                       # 2026-11-26: 53.1 ms
+    'old-defaults'          = @{ CALM_GEMM_K = '32'; CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }   # 2026-11-26: 59.2 ms
+    'old-k64'               = @{ CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }                       # 2026-11-26: 53.1 ms
     'fp32-attention'        = @{ CALM_PREFILL_ATT = '1' }
+    'unfused-act'           = @{ CALM_PREFILL_FUSE = '0' }
     'tile-128'              = @{ CALM_GEMM_TILE = '128' }
     'gemm-v2'               = @{ CALM_GEMM_VARIANT = '2' }
     'gemm-v3'               = @{ CALM_GEMM_VARIANT = '3' }
     'gemm-v2-tile-128'      = @{ CALM_GEMM_VARIANT = '2'; CALM_GEMM_TILE = '128' }
 }
 if (-not $Variants) { $Variants = @($all.Keys) }
-$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_PREFILL_ATT'
+$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
 $opt = [Calm.Engine.ImportOptions]@{ Device = [Calm.Engine.DeviceChoice]::Cuda; ContextLength = $ContextLength }
 $ttft = [Collections.Generic.List[string]]::new()
 $stageRows = [Collections.Generic.List[object]]::new()
@@ -82,7 +84,7 @@ Say "|---|---|$(($PromptTokens | ForEach-Object { '---' }) -join '|')|"
 $ttft | ForEach-Object { Say $_ }
 
 if ($stageRows.Count) {
-    $stages = 'token copy + embed', 'norm', 'gemm qkv', 'rope + kv write', 'attention', 'gemm o', 'gemm gate_up', 'gate act', 'gemm down', 'classifier'
+    $stages = 'token copy + embed', 'norm', 'gemm qkv', 'rope + kv write', 'attention', 'gemm o', 'gemm gate_up', 'gate act', 'gemm gate_up + act', 'gemm down', 'classifier'
     Say ""
     Say "GPU ms per stage of one 512-token prefill (all layers; an event between launches):"
     Say "| variant | $($stages -join ' | ') | sum |"
@@ -111,6 +113,7 @@ if (-not $SkipGemmTable -and $c) {
     $kk.FillSynthetic($s, $W.Ptr, $wn, 12, 0.02, 0.0, [Calm.Engine.Model.DType]::BF16, $false)
     $e0 = [Calm.Engine.Cuda.CudaEvent]::new($ctx); $e1 = [Calm.Engine.Cuda.CudaEvent]::new($ctx)
     $combos = @(@(1, 64, 32), @(1, 64, 64), @(1, 128, 32), @(1, 128, 64), @(2, 64, 64), @(2, 128, 64), @(3, 64, 64), @(3, 128, 64))
+    $H = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, [long]$T * $F * 2, 'h')
     Say ""
     Say "| GEMM (T=$T) | N | K | variant | tile rows | k depth | ms | TFLOP/s |"
     Say "|---|---|---|---|---|---|---|---|"
@@ -124,8 +127,18 @@ if (-not $SkipGemmTable -and $c) {
             $ms = $e1.ElapsedSince($e0) / 20
             $pick = if ($pk.GemmTileRows($T, $sh[1]) -eq $tile) { ' (picked)' } else { '' }
             Say ("| {0} | {1} | {2} | {3} | {4}{5} | {6} | {7:F3} | {8:F0} |" -f $sh[0], $sh[1], $sh[2], $var, $tile, $pick, $depth, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
+            if ($sh[0] -eq 'gate_up' -and $depth -eq 64) {   # the same product with the activation fused (bf16 out)
+                $act = [Calm.Engine.Model.Activation]::Silu; $bf = [Calm.Engine.Model.DType]::BF16
+                $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var)
+                $e0.Record($s)
+                for ($i = 0; $i -lt 20; $i++) { $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var) }
+                $e1.Record($s); $e1.Synchronize()
+                $ms = $e1.ElapsedSince($e0) / 20
+                Say ("| gate_up + act | {0} | {1} | {2} | {3} | 64 | {4:F3} | {5:F0} |" -f $sh[1], $sh[2], $var, $tile, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
+            }
         }
     }
+    $H.Dispose()
     $e0.Dispose(); $e1.Dispose(); $X.Dispose(); $W.Dispose(); $Y.Dispose(); $s.Dispose(); $kk.Dispose(); $pk.Dispose(); $ctx.Dispose()
 }
 if ($Out) { New-Item -ItemType Directory -Force $Out | Out-Null; $lines | Set-Content (Join-Path $Out 'prefill.txt') }

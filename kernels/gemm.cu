@@ -97,20 +97,37 @@ __device__ __forceinline__ void gemm_convert_b(u16* sB) {
     }
 }
 
-// one stage: A rows m0.. of X [T, K] and B rows n0.. of W [N, K] (out-of-range rows and chunks zero-filled)
-template <int MT, int GK>
+// one stage: A rows m0.. of X [T, K] and B rows n0.. of W [N, K] (out-of-range rows and chunks zero-filled).
+// GATED: W is [2F, K] = [gate | up] with N = F; B rows 0..GN/2-1 are gate rows n0.., rows GN/2.. the up rows F+n0..
+// (the same per-thread chunk mapping as one GN-row load: gemm_convert_b converts what this thread copied)
+template <int MT, int GK, int GATED>
 __device__ __forceinline__ void gemm_load_stage(u32 sA, u32 sB, const u16* X, const u16* W, int T, int N, int K, int m0, int n0, int k0) {
     gemm_load_tile<32 * MT, GK>(sA, X, T, K, m0, k0);
-    gemm_load_tile<GN, GK>(sB, W, N, K, n0, k0);
+    if (GATED) {
+        gemm_load_tile<GN / 2, GK>(sB, W, N, K, n0, k0);
+        gemm_load_tile<GN / 2, GK>(sB + (GN / 2) * (GK + GPAD) * 2, W + (long long)N * K, N, K, n0, k0);
+    } else {
+        gemm_load_tile<GN, GK>(sB, W, N, K, n0, k0);
+    }
 }
 
 struct __align__(8) gemm_f2 { float x, y; };
 
-template <int DT, int MT, int GK, int STG, int V2>
-__device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
+// f16 saturates at +-65504 instead of overflowing to inf (NaN stays NaN)
+__device__ __forceinline__ u16 to_half(float v, int dt) {
+    if (dt == CALM_BF16) return f32_to_bf16(v);
+    if (fabsf(v) > 65504.f) v = copysignf(65504.f, v);
+    return f32_to_f16(v);
+}
+
+// GATED: N = F, W [2F, K] = [gate | up], bias [2F] or null; instead of Y, Hout [T, F] (odt) = act(gate) * up with the
+// f32 sums exactly as Y would hold them (bit for bit what gemm + gate_act_rows give). Block tile: GN/2 columns of F.
+template <int DT, int MT, int GK, int STG, int V2, int GATED>
+__device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate,
+                                          u16* Hout, int act, int odt) {
     extern __shared__ __align__(16) u16 gsm[];
     const int GM = 32 * MT, GROW = GK + GPAD;
-    const int m0 = (V2 ? blockIdx.x : blockIdx.y) * GM, n0 = (V2 ? blockIdx.y : blockIdx.x) * GN;
+    const int m0 = (V2 ? blockIdx.x : blockIdx.y) * GM, n0 = (V2 ? blockIdx.y : blockIdx.x) * (GATED ? GN / 2 : GN);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wm = (warp >> 2) * 16 * MT, wn = (warp & 3) * 32;   // this warp's (16*MT) x 32 sub-tile
     const u32 base = smem_addr(gsm);
@@ -126,7 +143,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
     const int kTiles = (K + GK - 1) / GK;
 #pragma unroll
     for (int s = 0; s < STG - 1; s++) {
-        if (s < kTiles) gemm_load_stage<MT, GK>(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
+        if (s < kTiles) gemm_load_stage<MT, GK, GATED>(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
         g_commit();
     }
     // ldmatrix lane addresses (halves within a tile): A x4 = rows lane&15, column (lane>>4)*8;
@@ -140,7 +157,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
         {
             int nk = kt + STG - 1;
             int st = nk % STG;
-            if (nk < kTiles) gemm_load_stage<MT, GK>(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
+            if (nk < kTiles) gemm_load_stage<MT, GK, GATED>(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
             g_commit();
         }
         const u32 sA = base + (kt % STG) * stageBytes, sB = sA + GM * GROW * 2;
@@ -166,6 +183,30 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
     g_wait<0>();
     // epilogue: c0,c1 at (row g, cols 2t, 2t+1), c2,c3 at (row g+8, same cols)
     const int g = lane >> 2, t4 = lane & 3;
+    if (GATED) {
+        // the block's sums through shared memory [GM][GN + 4] f32 (the pipeline's buffers are free now): column c < GN/2
+        // is gate column n0 + c, column GN/2 + c the up column of the same index
+        const int SROW = GN + 4;
+        float* sc = (float*)gsm;
+        __syncthreads();   // every warp is done reading the last stage
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    sc[(wm + i * 16 + g + (e >> 1) * 8) * SROW + wn + j * 8 + 2 * t4 + (e & 1)] = acc[i][j][e];
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < GM * (GN / 2); idx += GEMM_THREADS) {
+            int r = idx / (GN / 2), c = idx - r * (GN / 2);
+            int row = m0 + r, f = n0 + c;
+            if (row >= T || f >= N) continue;
+            float gv = sc[r * SROW + c], uv = sc[r * SROW + GN / 2 + c];
+            if (bias) { gv += bias[f]; uv += bias[N + f]; }
+            Hout[(long long)row * N + f] = to_half(activate(gv, act) * uv, odt);
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < MT; i++)
 #pragma unroll
@@ -201,7 +242,13 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
 // of dynamic shared memory; _m64: GM = 64 (else 128); _k64: GK = 64 (else 32); _v2: variant 2, 3 stages; _v2s4: 4 stages
 #define GEMM_ENTRY(NAME, DT, MT, GK, STG, V2) \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
-        gemm_impl<DT, MT, GK, STG, V2>(X, W, Y, bias, T, N, K, accumulate); \
+        gemm_impl<DT, MT, GK, STG, V2, 0>(X, W, Y, bias, T, N, K, accumulate, 0, 0, 0); \
+    }
+// gated (gate_up + activation fused): X [T, K] . W [2F, K]^T -> H [T, F] (odt) = act(gate) * up; grid over ceil(F/(GN/2))
+// column tiles (x or y as the GEMM of the same variant); shared memory as the GEMM of the same tile, depth, stages
+#define GEMM_GATED_ENTRY(NAME, DT, MT, GK, STG, V2) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) NAME(const u16* X, const u16* W, u16* H, const float* bias, int T, int F, int K, int act, int odt) { \
+        gemm_impl<DT, MT, GK, STG, V2, 1>(X, W, 0, bias, T, F, K, 0, H, act, odt); \
     }
 GEMM_ENTRY(gemm_bf16, CALM_BF16, 4, 32, GEMM_STAGES, 0)
 GEMM_ENTRY(gemm_f16, CALM_F16, 4, 32, GEMM_STAGES, 0)
@@ -220,13 +267,20 @@ GEMM_ENTRY(gemm_f16_k64_v2s4, CALM_F16, 4, 64, 4, 1)
 GEMM_ENTRY(gemm_bf16_m64_k64_v2s4, CALM_BF16, 2, 64, 4, 1)
 GEMM_ENTRY(gemm_f16_m64_k64_v2s4, CALM_F16, 2, 64, 4, 1)
 
+GEMM_GATED_ENTRY(gemm_gated_bf16_k64, CALM_BF16, 4, 64, GEMM_STAGES, 0)
+GEMM_GATED_ENTRY(gemm_gated_f16_k64, CALM_F16, 4, 64, GEMM_STAGES, 0)
+GEMM_GATED_ENTRY(gemm_gated_bf16_m64_k64, CALM_BF16, 2, 64, GEMM_STAGES, 0)
+GEMM_GATED_ENTRY(gemm_gated_f16_m64_k64, CALM_F16, 2, 64, GEMM_STAGES, 0)
+GEMM_GATED_ENTRY(gemm_gated_bf16_k64_v2, CALM_BF16, 4, 64, 3, 1)
+GEMM_GATED_ENTRY(gemm_gated_f16_k64_v2, CALM_F16, 4, 64, 3, 1)
+GEMM_GATED_ENTRY(gemm_gated_bf16_m64_k64_v2, CALM_BF16, 2, 64, 3, 1)
+GEMM_GATED_ENTRY(gemm_gated_f16_m64_k64_v2, CALM_F16, 2, 64, 3, 1)
+GEMM_GATED_ENTRY(gemm_gated_bf16_k64_v2s4, CALM_BF16, 4, 64, 4, 1)
+GEMM_GATED_ENTRY(gemm_gated_f16_k64_v2s4, CALM_F16, 4, 64, 4, 1)
+GEMM_GATED_ENTRY(gemm_gated_bf16_m64_k64_v2s4, CALM_BF16, 2, 64, 4, 1)
+GEMM_GATED_ENTRY(gemm_gated_f16_m64_k64_v2s4, CALM_F16, 2, 64, 4, 1)
+
 // ---- row-wise helpers of the batched forward ----------------------------------------------------------------------
-// f16 saturates at +-65504 instead of overflowing to inf (NaN stays NaN)
-__device__ __forceinline__ u16 to_half(float v, int dt) {
-    if (dt == CALM_BF16) return f32_to_bf16(v);
-    if (fabsf(v) > 65504.f) v = copysignf(65504.f, v);
-    return f32_to_f16(v);
-}
 
 // tokens [T] int, table [V, D] (tdt: f32/f16/bf16) -> x [T, D] f32 = table[token] * scale. grid (blocks, T)
 extern "C" __global__ void embed_rows(const int* tokens, const void* table, int tdt, float* x, int D, float scale) {

@@ -19,6 +19,10 @@ public sealed unsafe partial class CudaBackend
     /// turns it off). Tests switch it to compare both paths.</summary>
     public bool BatchedPrefill { get; set; } = Environment.GetEnvironmentVariable("CALM_PREFILL") != "token";
 
+    /// <summary>Fuse the FFN activation into the gate_up GEMM's epilogue (default; CALM_PREFILL_FUSE=0 keeps the f32
+    /// [T, 2F] product and the separate gate_act_rows kernel; needs GEMM k depth 64). Same values either way.</summary>
+    public bool FuseGateAct { get; set; } = Environment.GetEnvironmentVariable("CALM_PREFILL_FUSE") != "0";
+
     /// <summary>Rows per chunk actually used (1 .. <see cref="PrefillChunk"/>; tests lower it to cross chunk boundaries).</summary>
     public int PrefillChunkRows
     {
@@ -143,11 +147,22 @@ public sealed unsafe partial class CudaBackend
                 Mark("gemm o");
                 pk.RmsNormRows(s, _pX, L.FfnNorm, _pH, n, D, eps, c.NormAddOne, act);
                 Mark("norm");
-                pk.Gemm(s, dt, _pH, L.Wgu, _pGu, L.Bgu, n, 2 * Fi, D, false);
-                Mark("gemm gate_up");
-                pk.GateActRows(s, _pGu, _pH, Fi, n, c.HiddenAct, act);
-                Mark("gate act");
-                pk.Gemm(s, dt, _pH, L.Wdown, _pX, L.Bdown, n, D, Fi, true);
+                ulong hAct = _pH;   // the down projection's input [n, F] half
+                if (FuseGateAct && pk.GemmDepth == 64)
+                {
+                    // act(gate) * up straight out of the GEMM, into the gate_up scratch ([C, 2F] f32 holds [C, F] half)
+                    hAct = _pGu;
+                    pk.GemmGated(s, dt, _pH, L.Wgu, hAct, L.Bgu, n, Fi, D, c.HiddenAct, act);
+                    Mark("gemm gate_up + act");
+                }
+                else
+                {
+                    pk.Gemm(s, dt, _pH, L.Wgu, _pGu, L.Bgu, n, 2 * Fi, D, false);
+                    Mark("gemm gate_up");
+                    pk.GateActRows(s, _pGu, _pH, Fi, n, c.HiddenAct, act);
+                    Mark("gate act");
+                }
+                pk.Gemm(s, dt, hAct, L.Wdown, _pX, L.Bdown, n, D, Fi, true);
                 Mark("gemm down");
             }
             // classifier: every row of the chunk (allLogits), or only the prompt's last row

@@ -81,6 +81,48 @@ public class PrefillTests
         Gpu.Close(Y.ToArray<float>(T * N), want, bound, $"gemm v{variant} {dt} {T}x{N}x{K} tile {tileRows} depth {depth}");
     }
 
+    // gate_up with the activation fused into the epilogue: against the CPU (f64 sums, act, rounded to the output format)
+    // and bit for bit against the unfused GEMM + gate_act_rows on the GPU; ragged T and F (F not a multiple of the
+    // 64-column half tile), K tails, every variant and tile height
+    [Theory]
+    [InlineData(DType.BF16, 37, 100, 264, true, 128, 1, DType.F16, 0)]
+    [InlineData(DType.BF16, 37, 100, 264, false, 64, 2, DType.BF16, 1)]
+    [InlineData(DType.F16, 130, 64, 512, true, 128, 3, DType.F16, 0)]
+    [InlineData(DType.BF16, 257, 200, 1000, true, 64, 1, DType.F16, 1)]
+    [InlineData(DType.BF16, 300, 192, 4104, false, 128, 2, DType.F16, 0)]
+    [InlineData(DType.BF16, 515, 72, 136, true, 0, 3, DType.BF16, 0)]
+    [InlineData(DType.F16, 3, 130, 8, true, 0, 1, DType.F16, 1)]
+    public void GemmGatedMatchesReferenceAndUnfused(DType dt, int T, int F, int K, bool bias, int tileRows, int variant, DType odt, int actCode)
+    {
+        var (ctx, p, s) = Require();
+        using var _c = ctx; using var _p = p; using var _s = s;
+        var act = (Activation)actCode;
+        var r = Gpu.Rng();
+        var (xb, xv) = Gpu.RandHalf(r, T * K, DType.F16, 1f);
+        var (wb, wv) = Gpu.RandHalf(r, 2 * F * K, dt, 0.1f);
+        var b = Gpu.RandF(r, 2 * F);
+        using var X = Gpu.Up(ctx, xb); using var W = Gpu.Up(ctx, wb); using var B = Gpu.Up(ctx, b);
+        using var H1 = Gpu.Zeros(ctx, (long)T * F * 2); using var H2 = Gpu.Zeros(ctx, (long)T * F * 2);
+        using var Y = Gpu.Zeros(ctx, (long)T * 2 * F * 4);
+        p.GemmGated(s, dt, X.Ptr, W.Ptr, H1.Ptr, bias ? B.Ptr : 0, T, F, K, act, odt, tileRows, variant);
+        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, 2 * F, K, false, tileRows == 0 ? p.GemmTileRows(T, 2 * F) : tileRows, 64, variant);
+        p.GateActRows(s, Y.Ptr, H2.Ptr, F, T, act, odt);
+        s.Synchronize();
+        var got = H1.ToArray<ushort>(T * F);
+        var want = new float[T * F];
+        for (int t = 0; t < T; t++)
+            for (int f = 0; f < F; f++)
+            {
+                double a = 0, u = 0;
+                for (int k = 0; k < K; k++) { a += (double)xv[t * K + k] * wv[f * K + k]; u += (double)xv[t * K + k] * wv[(F + f) * K + k]; }
+                if (bias) { a += b[f]; u += b[F + f]; }
+                float g = act == Activation.Silu ? Gpu.Silu((float)a) : Gpu.GeluTanh((float)a);
+                want[t * F + f] = Gpu.FromBits(Gpu.ToBits(g * (float)u, odt), odt);
+            }
+        Gpu.Close(got.Select(u => Gpu.FromBits(u, odt)).ToArray(), want, 1e-3, $"gated gemm v{variant} {dt} {T}x{F}x{K} tile {tileRows} -> {odt} act {act}");
+        Assert.Equal(H2.ToArray<ushort>(T * F), got);   // the same f32 sums and the same act * up as the unfused path
+    }
+
     [Fact]
     public void GemmRejectsShapesItCannotTake()
     {
