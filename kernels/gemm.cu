@@ -11,7 +11,8 @@
 // Variant 2 (_v2, _v2s4; CALM_GEMM_VARIANT): the same tiles with (a) the grid's x over row tiles, so the (T/GM) blocks
 // that share one W column tile run side by side and W streams from DRAM once instead of T/GM times (gate_up at T=512:
 // 235 MB once, not 4x), (b) bf16 B fragments converted to f16 in registers after ldmatrix (no shared-memory pass and
-// no extra wait per stage), (c) float2 stores in the epilogue; _v2s4: 4 stages instead of 3.
+// no extra wait per stage), (c) float2 stores in the epilogue, (d) __launch_bounds__(256, 2): two blocks per SM;
+// _v2s4 (variant 3): 4 stages instead of 3, one block per SM (147 KB of shared memory at 128 rows).
 #include "common.cuh"
 
 #define GN 128
@@ -240,14 +241,17 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
 
 // grid (ceil(N/GN), ceil(T/GM)) (v2: (ceil(T/GM), ceil(N/GN))), GEMM_THREADS threads, STAGES*(GM+GN)*(GK+GPAD)*2 bytes
 // of dynamic shared memory; _m64: GM = 64 (else 128); _k64: GK = 64 (else 32); _v2: variant 2, 3 stages; _v2s4: 4 stages
+// v2 (3 stages) asks for two blocks per multiprocessor (<= 128 registers a thread; 2 x 110.6 KB of shared memory at
+// 128 rows): qkv at T=512 is 192 blocks, 1.45 waves of one block per SM on the H200
+#define GEMM_MIN_BLOCKS(STG, V2) ((V2) && (STG) == 3 ? 2 : 1)
 #define GEMM_ENTRY(NAME, DT, MT, GK, STG, V2) \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(STG, V2)) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
         gemm_impl<DT, MT, GK, STG, V2, 0>(X, W, Y, bias, T, N, K, accumulate, 0, 0, 0); \
     }
 // gated (gate_up + activation fused): X [T, K] . W [2F, K]^T -> H [T, F] (odt) = act(gate) * up; grid over ceil(F/(GN/2))
 // column tiles (x or y as the GEMM of the same variant); shared memory as the GEMM of the same tile, depth, stages
 #define GEMM_GATED_ENTRY(NAME, DT, MT, GK, STG, V2) \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) NAME(const u16* X, const u16* W, u16* H, const float* bias, int T, int F, int K, int act, int odt) { \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(STG, V2)) NAME(const u16* X, const u16* W, u16* H, const float* bias, int T, int F, int K, int act, int odt) { \
         gemm_impl<DT, MT, GK, STG, V2, 1>(X, W, 0, bias, T, F, K, 0, H, act, odt); \
     }
 GEMM_ENTRY(gemm_bf16, CALM_BF16, 4, 32, GEMM_STAGES, 0)

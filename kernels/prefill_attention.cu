@@ -188,13 +188,13 @@ extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const
 // ---- tensor-core causal prefill attention (head_dim HD = 64 or 128) --------------------------------------------
 // Same contract as attention_prefill (q f32 rows of stride ld, caches [K, maxCtx, HD] fp16, out [T, H*HD] in odt).
 // grid (ceil(T/PT_QT), H), PT_THREADS threads (4 warps x 16 query rows; the last query tiles, which see the most
-// keys, are launched first). Keys stream through shared memory in chunks of PT_KC rows of K and V (cp.async, two
+// keys, are launched first). Keys stream through shared memory in chunks of PT_KC(HD) rows of K and V (cp.async, two
 // stages, rows padded to HD+8 halves: conflict-free ldmatrix). S = Q.K^T and O += P.V on mma.sync m16n8k16 (f16 in,
 // fp32 accumulation); online softmax in the log2 domain in fp32. Accuracy as the fp32 kernel: Q (scaled by
 // scale*log2 e) and P are each split into f16 hi + f16 lo (hi + lo carries ~22 bits) and both halves go through the
 // tensor cores (2 mma per product), so rounding Q or P to f16 (11 bits, ~3e-4 relative) never reaches the output.
 #define PT_QT 64
-#define PT_KC 64
+#define PT_KC(HD) ((HD) >= 128 ? 32 : 64)   // keys per chunk: 32 at HD 128 keeps S in 16 registers (64 keys: 255 + spill)
 #define PT_THREADS 128
 
 __device__ __forceinline__ u32 pt_smem(const void* p) {
@@ -244,12 +244,12 @@ __device__ __forceinline__ void pt_split(float a, float b, u32& hi, u32& lo) {
     lo = (u32)la | ((u32)lb << 16);
 }
 
-// K and V rows c0 .. c0+PT_KC-1 (rows past jLast zero-filled) into sK / sV [PT_KC][HD+8]
-template <int HD>
+// K and V rows c0 .. c0+KC-1 (rows past jLast zero-filled) into sK / sV [KC][HD+8]
+template <int HD, int KC>
 __device__ __forceinline__ void pt_load_kv(u32 sK, u32 sV, const u16* kb, const u16* vb, int c0, int jLast) {
     const int ROW = HD + 8, CPR = HD / 8;
 #pragma unroll
-    for (int i = 0; i < PT_KC * CPR / PT_THREADS; i++) {
+    for (int i = 0; i < KC * CPR / PT_THREADS; i++) {
         int c = threadIdx.x + i * PT_THREADS;
         int r = c / CPR, kc = (c % CPR) * 8;
         int j = c0 + r;
@@ -267,7 +267,8 @@ __device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const 
     const int ROW = HD + 8;      // halves per shared row
     const int NT = HD / 8;       // n8 tiles of O over d
     const int KS = HD / 16;      // k16 steps of S over d
-    const int SN = PT_KC / 8;    // n8 tiles of S over the chunk's keys
+    const int KC = PT_KC(HD);    // keys per chunk
+    const int SN = KC / 8;       // n8 tiles of S over the chunk's keys
     const int h = blockIdx.y, kh = h / (H / K);
     const int t0 = (gridDim.x - 1 - blockIdx.x) * PT_QT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -302,25 +303,25 @@ __device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const 
     float m0 = -CALM_INF, m1 = -CALM_INF, l0 = 0.f, l1 = 0.f;   // rows g, g+8 (l: this thread's partial sums)
     const int p0 = start + tw + g, p1 = p0 + 8;
     const u32 base = pt_smem(pt_sm);
-    const u32 stageBytes = 2 * PT_KC * ROW * 2;
-    const int nChunks = (pLast - kBegin) / PT_KC + 1;
-    pt_load_kv<HD>(base, base + PT_KC * ROW * 2, kb, vb, kBegin, pLast);
+    const u32 stageBytes = 2 * KC * ROW * 2;
+    const int nChunks = (pLast - kBegin) / KC + 1;
+    pt_load_kv<HD, KC>(base, base + KC * ROW * 2, kb, vb, kBegin, pLast);
     pt_commit();
     // ldmatrix lanes: K (non-transposed, two key n8 tiles x k16 over d) and V (transposed, k16 keys x two d n8 tiles)
     const int bRow = (lane & 7) + ((lane >> 4) << 3), bCol = ((lane >> 3) & 1) * 8;
     const int vRow = (lane & 7) + (((lane >> 3) & 1) << 3), vCol = (lane >> 4) * 8;
     for (int ci = 0; ci < nChunks; ci++) {
-        const int c0 = kBegin + ci * PT_KC;
+        const int c0 = kBegin + ci * KC;
         if (ci + 1 < nChunks) {
             u32 st = base + ((ci + 1) & 1) * stageBytes;
-            pt_load_kv<HD>(st, st + PT_KC * ROW * 2, kb, vb, c0 + PT_KC, pLast);
+            pt_load_kv<HD, KC>(st, st + KC * ROW * 2, kb, vb, c0 + KC, pLast);
         }
         pt_commit();
         pt_wait<1>();
         __syncthreads();   // chunk ci landed for every thread
-        const u32 sK = base + (ci & 1) * stageBytes, sV = sK + PT_KC * ROW * 2;
+        const u32 sK = base + (ci & 1) * stageBytes, sV = sK + KC * ROW * 2;
         // uniform per warp: no rows, or every key of the chunk after the warp's last position or before its window
-        const bool skip = tw >= T || c0 > pWarpLast || (window > 0 && c0 + PT_KC - 1 <= start + tw - window);
+        const bool skip = tw >= T || c0 > pWarpLast || (window > 0 && c0 + KC - 1 <= start + tw - window);
         if (!skip) {
             float sc[SN][4];
 #pragma unroll
@@ -360,7 +361,7 @@ __device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const 
             for (int n = 0; n < NT; n++) { o[n][0] *= corr0; o[n][1] *= corr0; o[n][2] *= corr1; o[n][3] *= corr1; }
             // P of each k16 slice of keys as A fragments (the S accumulator layout of two n8 tiles is the A layout)
 #pragma unroll
-            for (int kk = 0; kk < PT_KC / 16; kk++) {
+            for (int kk = 0; kk < KC / 16; kk++) {
                 float pa[2][4];
 #pragma unroll
                 for (int u = 0; u < 2; u++)
@@ -405,7 +406,7 @@ __device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const 
     }
 }
 
-// dynamic shared memory: 2 stages x (K + V) x PT_KC x (HD + 8) halves (CudaPrefillKernels.AttentionTcSharedBytes)
+// dynamic shared memory: 2 stages x (K + V) x PT_KC(HD) x (HD + 8) halves (CudaPrefillKernels.AttentionTcSharedBytes)
 #define PT_ENTRY(HD) \
     extern "C" __global__ void __launch_bounds__(PT_THREADS) attention_prefill_tc##HD(const float* q, int ld, const u16* kCache, const u16* vCache, u16* out, \
             int T, int start, int H, int K, int maxCtx, int window, float scale, int odt) { \

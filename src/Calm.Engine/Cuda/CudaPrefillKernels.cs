@@ -19,7 +19,8 @@ public sealed class CudaPrefillKernels : IDisposable
     public int GemmDepth { get; }
     /// <summary>GEMM kernel variant when the call does not say (CALM_GEMM_VARIANT): 1 = the first kernel (grid x over N
     /// tiles, bf16 converted in shared memory); 2 = grid x over row tiles (W read from DRAM once), bf16 converted in
-    /// registers, float2 epilogue; 3 = variant 2 with 4 stages. Variants 2 and 3 have k depth 64 only.</summary>
+    /// registers, float2 epilogue, two blocks per multiprocessor; 3 = variant 2 with 4 stages (one block per multiprocessor).
+    /// Variants 2 and 3 have k depth 64 only.</summary>
     public int GemmVariant { get; }
     /// <summary>Tile-height rule when the call does not say (CALM_GEMM_TILE): "auto" (default: 128 rows when that
     /// still fills half the multiprocessors, else 64), "auto2" (the first rule: 128 only with two blocks per
@@ -196,10 +197,12 @@ public sealed class CudaPrefillKernels : IDisposable
     /// <summary>Dynamic shared memory of prefill attention for head_dim <paramref name="hd"/>.</summary>
     public static int AttentionSharedBytes(int hd) => AttentionQueryTile * hd * 4 + AttentionKeyChunk * (hd / 2 + 1) * 4 + AttentionKeyChunk * (hd / 2) * 4;
 
-    /// <summary>Query rows and keys per chunk of the tensor-core prefill attention (kernels/prefill_attention.cu).</summary>
-    public const int AttentionTcQueryTile = 64, AttentionTcKeyChunk = 64, AttentionTcThreads = 128;
-    /// <summary>Dynamic shared memory of the tensor-core prefill attention: 2 stages x (K + V) x 64 keys x (hd + 8) halves.</summary>
-    public static int AttentionTcSharedBytes(int hd) => 2 * 2 * AttentionTcKeyChunk * (hd + 8) * 2;
+    /// <summary>Query rows per block of the tensor-core prefill attention (kernels/prefill_attention.cu).</summary>
+    public const int AttentionTcQueryTile = 64, AttentionTcThreads = 128;
+    /// <summary>Keys per shared-memory chunk of the tensor-core prefill attention (PT_KC): 32 at head_dim 128, else 64.</summary>
+    public static int AttentionTcKeyChunk(int hd) => hd >= 128 ? 32 : 64;
+    /// <summary>Dynamic shared memory of the tensor-core prefill attention: 2 stages x (K + V) x chunk keys x (hd + 8) halves.</summary>
+    public static int AttentionTcSharedBytes(int hd) => 2 * 2 * AttentionTcKeyChunk(hd) * (hd + 8) * 2;
     /// <summary>Whether the tensor-core prefill attention takes this head dim (64 or 128).</summary>
     public static bool AttentionTcTakes(int hd) => hd is 64 or 128;
 

@@ -148,7 +148,7 @@ public class PrefillTests
         => CheckAttention(H, K, Hd, T, start, window, odt, 1);
 
     // the tensor-core kernel (head_dim 64 and 128): query tiles of 64 rows (ragged last tile, rows of a warp past T),
-    // key chunks of 64 (several per tile; start > 0 so chunks do not align with the tile), GQA, sliding windows shorter
+    // key chunks of 32 (head_dim 128) or 64 (several per tile; start > 0 so chunks do not align with the tile), GQA, windows shorter
     // and longer than a chunk, both output formats; same bound as the fp32 kernel
     [Theory]
     [InlineData(8, 2, 64, 37, 0, 0, DType.BF16)]
