@@ -217,7 +217,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
                 int row = m0 + wm + i * 16 + g + h * 8;
                 int col = n0 + wn + j * 8 + 2 * t4;
                 if (row >= T) continue;
-                if (V2 && (N & 1) == 0 && col + 1 < N) {   // col even, N even: 8-byte aligned pair
+                if (V2 && (N & 1) == 0 && col + 1 < N && ((u64)Y & 7) == 0) {   // col even, N even, Y 8-byte aligned: an aligned pair
                     float v0 = acc[i][j][h * 2], v1 = acc[i][j][h * 2 + 1];
                     if (bias) { v0 += bias[col]; v1 += bias[col + 1]; }
                     gemm_f2* y = (gemm_f2*)(Y + (long long)row * N + col);
