@@ -31,6 +31,7 @@ $runs = @(
     @{ Name = '8B-32k'; Preset = 'Llama-3.1-8B'; DType = 'BF16'; Context = @(32768); Len = 32768 + 64 }
 )
 $env:CALM_DECODE = 'persistent'
+$Only = @($Only | ForEach-Object { $_ -split ',' } | Where-Object { $_ })   # pwsh -File passes one comma-joined string
 foreach ($r in $runs) {
     if ($Only -and $r.Name -notin $Only) { continue }
     try {

@@ -198,49 +198,6 @@ __device__ __forceinline__ void pf_fill_xs(float* xs, const float* src, int n, c
     __syncthreads();
 }
 
-// the prefetched first batch of a warp's first row group in the next stage
-template <int WF> struct PfPre {
-    calm_u4 w[PF_NV];
-    u16 d[WF == PF_INT4 ? PF_NV : 1];   // int4 group scales
-    bool valid;
-};
-
-// Issues the batch of vectors v0 + 32u + lane (u < PF_NV/R) of R rows into pre (zeros past the row).
-template <int WF, int R>
-__device__ __forceinline__ void pf_issue(PfPre<WF>& pre, const unsigned char* const (&rp)[R], const u16* const (&dp)[R], int v0, int nvec, int lane) {
-    constexpr int U = PF_NV / R;
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        int v = v0 + 32 * u + lane;
-#pragma unroll
-        for (int i = 0; i < R; i++) {
-            if (v < nvec) {
-                pre.w[u * R + i] = ldg_u4_stream(rp[i] + (long long)v * 16);
-                if (WF == PF_INT4) pre.d[WF == PF_INT4 ? u * R + i : 0] = dp[i][v];
-            } else {
-                pre.w[u * R + i].x = pre.w[u * R + i].y = pre.w[u * R + i].z = pre.w[u * R + i].w = 0u;
-                if (WF == PF_INT4) pre.d[WF == PF_INT4 ? u * R + i : 0] = 0;
-            }
-        }
-    }
-}
-
-// Folds the batch at v0 into acc (x from the permuted shared memory).
-template <int WF, int R>
-__device__ __forceinline__ void pf_compute(const PfPre<WF>& pre, const float* xs, int v0, int nvec, int lane, float (&acc)[R]) {
-    constexpr int U = PF_NV / R, E = Fmt<WF>::E;
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        if (v0 + 32 * u >= nvec) break;   // warp-uniform
-        const calm_f4* xp = (const calm_f4*)(xs + (v0 / 32 + u) * (32 * E)) + lane;
-        calm_f4 xv[E / 4];
-#pragma unroll
-        for (int k = 0; k < E / 4; k++) xv[k] = xp[32 * k];
-#pragma unroll
-        for (int i = 0; i < R; i++) acc[i] += Fmt<WF>::dot(pre.w[u * R + i], xv, pre.d[WF == PF_INT4 ? u * R + i : 0]);
-    }
-}
-
 // A matrix in the layer format: values, scales (fp8 [rows] f32, int4 [rows, G] f16) and its shape.
 struct PfMat {
     const unsigned char* w; const void* s; int rows, cols;
@@ -277,55 +234,132 @@ __device__ __forceinline__ void pf_row_ptrs(const PfMat& m, const int (&r)[R], c
     }
 }
 
-// Issues the first batch of this warp's first group of a stage (groups [g0, g1) of this block) before a barrier.
-template <int WF, int R, int KIND>
-__device__ __forceinline__ void pf_prefetch(PfPre<WF>& pre, const PfMat& m, int g0, int g1, int Hd, int F) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int gi = g0 + warp;
-    pre.valid = gi < g1 && threadIdx.x / 32 != PF_SYNC_THREAD / 32;   // the barrier's spinning warp loads nothing ahead
-    if (!pre.valid) return;
-    int r[R];
-    pf_rows<R, KIND>(gi, r, m.rows, Hd, F);
-    const unsigned char* rp[R]; const u16* dp[R];
-    pf_row_ptrs<WF, R>(m, r, rp, dp);
-    pf_issue<WF, R>(pre, rp, dp, 0, Fmt<WF>::nvec(m.cols), lane);
-}
-
 // This block's share [g0, g1) of n row groups (contiguous, balanced).
 __device__ __forceinline__ void pf_share(int n, int& g0, int& g1) {
     g0 = (int)((long long)n * blockIdx.x / gridDim.x);
     g1 = (int)((long long)n * (blockIdx.x + 1) / gridDim.x);
 }
 
-// The row groups [g0, g1) of this block, warps taking every PF_WARPS-th; epi(gi, r, sums, lane) gets the warp's
-// totals (fp8 row scales applied) in every lane.
-template <int WF, int R, int KIND, class Epi>
-__device__ __forceinline__ void pf_matvec(PfPre<WF>& pre, const PfMat& m, int g0, int g1, const float* xs, int Hd, int F, Epi epi) {
+// ---- the weight stream: a per-warp ring of NSLOT batches in shared memory, filled by cp.async ----------------------
+// A batch is PF_NV 16-byte vectors per lane: vectors v0 + 32u + lane (u < U = PF_NV/R) of the R rows of one group,
+// at slot[s][u*R + i][lane] (each lane reads back only what it copied itself: no warp sync for the weights). int4
+// group scales (R rows x 32U f16, contiguous per row) go to a scale slot, copied 16 bytes at a time by any lane (the
+// consumer then syncs the warp). The ring holds PF_NSLOT batches, so 16 KB per warp are in flight with no registers
+// held; before a barrier each warp copies the first batches of its next stage into the ring.
+#define PF_NSLOT 2
+#define PF_SLOT_VECS (PF_NV * 32)            // 16-byte vectors per slot (8 KB)
+#define PF_SLOT_SCALES (PF_NV * 32)          // int4 scales per slot (R * 32U = 32 * PF_NV)
+
+struct PfRing {
+    calm_u4* w;      // this warp's [PF_NSLOT][PF_SLOT_VECS]
+    u16* d;          // this warp's [PF_NSLOT][PF_SLOT_SCALES] (int4)
+    int issued;      // batches of the coming stage already in the ring (0 or PF_NSLOT)
+};
+
+// the batch a warp issues next: group gi (global index), first vector v0
+struct PfCur { int gi, v0; };
+
+template <int WF, int R, int KIND>
+__device__ __forceinline__ void pf_issue_batch(PfRing& ring, int slot, const PfMat& m, PfCur& c, int g1, int Hd, int F, int lane) {
+    constexpr int U = PF_NV / R;
+    const int nvec = Fmt<WF>::nvec(m.cols);
+    if (c.gi < g1) {
+        int r[R];
+        pf_rows<R, KIND>(c.gi, r, m.rows, Hd, F);
+        const unsigned char* rp[R]; const u16* dp[R];
+        pf_row_ptrs<WF, R>(m, r, rp, dp);
+        calm_u4* dst = ring.w + slot * PF_SLOT_VECS + lane;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int v = c.v0 + 32 * u + lane;
+#pragma unroll
+            for (int i = 0; i < R; i++)   // past the row: zero-filled (its x is zero too, but NaN * 0 must not happen)
+                cp_async16(dst + (u * R + i) * 32, v < nvec ? rp[i] + (long long)v * 16 : rp[i], v < nvec ? 16 : 0);
+        }
+        if (WF == PF_INT4) {
+            // R rows x 32U scales = 4RU 16-byte pieces (64 for R*U = 16): two per lane
+            u16* sd = ring.d + slot * PF_SLOT_SCALES;
+#pragma unroll
+            for (int k = lane; k < 4 * R * U; k += 32) {
+                int i = k / (4 * U), part = k - i * (4 * U);
+                int sv = c.v0 + part * 8;   // first of 8 scales
+                cp_async16(sd + i * 32 * U + part * 8, sv < nvec ? dp[i] + sv : dp[i], sv < nvec ? 16 : 0);
+            }
+        }
+        c.v0 += 32 * U;
+        if (c.v0 >= nvec) { c.v0 = 0; c.gi += PF_WARPS; }
+    }
+    cp_async_commit();   // also when empty: every consume step finds exactly PF_NSLOT groups behind it
+}
+
+// Folds the batch in ring slot `slot` (vectors v0 ..) into acc (x from the permuted shared memory).
+template <int WF, int R>
+__device__ __forceinline__ void pf_compute(const PfRing& ring, int slot, const float* xs, int v0, int nvec, int lane, float (&acc)[R]) {
+    constexpr int U = PF_NV / R, E = Fmt<WF>::E;
+    const calm_u4* w = ring.w + slot * PF_SLOT_VECS + lane;
+    const u16* sd = ring.d + slot * PF_SLOT_SCALES;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (v0 + 32 * u >= nvec) break;   // warp-uniform
+        const calm_f4* xp = (const calm_f4*)(xs + (v0 / 32 + u) * (32 * E)) + lane;
+        calm_f4 xv[E / 4];
+#pragma unroll
+        for (int k = 0; k < E / 4; k++) xv[k] = xp[32 * k];
+#pragma unroll
+        for (int i = 0; i < R; i++) acc[i] += Fmt<WF>::dot(w[(u * R + i) * 32], xv, WF == PF_INT4 ? sd[i * 32 * U + 32 * u + lane] : (u16)0);
+    }
+}
+
+// Before a barrier: copies the first PF_NSLOT batches of this warp's share of the next stage into the ring (not the
+// barrier's spinning warp, whose loads must never be outstanding while it waits).
+template <int WF, int R, int KIND>
+__device__ __forceinline__ void pf_prefetch(PfRing& ring, const PfMat& m, int g0, int g1, int Hd, int F) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    ring.issued = 0;
+    if (warp == PF_SYNC_THREAD / 32) return;
+    PfCur c = { g0 + warp, 0 };
+#pragma unroll
+    for (int s = 0; s < PF_NSLOT; s++) pf_issue_batch<WF, R, KIND>(ring, s, m, c, g1, Hd, F, lane);
+    ring.issued = PF_NSLOT;
+}
+
+// The row groups [g0, g1) of this block, warps taking every PF_WARPS-th. At each group start pro(gi, r, lane) returns
+// the values its epilogue needs (residual, bias, rotary cos/sin: their loads overlap the weight stream);
+// epi(gi, r, sums, pro, lane) gets the warp's totals (fp8 row scales applied) in every lane.
+template <int WF, int R, int KIND, class Pro, class Epi>
+__device__ __forceinline__ void pf_matvec(PfRing& ring, const PfMat& m, int g0, int g1, const float* xs, int Hd, int F, Pro pro, Epi epi) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     constexpr int U = PF_NV / R;
     const int nvec = Fmt<WF>::nvec(m.cols);
+    PfCur prod = { g0 + warp, 0 };
+    for (int k = 0; k < ring.issued; k++) {   // skip what the prefetch already issued
+        prod.v0 += 32 * U;
+        if (prod.v0 >= nvec) { prod.v0 = 0; prod.gi += PF_WARPS; }
+    }
+    for (int s = ring.issued; s < PF_NSLOT; s++) pf_issue_batch<WF, R, KIND>(ring, s, m, prod, g1, Hd, F, lane);
+    ring.issued = 0;
+    int slot = 0;
     for (int gi = g0 + warp; gi < g1; gi += PF_WARPS) {
         int r[R];
         pf_rows<R, KIND>(gi, r, m.rows, Hd, F);
-        const unsigned char* rp[R]; const u16* dp[R];
-        pf_row_ptrs<WF, R>(m, r, rp, dp);
-        if (!pre.valid) pf_issue<WF, R>(pre, rp, dp, 0, nvec, lane);
-        pre.valid = false;
+        float rs[R];
+#pragma unroll
+        for (int i = 0; i < R; i++) rs[i] = WF == PF_FP8 ? ((const float*)m.s)[r[i]] : 1.f;
+        calm_f4 pv = pro(gi, r, lane);
         float acc[R];
 #pragma unroll
         for (int i = 0; i < R; i++) acc[i] = 0.f;
-        for (int v0 = 0;;) {
-            pf_compute<WF, R>(pre, xs, v0, nvec, lane, acc);
-            v0 += 32 * U;
-            if (v0 >= nvec) break;
-            pf_issue<WF, R>(pre, rp, dp, v0, nvec, lane);
+        for (int v0 = 0; v0 < nvec; v0 += 32 * U) {
+            cp_async_wait<PF_NSLOT - 1>();   // the oldest batch (this slot) has landed
+            if (WF == PF_INT4) __syncwarp();  // scales were copied by other lanes
+            pf_compute<WF, R>(ring, slot, xs, v0, nvec, lane, acc);
+            if (WF == PF_INT4) __syncwarp();  // every lane read the scales before the slot is refilled
+            pf_issue_batch<WF, R, KIND>(ring, slot, m, prod, g1, Hd, F, lane);
+            slot = slot + 1 == PF_NSLOT ? 0 : slot + 1;
         }
 #pragma unroll
-        for (int i = 0; i < R; i++) {
-            acc[i] = warp_sum(acc[i]);
-            if (WF == PF_FP8) acc[i] *= ((const float*)m.s)[r[i]];
-        }
-        epi(gi, r, acc, lane);
+        for (int i = 0; i < R; i++) acc[i] = warp_sum(acc[i]) * rs[i];
+        epi(gi, r, acc, pv, lane);
     }
 }
 
@@ -334,7 +368,7 @@ __device__ __forceinline__ void pf_matvec(PfPre<WF>& pre, const PfMat& m, int g0
 template <int MAXG>
 __device__ __forceinline__ void pf_attention(const float* q, const u16* kc, const u16* vc, float* att, float* ws, int H, int K, int Hd, int maxCtx,
                                           int window, float scale, int S, const StepParams* sp, int kh, int split, int z, int Z) {
-    attention_split_impl<MAXG, (MAXG == 8 ? 2 : 4), false>(q, kc, vc, att, ws, H, K, Hd, maxCtx, window, scale, S, sp, kh, split, z, Z);
+    attention_split_impl<MAXG, (MAXG == 8 ? 2 : 8), false>(q, kc, vc, att, ws, H, K, Hd, maxCtx, window, scale, S, sp, kh, split, z, Z);
 }
 
 // ---- the step ----------------------------------------------------------------------------------------------------
@@ -355,8 +389,12 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
     int si = 0;
     if (stamps) stamps[si] = pf_globaltimer();
     si++;
-    PfPre<WF> pre;
-    pre.valid = false;
+    // the weight ring after the stage input in dynamic shared memory (CudaBackend sizes both)
+    const int xsFloats = ((max(D, max(Q, F)) + 32 * E - 1) / (32 * E)) * (32 * E);
+    PfRing ring;
+    ring.w = (calm_u4*)(xs + xsFloats) + warp * PF_NSLOT * PF_SLOT_VECS;
+    ring.d = (u16*)((calm_u4*)(xs + xsFloats) + PF_WARPS * PF_NSLOT * PF_SLOT_VECS) + warp * PF_NSLOT * PF_SLOT_SCALES;
+    ring.issued = 0;
     unsigned target = 0;     // arrivals the next barrier waits for
 
     // row groups per stage
@@ -399,7 +437,7 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
             a.x[d] = v * a.embScale;
         }
         arrive();
-        pf_prefetch<WF, 2, PF_ROWS_QKV>(pre, m, a0, a1, Hd, F);
+        pf_prefetch<WF, 2, PF_ROWS_QKV>(ring, m, a0, a1, Hd, F);
         wait();
     }
 
@@ -413,14 +451,20 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
         {
             PfMat m = { ly.wqkv, ly.sqkv, Q + 2 * KV, D };
             const float* bias = ly.bqkv;
-            pf_matvec<WF, 2, PF_ROWS_QKV>(pre, m, a0, a1, xs, Hd, F, [&](int gi, const int (&r)[2], const float (&s)[2], int ln) {
+            pf_matvec<WF, 2, PF_ROWS_QKV>(ring, m, a0, a1, xs, Hd, F, [&](int gi, const int (&r)[2], int ln) {
+                calm_f4 p; p.x = p.y = p.z = p.w = 0.f;   // (cos, sin, bias 0, bias 1)
+                if (ln == 0) {
+                    int unit = gi / half, i = gi - unit * half;
+                    if (unit < H + K) { p.x = a.cosT[(long long)pos * half + i]; p.y = a.sinT[(long long)pos * half + i]; }
+                    if (bias) { p.z = bias[r[0]]; p.w = bias[r[1]]; }
+                }
+                return p;
+            }, [&](int gi, const int (&r)[2], const float (&s)[2], const calm_f4& p, int ln) {
                 if (ln != 0) return;
                 int unit = gi / half, i = gi - unit * half;
-                float s0 = s[0], s1 = s[1];
-                if (bias) { s0 += bias[r[0]]; s1 += bias[r[1]]; }
+                float s0 = s[0] + p.z, s1 = s[1] + p.w;
                 if (unit < H + K) {
-                    float c = a.cosT[(long long)pos * half + i], sn = a.sinT[(long long)pos * half + i];
-                    float o0 = s0 * c - s1 * sn, o1 = s1 * c + s0 * sn;
+                    float o0 = s0 * p.x - s1 * p.y, o1 = s1 * p.x + s0 * p.y;
                     s0 = o0; s1 = o1;
                 }
                 if (unit < H) { a.q[r[0]] = s0; a.q[r[1]] = s1; }
@@ -444,11 +488,11 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
                         pf_attention<MAXG>(a.q, kc, vc, a.att, a.attWs, H, K, Hd, a.maxCtx, a.window, a.attScale, S, a.sp, kh, split, z, Z);
                 }
                 arrive();
-                pf_prefetch<WF, RS, PF_ROWS_SEQ>(pre, mo, c0, c1, Hd, F);
+                pf_prefetch<WF, RS, PF_ROWS_SEQ>(ring, mo, c0, c1, Hd, F);
                 wait();
             } else {
                 arrive();
-                pf_prefetch<WF, RS, PF_ROWS_SEQ>(pre, mo, c0, c1, Hd, F);
+                pf_prefetch<WF, RS, PF_ROWS_SEQ>(ring, mo, c0, c1, Hd, F);
                 wait();
                 arrive();
                 wait();
@@ -459,16 +503,21 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
         {
             PfMat m = { ly.wo, ly.so, D, Q };
             const float* bias = ly.bo;
-            pf_matvec<WF, RS, PF_ROWS_SEQ>(pre, m, c0, c1, xs, Hd, F, [&](int gi, const int (&r)[RS], const float (&s)[RS], int ln) {
+            pf_matvec<WF, RS, PF_ROWS_SEQ>(ring, m, c0, c1, xs, Hd, F, [&](int gi, const int (&r)[RS], int ln) {
+                calm_f4 p; p.x = p.y = p.z = p.w = 0.f;   // lane i: (residual, bias) of row gi*RS + i
+                int row = gi * RS + ln;
+                if (ln < RS && row < D) { p.x = pf_ld_cg(a.x + row); if (bias) p.y = bias[row]; }
+                return p;
+            }, [&](int gi, const int (&r)[RS], const float (&s)[RS], const calm_f4& p, int ln) {
 #pragma unroll
                 for (int i = 0; i < RS; i++) {
                     int row = gi * RS + i;
-                    if (ln == i && row < D) a.x[row] = pf_ld_cg(a.x + row) + s[i] + (bias ? bias[row] : 0.f);
+                    if (ln == i && row < D) a.x[row] = p.x + s[i] + p.y;
                 }
             });
             PfMat mgu = { ly.wgu, ly.sgu, 2 * F, D };
             arrive();
-            pf_prefetch<WF, 2, PF_ROWS_GU>(pre, mgu, d0, d1, Hd, F);
+            pf_prefetch<WF, 2, PF_ROWS_GU>(ring, mgu, d0, d1, Hd, F);
             wait();
         }
         // ---- D: h = act(gate) * up ----
@@ -476,15 +525,18 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
         {
             PfMat m = { ly.wgu, ly.sgu, 2 * F, D };
             const float* bias = ly.bgu;
-            pf_matvec<WF, 2, PF_ROWS_GU>(pre, m, d0, d1, xs, Hd, F, [&](int gi, const int (&r)[2], const float (&s)[2], int ln) {
+            pf_matvec<WF, 2, PF_ROWS_GU>(ring, m, d0, d1, xs, Hd, F, [&](int gi, const int (&r)[2], int ln) {
+                calm_f4 p; p.x = p.y = p.z = p.w = 0.f;   // (gate bias, up bias)
+                if (ln == 0 && bias) { p.x = bias[gi]; p.y = bias[F + gi]; }
+                return p;
+            }, [&](int gi, const int (&r)[2], const float (&s)[2], const calm_f4& p, int ln) {
                 if (ln != 0) return;
-                float g = s[0], u = s[1];
-                if (bias) { g += bias[gi]; u += bias[F + gi]; }
+                float g = s[0] + p.x, u = s[1] + p.y;
                 a.h[gi] = activate(g, a.act) * u;
             });
             PfMat mdn = { ly.wdown, ly.sdown, D, F };
             arrive();
-            pf_prefetch<WF, RS, PF_ROWS_SEQ>(pre, mdn, e0, e1, Hd, F);
+            pf_prefetch<WF, RS, PF_ROWS_SEQ>(ring, mdn, e0, e1, Hd, F);
             wait();
         }
         // ---- E: x += Wdown h ----
@@ -492,21 +544,26 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
         {
             PfMat m = { ly.wdown, ly.sdown, D, F };
             const float* bias = ly.bdown;
-            pf_matvec<WF, RS, PF_ROWS_SEQ>(pre, m, e0, e1, xs, Hd, F, [&](int gi, const int (&r)[RS], const float (&s)[RS], int ln) {
+            pf_matvec<WF, RS, PF_ROWS_SEQ>(ring, m, e0, e1, xs, Hd, F, [&](int gi, const int (&r)[RS], int ln) {
+                calm_f4 p; p.x = p.y = p.z = p.w = 0.f;   // lane i: (residual, bias) of row gi*RS + i
+                int row = gi * RS + ln;
+                if (ln < RS && row < D) { p.x = pf_ld_cg(a.x + row); if (bias) p.y = bias[row]; }
+                return p;
+            }, [&](int gi, const int (&r)[RS], const float (&s)[RS], const calm_f4& p, int ln) {
 #pragma unroll
                 for (int i = 0; i < RS; i++) {
                     int row = gi * RS + i;
-                    if (ln == i && row < D) a.x[row] = pf_ld_cg(a.x + row) + s[i] + (bias ? bias[row] : 0.f);
+                    if (ln == i && row < D) a.x[row] = p.x + s[i] + p.y;
                 }
             });
             arrive();
             if (l + 1 < L) {
                 const PLayer& nx = a.layers[l + 1];
                 PfMat mq = { nx.wqkv, nx.sqkv, Q + 2 * KV, D };
-                pf_prefetch<WF, 2, PF_ROWS_QKV>(pre, mq, a0, a1, Hd, F);
+                pf_prefetch<WF, 2, PF_ROWS_QKV>(ring, mq, a0, a1, Hd, F);
             } else {
                 PfMat ml = { a.lm, a.lmScales, a.V, D };
-                pf_prefetch<WF, RS, PF_ROWS_SEQ>(pre, ml, m0, m1, Hd, F);
+                pf_prefetch<WF, RS, PF_ROWS_SEQ>(ring, ml, m0, m1, Hd, F);
             }
             wait();
         }
@@ -519,7 +576,10 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
     {
         PfMat m = { a.lm, a.lmScales, a.V, D };
         const int V = a.V;
-        pf_matvec<WF, RS, PF_ROWS_SEQ>(pre, m, m0, m1, xs, Hd, F, [&](int gi, const int (&r)[RS], const float (&s)[RS], int ln) {
+        pf_matvec<WF, RS, PF_ROWS_SEQ>(ring, m, m0, m1, xs, Hd, F, [&](int gi, const int (&r)[RS], int ln) {
+            calm_f4 p; p.x = p.y = p.z = p.w = 0.f;
+            return p;
+        }, [&](int gi, const int (&r)[RS], const float (&s)[RS], const calm_f4& p, int ln) {
 #pragma unroll
             for (int i = 0; i < RS; i++) {
                 int row = gi * RS + i;

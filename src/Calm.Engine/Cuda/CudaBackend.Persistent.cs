@@ -76,7 +76,8 @@ public sealed unsafe partial class CudaBackend
         if (PersistentFormat(_wt) is not { } f) return $"{DTypes.Name(_wt)} weights";
         if (_lmDt != _wt) return $"a {DTypes.Name(_lmDt)} classifier with {DTypes.Name(_wt)} layers";
         if (_embDt is not (DType.BF16 or DType.F16 or DType.F32)) return $"a {DTypes.Name(_embDt)} embedding";
-        int align = Math.Min(f.E, 16);   // whole 16-byte vectors per row (int4 rows are padded), 16-byte x loads
+        // whole 16-byte vectors per row, 16-byte x loads; int4: whole 16-byte pieces of 8 group scales (cols % 256)
+        int align = _wt == DType.Int4 ? 256 : Math.Min(f.E, 16);
         if (c.HiddenSize % align != 0 || c.QDim % align != 0 || c.IntermediateSize % align != 0)
             return $"dimensions that are not multiples of {align} ({c.HiddenSize}, {c.QDim}, {c.IntermediateSize})";
         if (!Cu.HasLaunchKernelEx) return "a driver without cuLaunchKernelEx (cooperative launch)";
@@ -107,7 +108,8 @@ public sealed unsafe partial class CudaBackend
         var k = _pmod.GetKernel("decode_persistent");
         int chunk = 32 * f.E;
         int widest = Math.Max(c.HiddenSize, Math.Max(c.QDim, c.IntermediateSize));
-        _pSmem = (widest + chunk - 1) / chunk * chunk * 4;
+        // stage input (permuted x, whole chunks) + the weight ring: 8 warps x PF_NSLOT (2) x 8 KB (+ int4 scales 1 KB a slot)
+        _pSmem = (widest + chunk - 1) / chunk * chunk * 4 + 8 * 2 * 8192 + (_wt == DType.Int4 ? 8 * 2 * 1024 : 0);
         k.SetMaxDynamicSharedMemory(_pSmem);   // static + dynamic may pass 48 KB
         int perSm = Math.Min(1, k.MaxActiveBlocksPerMultiprocessor(PersistentThreads, _pSmem));   // 255 registers: one per SM
         if (perSm < 1)
