@@ -33,12 +33,12 @@ Say "GPU: $($info.Name), driver $($info.DriverVersion), NVRTC $($info.NvrtcVersi
 # CALM_PREFILL_FUSE 0|1)
 $all = [ordered]@{
     'defaults'              = @{}
-    'old-defaults'          = @{ CALM_GEMM_K = '32'; CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }   # 2026-11-26: 59.2 ms
-    'old-k64'               = @{ CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }                       # 2026-11-26: 53.1 ms
+    'old-defaults'          = @{ CALM_GEMM_VARIANT = '1'; CALM_GEMM_K = '32'; CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }   # 2026-11-26: 59.2 ms
+    'old-k64'               = @{ CALM_GEMM_VARIANT = '1'; CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }                       # 2026-11-26: 53.1 ms
     'fp32-attention'        = @{ CALM_PREFILL_ATT = '1' }
     'unfused-act'           = @{ CALM_PREFILL_FUSE = '0' }
     'tile-128'              = @{ CALM_GEMM_TILE = '128' }
-    'gemm-v2'               = @{ CALM_GEMM_VARIANT = '2' }
+    'gemm-v1'               = @{ CALM_GEMM_VARIANT = '1' }   # 2026-11-29 default before variant 2: 39.6 ms
     'gemm-v3'               = @{ CALM_GEMM_VARIANT = '3' }
     'gemm-v2-tile-128'      = @{ CALM_GEMM_VARIANT = '2'; CALM_GEMM_TILE = '128' }
 }

@@ -188,3 +188,107 @@ extern "C" __global__ void moe_matvec_f16(const void* const* experts, const int*
 extern "C" __global__ void moe_matvec_f32(const void* const* experts, const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) {
     moe_matvec_impl<CALM_F32>(experts, expertIdx, x, xStride, y, rows, cols);
 }
+
+// ---- paired rows: two rows per warp whose outputs meet in one epilogue ----------------------------------------------
+// The decode step's qkv and gate_up matvecs end in an elementwise step that needs two rows of the same matvec
+// (a rotary pair of a head; gate i and up i). A warp computes both rows (8 loads in flight per row, 16 per lane) and
+// finishes that step itself, so the separate qkv_rope_cache and gate_act kernels (and their launch gaps) go away.
+
+// dot products of rows a and b with x: 8 16-byte loads of each row in flight per lane; every lane gets both totals
+template <int DT>
+__device__ __forceinline__ void row_dot2(const u16* ra, const u16* rb, const float* x, int cols, int lane, float& sa, float& sb) {
+    float acc0 = 0.f, acc1 = 0.f;
+    if ((cols & 7) == 0) {
+        const calm_u4* va = (const calm_u4*)ra;
+        const calm_u4* vb = (const calm_u4*)rb;
+        int nvec = cols >> 3;
+        int v = lane;
+        for (; v + 32 * 7 < nvec; v += 32 * 8) {
+            calm_u4 wa[8], wb[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) { wa[u] = ldg_u4_stream(va + v + 32 * u); wb[u] = ldg_u4_stream(vb + v + 32 * u); }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const float* xp = x + (long long)(v + 32 * u) * 8;
+                acc0 += dot8<DT, false>(wa[u], xp, xp, 0);
+                acc1 += dot8<DT, false>(wb[u], xp, xp, 0);
+            }
+        }
+        for (; v < nvec; v += 32) {
+            const float* xp = x + (long long)v * 8;
+            acc0 += dot8<DT, false>(ldg_u4_stream(va + v), xp, xp, 0);
+            acc1 += dot8<DT, false>(ldg_u4_stream(vb + v), xp, xp, 0);
+        }
+    } else {
+        for (int c = lane; c < cols; c += 32) {
+            float xv = x[c];
+            acc0 = fmaf(load_elem<DT>(ra, c), xv, acc0);
+            acc1 = fmaf(load_elem<DT>(rb, c), xv, acc1);
+        }
+    }
+    sa = warp_sum(acc0);
+    sb = warp_sum(acc1);
+}
+
+// qkv = Wqkv [Q+2KV, D] x (+ bias), then RoPE (rotate_half over the whole head) and the KV write, per rotary pair:
+// pair g of unit u (u < H: q head, < H+K: k head, else v head) is rows u*Hd + i and u*Hd + i + Hd/2 (i = g % (Hd/2)).
+// q heads: rotated, written to qkv (the attention reads them there); k: rotated, v: as is, both to this layer's fp16
+// caches [K, maxCtx, Hd] at the step's position. cos/sin [maxCtx, Hd/2]. One warp per pair, 8 warps per block.
+template <int DT>
+__device__ __forceinline__ void matvec_qkv_rope_impl(const u16* W, const float* x, float* qkv, const float* bias,
+                                                    int H, int K, int Hd, int D, const float* cosT, const float* sinT,
+                                                    u16* kCache, u16* vCache, int maxCtx, const StepParams* sp) {
+    int g = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    pdl_trigger();
+    pdl_wait();
+    int half = Hd >> 1;
+    if (g >= (H + 2 * K) * half) return;
+    int unit = g / half, i = g - unit * half;
+    int r0 = unit * Hd + i, r1 = r0 + half;
+    float s0, s1;
+    row_dot2<DT>(W + (long long)r0 * D, W + (long long)r1 * D, x, D, lane, s0, s1);
+    if (lane != 0) return;
+    if (bias) { s0 += bias[r0]; s1 += bias[r1]; }
+    int pos = sp->pos;
+    if (unit < H + K) {
+        float c = cosT[(long long)pos * half + i], sn = sinT[(long long)pos * half + i];
+        float o0 = s0 * c - s1 * sn, o1 = s1 * c + s0 * sn;
+        s0 = o0; s1 = o1;
+    }
+    if (unit < H) { qkv[r0] = s0; qkv[r1] = s1; return; }
+    int kh = unit < H + K ? unit - H : unit - H - K;
+    u16* cache = (unit < H + K ? kCache : vCache) + ((long long)kh * maxCtx + pos) * Hd;
+    cache[i] = f32_to_f16(s0);
+    cache[i + half] = f32_to_f16(s1);
+}
+
+// h [F] = act(Wgu[i] x + bg[i]) * (Wgu[F + i] x + bu[i]); Wgu [2F, D] = gate rows then up rows, bias [2F] or null.
+template <int DT>
+__device__ __forceinline__ void matvec_glu_impl(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act) {
+    int i = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    pdl_trigger();
+    pdl_wait();
+    if (i >= F) return;
+    float gs, us;
+    row_dot2<DT>(W + (long long)i * D, W + (long long)(F + i) * D, x, D, lane, gs, us);
+    if (lane != 0) return;
+    if (bias) { gs += bias[i]; us += bias[F + i]; }
+    h[i] = activate(gs, act) * us;
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_qkv_rope_bf16(const u16* W, const float* x, float* qkv, const float* bias, int H, int K, int Hd, int D,
+        const float* cosT, const float* sinT, u16* kCache, u16* vCache, int maxCtx, const StepParams* sp) {
+    matvec_qkv_rope_impl<CALM_BF16>(W, x, qkv, bias, H, K, Hd, D, cosT, sinT, kCache, vCache, maxCtx, sp);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_qkv_rope_f16(const u16* W, const float* x, float* qkv, const float* bias, int H, int K, int Hd, int D,
+        const float* cosT, const float* sinT, u16* kCache, u16* vCache, int maxCtx, const StepParams* sp) {
+    matvec_qkv_rope_impl<CALM_F16>(W, x, qkv, bias, H, K, Hd, D, cosT, sinT, kCache, vCache, maxCtx, sp);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_glu_bf16(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act) {
+    matvec_glu_impl<CALM_BF16>(W, x, h, bias, F, D, act);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_glu_f16(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act) {
+    matvec_glu_impl<CALM_F16>(W, x, h, bias, F, D, act);
+}

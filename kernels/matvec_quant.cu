@@ -35,6 +35,7 @@ __device__ __forceinline__ void matvec_fp8_impl(const unsigned char* Q, const fl
     int warp = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     int row0 = warp * R;
+    PDL_ENTER();   // x and y come from / go to the step's other kernels (no-op without programmatic launch)
     if (row0 >= rows) return;
     float acc[R];
     const unsigned char* rp[R];
@@ -81,6 +82,7 @@ __device__ __forceinline__ void matvec_int4_impl(const unsigned char* P, const u
     int warp = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     int row0 = warp * R;
+    PDL_ENTER();
     if (row0 >= rows) return;
     int G = (cols + 31) >> 5, full = cols >> 5;
     float acc[R];
@@ -153,6 +155,7 @@ template <int R, int U>
 __device__ __forceinline__ void matvec_int4_xs_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
                                                     int rows, int cols, int accumulate) {
     extern __shared__ __align__(16) float mq_xs[];   // [G][MQ_XS_STRIDE]
+    PDL_ENTER();
     int G = (cols + 31) >> 5;
     for (int c = threadIdx.x; c < G * 32; c += blockDim.x) mq_xs[(c >> 5) * MQ_XS_STRIDE + (c & 31)] = c < cols ? x[c] : 0.f;
     __syncthreads();
@@ -207,6 +210,73 @@ __device__ __forceinline__ void matvec_int4_xs_impl(const unsigned char* P, cons
     store_rows<R>(acc, (const float*)0, y, bias, row0, rows, lane, accumulate);
 }
 
+// ---- fp8 matvec with x staged in shared memory ----------------------------------------------------------------------
+// In matvec_fp8_impl lane l reads x[16v .. 16v+15] (64 bytes) for its vector v, so a warp's 16-byte x loads hit 16
+// cache lines each (a quarter of every L1 wavefront used). Here each block first copies x (cols % 16 == 0) into
+// shared memory permuted per 32-vector chunk c: element (c*32 + l)*16 + 4k + j at c*512 + k*128 + 4l + j, so the four
+// 16-byte x reads of a vector are each 512 contiguous bytes across the warp (conflict-free). Zero past cols.
+// Dynamic shared memory: ceil(cols/512) * 512 * 4 bytes.
+template <int R, int U>
+__device__ __forceinline__ void matvec_fp8_xs_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
+                                                   int rows, int cols, int accumulate) {
+    extern __shared__ __align__(16) float mq_xs[];
+    PDL_ENTER();
+    const int padded = ((cols + 511) >> 9) << 9;
+    for (int e = threadIdx.x; e < padded; e += blockDim.x) {
+        int c = e >> 9, rem = e & 511, l = rem >> 4, i = rem & 15;
+        mq_xs[(c << 9) + (i >> 2) * 128 + 4 * l + (i & 3)] = e < cols ? x[e] : 0.f;
+    }
+    __syncthreads();
+    int warp = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    int row0 = warp * R;
+    if (row0 >= rows) return;
+    float acc[R];
+    const unsigned char* rp[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) { acc[i] = 0.f; rp[i] = Q + (long long)min(row0 + i, rows - 1) * cols; }
+    const int nvec = cols >> 4;
+    int v = lane;
+    for (; v + 32 * (U - 1) < nvec; v += 32 * U) {
+        calm_u4 w[R][U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int i = 0; i < R; i++) w[i][u] = ldg_u4_stream((const calm_u4*)rp[i] + v + 32 * u);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const calm_f4* xp = (const calm_f4*)(mq_xs + ((v + 32 * u) >> 5) * 512) + lane;
+            calm_f4 xs[4] = { xp[0], xp[32], xp[64], xp[96] };
+#pragma unroll
+            for (int i = 0; i < R; i++) acc[i] += dot16_fp8(w[i][u], xs);
+        }
+    }
+    for (; v < nvec; v += 32) {
+        const calm_f4* xp = (const calm_f4*)(mq_xs + (v >> 5) * 512) + lane;
+        calm_f4 xs[4] = { xp[0], xp[32], xp[64], xp[96] };
+#pragma unroll
+        for (int i = 0; i < R; i++) acc[i] += dot16_fp8(ldg_u4_stream((const calm_u4*)rp[i] + v), xs);
+    }
+    store_rows<R>(acc, S, y, bias, row0, rows, lane, accumulate);
+}
+
+#define MQ_FP8_XS_ENTRIES(R, U, SUF)                                                                                       \
+extern "C" __global__ void matvec_fp8_xs##SUF(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias, \
+                                              int rows, int cols, int accumulate) {                                      \
+    matvec_fp8_xs_impl<R, U>(Q, S, x, y, bias, rows, cols, accumulate);                                                   \
+}                                                                                                                        \
+extern "C" __global__ void moe_matvec_fp8_xs##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
+                                                  const float* x, int xStride, float* y, int rows, int cols) {          \
+    pdl_wait();   /* the expert ids come from moe_route */                                                          \
+    int s = blockIdx.y, e = expertIdx[s];                                                                                \
+    matvec_fp8_xs_impl<R, U>((const unsigned char*)values[e], (const float*)scales[e], x + (long long)s * xStride,        \
+                          y + (long long)s * rows, (const float*)0, rows, cols, 0);                                       \
+}
+MQ_FP8_XS_ENTRIES(1, 4, _r1)
+MQ_FP8_XS_ENTRIES(2, 4, _r2)
+MQ_FP8_XS_ENTRIES(4, 2, _r4)
+MQ_FP8_XS_ENTRIES(8, 1, _r8)
+
 // ---- entry points ------------------------------------------------------------------------------------------------
 // _rR: R rows per warp (each x chunk read from L1 serves R rows; int4 reads 8 bytes of x per weight byte, so R = 1 would
 // need as much L1 bandwidth as the SM has), 8 16-byte weight loads in flight per lane for R >= 2.
@@ -224,12 +294,14 @@ extern "C" __global__ void matvec_int4##SUF(const unsigned char* P, const u16* D
    x [slots, xStride] (xStride 0: one shared input), y [slots, rows]. */                                              \
 extern "C" __global__ void moe_matvec_fp8##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
                                                const float* x, int xStride, float* y, int rows, int cols) {             \
+    pdl_wait();   /* the expert ids come from moe_route */                                                          \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
     matvec_fp8_impl<R, U>((const unsigned char*)values[e], (const float*)scales[e], x + (long long)s * xStride,            \
                        y + (long long)s * rows, (const float*)0, rows, cols, 0);                                         \
 }                                                                                                                        \
 extern "C" __global__ void moe_matvec_int4##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
                                                 const float* x, int xStride, float* y, int rows, int cols) {            \
+    pdl_wait();   /* the expert ids come from moe_route */                                                          \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
     matvec_int4_impl<R, U>((const unsigned char*)values[e], (const u16*)scales[e], x + (long long)s * xStride,             \
                         y + (long long)s * rows, (const float*)0, rows, cols, 0);                                        \
@@ -251,6 +323,7 @@ extern "C" __global__ void matvec_int4_xs##SUF(const unsigned char* P, const u16
 }                                                                                                                        \
 extern "C" __global__ void moe_matvec_int4_xs##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
                                                    const float* x, int xStride, float* y, int rows, int cols) {         \
+    pdl_wait();   /* the expert ids come from moe_route */                                                          \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
     matvec_int4_xs_impl<R, U>((const unsigned char*)values[e], (const u16*)scales[e], x + (long long)s * xStride,          \
                            y + (long long)s * rows, (const float*)0, rows, cols, 0);                                     \

@@ -489,6 +489,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         float eps = (float)c.RmsNormEps;
         float embScale = c.ScaleEmbeddings ? MathF.Sqrt(D) : 1f;
         if (W(Stages.Other)) k.Embed(s, _embDt, _emb, _x, D, embScale, _step);
+        // paired-row matvecs (CudaKernels.FusePairs): RoPE + KV write into the qkv matvec, the activation into gate_up
+        bool pairs = k.FusePairs && !FuseNorm && _wt is DType.BF16 or DType.F16;
+        bool pairQkv = pairs && !c.QkNorm && c.RotaryDim == c.HeadDim && c.HeadDim % 2 == 0;
         for (int l = 0; l < c.NumLayers; l++)
         {
             var L = _layers[l];
@@ -499,9 +502,10 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             else
             {
                 if (W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
-                if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
+                if (pairQkv) { if (W(Stages.AttentionProjections)) k.MatvecQkvRope(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step); }
+                else if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
             }
-            if (W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
+            if (!pairQkv && W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                            KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step);
             if (W(Stages.Attention)) k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
                         c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs);
@@ -510,8 +514,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             if (!c.IsMoE)
             {
                 if (FuseNorm) { if (W(Stages.Ffn)) k.MatvecNorm(s, _wt, L.Wgu, _x, _gu, L.Bgu, 2 * Fi, D, false, L.FfnNorm, eps, c.NormAddOne); }
+                else if (pairs) { if (W(Stages.Ffn)) k.MatvecGlu(s, _wt, L.Wgu, _xn, _h, L.Bgu, Fi, D, c.HiddenAct); }
                 else if (W(Stages.Ffn)) Mv(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false);
-                if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct);
+                if (FuseNorm || !pairs) { if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct); }
                 if (W(Stages.Ffn)) Mv(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true);
             }
             else

@@ -67,6 +67,7 @@ public sealed class CudaKernels : IDisposable
                 _modules.Add(m);
             }
             foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "matvec_bf16_deep8", "matvec_f16_deep8", "matvec_bf16_deep16", "matvec_f16_deep16", "matvec_norm_bf16", "matvec_norm_f16", "matvec_norm_f32", "matvec_norm_bf16_deep8", "matvec_norm_f16_deep8", "matvec_norm_bf16_deep16", "matvec_norm_f16_deep16", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
+                                         "matvec_qkv_rope_bf16", "matvec_qkv_rope_f16", "matvec_glu_bf16", "matvec_glu_f16",
                                          "rmsnorm", "qkv_rope_cache", "attention_decode", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
                 _k[name] = Find(name);
@@ -113,6 +114,22 @@ public sealed class CudaKernels : IDisposable
     public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
         => _k["matvec_" + Half(wt) + DeepSuffix(wt, cols)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
             Programmatic ? PrefetchBytes : 0);
+
+    /// <summary>Paired-row matvecs that finish the step after them (RoPE + KV write after qkv, the gated activation after
+    /// gate_up) for bf16/f16 weights: two kernels fewer per layer. On unless CALM_FUSE_PAIRS=0.</summary>
+    public bool FusePairs { get; } = Environment.GetEnvironmentVariable("CALM_FUSE_PAIRS") != "0";
+
+    /// <summary>qkv [Q | KV | KV] = Wqkv [Q+2KV, D] (wt bf16/f16) x (+ bias); q and k rotated (rotate_half over the whole
+    /// head, tables cos/sin [maxCtx, Hd/2]); q left in qkv, k and v written to the layer's fp16 caches [K, maxCtx, Hd]
+    /// at the step's position. One warp per rotary pair.</summary>
+    public void MatvecQkvRope(CudaStream s, DType wt, ulong W, ulong x, ulong qkv, ulong bias, int H, int K, int Hd, int D,
+                              ulong cos, ulong sin, ulong kCache, ulong vCache, int maxCtx, ulong step)
+        => _k["matvec_qkv_rope_" + Half(wt)].Launch(s, Blocks((long)(H + 2 * K) * (Hd / 2), MatvecBlock / 32, int.MaxValue), MatvecBlock, 0,
+            W, x, qkv, bias, H, K, Hd, D, cos, sin, kCache, vCache, maxCtx, step);
+
+    /// <summary>h [F] = act(Wgu[i] x + b[i]) * (Wgu[F+i] x + b[F+i]); Wgu [2F, D] (wt bf16/f16), bias [2F] or 0. One warp per i.</summary>
+    public void MatvecGlu(CudaStream s, DType wt, ulong W, ulong x, ulong h, ulong bias, int F, int D, Activation act)
+        => _k["matvec_glu_" + Half(wt)].Launch(s, Blocks(F, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, h, bias, F, D, (int)act);
 
     /// <summary>RMSNorm fused into the matvec: y [rows] = W [rows, cols] (x [cols] / rms(x) * (g or 1 + g)) (+ bias) (+ y when
     /// accumulate); g = nw [cols] f32. x must not alias y.</summary>

@@ -21,6 +21,12 @@ public sealed class CudaQuantKernels : IDisposable
     /// <summary>Default of the int4 launchers' stageX: x copied once per block into padded shared memory so the x reads
     /// are conflict-free instead of 32 cache lines per warp load (kernels/matvec_quant.cu, matvec_int4_xs_impl).</summary>
     public bool Int4StageX { get; }
+    /// <summary>Default of the fp8 launchers' stageX: x copied once per block into shared memory, permuted so every
+    /// 16-byte x read of a warp is 512 contiguous bytes (kernels/matvec_quant.cu, matvec_fp8_xs_impl). CALM_FP8_XS=1.</summary>
+    public bool Fp8StageX { get; }
+    private int _fp8XsSmemSet = 48 * 1024;
+    /// <summary>Shared memory bytes of the staged-x fp8 kernels for <paramref name="cols"/> (cols % 16 == 0): whole 512-float chunks.</summary>
+    public static int Fp8StagedXBytes(int cols) => (cols + 511) / 512 * 512 * 4;
     /// <summary>Largest dynamic shared memory the staged int4 kernels ask for; wider rows take the plain kernel.</summary>
     public const int MaxStagedXBytes = 160 * 1024;
     private int _xsSmemSet = 48 * 1024;   // per-function limit raised so far (all _xs kernels together)
@@ -31,6 +37,17 @@ public sealed class CudaQuantKernels : IDisposable
     /// <summary>The kernel name prefix and dynamic shared memory of an int4/fp8 launch.</summary>
     private (string Prefix, int Smem) Variant(DType wt, int cols, bool? stageX)
     {
+        if (wt == DType.F8E4M3 && (stageX ?? Fp8StageX) && cols % 16 == 0 && Fp8StagedXBytes(cols) <= MaxStagedXBytes)
+        {
+            int smem = Fp8StagedXBytes(cols);
+            if (smem > _fp8XsSmemSet)
+            {
+                foreach (var (name, k) in _k)
+                    if (name.Contains("fp8_xs")) k.SetMaxDynamicSharedMemory(smem);
+                _fp8XsSmemSet = smem;
+            }
+            return ("fp8_xs", smem);
+        }
         if (wt == DType.Int4 && (stageX ?? Int4StageX) && StagedXBytes(cols) <= MaxStagedXBytes)
         {
             int smem = StagedXBytes(cols);
@@ -57,6 +74,7 @@ public sealed class CudaQuantKernels : IDisposable
     {
         Context = ctx; Arch = arch;
         Int4StageX = int4StageX ?? Environment.GetEnvironmentVariable("CALM_INT4_XS") == "1";
+        Fp8StageX = Environment.GetEnvironmentVariable("CALM_FP8_XS") == "1";
         byte[] image;
         if (forceFp8Convert is bool force)
         {
@@ -73,12 +91,13 @@ public sealed class CudaQuantKernels : IDisposable
                 {
                     _k["matvec_" + f + r] = _module.GetKernel("matvec_" + f + r);
                     _k["moe_matvec_" + f + r] = _module.GetKernel("moe_matvec_" + f + r);
-                    if (f == "int4")
-                    {
-                        _k["matvec_int4_xs" + r] = _module.GetKernel("matvec_int4_xs" + r);
-                        _k["moe_matvec_int4_xs" + r] = _module.GetKernel("moe_matvec_int4_xs" + r);
-                    }
+                    _k["matvec_" + f + "_xs" + r] = _module.GetKernel("matvec_" + f + "_xs" + r);
+                    _k["moe_matvec_" + f + "_xs" + r] = _module.GetKernel("moe_matvec_" + f + "_xs" + r);
                 }
+            // every matvec waits for the previous kernel before touching x, y or the expert ids (pdl_wait): launched
+            // with programmatic dependent launch on sm_90+ like the other decode kernels (CALM_PDL=0: off)
+            if (arch >= 90 && Cu.HasLaunchKernelEx && Environment.GetEnvironmentVariable("CALM_PDL") != "0")
+                foreach (var k in _k.Values) k.Programmatic = true;
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
         }
         catch
@@ -234,8 +253,8 @@ public sealed class CudaQuantKernels : IDisposable
                 b.Synchronize();
                 ms[rep] = b.ElapsedSince(a) / calls;
             }
-            bool staged = stageX && dtype == DType.Int4 && StagedXBytes(cols) <= MaxStagedXBytes;
-            string name = $"matvec_{(staged ? "int4_xs" : Suffix(dtype))}_r{r}" + (dtype == DType.F8E4M3 ? (hw ? "/cvt" : "/bits") : "");
+            bool staged = stageX && (dtype == DType.Int4 ? StagedXBytes(cols) <= MaxStagedXBytes : cols % 16 == 0 && Fp8StagedXBytes(cols) <= MaxStagedXBytes);
+            string name = $"matvec_{Suffix(dtype)}{(staged ? "_xs" : "")}_r{r}" + (dtype == DType.F8E4M3 ? (hw ? "/cvt" : "/bits") : "");
             return new KernelTiming(name, ms, bytes);
         }
         finally

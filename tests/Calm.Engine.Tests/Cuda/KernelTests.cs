@@ -45,6 +45,110 @@ public class KernelTests
         Gpu.Close(Y.ToArray<float>(rows), want, dt == DType.BF16 ? 2e-6 : 2e-6, $"matvec {dt} {rows}x{cols}");
     }
 
+    // paired rows: the qkv matvec with RoPE + KV write (vs matvec then the rotation on the CPU), and gate_up with the
+    // activation; bias, f16/bf16, a partial last block, columns with a tail after the 8-deep loop and a scalar path
+    [Theory]
+    [InlineData(DType.BF16, 8, 2, 64, 512, true, 7)]
+    [InlineData(DType.F16, 6, 3, 128, 4104, false, 130)]
+    [InlineData(DType.BF16, 4, 4, 96, 100, true, 0)]
+    public void MatvecQkvRopeMatchesReference(DType dt, int H, int K, int Hd, int D, bool bias, int pos)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        int maxCtx = 160, half = Hd / 2, rows = (H + 2 * K) * Hd;
+        var (wb, wv) = Gpu.RandHalf(r, rows * D, dt, 0.1f);
+        var x = Gpu.RandF(r, D);
+        var b = Gpu.RandF(r, rows);
+        var cos = new float[maxCtx * half]; var sin = new float[maxCtx * half];
+        for (int p = 0; p < maxCtx; p++) for (int i = 0; i < half; i++)
+        { double a = p * Math.Pow(10000, -2.0 * i / Hd); cos[p * half + i] = (float)Math.Cos(a); sin[p * half + i] = (float)Math.Sin(a); }
+        using var W = Gpu.Up(ctx, wb); using var X = Gpu.Up(ctx, x); using var B = Gpu.Up(ctx, b);
+        using var Q = Gpu.Up(ctx, Enumerable.Repeat(float.NaN, rows).ToArray());
+        using var C = Gpu.Up(ctx, cos); using var S = Gpu.Up(ctx, sin);
+        using var KC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2); using var VC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2);
+        using var step = Gpu.Up(ctx, new[] { 0, pos });
+        k.MatvecQkvRope(s, dt, W.Ptr, X.Ptr, Q.Ptr, bias ? B.Ptr : 0, H, K, Hd, D, C.Ptr, S.Ptr, KC.Ptr, VC.Ptr, maxCtx, step.Ptr);
+        s.Synchronize();
+        var y = new double[rows];
+        for (int i = 0; i < rows; i++)
+        {
+            double a = 0;
+            for (int j = 0; j < D; j++) a += (double)wv[(long)i * D + j] * x[j];
+            y[i] = a + (bias ? b[i] : 0);
+        }
+        float[] Head(int u)
+        {
+            var o = new float[Hd];
+            for (int i = 0; i < half; i++)
+            {
+                double v0 = y[u * Hd + i], v1 = y[u * Hd + i + half];
+                if (u < H + K)
+                {
+                    double c = cos[pos * half + i], si = sin[pos * half + i];
+                    o[i] = (float)(v0 * c - v1 * si); o[i + half] = (float)(v1 * c + v0 * si);
+                }
+                else { o[i] = (float)v0; o[i + half] = (float)v1; }
+            }
+            return o;
+        }
+        Gpu.Close(Q.ToArray<float>(H * Hd), Enumerable.Range(0, H).SelectMany(Head).ToArray(), 3e-6, "rotated q");
+        var kc = KC.ToArray<ushort>(K * maxCtx * Hd); var vc = VC.ToArray<ushort>(K * maxCtx * Hd);
+        var gotK = new List<float>(); var wantK = new List<float>(); var gotV = new List<float>(); var wantV = new List<float>();
+        for (int h = 0; h < K; h++)
+        {
+            var kk = Head(H + h); var vv = Head(H + K + h);
+            for (int d = 0; d < Hd; d++)
+            {
+                gotK.Add((float)BitConverter.UInt16BitsToHalf(kc[(h * maxCtx + pos) * Hd + d])); wantK.Add(kk[d]);
+                gotV.Add((float)BitConverter.UInt16BitsToHalf(vc[(h * maxCtx + pos) * Hd + d])); wantV.Add(vv[d]);
+            }
+        }
+        Gpu.Close(gotK.ToArray(), wantK.ToArray(), 1e-3, "k in fp16 cache");   // fp16 rounding: 2^-11 relative
+        Gpu.Close(gotV.ToArray(), wantV.ToArray(), 1e-3, "v in fp16 cache");
+        // nothing else in the caches was touched
+        for (int h = 0; h < K; h++)
+            for (int p = 0; p < maxCtx; p++)
+                if (p != pos)
+                    for (int d = 0; d < Hd; d++)
+                        Assert.True(kc[(h * maxCtx + p) * Hd + d] == 0 && vc[(h * maxCtx + p) * Hd + d] == 0, $"cache written at position {p}");
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, 1000, 512, true, Activation.Silu)]
+    [InlineData(DType.F16, 77, 4104, false, Activation.GeluTanh)]
+    [InlineData(DType.BF16, 300, 100, true, Activation.Gelu)]
+    public void MatvecGluMatchesReference(DType dt, int F, int D, bool bias, Activation act)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        var (wb, wv) = Gpu.RandHalf(r, 2 * F * D, dt, 0.1f);
+        var x = Gpu.RandF(r, D);
+        var b = Gpu.RandF(r, 2 * F);
+        using var W = Gpu.Up(ctx, wb); using var X = Gpu.Up(ctx, x); using var B = Gpu.Up(ctx, b);
+        using var Hm = Gpu.Up(ctx, Enumerable.Repeat(float.NaN, F).ToArray());
+        k.MatvecGlu(s, dt, W.Ptr, X.Ptr, Hm.Ptr, bias ? B.Ptr : 0, F, D, act);
+        s.Synchronize();
+        double Row(int i) { double a = 0; for (int j = 0; j < D; j++) a += (double)wv[(long)i * D + j] * x[j]; return a + (bias ? b[i] : 0); }
+        double Act(double v) => act switch
+        {
+            Activation.Silu => v / (1 + Math.Exp(-v)),
+            Activation.GeluTanh => 0.5 * v * (1 + Math.Tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))),
+            _ => 0.5 * v * (1 + Erf(v / Math.Sqrt(2))),
+        };
+        var want = Enumerable.Range(0, F).Select(i => (float)(Act(Row(i)) * Row(F + i))).ToArray();
+        Gpu.Close(Hm.ToArray<float>(F), want, 1e-5, $"glu {dt} {act} F={F} D={D}");
+    }
+
+    private static double Erf(double x)
+    {
+        // Abramowitz-Stegun 7.1.26 is too coarse for 1e-5; integrate the series (|x| small here: rows are O(1))
+        double sum = 0, term = x, n = 0;
+        while (Math.Abs(term) > 1e-17 && n < 200) { sum += term / (2 * n + 1); n++; term *= -x * x / n; }
+        return 2 / Math.Sqrt(Math.PI) * sum;
+    }
+
     // RMSNorm fused into the matvec: every depth, bf16/f16/f32, gemma's 1 + g, a partial last block, scalar tail
     [Theory]
     [InlineData(DType.BF16, 300, 4096, false, true, 16)]

@@ -81,6 +81,11 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, 77, 100, true, true, 1, null, true)]
     [InlineData(DType.Int4, 5, 7, false, false, 4, null, true)]
     [InlineData(DType.Int4, 300, 14336, true, true, 4, null, true)]    // 64.5 KB of shared memory: above the 48 KB default
+    [InlineData(DType.F8E4M3, 257, 4096, true, true, 2, null, true)]   // fp8 staged x (permuted): one chunk pass
+    [InlineData(DType.F8E4M3, 999, 4112, false, true, 4, null, true)]  // staged, partial last 512-chunk, tail
+    [InlineData(DType.F8E4M3, 300, 14336, true, false, 1, null, true)] // staged, 56 KB of shared memory
+    [InlineData(DType.F8E4M3, 203, 2064, true, true, 8, null, true)]
+    [InlineData(DType.F8E4M3, 65, 100, true, true, 2, null, true)]     // cols % 16 != 0: falls back to the byte path
     public void MatvecMatchesCpuReference(DType dt, int rows, int cols, bool bias, bool accumulate, int rowsPerWarp, bool? forceFp8Convert = null, bool stageX = false)
     {
         var (ctx, k, s) = Require(forceFp8Convert);
@@ -215,6 +220,7 @@ public unsafe class QuantKernelTests
     [InlineData(DType.F8E4M3, 4)]
     [InlineData(DType.Int4, 8)]
     [InlineData(DType.Int4, 4, true)]
+    [InlineData(DType.F8E4M3, 2, true)]
     public void MoeMatvecPicksTheExperts(DType dt, int rowsPerWarp, bool stageX = false)
     {
         var (ctx, k, s) = Require();
@@ -292,7 +298,7 @@ public class QuantKernelVariantReport
         sb.AppendLine($"# quantized matvec variants on {info.Name} (sm_{info.Arch}), NVRTC {Nvrtc.Version.Major}.{Nvrtc.Version.Minor}; GB/s = (values + scales + x + y) / median");
         foreach (var dt in new[] { DType.F8E4M3, DType.Int4 })
             foreach (var (rows, cols) in new[] { (4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (28672, 4096) })
-                foreach (int rpw in dt == DType.Int4 ? new[] { 1, 2, 4, 8, -2, -4, -8 } : new[] { 1, 2, 4 })   // negative: staged x
+                foreach (int rpw in dt == DType.Int4 ? new[] { 1, 2, 4, 8, -2, -4, -8 } : new[] { 1, 2, 4, -2, -4 })   // negative: staged x
                 {
                     var t = CudaQuantKernels.Bench(rows, cols, dt, repeat: 15, rowsPerWarp: Math.Abs(rpw), stageX: rpw < 0);
                     Assert.True(t.MedianMs > 0 && double.IsFinite(t.MedianMs));
