@@ -94,9 +94,10 @@ public sealed class CudaQuantKernels : IDisposable
                     _k["matvec_" + f + "_xs" + r] = _module.GetKernel("matvec_" + f + "_xs" + r);
                     _k["moe_matvec_" + f + "_xs" + r] = _module.GetKernel("moe_matvec_" + f + "_xs" + r);
                 }
-            // every matvec waits for the previous kernel before touching x, y or the expert ids (pdl_wait): launched
-            // with programmatic dependent launch on sm_90+ like the other decode kernels (CALM_PDL=0: off)
-            if (arch >= 90 && Cu.HasLaunchKernelEx && Environment.GetEnvironmentVariable("CALM_PDL") != "0")
+            // every matvec waits for the previous kernel before touching x, y or the expert ids (pdl_wait), so they may
+            // be launched with programmatic dependent launch; measured slower for fp8 on the H200 (Llama-3-8B 3.300 vs
+            // 3.178 ms/token, bench/RESULTS.md 2026-11-29), so only with CALM_QUANT_PDL=1
+            if (arch >= 90 && Cu.HasLaunchKernelEx && Environment.GetEnvironmentVariable("CALM_QUANT_PDL") == "1")
                 foreach (var k in _k.Values) k.Programmatic = true;
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
         }
