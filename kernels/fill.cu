@@ -3,6 +3,7 @@
 // u = splitmix64(key + i) >> 40 (24 bits); x = ((u + 0.5) / 2^24) * 2 - 1 in (-1, 1); value = x * scale + offset (f32),
 // then rounded to the dtype (bf16 / f16 round-to-nearest-even).
 #include "common.cuh"
+#include "fp8.cuh"
 
 __device__ __forceinline__ u64 splitmix64(u64 z) {
     z += 0x9E3779B97F4A7C15ull;
@@ -32,4 +33,11 @@ extern "C" __global__ void fill_synthetic(void* out, long long count, u64 key, f
             ((float*)out)[i] = v;
         }
     }
+}
+
+// out [count] e4m3 bytes = e4m3(x * 448) of the synthetic x in (-1, 1) (benchmarks' fp8 KV cache fill; with row
+// scales 1/448 the cache then reads values in (-1, 1), as the fp16 fill does).
+extern "C" __global__ void fill_kv_fp8(unsigned char* out, long long count, u64 key) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x)
+        out[i] = (unsigned char)f32_to_e4m3(synthetic_value(key, i, CALM_E4M3_MAX, 0.f));
 }

@@ -131,9 +131,9 @@ public sealed unsafe partial class CudaBackend
                 pk.RmsNormRows(s, _pX, L.AttnNorm, _pH, n, D, eps, c.NormAddOne, act);
                 pk.Gemm(s, dt, _pH, L.Wqkv, _pQkv, L.Bqkv, n, Q + 2 * KV, D, false);
                 pk.QkvRopeRows(s, _pQkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
-                               KLayer(l), VLayer(l), MaxContext, H, K, Hd, n, pos0);
+                               KLayer(l), VLayer(l), MaxContext, H, K, Hd, n, pos0, KScaleLayer(l), VScaleLayer(l));
                 pk.AttentionPrefill(s, _pQkv, Q + 2 * KV, KLayer(l), VLayer(l), _pH, n, pos0, H, K, Hd, MaxContext,
-                                    c.SlidingWindow ?? 0, scale, act);
+                                    c.SlidingWindow ?? 0, scale, act, KScaleLayer(l), VScaleLayer(l));
                 pk.Gemm(s, dt, _pH, L.Wo, _pX, L.Bo, n, D, Q, true);
                 pk.RmsNormRows(s, _pX, L.FfnNorm, _pH, n, D, eps, c.NormAddOne, act);
                 pk.Gemm(s, dt, _pH, L.Wgu, _pGu, L.Bgu, n, 2 * Fi, D, false);

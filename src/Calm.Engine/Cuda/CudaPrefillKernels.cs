@@ -49,7 +49,7 @@ public sealed class CudaPrefillKernels : IDisposable
                 _modules.Add(new CudaModule(ctx, KernelCompiler.Get(file, arch, verbose).Image, file));
             foreach (var name in new[] { "gemm_bf16", "gemm_f16", "gemm_bf16_m64", "gemm_f16_m64", "gemm_bf16_k64", "gemm_f16_k64", "gemm_bf16_m64_k64", "gemm_f16_m64_k64", "embed_rows", "rmsnorm_rows", "gate_act_rows" })
                 _k[name] = _modules[0].GetKernel(name);
-            foreach (var name in new[] { "qkv_rope_rows", "attention_prefill" })
+            foreach (var name in new[] { "qkv_rope_rows", "attention_prefill", "qkv_rope_rows_fp8", "attention_prefill_fp8" })
                 _k[name] = _modules[1].GetKernel(name);
             foreach (var h in new[] { "bf16", "f16" })
             {
@@ -59,6 +59,7 @@ public sealed class CudaPrefillKernels : IDisposable
                 _k["gemm_" + h + "_m64_k64"].SetMaxDynamicSharedMemory(GemmSharedBytes(64, 64));
             }
             _k["attention_prefill"].SetMaxDynamicSharedMemory(AttentionSharedBytes(AttentionMaxHeadDim));
+            _k["attention_prefill_fp8"].SetMaxDynamicSharedMemory(AttentionSharedBytes(AttentionMaxHeadDim));
         }
         catch
         {
@@ -111,9 +112,16 @@ public sealed class CudaPrefillKernels : IDisposable
     /// <summary>qkv [T, (H+2K)*Hd] f32: per row t (position start+t) q/k RMSNorm (when qkNorm), RoPE (cos/sin [maxCtx, rotDim/2]),
     /// q written back, k and v into this layer's caches [K, maxCtx, Hd] fp16.</summary>
     public void QkvRopeRows(CudaStream s, ulong qkv, ulong qNorm, ulong kNorm, bool qkNorm, float eps, bool addOne,
-                            ulong cos, ulong sin, int rotDim, ulong kCache, ulong vCache, int maxCtx, int H, int K, int Hd, int T, int start)
+                            ulong cos, ulong sin, int rotDim, ulong kCache, ulong vCache, int maxCtx, int H, int K, int Hd, int T, int start,
+                            ulong kScale = 0, ulong vScale = 0)
     {
         if (Hd > QkvMaxHeadDim) throw new NotSupportedException($"head_dim {Hd} > {QkvMaxHeadDim}");
+        if (kScale != 0 && vScale != 0)
+        {
+            _k["qkv_rope_rows_fp8"].Launch(s, (H + 2 * K, T, 1), 128, 0, qkv, (H + 2 * K) * Hd, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
+                cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, start, kScale, vScale);
+            return;
+        }
         _k["qkv_rope_rows"].Launch(s, (H + 2 * K, T, 1), 128, 0, qkv, (H + 2 * K) * Hd, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
             cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, start);
     }
@@ -124,9 +132,15 @@ public sealed class CudaPrefillKernels : IDisposable
     /// <summary>Causal attention: queries at q + t*ld + h*Hd (f32, t &lt; T, position start+t) against the caches
     /// [K, maxCtx, Hd] fp16 (positions 0 .. start+T-1 written) -> out [T, H*Hd] (odt). window 0: none.</summary>
     public void AttentionPrefill(CudaStream s, ulong q, int ld, ulong kCache, ulong vCache, ulong outp, int T, int start,
-                                 int H, int K, int Hd, int maxCtx, int window, float scale, DType odt)
+                                 int H, int K, int Hd, int maxCtx, int window, float scale, DType odt, ulong kScale = 0, ulong vScale = 0)
     {
         if (AttentionUnsupported(H, K, Hd) is { } why) throw new NotSupportedException(why);
+        if (kScale != 0 && vScale != 0)
+        {
+            _k["attention_prefill_fp8"].Launch(s, ((T + AttentionQueryTile - 1) / AttentionQueryTile, H, 1), AttentionThreads, AttentionSharedBytes(Hd),
+                q, ld, kCache, vCache, outp, T, start, H, K, Hd, maxCtx, window, scale, CudaKernels.DTypeCode(odt), kScale, vScale);
+            return;
+        }
         _k["attention_prefill"].Launch(s, ((T + AttentionQueryTile - 1) / AttentionQueryTile, H, 1), AttentionThreads, AttentionSharedBytes(Hd),
             q, ld, kCache, vCache, outp, T, start, H, K, Hd, maxCtx, window, scale, CudaKernels.DTypeCode(odt));
     }
