@@ -20,7 +20,8 @@ public interface IDeviceSampling
 /// <summary>
 /// The GPU forward pass: weights uploaded once (bf16/f16/f32 matrices, or fp8/int4 projections and classifier as two
 /// buffers each, values and scales, run by <see cref="CudaQuantKernels"/>; norms and biases as f32), fp16 KV cache
-/// [layers, K, maxCtx, Hd], fp32 activations. One decode step (embedding ... lm_head and argmax) is a CUDA graph
+/// [layers, K, maxCtx, Hd] (or fp8: e4m3 bytes in the same layout plus f32 row scales [layers, K, maxCtx] for K and V,
+/// <see cref="KvCacheTypes"/>), fp32 activations. One decode step (embedding ... lm_head and argmax) is a CUDA graph
 /// captured at construction; the kernels read the token and position from a device StepParams, so every step
 /// (prefill tokens too) is one graph launch preceded by an 8-byte copy.
 /// </summary>
