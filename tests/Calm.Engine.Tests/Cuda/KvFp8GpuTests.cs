@@ -241,41 +241,47 @@ public class KvFp8GpuTests
         Gpu.Close(got, want, 1e-3, $"fp8 prefill attention H {H} K {K} Hd {Hd} T {T} start {startPos} window {window} (f16 output)");
     }
 
-    /// <summary>GPU vs CPU logits, both with the fp8 KV cache on the same weights. The bound is wider than the f16-cache
-    /// tests' 1e-3: the GPU's k (RoPE and projections summed in another order) differs from the CPU's in the last bits,
-    /// and a value that lies near the middle between two e4m3 values can then round to the other one (one e4m3 step,
-    /// 6-12% of that value) on one side only.</summary>
-    public const double SameCacheTolerance = 1e-2;
-
-    private static double CompareForward(IForwardBackend cpu, IForwardBackend gpu, int vocab, int[] prompt, int decode, string what)
+    /// <summary>
+    /// GPU vs CPU logits, both with the fp8 KV cache on the same weights, measured against what fp8 itself costs (CPU
+    /// fp8 cache vs CPU f32 cache at the same positions). The GPU's k and v differ from the CPU's in the last bits (and
+    /// by f16 rounding of the GEMM inputs in the batched prefill), so a value near the middle between two e4m3 values
+    /// may round to the other one on one side only (one e4m3 step, 6-12% of that value): the two fp8 caches are not
+    /// identical, but their difference must stay well inside fp8's own error. Asserted: the mean relative L2 (GPU fp8
+    /// vs CPU fp8) at most half the mean of (CPU fp8 vs CPU f32), and no position above <paramref name="cap"/>.
+    /// </summary>
+    private static (double Mean, double Fp8Mean, double Worst) CompareForward(IForwardBackend cpu, IForwardBackend gpu, IForwardBackend cpu32,
+                                                                           int vocab, int[] prompt, int decode, double cap, string what)
     {
         int n = prompt.Length;
-        var a = new float[n * vocab]; var g = new float[n * vocab];
+        var a = new float[n * vocab]; var g = new float[n * vocab]; var f = new float[n * vocab];
         Array.Fill(g, float.NaN);
         cpu.Forward(prompt, 0, a, allLogits: true);
         gpu.Forward(prompt, 0, g, allLogits: true);
-        double worst = 0;
-        for (int p = 0; p < n; p++)
+        cpu32.Forward(prompt, 0, f, allLogits: true);
+        double sum = 0, sum8 = 0, worst = 0;
+        int count = 0;
+        void Add(ReadOnlySpan<float> gp, ReadOnlySpan<float> ap, ReadOnlySpan<float> fp, string where)
         {
-            var gp = g.AsSpan(p * vocab, vocab);
-            foreach (var v in gp) Assert.True(float.IsFinite(v), $"{what}: non-finite GPU logit at prefill position {p}");
-            double e = Gpu.RelL2(gp, a.AsSpan(p * vocab, vocab));
-            worst = Math.Max(worst, e);
-            Assert.True(e <= SameCacheTolerance, $"{what}: prefill position {p}: GPU vs CPU relative L2 {e:E2} > {SameCacheTolerance:E0}");
+            foreach (var v in gp) Assert.True(float.IsFinite(v), $"{what}: non-finite GPU logit at {where}");
+            double e = Gpu.RelL2(gp, ap), e8 = Gpu.RelL2(ap, fp);
+            Assert.True(e <= cap, $"{what}: {where}: GPU vs CPU (both fp8 KV) relative L2 {e:E2} > {cap:E0} (fp8 vs f32 KV there: {e8:E2})");
+            sum += e; sum8 += e8; worst = Math.Max(worst, e); count++;
         }
+        for (int p = 0; p < n; p++) Add(g.AsSpan(p * vocab, vocab), a.AsSpan(p * vocab, vocab), f.AsSpan(p * vocab, vocab), $"prefill position {p}");
         var lc = a.AsSpan((n - 1) * vocab, vocab).ToArray();
-        var lg = new float[vocab];
+        var lg = new float[vocab]; var lf = new float[vocab];
         for (int i = 0; i < decode; i++)
         {
             int tok = Array.IndexOf(lc, lc.Max());
             Array.Fill(lg, float.NaN);
             cpu.Forward(new[] { tok }, n + i, lc, false);
             gpu.Forward(new[] { tok }, n + i, lg, false);
-            double e = Gpu.RelL2(lg, lc);
-            worst = Math.Max(worst, e);
-            Assert.True(e <= SameCacheTolerance, $"{what}: decode step {i} (position {n + i}): GPU vs CPU relative L2 {e:E2} > {SameCacheTolerance:E0}");
+            cpu32.Forward(new[] { tok }, n + i, lf, false);
+            Add(lg, lc, lf, $"decode step {i} (position {n + i})");
         }
-        return worst;
+        double mean = sum / count, mean8 = sum8 / count;
+        Assert.True(mean <= 0.5 * mean8, $"{what}: mean relative L2 GPU vs CPU (both fp8 KV) {mean:E2} is not within half of fp8's own cost (CPU fp8 vs f32 KV {mean8:E2})");
+        return (mean, mean8, worst);
     }
 
     [Theory]
@@ -285,6 +291,7 @@ public class KvFp8GpuTests
     {
         if (CudaDeviceInfo.Unavailable() is { } why) Assert.Skip("No usable CUDA device: " + why);
         using var cpu = ModelFactory.Import(TinyWp.Folder, new ImportOptions { Device = DeviceChoice.Cpu, KvCacheDType = "fp8", ContextLength = 256 });
+        using var cpu32 = ModelFactory.Import(TinyWp.Folder, new ImportOptions { Device = DeviceChoice.Cpu, ContextLength = 256 });
         using var gpu = ModelFactory.Import(TinyWp.Folder, new ImportOptions { Device = DeviceChoice.Cuda, KvCacheDType = "fp8", ContextLength = 256 });
         using var g16 = ModelFactory.Import(TinyWp.Folder, new ImportOptions { Device = DeviceChoice.Cuda, ContextLength = 256 });
         Assert.Equal("fp8", cpu.Backend.KvCacheDType);
@@ -298,8 +305,9 @@ public class KvFp8GpuTests
         int seed = Gpu.Rng().Next();
         var r = new Random(seed);
         var prompt = Enumerable.Range(0, 150).Select(_ => r.Next(c.VocabSize)).ToArray();
-        double worst = CompareForward(cpu.Backend, gpu.Backend, c.VocabSize, prompt, 24, $"tiny-wp fp8 KV (batched {batched}, uses it {b.UsesBatchedPrefill(prompt.Length)})");
-        Log($"tiny-wp fp8 KV, batched prefill {batched} (seed {seed}): worst GPU vs CPU relative L2 over 150 prefill + 24 decode positions {worst:E2}");
+        var (mean, mean8, worst) = CompareForward(cpu.Backend, gpu.Backend, cpu32.Backend, c.VocabSize, prompt, 24, 3e-2,
+            $"tiny-wp fp8 KV (batched {batched}, uses it {b.UsesBatchedPrefill(prompt.Length)})");
+        Log($"tiny-wp fp8 KV, batched prefill {batched} (seed {seed}): GPU vs CPU fp8 KV relative L2 mean {mean:E2} worst {worst:E2}; CPU fp8 vs f32 KV mean {mean8:E2} (150 prefill + 24 decode positions)");
     }
 
     [Theory]
@@ -317,11 +325,12 @@ public class KvFp8GpuTests
         string dir = Path.Combine(TransformersFixtureTests.FixturesDir, name);
         using var cpu = ModelFactory.Import(dir, new ImportOptions { Device = DeviceChoice.Cpu, KvCacheDType = "fp8", ContextLength = 32 });
         using var gpu = ModelFactory.Import(dir, new ImportOptions { Device = DeviceChoice.Cuda, KvCacheDType = "fp8", ContextLength = 32 });
+        using var cpu32 = ModelFactory.Import(dir, new ImportOptions { Device = DeviceChoice.Cpu, ContextLength = 32 });
         int seed = Gpu.Rng().Next();
         var r = new Random(seed);
         var prompt = Enumerable.Range(0, 20).Select(_ => r.Next(cpu.Config.VocabSize)).ToArray();
-        double worst = CompareForward(cpu.Backend, gpu.Backend, cpu.Config.VocabSize, prompt, 12, $"{name} fp8 KV");
-        Log($"{name} fp8 KV (seed {seed}): worst GPU vs CPU relative L2 {worst:E2}");
+        var (mean, mean8, worst) = CompareForward(cpu.Backend, gpu.Backend, cpu32.Backend, cpu.Config.VocabSize, prompt, 12, 0.1, $"{name} fp8 KV");
+        Log($"{name} fp8 KV (seed {seed}): GPU vs CPU fp8 KV relative L2 mean {mean:E2} worst {worst:E2}; CPU fp8 vs f32 KV mean {mean8:E2}");
     }
 
     [Fact]
