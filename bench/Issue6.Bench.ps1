@@ -1,7 +1,8 @@
 #!/usr/bin/env pwsh
 # Needs: GPU
 # The rows of the performance issue that the other bench scripts do not cover, in one call: Llama-3-8B decode with
-# fp8 and int4 weights (with -Breakdown), Llama-3.2-1B bf16, Mixtral-8x7B bf16 (MoE: only active experts read).
+# fp8 and int4 weights (with -Breakdown), Llama-3.2-1B bf16, Mixtral-8x7B bf16 and fp8 (MoE: only active experts read;
+# quantized synthetic weights are made on the GPU, kernels/quantize.cu).
 # Every row against the read bandwidth Measure-CalmBandwidth measures first in the same process.
 #   pwsh bench/Issue6.Bench.ps1 -OutputFolder $OUT/issue6
 [CmdletBinding()]
@@ -22,6 +23,7 @@ $runs = @(
     @{ Preset = 'Llama-3-8B'; DType = 'int4'; Context = 0, 4096 }
     @{ Preset = 'Llama-3.2-1B'; DType = 'bf16'; Context = 0, 4096 }
     @{ Preset = 'Mixtral-8x7B'; DType = 'bf16'; Context = 0, 4096 }
+    @{ Preset = 'Mixtral-8x7B'; DType = 'fp8'; Context = 0, 4096 }
 )
 foreach ($r in $runs) {
     try {

@@ -2,21 +2,8 @@
 // key = splitmix64((seed << 32) ^ fnv1a64(tensor name)) (computed on the host);
 // u = splitmix64(key + i) >> 40 (24 bits); x = ((u + 0.5) / 2^24) * 2 - 1 in (-1, 1); value = x * scale + offset (f32),
 // then rounded to the dtype (bf16 / f16 round-to-nearest-even).
-#include "common.cuh"
+#include "synthetic.cuh"   // splitmix64, synthetic_value
 #include "fp8.cuh"
-
-__device__ __forceinline__ u64 splitmix64(u64 z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-__device__ __forceinline__ float synthetic_value(u64 key, long long i, float scale, float offset) {
-    u64 u = splitmix64(key + (u64)i) >> 40;
-    float x = (float)(((double)u + 0.5) / 16777216.0 * 2.0 - 1.0);
-    return __fadd_rn(__fmul_rn(x, scale), offset);  // no fma contraction: same rounding as the host
-}
 
 // out [count] of dtype (CALM_F32/F16/BF16). asF32 != 0: round to dtype, then store as f32 (norm/bias vectors the
 // backend keeps in f32).

@@ -60,6 +60,20 @@ Describe 'On an NVIDIA GPU' -Tag 'GPU' -Skip:(-not $script:HasGpu) {
         [math]::Abs($free0 - (Get-GpuFreeGB)) | Should -BeLessThan (0.01 * $free0) -Because 'Remove-CalmModel returns the GPU memory'
     }
 
+    It 'New-CalmModel -DType <DType> -Device Cuda makes a Mixtral-8x7B shape on the GPU in seconds' -TestCases @(@{ DType = 'fp8' }, @{ DType = 'int4' }) {
+        param($DType)
+        $free0 = Get-GpuFreeGB
+        $sw = [Diagnostics.Stopwatch]::StartNew()
+        $m = New-CalmModel -Preset Mixtral-8x7B -DType $DType -Device Cuda -Name "gpu-mixtral-$DType" -ContextLength 1024
+        $sw.Stop()
+        $m.Device | Should -Be 'Cuda'
+        $m.WeightBytes | Should -BeGreaterThan 25e9
+        $sw.Elapsed.TotalSeconds | Should -BeLessThan 60 -Because "quantized on the GPU with no host copy (took $($sw.Elapsed.TotalSeconds) s)"
+        ($free0 - (Get-GpuFreeGB)) | Should -BeGreaterThan ($m.WeightBytes / 1e9)
+        Remove-CalmModel -Name "gpu-mixtral-$DType"
+        [math]::Abs($free0 - (Get-GpuFreeGB)) | Should -BeLessThan (0.01 * $free0) -Because 'Remove-CalmModel returns the GPU memory'
+    }
+
     It 'New-CalmModel -Device Cuda refuses a model larger than the GPU with Calm.OutOfMemory' {
         $free0 = Get-GpuFreeGB
         { New-CalmModel -Preset Llama-3.1-70B -DType f32 -Device Cuda -Name too-big -ContextLength 1024 -ErrorAction Stop } |

@@ -91,12 +91,34 @@ public static class ModelFactory
     {
         if (DTypes.IsQuantized(dtype))
         {
-            // Quantized: bf16 random weights (the same values as -DType bf16 with this seed), quantized on the host.
+            // Quantized: bf16 random weights (the same values as -DType bf16 with this seed), quantized. On a GPU both
+            // happen there (kernels/quantize.cu, byte for byte the host's result; no host copy); on the CPU on the host.
             options = CheckQuantizedDevice(dtype, options);
-            var bconfig = Presets.Get(preset) with { DType = DType.BF16 };
+            var bconfig = Presets.Get(preset) with { DType = SyntheticWeights.QuantizedSourceDType };
             if (options.ContextLength is int cq && cq > bconfig.MaxPositionEmbeddings)
                 throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
                     $"ContextLength {cq} exceeds the preset's max_position_embeddings ({bconfig.MaxPositionEmbeddings}).", "ContextLength");
+            bool qOnGpu = options.Device == DeviceChoice.Cuda || (options.Device == DeviceChoice.Auto && Cuda.CudaDeviceInfo.Unavailable() is null);
+            if (qOnGpu)
+            {
+                var qdconfig = bconfig with { DType = dtype };
+                var qdWeights = SyntheticWeights.DeviceOnly(bconfig, dtype);
+                var emptyStore = new NativeWeightStore();
+                try
+                {
+                    var backend = CreateBackend(qdconfig, qdWeights, options with { Device = DeviceChoice.Cuda }, progress, ct, seed);
+                    return new LoadedModel(options.Name ?? Presets.Canonical(preset), qdconfig, qdWeights, emptyStore, backend, null)
+                    {
+                        Preset = Presets.Canonical(preset),
+                        Seed = seed,
+                    };
+                }
+                catch
+                {
+                    emptyStore.Dispose();
+                    throw;
+                }
+            }
             var (bw, bstore) = SyntheticWeights.Build(bconfig, seed, progress, ct);
             ModelWeights qw; NativeWeightStore qs;
             try { (qw, qs) = Quant.Quantizer.QuantizeModel(bw, dtype, progress, ct); }
@@ -187,13 +209,13 @@ public static class ModelFactory
                 if (why is not null)
                     throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable,
                         $"-Device Cuda is not available: {why} Use -Device Cpu (or Auto).", "Cuda");
-                return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose, syntheticSeed, kv);
+                return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose, syntheticSeed, kvCacheDType: kv);
             }
             case DeviceChoice.Auto:
             {
                 var why = Cuda.CudaDeviceInfo.Unavailable();
                 if (why is null)
-                    return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose, null, kv);
+                    return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose, null, kvCacheDType: kv);
                 options.Warning?.Invoke($"Running on the CPU: {why}");
                 return new CpuBackend(config, weights, ctx, kv);
             }

@@ -72,14 +72,14 @@ public sealed unsafe partial class CudaBackend
             {
                 ct.ThrowIfCancellationRequested();
                 s.CopyToDeviceAsync(_stepMem!, warm.Ptr + i * 8, 8);
-                _graph!.Launch(s);
+                LaunchStep(s);
             }
             ev[0].Record(s);
             for (int i = 0; i < steps; i++)
             {
                 if ((i & 63) == 0 && ct.IsCancellationRequested) { s.Synchronize(); ct.ThrowIfCancellationRequested(); }
                 s.CopyToDeviceAsync(_stepMem!, table.Ptr + i * 8, 8);
-                _graph!.Launch(s);
+                LaunchStep(s);
                 ev[i + 1].Record(s);
             }
             ev[steps].Synchronize();
@@ -119,7 +119,7 @@ public sealed unsafe partial class CudaBackend
             for (int i = 0; i < tokens; i++)
             {
                 s.CopyToDeviceAsync(_stepMem!, table.Ptr + i * 8, 8);
-                _graph!.Launch(s);
+                LaunchStep(s);
             }
             b.Record(s);
             b.Synchronize();
@@ -136,7 +136,7 @@ public sealed unsafe partial class CudaBackend
         if (position < 0 || position >= MaxContext) throw Overflow(position);
         _ctx.MakeCurrent();
         var s = _stream!;
-        if (_stageGraphs is null)
+        if (_stageGraphs is null && !PersistentEnabled)
         {
             var graphs = new Dictionary<string, CudaGraph>();
             try
@@ -161,8 +161,25 @@ public sealed unsafe partial class CudaBackend
             _stageGraphs = graphs;
         }
         using var table = StepTable(1, position, position);
+        if (PersistentEnabled)
+        {
+            // the persistent kernel times its own stages (barrier to barrier, block 0's view): median of repeat steps
+            var bytesP = StageBytes(position);
+            var per = Stages.All.ToDictionary(x => x, _ => new double[repeat]);
+            s.CopyToDeviceAsync(_stepMem!, table.Ptr, 8);
+            LaunchStep(s);   // warm
+            for (int r = 0; r < repeat; r++)
+            {
+                ct.ThrowIfCancellationRequested();
+                LaunchStep(s);
+                s.Synchronize();
+                foreach (var (stage, ms) in PersistentStageMs()) per[stage][r] = ms;
+            }
+            _ring = 0;
+            return Stages.All.Select(x => new StageTime(x, Median(per[x]), bytesP[x])).ToList();
+        }
         s.CopyToDeviceAsync(_stepMem!, table.Ptr, 8);
-        _graph!.Launch(s);    // one full step first: the buffers hold this position's real activations
+        LaunchStep(s);    // one full step first: the buffers hold this position's real activations
         using var a = new CudaEvent(_ctx);
         using var b = new CudaEvent(_ctx);
         var bytes = StageBytes(position);

@@ -94,7 +94,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     /// </summary>
     public CudaBackend(ModelConfig config, ModelWeights weights, int maxContext, int device = 0,
                        IProgress<LoadProgress>? progress = null, CancellationToken ct = default, Action<string>? verbose = null,
-                       int? syntheticSeed = null, string? kvCacheDType = null)
+                       int? syntheticSeed = null, string? decode = null, string? kvCacheDType = null)
     {
         _synthSeed = syntheticSeed;
         KvCacheDType = KvCacheTypes.Parse(kvCacheDType ?? KvCacheTypes.F16);
@@ -133,6 +133,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             verbose?.Invoke($"Uploaded {weights.TotalBytes / 1e9:F2} GB of weights to {DeviceName} in {sw.ElapsedMilliseconds} ms ({weights.TotalBytes / 1e9 / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F1} GB/s)");
             AllocateState();
             Capture();
+            SetUpPersistent(decode, verbose);
         }
         catch
         {
@@ -161,9 +162,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             if (t.Rank == 2 && t.DType is not (DType.BF16 or DType.F16 or DType.F32) && !(DTypes.IsQuantized(t.DType) && quantizable.Contains(t)))
                 throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
                     $"The CUDA backend runs bf16, f16 and f32 weight matrices (and fp8/int4 projections and classifiers); {t.Name} is {DTypes.Name(t.DType)}. Convert the model or use -Device Cpu.", t.Name);
-            if (DTypes.IsQuantized(t.DType) && (t.IsDeviceOnly || (t.DType == DType.Int4 && t.Scales == 0)))
-                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
-                    $"{t.Name} is {DTypes.Name(t.DType)} without host {(t.IsDeviceOnly ? "values" : "scales")}; quantized weights are uploaded from the host (import with -DType).", t.Name);
+            if (DTypes.IsQuantized(t.DType)) CheckQuantizedPlan(t);
         }
         foreach (var l in w.Layers)
             foreach (var t in LayerMatrices(l))
@@ -345,6 +344,12 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             string key = _named.ContainsKey(p.Name) ? p.Name + QuantizedCopySuffix : p.Name;
             _named[key] = (v.Ptr + (ulong)vo, pv, false);
             _named[key + ScalesSuffix] = (sc.Ptr + (ulong)so, ps, false);
+            if (p.IsDeviceOnly)
+            {
+                MakeQuantizedSynthetic(p, v.Ptr + (ulong)vo, sc.Ptr + (ulong)so);
+                vo += pv; so += ps;
+                continue;
+            }
             for (long done = 0; done < pv; done += Chunk)
             {
                 _ct.ThrowIfCancellationRequested();
@@ -616,7 +621,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             slot->Token = tokens[i];
             slot->Pos = startPos + i;
             s.CopyToDeviceAsync(_stepMem!, (nint)slot, 8);
-            _graph!.Launch(s);
+            LaunchStep(s);
             bool last = i == tokens.Length - 1;
             if (logits.Length != 0 && (allLogits || last))
             {
@@ -689,7 +694,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         slot->Token = token; slot->Pos = Math.Clamp(pos, 0, MaxContext - 1);
         _stream!.CopyToDeviceAsync(_stepMem!, (nint)slot, 8);
         a.Record(_stream);
-        for (int i = 0; i < steps; i++) _graph!.Launch(_stream);
+        for (int i = 0; i < steps; i++) LaunchStep(_stream);
         b.Record(_stream);
         b.Synchronize();
         _ring = 0;
@@ -702,6 +707,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         _disposed = true;
         try { _ctx.MakeCurrent(); _stream?.Synchronize(); } catch (CalmException) { }
         _graph?.Dispose();
+        DisposePersistent();
         DisposeBench();
         DisposePrefill();
         _stream?.Dispose();

@@ -15,6 +15,9 @@ public sealed class CudaKernels : IDisposable
     public const int ArgmaxBlocks = 128;
     public const int AttentionMaxHeadDim = 512;
     public const int QkvMaxHeadDim = 1024;
+    /// <summary>The persistent decode kernel's file: not loaded with the others; CudaBackend compiles the one variant
+    /// (weight format, attention group size) a model needs.</summary>
+    public const string PersistentSourceFile = "decode_persistent.cu";
 
     public CudaContext Context { get; }
     public int Arch { get; }
@@ -58,6 +61,7 @@ public sealed class CudaKernels : IDisposable
         {
             foreach (var file in KernelCompiler.Sources.Keys)
             {
+                if (file == PersistentSourceFile) continue;   // one variant compiled on demand (CudaBackend.Persistent.cs)
                 var img = KernelCompiler.Get(file, arch, verbose);
                 var m = new CudaModule(ctx, img.Image, file);
                 _modules.Add(m);
@@ -290,6 +294,29 @@ public sealed class CudaKernels : IDisposable
     /// <summary>out [count] e4m3 bytes = e4m3(448 x) of the synthetic values x in (-1, 1) of <paramref name="key"/> (benchmark KV fill).</summary>
     public void FillKvFp8(CudaStream s, ulong outp, long count, ulong key)
         => _k["fill_kv_fp8"].Launch(s, Blocks(count, 256, 8192), 256, 0, outp, count, key);
+
+    /// <summary>
+    /// A device-only synthetic weight [rows, cols] made already quantized (kernels/quantize.cu): the generator's values
+    /// for <paramref name="key"/> rounded to <paramref name="source"/>, quantized to <paramref name="target"/> (fp8: values
+    /// [rows, cols] bytes + fp32 scales [rows]; int4: values [rows, ceil(cols/32)*16] + fp16 scales [rows, ceil(cols/32)]),
+    /// byte for byte what <see cref="Quant.Quantizer"/> makes of the host generator's tensor.
+    /// </summary>
+    public void QuantizeSynthetic(CudaStream s, DType target, ulong values, ulong scales, long rows, int cols, ulong key, float scale, float offset, DType source)
+    {
+        if (rows <= 0 || cols <= 0) return;
+        string name = target switch
+        {
+            DType.F8E4M3 => "quantize_synthetic_fp8",
+            DType.Int4 => "quantize_synthetic_int4",
+            _ => throw new ArgumentException($"{target} is not quantized", nameof(target)),
+        };
+        if (!_k.TryGetValue(name, out var kern)) _k[name] = kern = Find(name);
+        long cap = 16L * Multiprocessors;
+        int grid = target == DType.F8E4M3
+            ? (int)Math.Clamp(rows, 1, cap)                                                          // a block per row
+            : (int)Math.Clamp((rows * Quant.QuantFormats.Int4Groups(cols) + 7) / 8, 1, cap);        // a warp per group
+        kern.Launch(s, grid, 256, 0, values, scales, rows, cols, key, scale, offset, DTypeCode(source));
+    }
 
     /// <summary>Streaming read of n 16-byte vectors at <paramref name="src"/>; each warp's xor of what it read goes to
     /// out [blocks * 256 / 32] u32 (so the loads stay).</summary>

@@ -64,6 +64,9 @@ internal static unsafe class Cu
     /// <summary>cuLaunchKernelEx(const CUlaunchConfig*, CUfunction, void** params, void** extra); null when the driver lacks it (CUDA &lt; 12).</summary>
     public static delegate* unmanaged<LaunchConfig*, nint, void**, void**, int> cuLaunchKernelEx;
     public const int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
+    public const int CU_LAUNCH_ATTRIBUTE_COOPERATIVE = 2;
+    /// <summary>cuOccupancyMaxActiveBlocksPerMultiprocessor(int* numBlocks, CUfunction, int blockSize, size_t dynamicSMem).</summary>
+    public static delegate* unmanaged<int*, nint, int, nuint, int> cuOccupancyMaxActiveBlocksPerMultiprocessor;
     public static bool HasLaunchKernelEx => cuLaunchKernelEx != null;
 
     /// <summary>CUlaunchAttribute: id (4 bytes) + pad (4) + a 64-byte value union.</summary>
@@ -164,6 +167,8 @@ internal static unsafe class Cu
             cuModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)Sym("cuModuleGetFunction");
             cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)Sym("cuFuncSetAttribute");
             cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)Sym("cuLaunchKernel");
+            cuOccupancyMaxActiveBlocksPerMultiprocessor = NativeLibrary.TryGetExport(s_lib, "cuOccupancyMaxActiveBlocksPerMultiprocessor", out var occ)
+                ? (delegate* unmanaged<int*, nint, int, nuint, int>)occ : null;
             cuLaunchKernelEx = NativeLibrary.TryGetExport(s_lib, "cuLaunchKernelEx", out var lkx) ? (delegate* unmanaged<LaunchConfig*, nint, void**, void**, int>)lkx : null;
             cuStreamCreate = (delegate* unmanaged<nint*, uint, int>)Sym("cuStreamCreate");
             cuStreamDestroy = (delegate* unmanaged<nint, int>)Sym("cuStreamDestroy_v2");

@@ -263,6 +263,35 @@ public sealed unsafe class CudaKernel
 
     public void Launch(CudaStream stream, int grid, int block, int sharedBytes, params KernelArg[] args)
         => Launch(stream, (grid, 1, 1), block, sharedBytes, args);
+
+    /// <summary>Blocks of <paramref name="block"/> threads with <paramref name="sharedBytes"/> of dynamic shared memory
+    /// that fit on one multiprocessor at once (0 when the driver cannot say).</summary>
+    public int MaxActiveBlocksPerMultiprocessor(int block, int sharedBytes)
+    {
+        if (Cu.cuOccupancyMaxActiveBlocksPerMultiprocessor == null) return 0;
+        int n;
+        CudaException.Check(Cu.cuOccupancyMaxActiveBlocksPerMultiprocessor(&n, Handle, block, (nuint)sharedBytes), $"cuOccupancyMaxActiveBlocksPerMultiprocessor({Name})");
+        return n;
+    }
+
+    /// <summary>A cooperative launch: the driver guarantees every block is resident at once (grid-wide barriers are
+    /// safe) or fails with CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE instead of hanging. Needs cuLaunchKernelEx (CUDA 12+).</summary>
+    public void LaunchCooperative(CudaStream stream, int grid, int block, int sharedBytes, params KernelArg[] args)
+    {
+        if (Cu.cuLaunchKernelEx == null) throw new NotSupportedException("cooperative launch needs cuLaunchKernelEx (CUDA 12 driver)");
+        ulong* vals = stackalloc ulong[args.Length];
+        void** ptrs = stackalloc void*[args.Length];
+        for (int i = 0; i < args.Length; i++) { vals[i] = args[i].Bits; ptrs[i] = &vals[i]; }
+        Cu.LaunchAttribute attr = default;
+        attr.Id = Cu.CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+        attr.Value = 1;
+        Cu.LaunchConfig cfg = default;
+        cfg.GridX = (uint)grid; cfg.GridY = 1; cfg.GridZ = 1;
+        cfg.BlockX = (uint)block; cfg.BlockY = 1; cfg.BlockZ = 1;
+        cfg.SharedBytes = (uint)sharedBytes; cfg.Stream = stream.Handle;
+        cfg.Attrs = &attr; cfg.NumAttrs = 1;
+        CudaException.Check(Cu.cuLaunchKernelEx(&cfg, Handle, ptrs, null), $"cuLaunchKernelEx({Name}, cooperative)");
+    }
 }
 
 /// <summary>A non-blocking stream.</summary>

@@ -76,13 +76,14 @@ public static unsafe class KernelCompiler
     public static string[] Options(string archOption) => new[] { archOption, "--std=c++17", "-default-device", "--fmad=true" };
 
     /// <summary>Compiles (or loads from the caches) one kernel file for <paramref name="arch"/>.</summary>
-    public static KernelImage Get(string file, int arch, Action<string>? verbose = null, bool useDiskCache = true)
+    /// <param name="defines">extra -D options (e.g. one variant of a kernel file); part of the cache key</param>
+    public static KernelImage Get(string file, int arch, Action<string>? verbose = null, bool useDiskCache = true, string[]? defines = null)
     {
         Nvrtc.EnsureLoaded();
         var (opt, target, cubin) = TargetFor(arch);
         var (vmaj, vmin) = Nvrtc.Version;
         var source = Sources.TryGetValue(file, out var s) ? s : throw new ArgumentException($"no kernel file {file}", nameof(file));
-        var opts = Options(opt);
+        var opts = Options(opt).Concat((defines ?? Array.Empty<string>()).Select(d => "-D" + d)).ToArray();
         string hash = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(
             source + "\0" + HeadersKey + "\0" + string.Join(" ", opts) + $"\0nvrtc{vmaj}.{vmin}"))).ToLowerInvariant()[..20];
         string key = $"{Path.GetFileNameWithoutExtension(file)}-{target}-nvrtc{vmaj}.{vmin}-{hash}.{(cubin ? "cubin" : "ptx")}";

@@ -179,6 +179,47 @@ public static class SyntheticWeights
         return Assemble(config, tensors);
     }
 
+    /// <summary>The dtype quantized synthetic weights are made at before they are quantized (New-CalmModel -DType
+    /// fp8|int4: the same bf16 values as -DType bf16 with that seed), on the host and on the GPU alike.</summary>
+    public const DType QuantizedSourceDType = DType.BF16;
+
+    /// <summary>
+    /// Device-only weights of <paramref name="config"/> (its DType the source dtype, <see cref="QuantizedSourceDType"/>)
+    /// quantized to <paramref name="weightDType"/> (fp8 or int4) on the device, as <see cref="Quant.Quantizer.QuantizeModel"/>
+    /// would quantize <see cref="Build"/>'s weights: every layer projection, the experts and the classifier (a tied
+    /// classifier as its own quantized tensor with the embedding's name) are <paramref name="weightDType"/> with
+    /// device-only scales (<see cref="Tensor.HasScales"/>), so <see cref="ModelWeights.TotalBytes"/> is exactly the host
+    /// quantized model's; the embedding, norms, biases and router keep the source dtype. A non-quantized
+    /// <paramref name="weightDType"/> (or config's own) gives <see cref="DeviceOnly(ModelConfig)"/>.
+    /// </summary>
+    public static ModelWeights DeviceOnly(ModelConfig config, DType weightDType)
+    {
+        var w = DeviceOnly(config);
+        if (!DTypes.IsQuantized(weightDType)) return w;
+        var map = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
+        Tensor Q(Tensor t)
+        {
+            if (map.TryGetValue(t, out var have)) return have;
+            var r = new Tensor(t.Name, weightDType, (long[])t.Shape.Clone(), 0, "device", 0, deviceScales: true);
+            map[t] = r;
+            return r;
+        }
+        Tensor? QO(Tensor? t) => t is null ? null : Q(t);
+        Tensor[]? QA(Tensor[]? ts) => ts?.Select(Q).ToArray();
+        var lmHead = new Tensor(w.LmHead.Name, weightDType, (long[])w.LmHead.Shape.Clone(), 0, "device", 0, deviceScales: true);
+        var layers = w.Layers.Select(l => new LayerWeights
+        {
+            AttnNorm = l.AttnNorm, FfnNorm = l.FfnNorm,
+            Wq = Q(l.Wq), Wk = Q(l.Wk), Wv = Q(l.Wv), Wo = Q(l.Wo),
+            Bq = l.Bq, Bk = l.Bk, Bv = l.Bv, Bo = l.Bo, QNorm = l.QNorm, KNorm = l.KNorm,
+            WGate = QO(l.WGate), WUp = QO(l.WUp), WDown = QO(l.WDown),
+            BGate = l.BGate, BUp = l.BUp, BDown = l.BDown,
+            Router = l.Router,
+            ExpertGate = QA(l.ExpertGate), ExpertUp = QA(l.ExpertUp), ExpertDown = QA(l.ExpertDown),
+        }).ToArray();
+        return new ModelWeights { Embedding = w.Embedding, Layers = layers, FinalNorm = w.FinalNorm, LmHead = lmHead };
+    }
+
     private static unsafe void Fill(nint ptr, long n, DType dtype, ulong key, float scale, float offset, CancellationToken ct)
     {
         const long Chunk = 1 << 20;

@@ -23,15 +23,26 @@ public sealed unsafe class Tensor
     /// </summary>
     public nint Scales { get; }
 
-    public Tensor(string name, DType dtype, long[] shape, nint data, string source, nint scales = 0)
+    /// <summary>
+    /// True when the tensor has scales: a host <see cref="Scales"/> pointer, or scales that live only on a device with
+    /// the values (a device-only quantized tensor, <see cref="Synthetic.SyntheticWeights.DeviceOnly(ModelConfig, DType)"/>).
+    /// Sizes (<see cref="ByteLength"/>, <see cref="ScaleBytes"/>) count the scales whenever this is true.
+    /// </summary>
+    public bool HasScales => Scales != 0 || _deviceScales;
+    private readonly bool _deviceScales;
+
+    /// <param name="deviceScales">A quantized tensor whose scales (like its values, <paramref name="data"/> = 0) exist
+    /// only on a device: sized as if <paramref name="scales"/> were given.</param>
+    public Tensor(string name, DType dtype, long[] shape, nint data, string source, nint scales = 0, bool deviceScales = false)
     {
         Name = name; DType = dtype; Shape = shape; Data = data; Source = source; Scales = scales;
+        _deviceScales = deviceScales && scales == 0 && DTypes.IsQuantized(dtype);
     }
 
     /// <summary>Elements that share one scale: a whole row for fp8, <see cref="Quant.QuantFormats.Int4GroupSize"/> for int4, 0 otherwise.</summary>
     public long GroupSize => DType switch
     {
-        DType.F8E4M3 when Scales != 0 => Cols,
+        DType.F8E4M3 when HasScales => Cols,
         DType.Int4 => Quant.QuantFormats.Int4GroupSize,
         _ => 0,
     };
@@ -41,7 +52,7 @@ public sealed unsafe class Tensor
     /// <summary>Bytes of one row of values (int4: 16 per group of 32, the last group padded).</summary>
     public long RowDataBytes => DType == DType.Int4 ? Quant.QuantFormats.Int4RowBytes(Cols) : Cols * DTypes.SizeOf(DType);
     /// <summary>Bytes of one row's scales (fp8: 4, int4: 2 * Cols / 32; 0 without scales).</summary>
-    public long RowScaleBytes => Scales == 0 ? 0 : DType switch
+    public long RowScaleBytes => !HasScales ? 0 : DType switch
     {
         DType.F8E4M3 => sizeof(float),
         DType.Int4 => Quant.QuantFormats.Int4Groups(Cols) * sizeof(ushort),
@@ -69,8 +80,8 @@ public sealed unsafe class Tensor
     {
         if (Shape.Length != 2 || start < 0 || count < 0 || start + count > Shape[0])
             throw new ArgumentOutOfRangeException(nameof(start), $"cannot slice rows {start}+{count} of {Name} {ShapeText(Shape)}");
-        return new Tensor(name, DType, new[] { count, Shape[1] }, Data + (nint)(start * RowDataBytes), Source,
-                          Scales == 0 ? 0 : Scales + (nint)(start * RowScaleBytes));
+        return new Tensor(name, DType, new[] { count, Shape[1] }, Data == 0 ? 0 : Data + (nint)(start * RowDataBytes), Source,
+                          Scales == 0 ? 0 : Scales + (nint)(start * RowScaleBytes), _deviceScales);
     }
 
     /// <summary>Element <paramref name="index"/> of a 3-D tensor [N, R, C] as a 2-D tensor [R, C] (stacked experts).</summary>
@@ -79,8 +90,8 @@ public sealed unsafe class Tensor
         if (Shape.Length != 3 || index < 0 || index >= Shape[0])
             throw new ArgumentOutOfRangeException(nameof(index), $"cannot take [{index}] of {Name} {ShapeText(Shape)}");
         long rows = Shape[1];
-        return new Tensor(name, DType, new[] { Shape[1], Shape[2] }, Data + (nint)(index * rows * RowDataBytes), Source,
-                          Scales == 0 ? 0 : Scales + (nint)(index * rows * RowScaleBytes));
+        return new Tensor(name, DType, new[] { Shape[1], Shape[2] }, Data == 0 ? 0 : Data + (nint)(index * rows * RowDataBytes), Source,
+                          Scales == 0 ? 0 : Scales + (nint)(index * rows * RowScaleBytes), _deviceScales);
     }
 
     public ReadOnlySpan<byte> RowBytes(long row)

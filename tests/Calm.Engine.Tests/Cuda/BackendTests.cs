@@ -10,7 +10,7 @@ namespace Calm.Engine.Tests.Cuda;
 [Collection("GPU")]   // one at a time: the tests read free GPU memory, which a parallel test would change
 public class BackendTests
 {
-    private static ModelConfig Cfg(string arch) => arch switch
+    internal static ModelConfig Cfg(string arch) => arch switch
     {
         "llama" => Base(Architecture.Llama),
         "qwen2" => Base(Architecture.Qwen2) with { QkvBias = true },
@@ -23,20 +23,20 @@ public class BackendTests
         _ => throw new ArgumentException(arch),
     };
 
-    private static ModelConfig Base(Architecture a) => new()
+    internal static ModelConfig Base(Architecture a) => new()
     {
         Architecture = a, ModelType = a.ToString().ToLowerInvariant(), VocabSize = 1000, HiddenSize = 256, IntermediateSize = 512,
         NumLayers = 2, NumHeads = 4, NumKvHeads = 2, HeadDim = 64, MaxPositionEmbeddings = 64, RmsNormEps = 1e-5, RopeTheta = 10000,
     };
 
-    private sealed class Model
+    internal sealed class Model
     {
         public required ModelConfig C;
         public required ModelWeights W;
         public required NativeWeightStore Store;
     }
 
-    private static Model Build(ModelConfig c, Random r)
+    internal static Model Build(ModelConfig c, Random r)
     {
         var store = new NativeWeightStore();
         var dt = c.DType;
@@ -98,7 +98,7 @@ public class BackendTests
         : 0.5 * x * (1 + Math.Tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
     private static double F16(double v) => (double)(Half)(float)v;
 
-    private static float[][] Reference(Model m, int[] tokens)
+    internal static float[][] Reference(Model m, int[] tokens)
     {
         var c = m.C; var w = m.W; int D = c.HiddenSize, Hd = c.HeadDim, H = c.NumHeads, K = c.NumKvHeads;
         var (cos, sin) = RopeTable.Build(c, tokens.Length);

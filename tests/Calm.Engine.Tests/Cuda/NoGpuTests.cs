@@ -11,6 +11,8 @@ public class NoGpuTests
     {
         Assert.Contains("matvec.cu", KernelCompiler.Sources.Keys);
         Assert.Contains("fill.cu", KernelCompiler.Sources.Keys);
+        Assert.Contains("quantize.cu", KernelCompiler.Sources.Keys);
+        Assert.Contains("synthetic.cuh", KernelCompiler.Headers.Keys);
         Assert.Contains("StepParams", KernelCompiler.Header);
         Assert.DoesNotContain(KernelCompiler.Sources.Values, s => s.Contains("#include <"));   // no toolkit headers
     }

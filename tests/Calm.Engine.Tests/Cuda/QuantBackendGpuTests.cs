@@ -210,7 +210,7 @@ public class QuantBackendGpuTests
     [InlineData(DType.Int4)]
     public void SyntheticQuantizedPresetOnGpuMatchesCpu(DType dt)
     {
-        // New-CalmModel -Device Cuda -DType fp8|int4: bf16 random weights quantized on the host, then uploaded.
+        // New-CalmModel -Device Cuda -DType fp8|int4: made and quantized on the GPU (kernels/quantize.cu), the CPU model on the host.
         RequireGpu();
         int seed = Gpu.Rng().Next();
         var opt = new ImportOptions { ContextLength = 64 };

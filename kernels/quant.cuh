@@ -1,0 +1,43 @@
+// quant.cuh: fp8 (e4m3) and int4 dot-product helpers shared by the quantized matvec (matvec_quant.cu) and the
+// persistent decode kernel (decode_persistent.cu). Layouts: src/Calm.Engine/Quant/QuantFormats.cs.
+#pragma once
+#include "common.cuh"
+
+// ---- e4m3 conversions (CALM_FP8_CVT, e4m3x2_to_f16x2, e4m3_to_f32): fp8.cuh, shared with the fp8 KV cache ------
+#include "fp8.cuh"
+
+// 16 e4m3 weights (one 16-byte vector) . 16 fp32 inputs held in registers (xs[0..3], element order)
+__device__ __forceinline__ float dot16_fp8(const calm_u4 w, const calm_f4* xs) {
+    const u32 words[4] = { w.x, w.y, w.z, w.w };
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float w0, w1, w2, w3;
+        unpack2<CALM_F16>(e4m3x2_to_f16x2(words[k] & 0xffffu), w0, w1);
+        unpack2<CALM_F16>(e4m3x2_to_f16x2(words[k] >> 16), w2, w3);
+        s = fmaf(w0, xs[k].x, s); s = fmaf(w1, xs[k].y, s); s = fmaf(w2, xs[k].z, s); s = fmaf(w3, xs[k].w, s);
+    }
+    return s;
+}
+
+// ---- int4 ------------------------------------------------------------------------------------------------------
+// The float with bits 0x4B0000uu is exactly 2^23 + uu, so (that) - (2^23 + 8) = u - 8 with no int->float conversion;
+// prmt builds it in one instruction: byte 0 from the packed word, bytes 1..3 from 0x4B000000.
+#define MQ_MAGIC 0x4B000000u
+#define MQ_MAGIC_BIAS 8388616.f
+__device__ __forceinline__ float nib_byte(u32 w, u32 sel) { return __uint_as_float(__byte_perm(w, MQ_MAGIC, sel)) - MQ_MAGIC_BIAS; }
+
+// Four packed bytes (8 weights in element order b0.lo, b0.hi, b1.lo, ...) . 8 fp32 inputs (a, b), unscaled.
+__device__ __forceinline__ float dot8_int4(u32 w, calm_f4 a, calm_f4 b) {
+    u32 lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+    float s = nib_byte(lo, 0x7540) * a.x;
+    s = fmaf(nib_byte(hi, 0x7540), a.y, s);
+    s = fmaf(nib_byte(lo, 0x7541), a.z, s);
+    s = fmaf(nib_byte(hi, 0x7541), a.w, s);
+    s = fmaf(nib_byte(lo, 0x7542), b.x, s);
+    s = fmaf(nib_byte(hi, 0x7542), b.y, s);
+    s = fmaf(nib_byte(lo, 0x7543), b.z, s);
+    s = fmaf(nib_byte(hi, 0x7543), b.w, s);
+    return s;
+}
+
