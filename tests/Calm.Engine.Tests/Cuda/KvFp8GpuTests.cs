@@ -334,6 +334,21 @@ public class KvFp8GpuTests
     }
 
     [Fact]
+    public void PersistentDecodeDeclinesAnFp8CacheAndTheGraphRunsIt()
+    {
+        if (CudaDeviceInfo.Unavailable() is { } why) Assert.Skip("No usable CUDA device: " + why);
+        var m = BackendTests.Build(BackendTests.Cfg("llama"), Gpu.Rng());
+        using var _store = m.Store;
+        using var b = new CudaBackend(m.C, m.W, 32, decode: "persistent", kvCacheDType: "fp8");
+        Assert.Equal("fp8", b.KvCacheDType);
+        Assert.Equal("graph", b.DecodeMode);
+        Assert.Contains("fp8 KV cache", b.PersistentUnavailableReason);
+        var lg = new float[m.C.VocabSize];
+        b.Forward(new[] { 1, 2, 3 }, 0, lg, false);
+        Assert.All(lg, v => Assert.True(float.IsFinite(v)));
+    }
+
+    [Fact]
     public void BenchmarkFillAndDeepDecodeWithFp8Kv()
     {
         if (CudaDeviceInfo.Unavailable() is { } why) Assert.Skip("No usable CUDA device: " + why);
