@@ -1,17 +1,24 @@
 # Needs: GPU
 <#
 .SYNOPSIS
-    Prefill figures for bench/RESULTS.md (performance issue's prefill row): time to first token of a 512-token prompt on
-    the Llama-3-8B shape in bf16 through the batched path (tensor-core GEMMs + prefill attention), the per-token path
-    for comparison, and each GEMM shape of a layer alone (TFLOP/s) with both tile heights.
+    Prefill figures for bench/RESULTS.md (performance issue's prefill row): time to first token of 128/512/1024-token
+    prompts on the Llama-3-8B shape in bf16 through the batched path, with the defaults and with every selectable
+    variant (environment variables read when a backend makes its prefill kernels); the GPU time of each stage of a
+    512-token prefill per variant; and each GEMM shape of a layer alone (TFLOP/s) for every GEMM variant, tile height
+    and k depth, on random (not zero) operands.
 .EXAMPLE
     pwsh -NoProfile -File bench/Gpu.Prefill.Bench.ps1      # writes $OUT/prefill.txt
+.EXAMPLE
+    pwsh -NoProfile -File bench/Gpu.Prefill.Bench.ps1 -Variants defaults, gemm-v2 -PromptTokens 512 -SkipTokenByToken
 #>
 param(
     [string] $Preset = 'Llama-3-8B',
     [int[]] $PromptTokens = @(128, 512, 1024),
     [int] $ContextLength = 2048,
     [int] $Repeat = 5,
+    [string[]] $Variants,
+    [switch] $SkipTokenByToken,
+    [switch] $SkipGemmTable,
     [string] $Out = $env:OUT
 )
 $ErrorActionPreference = 'Stop'
@@ -19,57 +26,119 @@ Import-Module (Join-Path $PSScriptRoot '../Calm.psd1')
 $ct = [Threading.CancellationToken]::None
 $info = [Calm.Engine.Cuda.CudaDeviceInfo]::List()[0]
 $lines = [Collections.Generic.List[string]]::new()
-$lines.Add("GPU: $($info.Name), driver $($info.DriverVersion), NVRTC $($info.NvrtcVersion), $($info.Multiprocessors) SMs")
+function Say([string] $s) { Write-Host $s; $lines.Add($s) }
+Say "GPU: $($info.Name), driver $($info.DriverVersion), NVRTC $($info.NvrtcVersion), $($info.Multiprocessors) SMs"
 
-$opt = [Calm.Engine.ImportOptions]@{ Device = [Calm.Engine.DeviceChoice]::Cuda; ContextLength = $ContextLength }
-foreach ($depth in 32, 64) {
-    $env:CALM_GEMM_K = "$depth"   # read when the backend makes its prefill kernels (first batched prefill)
-    $m = [Calm.Engine.ModelFactory]::CreateSynthetic($Preset, 1, [Calm.Engine.Model.DType]::BF16, $opt, $null, $ct)
-    $b = $m.Backend
-    $c = $m.Config
-    $lines.Add("$Preset bf16, GEMM k depth $depth; batched prefill: $(if ($b.PrefillFallbackReason) { 'no: ' + $b.PrefillFallbackReason } else { 'yes' })")
-    $flopPerTok = 2.0 * [Calm.Engine.SpeedOfLight.SolModel]::ElementsPerToken($c).Total
-    foreach ($p in $PromptTokens) {
-        if ($p -gt $ContextLength) { continue }
-        $b.BatchedPrefill = $true
-        $null = $b.TimePrefill($p, 1, $ct)   # warm-up (kernel load, scratch)
-        $ms = $b.TimePrefill($p, $Repeat, $ct)
-        $lines.Add(("Prefill {0} tokens, batched (k depth {4}): {1:F2} ms median of {2} ({3:F0} TFLOP/s over the weight matmuls)" -f $p, $ms, $Repeat, ($flopPerTok * $p / ($ms * 1e9)), $depth))
-    }
-    if ($depth -eq 32) {
-        $b.BatchedPrefill = $false
-        $lines.Add(("Prefill 512 tokens, token by token (graph launches): {0:F1} ms" -f $b.TimePrefill(512, 1, $ct)))
-    }
-    $m.Dispose()
+# name -> environment (CALM_GEMM_K 32|64, CALM_GEMM_TILE auto|auto2|64|128, CALM_GEMM_VARIANT 1|2|3, CALM_PREFILL_ATT 1|2,
+# CALM_PREFILL_FUSE 0|1)
+$all = [ordered]@{
+    'defaults'              = @{}
+    'old-defaults'          = @{ CALM_GEMM_K = '32'; CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }   # 2026-11-26: 59.2 ms
+    'old-k64'               = @{ CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }                       # 2026-11-26: 53.1 ms
+    'fp32-attention'        = @{ CALM_PREFILL_ATT = '1' }
+    'unfused-act'           = @{ CALM_PREFILL_FUSE = '0' }
+    'tile-128'              = @{ CALM_GEMM_TILE = '128' }
+    'gemm-v2'               = @{ CALM_GEMM_VARIANT = '2' }
+    'gemm-v3'               = @{ CALM_GEMM_VARIANT = '3' }
+    'gemm-v2-tile-128'      = @{ CALM_GEMM_VARIANT = '2'; CALM_GEMM_TILE = '128' }
 }
-Remove-Item env:CALM_GEMM_K
+if (-not $Variants) { $Variants = @($all.Keys) }
+$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
+$opt = [Calm.Engine.ImportOptions]@{ Device = [Calm.Engine.DeviceChoice]::Cuda; ContextLength = $ContextLength }
+$ttft = [Collections.Generic.List[string]]::new()
+$stageRows = [Collections.Generic.List[object]]::new()
+$c = $null
+foreach ($v in $Variants) {
+    if (-not $all.Contains($v)) { throw "unknown variant '$v' (one of: $($all.Keys -join ', '))" }
+    foreach ($n in $envNames) { Remove-Item "env:$n" -ErrorAction Ignore }
+    foreach ($kv in $all[$v].GetEnumerator()) { Set-Item "env:$($kv.Key)" $kv.Value }
+    $m = [Calm.Engine.ModelFactory]::CreateSynthetic($Preset, 1, [Calm.Engine.Model.DType]::BF16, $opt, $null, $ct)
+    try {
+        $b = $m.Backend
+        $c = $m.Config
+        if ($b.PrefillFallbackReason) { Say "$v : batched prefill not taken: $($b.PrefillFallbackReason)"; continue }
+        $flopPerTok = 2.0 * [Calm.Engine.SpeedOfLight.SolModel]::ElementsPerToken($c).Total
+        $b.BatchedPrefill = $true
+        $cells = foreach ($p in $PromptTokens) {
+            if ($p -gt $ContextLength) { continue }
+            $null = $b.TimePrefill($p, 1, $ct)   # warm-up (kernel load, scratch)
+            $ms = $b.TimePrefill($p, $Repeat, $ct)
+            '{0:F2} ms ({1:F0} TFLOP/s)' -f $ms, ($flopPerTok * $p / ($ms * 1e9))
+        }
+        $envText = ($all[$v].GetEnumerator() | Sort-Object Key | ForEach-Object { "$($_.Key)=$($_.Value)" }) -join ' '
+        $ttft.Add("| $v | $(if ($envText) { $envText } else { '(none)' }) | $($cells -join ' | ') |")
+        $prof = $b.ProfileBatchedPrefill(512, $ct)
+        if ($prof) { $stageRows.Add([pscustomobject]@{ Variant = $v; Stages = $prof }) }
+        if ($v -eq 'defaults' -and -not $SkipTokenByToken) {
+            $b.BatchedPrefill = $false
+            Say ("Prefill 512 tokens, token by token (graph launches): {0:F1} ms" -f $b.TimePrefill(512, 1, $ct))
+        }
+    } finally { $m.Dispose() }
+}
+foreach ($n in $envNames) { Remove-Item "env:$n" -ErrorAction Ignore }
 
-# each GEMM of a layer alone: X [T, K] . W [N, K]^T, bf16, both tile heights
-$ctx = [Calm.Engine.Cuda.CudaContext]::Acquire(0)
-$pk = [Calm.Engine.Cuda.CudaPrefillKernels]::new($ctx, $info.Arch, $null, $null)
-$s = [Calm.Engine.Cuda.CudaStream]::new($ctx)
-$D = $c.HiddenSize; $F = $c.IntermediateSize; $QKV = $c.QDim + 2 * $c.KvDim
-$shapes = @(@('qkv', $QKV, $D), @('o', $D, $c.QDim), @('gate_up', (2 * $F), $D), @('down', $D, $F))
-$T = 512
-$X = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, [long]$T * [math]::Max($D, $F) * 2, 'x'); $X.Zero()
-$W = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, [long]2 * $F * $D * 2, 'w'); $W.Zero()
-$Y = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, [long]$T * 2 * $F * 4, 'y'); $Y.Zero()
-$e0 = [Calm.Engine.Cuda.CudaEvent]::new($ctx); $e1 = [Calm.Engine.Cuda.CudaEvent]::new($ctx)
-$lines.Add("| GEMM (T=$T) | N | K | tile rows | k depth | ms | TFLOP/s |")
-$lines.Add("|---|---|---|---|---|---|---|")
-foreach ($sh in $shapes) {
-    foreach ($tile in 64, 128) {
-        foreach ($depth in 32, 64) {
-            $pk.Gemm($s, [Calm.Engine.Model.DType]::BF16, $X.Ptr, $W.Ptr, $Y.Ptr, 0, $T, $sh[1], $sh[2], $false, $tile, $depth)
+Say ""
+Say "Time to first token, $Preset bf16, batched prefill (median of $Repeat; TFLOP/s over the weight matmuls):"
+Say "| variant | environment | $(($PromptTokens | ForEach-Object { "$_ tokens" }) -join ' | ') |"
+Say "|---|---|$(($PromptTokens | ForEach-Object { '---' }) -join '|')|"
+$ttft | ForEach-Object { Say $_ }
+
+if ($stageRows.Count) {
+    $stages = 'token copy + embed', 'norm', 'gemm qkv', 'rope + kv write', 'attention', 'gemm o', 'gemm gate_up', 'gate act', 'gemm gate_up + act', 'gemm down', 'classifier'
+    Say ""
+    Say "GPU ms per stage of one 512-token prefill (all layers; an event between launches):"
+    Say "| variant | $($stages -join ' | ') | sum |"
+    Say "|---|$(($stages | ForEach-Object { '---' }) -join '|')|---|"
+    foreach ($r in $stageRows) {
+        $vals = foreach ($st in $stages) { '{0:F2}' -f ($(if ($r.Stages.ContainsKey($st)) { $r.Stages[$st] } else { 0 })) }
+        $sum = 0.0; foreach ($x in $r.Stages.Values) { $sum += $x }
+        Say "| $($r.Variant) | $($vals -join ' | ') | $('{0:F2}' -f $sum) |"
+    }
+}
+
+if (-not $SkipGemmTable -and $c) {
+    # each GEMM of a layer alone: X [T, K] f16 . W [N, K]^T bf16, random operands (zeros flatter the tensor cores' power)
+    $ctx = [Calm.Engine.Cuda.CudaContext]::Acquire(0)
+    $pk = [Calm.Engine.Cuda.CudaPrefillKernels]::new($ctx, $info.Arch, $null, $null)
+    $kk = [Calm.Engine.Cuda.CudaKernels]::new($ctx, $info.Arch, $null, 2, $null, $null, $null)
+    $s = [Calm.Engine.Cuda.CudaStream]::new($ctx)
+    $D = $c.HiddenSize; $F = $c.IntermediateSize; $QKV = $c.QDim + 2 * $c.KvDim
+    $shapes = @(@('qkv', $QKV, $D), @('o', $D, $c.QDim), @('gate_up', (2 * $F), $D), @('down', $D, $F))
+    $T = 512
+    $xn = [long]$T * [math]::Max($D, $F); $wn = [long]2 * $F * $D
+    $X = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, $xn * 2, 'x')
+    $W = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, $wn * 2, 'w')
+    $Y = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, [long]$T * 2 * $F * 4, 'y'); $Y.Zero()
+    $kk.FillSynthetic($s, $X.Ptr, $xn, 11, 1.0, 0.0, [Calm.Engine.Model.DType]::F16, $false)
+    $kk.FillSynthetic($s, $W.Ptr, $wn, 12, 0.02, 0.0, [Calm.Engine.Model.DType]::BF16, $false)
+    $e0 = [Calm.Engine.Cuda.CudaEvent]::new($ctx); $e1 = [Calm.Engine.Cuda.CudaEvent]::new($ctx)
+    $combos = @(@(1, 64, 32), @(1, 64, 64), @(1, 128, 32), @(1, 128, 64), @(2, 64, 64), @(2, 128, 64), @(3, 64, 64), @(3, 128, 64))
+    $H = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, [long]$T * $F * 2, 'h')
+    Say ""
+    Say "| GEMM (T=$T) | N | K | variant | tile rows | k depth | ms | TFLOP/s |"
+    Say "|---|---|---|---|---|---|---|---|"
+    foreach ($sh in $shapes) {
+        foreach ($cb in $combos) {
+            $var, $tile, $depth = $cb
+            $pk.Gemm($s, [Calm.Engine.Model.DType]::BF16, $X.Ptr, $W.Ptr, $Y.Ptr, 0, $T, $sh[1], $sh[2], $false, $tile, $depth, $var)
             $e0.Record($s)
-            for ($i = 0; $i -lt 20; $i++) { $pk.Gemm($s, [Calm.Engine.Model.DType]::BF16, $X.Ptr, $W.Ptr, $Y.Ptr, 0, $T, $sh[1], $sh[2], $false, $tile, $depth) }
+            for ($i = 0; $i -lt 20; $i++) { $pk.Gemm($s, [Calm.Engine.Model.DType]::BF16, $X.Ptr, $W.Ptr, $Y.Ptr, 0, $T, $sh[1], $sh[2], $false, $tile, $depth, $var) }
             $e1.Record($s); $e1.Synchronize()
             $ms = $e1.ElapsedSince($e0) / 20
             $pick = if ($pk.GemmTileRows($T, $sh[1]) -eq $tile) { ' (picked)' } else { '' }
-            $lines.Add(("| {0} | {1} | {2} | {3}{4} | {5} | {6:F3} | {7:F0} |" -f $sh[0], $sh[1], $sh[2], $tile, $pick, $depth, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9))))
+            Say ("| {0} | {1} | {2} | {3} | {4}{5} | {6} | {7:F3} | {8:F0} |" -f $sh[0], $sh[1], $sh[2], $var, $tile, $pick, $depth, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
+            if ($sh[0] -eq 'gate_up' -and $depth -eq 64) {   # the same product with the activation fused (bf16 out)
+                $act = [Calm.Engine.Model.Activation]::Silu; $bf = [Calm.Engine.Model.DType]::BF16
+                $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var)
+                $e0.Record($s)
+                for ($i = 0; $i -lt 20; $i++) { $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var) }
+                $e1.Record($s); $e1.Synchronize()
+                $ms = $e1.ElapsedSince($e0) / 20
+                Say ("| gate_up + act | {0} | {1} | {2} | {3} | 64 | {4:F3} | {5:F0} |" -f $sh[1], $sh[2], $var, $tile, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
+            }
         }
     }
+    $H.Dispose()
+    $e0.Dispose(); $e1.Dispose(); $X.Dispose(); $W.Dispose(); $Y.Dispose(); $s.Dispose(); $kk.Dispose(); $pk.Dispose(); $ctx.Dispose()
 }
-$e0.Dispose(); $e1.Dispose(); $X.Dispose(); $W.Dispose(); $Y.Dispose(); $s.Dispose(); $pk.Dispose(); $ctx.Dispose()
-$lines | ForEach-Object { Write-Host $_ }
 if ($Out) { New-Item -ItemType Directory -Force $Out | Out-Null; $lines | Set-Content (Join-Path $Out 'prefill.txt') }

@@ -32,7 +32,7 @@
 
 #define PF_THREADS 256
 #define PF_WARPS (PF_THREADS / 32)
-#define PF_NV 16            // 16-byte weight vectors in flight per lane
+#define PF_NV 16            // 16-byte weight vectors in flight per lane (all rows of a group)
 
 // weight formats (the C# side passes the same codes)
 #define PF_FP8 10
@@ -131,24 +131,23 @@ __device__ __forceinline__ long long pf_globaltimer() {
     return t;
 }
 
-// Grid-wide barrier (sense by generation): every block arrives once; the last to arrive resets the count and bumps the
-// generation the others spin on. Needs all blocks co-resident (cooperative launch). The fences make each block's
-// writes before the barrier visible to every block after it.
-__device__ __forceinline__ void pf_grid_sync(unsigned* sync, unsigned nb) {
+// Grid-wide barrier, in two halves so the weight loads of the next stage go out between them:
+//   pf_arrive: the block's writes are done (bar.sync), lane 0 of the last warp adds 1 to the arrival count with release semantics.
+//   pf_wait:   the same thread (its warp never has prefetched loads outstanding, so nothing it waits on sits behind
+//              DRAM traffic) spins until the count reaches target (nb per barrier so far), then bar.sync.
+// Callers arrive before they issue the next stage's loads, wait after.
+// The count only grows during a step; the block that finishes last (argmax) resets it to 0 for the next launch.
+// Needs every block co-resident (cooperative launch).
+#define PF_SYNC_THREAD (PF_THREADS - 32)
+__device__ __forceinline__ void pf_arrive(unsigned* count) {
     __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned gen, old;
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(gen) : "l"(sync + 1) : "memory");
-        __threadfence();
-        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(sync) : "memory");
-        if (old == nb - 1) {
-            asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" :: "l"(sync), "r"(0u) : "memory");
-            asm volatile("st.release.gpu.global.u32 [%0], %1;" :: "l"(sync + 1), "r"(gen + 1u) : "memory");
-        } else {
-            unsigned g;
-            do { asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(g) : "l"(sync + 1) : "memory"); } while (g == gen);
-        }
-        __threadfence();
+    if (threadIdx.x == PF_SYNC_THREAD) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(count) : "memory");
+    __syncthreads();
+}
+__device__ __forceinline__ void pf_wait(const unsigned* count, unsigned target) {
+    if (threadIdx.x == PF_SYNC_THREAD) {
+        unsigned v;
+        do { asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(count) : "memory"); } while ((int)(v - target) < 0);
     }
     __syncthreads();
 }
@@ -162,37 +161,53 @@ __device__ __forceinline__ int pf_xpos(int e) {
 }
 
 // xs <- src[0..n) (times rsqrt(mean(src^2) + eps) * (g or 1 + g) when g), permuted; zeros up to whole chunks.
+// n % 4 == 0. Loads are 16-byte ld.global.cg, 8 in flight per thread (one L2 round trip for n <= 8192).
 template <int E>
 __device__ __forceinline__ void pf_fill_xs(float* xs, const float* src, int n, const float* g, float eps, int addOne) {
-    const int padded = ((n + 32 * E - 1) / (32 * E)) * (32 * E);
+    const int padded4 = ((n + 32 * E - 1) / (32 * E)) * (32 * E) / 4;
+    const int n4 = n >> 2;
     float ss = 0.f;
-    for (int e = threadIdx.x; e < padded; e += PF_THREADS) {
-        float v = e < n ? pf_ld_cg(src + e) : 0.f;
-        ss = fmaf(v, v, ss);
-        xs[pf_xpos<E>(e)] = v;
+    for (int b = 0; b < padded4; b += 8 * PF_THREADS) {
+        calm_f4 v[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int i = b + k * PF_THREADS + threadIdx.x;
+            if (i < n4) v[k] = ld_cg_f4(src + 4 * i);
+            else v[k].x = v[k].y = v[k].z = v[k].w = 0.f;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int i = b + k * PF_THREADS + threadIdx.x;
+            if (i < padded4) {
+                ss = fmaf(v[k].x, v[k].x, ss); ss = fmaf(v[k].y, v[k].y, ss); ss = fmaf(v[k].z, v[k].z, ss); ss = fmaf(v[k].w, v[k].w, ss);
+                *(calm_f4*)(xs + pf_xpos<E>(4 * i)) = v[k];   // 4 consecutive elements stay consecutive (E % 4 == 0)
+            }
+        }
     }
     if (g) {
         ss = block_sum(ss);   // synchronizes the block
         float r = rsqrtf(ss / (float)n + eps);
-        for (int e = threadIdx.x; e < n; e += PF_THREADS) {   // each thread rescales what it wrote
-            float gv = g[e];
-            if (addOne) gv += 1.f;
-            xs[pf_xpos<E>(e)] *= r * gv;
+        for (int i = threadIdx.x; i < n4; i += PF_THREADS) {   // each thread rescales what it wrote
+            calm_f4* p = (calm_f4*)(xs + pf_xpos<E>(4 * i));
+            calm_f4 x = *p, gv = *(const calm_f4*)(g + 4 * i);
+            if (addOne) { gv.x += 1.f; gv.y += 1.f; gv.z += 1.f; gv.w += 1.f; }
+            x.x *= r * gv.x; x.y *= r * gv.y; x.z *= r * gv.z; x.w *= r * gv.w;
+            *p = x;
         }
     }
     __syncthreads();
 }
 
 // the prefetched first batch of a warp's first row group in the next stage
-struct PfPre {
+template <int WF> struct PfPre {
     calm_u4 w[PF_NV];
-    u16 d[PF_NV];   // int4 group scales (unused otherwise)
+    u16 d[WF == PF_INT4 ? PF_NV : 1];   // int4 group scales
     bool valid;
 };
 
 // Issues the batch of vectors v0 + 32u + lane (u < PF_NV/R) of R rows into pre (zeros past the row).
 template <int WF, int R>
-__device__ __forceinline__ void pf_issue(PfPre& pre, const unsigned char* const (&rp)[R], const u16* const (&dp)[R], int v0, int nvec, int lane) {
+__device__ __forceinline__ void pf_issue(PfPre<WF>& pre, const unsigned char* const (&rp)[R], const u16* const (&dp)[R], int v0, int nvec, int lane) {
     constexpr int U = PF_NV / R;
 #pragma unroll
     for (int u = 0; u < U; u++) {
@@ -201,10 +216,10 @@ __device__ __forceinline__ void pf_issue(PfPre& pre, const unsigned char* const 
         for (int i = 0; i < R; i++) {
             if (v < nvec) {
                 pre.w[u * R + i] = ldg_u4_stream(rp[i] + (long long)v * 16);
-                if (WF == PF_INT4) pre.d[u * R + i] = dp[i][v];
+                if (WF == PF_INT4) pre.d[WF == PF_INT4 ? u * R + i : 0] = dp[i][v];
             } else {
                 pre.w[u * R + i].x = pre.w[u * R + i].y = pre.w[u * R + i].z = pre.w[u * R + i].w = 0u;
-                if (WF == PF_INT4) pre.d[u * R + i] = 0;
+                if (WF == PF_INT4) pre.d[WF == PF_INT4 ? u * R + i : 0] = 0;
             }
         }
     }
@@ -212,7 +227,7 @@ __device__ __forceinline__ void pf_issue(PfPre& pre, const unsigned char* const 
 
 // Folds the batch at v0 into acc (x from the permuted shared memory).
 template <int WF, int R>
-__device__ __forceinline__ void pf_compute(const PfPre& pre, const float* xs, int v0, int nvec, int lane, float (&acc)[R]) {
+__device__ __forceinline__ void pf_compute(const PfPre<WF>& pre, const float* xs, int v0, int nvec, int lane, float (&acc)[R]) {
     constexpr int U = PF_NV / R, E = Fmt<WF>::E;
 #pragma unroll
     for (int u = 0; u < U; u++) {
@@ -222,7 +237,7 @@ __device__ __forceinline__ void pf_compute(const PfPre& pre, const float* xs, in
 #pragma unroll
         for (int k = 0; k < E / 4; k++) xv[k] = xp[32 * k];
 #pragma unroll
-        for (int i = 0; i < R; i++) acc[i] += Fmt<WF>::dot(pre.w[u * R + i], xv, pre.d[u * R + i]);
+        for (int i = 0; i < R; i++) acc[i] += Fmt<WF>::dot(pre.w[u * R + i], xv, pre.d[WF == PF_INT4 ? u * R + i : 0]);
     }
 }
 
@@ -264,10 +279,10 @@ __device__ __forceinline__ void pf_row_ptrs(const PfMat& m, const int (&r)[R], c
 
 // Issues the first batch of this warp's first group of a stage (groups [g0, g1) of this block) before a barrier.
 template <int WF, int R, int KIND>
-__device__ __forceinline__ void pf_prefetch(PfPre& pre, const PfMat& m, int g0, int g1, int Hd, int F) {
+__device__ __forceinline__ void pf_prefetch(PfPre<WF>& pre, const PfMat& m, int g0, int g1, int Hd, int F) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int gi = g0 + warp;
-    pre.valid = gi < g1;
+    pre.valid = gi < g1 && threadIdx.x / 32 != PF_SYNC_THREAD / 32;   // the barrier's spinning warp loads nothing ahead
     if (!pre.valid) return;
     int r[R];
     pf_rows<R, KIND>(gi, r, m.rows, Hd, F);
@@ -285,7 +300,7 @@ __device__ __forceinline__ void pf_share(int n, int& g0, int& g1) {
 // The row groups [g0, g1) of this block, warps taking every PF_WARPS-th; epi(gi, r, sums, lane) gets the warp's
 // totals (fp8 row scales applied) in every lane.
 template <int WF, int R, int KIND, class Epi>
-__device__ __forceinline__ void pf_matvec(PfPre& pre, const PfMat& m, int g0, int g1, const float* xs, int Hd, int F, Epi epi) {
+__device__ __forceinline__ void pf_matvec(PfPre<WF>& pre, const PfMat& m, int g0, int g1, const float* xs, int Hd, int F, Epi epi) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     constexpr int U = PF_NV / R;
     const int nvec = Fmt<WF>::nvec(m.cols);
@@ -314,6 +329,14 @@ __device__ __forceinline__ void pf_matvec(PfPre& pre, const PfMat& m, int g0, in
     }
 }
 
+// The split attention of one work item; U = 8 rows in flight per row-stream (4 for 8 heads per group): with one
+// 256-thread block per multiprocessor (255 registers each) a block must keep as many loads in flight as two did.
+template <int MAXG>
+__device__ __forceinline__ void pf_attention(const float* q, const u16* kc, const u16* vc, float* att, float* ws, int H, int K, int Hd, int maxCtx,
+                                          int window, float scale, int S, const StepParams* sp, int kh, int split, int z, int Z) {
+    attention_split_impl<MAXG, (MAXG == 8 ? 2 : 4), false>(q, kc, vc, att, ws, H, K, Hd, maxCtx, window, scale, S, sp, kh, split, z, Z);
+}
+
 // ---- the step ----------------------------------------------------------------------------------------------------
 template <int WF, int MAXG, int RS>
 __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
@@ -332,8 +355,9 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
     int si = 0;
     if (stamps) stamps[si] = pf_globaltimer();
     si++;
-    PfPre pre;
+    PfPre<WF> pre;
     pre.valid = false;
+    unsigned target = 0;     // arrivals the next barrier waits for
 
     // row groups per stage
     const int nA = (H + 2 * K) * half;          // rotary pairs of q, k, v heads
@@ -355,11 +379,18 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
     bool hasAtt = false;
     for (int it = blockIdx.x; it < items; it += nb) if ((it / K) % S < nsplit) hasAtt = true;
 
-    // embedding -> x (every block a slice), while the first qkv rows stream in
+    auto arrive = [&]() { pf_arrive(a.sync); };
+    auto wait = [&]() {
+        target += nb;
+        pf_wait(a.sync, target);
+        if (stamps) stamps[si] = pf_globaltimer();
+        si++;
+    };
+
+    // embedding -> x (every block a slice), then the first qkv rows stream in during the barrier
     {
         const PLayer& l0 = a.layers[0];
         PfMat m = { l0.wqkv, l0.sqkv, Q + 2 * KV, D };
-        pf_prefetch<WF, 2, PF_ROWS_QKV>(pre, m, a0, a1, Hd, F);
         for (int d = blockIdx.x * PF_THREADS + threadIdx.x; d < D; d += nb * PF_THREADS) {
             float v;
             if (a.embDt == CALM_BF16) v = bf16_to_f32(((const u16*)a.emb)[(long long)token * D + d]);
@@ -367,9 +398,9 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
             else v = ((const float*)a.emb)[(long long)token * D + d];
             a.x[d] = v * a.embScale;
         }
-        pf_grid_sync(a.sync, nb);
-        if (stamps) stamps[si] = pf_globaltimer();
-        si++;
+        arrive();
+        pf_prefetch<WF, 2, PF_ROWS_QKV>(pre, m, a0, a1, Hd, F);
+        wait();
     }
 
     for (int l = 0; l < L; l++) {
@@ -405,25 +436,23 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
         {
             PfMat mo = { ly.wo, ly.so, D, Q };
             if (hasAtt) {
-                pf_grid_sync(a.sync, nb);
-                if (stamps) stamps[si] = pf_globaltimer();
-                si++;
+                arrive();
+                wait();
                 for (int it = blockIdx.x; it < items; it += nb) {
                     int kh = it % K, rest = it / K, split = rest % S, z = rest / S;
                     if (split < nsplit)
-                        attention_split_impl<MAXG, (MAXG == 8 ? 2 : 4), false>(a.q, kc, vc, a.att, a.attWs, H, K, Hd, a.maxCtx, a.window,
-                                                                         a.attScale, S, a.sp, kh, split, z, Z);
+                        pf_attention<MAXG>(a.q, kc, vc, a.att, a.attWs, H, K, Hd, a.maxCtx, a.window, a.attScale, S, a.sp, kh, split, z, Z);
                 }
+                arrive();
                 pf_prefetch<WF, RS, PF_ROWS_SEQ>(pre, mo, c0, c1, Hd, F);
+                wait();
             } else {
+                arrive();
                 pf_prefetch<WF, RS, PF_ROWS_SEQ>(pre, mo, c0, c1, Hd, F);
-                pf_grid_sync(a.sync, nb);
-                if (stamps) stamps[si] = pf_globaltimer();
-                si++;
+                wait();
+                arrive();
+                wait();
             }
-            pf_grid_sync(a.sync, nb);
-            if (stamps) stamps[si] = pf_globaltimer();
-            si++;
         }
         // ---- C: x += Wo att ----
         pf_fill_xs<E>(xs, a.att, Q, (const float*)0, 0.f, 0);
@@ -438,10 +467,9 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
                 }
             });
             PfMat mgu = { ly.wgu, ly.sgu, 2 * F, D };
+            arrive();
             pf_prefetch<WF, 2, PF_ROWS_GU>(pre, mgu, d0, d1, Hd, F);
-            pf_grid_sync(a.sync, nb);
-            if (stamps) stamps[si] = pf_globaltimer();
-            si++;
+            wait();
         }
         // ---- D: h = act(gate) * up ----
         pf_fill_xs<E>(xs, a.x, D, ly.ffnNorm, a.eps, a.addOne);
@@ -455,10 +483,9 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
                 a.h[gi] = activate(g, a.act) * u;
             });
             PfMat mdn = { ly.wdown, ly.sdown, D, F };
+            arrive();
             pf_prefetch<WF, RS, PF_ROWS_SEQ>(pre, mdn, e0, e1, Hd, F);
-            pf_grid_sync(a.sync, nb);
-            if (stamps) stamps[si] = pf_globaltimer();
-            si++;
+            wait();
         }
         // ---- E: x += Wdown h ----
         pf_fill_xs<E>(xs, a.h, F, (const float*)0, 0.f, 0);
@@ -472,6 +499,7 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
                     if (ln == i && row < D) a.x[row] = pf_ld_cg(a.x + row) + s[i] + (bias ? bias[row] : 0.f);
                 }
             });
+            arrive();
             if (l + 1 < L) {
                 const PLayer& nx = a.layers[l + 1];
                 PfMat mq = { nx.wqkv, nx.sqkv, Q + 2 * KV, D };
@@ -480,9 +508,7 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
                 PfMat ml = { a.lm, a.lmScales, a.V, D };
                 pf_prefetch<WF, RS, PF_ROWS_SEQ>(pre, ml, m0, m1, Hd, F);
             }
-            pf_grid_sync(a.sync, nb);
-            if (stamps) stamps[si] = pf_globaltimer();
-            si++;
+            wait();
         }
     }
 
@@ -531,7 +557,8 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
         if (lane == 0) {
             a.result[0] = i == 0x7fffffff ? 0 : i;
             a.result[1] = __float_as_int(v);
-            a.sync[2] = 0;   // ready for the next step
+            a.sync[0] = 0;   // barrier count and finished blocks: ready for the next step (every block is past
+            a.sync[2] = 0;   // its last barrier: they all finished the classifier)
             if (a.stamps) a.stamps[2 + 5 * L] = pf_globaltimer();
         }
     }
@@ -542,7 +569,7 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
 // The host compiles ONE variant per model: -DPF_WF=<format code> -DPF_G=<MAXG> -DPF_RS=<rows per warp> gives the single
 // kernel decode_persistent. Without them (the CI compile check) a representative set is compiled under their own names.
 #define PF_KERNEL(NAME, WF, MAXG, RS)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(PF_THREADS, 2) NAME(const PArgs* a) {                               \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS, 1) NAME(const PArgs* a) {                               \
         decode_persistent_impl<WF, MAXG, RS>(*a);                                                                    \
     }
 #if defined(PF_WF) && defined(PF_G) && defined(PF_RS)

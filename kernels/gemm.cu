@@ -8,6 +8,11 @@
 // prompts and narrow outputs, where 128-row tiles leave multiprocessors idle). Tiles stream into shared memory through cp.async, GEMM_STAGES deep; fragments
 // come out with ldmatrix. Rows past T or N and 16-byte chunks past K are zero-filled (cp.async src-size 0), so T and N
 // are free; K must be a multiple of 8 (16-byte rows) and X, W 16-byte aligned (CudaPrefillKernels checks).
+// Variant 2 (_v2, _v2s4; CALM_GEMM_VARIANT): the same tiles with (a) the grid's x over row tiles, so the (T/GM) blocks
+// that share one W column tile run side by side and W streams from DRAM once instead of T/GM times (gate_up at T=512:
+// 235 MB once, not 4x), (b) bf16 B fragments converted to f16 in registers after ldmatrix (no shared-memory pass and
+// no extra wait per stage), (c) float2 stores in the epilogue, (d) __launch_bounds__(256, 2): two blocks per SM;
+// _v2s4 (variant 3): 4 stages instead of 3, one block per SM (147 KB of shared memory at 128 rows).
 #include "common.cuh"
 
 #define GN 128
@@ -69,6 +74,16 @@ __device__ __forceinline__ void gemm_load_tile(u32 s, const u16* M, int rows, in
 __device__ __forceinline__ u32 bf16x2_to_f16x2(u32 w) {
     return (u32)f32_to_f16(__int_as_float(w << 16)) | ((u32)f32_to_f16(__int_as_float(w & 0xffff0000u)) << 16);
 }
+// the same with one cvt.rn.f16x2.f32 per pair (sm_80+; d = {hi: first operand, lo: second})
+__device__ __forceinline__ u32 bf16x2_to_f16x2_v2(u32 w) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(__int_as_float(w & 0xffff0000u)), "f"(__int_as_float(w << 16)));
+    return r;
+#else
+    return bf16x2_to_f16x2(w);
+#endif
+}
 // the B chunks this thread copied into a stage (same mapping as gemm_load_tile), bf16 -> f16 in place
 template <int GK>
 __device__ __forceinline__ void gemm_convert_b(u16* sB) {
@@ -83,18 +98,37 @@ __device__ __forceinline__ void gemm_convert_b(u16* sB) {
     }
 }
 
-// one stage: A rows m0.. of X [T, K] and B rows n0.. of W [N, K] (out-of-range rows and chunks zero-filled)
-template <int MT, int GK>
+// one stage: A rows m0.. of X [T, K] and B rows n0.. of W [N, K] (out-of-range rows and chunks zero-filled).
+// GATED: W is [2F, K] = [gate | up] with N = F; B rows 0..GN/2-1 are gate rows n0.., rows GN/2.. the up rows F+n0..
+// (the same per-thread chunk mapping as one GN-row load: gemm_convert_b converts what this thread copied)
+template <int MT, int GK, int GATED>
 __device__ __forceinline__ void gemm_load_stage(u32 sA, u32 sB, const u16* X, const u16* W, int T, int N, int K, int m0, int n0, int k0) {
     gemm_load_tile<32 * MT, GK>(sA, X, T, K, m0, k0);
-    gemm_load_tile<GN, GK>(sB, W, N, K, n0, k0);
+    if (GATED) {
+        gemm_load_tile<GN / 2, GK>(sB, W, N, K, n0, k0);
+        gemm_load_tile<GN / 2, GK>(sB + (GN / 2) * (GK + GPAD) * 2, W + (long long)N * K, N, K, n0, k0);
+    } else {
+        gemm_load_tile<GN, GK>(sB, W, N, K, n0, k0);
+    }
 }
 
-template <int DT, int MT, int GK>
-__device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) {
+struct __align__(8) gemm_f2 { float x, y; };
+
+// f16 saturates at +-65504 instead of overflowing to inf (NaN stays NaN)
+__device__ __forceinline__ u16 to_half(float v, int dt) {
+    if (dt == CALM_BF16) return f32_to_bf16(v);
+    if (fabsf(v) > 65504.f) v = copysignf(65504.f, v);
+    return f32_to_f16(v);
+}
+
+// GATED: N = F, W [2F, K] = [gate | up], bias [2F] or null; instead of Y, Hout [T, F] (odt) = act(gate) * up with the
+// f32 sums exactly as Y would hold them (bit for bit what gemm + gate_act_rows give). Block tile: GN/2 columns of F.
+template <int DT, int MT, int GK, int STG, int V2, int GATED>
+__device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate,
+                                          u16* Hout, int act, int odt) {
     extern __shared__ __align__(16) u16 gsm[];
     const int GM = 32 * MT, GROW = GK + GPAD;
-    const int m0 = blockIdx.y * GM, n0 = blockIdx.x * GN;
+    const int m0 = (V2 ? blockIdx.x : blockIdx.y) * GM, n0 = (V2 ? blockIdx.y : blockIdx.x) * (GATED ? GN / 2 : GN);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wm = (warp >> 2) * 16 * MT, wn = (warp & 3) * 32;   // this warp's (16*MT) x 32 sub-tile
     const u32 base = smem_addr(gsm);
@@ -109,8 +143,8 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
 
     const int kTiles = (K + GK - 1) / GK;
 #pragma unroll
-    for (int s = 0; s < GEMM_STAGES - 1; s++) {
-        if (s < kTiles) gemm_load_stage<MT, GK>(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
+    for (int s = 0; s < STG - 1; s++) {
+        if (s < kTiles) gemm_load_stage<MT, GK, GATED>(base + s * stageBytes, base + s * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, s * GK);
         g_commit();
     }
     // ldmatrix lane addresses (halves within a tile): A x4 = rows lane&15, column (lane>>4)*8;
@@ -118,16 +152,16 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
     const int aRow = lane & 15, aCol = (lane >> 4) * 8;
     const int bRow = (lane & 7) + ((lane >> 4) << 3), bCol = ((lane >> 3) & 1) * 8;
     for (int kt = 0; kt < kTiles; kt++) {
-        g_wait<GEMM_STAGES - 2>();   // this thread's copies of stage kt have landed
-        if (DT == CALM_BF16) gemm_convert_b<GK>(gsm + (kt % GEMM_STAGES) * (stageBytes / 2) + GM * GROW);
+        g_wait<STG - 2>();   // this thread's copies of stage kt have landed
+        if (DT == CALM_BF16 && !V2) gemm_convert_b<GK>(gsm + (kt % STG) * (stageBytes / 2) + GM * GROW);
         __syncthreads();   // stage kt landed (and converted) for every thread; the stage refilled next was read by all
         {
-            int nk = kt + GEMM_STAGES - 1;
-            int st = nk % GEMM_STAGES;
-            if (nk < kTiles) gemm_load_stage<MT, GK>(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
+            int nk = kt + STG - 1;
+            int st = nk % STG;
+            if (nk < kTiles) gemm_load_stage<MT, GK, GATED>(base + st * stageBytes, base + st * stageBytes + GM * GROW * 2, X, W, T, N, K, m0, n0, nk * GK);
             g_commit();
         }
-        const u32 sA = base + (kt % GEMM_STAGES) * stageBytes, sB = sA + GM * GROW * 2;
+        const u32 sA = base + (kt % STG) * stageBytes, sB = sA + GM * GROW * 2;
 #pragma unroll
         for (int kk = 0; kk < GK; kk += 16) {
             u32 a[MT][4], b[4][2];
@@ -137,6 +171,10 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
 #pragma unroll
             for (int j = 0; j < 2; j++)
                 ldsm_x4(sB + (u32)((wn + j * 16 + bRow) * GROW + kk + bCol) * 2, b[2 * j][0], b[2 * j][1], b[2 * j + 1][0], b[2 * j + 1][1]);
+            if (DT == CALM_BF16 && V2) {   // bf16 pairs -> f16 pairs in the same places (v1 converted the stage in shared memory)
+#pragma unroll
+                for (int j = 0; j < 4; j++) { b[j][0] = bf16x2_to_f16x2_v2(b[j][0]); b[j][1] = bf16x2_to_f16x2_v2(b[j][1]); }
+            }
 #pragma unroll
             for (int i = 0; i < MT; i++)
 #pragma unroll
@@ -146,6 +184,30 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
     g_wait<0>();
     // epilogue: c0,c1 at (row g, cols 2t, 2t+1), c2,c3 at (row g+8, same cols)
     const int g = lane >> 2, t4 = lane & 3;
+    if (GATED) {
+        // the block's sums through shared memory [GM][GN + 4] f32 (the pipeline's buffers are free now): column c < GN/2
+        // is gate column n0 + c, column GN/2 + c the up column of the same index
+        const int SROW = GN + 4;
+        float* sc = (float*)gsm;
+        __syncthreads();   // every warp is done reading the last stage
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    sc[(wm + i * 16 + g + (e >> 1) * 8) * SROW + wn + j * 8 + 2 * t4 + (e & 1)] = acc[i][j][e];
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < GM * (GN / 2); idx += GEMM_THREADS) {
+            int r = idx / (GN / 2), c = idx - r * (GN / 2);
+            int row = m0 + r, f = n0 + c;
+            if (row >= T || f >= N) continue;
+            float gv = sc[r * SROW + c], uv = sc[r * SROW + GN / 2 + c];
+            if (bias) { gv += bias[f]; uv += bias[N + f]; }
+            Hout[(long long)row * N + f] = to_half(activate(gv, act) * uv, odt);
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < MT; i++)
 #pragma unroll
@@ -155,6 +217,15 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
                 int row = m0 + wm + i * 16 + g + h * 8;
                 int col = n0 + wn + j * 8 + 2 * t4;
                 if (row >= T) continue;
+                if (V2 && (N & 1) == 0 && col + 1 < N && ((u64)Y & 7) == 0) {   // col even, N even, Y 8-byte aligned: an aligned pair
+                    float v0 = acc[i][j][h * 2], v1 = acc[i][j][h * 2 + 1];
+                    if (bias) { v0 += bias[col]; v1 += bias[col + 1]; }
+                    gemm_f2* y = (gemm_f2*)(Y + (long long)row * N + col);
+                    if (accumulate) { gemm_f2 o = *y; v0 += o.x; v1 += o.y; }
+                    gemm_f2 r; r.x = v0; r.y = v1;
+                    *y = r;
+                    continue;
+                }
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int n = col + e;
@@ -168,28 +239,52 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
             }
 }
 
-// grid (ceil(N/GN), ceil(T/GM)), GEMM_THREADS threads, STAGES*(GM+GN)*(GK+GPAD)*2 bytes of dynamic shared memory;
-// _m64: GM = 64 (else 128); _k64: GK = 64 (else 32)
-#define GEMM_ENTRY(NAME, DT, MT, GK) \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
-        gemm_impl<DT, MT, GK>(X, W, Y, bias, T, N, K, accumulate); \
+// grid (ceil(N/GN), ceil(T/GM)) (v2: (ceil(T/GM), ceil(N/GN))), GEMM_THREADS threads, STAGES*(GM+GN)*(GK+GPAD)*2 bytes
+// of dynamic shared memory; _m64: GM = 64 (else 128); _k64: GK = 64 (else 32); _v2: variant 2, 3 stages; _v2s4: 4 stages
+// v2 (3 stages) asks for two blocks per multiprocessor (<= 128 registers a thread; 2 x 110.6 KB of shared memory at
+// 128 rows): qkv at T=512 is 192 blocks, 1.45 waves of one block per SM on the H200
+#define GEMM_MIN_BLOCKS(STG, V2) ((V2) && (STG) == 3 ? 2 : 1)
+#define GEMM_ENTRY(NAME, DT, MT, GK, STG, V2) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(STG, V2)) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
+        gemm_impl<DT, MT, GK, STG, V2, 0>(X, W, Y, bias, T, N, K, accumulate, 0, 0, 0); \
     }
-GEMM_ENTRY(gemm_bf16, CALM_BF16, 4, 32)
-GEMM_ENTRY(gemm_f16, CALM_F16, 4, 32)
-GEMM_ENTRY(gemm_bf16_m64, CALM_BF16, 2, 32)
-GEMM_ENTRY(gemm_f16_m64, CALM_F16, 2, 32)
-GEMM_ENTRY(gemm_bf16_k64, CALM_BF16, 4, 64)
-GEMM_ENTRY(gemm_f16_k64, CALM_F16, 4, 64)
-GEMM_ENTRY(gemm_bf16_m64_k64, CALM_BF16, 2, 64)
-GEMM_ENTRY(gemm_f16_m64_k64, CALM_F16, 2, 64)
+// gated (gate_up + activation fused): X [T, K] . W [2F, K]^T -> H [T, F] (odt) = act(gate) * up; grid over ceil(F/(GN/2))
+// column tiles (x or y as the GEMM of the same variant); shared memory as the GEMM of the same tile, depth, stages
+#define GEMM_GATED_ENTRY(NAME, DT, MT, GK, STG, V2) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(STG, V2)) NAME(const u16* X, const u16* W, u16* H, const float* bias, int T, int F, int K, int act, int odt) { \
+        gemm_impl<DT, MT, GK, STG, V2, 1>(X, W, 0, bias, T, F, K, 0, H, act, odt); \
+    }
+GEMM_ENTRY(gemm_bf16, CALM_BF16, 4, 32, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_f16, CALM_F16, 4, 32, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_bf16_m64, CALM_BF16, 2, 32, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_f16_m64, CALM_F16, 2, 32, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_bf16_k64, CALM_BF16, 4, 64, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_f16_k64, CALM_F16, 4, 64, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_bf16_m64_k64, CALM_BF16, 2, 64, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_f16_m64_k64, CALM_F16, 2, 64, GEMM_STAGES, 0)
+GEMM_ENTRY(gemm_bf16_k64_v2, CALM_BF16, 4, 64, 3, 1)
+GEMM_ENTRY(gemm_f16_k64_v2, CALM_F16, 4, 64, 3, 1)
+GEMM_ENTRY(gemm_bf16_m64_k64_v2, CALM_BF16, 2, 64, 3, 1)
+GEMM_ENTRY(gemm_f16_m64_k64_v2, CALM_F16, 2, 64, 3, 1)
+GEMM_ENTRY(gemm_bf16_k64_v2s4, CALM_BF16, 4, 64, 4, 1)
+GEMM_ENTRY(gemm_f16_k64_v2s4, CALM_F16, 4, 64, 4, 1)
+GEMM_ENTRY(gemm_bf16_m64_k64_v2s4, CALM_BF16, 2, 64, 4, 1)
+GEMM_ENTRY(gemm_f16_m64_k64_v2s4, CALM_F16, 2, 64, 4, 1)
+
+GEMM_GATED_ENTRY(gemm_gated_bf16_k64, CALM_BF16, 4, 64, GEMM_STAGES, 0)
+GEMM_GATED_ENTRY(gemm_gated_f16_k64, CALM_F16, 4, 64, GEMM_STAGES, 0)
+GEMM_GATED_ENTRY(gemm_gated_bf16_m64_k64, CALM_BF16, 2, 64, GEMM_STAGES, 0)
+GEMM_GATED_ENTRY(gemm_gated_f16_m64_k64, CALM_F16, 2, 64, GEMM_STAGES, 0)
+GEMM_GATED_ENTRY(gemm_gated_bf16_k64_v2, CALM_BF16, 4, 64, 3, 1)
+GEMM_GATED_ENTRY(gemm_gated_f16_k64_v2, CALM_F16, 4, 64, 3, 1)
+GEMM_GATED_ENTRY(gemm_gated_bf16_m64_k64_v2, CALM_BF16, 2, 64, 3, 1)
+GEMM_GATED_ENTRY(gemm_gated_f16_m64_k64_v2, CALM_F16, 2, 64, 3, 1)
+GEMM_GATED_ENTRY(gemm_gated_bf16_k64_v2s4, CALM_BF16, 4, 64, 4, 1)
+GEMM_GATED_ENTRY(gemm_gated_f16_k64_v2s4, CALM_F16, 4, 64, 4, 1)
+GEMM_GATED_ENTRY(gemm_gated_bf16_m64_k64_v2s4, CALM_BF16, 2, 64, 4, 1)
+GEMM_GATED_ENTRY(gemm_gated_f16_m64_k64_v2s4, CALM_F16, 2, 64, 4, 1)
 
 // ---- row-wise helpers of the batched forward ----------------------------------------------------------------------
-// f16 saturates at +-65504 instead of overflowing to inf (NaN stays NaN)
-__device__ __forceinline__ u16 to_half(float v, int dt) {
-    if (dt == CALM_BF16) return f32_to_bf16(v);
-    if (fabsf(v) > 65504.f) v = copysignf(65504.f, v);
-    return f32_to_f16(v);
-}
 
 // tokens [T] int, table [V, D] (tdt: f32/f16/bf16) -> x [T, D] f32 = table[token] * scale. grid (blocks, T)
 extern "C" __global__ void embed_rows(const int* tokens, const void* table, int tdt, float* x, int D, float scale) {

@@ -239,3 +239,233 @@ extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill_fp8(c
                                                                                  const float* kScale, const float* vScale) {
     attention_prefill_impl<CALM_KV_FP8>(q, ld, kCache, vCache, out, T, start, H, K, Hd, maxCtx, window, scale, odt, kScale, vScale);
 }
+
+// ---- tensor-core causal prefill attention (head_dim HD = 64 or 128) --------------------------------------------
+// Same contract as attention_prefill (q f32 rows of stride ld, caches [K, maxCtx, HD] fp16, out [T, H*HD] in odt).
+// grid (ceil(T/PT_QT), H), PT_THREADS threads (4 warps x 16 query rows; the last query tiles, which see the most
+// keys, are launched first). Keys stream through shared memory in chunks of PT_KC(HD) rows of K and V (cp.async, two
+// stages, rows padded to HD+8 halves: conflict-free ldmatrix). S = Q.K^T and O += P.V on mma.sync m16n8k16 (f16 in,
+// fp32 accumulation); online softmax in the log2 domain in fp32. Accuracy as the fp32 kernel: Q (scaled by
+// scale*log2 e) and P are each split into f16 hi + f16 lo (hi + lo carries ~22 bits) and both halves go through the
+// tensor cores (2 mma per product), so rounding Q or P to f16 (11 bits, ~3e-4 relative) never reaches the output.
+#define PT_QT 64
+#define PT_KC(HD) ((HD) >= 128 ? 32 : 64)   // keys per chunk: 32 at HD 128 keeps S in 16 registers (64 keys: 255 + spill)
+#define PT_THREADS 128
+
+__device__ __forceinline__ u32 pt_smem(const void* p) {
+    u32 a;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ void pt_cp16(u32 dst, const void* src, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void pt_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void pt_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+#endif
+}
+__device__ __forceinline__ void pt_ldsm(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+#endif
+}
+__device__ __forceinline__ void pt_ldsm_t(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+#endif
+}
+// c[4] += a[4] (16x16) . (b0, b1) (16x8), f16 operands, fp32 accumulators
+__device__ __forceinline__ void pt_mma(float* c, const u32* a, u32 b0, u32 b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+// (a, b) -> hi = f16x2(a, b) (a in the low half), lo = f16x2 of the remainders; |values| saturate at 65504
+__device__ __forceinline__ void pt_split(float a, float b, u32& hi, u32& lo) {
+    a = fminf(fmaxf(a, -65504.f), 65504.f);
+    b = fminf(fmaxf(b, -65504.f), 65504.f);
+    u16 ha = f32_to_f16(a), hb = f32_to_f16(b);
+    u16 la = f32_to_f16(a - f16_to_f32(ha)), lb = f32_to_f16(b - f16_to_f32(hb));
+    hi = (u32)ha | ((u32)hb << 16);
+    lo = (u32)la | ((u32)lb << 16);
+}
+
+// K and V rows c0 .. c0+KC-1 (rows past jLast zero-filled) into sK / sV [KC][HD+8]
+template <int HD, int KC>
+__device__ __forceinline__ void pt_load_kv(u32 sK, u32 sV, const u16* kb, const u16* vb, int c0, int jLast) {
+    const int ROW = HD + 8, CPR = HD / 8;
+#pragma unroll
+    for (int i = 0; i < KC * CPR / PT_THREADS; i++) {
+        int c = threadIdx.x + i * PT_THREADS;
+        int r = c / CPR, kc = (c % CPR) * 8;
+        int j = c0 + r;
+        bool ok = j <= jLast;
+        long long off = ok ? (long long)j * HD + kc : 0;
+        pt_cp16(sK + (u32)(r * ROW + kc) * 2, kb + off, ok ? 16 : 0);
+        pt_cp16(sV + (u32)(r * ROW + kc) * 2, vb + off, ok ? 16 : 0);
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const u16* kCache, const u16* vCache, u16* out,
+                                                  int T, int start, int H, int K, int maxCtx, int window, float scale, int odt) {
+    extern __shared__ __align__(16) u16 pt_sm[];
+    const int ROW = HD + 8;      // halves per shared row
+    const int NT = HD / 8;       // n8 tiles of O over d
+    const int KS = HD / 16;      // k16 steps of S over d
+    const int KC = PT_KC(HD);    // keys per chunk
+    const int SN = KC / 8;       // n8 tiles of S over the chunk's keys
+    const int h = blockIdx.y, kh = h / (H / K);
+    const int t0 = (gridDim.x - 1 - blockIdx.x) * PT_QT;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int tw = t0 + warp * 16;                       // this warp's first query row
+    const int tLast = min(t0 + PT_QT, T) - 1;
+    const int pFirst = start + t0, pLast = start + tLast;
+    const int pWarpLast = start + min(tw + 15, T - 1);   // the warp's last position (meaningful when tw < T)
+    const int kBegin = window > 0 ? max(0, pFirst - window + 1) : 0;
+    const u16* kb = kCache + (long long)kh * maxCtx * HD;
+    const u16* vb = vCache + (long long)kh * maxCtx * HD;
+
+    // this thread's Q fragments (rows tw+g and tw+g+8), scaled into the log2 domain, as f16 hi + lo
+    const float qs = scale * 1.4426950408889634f;
+    u32 qh[KS][4], ql[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int row = tw + g + (e & 1) * 8, col = ks * 16 + (e >> 1) * 8 + 2 * t4;
+            float a = 0.f, b = 0.f;
+            if (row < T) {
+                const float* p = q + (long long)row * ld + (long long)h * HD + col;
+                a = p[0] * qs; b = p[1] * qs;
+            }
+            pt_split(a, b, qh[ks][e], ql[ks][e]);
+        }
+
+    float o[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) { o[n][0] = 0.f; o[n][1] = 0.f; o[n][2] = 0.f; o[n][3] = 0.f; }
+    float m0 = -CALM_INF, m1 = -CALM_INF, l0 = 0.f, l1 = 0.f;   // rows g, g+8 (l: this thread's partial sums)
+    const int p0 = start + tw + g, p1 = p0 + 8;
+    const u32 base = pt_smem(pt_sm);
+    const u32 stageBytes = 2 * KC * ROW * 2;
+    const int nChunks = (pLast - kBegin) / KC + 1;
+    pt_load_kv<HD, KC>(base, base + KC * ROW * 2, kb, vb, kBegin, pLast);
+    pt_commit();
+    // ldmatrix lanes: K (non-transposed, two key n8 tiles x k16 over d) and V (transposed, k16 keys x two d n8 tiles)
+    const int bRow = (lane & 7) + ((lane >> 4) << 3), bCol = ((lane >> 3) & 1) * 8;
+    const int vRow = (lane & 7) + (((lane >> 3) & 1) << 3), vCol = (lane >> 4) * 8;
+    for (int ci = 0; ci < nChunks; ci++) {
+        const int c0 = kBegin + ci * KC;
+        if (ci + 1 < nChunks) {
+            u32 st = base + ((ci + 1) & 1) * stageBytes;
+            pt_load_kv<HD, KC>(st, st + KC * ROW * 2, kb, vb, c0 + KC, pLast);
+        }
+        pt_commit();
+        pt_wait<1>();
+        __syncthreads();   // chunk ci landed for every thread
+        const u32 sK = base + (ci & 1) * stageBytes, sV = sK + KC * ROW * 2;
+        // uniform per warp: no rows, or every key of the chunk after the warp's last position or before its window
+        const bool skip = tw >= T || c0 > pWarpLast || (window > 0 && c0 + KC - 1 <= start + tw - window);
+        if (!skip) {
+            float sc[SN][4];
+#pragma unroll
+            for (int n = 0; n < SN; n++) { sc[n][0] = 0.f; sc[n][1] = 0.f; sc[n][2] = 0.f; sc[n][3] = 0.f; }
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+                for (int jj = 0; jj < SN / 2; jj++) {
+                    u32 b0, b1, b2, b3;
+                    pt_ldsm(sK + (u32)((jj * 16 + bRow) * ROW + ks * 16 + bCol) * 2, b0, b1, b2, b3);
+                    pt_mma(sc[2 * jj], qh[ks], b0, b1);
+                    pt_mma(sc[2 * jj], ql[ks], b0, b1);
+                    pt_mma(sc[2 * jj + 1], qh[ks], b2, b3);
+                    pt_mma(sc[2 * jj + 1], ql[ks], b2, b3);
+                }
+            // causal / window / past-the-prompt mask; row maxima over the quad that holds a row
+            float mx0 = -CALM_INF, mx1 = -CALM_INF;
+#pragma unroll
+            for (int n = 0; n < SN; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int key = c0 + n * 8 + 2 * t4 + (e & 1);
+                    int p = e < 2 ? p0 : p1;
+                    bool ok = key <= p && key <= pLast && (window <= 0 || key > p - window);
+                    float v = ok ? sc[n][e] : -CALM_INF;
+                    sc[n][e] = v;
+                    if (e < 2) mx0 = fmaxf(mx0, v); else mx1 = fmaxf(mx1, v);
+                }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1)); mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1)); mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+            const float mu0 = mn0 == -CALM_INF ? 0.f : mn0, mu1 = mn1 == -CALM_INF ? 0.f : mn1;   // no visible key yet: p = 0
+            const float corr0 = exp2f(m0 - mu0), corr1 = exp2f(m1 - mu1);
+            m0 = mn0; m1 = mn1;
+            l0 *= corr0; l1 *= corr1;
+#pragma unroll
+            for (int n = 0; n < NT; n++) { o[n][0] *= corr0; o[n][1] *= corr0; o[n][2] *= corr1; o[n][3] *= corr1; }
+            // P of each k16 slice of keys as A fragments (the S accumulator layout of two n8 tiles is the A layout)
+#pragma unroll
+            for (int kk = 0; kk < KC / 16; kk++) {
+                float pa[2][4];
+#pragma unroll
+                for (int u = 0; u < 2; u++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) pa[u][e] = exp2f(sc[2 * kk + u][e] - (e < 2 ? mu0 : mu1));
+                l0 += pa[0][0] + pa[0][1] + pa[1][0] + pa[1][1];
+                l1 += pa[0][2] + pa[0][3] + pa[1][2] + pa[1][3];
+                u32 ah[4], al[4];
+                pt_split(pa[0][0], pa[0][1], ah[0], al[0]);   // row g,   keys 2t, 2t+1
+                pt_split(pa[0][2], pa[0][3], ah[1], al[1]);   // row g+8, keys 2t, 2t+1
+                pt_split(pa[1][0], pa[1][1], ah[2], al[2]);   // row g,   keys 8+2t, 8+2t+1
+                pt_split(pa[1][2], pa[1][3], ah[3], al[3]);   // row g+8, keys 8+2t, 8+2t+1
+#pragma unroll
+                for (int dn = 0; dn < NT / 2; dn++) {
+                    u32 b0, b1, b2, b3;
+                    pt_ldsm_t(sV + (u32)((kk * 16 + vRow) * ROW + dn * 16 + vCol) * 2, b0, b1, b2, b3);
+                    pt_mma(o[2 * dn], ah, b0, b1);
+                    pt_mma(o[2 * dn], al, b0, b1);
+                    pt_mma(o[2 * dn + 1], ah, b2, b3);
+                    pt_mma(o[2 * dn + 1], al, b2, b3);
+                }
+            }
+        }
+        __syncthreads();   // every warp is done with this stage before the next iteration refills it
+    }
+    pt_wait<0>();
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1); l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1); l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.f / l0, inv1 = 1.f / l1;   // every query sees at least its own key: l > 0
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+        int row = tw + g + u * 8;
+        if (row >= T) continue;
+        float inv = u ? inv1 : inv0;
+        u32* orow = (u32*)(out + (long long)row * H * HD + (long long)h * HD);
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            float a = o[n][2 * u] * inv, b = o[n][2 * u + 1] * inv;   // a convex mix of fp16 cache values: within f16 range
+            u32 w = odt == CALM_BF16 ? ((u32)f32_to_bf16(a) | ((u32)f32_to_bf16(b) << 16)) : ((u32)f32_to_f16(a) | ((u32)f32_to_f16(b) << 16));
+            orow[(n * 8 + 2 * t4) >> 1] = w;
+        }
+    }
+}
+
+// dynamic shared memory: 2 stages x (K + V) x PT_KC(HD) x (HD + 8) halves (CudaPrefillKernels.AttentionTcSharedBytes)
+#define PT_ENTRY(HD) \
+    extern "C" __global__ void __launch_bounds__(PT_THREADS) attention_prefill_tc##HD(const float* q, int ld, const u16* kCache, const u16* vCache, u16* out, \
+            int T, int start, int H, int K, int maxCtx, int window, float scale, int odt) { \
+        attention_tc_impl<HD>(q, ld, kCache, vCache, out, T, start, H, K, maxCtx, window, scale, odt); \
+    }
+PT_ENTRY(64)
+PT_ENTRY(128)

@@ -61,7 +61,7 @@ public sealed unsafe partial class CudaBackend
         DType.BF16 => (2, 1, 8),
         DType.F16 => (1, 1, 8),
         DType.F8E4M3 => (10, 2, 16),
-        DType.Int4 => (11, 4, 32),
+        DType.Int4 => (11, 4, 32),   // PF_NV (16) / rows: a 4096-column row is 16, 8 or 4 vectors per lane
         _ => null,
     };
 
@@ -77,7 +77,7 @@ public sealed unsafe partial class CudaBackend
         if (PersistentFormat(_wt) is not { } f) return $"{DTypes.Name(_wt)} weights";
         if (_lmDt != _wt) return $"a {DTypes.Name(_lmDt)} classifier with {DTypes.Name(_wt)} layers";
         if (_embDt is not (DType.BF16 or DType.F16 or DType.F32)) return $"a {DTypes.Name(_embDt)} embedding";
-        int align = f.E == 32 ? 1 : f.E;
+        int align = Math.Min(f.E, 16);   // whole 16-byte vectors per row (int4 rows are padded), 16-byte x loads
         if (c.HiddenSize % align != 0 || c.QDim % align != 0 || c.IntermediateSize % align != 0)
             return $"dimensions that are not multiples of {align} ({c.HiddenSize}, {c.QDim}, {c.IntermediateSize})";
         if (!Cu.HasLaunchKernelEx) return "a driver without cuLaunchKernelEx (cooperative launch)";
@@ -109,8 +109,8 @@ public sealed unsafe partial class CudaBackend
         int chunk = 32 * f.E;
         int widest = Math.Max(c.HiddenSize, Math.Max(c.QDim, c.IntermediateSize));
         _pSmem = (widest + chunk - 1) / chunk * chunk * 4;
-        if (_pSmem > 48 * 1024) k.SetMaxDynamicSharedMemory(_pSmem);
-        int perSm = Math.Min(2, k.MaxActiveBlocksPerMultiprocessor(PersistentThreads, _pSmem));
+        k.SetMaxDynamicSharedMemory(_pSmem);   // static + dynamic may pass 48 KB
+        int perSm = Math.Min(1, k.MaxActiveBlocksPerMultiprocessor(PersistentThreads, _pSmem));   // 255 registers: one per SM
         if (perSm < 1)
         {
             PersistentUnavailableReason = $"{_pSmem:N0} bytes of shared memory per block (no block fits a multiprocessor)";
@@ -147,7 +147,9 @@ public sealed unsafe partial class CudaBackend
             X = _x, Q = _qkv, Att = _att, H = _h, Logits = _logits, KCache = _kCache, VCache = _vCache, Cos = _cos, Sin = _sin,
             AttWs = _attWs, Sync = _pSync, AmaxV = amaxV, AmaxI = amaxI, Result = _result, Stamps = _pStamps, Sp = _step,
             L = c.NumLayers, D = c.HiddenSize, Heads = c.NumHeads, K = c.NumKvHeads, Hd = c.HeadDim, F = c.IntermediateSize,
-            V = c.VocabSize, MaxCtx = MaxContext, Window = c.SlidingWindow ?? 0, S = _k!.AttentionSplits(c.NumHeads, c.NumKvHeads),
+            V = c.VocabSize, MaxCtx = MaxContext, Window = c.SlidingWindow ?? 0,
+            // chunks per kv head: one work item per block (the workspace is sized for AttentionSplits, never fewer)
+            S = Math.Max(1, Math.Min(_k!.AttentionSplits(c.NumHeads, c.NumKvHeads), _pGrid / (c.NumKvHeads * ((c.NumHeads / c.NumKvHeads + maxg - 1) / maxg)))),
             EmbDt = CudaKernels.DTypeCode(_embDt), AddOne = c.NormAddOne ? 1 : 0, Act = (int)c.HiddenAct,
             Eps = (float)c.RmsNormEps, AttScale = 1f / MathF.Sqrt(c.HeadDim), EmbScale = c.ScaleEmbeddings ? MathF.Sqrt(c.HiddenSize) : 1f,
         };

@@ -19,6 +19,10 @@ public sealed unsafe partial class CudaBackend
     /// turns it off). Tests switch it to compare both paths.</summary>
     public bool BatchedPrefill { get; set; } = Environment.GetEnvironmentVariable("CALM_PREFILL") != "token";
 
+    /// <summary>Fuse the FFN activation into the gate_up GEMM's epilogue (default; CALM_PREFILL_FUSE=0 keeps the f32
+    /// [T, 2F] product and the separate gate_act_rows kernel; needs GEMM k depth 64). Same values either way.</summary>
+    public bool FuseGateAct { get; set; } = Environment.GetEnvironmentVariable("CALM_PREFILL_FUSE") != "0";
+
     /// <summary>Rows per chunk actually used (1 .. <see cref="PrefillChunk"/>; tests lower it to cross chunk boundaries).</summary>
     public int PrefillChunkRows
     {
@@ -125,20 +129,41 @@ public sealed unsafe partial class CudaBackend
             tokens.Slice(c0, n).CopyTo(new Span<int>((void*)_pTok!.Ptr, n));
             s.CopyToDeviceAsync(_pTokMem!, _pTok.Ptr, n * 4L);
             pk.EmbedRows(s, _pTokMem!.Ptr, _emb, _embDt, _pX, n, D, embScale);
+            Mark("token copy + embed");
             for (int l = 0; l < c.NumLayers; l++)
             {
                 var L = _layers[l];
                 pk.RmsNormRows(s, _pX, L.AttnNorm, _pH, n, D, eps, c.NormAddOne, act);
+                Mark("norm");
                 pk.Gemm(s, dt, _pH, L.Wqkv, _pQkv, L.Bqkv, n, Q + 2 * KV, D, false);
+                Mark("gemm qkv");
                 pk.QkvRopeRows(s, _pQkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                                KLayer(l), VLayer(l), MaxContext, H, K, Hd, n, pos0, KScaleLayer(l), VScaleLayer(l));
+                Mark("rope + kv write");
                 pk.AttentionPrefill(s, _pQkv, Q + 2 * KV, KLayer(l), VLayer(l), _pH, n, pos0, H, K, Hd, MaxContext,
-                                    c.SlidingWindow ?? 0, scale, act, KScaleLayer(l), VScaleLayer(l));
+                                    c.SlidingWindow ?? 0, scale, act, kScale: KScaleLayer(l), vScale: VScaleLayer(l));
+                Mark("attention");
                 pk.Gemm(s, dt, _pH, L.Wo, _pX, L.Bo, n, D, Q, true);
+                Mark("gemm o");
                 pk.RmsNormRows(s, _pX, L.FfnNorm, _pH, n, D, eps, c.NormAddOne, act);
-                pk.Gemm(s, dt, _pH, L.Wgu, _pGu, L.Bgu, n, 2 * Fi, D, false);
-                pk.GateActRows(s, _pGu, _pH, Fi, n, c.HiddenAct, act);
-                pk.Gemm(s, dt, _pH, L.Wdown, _pX, L.Bdown, n, D, Fi, true);
+                Mark("norm");
+                ulong hAct = _pH;   // the down projection's input [n, F] half
+                if (FuseGateAct && pk.GemmDepth == 64)
+                {
+                    // act(gate) * up straight out of the GEMM, into the gate_up scratch ([C, 2F] f32 holds [C, F] half)
+                    hAct = _pGu;
+                    pk.GemmGated(s, dt, _pH, L.Wgu, hAct, L.Bgu, n, Fi, D, c.HiddenAct, act);
+                    Mark("gemm gate_up + act");
+                }
+                else
+                {
+                    pk.Gemm(s, dt, _pH, L.Wgu, _pGu, L.Bgu, n, 2 * Fi, D, false);
+                    Mark("gemm gate_up");
+                    pk.GateActRows(s, _pGu, _pH, Fi, n, c.HiddenAct, act);
+                    Mark("gate act");
+                }
+                pk.Gemm(s, dt, hAct, L.Wdown, _pX, L.Bdown, n, D, Fi, true);
+                Mark("gemm down");
             }
             // classifier: every row of the chunk (allLogits), or only the prompt's last row
             int first = allLogits && logits.Length != 0 ? 0 : (c0 + n == T ? n - 1 : n);
@@ -157,9 +182,53 @@ public sealed unsafe partial class CudaBackend
                         CudaException.Check(Cu.cuMemcpyDtoH(p, _logits, (nuint)(c.VocabSize * 4)), "cuMemcpyDtoH(logits)");
                 }
             }
+            Mark("classifier");
         }
         k.Argmax(s, _logits, c.VocabSize, _pv, _pi, _result);
+        Mark("classifier");
         LastHostMs = hostSw.Elapsed.TotalMilliseconds - waited;
+    }
+
+    // ProfileBatchedPrefill: an event after each launch, named by the stage it ends (null: not profiling)
+    private List<(string Stage, CudaEvent Event)>? _prefillProfile;
+    private void Mark(string stage)
+    {
+        if (_prefillProfile is null) return;
+        var e = new CudaEvent(_ctx);
+        e.Record(_stream!);
+        _prefillProfile.Add((stage, e));
+    }
+
+    /// <summary>GPU milliseconds of each stage of one batched prefill of <paramref name="tokens"/> tokens from
+    /// position 0, summed over layers and chunks (an event between every two launches; the total is a little above
+    /// the unprofiled time), or null when this model falls back to per-token. Stages: token copy + embed, norm, gemm
+    /// qkv, rope + kv write, attention, gemm o, gemm gate_up, gate act, gemm down, classifier.</summary>
+    public IReadOnlyDictionary<string, double>? ProfileBatchedPrefill(int tokens, CancellationToken ct)
+    {
+        if (!UsesBatchedPrefill(tokens)) return null;
+        var toks = new int[tokens];
+        for (int i = 0; i < tokens; i++) toks[i] = (int)((i * 2654435761L) % Config.VocabSize);
+        var s = _stream!;
+        s.Synchronize();
+        _prefillProfile = new();
+        try
+        {
+            Mark("start");
+            RunBatched(toks, 0, Span<float>.Empty, false, ct);
+            _prefillProfile[^1].Event.Synchronize();
+            var ms = new Dictionary<string, double>();
+            for (int i = 1; i < _prefillProfile.Count; i++)
+            {
+                var (stage, e) = _prefillProfile[i];
+                ms[stage] = ms.GetValueOrDefault(stage) + e.ElapsedSince(_prefillProfile[i - 1].Event);
+            }
+            return ms;
+        }
+        finally
+        {
+            foreach (var (_, e) in _prefillProfile) e.Dispose();
+            _prefillProfile = null;
+        }
     }
 
     /// <summary>GPU milliseconds of one batched prefill of <paramref name="tokens"/> tokens from position 0 (no logits

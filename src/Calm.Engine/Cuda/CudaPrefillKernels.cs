@@ -9,12 +9,26 @@ namespace Calm.Engine.Cuda;
 /// </summary>
 public sealed class CudaPrefillKernels : IDisposable
 {
-    public const int GemmTileN = 128, GemmTileK = 32, GemmThreads = 256, GemmStages = 3;
-    /// <summary>Dynamic shared memory of the GEMM with <paramref name="tileRows"/> (64 or 128) rows of X per block and
-    /// a k depth of <paramref name="depth"/> (32 or 64) per stage: stages x (A + B tiles) x (depth + 8) halves per row.</summary>
-    public static int GemmSharedBytes(int tileRows, int depth = GemmTileK) => GemmStages * (tileRows + GemmTileN) * (depth + 8) * 2;
-    /// <summary>k depth of a GEMM stage when the call does not say: 32 (CALM_GEMM_K=64 for 64; the prefill bench times both).</summary>
+    public const int GemmTileN = 128, GemmTileK = 64, GemmThreads = 256, GemmStages = 3;
+    /// <summary>Dynamic shared memory of the GEMM with <paramref name="tileRows"/> (64 or 128) rows of X per block, a k
+    /// depth of <paramref name="depth"/> (32 or 64) per stage and <paramref name="stages"/> stages (3; 4 for variant 3):
+    /// stages x (A + B tiles) x (depth + 8) halves per row.</summary>
+    public static int GemmSharedBytes(int tileRows, int depth = GemmTileK, int stages = GemmStages) => stages * (tileRows + GemmTileN) * (depth + 8) * 2;
+    /// <summary>k depth of a GEMM stage when the call does not say: 64 (measured faster in every Llama-3-8B shape on the
+    /// H200, 2026-11-26); CALM_GEMM_K=32 for the old default.</summary>
     public int GemmDepth { get; }
+    /// <summary>GEMM kernel variant when the call does not say (CALM_GEMM_VARIANT): 1 = the first kernel (grid x over N
+    /// tiles, bf16 converted in shared memory); 2 = grid x over row tiles (W read from DRAM once), bf16 converted in
+    /// registers, float2 epilogue, two blocks per multiprocessor; 3 = variant 2 with 4 stages (one block per multiprocessor).
+    /// Variants 2 and 3 have k depth 64 only.</summary>
+    public int GemmVariant { get; }
+    /// <summary>Tile-height rule when the call does not say (CALM_GEMM_TILE): "auto" (default: 128 rows when that
+    /// still fills half the multiprocessors, else 64), "auto2" (the first rule: 128 only with two blocks per
+    /// multiprocessor), "64" or "128".</summary>
+    public string GemmTileRule { get; }
+    /// <summary>Prefill attention kernel when the call does not say (CALM_PREFILL_ATT): 2 = tensor cores (mma.sync,
+    /// head_dim 64 or 128; other head dims take 1), 1 = the first kernel (fp32 FMA).</summary>
+    public int AttentionVariant { get; }
     /// <summary>Multiprocessors of the device (picks the GEMM tile height).</summary>
     public int Multiprocessors { get; }
     public const int AttentionQueryTile = 16, AttentionKeyChunk = 32, AttentionThreads = 128, AttentionMaxHeadDim = 256;
@@ -38,8 +52,11 @@ public sealed class CudaPrefillKernels : IDisposable
 
     public CudaPrefillKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int? gemmDepth = null)
     {
-        GemmDepth = gemmDepth ?? (Environment.GetEnvironmentVariable("CALM_GEMM_K") == "64" ? 64 : 32);
+        GemmDepth = gemmDepth ?? (Environment.GetEnvironmentVariable("CALM_GEMM_K") == "32" ? 32 : 64);
         if (GemmDepth is not (32 or 64)) throw new ArgumentOutOfRangeException(nameof(gemmDepth), "GEMM depth is 32 or 64");
+        GemmVariant = Environment.GetEnvironmentVariable("CALM_GEMM_VARIANT") switch { "2" => 2, "3" => 3, _ => 1 };
+        GemmTileRule = Environment.GetEnvironmentVariable("CALM_GEMM_TILE") switch { "auto2" => "auto2", "64" => "64", "128" => "128", _ => "auto" };
+        AttentionVariant = Environment.GetEnvironmentVariable("CALM_PREFILL_ATT") == "1" ? 1 : 2;
         if (!Supported(arch)) throw new NotSupportedException($"the prefill kernels need sm_80 or newer (this device is sm_{arch})");
         Arch = arch;
         Multiprocessors = Math.Max(1, CudaDeviceInfo.List().FirstOrDefault(d => d.Index == ctx.Device)?.Multiprocessors ?? 1);
@@ -47,18 +64,35 @@ public sealed class CudaPrefillKernels : IDisposable
         {
             foreach (var file in new[] { "gemm.cu", "prefill_attention.cu" })
                 _modules.Add(new CudaModule(ctx, KernelCompiler.Get(file, arch, verbose).Image, file));
-            foreach (var name in new[] { "gemm_bf16", "gemm_f16", "gemm_bf16_m64", "gemm_f16_m64", "gemm_bf16_k64", "gemm_f16_k64", "gemm_bf16_m64_k64", "gemm_f16_m64_k64", "embed_rows", "rmsnorm_rows", "gate_act_rows" })
+            foreach (var name in new[] { "gemm_bf16", "gemm_f16", "gemm_bf16_m64", "gemm_f16_m64", "gemm_bf16_k64", "gemm_f16_k64", "gemm_bf16_m64_k64", "gemm_f16_m64_k64",
+                                          "gemm_bf16_k64_v2", "gemm_f16_k64_v2", "gemm_bf16_m64_k64_v2", "gemm_f16_m64_k64_v2",
+                                          "gemm_bf16_k64_v2s4", "gemm_f16_k64_v2s4", "gemm_bf16_m64_k64_v2s4", "gemm_f16_m64_k64_v2s4",
+                                          "gemm_gated_bf16_k64", "gemm_gated_f16_k64", "gemm_gated_bf16_m64_k64", "gemm_gated_f16_m64_k64",
+                                          "gemm_gated_bf16_k64_v2", "gemm_gated_f16_k64_v2", "gemm_gated_bf16_m64_k64_v2", "gemm_gated_f16_m64_k64_v2",
+                                          "gemm_gated_bf16_k64_v2s4", "gemm_gated_f16_k64_v2s4", "gemm_gated_bf16_m64_k64_v2s4", "gemm_gated_f16_m64_k64_v2s4",
+                                          "embed_rows", "rmsnorm_rows", "gate_act_rows" })
                 _k[name] = _modules[0].GetKernel(name);
-            foreach (var name in new[] { "qkv_rope_rows", "attention_prefill", "qkv_rope_rows_fp8", "attention_prefill_fp8" })
+            foreach (var name in new[] { "qkv_rope_rows", "attention_prefill", "attention_prefill_tc64", "attention_prefill_tc128", "qkv_rope_rows_fp8", "attention_prefill_fp8" })
                 _k[name] = _modules[1].GetKernel(name);
             foreach (var h in new[] { "bf16", "f16" })
             {
+                foreach (var (v, st) in new[] { ("", GemmStages), ("_v2", 3), ("_v2s4", 4) })
+                {
+                    _k["gemm_gated_" + h + "_k64" + v].SetMaxDynamicSharedMemory(GemmSharedBytes(128, 64, st));
+                    _k["gemm_gated_" + h + "_m64_k64" + v].SetMaxDynamicSharedMemory(GemmSharedBytes(64, 64, st));
+                }
+                _k["gemm_" + h + "_k64_v2"].SetMaxDynamicSharedMemory(GemmSharedBytes(128, 64));
+                _k["gemm_" + h + "_m64_k64_v2"].SetMaxDynamicSharedMemory(GemmSharedBytes(64, 64));
+                _k["gemm_" + h + "_k64_v2s4"].SetMaxDynamicSharedMemory(GemmSharedBytes(128, 64, 4));
+                _k["gemm_" + h + "_m64_k64_v2s4"].SetMaxDynamicSharedMemory(GemmSharedBytes(64, 64, 4));
                 _k["gemm_" + h].SetMaxDynamicSharedMemory(GemmSharedBytes(128));
                 _k["gemm_" + h + "_m64"].SetMaxDynamicSharedMemory(GemmSharedBytes(64));
                 _k["gemm_" + h + "_k64"].SetMaxDynamicSharedMemory(GemmSharedBytes(128, 64));
                 _k["gemm_" + h + "_m64_k64"].SetMaxDynamicSharedMemory(GemmSharedBytes(64, 64));
             }
             _k["attention_prefill"].SetMaxDynamicSharedMemory(AttentionSharedBytes(AttentionMaxHeadDim));
+            _k["attention_prefill_tc64"].SetMaxDynamicSharedMemory(AttentionTcSharedBytes(64));
+            _k["attention_prefill_tc128"].SetMaxDynamicSharedMemory(AttentionTcSharedBytes(128));
             _k["attention_prefill_fp8"].SetMaxDynamicSharedMemory(AttentionSharedBytes(AttentionMaxHeadDim));
         }
         catch
@@ -74,27 +108,69 @@ public sealed class CudaPrefillKernels : IDisposable
         _ => throw new NotSupportedException($"the tensor-core GEMM takes bf16 or f16 operands, not {t}"),
     };
 
-    /// <summary>Rows of X per block for a T x N product: 128 when that still gives two blocks per multiprocessor, else 64.</summary>
+    /// <summary>Rows of X per block for a T x N product (<see cref="GemmTileRule"/>): "auto" takes 128 when the
+    /// 128-row grid still has a block for half the multiprocessors (T=512 on the H200: every Llama-3-8B shape; 128 rows
+    /// measured faster in all of them), else 64 (short prompts, where 128-row tiles leave most multiprocessors idle).</summary>
     public int GemmTileRows(int T, int N)
-        => (long)((T + 127) / 128) * ((N + GemmTileN - 1) / GemmTileN) >= 2L * Multiprocessors ? 128 : 64;
+    {
+        long blocks128 = (long)((T + 127) / 128) * ((N + GemmTileN - 1) / GemmTileN);
+        return GemmTileRule switch
+        {
+            "64" => 64,
+            "128" => 128,
+            "auto2" => blocks128 >= 2L * Multiprocessors ? 128 : 64,
+            _ => 2 * blocks128 >= Multiprocessors ? 128 : 64,
+        };
+    }
 
-    /// <summary>Y [T, N] f32 = X [T, K] f16 . W [N, K]^T (wt: bf16 or f16, converted to f16 in shared memory) (+ bias [N]
-    /// f32 when nonzero) (+ Y when accumulate). The activations are f16 whatever the weights: bf16 activations cost ~8x
-    /// the rounding error (kernels/gemm.cu).
+    /// <summary>Kernel name of a GEMM launch (tile rows 64/128, depth 32/64, variant 1/2/3; variants 2 and 3 need depth 64).</summary>
+    public static string GemmKernelName(DType wt, int tileRows, int depth, int variant)
+        => "gemm_" + Half(wt) + (tileRows == 64 ? "_m64" : "") + (depth == 64 ? "_k64" : "") + (variant switch { 2 => "_v2", 3 => "_v2s4", _ => "" });
+
+    /// <summary>Y [T, N] f32 = X [T, K] f16 . W [N, K]^T (wt: bf16 or f16, converted to f16 in shared memory or registers)
+    /// (+ bias [N] f32 when nonzero) (+ Y when accumulate). The activations are f16 whatever the weights: bf16
+    /// activations cost ~8x the rounding error (kernels/gemm.cu).
     /// K % 8 == 0; X and W 16-byte aligned. tileRows: 64 or 128 rows of X per block (0: <see cref="GemmTileRows"/>);
-    /// depth: 32 or 64 columns of K per stage (0: <see cref="GemmDepth"/>).</summary>
-    public void Gemm(CudaStream s, DType wt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, int tileRows = 0, int depth = 0)
+    /// depth: 32 or 64 columns of K per stage (0: <see cref="GemmDepth"/>; variants 2 and 3 take 64 whatever it says);
+    /// variant: 1, 2 or 3 (0: <see cref="GemmVariant"/>).</summary>
+    public void Gemm(CudaStream s, DType wt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, int tileRows = 0, int depth = 0, int variant = 0)
     {
         if (tileRows == 0) tileRows = GemmTileRows(T, N);
+        if (variant == 0) variant = GemmVariant;
         if (depth == 0) depth = GemmDepth;
+        if (variant is 2 or 3) depth = 64;
         if (tileRows is not (64 or 128)) throw new ArgumentOutOfRangeException(nameof(tileRows), "GEMM tiles are 64 or 128 rows");
         if (depth is not (32 or 64)) throw new ArgumentOutOfRangeException(nameof(depth), "GEMM depth is 32 or 64");
+        if (variant is not (1 or 2 or 3)) throw new ArgumentOutOfRangeException(nameof(variant), "GEMM variants are 1, 2 and 3");
         if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);
         if (T <= 0 || N <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{N}");
         if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
-        _k["gemm_" + Half(wt) + (tileRows == 64 ? "_m64" : "") + (depth == 64 ? "_k64" : "")].Launch(s, ((N + GemmTileN - 1) / GemmTileN, (T + tileRows - 1) / tileRows, 1),
-            GemmThreads, GemmSharedBytes(tileRows, depth),
+        int nTiles = (N + GemmTileN - 1) / GemmTileN, mTiles = (T + tileRows - 1) / tileRows;
+        // variant 1: grid x over N tiles; 2, 3: grid x over row tiles (the blocks sharing a W tile are launched together)
+        var grid = variant == 1 ? (nTiles, mTiles, 1) : (mTiles, nTiles, 1);
+        _k[GemmKernelName(wt, tileRows, depth, variant)].Launch(s, grid, GemmThreads, GemmSharedBytes(tileRows, depth, variant == 3 ? 4 : GemmStages),
             X, W, Y, bias, T, N, K, accumulate ? 1 : 0);
+    }
+
+    /// <summary>The gate_up GEMM with the activation fused into its epilogue: X [T, K] f16 . W [2F, K]^T (wt; rows
+    /// [gate | up]) (+ bias [2F] f32 when nonzero) -> H [T, F] (odt bf16/f16; f16 saturates at ±65504) = act(gate) * up,
+    /// the same values as <see cref="Gemm"/> into [T, 2F] f32 then <see cref="GateActRows"/>, without the f32 round trip
+    /// (at T=512 on Llama-3-8B: 59 MB written and read back per layer). k depth 64; tileRows 0: <see cref="GemmTileRows"/>
+    /// of the [T, 2F] product; variant 0: <see cref="GemmVariant"/>.</summary>
+    public void GemmGated(CudaStream s, DType wt, ulong X, ulong W, ulong H, ulong bias, int T, int F, int K, Activation act, DType odt, int tileRows = 0, int variant = 0)
+    {
+        if (tileRows == 0) tileRows = GemmTileRows(T, 2 * F);
+        if (variant == 0) variant = GemmVariant;
+        if (tileRows is not (64 or 128)) throw new ArgumentOutOfRangeException(nameof(tileRows), "GEMM tiles are 64 or 128 rows");
+        if (variant is not (1 or 2 or 3)) throw new ArgumentOutOfRangeException(nameof(variant), "GEMM variants are 1, 2 and 3");
+        if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);
+        if (T <= 0 || F <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{F}");
+        if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
+        int nTiles = (F + GemmTileN / 2 - 1) / (GemmTileN / 2), mTiles = (T + tileRows - 1) / tileRows;
+        var grid = variant == 1 ? (nTiles, mTiles, 1) : (mTiles, nTiles, 1);
+        string name = "gemm_gated_" + Half(wt) + (tileRows == 64 ? "_m64" : "") + "_k64" + (variant switch { 2 => "_v2", 3 => "_v2s4", _ => "" });
+        _k[name].Launch(s, grid, GemmThreads, GemmSharedBytes(tileRows, 64, variant == 3 ? 4 : GemmStages),
+            X, W, H, bias, T, F, K, (int)act, CudaKernels.DTypeCode(odt));
     }
 
     /// <summary>tokens [T] int (device), table [V, D] (tdt) -> x [T, D] f32 = table[token] * scale.</summary>
@@ -129,16 +205,35 @@ public sealed class CudaPrefillKernels : IDisposable
     /// <summary>Dynamic shared memory of prefill attention for head_dim <paramref name="hd"/>.</summary>
     public static int AttentionSharedBytes(int hd) => AttentionQueryTile * hd * 4 + AttentionKeyChunk * (hd / 2 + 1) * 4 + AttentionKeyChunk * (hd / 2) * 4;
 
+    /// <summary>Query rows per block of the tensor-core prefill attention (kernels/prefill_attention.cu).</summary>
+    public const int AttentionTcQueryTile = 64, AttentionTcThreads = 128;
+    /// <summary>Keys per shared-memory chunk of the tensor-core prefill attention (PT_KC): 32 at head_dim 128, else 64.</summary>
+    public static int AttentionTcKeyChunk(int hd) => hd >= 128 ? 32 : 64;
+    /// <summary>Dynamic shared memory of the tensor-core prefill attention: 2 stages x (K + V) x chunk keys x (hd + 8) halves.</summary>
+    public static int AttentionTcSharedBytes(int hd) => 2 * 2 * AttentionTcKeyChunk(hd) * (hd + 8) * 2;
+    /// <summary>Whether the tensor-core prefill attention takes this head dim (64 or 128).</summary>
+    public static bool AttentionTcTakes(int hd) => hd is 64 or 128;
+
     /// <summary>Causal attention: queries at q + t*ld + h*Hd (f32, t &lt; T, position start+t) against the caches
-    /// [K, maxCtx, Hd] fp16 (positions 0 .. start+T-1 written) -> out [T, H*Hd] (odt). window 0: none.</summary>
+    /// [K, maxCtx, Hd] fp16 (positions 0 .. start+T-1 written) -> out [T, H*Hd] (odt). window 0: none.
+    /// variant: 1 = fp32 FMA kernel, 2 = tensor cores (head_dim 64/128; others take 1), 0 = <see cref="AttentionVariant"/>.</summary>
     public void AttentionPrefill(CudaStream s, ulong q, int ld, ulong kCache, ulong vCache, ulong outp, int T, int start,
-                                 int H, int K, int Hd, int maxCtx, int window, float scale, DType odt, ulong kScale = 0, ulong vScale = 0)
+                                 int H, int K, int Hd, int maxCtx, int window, float scale, DType odt, int variant = 0,
+                                 ulong kScale = 0, ulong vScale = 0)
     {
         if (AttentionUnsupported(H, K, Hd) is { } why) throw new NotSupportedException(why);
         if (kScale != 0 && vScale != 0)
         {
+            // fp8 KV cache (e4m3 rows + f32 row scales): the fp32 FMA kernel (no tensor-core fp8 variant yet)
             _k["attention_prefill_fp8"].Launch(s, ((T + AttentionQueryTile - 1) / AttentionQueryTile, H, 1), AttentionThreads, AttentionSharedBytes(Hd),
                 q, ld, kCache, vCache, outp, T, start, H, K, Hd, maxCtx, window, scale, CudaKernels.DTypeCode(odt), kScale, vScale);
+            return;
+        }
+        if (variant == 0) variant = AttentionVariant;
+        if (variant == 2 && AttentionTcTakes(Hd))
+        {
+            _k["attention_prefill_tc" + Hd].Launch(s, ((T + AttentionTcQueryTile - 1) / AttentionTcQueryTile, H, 1), AttentionTcThreads, AttentionTcSharedBytes(Hd),
+                q, ld, kCache, vCache, outp, T, start, H, K, maxCtx, window, scale, CudaKernels.DTypeCode(odt));
             return;
         }
         _k["attention_prefill"].Launch(s, ((T + AttentionQueryTile - 1) / AttentionQueryTile, H, 1), AttentionThreads, AttentionSharedBytes(Hd),

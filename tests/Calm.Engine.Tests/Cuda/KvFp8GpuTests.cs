@@ -214,7 +214,7 @@ public class KvFp8GpuTests
         using var KS = Gpu.Up(ctx, ks); using var VS = Gpu.Up(ctx, vs);
         using var O = Gpu.Zeros(ctx, (long)T * H * Hd * 2);
         float scale = 1f / MathF.Sqrt(Hd);
-        pk.AttentionPrefill(s, Q.Ptr, ld, KC.Ptr, VC.Ptr, O.Ptr, T, startPos, H, K, Hd, maxCtx, window, scale, DType.F16, KS.Ptr, VS.Ptr);
+        pk.AttentionPrefill(s, Q.Ptr, ld, KC.Ptr, VC.Ptr, O.Ptr, T, startPos, H, K, Hd, maxCtx, window, scale, DType.F16, kScale: KS.Ptr, vScale: VS.Ptr);
         s.Synchronize();
         var got = O.ToArray<ushort>(T * H * Hd).Select(b => (float)BitConverter.UInt16BitsToHalf(b)).ToArray();
         var want = new float[T * H * Hd];

@@ -34,6 +34,26 @@ public class PrefillTests
     [InlineData(DType.F16, 5, 1000, 8, false, false, 0, 0)]          // K = 8: one partial k tile; tile picked by the launcher
     [InlineData(DType.BF16, 3, 64, 4104, true, true, 128, 64)]       // long K: many stages through the 3-deep ring
     public void GemmMatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows, int depth)
+        => CheckGemm(dt, T, N, K, bias, accumulate, tileRows, depth, 1);
+
+    // variants 2 (grid x over row tiles, bf16 converted in registers, float2 epilogue) and 3 (the same, 4 stages):
+    // k depth 64; ragged T (rows not a multiple of the tile), ragged and odd N (the scalar epilogue), K tails, long K
+    [Theory]
+    [InlineData(DType.BF16, 1, 128, 64, false, false, 128, 2)]
+    [InlineData(DType.BF16, 37, 200, 264, true, false, 64, 2)]
+    [InlineData(DType.BF16, 37, 200, 264, true, true, 128, 3)]
+    [InlineData(DType.F16, 130, 300, 512, true, true, 128, 2)]
+    [InlineData(DType.F16, 130, 300, 512, true, true, 64, 3)]
+    [InlineData(DType.BF16, 257, 129, 1000, false, true, 128, 2)]   // odd N: last column through the scalar path
+    [InlineData(DType.BF16, 257, 129, 1000, true, false, 64, 3)]
+    [InlineData(DType.BF16, 300, 384, 4104, true, true, 128, 3)]    // long K through the 4-deep ring, 3 row tiles (last ragged)
+    [InlineData(DType.BF16, 300, 384, 4104, false, false, 128, 2)]
+    [InlineData(DType.F16, 5, 1000, 8, false, false, 0, 2)]         // K = 8; tile picked by the launcher
+    [InlineData(DType.BF16, 515, 256, 136, false, true, 0, 3)]      // 515 rows: 5 row tiles of 128, the last 3 rows
+    public void GemmVariantMatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows, int variant)
+        => CheckGemm(dt, T, N, K, bias, accumulate, tileRows, 64, variant);
+
+    private static void CheckGemm(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows, int depth, int variant)
     {
         var (ctx, p, s) = Require();
         using var _c = ctx; using var _p = p; using var _s = s;
@@ -43,7 +63,7 @@ public class PrefillTests
         var b = Gpu.RandF(r, N);
         var y0 = Gpu.RandF(r, T * N);
         using var X = Gpu.Up(ctx, xb); using var W = Gpu.Up(ctx, wb); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
-        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, N, K, accumulate, tileRows, depth);
+        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, N, K, accumulate, tileRows, depth, variant);
         s.Synchronize();
         var want = new float[T * N];
         for (int t = 0; t < T; t++)
@@ -58,7 +78,49 @@ public class PrefillTests
         // the tensor cores' fp32 accumulation truncates (not IEEE round-to-nearest): ~2^-24 per k16 step relative to the
         // running sum, growing with sqrt(K / 16) on these random sums; a wrong tile, fragment or mask gives errors near 1
         double bound = 2e-6 * Math.Max(1, Math.Sqrt(K / 16.0));
-        Gpu.Close(Y.ToArray<float>(T * N), want, bound, $"gemm {dt} {T}x{N}x{K} tile {tileRows} depth {depth}");
+        Gpu.Close(Y.ToArray<float>(T * N), want, bound, $"gemm v{variant} {dt} {T}x{N}x{K} tile {tileRows} depth {depth}");
+    }
+
+    // gate_up with the activation fused into the epilogue: against the CPU (f64 sums, act, rounded to the output format)
+    // and bit for bit against the unfused GEMM + gate_act_rows on the GPU; ragged T and F (F not a multiple of the
+    // 64-column half tile), K tails, every variant and tile height
+    [Theory]
+    [InlineData(DType.BF16, 37, 100, 264, true, 128, 1, DType.F16, 0)]
+    [InlineData(DType.BF16, 37, 100, 264, false, 64, 2, DType.BF16, 1)]
+    [InlineData(DType.F16, 130, 64, 512, true, 128, 3, DType.F16, 0)]
+    [InlineData(DType.BF16, 257, 200, 1000, true, 64, 1, DType.F16, 1)]
+    [InlineData(DType.BF16, 300, 192, 4104, false, 128, 2, DType.F16, 0)]
+    [InlineData(DType.BF16, 515, 72, 136, true, 0, 3, DType.BF16, 0)]
+    [InlineData(DType.F16, 3, 130, 8, true, 0, 1, DType.F16, 1)]
+    public void GemmGatedMatchesReferenceAndUnfused(DType dt, int T, int F, int K, bool bias, int tileRows, int variant, DType odt, int actCode)
+    {
+        var (ctx, p, s) = Require();
+        using var _c = ctx; using var _p = p; using var _s = s;
+        var act = (Activation)actCode;
+        var r = Gpu.Rng();
+        var (xb, xv) = Gpu.RandHalf(r, T * K, DType.F16, 1f);
+        var (wb, wv) = Gpu.RandHalf(r, 2 * F * K, dt, 0.1f);
+        var b = Gpu.RandF(r, 2 * F);
+        using var X = Gpu.Up(ctx, xb); using var W = Gpu.Up(ctx, wb); using var B = Gpu.Up(ctx, b);
+        using var H1 = Gpu.Zeros(ctx, (long)T * F * 2); using var H2 = Gpu.Zeros(ctx, (long)T * F * 2);
+        using var Y = Gpu.Zeros(ctx, (long)T * 2 * F * 4);
+        p.GemmGated(s, dt, X.Ptr, W.Ptr, H1.Ptr, bias ? B.Ptr : 0, T, F, K, act, odt, tileRows, variant);
+        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, 2 * F, K, false, tileRows == 0 ? p.GemmTileRows(T, 2 * F) : tileRows, 64, variant);
+        p.GateActRows(s, Y.Ptr, H2.Ptr, F, T, act, odt);
+        s.Synchronize();
+        var got = H1.ToArray<ushort>(T * F);
+        var want = new float[T * F];
+        for (int t = 0; t < T; t++)
+            for (int f = 0; f < F; f++)
+            {
+                double a = 0, u = 0;
+                for (int k = 0; k < K; k++) { a += (double)xv[t * K + k] * wv[f * K + k]; u += (double)xv[t * K + k] * wv[(F + f) * K + k]; }
+                if (bias) { a += b[f]; u += b[F + f]; }
+                float g = act == Activation.Silu ? Gpu.Silu((float)a) : Gpu.GeluTanh((float)a);
+                want[t * F + f] = Gpu.FromBits(Gpu.ToBits(g * (float)u, odt), odt);
+            }
+        Gpu.Close(got.Select(u => Gpu.FromBits(u, odt)).ToArray(), want, 1e-3, $"gated gemm v{variant} {dt} {T}x{F}x{K} tile {tileRows} -> {odt} act {act}");
+        Assert.Equal(H2.ToArray<ushort>(T * F), got);   // the same f32 sums and the same act * up as the unfused path
     }
 
     [Fact]
@@ -83,6 +145,24 @@ public class PrefillTests
     [InlineData(6, 3, 96, 50, 13, 7, DType.BF16)]      // sliding window shorter than the chunk
     [InlineData(4, 1, 256, 33, 100, 40, DType.F16)]
     public void AttentionPrefillMatchesCpu(int H, int K, int Hd, int T, int start, int window, DType odt)
+        => CheckAttention(H, K, Hd, T, start, window, odt, 1);
+
+    // the tensor-core kernel (head_dim 64 and 128): query tiles of 64 rows (ragged last tile, rows of a warp past T),
+    // key chunks of 32 (head_dim 128) or 64 (several per tile; start > 0 so chunks do not align with the tile), GQA, windows shorter
+    // and longer than a chunk, both output formats; same bound as the fp32 kernel
+    [Theory]
+    [InlineData(8, 2, 64, 37, 0, 0, DType.BF16)]
+    [InlineData(4, 4, 128, 20, 45, 0, DType.F16)]
+    [InlineData(8, 2, 128, 200, 0, 0, DType.BF16)]
+    [InlineData(8, 2, 128, 130, 77, 0, DType.F16)]
+    [InlineData(4, 1, 64, 150, 13, 7, DType.BF16)]      // window shorter than a chunk
+    [InlineData(4, 2, 128, 190, 100, 90, DType.F16)]    // window longer than a chunk, chunks skipped before it
+    [InlineData(32, 8, 128, 64, 0, 0, DType.BF16)]      // Llama-3-8B heads, one full tile
+    [InlineData(2, 1, 64, 1, 300, 0, DType.F16)]        // one query row after a long cache
+    public void AttentionPrefillTensorCoresMatchCpu(int H, int K, int Hd, int T, int start, int window, DType odt)
+        => CheckAttention(H, K, Hd, T, start, window, odt, 2);
+
+    private static void CheckAttention(int H, int K, int Hd, int T, int start, int window, DType odt, int variant)
     {
         var (ctx, p, s) = Require();
         using var _c = ctx; using var _p = p; using var _s = s;
@@ -94,7 +174,7 @@ public class PrefillTests
         using var Q = Gpu.Up(ctx, q); using var KC = Gpu.Up(ctx, kb); using var VC = Gpu.Up(ctx, vb);
         using var O = Gpu.Zeros(ctx, (long)T * H * Hd * 2);
         float scale = 1f / MathF.Sqrt(Hd);
-        p.AttentionPrefill(s, Q.Ptr, ld, KC.Ptr, VC.Ptr, O.Ptr, T, start, H, K, Hd, maxCtx, window, scale, odt);
+        p.AttentionPrefill(s, Q.Ptr, ld, KC.Ptr, VC.Ptr, O.Ptr, T, start, H, K, Hd, maxCtx, window, scale, odt, variant);
         s.Synchronize();
         var got = O.ToArray<ushort>(T * H * Hd).Select(u => Gpu.FromBits(u, odt)).ToArray();
         var want = new float[T * H * Hd];
@@ -109,7 +189,7 @@ public class PrefillTests
                 CpuOps.AttendHead(q.AsSpan(t * ld + h * Hd, Hd), keys, vals, Hd, start + t, window > 0 ? window : null, scale, scores, o);
                 for (int d = 0; d < Hd; d++) o[d] = Gpu.FromBits(Gpu.ToBits(o[d], odt), odt);   // the kernel's output format
             }
-        Gpu.Close(got, want, 1e-3, $"prefill attention H{H} K{K} Hd{Hd} T{T} start{start} window{window}");
+        Gpu.Close(got, want, 1e-3, $"prefill attention v{variant} H{H} K{K} Hd{Hd} T{T} start{start} window{window}");
     }
 
     // the per-row kernel does for T rows what the decode kernel does for one token at a time
