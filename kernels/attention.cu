@@ -1,6 +1,7 @@
-// attention.cu: one decode query per head against the fp16 KV cache, online softmax in fp32.
+// attention.cu: one decode query per head against the KV cache (fp16, or fp8 e4m3 with row scales), online softmax in fp32.
 // GQA (query head h reads kv head h / (H/K)), optional sliding window (query at pos sees keys j with pos-W < j <= pos).
 #include "common.cuh"
+#include "fp8.cuh"
 
 #define ATT_MAX_HD 512
 #define ATT_PER_LANE (ATT_MAX_HD / 32)
@@ -9,10 +10,18 @@
 // q [H*Hd] f32 (rotated), kCache/vCache this layer's [K, maxCtx, Hd] fp16, out [H*Hd] f32.
 // One block per query head; each warp walks positions start+warp, start+warp+nwarps, ... keeping a running max,
 // sum and weighted V (lane owns dims lane, lane+32, ...); the warps' partial results are merged at the end.
-extern "C" __global__ void attention_decode(const float* q, const u16* kCache, const u16* vCache, float* out,
-                                            int H, int K, int Hd, int maxCtx, int window, float scale,
-                                            const StepParams* sp) {
-    PDL_ENTER();
+// KVT CALM_KV_FP8: caches [K, maxCtx, Hd] e4m3 with row scales kScale/vScale [K, maxCtx] f32 (fp8.cuh).
+template <int KVT>
+__device__ __forceinline__ float att_elem(const void* row, int d) {
+    if (KVT == CALM_KV_FP8) return e4m3_to_f32(((const unsigned char*)row)[d]);
+    return f16_to_f32(((const u16*)row)[d]);
+}
+
+template <int KVT>
+__device__ __forceinline__ void attention_decode_impl(const float* q, const void* kCache, const void* vCache, float* out,
+                                                      int H, int K, int Hd, int maxCtx, int window, float scale,
+                                                      const StepParams* sp, const float* kScale, const float* vScale) {
+    const int ES = KVT == CALM_KV_FP8 ? 1 : 2;
     __shared__ float s_m[ATT_MAX_WARPS], s_l[ATT_MAX_WARPS];
     __shared__ float s_acc[ATT_MAX_WARPS][ATT_MAX_HD];
     int h = blockIdx.x;
@@ -29,26 +38,29 @@ extern "C" __global__ void attention_decode(const float* q, const u16* kCache, c
         acc[i] = 0.f;
     }
     float m = -CALM_INF, l = 0.f;
-    const u16* kb = kCache + (long long)kh * maxCtx * Hd;
-    const u16* vb = vCache + (long long)kh * maxCtx * Hd;
+    const char* kb = (const char*)kCache + (long long)kh * maxCtx * Hd * ES;
+    const char* vb = (const char*)vCache + (long long)kh * maxCtx * Hd * ES;
     for (int j = start + warp; j <= pos; j += nwarps) {
-        const u16* kr = kb + (long long)j * Hd;
+        const char* kr = kb + (long long)j * Hd * ES;
         float s = 0.f;
 #pragma unroll
         for (int i = 0; i < ATT_PER_LANE; i++) {
             int d = lane + 32 * i;
-            if (d < Hd) s = fmaf(qv[i], f16_to_f32(kr[d]), s);
+            if (d < Hd) s = fmaf(qv[i], att_elem<KVT>(kr, d), s);
         }
         s = warp_sum(s);
+        float vsc = 1.f;
+        if (KVT == CALM_KV_FP8) { s *= kScale[(long long)kh * maxCtx + j]; vsc = vScale[(long long)kh * maxCtx + j]; }
         float mn = fmaxf(m, s);
         float corr = expf(m - mn);
         float p = expf(s - mn);
         l = l * corr + p;
-        const u16* vr = vb + (long long)j * Hd;
+        const char* vr = vb + (long long)j * Hd * ES;
+        float pv = KVT == CALM_KV_FP8 ? p * vsc : p;
 #pragma unroll
         for (int i = 0; i < ATT_PER_LANE; i++) {
             int d = lane + 32 * i;
-            if (d < Hd) acc[i] = fmaf(p, f16_to_f32(vr[d]), acc[i] * corr);
+            if (d < Hd) acc[i] = fmaf(pv, att_elem<KVT>(vr, d), acc[i] * corr);
         }
         m = mn;
     }
@@ -71,6 +83,20 @@ extern "C" __global__ void attention_decode(const float* q, const u16* kCache, c
     }
 }
 
+extern "C" __global__ void attention_decode(const float* q, const u16* kCache, const u16* vCache, float* out,
+                                            int H, int K, int Hd, int maxCtx, int window, float scale,
+                                            const StepParams* sp) {
+    PDL_ENTER();
+    attention_decode_impl<CALM_KV_F16>(q, kCache, vCache, out, H, K, Hd, maxCtx, window, scale, sp, 0, 0);
+}
+
+extern "C" __global__ void attention_decode_fp8(const float* q, const unsigned char* kCache, const unsigned char* vCache, float* out,
+                                                int H, int K, int Hd, int maxCtx, int window, float scale,
+                                                const StepParams* sp, const float* kScale, const float* vScale) {
+    PDL_ENTER();
+    attention_decode_impl<CALM_KV_FP8>(q, kCache, vCache, out, H, K, Hd, maxCtx, window, scale, sp, kScale, vScale);
+}
+
 #include "attention_split.cuh"
 
 #define FD_KERNEL(NAME, MAXG, U, MINB)                                                                                   \
@@ -87,6 +113,24 @@ extern "C" __global__ void attention_decode(const float* q, const u16* kCache, c
         PDL_ENTER();                                                                                                   \
         attention_split_impl<MAXG, U, true>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window, scale, S, sp,       \
                                             blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z);                            \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
+    NAME##_fp8(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K, int Hd,     \
+               int maxCtx, int window, float scale, int S, const StepParams* sp, const float* kScale,                  \
+               const float* vScale) {                                                                                  \
+        PDL_ENTER();                                                                                                   \
+        attention_split_impl<MAXG, U, false, CALM_KV_FP8>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window, scale, \
+                                                          S, sp, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z,        \
+                                                          kScale, vScale);                                             \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
+    NAME##_fp8_async(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K,       \
+                     int Hd, int maxCtx, int window, float scale, int S, const StepParams* sp, const float* kScale,    \
+                     const float* vScale) {                                                                            \
+        PDL_ENTER();                                                                                                   \
+        attention_split_impl<MAXG, U, true, CALM_KV_FP8>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window, scale,  \
+                                                         S, sp, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z,         \
+                                                         kScale, vScale);                                              \
     }
 FD_KERNEL(attention_split_g1, 1, 4, 2)
 FD_KERNEL(attention_split_g2, 2, 4, 2)

@@ -3,12 +3,18 @@
 // persistent block can take any (kv head, chunk, head group) work item.
 #pragma once
 #include "common.cuh"
+#include "fp8.cuh"
 
 // ---- split decode attention (flash-decoding) ---------------------------------------------------------------------
 // Grid (K, S, Z): block (kh, split, z) reads one chunk of the KV cache of kv head kh once for the query heads
 // kh*G + z*MAXG + [0, MAXG) of its group (GQA: G = H/K query heads share a kv head). The positions start..pos are cut
 // into at most S chunks of a multiple of 64 positions (computed from the step's position, so the captured graph
 // stays valid at every position); blocks past the last chunk return at once.
+// KV cache types (template parameter KVT, fp8.cuh): CALM_KV_F16 (default) or CALM_KV_FP8 (e4m3 rows with one f32
+// scale each; kScale/vScale [K, maxCtx] of this layer). The geometry is the same for both: a lane owns 8 elements
+// of a row (fp16: one 16-byte load, fp8: one 8-byte load), so the registers per lane (q, acc: MAXG x 8) are the
+// same and the g4 kernel stays within the 128 registers of __launch_bounds__(256, 2); fp8 applies the K row scale
+// to the score and the V row scale to p.
 // Inside a block: Hd/8 lanes own one cache row (16-byte loads, 8 fp16 each); a warp walks 32/(Hd/8) rows at a time,
 // FD_UNROLL row groups in flight; every row-stream keeps a running (max, sum, weighted V) per query head in the
 // log2 domain; streams merge by shuffles, warps through shared memory.
@@ -55,28 +61,49 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
 #endif
 }
-// one stage: rows r0 .. r0 + vecs/tpp - 1 of K and V (rows >= c1 zero-filled) into dst [2][vecs] 16-byte vectors
-__device__ __forceinline__ void fd_issue_stage(calm_u4* dst, const u16* kh0, const u16* vh0, int r0, int c1, int Hd, int tpp, int vecs) {
+// one stage: rows r0 .. r0 + vecs/vpr - 1 of K and V (rows >= c1 zero-filled) into dst [2][vecs] 16-byte vectors
+// (rows of rowBytes = vpr * 16 bytes, vpr a power of two)
+__device__ __forceinline__ void fd_issue_stage(calm_u4* dst, const char* kh0, const char* vh0, int r0, int c1, int rowBytes, int vpr, int vecs) {
     for (int v = threadIdx.x; v < vecs; v += FD_THREADS) {
-        int r = r0 + v / tpp;
+        int r = r0 + v / vpr;
         bool ok = r < c1;
-        long long off = (long long)(ok ? r : r0) * Hd + (v & (tpp - 1)) * 8;
+        long long off = (long long)(ok ? r : r0) * rowBytes + (v & (vpr - 1)) * 16;
         cp_async16(dst + v, kh0 + off, ok ? 16 : 0);
         cp_async16(dst + vecs + v, vh0 + off, ok ? 16 : 0);
     }
 }
 
+// what a lane holds of one cache row: 8 elements (fp16: 16 bytes, fp8: 8 bytes)
+struct __align__(8) calm_u2 { u32 x, y; };
+template <int KVT> struct fd_kv { typedef calm_u4 vec; static const int bytes = 2; };
+template <> struct fd_kv<CALM_KV_FP8> { typedef calm_u2 vec; static const int bytes = 1; };
+__device__ __forceinline__ void fd_load(calm_u4& r, const char* p) { r = ldg_u4(p); }
+__device__ __forceinline__ void fd_load(calm_u2& r, const char* p) {
+    asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+}
+__device__ __forceinline__ void fd_zero(calm_u4& r) { r.x = r.y = r.z = r.w = 0u; }
+__device__ __forceinline__ void fd_zero(calm_u2& r) { r.x = r.y = 0u; }
+__device__ __forceinline__ void fd_unpack8(const calm_u4& r, float (&f)[8]) {
+    unpack2<CALM_F16>(r.x, f[0], f[1]); unpack2<CALM_F16>(r.y, f[2], f[3]);
+    unpack2<CALM_F16>(r.z, f[4], f[5]); unpack2<CALM_F16>(r.w, f[6], f[7]);
+}
+__device__ __forceinline__ void fd_unpack8(const calm_u2& r, float (&f)[8]) {
+    e4m3x4_to_f32(r.x, f[0], f[1], f[2], f[3]);
+    e4m3x4_to_f32(r.y, f[4], f[5], f[6], f[7]);
+}
+
 // One step of a row-stream: U cache rows (K in kr, V in vr; rows j = base + u*streams + slot, valid when j < c1)
 // folded into the running (m, l, acc) of each of the MAXG query heads. Every lane of the warp must call it.
-template <int MAXG, int U>
-__device__ __forceinline__ void fd_rows(const calm_u4 (&kr)[U], const calm_u4 (&vr)[U], int base, int streams, int slot, int c1, int tpp,
-                                        const float (&qv)[MAXG][8], float (&m)[MAXG], float (&l)[MAXG], float (&acc)[MAXG][8]) {
+// fp8 (KVT): ks/vs are the rows' K and V scales (unused for fp16).
+template <int MAXG, int U, int KVT, typename VEC>
+__device__ __forceinline__ void fd_rows(const VEC (&kr)[U], const VEC (&vr)[U], int base, int streams, int slot, int c1, int tpp,
+                                        const float (&qv)[MAXG][8], float (&m)[MAXG], float (&l)[MAXG], float (&acc)[MAXG][8],
+                                        const float (&ks)[U], const float (&vs)[U]) {
         float s[U][MAXG];
 #pragma unroll
     for (int u = 0; u < U; u++) {
         float k8[8];
-        unpack2<CALM_F16>(kr[u].x, k8[0], k8[1]); unpack2<CALM_F16>(kr[u].y, k8[2], k8[3]);
-        unpack2<CALM_F16>(kr[u].z, k8[4], k8[5]); unpack2<CALM_F16>(kr[u].w, k8[6], k8[7]);
+        fd_unpack8(kr[u], k8);
 #pragma unroll
         for (int g = 0; g < MAXG; g++) {
             float a = qv[g][0] * k8[0];
@@ -95,14 +122,14 @@ __device__ __forceinline__ void fd_rows(const calm_u4 (&kr)[U], const calm_u4 (&
     for (int u = 0; u < U; u++) {
         bool valid = base + u * streams + slot < c1;
 #pragma unroll
-        for (int g = 0; g < MAXG; g++) if (!valid) s[u][g] = -CALM_INF;
+        for (int g = 0; g < MAXG; g++) {
+            if (KVT == CALM_KV_FP8) s[u][g] *= ks[u];
+            if (!valid) s[u][g] = -CALM_INF;
+        }
     }
     float v8[U][8];
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-        unpack2<CALM_F16>(vr[u].x, v8[u][0], v8[u][1]); unpack2<CALM_F16>(vr[u].y, v8[u][2], v8[u][3]);
-        unpack2<CALM_F16>(vr[u].z, v8[u][4], v8[u][5]); unpack2<CALM_F16>(vr[u].w, v8[u][6], v8[u][7]);
-    }
+    for (int u = 0; u < U; u++) fd_unpack8(vr[u], v8[u]);
 #pragma unroll
     for (int g = 0; g < MAXG; g++) {
         float mx = m[g];
@@ -115,6 +142,10 @@ __device__ __forceinline__ void fd_rows(const calm_u4 (&kr)[U], const calm_u4 (&
 #pragma unroll
         for (int u = 0; u < U; u++) { p[u] = exp2f(s[u][g] - mref); ps += p[u]; }
         l[g] = fmaf(l[g], corr, ps);
+        if (KVT == CALM_KV_FP8) {
+#pragma unroll
+            for (int u = 0; u < U; u++) p[u] *= vs[u];
+        }
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             float a = acc[g][e] * corr;
@@ -126,10 +157,16 @@ __device__ __forceinline__ void fd_rows(const calm_u4 (&kr)[U], const calm_u4 (&
     }
 }
 
-template <int MAXG, int U, bool ASYNC>
+// KVT CALM_KV_FP8: kCache/vCache are this layer's [K, maxCtx, Hd] e4m3 bytes (passed as u16* to keep one
+// signature), kScale/vScale its row scales [K, maxCtx] f32.
+template <int MAXG, int U, bool ASYNC, int KVT = CALM_KV_F16>
 __device__ __forceinline__ void attention_split_impl(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws,
                                                      int H, int K, int Hd, int maxCtx, int window, float scale, int S,
-                                                     const StepParams* sp, int kh, int split, int z, int Z) {
+                                                     const StepParams* sp, int kh, int split, int z, int Z,
+                                                     const float* kScale = 0, const float* vScale = 0) {
+    typedef typename fd_kv<KVT>::vec VEC;
+    const int ES = fd_kv<KVT>::bytes;      // bytes per element
+    const int rowBytes = Hd * ES;
     __shared__ float s_m[FD_WARPS][MAXG];
     __shared__ float s_l[MAXG];
     __shared__ float s_acc[MAXG][FD_MAX_HD];
@@ -169,46 +206,62 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[g][e] = 0.f;
     }
-    const u16* kb = kCache + (long long)kh * maxCtx * Hd + dl * 8;
-    const u16* vb = vCache + (long long)kh * maxCtx * Hd + dl * 8;
+    const char* kb = (const char*)kCache + (long long)kh * maxCtx * rowBytes + dl * 8 * ES;
+    const char* vb = (const char*)vCache + (long long)kh * maxCtx * rowBytes + dl * 8 * ES;
+    const float* ksb = kScale + (long long)kh * maxCtx;   // fp8 only
+    const float* vsb = vScale + (long long)kh * maxCtx;
 
     // base is uniform across the warp (the shuffles in fd_rows need every lane)
     if (!ASYNC) {
         for (int base = c0 + warp * ppw; base < c1; base += streams * U) {
-            calm_u4 kr[U], vr[U];
+            VEC kr[U], vr[U];
+            float ks[U], vs[U];
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 int j = base + u * streams + slot;
-                if (j < c1) { kr[u] = ldg_u4(kb + (long long)j * Hd); vr[u] = ldg_u4(vb + (long long)j * Hd); }
-                else { kr[u].x = kr[u].y = kr[u].z = kr[u].w = 0u; vr[u] = kr[u]; }
+                ks[u] = vs[u] = 0.f;
+                if (j < c1) {
+                    fd_load(kr[u], kb + (long long)j * rowBytes); fd_load(vr[u], vb + (long long)j * rowBytes);
+                    if (KVT == CALM_KV_FP8) { ks[u] = ksb[j]; vs[u] = vsb[j]; }
+                }
+                else { fd_zero(kr[u]); vr[u] = kr[u]; }
             }
-            fd_rows<MAXG, U>(kr, vr, base, streams, slot, c1, tpp, qv, m, l, acc);
+            fd_rows<MAXG, U, KVT>(kr, vr, base, streams, slot, c1, tpp, qv, m, l, acc, ks, vs);
         }
     } else {
         // cp.async pipeline: stages of rps = streams*U rows (16 KB of K + 16 KB of V), FD_STAGES deep in shared
         // memory, so loads stay in flight while the warps compute (no registers held for them)
         extern __shared__ calm_u4 s_kv[];   // [FD_STAGES][2][rps * tpp]
-        const int rps = streams * U, vecs = rps * tpp;
+        const int vpr = rowBytes >> 4;     // 16-byte vectors per row (fp16: tpp, fp8: tpp/2)
+        const int rps = streams * U, vecs = rps * vpr;
         const int nst = (c1 - c0 + rps - 1) / rps;
-        const u16* kh0 = kCache + (long long)kh * maxCtx * Hd;
-        const u16* vh0 = vCache + (long long)kh * maxCtx * Hd;
+        const char* kh0 = (const char*)kCache + (long long)kh * maxCtx * rowBytes;
+        const char* vh0 = (const char*)vCache + (long long)kh * maxCtx * rowBytes;
         for (int stg = 0; stg < FD_STAGES - 1; stg++) {
-            if (stg < nst) fd_issue_stage(s_kv + (stg % FD_STAGES) * 2 * vecs, kh0, vh0, c0 + stg * rps, c1, Hd, tpp, vecs);
+            if (stg < nst) fd_issue_stage(s_kv + (stg % FD_STAGES) * 2 * vecs, kh0, vh0, c0 + stg * rps, c1, rowBytes, vpr, vecs);
             cp_async_commit();
         }
         for (int it = 0; it < nst; it++) {
             int nx = it + FD_STAGES - 1;
-            if (nx < nst) fd_issue_stage(s_kv + (nx % FD_STAGES) * 2 * vecs, kh0, vh0, c0 + nx * rps, c1, Hd, tpp, vecs);
+            if (nx < nst) fd_issue_stage(s_kv + (nx % FD_STAGES) * 2 * vecs, kh0, vh0, c0 + nx * rps, c1, rowBytes, vpr, vecs);
             cp_async_commit();
             cp_async_wait<FD_STAGES - 1>();
             __syncthreads();
-            const calm_u4* sk = s_kv + (it % FD_STAGES) * 2 * vecs;
-            const calm_u4* sv = sk + vecs;
+            const char* sk = (const char*)(s_kv + (it % FD_STAGES) * 2 * vecs);
+            const char* sv = sk + vecs * 16;
             const int st = warp * ppw + slot;
-            calm_u4 kr[U], vr[U];
+            VEC kr[U], vr[U];
+            float ks[U], vs[U];
 #pragma unroll
-            for (int u = 0; u < U; u++) { kr[u] = sk[(u * streams + st) * tpp + dl]; vr[u] = sv[(u * streams + st) * tpp + dl]; }
-            fd_rows<MAXG, U>(kr, vr, c0 + it * rps + warp * ppw, streams, slot, c1, tpp, qv, m, l, acc);
+            for (int u = 0; u < U; u++) {
+                int rr = u * streams + st;   // row within the stage
+                kr[u] = *(const VEC*)(sk + rr * rowBytes + dl * 8 * ES);
+                vr[u] = *(const VEC*)(sv + rr * rowBytes + dl * 8 * ES);
+                ks[u] = vs[u] = 0.f;
+                int j = c0 + it * rps + rr;
+                if (KVT == CALM_KV_FP8 && j < c1) { ks[u] = ksb[j]; vs[u] = vsb[j]; }
+            }
+            fd_rows<MAXG, U, KVT>(kr, vr, c0 + it * rps + warp * ppw, streams, slot, c1, tpp, qv, m, l, acc, ks, vs);
             __syncthreads();   // this stage's buffer is refilled next
         }
     }

@@ -1,15 +1,19 @@
 // prefill_attention.cu: the per-head steps of a batched (prefill) forward over T tokens at positions start .. start+T-1:
 // q/k RMSNorm + RoPE + KV-cache write for every row, and causal attention of the T queries against the cache.
 #include "common.cuh"
+#include "fp8.cuh"
 
 #define PQ_MAX_HD 1024
 
 // qkv [T, H*Hd | K*Hd | K*Hd] f32 (row stride ld = (H+2K)*Hd). grid (H+2K, T): block (b, t) handles head b of row t at
 // position start+t exactly as qkv_rope_cache (norm_rope.cu) does for one token: q heads normed/rotated in place, k heads
 // normed/rotated into kCache, v heads into vCache (this layer's [K, maxCtx, Hd] fp16).
-extern "C" __global__ void qkv_rope_rows(float* qkv, int ld, const float* qNorm, const float* kNorm, int qkNorm, float eps, int addOne,
-                                         const float* ropeCos, const float* ropeSin, int rotDim,
-                                         u16* kCache, u16* vCache, int maxCtx, int H, int K, int Hd, int start) {
+// KVT CALM_KV_FP8: caches [K, maxCtx, Hd] e4m3 with row scales kScale/vScale [K, maxCtx] f32 (fp8.cuh).
+template <int KVT>
+__device__ __forceinline__ void qkv_rope_rows_impl(float* qkv, int ld, const float* qNorm, const float* kNorm, int qkNorm, float eps, int addOne,
+                                                   const float* ropeCos, const float* ropeSin, int rotDim,
+                                                   void* kCache, void* vCache, int maxCtx, int H, int K, int Hd, int start,
+                                                   float* kScale, float* vScale) {
     __shared__ float sh[PQ_MAX_HD];
     int b = blockIdx.x, t = blockIdx.y;
     int pos = start + t;
@@ -46,18 +50,29 @@ extern "C" __global__ void qkv_rope_rows(float* qkv, int ld, const float* qNorm,
             outv[i] = v;
         }
     }
+    if (kind == 0) {
 #pragma unroll
-    for (int i = 0; i < PQ_MAX_HD / 32; i++) {
-        int d = threadIdx.x + i * blockDim.x;
-        if (d < Hd) {
-            if (kind == 0) vec[d] = outv[i];
-            else {
-                int kh = kind == 1 ? b - H : b - H - K;
-                u16* cache = kind == 1 ? kCache : vCache;
-                cache[((long long)kh * maxCtx + pos) * Hd + d] = f32_to_f16(outv[i]);
-            }
+        for (int i = 0; i < PQ_MAX_HD / 32; i++) {
+            int d = threadIdx.x + i * blockDim.x;
+            if (d < Hd) vec[d] = outv[i];
         }
+    } else {
+        int kh = kind == 1 ? b - H : b - H - K;
+        kv_write_row<KVT>(kind == 1 ? kCache : vCache, kind == 1 ? kScale : vScale, outv, kh, pos, maxCtx, Hd);
     }
+}
+
+extern "C" __global__ void qkv_rope_rows(float* qkv, int ld, const float* qNorm, const float* kNorm, int qkNorm, float eps, int addOne,
+                                         const float* ropeCos, const float* ropeSin, int rotDim,
+                                         u16* kCache, u16* vCache, int maxCtx, int H, int K, int Hd, int start) {
+    qkv_rope_rows_impl<CALM_KV_F16>(qkv, ld, qNorm, kNorm, qkNorm, eps, addOne, ropeCos, ropeSin, rotDim, kCache, vCache, maxCtx, H, K, Hd, start, 0, 0);
+}
+
+extern "C" __global__ void qkv_rope_rows_fp8(float* qkv, int ld, const float* qNorm, const float* kNorm, int qkNorm, float eps, int addOne,
+                                             const float* ropeCos, const float* ropeSin, int rotDim,
+                                             unsigned char* kCache, unsigned char* vCache, int maxCtx, int H, int K, int Hd, int start,
+                                             float* kScale, float* vScale) {
+    qkv_rope_rows_impl<CALM_KV_FP8>(qkv, ld, qNorm, kNorm, qkNorm, eps, addOne, ropeCos, ropeSin, rotDim, kCache, vCache, maxCtx, H, K, Hd, start, kScale, vScale);
 }
 
 // ---- causal prefill attention ----------------------------------------------------------------------------------
@@ -76,8 +91,13 @@ extern "C" __global__ void qkv_rope_rows(float* qkv, int ld, const float* qNorm,
 #define PA_PER_LANE (PA_MAX_HD / 32)
 struct __align__(8) pa_f2 { float x, y; };
 
-extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const float* q, int ld, const u16* kCache, const u16* vCache, u16* out,
-                                                                             int T, int start, int H, int K, int Hd, int maxCtx, int window, float scale, int odt) {
+// KVT CALM_KV_FP8: caches [K, maxCtx, Hd] e4m3 with row scales kScale/vScale [K, maxCtx] f32: the chunk is staged
+// as exact fp16 (e4m3 is a subset) with the rows' scales beside it; the K scale multiplies the score, the V scale p.
+template <int KVT>
+__device__ __forceinline__ void attention_prefill_impl(const float* q, int ld, const void* kCache, const void* vCache, u16* out,
+                                                       int T, int start, int H, int K, int Hd, int maxCtx, int window, float scale, int odt,
+                                                       const float* kScale, const float* vScale) {
+    __shared__ float s_ks[PA_KC], s_vs[PA_KC];
     // dynamic shared memory (PA_SMEM(Hd) bytes): sq [PA_QT][Hd] f32 | sk [PA_KC][Hd/2 + 1] words | sv [PA_KC][Hd/2] words
     extern __shared__ __align__(16) float pa_sm[];
     const int hw = Hd >> 1;   // words per row (Hd even)
@@ -95,8 +115,11 @@ extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const
     const int tLast = min(t0 + PA_QT, T) - 1;
     const int pFirst = start + t0, pLast = start + tLast;
     const int kBegin = window > 0 ? max(0, pFirst - window + 1) : 0;
-    const u32* kb = (const u32*)(kCache + (long long)kh * maxCtx * Hd);
-    const u32* vb = (const u32*)(vCache + (long long)kh * maxCtx * Hd);
+    const int ES = KVT == CALM_KV_FP8 ? 1 : 2;
+    const u32* kb = (const u32*)((const char*)kCache + (long long)kh * maxCtx * Hd * ES);   // fp16: word = 2 values
+    const u32* vb = (const u32*)((const char*)vCache + (long long)kh * maxCtx * Hd * ES);
+    const u16* kb8 = (const u16*)kb;   // fp8: 2 values per 16 bits
+    const u16* vb8 = (const u16*)vb;
 
     float m[PA_QPW], l[PA_QPW], acc[PA_QPW][PA_PER_LANE];
 #pragma unroll
@@ -111,8 +134,19 @@ extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const
             int r = i / hw, w = i - r * hw;
             int j = c0 + r;
             bool ok = j <= pLast;
-            sk[r * (hw + 1) + w] = ok ? kb[(long long)j * hw + w] : 0u;
-            sv[r * hw + w] = ok ? vb[(long long)j * hw + w] : 0u;
+            if (KVT == CALM_KV_FP8) {
+                sk[r * (hw + 1) + w] = ok ? e4m3x2_to_f16x2(kb8[(long long)j * hw + w]) : 0u;
+                sv[r * hw + w] = ok ? e4m3x2_to_f16x2(vb8[(long long)j * hw + w]) : 0u;
+            } else {
+                sk[r * (hw + 1) + w] = ok ? kb[(long long)j * hw + w] : 0u;
+                sv[r * hw + w] = ok ? vb[(long long)j * hw + w] : 0u;
+            }
+        }
+        if (KVT == CALM_KV_FP8 && threadIdx.x < PA_KC) {
+            int j = c0 + threadIdx.x;
+            bool ok = j <= pLast;
+            s_ks[threadIdx.x] = ok ? kScale[(long long)kh * maxCtx + j] : 0.f;
+            s_vs[threadIdx.x] = ok ? vScale[(long long)kh * maxCtx + j] : 0.f;
         }
         __syncthreads();
         // scores of key c0 + lane for each of this warp's queries
@@ -129,6 +163,11 @@ extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const
             }
         }
         const int j = c0 + lane;
+        if (KVT == CALM_KV_FP8) {
+            float ksc = s_ks[lane];
+#pragma unroll
+            for (int a = 0; a < PA_QPW; a++) s[a] *= ksc;
+        }
         float pr[PA_QPW];   // this lane's key weight for each query (0: not visible)
         bool any = false;
 #pragma unroll
@@ -156,6 +195,11 @@ extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const
 #pragma unroll
             for (int a = 0; a < PA_QPW; a++) { pj[a] = __shfl_sync(0xffffffffu, pr[a], r); nz |= pj[a] != 0.f; }
             if (!nz) continue;   // uniform: every lane got the same pj
+            if (KVT == CALM_KV_FP8) {
+                float vsc = s_vs[r];
+#pragma unroll
+                for (int a = 0; a < PA_QPW; a++) pj[a] *= vsc;
+            }
 #pragma unroll
             for (int i = 0; i < PA_PER_LANE; i++) {
                 int d = lane + 32 * i;
@@ -183,6 +227,17 @@ extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const
             }
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill(const float* q, int ld, const u16* kCache, const u16* vCache, u16* out,
+                                                                             int T, int start, int H, int K, int Hd, int maxCtx, int window, float scale, int odt) {
+    attention_prefill_impl<CALM_KV_F16>(q, ld, kCache, vCache, out, T, start, H, K, Hd, maxCtx, window, scale, odt, 0, 0);
+}
+
+extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill_fp8(const float* q, int ld, const unsigned char* kCache, const unsigned char* vCache, u16* out,
+                                                                                 int T, int start, int H, int K, int Hd, int maxCtx, int window, float scale, int odt,
+                                                                                 const float* kScale, const float* vScale) {
+    attention_prefill_impl<CALM_KV_FP8>(q, ld, kCache, vCache, out, T, start, H, K, Hd, maxCtx, window, scale, odt, kScale, vScale);
 }
 
 // ---- tensor-core causal prefill attention (head_dim HD = 64 or 128) --------------------------------------------

@@ -81,6 +81,19 @@ Describe 'On an NVIDIA GPU' -Tag 'GPU' -Skip:(-not $script:HasGpu) {
         @(Get-CalmModel | Where-Object Name -EQ 'too-big').Count | Should -Be 0
         [math]::Abs($free0 - (Get-GpuFreeGB)) | Should -BeLessThan 0.5
     }
+
+    It '-KvCacheDType fp8 on the GPU: the model and the speed-of-light rows say fp8; the KV bytes per token are about half' {
+        (New-CalmModel tiny -Device Cuda -KvCacheDType fp8 -Name kv-gpu-fp8).KvCacheDType | Should -Be 'fp8'
+        (New-CalmModel tiny -Device Cuda -Name kv-gpu-f16).KvCacheDType | Should -Be 'f16'
+        $r8 = Measure-CalmSpeedOfLight -Preset tiny -Device Cuda -Context 1500 -Tokens 4 -Repeat 1 -KvCacheDType fp8
+        $r16 = Measure-CalmSpeedOfLight -Preset tiny -Device Cuda -Context 1500 -Tokens 4 -Repeat 1
+        $r8.KvDType | Should -Be 'fp8'
+        $r16.KvDType | Should -Be 'f16'
+        $r8.TokensPerSecond | Should -BeGreaterThan 0
+        # tiny: 4 layers x 2 x 4 kv heads x 32 dims: f16 2048 bytes per position, fp8 1024 + 128 of scales
+        $r16.KvBytesPerToken | Should -Be 2048
+        $r8.KvBytesPerToken | Should -Be (1024 + 4 * 2 * 4 * 4)
+    }
 }
 
 Describe 'Without an NVIDIA GPU' -Tag 'GPU' -Skip:$script:HasGpu {

@@ -31,6 +31,12 @@ Describe 'Argument completion' {
         $r = TabExpansion2 -inputScript 'New-CalmModel -Preset ti' -cursorColumn 'New-CalmModel -Preset ti'.Length
         $r.CompletionMatches.CompletionText | Should -Contain 'tiny'
     }
+    It 'completes -KvCacheDType with f16 and fp8' {
+        foreach ($cmd in 'New-CalmModel', 'Import-CalmModel', 'Measure-CalmSpeedOfLight') {
+            $line = "$cmd -KvCacheDType "
+            (TabExpansion2 -inputScript $line -cursorColumn $line.Length).CompletionMatches.CompletionText | Should -Be @('f16', 'fp8')
+        }
+    }
     It 'completes -Device and -DType' {
         (TabExpansion2 -inputScript 'New-CalmModel -Device C' -cursorColumn 23).CompletionMatches.CompletionText | Should -Be @('Cpu', 'Cuda')
         (TabExpansion2 -inputScript 'New-CalmModel -DType b' -cursorColumn 22).CompletionMatches.CompletionText | Should -Be @('bf16')
@@ -42,6 +48,11 @@ Describe 'Bad arguments' {
     AfterEach { Get-LoadedNames | Should -Be $script:Before }
     It 'an unknown -DType: Calm.InvalidArgument' {
         { New-CalmModel -Preset tiny -DType int3 } | Should -Throw -ErrorId 'Calm.InvalidArgument,*'
+    }
+    It 'an unknown -KvCacheDType: Calm.InvalidArgument (New-CalmModel, Import-CalmModel, Measure-CalmSpeedOfLight)' {
+        { New-CalmModel -Preset tiny -Device Cpu -KvCacheDType int3 } | Should -Throw -ErrorId 'Calm.InvalidArgument,*'
+        { Import-CalmModel (Join-Path $PSScriptRoot '..' 'models' 'tiny-wp') -Device Cpu -KvCacheDType fp4 } | Should -Throw -ErrorId 'Calm.InvalidArgument,*'
+        { Measure-CalmSpeedOfLight -Preset tiny -Device Cpu -KvCacheDType q8 } | Should -Throw -ErrorId 'Calm.InvalidArgument,*'
     }
     It 'an unknown preset: Calm.PresetUnknown' {
         { New-CalmModel -Preset 'no-such-model-7B' } | Should -Throw -ErrorId 'Calm.PresetUnknown,*'
@@ -58,6 +69,15 @@ Describe 'Bad arguments' {
 }
 
 Describe 'New-CalmModel -Preset tiny on the CPU' {
+    It '-KvCacheDType fp8 and f16 on the CPU: the model says so; the default CPU cache is f32' {
+        try {
+            (New-CalmModel tiny -Device Cpu -KvCacheDType fp8 -Name kv-fp8).KvCacheDType | Should -Be 'fp8'
+            (New-CalmModel tiny -Device Cpu -KvCacheDType F16 -Name kv-f16).KvCacheDType | Should -Be 'f16'
+            (New-CalmModel tiny -Device Cpu -Name kv-f32).KvCacheDType | Should -Be 'f32'
+        }
+        finally { Get-CalmModel -Name 'kv-*' | Remove-CalmModel }
+    }
+
     It 'makes a synthetic model with flat properties, which becomes the default' {
         $m = New-CalmModel -Preset tiny -Seed 7 -DType f32 -Device Cpu -ContextLength 64
         $m | Should -BeOfType Calm.PowerShell.CalmModel

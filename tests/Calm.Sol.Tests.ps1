@@ -45,11 +45,11 @@ Describe 'Get-CalmSpeedOfLight' {
         $r[0].SolTokensPerSecond | Should -BeLessThan (4800e9 / $w * 1.000001)
         $r[0].BandwidthSource | Should -Be 'Given'
     }
-    It 'explicit dims equal the preset; -KvCacheDType fp8 halves the KV bytes' {
+    It 'explicit dims equal the preset; -KvCacheDType fp8 halves the KV bytes (plus one f32 scale per row)' {
         $a = Get-CalmSpeedOfLight -Layers 32 -Hidden 4096 -Intermediate 14336 -Heads 32 -KvHeads 8 -Vocab 128256 -Context 1000 -BandwidthGBps 1000
         $b = Get-CalmSpeedOfLight -Preset Llama-3-8B -Context 1000 -BandwidthGBps 1000
         $a.BytesPerToken | Should -Be $b.BytesPerToken
-        (Get-CalmSpeedOfLight -Preset Llama-3-8B -KvCacheDType fp8 -BandwidthGBps 1000).KvBytesPerToken | Should -Be 65536
+        (Get-CalmSpeedOfLight -Preset Llama-3-8B -KvCacheDType fp8 -BandwidthGBps 1000).KvBytesPerToken | Should -Be (65536 + 32 * 2 * 8 * 4)
     }
     It '-Device Cpu uses the bandwidth measured this session and says so' {
         $r = Get-CalmSpeedOfLight -Preset Llama-3.2-1B -Device Cpu

@@ -26,6 +26,10 @@ public sealed record ImportOptions
     /// formats in <see cref="Quant.QuantFormats"/>; null (or the checkpoint's own dtype) keeps the stored weights.
     /// </summary>
     public DType? WeightDType { get; init; }
+    /// <summary>
+    /// KV cache type (<see cref="KvCacheTypes"/>): "f16" or "fp8"; null: the backend's default (CUDA f16, CPU f32).
+    /// </summary>
+    public string? KvCacheDType { get; init; }
 }
 
 /// <summary>Builds <see cref="LoadedModel"/>s: from a Hugging Face folder, or synthetic from a preset.</summary>
@@ -194,6 +198,7 @@ public static class ModelFactory
                                                   int? syntheticSeed = null)
     {
         int ctx = options.ContextLength ?? Math.Min(config.MaxPositionEmbeddings, DefaultContextCap);
+        string? kv = options.KvCacheDType is null ? null : KvCacheTypes.Parse(options.KvCacheDType);
         if (ctx <= 0)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"ContextLength must be positive (got {ctx}).", "ContextLength");
         switch (options.Device)
@@ -204,19 +209,19 @@ public static class ModelFactory
                 if (why is not null)
                     throw new CalmException(ErrorIds.DeviceNotAvailable, CalmErrorKind.NotAvailable,
                         $"-Device Cuda is not available: {why} Use -Device Cpu (or Auto).", "Cuda");
-                return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose, syntheticSeed);
+                return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose, syntheticSeed, kvCacheDType: kv);
             }
             case DeviceChoice.Auto:
             {
                 var why = Cuda.CudaDeviceInfo.Unavailable();
                 if (why is null)
-                    return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose);
+                    return new Cuda.CudaBackend(config, weights, ctx, 0, progress, ct, options.Verbose, null, kvCacheDType: kv);
                 options.Warning?.Invoke($"Running on the CPU: {why}");
-                return new CpuBackend(config, weights, ctx);
+                return new CpuBackend(config, weights, ctx, kv);
             }
             case DeviceChoice.Cpu:
             default:
-                return new CpuBackend(config, weights, ctx);
+                return new CpuBackend(config, weights, ctx, kv);
         }
     }
 }

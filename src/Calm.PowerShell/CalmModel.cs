@@ -26,6 +26,8 @@ public sealed class CalmModel
     public string? DType { get; }
     /// <summary>Cpu or Cuda.</summary>
     public string? Device { get; }
+    /// <summary>KV cache type: f16 or fp8 (-KvCacheDType), f32 for the CPU's default cache.</summary>
+    public string? KvCacheDType { get; }
     public long? WeightBytes { get; }
     /// <summary>The model folder; empty for synthetic models.</summary>
     public string? Path { get; }
@@ -52,6 +54,7 @@ public sealed class CalmModel
         ContextLength = m.Backend.MaxContext;
         DType = DTypes.Name(m.DType);
         Device = m.DeviceKind;
+        KvCacheDType = m.Backend.KvCacheDType;
         WeightBytes = m.WeightBytes;
         Path = m.Path;
         Preset = m.Preset;

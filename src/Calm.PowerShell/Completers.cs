@@ -84,6 +84,14 @@ public sealed class DTypeCompleter : IArgumentCompleter
         => Completion.Matching(wordToComplete, FloatTypes);
 }
 
+/// <summary>-KvCacheDType of Import-CalmModel, New-CalmModel and Measure-CalmSpeedOfLight: f16, fp8.</summary>
+public sealed class KvCacheDTypeCompleter : IArgumentCompleter
+{
+    public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete,
+        CommandAst commandAst, IDictionary fakeBoundParameters)
+        => Completion.Matching(wordToComplete, Calm.Engine.Model.KvCacheTypes.Choices);
+}
+
 /// <summary>-DType of Import-CalmModel and New-CalmModel: bf16, f16, f32 and the quantized fp8, int4.</summary>
 public sealed class WeightDTypeCompleter : IArgumentCompleter
 {

@@ -22,8 +22,12 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
     private readonly ModelWeights _w;
     private readonly LayerFloats[] _small;      // fp32 copies of norms and biases, per layer
     private readonly float[] _finalNorm;        // [D]
-    private float* _kCache;                     // [L][MaxContext][K*Hd]
+    private float* _kCache;                     // [L][MaxContext][K*Hd] (f32 / f16 cache)
     private float* _vCache;                     // [L][MaxContext][K*Hd]
+    private byte* _kq, _vq;                     // fp8 cache: [L][MaxContext][K*Hd] e4m3 bytes
+    private float* _ks, _vs;                    // fp8 cache: [L][MaxContext][K] row scales (KvFp8)
+    private readonly bool _fp8, _f16;
+    [ThreadStatic] private static float[]? t_kdeq, t_vdeq;
     private int _filled;                        // positions [0, _filled) of the cache hold valid keys/values
     private bool _disposed;
     private Scratch? _scratch;
@@ -38,8 +42,13 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
         public float[]? BGate, BUp, BDown;             // [F], [F], [D]
     }
 
-    public CpuBackend(ModelConfig config, ModelWeights weights, int maxContext)
+    /// <param name="kvCacheDType">null: an f32 KV cache; "f16": values rounded to f16 on write; "fp8": e4m3 bytes
+    /// with one f32 scale per (layer, position, kv head) row of K and of V (<see cref="KvFp8"/>), dequantized on read.</param>
+    public CpuBackend(ModelConfig config, ModelWeights weights, int maxContext, string? kvCacheDType = null)
     {
+        KvCacheDType = kvCacheDType is null ? "f32" : KvCacheTypes.Parse(kvCacheDType);
+        _fp8 = KvCacheDType == KvCacheTypes.Fp8;
+        _f16 = KvCacheDType == KvCacheTypes.F16;
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(weights);
         if (maxContext <= 0)
@@ -70,11 +79,22 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
         }).ToArray();
         _finalNorm = weights.FinalNorm.ToFloatArray();
 
-        long perCache = (long)config.NumLayers * maxContext * config.KvDim * sizeof(float);
+        long perCache = KvCacheBytes / 2;
         try
         {
-            _kCache = (float*)NativeMemory.AlignedAlloc((nuint)perCache, 64);
-            _vCache = (float*)NativeMemory.AlignedAlloc((nuint)perCache, 64);
+            if (_fp8)
+            {
+                long rows = (long)config.NumLayers * maxContext * config.NumKvHeads;
+                _kq = (byte*)NativeMemory.AlignedAlloc((nuint)(rows * config.HeadDim), 64);
+                _vq = (byte*)NativeMemory.AlignedAlloc((nuint)(rows * config.HeadDim), 64);
+                _ks = (float*)NativeMemory.AlignedAlloc((nuint)(rows * 4), 64);
+                _vs = (float*)NativeMemory.AlignedAlloc((nuint)(rows * 4), 64);
+            }
+            else
+            {
+                _kCache = (float*)NativeMemory.AlignedAlloc((nuint)perCache, 64);
+                _vCache = (float*)NativeMemory.AlignedAlloc((nuint)perCache, 64);
+            }
         }
         catch (OutOfMemoryException)
         {
@@ -86,12 +106,15 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
     }
 
     public string DeviceKind => "Cpu";
-    public string KvCacheDType => "f32";
+    /// <summary>"f32" (default), "f16" or "fp8" (<see cref="KvCacheTypes"/>).</summary>
+    public string KvCacheDType { get; }
     public string DeviceName => $"CPU ({Environment.ProcessorCount} cores)";
     public ModelConfig Config { get; }
     public int MaxContext { get; }
     /// <summary>KV cache bytes (keys and values, all layers, MaxContext positions).</summary>
-    public long KvCacheBytes => 2L * Config.NumLayers * MaxContext * Config.KvDim * sizeof(float);
+    public long KvCacheBytes => _fp8
+        ? 2L * Config.NumLayers * MaxContext * Config.NumKvHeads * (Config.HeadDim + sizeof(float))
+        : 2L * Config.NumLayers * MaxContext * Config.KvDim * sizeof(float);
     /// <summary>Positions currently held in the KV cache.</summary>
     public int CachedPositions => _filled;
 
@@ -202,8 +225,7 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
             }
             // Write this block's keys/values into the cache, then attend (queries see keys up to their own position).
             long layerOff = (long)l * MaxContext * kvd;
-            s.K.AsSpan(0, m * kvd).CopyTo(new Span<float>(_kCache + layerOff + (long)pos0 * kvd, m * kvd));
-            s.V.AsSpan(0, m * kvd).CopyTo(new Span<float>(_vCache + layerOff + (long)pos0 * kvd, m * kvd));
+            WriteCache(s, m, pos0, l);
             Attention(s, m, pos0, layerOff);
             MatMul(lw.Wo, s.Att, m, s.Tmp);
             for (int t = 0; t < m; t++)
@@ -242,6 +264,35 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
             CpuKernels.MatMul(_w.LmHead.Data, _w.LmHead.DType, v, d, px, count, pl, v, _w.LmHead.Scales);
     }
 
+    /// <summary>Keys and values of the m rows at positions pos0.. into layer l of the cache (f16: rounded to f16 values;
+    /// fp8: each kv head's row quantized with its own scale).</summary>
+    private void WriteCache(Scratch s, int m, int pos0, int l)
+    {
+        var c = Config;
+        int kvd = c.KvDim, hd = c.HeadDim, K = c.NumKvHeads;
+        long layerOff = (long)l * MaxContext * kvd;
+        if (_fp8)
+        {
+            for (int t = 0; t < m; t++)
+            {
+                long row0 = ((long)l * MaxContext + pos0 + t) * K;   // first (layer, position, head) row
+                for (int h = 0; h < K; h++)
+                {
+                    long r = row0 + h;
+                    _ks[r] = KvFp8.QuantizeRow(s.K.AsSpan(t * kvd + h * hd, hd), new Span<byte>(_kq + r * hd, hd));
+                    _vs[r] = KvFp8.QuantizeRow(s.V.AsSpan(t * kvd + h * hd, hd), new Span<byte>(_vq + r * hd, hd));
+                }
+            }
+            return;
+        }
+        var kd = new Span<float>(_kCache + layerOff + (long)pos0 * kvd, m * kvd);
+        var vd = new Span<float>(_vCache + layerOff + (long)pos0 * kvd, m * kvd);
+        s.K.AsSpan(0, m * kvd).CopyTo(kd);
+        s.V.AsSpan(0, m * kvd).CopyTo(vd);
+        if (_f16)
+            for (int i = 0; i < kd.Length; i++) { kd[i] = (float)(Half)kd[i]; vd[i] = (float)(Half)vd[i]; }
+    }
+
     /// <summary>Att[t, h] = softmax(q·K^T / sqrt(Hd)) V over visible positions; head h reads kv head h / (H/K).</summary>
     private void Attention(Scratch s, int m, int pos0, long layerOff)
     {
@@ -252,11 +303,29 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
         nint kc = (nint)(_kCache + layerOff), vc = (nint)(_vCache + layerOff);
         var q = s.Q; var att = s.Att;
         int maxCtx = MaxContext;
+        int kvHeads = c.NumKvHeads;
+        long rowBase = layerOff / hd;   // fp8: the (layer, position 0, head 0) row
         void One(int item)
         {
             int t = item / heads, h = item % heads, pos = pos0 + t, kvh = h / group;
             var scores = t_scores;
             if (scores is null || scores.Length < pos + 1) t_scores = scores = new float[Math.Max(pos + 1, 256)];
+            if (_fp8)
+            {
+                // dequantize this kv head's rows [first visible, pos] into contiguous [pos + 1, Hd] buffers
+                int need = (pos + 1) * hd;
+                var kd = t_kdeq; var vd = t_vdeq;
+                if (kd is null || kd.Length < need) t_kdeq = kd = new float[Math.Max(need, 4096)];
+                if (vd is null || vd.Length < need) t_vdeq = vd = new float[Math.Max(need, 4096)];
+                for (int j = CpuOps.FirstVisibleKey(pos, window); j <= pos; j++)
+                {
+                    long r = rowBase + (long)j * kvHeads + kvh;
+                    KvFp8.DequantizeRow(new ReadOnlySpan<byte>(_kq + r * hd, hd), _ks[r], kd.AsSpan(j * hd, hd));
+                    KvFp8.DequantizeRow(new ReadOnlySpan<byte>(_vq + r * hd, hd), _vs[r], vd.AsSpan(j * hd, hd));
+                }
+                CpuOps.AttendHead(q.AsSpan(t * qd + h * hd, hd), kd.AsSpan(0, need), vd.AsSpan(0, need), hd, pos, window, scale, scores, att.AsSpan(t * qd + h * hd, hd));
+                return;
+            }
             // Keys/values of kv head kvh: position j at [j * kvd + kvh * hd .. + hd]; spans cover positions [0, pos].
             long len = (long)pos * kvd + hd;
             var keys = new ReadOnlySpan<float>((float*)kc + kvh * hd, checked((int)len));
@@ -331,6 +400,10 @@ public sealed unsafe partial class CpuBackend : IForwardBackend
     {
         if (_kCache != null) { NativeMemory.AlignedFree(_kCache); _kCache = null; }
         if (_vCache != null) { NativeMemory.AlignedFree(_vCache); _vCache = null; }
+        if (_kq != null) { NativeMemory.AlignedFree(_kq); _kq = null; }
+        if (_vq != null) { NativeMemory.AlignedFree(_vq); _vq = null; }
+        if (_ks != null) { NativeMemory.AlignedFree(_ks); _ks = null; }
+        if (_vs != null) { NativeMemory.AlignedFree(_vs); _vs = null; }
     }
 
     ~CpuBackend() => FreeCache();

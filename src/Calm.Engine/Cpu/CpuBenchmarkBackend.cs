@@ -54,11 +54,25 @@ public sealed unsafe partial class CpuBackend : IBenchmarkBackend
         int kvd = Config.KvDim, layers = Config.NumLayers;
         long per = (long)positions * kvd;
         // Keys and values uniform in (-1, 1): a pure function of (seed, layer, k|v, index), like the synthetic weights.
+        // fp8: the same values quantized row by row (KvFp8), as a forward would have written them.
         void Fill(int item)
         {
             int l = item >> 1; bool isV = (item & 1) == 1;
-            float* dst = (isV ? _vCache : _kCache) + (long)l * MaxContext * kvd;
             ulong key = SyntheticWeights.Key(seed, SyntheticWeights.Fnv1a64($"kv.{l}.{(isV ? 'v' : 'k')}"));
+            if (_fp8)
+            {
+                int hd = Config.HeadDim, heads = Config.NumKvHeads;
+                byte* q = (isV ? _vq : _kq) + (long)l * MaxContext * kvd;
+                float* sc = (isV ? _vs : _ks) + (long)l * MaxContext * heads;
+                var row = new float[hd];
+                for (long r = 0; r < (long)positions * heads; r++)
+                {
+                    for (int i = 0; i < hd; i++) row[i] = SyntheticWeights.Value(key, r * hd + i, 1f, 0f);
+                    sc[r] = KvFp8.QuantizeRow(row, new Span<byte>(q + r * hd, hd));
+                }
+                return;
+            }
+            float* dst = (isV ? _vCache : _kCache) + (long)l * MaxContext * kvd;
             for (long i = 0; i < per; i++) dst[i] = SyntheticWeights.Value(key, i, 1f, 0f);
         }
         if (per * layers < 1 << 16) for (int i = 0; i < 2 * layers; i++) Fill(i);
@@ -231,8 +245,7 @@ public sealed unsafe partial class CpuBackend : IBenchmarkBackend
             {
                 long layerOff = (long)l * MaxContext * kvd;
                 // This token's key/value are written at `position`, then every head attends over [first, position].
-                s.K.AsSpan(0, kvd).CopyTo(new Span<float>(_kCache + layerOff + (long)position * kvd, kvd));
-                s.V.AsSpan(0, kvd).CopyTo(new Span<float>(_vCache + layerOff + (long)position * kvd, kvd));
+                WriteCache(s, 1, position, l);
                 Attention(s, 1, position, layerOff);
             }
         }

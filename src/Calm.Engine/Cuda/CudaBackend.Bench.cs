@@ -29,9 +29,18 @@ public sealed unsafe partial class CudaBackend
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (positions < 0 || positions > MaxContext) throw Overflow(positions);
         _ctx.MakeCurrent();
-        long halves = KvBytes / 2;
-        _k!.FillSynthetic(_stream!, _kCache, halves, Synthetic.SyntheticWeights.Key(seed, Synthetic.SyntheticWeights.Fnv1a64("kv-cache")),
-                          1f, 0f, DType.F16, asF32: false);
+        ulong key = Synthetic.SyntheticWeights.Key(seed, Synthetic.SyntheticWeights.Fnv1a64("kv-cache"));
+        if (_kvFp8)
+        {
+            // e4m3 values over the whole range with row scales 1/448: the cache reads values in (-1, 1) as the f16 fill
+            _k!.FillKvFp8(_stream!, _kCache, 2 * KvRows * Config.HeadDim, key);
+            _k.FillSynthetic(_stream!, _kScale, 2 * KvRows, key, 0f, 1f / 448f, DType.F32, asF32: false);
+        }
+        else
+        {
+            long halves = 2 * KvRows * Config.HeadDim;
+            _k!.FillSynthetic(_stream!, _kCache, halves, key, 1f, 0f, DType.F16, asF32: false);
+        }
         _stream!.Synchronize();
     }
 
@@ -211,7 +220,7 @@ public sealed unsafe partial class CudaBackend
         long cls = (long)((long)c.VocabSize * D * Bpw(_lmDt));
         int window = c.SlidingWindow ?? 0;
         long seen = window > 0 ? Math.Min(position + 1, window) : position + 1;
-        long att = c.NumLayers * 2L * c.NumKvHeads * c.HeadDim * 2 * seen;
+        long att = c.NumLayers * 2L * c.NumKvHeads * (c.HeadDim * KvElemBytes + (_kvFp8 ? 4 : 0)) * seen;   // fp8: + row scales
         long other = D * DTypes.SizeOf(_embDt) + (2L * c.NumLayers + 1) * D * 4 + c.VocabSize * 4L;
         return new Dictionary<string, long>
         {

@@ -69,6 +69,7 @@ public sealed unsafe partial class CudaBackend
     private string? PersistentUnsupported()
     {
         var c = Config;
+        if (_kvFp8) return "an fp8 KV cache (its fused KV write and attention are fp16)";
         if (c.IsMoE) return "mixture-of-experts layers";
         if (c.QkNorm) return "q/k norms";
         if (c.RotaryDim != c.HeadDim) return "partial rotary embeddings";

@@ -138,10 +138,10 @@ public sealed unsafe partial class CudaBackend
                 pk.Gemm(s, dt, _pH, L.Wqkv, _pQkv, L.Bqkv, n, Q + 2 * KV, D, false);
                 Mark("gemm qkv");
                 pk.QkvRopeRows(s, _pQkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
-                               KLayer(l), VLayer(l), MaxContext, H, K, Hd, n, pos0);
+                               KLayer(l), VLayer(l), MaxContext, H, K, Hd, n, pos0, KScaleLayer(l), VScaleLayer(l));
                 Mark("rope + kv write");
                 pk.AttentionPrefill(s, _pQkv, Q + 2 * KV, KLayer(l), VLayer(l), _pH, n, pos0, H, K, Hd, MaxContext,
-                                    c.SlidingWindow ?? 0, scale, act);
+                                    c.SlidingWindow ?? 0, scale, act, kScale: KScaleLayer(l), vScale: VScaleLayer(l));
                 Mark("attention");
                 pk.Gemm(s, dt, _pH, L.Wo, _pX, L.Bo, n, D, Q, true);
                 Mark("gemm o");

@@ -20,7 +20,8 @@ public interface IDeviceSampling
 /// <summary>
 /// The GPU forward pass: weights uploaded once (bf16/f16/f32 matrices, or fp8/int4 projections and classifier as two
 /// buffers each, values and scales, run by <see cref="CudaQuantKernels"/>; norms and biases as f32), fp16 KV cache
-/// [layers, K, maxCtx, Hd], fp32 activations. One decode step (embedding ... lm_head and argmax) is a CUDA graph
+/// [layers, K, maxCtx, Hd] (or fp8: e4m3 bytes in the same layout plus f32 row scales [layers, K, maxCtx] for K and V,
+/// <see cref="KvCacheTypes"/>), fp32 activations. One decode step (embedding ... lm_head and argmax) is a CUDA graph
 /// captured at construction; the kernels read the token and position from a device StepParams, so every step
 /// (prefill tokens too) is one graph launch preceded by an 8-byte copy.
 /// </summary>
@@ -29,7 +30,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private const int ParamRing = 64;              // pinned StepParams slots before the host waits for the GPU
 
     public string DeviceKind => "Cuda";
-    public string KvCacheDType => "f16";
+    /// <summary>"f16" (default) or "fp8" (<see cref="KvCacheTypes"/>: e4m3 rows with one f32 scale each).</summary>
+    public string KvCacheDType { get; }
+    private readonly bool _kvFp8;
     public string DeviceName { get; }
     public ModelConfig Config { get; }
     public int MaxContext { get; }
@@ -67,7 +70,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private DType _routerDt;                     // the MoE router keeps its source dtype when the experts are quantized
     /// <summary>Quantized matrices: device values pointer (or expert pointer table) -> its scales (or scales pointer table).</summary>
     private readonly Dictionary<ulong, ulong> _scaleOf = new();
-    private ulong _kCache, _vCache;              // [L, K, maxCtx, Hd] fp16
+    private ulong _kCache, _vCache;              // [L, K, maxCtx, Hd] fp16, or e4m3 bytes (fp8)
+    private ulong _kScale, _vScale;              // fp8: [L, K, maxCtx] f32 row scales (0 for f16)
     private ulong _cos, _sin;                    // [maxCtx, rot/2] f32
     /// <summary>Whether the decode kernels run with programmatic dependent launch (see <see cref="CudaKernels.Programmatic"/>).</summary>
     public bool ProgrammaticLaunch => _k?.Programmatic ?? false;
@@ -90,9 +94,11 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     /// </summary>
     public CudaBackend(ModelConfig config, ModelWeights weights, int maxContext, int device = 0,
                        IProgress<LoadProgress>? progress = null, CancellationToken ct = default, Action<string>? verbose = null,
-                       int? syntheticSeed = null, string? decode = null)
+                       int? syntheticSeed = null, string? decode = null, string? kvCacheDType = null)
     {
         _synthSeed = syntheticSeed;
+        KvCacheDType = KvCacheTypes.Parse(kvCacheDType ?? KvCacheTypes.F16);
+        _kvFp8 = KvCacheDType == KvCacheTypes.Fp8;
         Config = config;
         MaxContext = maxContext;
         if (maxContext <= 0) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"ContextLength must be positive (got {maxContext}).", "ContextLength");
@@ -138,7 +144,10 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
 
     // ---- planning and upload ---------------------------------------------------------------------------------------
 
-    private long KvBytes => 2L * Config.NumLayers * Config.NumKvHeads * MaxContext * Config.HeadDim * 2;
+    /// <summary>Bytes of one cache row (one kv head at one position) and of the whole cache (K and V, fp8: with the row scales).</summary>
+    private int KvElemBytes => _kvFp8 ? 1 : 2;
+    private long KvRows => (long)Config.NumLayers * Config.NumKvHeads * MaxContext;
+    private long KvBytes => 2L * KvRows * (Config.HeadDim * KvElemBytes + (_kvFp8 ? 4 : 0));
 
     private void CheckPlan(ModelWeights w)
     {
@@ -444,8 +453,15 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         var c = Config;
         var kv = Alloc(KvBytes, "KV cache");
         kv.Zero();
+        // [K values | V values | (fp8) K scales | V scales]
+        long values = KvRows * Config.HeadDim * KvElemBytes;
         _kCache = kv.Ptr;
-        _vCache = kv.Ptr + (ulong)(KvBytes / 2);
+        _vCache = kv.Ptr + (ulong)values;
+        if (_kvFp8)
+        {
+            _kScale = kv.Ptr + (ulong)(2 * values);
+            _vScale = _kScale + (ulong)(KvRows * 4);
+        }
         var (cos, sin) = RopeTable.Build(c, MaxContext);
         var mc = Alloc(Math.Max(cos.Length, 1) * 4L, "rope cos"); mc.CopyFromHost<float>(cos); _cos = mc.Ptr;
         var ms = Alloc(Math.Max(sin.Length, 1) * 4L, "rope sin"); ms.CopyFromHost<float>(sin); _sin = ms.Ptr;
@@ -477,8 +493,11 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
 
     // ---- the decode step ----------------------------------------------------------------------------------------------
 
-    private ulong KLayer(int l) => _kCache + (ulong)((long)l * Config.NumKvHeads * MaxContext * Config.HeadDim * 2);
-    private ulong VLayer(int l) => _vCache + (ulong)((long)l * Config.NumKvHeads * MaxContext * Config.HeadDim * 2);
+    private ulong KLayer(int l) => _kCache + (ulong)((long)l * Config.NumKvHeads * MaxContext * Config.HeadDim * KvElemBytes);
+    private ulong VLayer(int l) => _vCache + (ulong)((long)l * Config.NumKvHeads * MaxContext * Config.HeadDim * KvElemBytes);
+    /// <summary>fp8: this layer's row scales [K, maxCtx] f32; 0 for an f16 cache (the kernels then take the f16 path).</summary>
+    private ulong KScaleLayer(int l) => _kvFp8 ? _kScale + (ulong)((long)l * Config.NumKvHeads * MaxContext * 4) : 0;
+    private ulong VScaleLayer(int l) => _kvFp8 ? _vScale + (ulong)((long)l * Config.NumKvHeads * MaxContext * 4) : 0;
 
     /// <summary>Enqueues one full decode step on <paramref name="s"/> (captured once into the graph).</summary>
     private void EnqueueStep(CudaStream s, string? only = null)
@@ -491,7 +510,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         if (W(Stages.Other)) k.Embed(s, _embDt, _emb, _x, D, embScale, _step);
         // paired-row matvecs (CudaKernels.FusePairs): RoPE + KV write into the qkv matvec, the activation into gate_up
         bool pairs = k.FusePairs && !FuseNorm && _wt is DType.BF16 or DType.F16;
-        bool pairQkv = pairs && !c.QkNorm && c.RotaryDim == c.HeadDim && c.HeadDim % 2 == 0;
+        bool pairQkv = pairs && !_kvFp8 && !c.QkNorm && c.RotaryDim == c.HeadDim && c.HeadDim % 2 == 0;   // writes an fp16 cache
         for (int l = 0; l < c.NumLayers; l++)
         {
             var L = _layers[l];
@@ -506,9 +525,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
                 else if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
             }
             if (!pairQkv && W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
-                           KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step);
+                           KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step, KScaleLayer(l), VScaleLayer(l));
             if (W(Stages.Attention)) k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
-                        c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs);
+                        c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs, KScaleLayer(l), VScaleLayer(l));
             if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true);
             if (!FuseNorm || c.IsMoE) { if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne); }
             if (!c.IsMoE)

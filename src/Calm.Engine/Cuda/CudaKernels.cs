@@ -68,13 +68,14 @@ public sealed class CudaKernels : IDisposable
             }
             foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "matvec_bf16_deep8", "matvec_f16_deep8", "matvec_bf16_deep16", "matvec_f16_deep16", "matvec_norm_bf16", "matvec_norm_f16", "matvec_norm_f32", "matvec_norm_bf16_deep8", "matvec_norm_f16_deep8", "matvec_norm_bf16_deep16", "matvec_norm_f16_deep16", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
                                          "matvec_qkv_rope_bf16", "matvec_qkv_rope_f16", "matvec_glu_bf16", "matvec_glu_f16",
-                                         "rmsnorm", "qkv_rope_cache", "attention_decode", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
-                                         "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic" })
+                                         "rmsnorm", "qkv_rope_cache", "qkv_rope_cache_fp8", "attention_decode", "attention_decode_fp8", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async",
+                                         "attention_split_g1_fp8", "attention_split_g2_fp8", "attention_split_g4_fp8", "attention_split_g8_fp8", "attention_split_g1_fp8_async", "attention_split_g2_fp8_async", "attention_split_g4_fp8_async", "attention_split_g8_fp8_async", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
+                                         "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic", "fill_kv_fp8" })
                 _k[name] = Find(name);
             // kernels that call pdl_wait before touching earlier kernels' data (kernels/common.cuh)
             if (Programmatic)
                 foreach (var (name, kern) in _k)
-                    if (name is not ("bw_read" or "bw_copy" or "fill_synthetic" or "convert_to_f32"))
+                    if (name is not ("bw_read" or "bw_copy" or "fill_synthetic" or "fill_kv_fp8" or "convert_to_f32"))
                         kern.Programmatic = true;
         }
         catch
@@ -147,19 +148,31 @@ public sealed class CudaKernels : IDisposable
         => _k["rmsnorm"].Launch(s, 1, 1024, 0, x, w, outp, n, eps, addOne ? 1 : 0);
 
     /// <summary>qkv [H*Hd | K*Hd | K*Hd] f32: q/k RMSNorm (qNorm/kNorm [Hd] when qkNorm), RoPE with tables
-    /// cos/sin [maxCtx, rotDim/2], k and v written at the step's position into this layer's caches [K, maxCtx, Hd] fp16.</summary>
+    /// cos/sin [maxCtx, rotDim/2], k and v written at the step's position into this layer's caches [K, maxCtx, Hd] fp16;
+    /// with row scales <paramref name="kScale"/>/<paramref name="vScale"/> [K, maxCtx] f32 (both non-zero) the caches
+    /// are fp8 e4m3 (kernels/fp8.cuh: scale amax/448 per row).</summary>
     public void QkvRopeCache(CudaStream s, ulong qkv, ulong qNorm, ulong kNorm, bool qkNorm, float eps, bool addOne,
-                             ulong cos, ulong sin, int rotDim, ulong kCache, ulong vCache, int maxCtx, int H, int K, int Hd, ulong step)
+                             ulong cos, ulong sin, int rotDim, ulong kCache, ulong vCache, int maxCtx, int H, int K, int Hd, ulong step,
+                             ulong kScale = 0, ulong vScale = 0)
     {
         if (Hd > QkvMaxHeadDim) throw new NotSupportedException($"head_dim {Hd} > {QkvMaxHeadDim}");
-        _k["qkv_rope_cache"].Launch(s, H + 2 * K, 128, 0, qkv, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
-            cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, step);
+        if (kScale != 0 && vScale != 0)
+            _k["qkv_rope_cache_fp8"].Launch(s, H + 2 * K, 128, 0, qkv, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
+                cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, step, kScale, vScale);
+        else
+            _k["qkv_rope_cache"].Launch(s, H + 2 * K, 128, 0, qkv, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
+                cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, step);
     }
 
     /// <summary>Whether the split (flash-decoding) attention kernel takes this shape: head_dim 8·2^i ≤ 256 (Hd/8 lanes
     /// per cache row must divide a warp) and H a multiple of K.</summary>
     public static bool SplitAttentionSupported(int H, int K, int Hd)
         => K > 0 && H % K == 0 && Hd % 8 == 0 && Hd <= SplitAttentionMaxHeadDim && 32 % (Hd / 8) == 0;
+
+    /// <summary>As <see cref="SplitAttentionSupported(int,int,int)"/> for a KV cache of <paramref name="fp8"/> rows
+    /// (the pipelined kernel stages whole 16-byte vectors of a row: fp8 also needs head_dim a multiple of 16).</summary>
+    public static bool SplitAttentionSupported(int H, int K, int Hd, bool fp8)
+        => SplitAttentionSupported(H, K, Hd) && (!fp8 || Hd % 16 == 0);
 
     /// <summary>Query heads per block (MAXG of the kernel variant) and head groups per kv head (grid z).</summary>
     private static (int MaxG, int Z) SplitGroups(int H, int K)
@@ -192,10 +205,34 @@ public sealed class CudaKernels : IDisposable
     /// With a <paramref name="workspace"/> of <see cref="AttentionWorkspaceBytes"/> (zeroed at allocation) and a
     /// supported shape: split over the sequence, one block per (kv head, chunk) serving all its query heads; else one
     /// block per query head.</summary>
+    /// With row scales <paramref name="kScale"/>/<paramref name="vScale"/> [K, maxCtx] f32 (both non-zero) the caches
+    /// are fp8 e4m3 [K, maxCtx, Hd] (kernels/fp8.cuh).
     public void Attention(CudaStream s, ulong q, ulong kCache, ulong vCache, ulong outp, int H, int K, int Hd, int maxCtx, int window, float scale, ulong step,
-                          ulong workspace = 0)
+                          ulong workspace = 0, ulong kScale = 0, ulong vScale = 0)
     {
         if (Hd > AttentionMaxHeadDim) throw new NotSupportedException($"head_dim {Hd} > {AttentionMaxHeadDim}");
+        bool fp8 = kScale != 0 && vScale != 0;
+        if (fp8)
+        {
+            if (workspace != 0 && SplitAttentionSupported(H, K, Hd, true))
+            {
+                var (mg, zz) = SplitGroups(H, K);
+                int S8 = AttentionSplits(H, K);
+                if (AttentionPipelined)
+                {
+                    int u = mg == 8 ? 2 : 4;
+                    int smem = SplitStages * 2 * SplitThreads * u * 16;   // the fp16 size: fp8 stages use half of it
+                    var kern = _k["attention_split_g" + mg + "_fp8_async"];
+                    if (_splitSmemSet.Add(100 + mg)) kern.SetMaxDynamicSharedMemory(smem);
+                    kern.Launch(s, (K, S8, zz), SplitThreads, smem, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale);
+                    return;
+                }
+                _k["attention_split_g" + mg + "_fp8"].Launch(s, (K, S8, zz), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale);
+                return;
+            }
+            _k["attention_decode_fp8"].Launch(s, H, 256, 0, q, kCache, vCache, outp, H, K, Hd, maxCtx, window, scale, step, kScale, vScale);
+            return;
+        }
         if (workspace != 0 && SplitAttentionSupported(H, K, Hd))
         {
             var (maxg, z) = SplitGroups(H, K);
@@ -270,6 +307,10 @@ public sealed class CudaKernels : IDisposable
     /// synthetic generator's values for key = <see cref="SyntheticHash.Key"/>(seed, name).</summary>
     public void FillSynthetic(CudaStream s, ulong outp, long count, ulong key, float scale, float offset, DType dtype, bool asF32)
         => _k["fill_synthetic"].Launch(s, Blocks(count, 256, 8192), 256, 0, outp, count, key, scale, offset, DTypeCode(dtype), asF32 ? 1 : 0);
+
+    /// <summary>out [count] e4m3 bytes = e4m3(448 x) of the synthetic values x in (-1, 1) of <paramref name="key"/> (benchmark KV fill).</summary>
+    public void FillKvFp8(CudaStream s, ulong outp, long count, ulong key)
+        => _k["fill_kv_fp8"].Launch(s, Blocks(count, 256, 8192), 256, 0, outp, count, key);
 
     /// <summary>
     /// A device-only synthetic weight [rows, cols] made already quantized (kernels/quantize.cu): the generator's values

@@ -73,7 +73,7 @@ public sealed class CudaPrefillKernels : IDisposable
                                           "gemm_gated_bf16_k64_v2s4", "gemm_gated_f16_k64_v2s4", "gemm_gated_bf16_m64_k64_v2s4", "gemm_gated_f16_m64_k64_v2s4",
                                           "embed_rows", "rmsnorm_rows", "gate_act_rows" })
                 _k[name] = _modules[0].GetKernel(name);
-            foreach (var name in new[] { "qkv_rope_rows", "attention_prefill", "attention_prefill_tc64", "attention_prefill_tc128" })
+            foreach (var name in new[] { "qkv_rope_rows", "attention_prefill", "attention_prefill_tc64", "attention_prefill_tc128", "qkv_rope_rows_fp8", "attention_prefill_fp8" })
                 _k[name] = _modules[1].GetKernel(name);
             foreach (var h in new[] { "bf16", "f16" })
             {
@@ -94,6 +94,7 @@ public sealed class CudaPrefillKernels : IDisposable
             _k["attention_prefill"].SetMaxDynamicSharedMemory(AttentionSharedBytes(AttentionMaxHeadDim));
             _k["attention_prefill_tc64"].SetMaxDynamicSharedMemory(AttentionTcSharedBytes(64));
             _k["attention_prefill_tc128"].SetMaxDynamicSharedMemory(AttentionTcSharedBytes(128));
+            _k["attention_prefill_fp8"].SetMaxDynamicSharedMemory(AttentionSharedBytes(AttentionMaxHeadDim));
         }
         catch
         {
@@ -188,9 +189,16 @@ public sealed class CudaPrefillKernels : IDisposable
     /// <summary>qkv [T, (H+2K)*Hd] f32: per row t (position start+t) q/k RMSNorm (when qkNorm), RoPE (cos/sin [maxCtx, rotDim/2]),
     /// q written back, k and v into this layer's caches [K, maxCtx, Hd] fp16.</summary>
     public void QkvRopeRows(CudaStream s, ulong qkv, ulong qNorm, ulong kNorm, bool qkNorm, float eps, bool addOne,
-                            ulong cos, ulong sin, int rotDim, ulong kCache, ulong vCache, int maxCtx, int H, int K, int Hd, int T, int start)
+                            ulong cos, ulong sin, int rotDim, ulong kCache, ulong vCache, int maxCtx, int H, int K, int Hd, int T, int start,
+                            ulong kScale = 0, ulong vScale = 0)
     {
         if (Hd > QkvMaxHeadDim) throw new NotSupportedException($"head_dim {Hd} > {QkvMaxHeadDim}");
+        if (kScale != 0 && vScale != 0)
+        {
+            _k["qkv_rope_rows_fp8"].Launch(s, (H + 2 * K, T, 1), 128, 0, qkv, (H + 2 * K) * Hd, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
+                cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, start, kScale, vScale);
+            return;
+        }
         _k["qkv_rope_rows"].Launch(s, (H + 2 * K, T, 1), 128, 0, qkv, (H + 2 * K) * Hd, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
             cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, start);
     }
@@ -211,9 +219,17 @@ public sealed class CudaPrefillKernels : IDisposable
     /// [K, maxCtx, Hd] fp16 (positions 0 .. start+T-1 written) -> out [T, H*Hd] (odt). window 0: none.
     /// variant: 1 = fp32 FMA kernel, 2 = tensor cores (head_dim 64/128; others take 1), 0 = <see cref="AttentionVariant"/>.</summary>
     public void AttentionPrefill(CudaStream s, ulong q, int ld, ulong kCache, ulong vCache, ulong outp, int T, int start,
-                                 int H, int K, int Hd, int maxCtx, int window, float scale, DType odt, int variant = 0)
+                                 int H, int K, int Hd, int maxCtx, int window, float scale, DType odt, int variant = 0,
+                                 ulong kScale = 0, ulong vScale = 0)
     {
         if (AttentionUnsupported(H, K, Hd) is { } why) throw new NotSupportedException(why);
+        if (kScale != 0 && vScale != 0)
+        {
+            // fp8 KV cache (e4m3 rows + f32 row scales): the fp32 FMA kernel (no tensor-core fp8 variant yet)
+            _k["attention_prefill_fp8"].Launch(s, ((T + AttentionQueryTile - 1) / AttentionQueryTile, H, 1), AttentionThreads, AttentionSharedBytes(Hd),
+                q, ld, kCache, vCache, outp, T, start, H, K, Hd, maxCtx, window, scale, CudaKernels.DTypeCode(odt), kScale, vScale);
+            return;
+        }
         if (variant == 0) variant = AttentionVariant;
         if (variant == 2 && AttentionTcTakes(Hd))
         {

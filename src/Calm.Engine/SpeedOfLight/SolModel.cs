@@ -12,7 +12,7 @@ public sealed record SolPoint
     public required int Context { get; init; }
     /// <summary>Weight bytes one decoded token reads (embedding row, active experts + router, classifier).</summary>
     public required long WeightBytes { get; init; }
-    /// <summary>KV-cache bytes per cached position: layers × 2 × kv_heads × head_dim × kv dtype size.</summary>
+    /// <summary>KV-cache bytes per cached position: layers × 2 × kv_heads × head_dim × kv dtype size (fp8: + one f32 scale per row).</summary>
     public required long KvBytesPerToken { get; init; }
     /// <summary>Total bytes read to decode one token at this context: WeightBytes + KvBytesPerToken × Context.</summary>
     public required long BytesPerToken { get; init; }
@@ -72,6 +72,12 @@ public static class SolModel
     public static long KvBytesPerPosition(ModelConfig c, double kvBytesPerElement)
         => (long)Math.Round(c.NumLayers * 2.0 * c.NumKvHeads * c.HeadDim * kvBytesPerElement);
 
+    /// <summary>KV-cache bytes per cached position for a KV dtype name: the values, plus for fp8 (Calm's fp8 KV cache,
+    /// <see cref="KvCacheTypes"/>) one f32 scale per layer, kv head and K/V row.</summary>
+    public static long KvBytesPerPosition(ModelConfig c, string kvDType)
+        => KvBytesPerPosition(c, BytesPerElement(kvDType))
+           + (KvCacheTypes.Normalize(kvDType) == KvCacheTypes.Fp8 ? c.NumLayers * 2L * c.NumKvHeads * sizeof(float) : 0);
+
     /// <summary>FLOPs to decode one token at context p: 2 per weight multiply-add + attention (QK and AV: 4·H·Hd·p per layer).</summary>
     public static double FlopsPerToken(ModelConfig c, int context)
     {
@@ -95,7 +101,7 @@ public static class SolModel
         var e = ElementsPerToken(c);
         double weightBytes = (e.AttentionProjections + e.Ffn + e.Router + e.Classifier) * wb
                              + (e.Norms + e.Embedding) * Math.Max(wb, 2.0);
-        long kvPer = KvBytesPerPosition(c, BytesPerElement(kvDType));
+        long kvPer = KvBytesPerPosition(c, kvDType);
         int span = c.SlidingWindow is int w ? Math.Min(context, w) : context;
         double bytes = weightBytes + (double)kvPer * span;
         double flops = FlopsPerToken(c, context);

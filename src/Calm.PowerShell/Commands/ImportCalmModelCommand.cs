@@ -47,6 +47,13 @@ public sealed class ImportCalmModelCommand : CalmCmdlet
     [ValidateNotNullOrEmpty]
     public string? DType { get; set; }
 
+    /// <summary>KV cache type: f16 (the CUDA default) or fp8 (e4m3 with one f32 scale per row of K and V: half the
+    /// bytes). Default: the backend's own (CUDA f16, CPU f32).</summary>
+    [Parameter]
+    [ArgumentCompleter(typeof(KvCacheDTypeCompleter))]
+    [ValidateNotNullOrEmpty]
+    public string? KvCacheDType { get; set; }
+
     protected override void Process()
     {
         var folders = ParameterSetName == LiteralPathSet ? LiteralPath.Select(ResolveLiteral).ToList() : Path.SelectMany(ResolveWildcard).ToList();
@@ -56,10 +63,12 @@ public sealed class ImportCalmModelCommand : CalmCmdlet
         if (ContextLength is int c && c <= 0)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"-ContextLength must be positive (got {c}).", "ContextLength");
         _weightDType = ParseDType();
+        _kv = KvCacheDType is null ? null : Calm.Engine.Model.KvCacheTypes.Parse(KvCacheDType);
         foreach (var folder in folders) ImportOne(folder);
     }
 
     private Calm.Engine.Model.DType? _weightDType;
+    private string? _kv;
 
     private Calm.Engine.Model.DType? ParseDType()
     {
@@ -86,6 +95,7 @@ public sealed class ImportCalmModelCommand : CalmCmdlet
             Device = Device,
             ContextLength = ContextLength,
             WeightDType = _weightDType,
+            KvCacheDType = _kv,
             Verbose = reporter.Verbose,
             Warning = reporter.Warning,
         }, reporter, ct));

@@ -42,6 +42,13 @@ public sealed class MeasureCalmSpeedOfLightCommand : CalmCmdlet
     [Parameter(ParameterSetName = PresetSet)]
     public int Seed { get; set; }
 
+    /// <summary>KV cache type of the model made for the measurement: f16 (the CUDA default) or fp8 (e4m3 with one f32
+    /// scale per row). Default: the backend's own.</summary>
+    [Parameter(ParameterSetName = PresetSet)]
+    [ArgumentCompleter(typeof(KvCacheDTypeCompleter))]
+    [ValidateNotNullOrEmpty]
+    public string? KvCacheDType { get; set; }
+
     /// <summary>Positions already in the KV cache when the timed tokens start (llama-bench's n_depth).</summary>
     [Parameter]
     [Alias("n_depth", "Depth")]
@@ -90,13 +97,14 @@ public sealed class MeasureCalmSpeedOfLightCommand : CalmCmdlet
         {
             if (!DTypes.TryParseWeightDType(DType, out var dtype) || !(DTypes.IsWeightType(dtype) || DTypes.IsQuantized(dtype)))
                 throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"-DType '{DType}' is not a weight type Calm computes with. Use bf16, f16, f32, fp8 or int4.", "DType");
+            string? kv = KvCacheDType is null ? null : KvCacheTypes.Parse(KvCacheDType);
             if (Context.Length == 0) Context = new[] { 0 };
             int need = Math.Max(Context.Max() + Math.Max(Tokens, Warmup), PromptTokens.Length > 0 ? PromptTokens.Max() : 1);
             var name = CalmSession.Shared.UniqueName($"{Calm.Engine.Synthetic.Presets.Canonical(Preset)}-bench");
             var model = RunWithProgress($"Creating {Preset} ({DType}) for the measurement", (reporter, ct) =>
                 ModelFactory.CreateSynthetic(Preset, Seed, dtype, new ImportOptions
                 {
-                    Name = name, Device = Device, ContextLength = need, Verbose = reporter.Verbose, Warning = reporter.Warning,
+                    Name = name, Device = Device, ContextLength = need, KvCacheDType = kv, Verbose = reporter.Verbose, Warning = reporter.Warning,
                 }, reporter, ct));
             try { Measure(model); }
             finally { model.Dispose(); }

@@ -28,6 +28,13 @@ public sealed class NewCalmModelCommand : CalmCmdlet
     [ArgumentCompleter(typeof(WeightDTypeCompleter))]
     public string DType { get; set; } = "bf16";
 
+    /// <summary>KV cache type: f16 (the CUDA default) or fp8 (e4m3 with one f32 scale per row of K and V: half the
+    /// bytes). Default: the backend's own (CUDA f16, CPU f32).</summary>
+    [Parameter]
+    [ArgumentCompleter(typeof(KvCacheDTypeCompleter))]
+    [ValidateNotNullOrEmpty]
+    public string? KvCacheDType { get; set; }
+
     /// <summary>Session name; default: the preset name, made unique.</summary>
     [Parameter]
     [ValidateNotNullOrEmpty]
@@ -46,6 +53,7 @@ public sealed class NewCalmModelCommand : CalmCmdlet
         if (!DTypes.TryParseWeightDType(DType, out var dtype))
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
                 $"-DType '{DType}' is not a weight type Calm computes with. Use bf16, f16, f32, fp8 or int4.", "DType");
+        string? kv = KvCacheDType is null ? null : KvCacheTypes.Parse(KvCacheDType);
         if (ContextLength is int c && c <= 0)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"-ContextLength must be positive (got {c}).", "ContextLength");
 
@@ -61,6 +69,7 @@ public sealed class NewCalmModelCommand : CalmCmdlet
             Name = name,
             Device = Device,
             ContextLength = ContextLength,
+            KvCacheDType = kv,
             Verbose = reporter.Verbose,
             Warning = reporter.Warning,
         }, reporter, ct));

@@ -30,7 +30,8 @@ public class SolModelTests
         Assert.Equal(131072, p.KvBytesPerToken);
         Assert.Equal(p0.BytesPerToken + 131072L * 4096, p.BytesPerToken);
         var p8 = SolModel.Compute("m", c, "bf16", "fp8", 4096, 1000);
-        Assert.Equal(65536, p8.KvBytesPerToken);
+        // fp8: 1 byte per value + one f32 scale per (layer, K|V, kv head) row: 65536 + 32 x 2 x 8 x 4
+        Assert.Equal(65536 + 2048, p8.KvBytesPerToken);
     }
 
     [Fact]
