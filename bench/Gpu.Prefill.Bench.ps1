@@ -29,8 +29,8 @@ $lines = [Collections.Generic.List[string]]::new()
 function Say([string] $s) { Write-Host $s; $lines.Add($s) }
 Say "GPU: $($info.Name), driver $($info.DriverVersion), NVRTC $($info.NvrtcVersion), $($info.Multiprocessors) SMs"
 
-# name -> environment (CALM_GEMM_K 32|64, CALM_GEMM_TILE auto|auto2|64|128, CALM_GEMM_VARIANT 1|2|3, CALM_PREFILL_ATT 1|2,
-# CALM_PREFILL_FUSE 0|1)
+# name -> environment (CALM_GEMM_K 32|64, CALM_GEMM_TILE auto|auto2|64|128, CALM_GEMM_VARIANT 1|2|3|4, CALM_GEMM_V4N
+# 128|192|256 (variant 4's column tile; unset: per shape), CALM_PREFILL_ATT 1|2, CALM_PREFILL_FUSE 0|1)
 $all = [ordered]@{
     'defaults'              = @{}
     'old-defaults'          = @{ CALM_GEMM_VARIANT = '1'; CALM_GEMM_K = '32'; CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }   # 2026-11-26: 59.2 ms
@@ -41,9 +41,13 @@ $all = [ordered]@{
     'gemm-v1'               = @{ CALM_GEMM_VARIANT = '1' }   # 2026-11-29 default before variant 2: 39.6 ms
     'gemm-v3'               = @{ CALM_GEMM_VARIANT = '3' }
     'gemm-v2-tile-128'      = @{ CALM_GEMM_VARIANT = '2'; CALM_GEMM_TILE = '128' }
+    'gemm-v4'               = @{ CALM_GEMM_VARIANT = '4' }                                                                       # column tile picked per shape
+    'gemm-v4-n128'          = @{ CALM_GEMM_VARIANT = '4'; CALM_GEMM_V4N = '128' }
+    'gemm-v4-n192'          = @{ CALM_GEMM_VARIANT = '4'; CALM_GEMM_V4N = '192' }
+    'gemm-v4-n256'          = @{ CALM_GEMM_VARIANT = '4'; CALM_GEMM_V4N = '256' }
 }
 if (-not $Variants) { $Variants = @($all.Keys) }
-$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
+$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
 $opt = [Calm.Engine.ImportOptions]@{ Device = [Calm.Engine.DeviceChoice]::Cuda; ContextLength = $ContextLength }
 $ttft = [Collections.Generic.List[string]]::new()
 $stageRows = [Collections.Generic.List[object]]::new()
@@ -112,29 +116,38 @@ if (-not $SkipGemmTable -and $c) {
     $kk.FillSynthetic($s, $X.Ptr, $xn, 11, 1.0, 0.0, [Calm.Engine.Model.DType]::F16, $false)
     $kk.FillSynthetic($s, $W.Ptr, $wn, 12, 0.02, 0.0, [Calm.Engine.Model.DType]::BF16, $false)
     $e0 = [Calm.Engine.Cuda.CudaEvent]::new($ctx); $e1 = [Calm.Engine.Cuda.CudaEvent]::new($ctx)
-    $combos = @(@(1, 64, 32), @(1, 64, 64), @(1, 128, 32), @(1, 128, 64), @(2, 64, 64), @(2, 128, 64), @(3, 64, 64), @(3, 128, 64))
+    # (variant, tile rows, k depth, variant 4's column tile: 0 = picked per shape)
+    $combos = @(@(1, 64, 32, 0), @(1, 64, 64, 0), @(1, 128, 32, 0), @(1, 128, 64, 0), @(2, 64, 64, 0), @(2, 128, 64, 0), @(3, 64, 64, 0), @(3, 128, 64, 0),
+                @(4, 128, 64, 128), @(4, 128, 64, 192), @(4, 128, 64, 256))
     $H = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, [long]$T * $F * 2, 'h')
     Say ""
-    Say "| GEMM (T=$T) | N | K | variant | tile rows | k depth | ms | TFLOP/s |"
+    Say "| GEMM (T=$T) | N | K | variant | tile rows (x cols) | k depth | ms | TFLOP/s |"
     Say "|---|---|---|---|---|---|---|---|"
     foreach ($sh in $shapes) {
         foreach ($cb in $combos) {
-            $var, $tile, $depth = $cb
-            $pk.Gemm($s, [Calm.Engine.Model.DType]::BF16, $X.Ptr, $W.Ptr, $Y.Ptr, 0, $T, $sh[1], $sh[2], $false, $tile, $depth, $var)
+            $var, $tile, $depth, $cols = $cb
+            $pk.Gemm($s, [Calm.Engine.Model.DType]::BF16, $X.Ptr, $W.Ptr, $Y.Ptr, 0, $T, $sh[1], $sh[2], $false, $tile, $depth, $var, $cols)
             $e0.Record($s)
-            for ($i = 0; $i -lt 20; $i++) { $pk.Gemm($s, [Calm.Engine.Model.DType]::BF16, $X.Ptr, $W.Ptr, $Y.Ptr, 0, $T, $sh[1], $sh[2], $false, $tile, $depth, $var) }
+            for ($i = 0; $i -lt 20; $i++) { $pk.Gemm($s, [Calm.Engine.Model.DType]::BF16, $X.Ptr, $W.Ptr, $Y.Ptr, 0, $T, $sh[1], $sh[2], $false, $tile, $depth, $var, $cols) }
             $e1.Record($s); $e1.Synchronize()
             $ms = $e1.ElapsedSince($e0) / 20
-            $pick = if ($pk.GemmTileRows($T, $sh[1]) -eq $tile) { ' (picked)' } else { '' }
-            Say ("| {0} | {1} | {2} | {3} | {4}{5} | {6} | {7:F3} | {8:F0} |" -f $sh[0], $sh[1], $sh[2], $var, $tile, $pick, $depth, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
+            if ($var -eq 4) {
+                $tileText = "128 x $cols"
+                $pick = if ($pk.Gemm4TileCols($T, $sh[1], $false) -eq $cols) { ' (picked)' } else { '' }
+            } else {
+                $tileText = "$tile"
+                $pick = if ($pk.GemmTileRows($T, $sh[1]) -eq $tile) { ' (picked)' } else { '' }
+            }
+            Say ("| {0} | {1} | {2} | {3} | {4}{5} | {6} | {7:F3} | {8:F0} |" -f $sh[0], $sh[1], $sh[2], $var, $tileText, $pick, $depth, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
             if ($sh[0] -eq 'gate_up' -and $depth -eq 64) {   # the same product with the activation fused (bf16 out)
                 $act = [Calm.Engine.Model.Activation]::Silu; $bf = [Calm.Engine.Model.DType]::BF16
-                $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var)
+                $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var, $cols)
                 $e0.Record($s)
-                for ($i = 0; $i -lt 20; $i++) { $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var) }
+                for ($i = 0; $i -lt 20; $i++) { $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var, $cols) }
                 $e1.Record($s); $e1.Synchronize()
                 $ms = $e1.ElapsedSince($e0) / 20
-                Say ("| gate_up + act | {0} | {1} | {2} | {3} | 64 | {4:F3} | {5:F0} |" -f $sh[1], $sh[2], $var, $tile, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
+                $pick = if ($var -eq 4 -and $pk.Gemm4TileCols($T, $F, $true) -eq $cols) { ' (picked)' } else { '' }
+                Say ("| gate_up + act | {0} | {1} | {2} | {3}{4} | 64 | {5:F3} | {6:F0} |" -f $sh[1], $sh[2], $var, $tileText, $pick, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
             }
         }
     }

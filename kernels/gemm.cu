@@ -284,6 +284,203 @@ GEMM_GATED_ENTRY(gemm_gated_f16_k64_v2s4, CALM_F16, 4, 64, 4, 1)
 GEMM_GATED_ENTRY(gemm_gated_bf16_m64_k64_v2s4, CALM_BF16, 2, 64, 4, 1)
 GEMM_GATED_ENTRY(gemm_gated_f16_m64_k64_v2s4, CALM_F16, 2, 64, 4, 1)
 
+// ---- variant 4: 128 x (32*NT) x 64 block tiles, 64 x (8*NT) warp tiles ------------------------------------------
+// The same product and numerics as variants 1-3 (f16 activations, bf16 weights converted to f16 in registers after
+// ldmatrix with cvt.rn.f16x2.f32 as variant 2, mma.sync m16n8k16 f16 -> f32), with larger warp tiles: 8 warps as
+// 2 (M) x 4 (N), each 64 x 8*NT (NT = 4, 6, 8: block tiles 128 x 128 / 192 / 256), so a k16 step is 4 + NT/2
+// ldmatrix.x4 for 4*NT mma (variants 1-3: 6 for 16). Shared tiles are unpadded 128-byte rows (64 halves of K) with the
+// 16-byte chunk c of row r at c ^ (r & 7) (XOR swizzle: the 8 rows of an ldmatrix phase hit 8 different chunks, and
+// a row's cp.async chunks stay contiguous); GEMM4_STAGES(NT) deep cp.async ring; A and B fragments double-buffered in
+// registers across the k16 steps (the fragments of step kk+1 load while step kk's mma run; the stage barrier sits
+// before the last step's loads, one __syncthreads per stage). Blocks walk the (row tile, column tile) grid grouped
+// 8 row tiles at a time, row tiles fastest (at T <= 1024 every block of a W column tile runs side by side: W streams
+// from DRAM once, X stays in L2). One block per multiprocessor (__launch_bounds__(256, 1)).
+// GATED: each warp's 8*NT B rows are 4*NT gate rows (W rows f) then the 4*NT up rows of the same f (W rows F + f),
+// so act(gate) * up is formed in registers: acc[i][j] (gate) with acc[i][j + NT/2] (up); a block covers 16*NT of F.
+#define GEMM4_BM 128
+#define GEMM4_BK 64
+#define GEMM4_STAGES(NT) ((NT) == 8 ? 3 : 4)
+#define GEMM4_GROUP 8
+
+template <int DT, int NT, int GATED>
+__device__ __forceinline__ void gemm4_load_stage(u32 sA, const u16* X, const u16* W, int T, int N, int K, int m0, int n0, int k0) {
+    const int BN = 32 * NT;
+    const int rr = threadIdx.x >> 3, cc = threadIdx.x & 7;
+    const u32 sw = (u32)((cc ^ (rr & 7)) << 4);
+    const int k = k0 + cc * 8;
+    const bool kok = k < K;
+#pragma unroll
+    for (int i = 0; i < GEMM4_BM / 32; i++) {
+        int row = m0 + rr + 32 * i;
+        bool ok = kok && row < T;
+        g_cp16(sA + (u32)((rr + 32 * i) * 128) + sw, X + (ok ? (long long)row * K + k : 0), ok ? 16 : 0);
+    }
+    const u32 sB = sA + GEMM4_BM * 128;
+#pragma unroll
+    for (int i = 0; i < BN / 32; i++) {
+        int r = rr + 32 * i, src;
+        bool ok;
+        if (GATED) {   // warp column group w = r / (8 NT): rows q < 4 NT gate f = n0 + w*4NT + q, else the up row of f
+            int w = r / (8 * NT), q = r - w * (8 * NT), up = q >= 4 * NT;
+            int f = n0 + w * 4 * NT + (up ? q - 4 * NT : q);
+            ok = kok && f < N;
+            src = up ? N + f : f;
+        } else {
+            src = n0 + r;
+            ok = kok && src < N;
+        }
+        g_cp16(sB + (u32)(r * 128) + sw, W + (ok ? (long long)src * K + k : 0), ok ? 16 : 0);
+    }
+}
+
+template <int DT, int NT>
+__device__ __forceinline__ void gemm4_load_frags(u32 sA, u32 sB, int kk, u32 aOff, u32 aX, u32 bOff, u32 bX, u32 (&a)[4][4], u32 (&b)[NT][2]) {
+    const u32 ca = ((aX ^ (u32)(2 * kk)) << 4), cb = ((bX ^ (u32)(2 * kk)) << 4);
+#pragma unroll
+    for (int i = 0; i < 4; i++) ldsm_x4(sA + aOff + (u32)(i * 16 * 128) + ca, a[i][0], a[i][1], a[i][2], a[i][3]);
+#pragma unroll
+    for (int j = 0; j < NT / 2; j++) ldsm_x4(sB + bOff + (u32)(j * 16 * 128) + cb, b[2 * j][0], b[2 * j][1], b[2 * j + 1][0], b[2 * j + 1][1]);
+    if (DT == CALM_BF16) {
+#pragma unroll
+        for (int j = 0; j < NT; j++) { b[j][0] = bf16x2_to_f16x2_v2(b[j][0]); b[j][1] = bf16x2_to_f16x2_v2(b[j][1]); }
+    }
+}
+
+// N: columns of Y (GATED: F, the columns of H). Grid: ceil(T/128) * ceil(N / (GATED ? 16 NT : 32 NT)) blocks (1-D)
+template <int DT, int NT, int GATED>
+__device__ __forceinline__ void gemm4_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate,
+                                           u16* Hout, int act, int odt) {
+    extern __shared__ __align__(16) u16 gsm[];
+    const int STG = GEMM4_STAGES(NT), BN = 32 * NT, BNC = GATED ? 16 * NT : 32 * NT;
+    const u32 stageBytes = (GEMM4_BM + BN) * 128;
+    // grouped block order: GEMM4_GROUP row tiles at a time, row tiles fastest
+    const int mTiles = (T + GEMM4_BM - 1) / GEMM4_BM, nTiles = (N + BNC - 1) / BNC;
+    const int pid = blockIdx.x, width = GEMM4_GROUP * nTiles, grp = pid / width, firstM = grp * GEMM4_GROUP;
+    const int gsz = min(mTiles - firstM, GEMM4_GROUP), inGrp = pid - grp * width;
+    const int m0 = (firstM + inGrp % gsz) * GEMM4_BM, n0 = (inGrp / gsz) * BNC;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 8 * NT;
+    const u32 base = smem_addr(gsm);
+    // ldmatrix lane rows and chunks (see gemm_impl): A row lane&15, chunk lane>>4; B row (lane&7) + (lane>>4)*8, chunk (lane>>3)&1;
+    // every row's r & 7 is lane & 7, so the swizzled chunk of k16 step kk is (chunk ^ (lane & 7)) ^ 2kk
+    const u32 aOff = (u32)((wm + (lane & 15)) * 128), aX = (u32)((lane >> 4) ^ (lane & 7));
+    const u32 bOff = (u32)((wn + (lane & 7) + ((lane >> 4) << 3)) * 128), bX = (u32)(((lane >> 3) & 1) ^ (lane & 7));
+
+    float acc[4][NT][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+    const int kTiles = (K + GEMM4_BK - 1) / GEMM4_BK;
+#pragma unroll
+    for (int s = 0; s < STG - 1; s++) {
+        if (s < kTiles) gemm4_load_stage<DT, NT, GATED>(base + s * stageBytes, X, W, T, N, K, m0, n0, s * GEMM4_BK);
+        g_commit();
+    }
+    g_wait<STG - 2>();
+    __syncthreads();
+    u32 af[2][4][4], bf[2][NT][2];
+    gemm4_load_frags<DT, NT>(base, base + GEMM4_BM * 128, 0, aOff, aX, bOff, bX, af[0], bf[0]);
+    int rs = 0, ws = STG - 1;
+    for (int kt = 0; kt < kTiles; kt++) {
+#pragma unroll
+        for (int kk = 0; kk < GEMM4_BK / 16; kk++) {
+            if (kk == GEMM4_BK / 16 - 1) {
+                // stage kt + 1 landed for every thread; every warp is past its last read of stage kt - 1 (refilled at kk == 0)
+                g_wait<STG - 2>();
+                __syncthreads();
+                rs = rs + 1 == STG ? 0 : rs + 1;
+            }
+            const u32 sA = base + rs * stageBytes;
+            gemm4_load_frags<DT, NT>(sA, sA + GEMM4_BM * 128, (kk + 1) & 3, aOff, aX, bOff, bX, af[(kk + 1) & 1], bf[(kk + 1) & 1]);
+            if (kk == 0) {
+                int nk = kt + STG - 1;
+                if (nk < kTiles) gemm4_load_stage<DT, NT, GATED>(base + ws * stageBytes, X, W, T, N, K, m0, n0, nk * GEMM4_BK);
+                g_commit();
+                ws = ws + 1 == STG ? 0 : ws + 1;
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < NT; j++) mma16816(acc[i][j], af[kk & 1][i], bf[kk & 1][j]);
+        }
+    }
+    g_wait<0>();
+    const int g = lane >> 2, t4 = lane & 3;
+    if (GATED) {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < NT / 2; j++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int row = m0 + wm + i * 16 + g + h * 8;
+                    int f = n0 + (warp & 3) * 4 * NT + j * 8 + 2 * t4;
+                    if (row >= T) continue;
+                    u16 o[2];
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        float gv = acc[i][j][h * 2 + e], uv = acc[i][j + NT / 2][h * 2 + e];
+                        if (bias && f + e < N) { gv += bias[f + e]; uv += bias[N + f + e]; }
+                        o[e] = to_half(activate(gv, act) * uv, odt);
+                    }
+                    u16* hp = Hout + (long long)row * N + f;
+                    if ((N & 1) == 0 && f + 1 < N && ((u64)Hout & 3) == 0) { *(u32*)hp = (u32)o[0] | ((u32)o[1] << 16); continue; }
+                    if (f < N) hp[0] = o[0];
+                    if (f + 1 < N) hp[1] = o[1];
+                }
+        return;
+    }
+    const bool pairs = (N & 1) == 0 && ((u64)Y & 7) == 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int row = m0 + wm + i * 16 + g + h * 8;
+                int col = n0 + wn + j * 8 + 2 * t4;
+                if (row >= T) continue;
+                float v0 = acc[i][j][h * 2], v1 = acc[i][j][h * 2 + 1];
+                float* y = Y + (long long)row * N + col;
+                if (pairs && col + 1 < N) {
+                    if (bias) { v0 += bias[col]; v1 += bias[col + 1]; }
+                    if (accumulate) { gemm_f2 o = *(gemm_f2*)y; v0 += o.x; v1 += o.y; }
+                    gemm_f2 r; r.x = v0; r.y = v1;
+                    *(gemm_f2*)y = r;
+                    continue;
+                }
+                if (col < N) { if (bias) v0 += bias[col]; if (accumulate) v0 += y[0]; y[0] = v0; }
+                if (col + 1 < N) { if (bias) v1 += bias[col + 1]; if (accumulate) v1 += y[1]; y[1] = v1; }
+            }
+}
+
+// gemm4_<h>_n<BN>: Y = X . W^T (+ bias) (+ Y); gemm4_gated_<h>_n<BN>: H = act(gate) * up, 16 NT columns of F per block.
+// 256 threads, GEMM4_STAGES(NT) * (128 + BN) * 128 bytes of dynamic shared memory
+#define GEMM4_ENTRY(NAME, DT, NT) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
+        gemm4_impl<DT, NT, 0>(X, W, Y, bias, T, N, K, accumulate, 0, 0, 0); \
+    }
+#define GEMM4_GATED_ENTRY(NAME, DT, NT) \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) NAME(const u16* X, const u16* W, u16* H, const float* bias, int T, int F, int K, int act, int odt) { \
+        gemm4_impl<DT, NT, 1>(X, W, 0, bias, T, F, K, 0, H, act, odt); \
+    }
+GEMM4_ENTRY(gemm4_bf16_n128, CALM_BF16, 4)
+GEMM4_ENTRY(gemm4_bf16_n192, CALM_BF16, 6)
+GEMM4_ENTRY(gemm4_bf16_n256, CALM_BF16, 8)
+GEMM4_ENTRY(gemm4_f16_n128, CALM_F16, 4)
+GEMM4_ENTRY(gemm4_f16_n192, CALM_F16, 6)
+GEMM4_ENTRY(gemm4_f16_n256, CALM_F16, 8)
+GEMM4_GATED_ENTRY(gemm4_gated_bf16_n128, CALM_BF16, 4)
+GEMM4_GATED_ENTRY(gemm4_gated_bf16_n192, CALM_BF16, 6)
+GEMM4_GATED_ENTRY(gemm4_gated_bf16_n256, CALM_BF16, 8)
+GEMM4_GATED_ENTRY(gemm4_gated_f16_n128, CALM_F16, 4)
+GEMM4_GATED_ENTRY(gemm4_gated_f16_n192, CALM_F16, 6)
+GEMM4_GATED_ENTRY(gemm4_gated_f16_n256, CALM_F16, 8)
+
 // ---- row-wise helpers of the batched forward ----------------------------------------------------------------------
 
 // tokens [T] int, table [V, D] (tdt: f32/f16/bf16) -> x [T, D] f32 = table[token] * scale. grid (blocks, T)

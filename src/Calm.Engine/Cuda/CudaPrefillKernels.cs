@@ -20,9 +20,18 @@ public sealed class CudaPrefillKernels : IDisposable
     /// <summary>GEMM kernel variant when the call does not say (CALM_GEMM_VARIANT, default 2: Llama-3-8B 512-token prefill
     /// 32.5 ms vs 39.6 ms with variant 1 on the H200, bench/RESULTS.md 2026-11-29): 1 = the first kernel (grid x over N
     /// tiles, bf16 converted in shared memory); 2 = grid x over row tiles (W read from DRAM once), bf16 converted in
-    /// registers, float2 epilogue, two blocks per multiprocessor; 3 = variant 2 with 4 stages (one block per multiprocessor).
-    /// Variants 2 and 3 have k depth 64 only.</summary>
+    /// registers, float2 epilogue, two blocks per multiprocessor; 3 = variant 2 with 4 stages (one block per multiprocessor);
+    /// 4 = 128-row x 128/192/256-column tiles with 64 x 32/48/64 warp tiles, XOR-swizzled shared memory, fragments
+    /// double-buffered in registers, grouped block order (<see cref="Gemm4TileCols"/>). Variants 2-4 have k depth 64 only.</summary>
     public int GemmVariant { get; }
+    /// <summary>Variant 4's column tile when the call does not say (CALM_GEMM_V4N = 128, 192 or 256; else 0: picked per
+    /// shape by <see cref="Gemm4TileCols"/>).</summary>
+    public int Gemm4Cols { get; }
+    /// <summary>Variant 4 kernels: 128 rows, k depth 64, stages 4 (128/192 columns) or 3 (256 columns).</summary>
+    public const int Gemm4TileRows = 128, Gemm4Depth = 64;
+    public static int Gemm4Stages(int cols) => cols == 256 ? 3 : 4;
+    /// <summary>Dynamic shared memory of variant 4: stages x (128 + cols) rows x 128 bytes (64 halves, no padding).</summary>
+    public static int Gemm4SharedBytes(int cols) => Gemm4Stages(cols) * (Gemm4TileRows + cols) * Gemm4Depth * 2;
     /// <summary>Tile-height rule when the call does not say (CALM_GEMM_TILE): "auto" (default: 128 rows when that
     /// still fills half the multiprocessors, else 64), "auto2" (the first rule: 128 only with two blocks per
     /// multiprocessor), "64" or "128".</summary>
@@ -55,7 +64,8 @@ public sealed class CudaPrefillKernels : IDisposable
     {
         GemmDepth = gemmDepth ?? (Environment.GetEnvironmentVariable("CALM_GEMM_K") == "32" ? 32 : 64);
         if (GemmDepth is not (32 or 64)) throw new ArgumentOutOfRangeException(nameof(gemmDepth), "GEMM depth is 32 or 64");
-        GemmVariant = Environment.GetEnvironmentVariable("CALM_GEMM_VARIANT") switch { "1" => 1, "3" => 3, _ => 2 };
+        GemmVariant = Environment.GetEnvironmentVariable("CALM_GEMM_VARIANT") switch { "1" => 1, "3" => 3, "4" => 4, _ => 2 };
+        Gemm4Cols = Environment.GetEnvironmentVariable("CALM_GEMM_V4N") switch { "128" => 128, "192" => 192, "256" => 256, _ => 0 };
         GemmTileRule = Environment.GetEnvironmentVariable("CALM_GEMM_TILE") switch { "auto2" => "auto2", "64" => "64", "128" => "128", _ => "auto" };
         AttentionVariant = Environment.GetEnvironmentVariable("CALM_PREFILL_ATT") == "1" ? 1 : 2;
         if (!Supported(arch)) throw new NotSupportedException($"the prefill kernels need sm_80 or newer (this device is sm_{arch})");
@@ -73,6 +83,14 @@ public sealed class CudaPrefillKernels : IDisposable
                                           "gemm_gated_bf16_k64_v2s4", "gemm_gated_f16_k64_v2s4", "gemm_gated_bf16_m64_k64_v2s4", "gemm_gated_f16_m64_k64_v2s4",
                                           "embed_rows", "rmsnorm_rows", "gate_act_rows" })
                 _k[name] = _modules[0].GetKernel(name);
+            foreach (var h in new[] { "bf16", "f16" })
+                foreach (var cols in new[] { 128, 192, 256 })
+                    foreach (var g in new[] { "", "gated_" })
+                    {
+                        var name = "gemm4_" + g + h + "_n" + cols;
+                        _k[name] = _modules[0].GetKernel(name);
+                        _k[name].SetMaxDynamicSharedMemory(Gemm4SharedBytes(cols));
+                    }
             foreach (var name in new[] { "qkv_rope_rows", "attention_prefill", "attention_prefill_tc64", "attention_prefill_tc128", "qkv_rope_rows_fp8", "attention_prefill_fp8" })
                 _k[name] = _modules[1].GetKernel(name);
             foreach (var h in new[] { "bf16", "f16" })
@@ -124,6 +142,26 @@ public sealed class CudaPrefillKernels : IDisposable
         };
     }
 
+    /// <summary>Variant 4's column tile (128, 192 or 256) for T rows and <paramref name="cols"/> output columns
+    /// (gated: F, a block covering half its tile's columns of F): the fewest waves of one block per multiprocessor
+    /// weighted by the tile's columns (a block's time) and a small per-flop penalty of the narrower tiles (more shared
+    /// memory traffic per mma). T=512 on the H200 (132 SMs): qkv 6144 -> 192 (128 blocks, one wave), o / down 4096 -> 128
+    /// (128 blocks), gate_up 28672 -> 128 (896 blocks, 6.8 waves).</summary>
+    public int Gemm4TileCols(int T, int cols, bool gated = false)
+    {
+        if (Gemm4Cols != 0) return Gemm4Cols;
+        long mTiles = (T + Gemm4TileRows - 1) / Gemm4TileRows;
+        int best = 256; double bestCost = double.MaxValue;
+        foreach (var (c, eff) in new[] { (256, 1.0), (192, 0.95), (128, 0.88) })
+        {
+            int per = gated ? c / 2 : c;
+            long blocks = mTiles * ((cols + per - 1) / per);
+            double cost = Math.Ceiling(blocks / (double)Multiprocessors) * c / eff;
+            if (cost < bestCost - 1e-9) { bestCost = cost; best = c; }
+        }
+        return best;
+    }
+
     /// <summary>Kernel name of a GEMM launch (tile rows 64/128, depth 32/64, variant 1/2/3; variants 2 and 3 need depth 64).</summary>
     public static string GemmKernelName(DType wt, int tileRows, int depth, int variant)
         => "gemm_" + Half(wt) + (tileRows == 64 ? "_m64" : "") + (depth == 64 ? "_k64" : "") + (variant switch { 2 => "_v2", 3 => "_v2s4", _ => "" });
@@ -134,15 +172,16 @@ public sealed class CudaPrefillKernels : IDisposable
     /// K % 8 == 0; X and W 16-byte aligned. tileRows: 64 or 128 rows of X per block (0: <see cref="GemmTileRows"/>);
     /// depth: 32 or 64 columns of K per stage (0: <see cref="GemmDepth"/>; variants 2 and 3 take 64 whatever it says);
     /// variant: 1, 2 or 3 (0: <see cref="GemmVariant"/>).</summary>
-    public void Gemm(CudaStream s, DType wt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, int tileRows = 0, int depth = 0, int variant = 0)
+    public void Gemm(CudaStream s, DType wt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, int tileRows = 0, int depth = 0, int variant = 0, int tileCols = 0)
     {
-        if (tileRows == 0) tileRows = GemmTileRows(T, N);
         if (variant == 0) variant = GemmVariant;
+        if (variant == 4) { Gemm4(s, wt, X, W, Y, bias, T, N, K, accumulate, tileCols); return; }
+        if (tileRows == 0) tileRows = GemmTileRows(T, N);
         if (depth == 0) depth = GemmDepth;
         if (variant is 2 or 3) depth = 64;
         if (tileRows is not (64 or 128)) throw new ArgumentOutOfRangeException(nameof(tileRows), "GEMM tiles are 64 or 128 rows");
         if (depth is not (32 or 64)) throw new ArgumentOutOfRangeException(nameof(depth), "GEMM depth is 32 or 64");
-        if (variant is not (1 or 2 or 3)) throw new ArgumentOutOfRangeException(nameof(variant), "GEMM variants are 1, 2 and 3");
+        if (variant is not (1 or 2 or 3)) throw new ArgumentOutOfRangeException(nameof(variant), "GEMM variants are 1, 2, 3 and 4");
         if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);
         if (T <= 0 || N <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{N}");
         if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
@@ -153,15 +192,42 @@ public sealed class CudaPrefillKernels : IDisposable
             X, W, Y, bias, T, N, K, accumulate ? 1 : 0);
     }
 
+    /// <summary>Variant 4 of <see cref="Gemm"/>: 128-row tiles, <paramref name="tileCols"/> columns (128, 192, 256; 0:
+    /// <see cref="Gemm4TileCols"/>), k depth 64; one 1-D grid of ceil(T/128) x ceil(N/cols) blocks (grouped order in the kernel).</summary>
+    public void Gemm4(CudaStream s, DType wt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, int tileCols = 0)
+    {
+        if (tileCols == 0) tileCols = Gemm4TileCols(T, N);
+        if (tileCols is not (128 or 192 or 256)) throw new ArgumentOutOfRangeException(nameof(tileCols), "variant 4 tiles are 128, 192 or 256 columns");
+        if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);
+        if (T <= 0 || N <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{N}");
+        if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
+        long blocks = (long)((T + Gemm4TileRows - 1) / Gemm4TileRows) * ((N + tileCols - 1) / tileCols);
+        if (blocks > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(T), "GEMM grid too large");
+        _k["gemm4_" + Half(wt) + "_n" + tileCols].Launch(s, ((int)blocks, 1, 1), GemmThreads, Gemm4SharedBytes(tileCols),
+            X, W, Y, bias, T, N, K, accumulate ? 1 : 0);
+    }
+
     /// <summary>The gate_up GEMM with the activation fused into its epilogue: X [T, K] f16 . W [2F, K]^T (wt; rows
     /// [gate | up]) (+ bias [2F] f32 when nonzero) -> H [T, F] (odt bf16/f16; f16 saturates at ±65504) = act(gate) * up,
     /// the same values as <see cref="Gemm"/> into [T, 2F] f32 then <see cref="GateActRows"/>, without the f32 round trip
     /// (at T=512 on Llama-3-8B: 59 MB written and read back per layer). k depth 64; tileRows 0: <see cref="GemmTileRows"/>
     /// of the [T, 2F] product; variant 0: <see cref="GemmVariant"/>.</summary>
-    public void GemmGated(CudaStream s, DType wt, ulong X, ulong W, ulong H, ulong bias, int T, int F, int K, Activation act, DType odt, int tileRows = 0, int variant = 0)
+    public void GemmGated(CudaStream s, DType wt, ulong X, ulong W, ulong H, ulong bias, int T, int F, int K, Activation act, DType odt, int tileRows = 0, int variant = 0, int tileCols = 0)
     {
-        if (tileRows == 0) tileRows = GemmTileRows(T, 2 * F);
         if (variant == 0) variant = GemmVariant;
+        if (variant == 4)
+        {
+            if (tileCols == 0) tileCols = Gemm4TileCols(T, F, gated: true);
+            if (tileCols is not (128 or 192 or 256)) throw new ArgumentOutOfRangeException(nameof(tileCols), "variant 4 tiles are 128, 192 or 256 columns");
+            if (GemmUnsupported(K) is { } why4) throw new NotSupportedException(why4);
+            if (T <= 0 || F <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{F}");
+            if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
+            long blocks = (long)((T + Gemm4TileRows - 1) / Gemm4TileRows) * ((F + tileCols / 2 - 1) / (tileCols / 2));
+            _k["gemm4_gated_" + Half(wt) + "_n" + tileCols].Launch(s, ((int)blocks, 1, 1), GemmThreads, Gemm4SharedBytes(tileCols),
+                X, W, H, bias, T, F, K, (int)act, CudaKernels.DTypeCode(odt));
+            return;
+        }
+        if (tileRows == 0) tileRows = GemmTileRows(T, 2 * F);
         if (tileRows is not (64 or 128)) throw new ArgumentOutOfRangeException(nameof(tileRows), "GEMM tiles are 64 or 128 rows");
         if (variant is not (1 or 2 or 3)) throw new ArgumentOutOfRangeException(nameof(variant), "GEMM variants are 1, 2 and 3");
         if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);

@@ -53,7 +53,33 @@ public class PrefillTests
     public void GemmVariantMatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows, int variant)
         => CheckGemm(dt, T, N, K, bias, accumulate, tileRows, 64, variant);
 
-    private static void CheckGemm(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows, int depth, int variant)
+    // variant 4 (128-row x 128/192/256-column tiles, swizzled shared memory, grouped block order): every shape case of
+    // the two theories above, at each column tile (0: picked by the launcher), plus grids with more than one group of 8
+    // row tiles (T > 1024: the grouped order's last, partial group) and N past several column tiles
+    public static TheoryData<DType, int, int, int, bool, bool, int> Variant4Cases()
+    {
+        var shapes = new (DType, int, int, int, bool, bool)[]
+        {
+            (DType.BF16, 1, 128, 64, false, false), (DType.BF16, 37, 200, 264, true, false), (DType.BF16, 37, 200, 264, true, true),
+            (DType.F16, 130, 300, 512, true, true), (DType.BF16, 257, 129, 1000, false, true), (DType.BF16, 257, 129, 1000, true, false),
+            (DType.F16, 5, 1000, 8, false, false), (DType.BF16, 3, 64, 4104, true, true), (DType.BF16, 300, 384, 4104, true, true),
+            (DType.BF16, 300, 384, 4104, false, false), (DType.BF16, 515, 256, 136, false, true),
+            (DType.BF16, 1100, 520, 72, true, true),   // 9 row tiles: one full group of 8 and a group of 1; 3 column tiles of 192/256
+            (DType.F16, 1300, 770, 64, false, false),  // 11 row tiles (a partial group of 3), ragged even N
+        };
+        var d = new TheoryData<DType, int, int, int, bool, bool, int>();
+        foreach (var (dt, T, N, K, b, a) in shapes)
+            foreach (var cols in new[] { 0, 128, 192, 256 })
+                d.Add(dt, T, N, K, b, a, cols);
+        return d;
+    }
+
+    [Theory]
+    [MemberData(nameof(Variant4Cases))]
+    public void GemmVariant4MatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileCols)
+        => CheckGemm(dt, T, N, K, bias, accumulate, 0, 64, 4, tileCols);
+
+    private static void CheckGemm(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows, int depth, int variant, int tileCols = 0)
     {
         var (ctx, p, s) = Require();
         using var _c = ctx; using var _p = p; using var _s = s;
@@ -63,7 +89,7 @@ public class PrefillTests
         var b = Gpu.RandF(r, N);
         var y0 = Gpu.RandF(r, T * N);
         using var X = Gpu.Up(ctx, xb); using var W = Gpu.Up(ctx, wb); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
-        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, N, K, accumulate, tileRows, depth, variant);
+        p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, N, K, accumulate, tileRows, depth, variant, tileCols);
         s.Synchronize();
         var want = new float[T * N];
         for (int t = 0; t < T; t++)
@@ -93,6 +119,25 @@ public class PrefillTests
     [InlineData(DType.BF16, 515, 72, 136, true, 0, 3, DType.BF16, 0)]
     [InlineData(DType.F16, 3, 130, 8, true, 0, 1, DType.F16, 1)]
     public void GemmGatedMatchesReferenceAndUnfused(DType dt, int T, int F, int K, bool bias, int tileRows, int variant, DType odt, int actCode)
+        => CheckGated(dt, T, F, K, bias, tileRows, variant, odt, actCode, 0);
+
+    // variant 4 gated: each warp's gate and up rows side by side in the B tile (16*NT columns of F per block); F not a
+    // multiple of 64/96/128, odd F (the scalar H stores), K tails, long K, more than 8 row tiles; every column tile
+    [Theory]
+    [InlineData(DType.BF16, 37, 100, 264, true, 0, DType.F16, 0)]
+    [InlineData(DType.BF16, 37, 100, 264, false, 128, DType.BF16, 1)]
+    [InlineData(DType.F16, 130, 64, 512, true, 192, DType.F16, 0)]
+    [InlineData(DType.BF16, 257, 200, 1000, true, 256, DType.F16, 1)]
+    [InlineData(DType.BF16, 300, 192, 4104, false, 128, DType.F16, 0)]
+    [InlineData(DType.BF16, 300, 192, 4104, true, 256, DType.BF16, 0)]
+    [InlineData(DType.BF16, 515, 72, 136, true, 0, DType.BF16, 0)]
+    [InlineData(DType.F16, 3, 130, 8, true, 192, DType.F16, 1)]
+    [InlineData(DType.BF16, 1100, 333, 72, true, 192, DType.F16, 0)]   // odd F; 9 row tiles
+    [InlineData(DType.BF16, 1100, 333, 72, false, 256, DType.BF16, 1)]
+    public void GemmGatedVariant4MatchesReferenceAndUnfused(DType dt, int T, int F, int K, bool bias, int tileCols, DType odt, int actCode)
+        => CheckGated(dt, T, F, K, bias, 0, 4, odt, actCode, tileCols);
+
+    private static void CheckGated(DType dt, int T, int F, int K, bool bias, int tileRows, int variant, DType odt, int actCode, int tileCols)
     {
         var (ctx, p, s) = Require();
         using var _c = ctx; using var _p = p; using var _s = s;
@@ -104,7 +149,8 @@ public class PrefillTests
         using var X = Gpu.Up(ctx, xb); using var W = Gpu.Up(ctx, wb); using var B = Gpu.Up(ctx, b);
         using var H1 = Gpu.Zeros(ctx, (long)T * F * 2); using var H2 = Gpu.Zeros(ctx, (long)T * F * 2);
         using var Y = Gpu.Zeros(ctx, (long)T * 2 * F * 4);
-        p.GemmGated(s, dt, X.Ptr, W.Ptr, H1.Ptr, bias ? B.Ptr : 0, T, F, K, act, odt, tileRows, variant);
+        p.GemmGated(s, dt, X.Ptr, W.Ptr, H1.Ptr, bias ? B.Ptr : 0, T, F, K, act, odt, tileRows, variant, tileCols);
+        // the unfused product with variant 4's column tile picked for [T, 2F] (another tile: the same sums, bit for bit)
         p.Gemm(s, dt, X.Ptr, W.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, 2 * F, K, false, tileRows == 0 ? p.GemmTileRows(T, 2 * F) : tileRows, 64, variant);
         p.GateActRows(s, Y.Ptr, H2.Ptr, F, T, act, odt);
         s.Synchronize();
@@ -119,7 +165,7 @@ public class PrefillTests
                 float g = act == Activation.Silu ? Gpu.Silu((float)a) : Gpu.GeluTanh((float)a);
                 want[t * F + f] = Gpu.FromBits(Gpu.ToBits(g * (float)u, odt), odt);
             }
-        Gpu.Close(got.Select(u => Gpu.FromBits(u, odt)).ToArray(), want, 1e-3, $"gated gemm v{variant} {dt} {T}x{F}x{K} tile {tileRows} -> {odt} act {act}");
+        Gpu.Close(got.Select(u => Gpu.FromBits(u, odt)).ToArray(), want, 1e-3, $"gated gemm v{variant} {dt} {T}x{F}x{K} tile {tileRows}/{tileCols} -> {odt} act {act}");
         Assert.Equal(H2.ToArray<ushort>(T * F), got);   // the same f32 sums and the same act * up as the unfused path
     }
 
