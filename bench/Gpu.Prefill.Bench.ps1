@@ -46,6 +46,7 @@ $all = [ordered]@{
     'gemm-v4-n192'          = @{ CALM_GEMM_VARIANT = '4'; CALM_GEMM_V4N = '192' }
     'gemm-v4-n256'          = @{ CALM_GEMM_VARIANT = '4'; CALM_GEMM_V4N = '256' }
 }
+$Variants = @($Variants | ForEach-Object { $_ -split "," } | Where-Object { $_ })   # pwsh -File passes one comma-joined string
 if (-not $Variants) { $Variants = @($all.Keys) }
 $envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
 $opt = [Calm.Engine.ImportOptions]@{ Device = [Calm.Engine.DeviceChoice]::Cuda; ContextLength = $ContextLength }

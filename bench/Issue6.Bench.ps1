@@ -19,19 +19,28 @@ $bw = @(Measure-CalmBandwidth -Device Cuda)
 $bw | Format-Table | Out-Host
 $rows = [System.Collections.Generic.List[object]]::new()
 $runs = @(
+    @{ Preset = 'Llama-3.1-8B'; DType = 'bf16'; Context = 0, 1024, 4096, 32768; PromptTokens = 512 }   # Llama-3-8B tensors, 128k positions
+    @{ Preset = 'Llama-3.1-8B'; DType = 'bf16'; Context = , 32768; KvCacheDType = 'fp8' }
     @{ Preset = 'Llama-3-8B'; DType = 'fp8'; Context = 0, 4096 }
     @{ Preset = 'Llama-3-8B'; DType = 'int4'; Context = 0, 4096 }
     @{ Preset = 'Llama-3.2-1B'; DType = 'bf16'; Context = 0, 4096 }
-    @{ Preset = 'Mixtral-8x7B'; DType = 'bf16'; Context = 0, 4096 }
     @{ Preset = 'Mixtral-8x7B'; DType = 'fp8'; Context = 0, 4096 }
+    @{ Preset = 'Llama-3-8B'; DType = 'bf16'; Context = , 0; Decode = 'persistent' }               # the persistent kernel, for the record
 )
 foreach ($r in $runs) {
     try {
-        $out = @(Measure-CalmSpeedOfLight -Preset $r.Preset -DType $r.DType -Device Cuda -Context $r.Context -Tokens $Tokens -Repeat $Repeat -Breakdown)
+        $extra = @{}
+        if ($r.KvCacheDType) { $extra.KvCacheDType = $r.KvCacheDType }
+        if ($r.PromptTokens) { $extra.PromptTokens = $r.PromptTokens }
+        if ($r.Decode) { $env:CALM_DECODE = $r.Decode } else { Remove-Item env:CALM_DECODE -ErrorAction SilentlyContinue }
+        $sw = [Diagnostics.Stopwatch]::StartNew()
+        $out = @(Measure-CalmSpeedOfLight -Preset $r.Preset -DType $r.DType -Device Cuda -Context $r.Context -Tokens $Tokens -Repeat $Repeat -Breakdown @extra)
+        Write-Host ("{0} {1} kv {2} decode {3}: {4:F1} s" -f $r.Preset, $r.DType, $(if ($r.KvCacheDType) { $r.KvCacheDType } else { 'f16' }), $(if ($r.Decode) { $r.Decode } else { 'default' }), $sw.Elapsed.TotalSeconds)
         $out | Out-Host
         foreach ($o in $out) { $rows.Add($o) }
     }
     catch { Write-Host "$($r.Preset) $($r.DType): $($_.FullyQualifiedErrorId): $($_.Exception.Message)" -ForegroundColor Red }
+    finally { Remove-Item env:CALM_DECODE -ErrorAction SilentlyContinue }
 }
 $points = @($rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolMeasurement] })
 $stages = @($rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolStageMeasurement] })
