@@ -38,7 +38,8 @@ $all = [ordered]@{
     'fp32-attention'        = @{ CALM_PREFILL_ATT = '1' }
     'unfused-act'           = @{ CALM_PREFILL_FUSE = '0' }
     'tile-128'              = @{ CALM_GEMM_TILE = '128' }
-    'gemm-v1'               = @{ CALM_GEMM_VARIANT = '1' }   # 2026-11-29 default before variant 2: 39.6 ms
+    'gemm-v1'               = @{ CALM_GEMM_VARIANT = '1' }   # 2026-11-29: 39.6 ms (the default before variants 2 and 4)
+    'gemm-v2'               = @{ CALM_GEMM_VARIANT = '2' }   # 2026-11-29: 31.9 ms
     'gemm-v3'               = @{ CALM_GEMM_VARIANT = '3' }
     'gemm-v2-tile-128'      = @{ CALM_GEMM_VARIANT = '2'; CALM_GEMM_TILE = '128' }
     'gemm-v4'               = @{ CALM_GEMM_VARIANT = '4' }                                                                       # column tile picked per shape

@@ -17,8 +17,8 @@ public sealed class CudaPrefillKernels : IDisposable
     /// <summary>k depth of a GEMM stage when the call does not say: 64 (measured faster in every Llama-3-8B shape on the
     /// H200, 2026-11-26); CALM_GEMM_K=32 for the old default.</summary>
     public int GemmDepth { get; }
-    /// <summary>GEMM kernel variant when the call does not say (CALM_GEMM_VARIANT, default 2: Llama-3-8B 512-token prefill
-    /// 32.5 ms vs 39.6 ms with variant 1 on the H200, bench/RESULTS.md 2026-11-29): 1 = the first kernel (grid x over N
+    /// <summary>GEMM kernel variant when the call does not say (CALM_GEMM_VARIANT, default 4: Llama-3-8B 512-token prefill
+    /// 29.8 ms vs 31.9 ms with variant 2 and 39.6 ms with variant 1 on the H200, bench/RESULTS.md 2026-11-29): 1 = the first kernel (grid x over N
     /// tiles, bf16 converted in shared memory); 2 = grid x over row tiles (W read from DRAM once), bf16 converted in
     /// registers, float2 epilogue, two blocks per multiprocessor; 3 = variant 2 with 4 stages (one block per multiprocessor);
     /// 4 = 128-row x 128/192/256-column tiles with 64 x 32/48/64 warp tiles, XOR-swizzled shared memory, fragments
@@ -64,7 +64,7 @@ public sealed class CudaPrefillKernels : IDisposable
     {
         GemmDepth = gemmDepth ?? (Environment.GetEnvironmentVariable("CALM_GEMM_K") == "32" ? 32 : 64);
         if (GemmDepth is not (32 or 64)) throw new ArgumentOutOfRangeException(nameof(gemmDepth), "GEMM depth is 32 or 64");
-        GemmVariant = Environment.GetEnvironmentVariable("CALM_GEMM_VARIANT") switch { "1" => 1, "3" => 3, "4" => 4, _ => 2 };
+        GemmVariant = Environment.GetEnvironmentVariable("CALM_GEMM_VARIANT") switch { "1" => 1, "2" => 2, "3" => 3, _ => 4 };
         Gemm4Cols = Environment.GetEnvironmentVariable("CALM_GEMM_V4N") switch { "128" => 128, "192" => 192, "256" => 256, _ => 0 };
         GemmTileRule = Environment.GetEnvironmentVariable("CALM_GEMM_TILE") switch { "auto2" => "auto2", "64" => "64", "128" => "128", _ => "auto" };
         AttentionVariant = Environment.GetEnvironmentVariable("CALM_PREFILL_ATT") == "1" ? 1 : 2;
