@@ -425,6 +425,22 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
         si++;
     };
 
+    // x[row] += W[row] . xs (+ bias[row]) for the row groups [g0, g1) of this block (stages C and E)
+    auto residual_matvec = [&](const PfMat& m, int g0, int g1, const float* bias) {
+        pf_matvec<WF, RS, PF_ROWS_SEQ>(ring, m, g0, g1, xs, Hd, F, [&](int gi, const int (&r)[RS], int ln) {
+            calm_f4 p; p.x = p.y = p.z = p.w = 0.f;   // lane i: (residual, bias) of row gi*RS + i
+            int row = gi * RS + ln;
+            if (ln < RS && row < D) { p.x = pf_ld_cg(a.x + row); if (bias) p.y = bias[row]; }
+            return p;
+        }, [&](int gi, const int (&r)[RS], const float (&s)[RS], const calm_f4& p, int ln) {
+#pragma unroll
+            for (int i = 0; i < RS; i++) {
+                int row = gi * RS + i;
+                if (ln == i && row < D) a.x[row] = p.x + s[i] + p.y;
+            }
+        });
+    };
+
     // embedding -> x (every block a slice), then the first qkv rows stream in during the barrier
     {
         const PLayer& l0 = a.layers[0];
@@ -502,19 +518,7 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
         pf_fill_xs<E>(xs, a.att, Q, (const float*)0, 0.f, 0);
         {
             PfMat m = { ly.wo, ly.so, D, Q };
-            const float* bias = ly.bo;
-            pf_matvec<WF, RS, PF_ROWS_SEQ>(ring, m, c0, c1, xs, Hd, F, [&](int gi, const int (&r)[RS], int ln) {
-                calm_f4 p; p.x = p.y = p.z = p.w = 0.f;   // lane i: (residual, bias) of row gi*RS + i
-                int row = gi * RS + ln;
-                if (ln < RS && row < D) { p.x = pf_ld_cg(a.x + row); if (bias) p.y = bias[row]; }
-                return p;
-            }, [&](int gi, const int (&r)[RS], const float (&s)[RS], const calm_f4& p, int ln) {
-#pragma unroll
-                for (int i = 0; i < RS; i++) {
-                    int row = gi * RS + i;
-                    if (ln == i && row < D) a.x[row] = p.x + s[i] + p.y;
-                }
-            });
+            residual_matvec(m, c0, c1, ly.bo);
             PfMat mgu = { ly.wgu, ly.sgu, 2 * F, D };
             arrive();
             pf_prefetch<WF, 2, PF_ROWS_GU>(ring, mgu, d0, d1, Hd, F);
@@ -543,19 +547,7 @@ __device__ __forceinline__ void decode_persistent_impl(const PArgs& a) {
         pf_fill_xs<E>(xs, a.h, F, (const float*)0, 0.f, 0);
         {
             PfMat m = { ly.wdown, ly.sdown, D, F };
-            const float* bias = ly.bdown;
-            pf_matvec<WF, RS, PF_ROWS_SEQ>(ring, m, e0, e1, xs, Hd, F, [&](int gi, const int (&r)[RS], int ln) {
-                calm_f4 p; p.x = p.y = p.z = p.w = 0.f;   // lane i: (residual, bias) of row gi*RS + i
-                int row = gi * RS + ln;
-                if (ln < RS && row < D) { p.x = pf_ld_cg(a.x + row); if (bias) p.y = bias[row]; }
-                return p;
-            }, [&](int gi, const int (&r)[RS], const float (&s)[RS], const calm_f4& p, int ln) {
-#pragma unroll
-                for (int i = 0; i < RS; i++) {
-                    int row = gi * RS + i;
-                    if (ln == i && row < D) a.x[row] = p.x + s[i] + p.y;
-                }
-            });
+            residual_matvec(m, e0, e1, ly.bdown);
             arrive();
             if (l + 1 < L) {
                 const PLayer& nx = a.layers[l + 1];

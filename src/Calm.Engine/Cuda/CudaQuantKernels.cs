@@ -38,28 +38,22 @@ public sealed class CudaQuantKernels : IDisposable
     private (string Prefix, int Smem) Variant(DType wt, int cols, bool? stageX)
     {
         if (wt == DType.F8E4M3 && (stageX ?? Fp8StageX) && cols % 16 == 0 && Fp8StagedXBytes(cols) <= MaxStagedXBytes)
-        {
-            int smem = Fp8StagedXBytes(cols);
-            if (smem > _fp8XsSmemSet)
-            {
-                foreach (var (name, k) in _k)
-                    if (name.Contains("fp8_xs")) k.SetMaxDynamicSharedMemory(smem);
-                _fp8XsSmemSet = smem;
-            }
-            return ("fp8_xs", smem);
-        }
+            return Staged("fp8_xs", Fp8StagedXBytes(cols), ref _fp8XsSmemSet);
         if (wt == DType.Int4 && (stageX ?? Int4StageX) && StagedXBytes(cols) <= MaxStagedXBytes)
-        {
-            int smem = StagedXBytes(cols);
-            if (smem > _xsSmemSet)
-            {
-                foreach (var (name, k) in _k)
-                    if (name.Contains("int4_xs")) k.SetMaxDynamicSharedMemory(smem);
-                _xsSmemSet = smem;
-            }
-            return ("int4_xs", smem);
-        }
+            return Staged("int4_xs", StagedXBytes(cols), ref _xsSmemSet);
         return (Suffix(wt), 0);
+    }
+
+    /// <summary>A staged-x kernel family: raises its functions' dynamic shared memory limit when this launch needs more.</summary>
+    private (string Prefix, int Smem) Staged(string prefix, int smem, ref int limitSet)
+    {
+        if (smem > limitSet)
+        {
+            foreach (var (name, k) in _k)
+                if (name.Contains(prefix)) k.SetMaxDynamicSharedMemory(smem);
+            limitSet = smem;
+        }
+        return (prefix, smem);
     }
     public int Arch { get; }
     private readonly CudaModule _module;

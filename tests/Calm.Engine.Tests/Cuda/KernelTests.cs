@@ -45,6 +45,26 @@ public class KernelTests
         Gpu.Close(Y.ToArray<float>(rows), want, dt == DType.BF16 ? 2e-6 : 2e-6, $"matvec {dt} {rows}x{cols}");
     }
 
+    /// <summary>The fp16 caches [K, maxCtx, Hd] hold head(H + h) (k) and head(H + K + h) (v) at <paramref name="pos"/>
+    /// within fp16 rounding; returns both caches' bits.</summary>
+    private static (ushort[] K, ushort[] V) CheckCacheRows(CudaDeviceMemory KC, CudaDeviceMemory VC, int H, int K, int Hd, int maxCtx, int pos, Func<int, float[]> head)
+    {
+        var kc = KC.ToArray<ushort>(K * maxCtx * Hd); var vc = VC.ToArray<ushort>(K * maxCtx * Hd);
+        var gotK = new List<float>(); var wantK = new List<float>(); var gotV = new List<float>(); var wantV = new List<float>();
+        for (int h = 0; h < K; h++)
+        {
+            var kk = head(H + h); var vv = head(H + K + h);
+            for (int d = 0; d < Hd; d++)
+            {
+                gotK.Add((float)BitConverter.UInt16BitsToHalf(kc[(h * maxCtx + pos) * Hd + d])); wantK.Add(kk[d]);
+                gotV.Add((float)BitConverter.UInt16BitsToHalf(vc[(h * maxCtx + pos) * Hd + d])); wantV.Add(vv[d]);
+            }
+        }
+        Gpu.Close(gotK.ToArray(), wantK.ToArray(), 1e-3, "k in fp16 cache");   // fp16 rounding: 2^-11 relative
+        Gpu.Close(gotV.ToArray(), wantV.ToArray(), 1e-3, "v in fp16 cache");
+        return (kc, vc);
+    }
+
     // paired rows: the qkv matvec with RoPE + KV write (vs matvec then the rotation on the CPU), and gate_up with the
     // activation; bias, f16/bf16, a partial last block, columns with a tail after the 8-deep loop and a scalar path
     [Theory]
@@ -93,19 +113,7 @@ public class KernelTests
             return o;
         }
         Gpu.Close(Q.ToArray<float>(H * Hd), Enumerable.Range(0, H).SelectMany(Head).ToArray(), 3e-6, "rotated q");
-        var kc = KC.ToArray<ushort>(K * maxCtx * Hd); var vc = VC.ToArray<ushort>(K * maxCtx * Hd);
-        var gotK = new List<float>(); var wantK = new List<float>(); var gotV = new List<float>(); var wantV = new List<float>();
-        for (int h = 0; h < K; h++)
-        {
-            var kk = Head(H + h); var vv = Head(H + K + h);
-            for (int d = 0; d < Hd; d++)
-            {
-                gotK.Add((float)BitConverter.UInt16BitsToHalf(kc[(h * maxCtx + pos) * Hd + d])); wantK.Add(kk[d]);
-                gotV.Add((float)BitConverter.UInt16BitsToHalf(vc[(h * maxCtx + pos) * Hd + d])); wantV.Add(vv[d]);
-            }
-        }
-        Gpu.Close(gotK.ToArray(), wantK.ToArray(), 1e-3, "k in fp16 cache");   // fp16 rounding: 2^-11 relative
-        Gpu.Close(gotV.ToArray(), wantV.ToArray(), 1e-3, "v in fp16 cache");
+        var (kc, vc) = CheckCacheRows(KC, VC, H, K, Hd, maxCtx, pos, Head);
         // nothing else in the caches was touched
         for (int h = 0; h < K; h++)
             for (int p = 0; p < maxCtx; p++)
@@ -249,19 +257,7 @@ public class KernelTests
         var gotQ = Q.ToArray<float>(H * Hd);
         var wantQ = Enumerable.Range(0, H).SelectMany(Head).ToArray();
         Gpu.Close(gotQ, wantQ, 3e-6, "rotated q");
-        var kc = KC.ToArray<ushort>(K * maxCtx * Hd); var vc = VC.ToArray<ushort>(K * maxCtx * Hd);
-        var gotK = new List<float>(); var wantK = new List<float>(); var gotV = new List<float>(); var wantV = new List<float>();
-        for (int h = 0; h < K; h++)
-        {
-            var kk = Head(H + h); var vv = Head(H + K + h);
-            for (int d = 0; d < Hd; d++)
-            {
-                gotK.Add((float)BitConverter.UInt16BitsToHalf(kc[(h * maxCtx + pos) * Hd + d])); wantK.Add(kk[d]);
-                gotV.Add((float)BitConverter.UInt16BitsToHalf(vc[(h * maxCtx + pos) * Hd + d])); wantV.Add(vv[d]);
-            }
-        }
-        Gpu.Close(gotK.ToArray(), wantK.ToArray(), 1e-3, "k in fp16 cache");   // fp16 rounding: 2^-11 relative
-        Gpu.Close(gotV.ToArray(), wantV.ToArray(), 1e-3, "v in fp16 cache");
+        var (kc, vc) = CheckCacheRows(KC, VC, H, K, Hd, maxCtx, pos, Head);
     }
 
     [Theory]
