@@ -28,6 +28,9 @@ public sealed class CalmModel
     public string? Device { get; }
     /// <summary>KV cache type: f16 or fp8 (-KvCacheDType), f32 for the CPU's default cache.</summary>
     public string? KvCacheDType { get; }
+    /// <summary>How a GPU decode step runs: graph (the step's kernels captured as one CUDA graph) or persistent (one
+    /// cooperative kernel per token, CALM_DECODE=persistent); empty on the CPU.</summary>
+    public string? Decode { get; }
     public long? WeightBytes { get; }
     /// <summary>The model folder; empty for synthetic models.</summary>
     public string? Path { get; }
@@ -55,6 +58,7 @@ public sealed class CalmModel
         DType = DTypes.Name(m.DType);
         Device = m.DeviceKind;
         KvCacheDType = m.Backend.KvCacheDType;
+        Decode = m.Backend is Calm.Engine.Cuda.CudaBackend cb ? cb.DecodeMode : null;
         WeightBytes = m.WeightBytes;
         Path = m.Path;
         Preset = m.Preset;
