@@ -21,7 +21,7 @@
 // so that the 16-byte x reads of a warp are contiguous (conflict-free) — lane l of 32-vector chunk c needs elements
 // (c*32 + l)*E .. +E-1 (E = weights per 16-byte vector: 8 bf16/f16, 16 fp8, 32 int4); they are stored at
 // c*32E + k*128 + 4l + j (k < E/4, j < 4). A warp owns R rows at a time (pairs in A and D; RS in C, E and the
-// classifier), PF_NV 16-byte loads in flight per lane.
+// classifier); its weights stream through a per-warp ring of shared-memory slots filled by cp.async (see PfRing).
 //
 // Coherence: everything one block reads that another block wrote in this launch is read with ld.global.cg (L2), never
 // through the non-coherent L1 (x, att, h, q, residuals, attention partials). The KV row of the step's position is
@@ -73,34 +73,23 @@ struct PArgs {
 
 // ---- weight formats ----------------------------------------------------------------------------------------------
 template <int WF> struct Fmt;
-template <> struct Fmt<CALM_BF16> {
+// bf16 / f16: 8 weights per 16-byte vector, no scales
+template <int DT> struct FmtHalf {
     static constexpr int E = 8;
     static __device__ __forceinline__ int nvec(int cols) { return cols >> 3; }
     static __device__ __forceinline__ long long rowBytes(int cols) { return (long long)cols * 2; }
     static __device__ __forceinline__ float dot(const calm_u4 w, const calm_f4* xv, u16) {
         float w0, w1, w2, w3, w4, w5, w6, w7;
-        unpack2<CALM_BF16>(w.x, w0, w1); unpack2<CALM_BF16>(w.y, w2, w3);
-        unpack2<CALM_BF16>(w.z, w4, w5); unpack2<CALM_BF16>(w.w, w6, w7);
+        unpack2<DT>(w.x, w0, w1); unpack2<DT>(w.y, w2, w3);
+        unpack2<DT>(w.z, w4, w5); unpack2<DT>(w.w, w6, w7);
         float s = w0 * xv[0].x;
         s = fmaf(w1, xv[0].y, s); s = fmaf(w2, xv[0].z, s); s = fmaf(w3, xv[0].w, s);
         s = fmaf(w4, xv[1].x, s); s = fmaf(w5, xv[1].y, s); s = fmaf(w6, xv[1].z, s); s = fmaf(w7, xv[1].w, s);
         return s;
     }
 };
-template <> struct Fmt<CALM_F16> {
-    static constexpr int E = 8;
-    static __device__ __forceinline__ int nvec(int cols) { return cols >> 3; }
-    static __device__ __forceinline__ long long rowBytes(int cols) { return (long long)cols * 2; }
-    static __device__ __forceinline__ float dot(const calm_u4 w, const calm_f4* xv, u16) {
-        float w0, w1, w2, w3, w4, w5, w6, w7;
-        unpack2<CALM_F16>(w.x, w0, w1); unpack2<CALM_F16>(w.y, w2, w3);
-        unpack2<CALM_F16>(w.z, w4, w5); unpack2<CALM_F16>(w.w, w6, w7);
-        float s = w0 * xv[0].x;
-        s = fmaf(w1, xv[0].y, s); s = fmaf(w2, xv[0].z, s); s = fmaf(w3, xv[0].w, s);
-        s = fmaf(w4, xv[1].x, s); s = fmaf(w5, xv[1].y, s); s = fmaf(w6, xv[1].z, s); s = fmaf(w7, xv[1].w, s);
-        return s;
-    }
-};
+template <> struct Fmt<CALM_BF16> : FmtHalf<CALM_BF16> {};
+template <> struct Fmt<CALM_F16> : FmtHalf<CALM_F16> {};
 // fp8: q [rows, cols] e4m3 (cols % 16 == 0), one f32 scale per row applied to the row total
 template <> struct Fmt<PF_FP8> {
     static constexpr int E = 16;
@@ -363,7 +352,7 @@ __device__ __forceinline__ void pf_matvec(PfRing& ring, const PfMat& m, int g0, 
     }
 }
 
-// The split attention of one work item; U = 8 rows in flight per row-stream (4 for 8 heads per group): with one
+// The split attention of one work item; U = 8 rows in flight per row-stream (2 for 8 heads per group): with one
 // 256-thread block per multiprocessor (255 registers each) a block must keep as many loads in flight as two did.
 template <int MAXG>
 __device__ __forceinline__ void pf_attention(const float* q, const u16* kc, const u16* vc, float* att, float* ws, int H, int K, int Hd, int maxCtx,

@@ -260,52 +260,27 @@ __device__ __forceinline__ void matvec_fp8_xs_impl(const unsigned char* Q, const
     store_rows<R>(acc, S, y, bias, row0, rows, lane, accumulate);
 }
 
-#define MQ_FP8_XS_ENTRIES(R, U, SUF)                                                                                       \
-extern "C" __global__ void matvec_fp8_xs##SUF(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias, \
-                                              int rows, int cols, int accumulate) {                                      \
-    matvec_fp8_xs_impl<R, U>(Q, S, x, y, bias, rows, cols, accumulate);                                                   \
-}                                                                                                                        \
-extern "C" __global__ void moe_matvec_fp8_xs##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
-                                                  const float* x, int xStride, float* y, int rows, int cols) {          \
-    pdl_wait();   /* the expert ids come from moe_route */                                                          \
-    int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    matvec_fp8_xs_impl<R, U>((const unsigned char*)values[e], (const float*)scales[e], x + (long long)s * xStride,        \
-                          y + (long long)s * rows, (const float*)0, rows, cols, 0);                                       \
-}
-MQ_FP8_XS_ENTRIES(1, 4, _r1)
-MQ_FP8_XS_ENTRIES(2, 4, _r2)
-MQ_FP8_XS_ENTRIES(4, 2, _r4)
-MQ_FP8_XS_ENTRIES(8, 1, _r8)
 
 // ---- entry points ------------------------------------------------------------------------------------------------
 // _rR: R rows per warp (each x chunk read from L1 serves R rows; int4 reads 8 bytes of x per weight byte, so R = 1 would
 // need as much L1 bandwidth as the SM has), 8 16-byte weight loads in flight per lane for R >= 2.
 // Launch: 256 threads, ceil(rows / (8 R)) blocks. R = 1, 2, 4 or 8.
-#define MQ_ENTRIES(R, U, SUF)                                                                                                 \
-extern "C" __global__ void matvec_fp8##SUF(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias, \
-                                           int rows, int cols, int accumulate) {                                         \
-    matvec_fp8_impl<R, U>(Q, S, x, y, bias, rows, cols, accumulate);                                                       \
+// One format's pair of kernels: matvec_NAME_rR and its MoE twin. ST: the scales' element type (fp8 f32, int4 f16).
+/* MoE: blockIdx.y = slot s; expert e = expertIdx[s]; values/scales: device tables of E pointers;
+   x [slots, xStride] (xStride 0: one shared input), y [slots, rows]. */
+#define MQ_KERNELS(NAME, IMPL, ST, R, U, SUF)                                                                            \
+extern "C" __global__ void matvec_##NAME##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, const float* bias, \
+                                              int rows, int cols, int accumulate) {                                      \
+    IMPL<R, U>(Q, S, x, y, bias, rows, cols, accumulate);                                                                \
 }                                                                                                                        \
-extern "C" __global__ void matvec_int4##SUF(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias, \
-                                            int rows, int cols, int accumulate) {                                        \
-    matvec_int4_impl<R, U>(P, D, x, y, bias, rows, cols, accumulate);                                                      \
-}                                                                                                                        \
-/* MoE: blockIdx.y = slot s; expert e = expertIdx[s]; values/scales: device tables of E pointers;                     \
-   x [slots, xStride] (xStride 0: one shared input), y [slots, rows]. */                                              \
-extern "C" __global__ void moe_matvec_fp8##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
-                                               const float* x, int xStride, float* y, int rows, int cols) {             \
-    pdl_wait();   /* the expert ids come from moe_route */                                                          \
+extern "C" __global__ void moe_matvec_##NAME##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
+                                                  const float* x, int xStride, float* y, int rows, int cols) {          \
+    pdl_wait();   /* the expert ids come from moe_route */                                                               \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    matvec_fp8_impl<R, U>((const unsigned char*)values[e], (const float*)scales[e], x + (long long)s * xStride,            \
-                       y + (long long)s * rows, (const float*)0, rows, cols, 0);                                         \
-}                                                                                                                        \
-extern "C" __global__ void moe_matvec_int4##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
-                                                const float* x, int xStride, float* y, int rows, int cols) {            \
-    pdl_wait();   /* the expert ids come from moe_route */                                                          \
-    int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    matvec_int4_impl<R, U>((const unsigned char*)values[e], (const u16*)scales[e], x + (long long)s * xStride,             \
-                        y + (long long)s * rows, (const float*)0, rows, cols, 0);                                        \
+    IMPL<R, U>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,                        \
+               y + (long long)s * rows, (const float*)0, rows, cols, 0);                                                 \
 }
+#define MQ_ENTRIES(R, U, SUF) MQ_KERNELS(fp8, matvec_fp8_impl, float, R, U, SUF) MQ_KERNELS(int4, matvec_int4_impl, u16, R, U, SUF)
 
 MQ_ENTRIES(1, 4, _r1)
 MQ_ENTRIES(2, 4, _r2)
@@ -316,18 +291,7 @@ MQ_ENTRIES(8, 1, _r8)
 
 // int4 with x staged in shared memory (matvec_int4_xs_impl); launch as above with ceil(cols/32)*MQ_XS_STRIDE*4 bytes
 // of dynamic shared memory.
-#define MQ_XS_ENTRIES(R, U, SUF)                                                                                           \
-extern "C" __global__ void matvec_int4_xs##SUF(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias, \
-                                               int rows, int cols, int accumulate) {                                     \
-    matvec_int4_xs_impl<R, U>(P, D, x, y, bias, rows, cols, accumulate);                                                  \
-}                                                                                                                        \
-extern "C" __global__ void moe_matvec_int4_xs##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
-                                                   const float* x, int xStride, float* y, int rows, int cols) {         \
-    pdl_wait();   /* the expert ids come from moe_route */                                                          \
-    int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    matvec_int4_xs_impl<R, U>((const unsigned char*)values[e], (const u16*)scales[e], x + (long long)s * xStride,          \
-                           y + (long long)s * rows, (const float*)0, rows, cols, 0);                                     \
-}
+#define MQ_XS_ENTRIES(R, U, SUF) MQ_KERNELS(int4_xs, matvec_int4_xs_impl, u16, R, U, SUF) MQ_KERNELS(fp8_xs, matvec_fp8_xs_impl, float, R, U, SUF)
 
 MQ_XS_ENTRIES(1, 4, _r1)
 MQ_XS_ENTRIES(2, 4, _r2)

@@ -86,8 +86,8 @@ public sealed unsafe partial class CudaBackend
         return null;
     }
 
-    /// <summary>Sets up the persistent kernel when asked for (CALM_DECODE, default persistent where supported) and
-    /// possible; else leaves the graph path. Called after the weights and state are on the device.</summary>
+    /// <summary>Sets up the persistent kernel when asked for (the decode argument, else CALM_DECODE, else
+    /// <see cref="DefaultDecode"/>) and possible; else leaves the graph path. Called after the weights and state are on the device.</summary>
     private void SetUpPersistent(string? decode, Action<string>? verbose)
     {
         var want = decode ?? Environment.GetEnvironmentVariable("CALM_DECODE") ?? DefaultDecode;
@@ -103,7 +103,7 @@ public sealed unsafe partial class CudaBackend
         }
         var c = Config;
         var f = PersistentFormat(_wt)!.Value;
-        int maxg = c.NumHeads / c.NumKvHeads <= 1 ? 1 : c.NumHeads / c.NumKvHeads <= 2 ? 2 : c.NumHeads / c.NumKvHeads <= 4 ? 4 : 8;
+        var (maxg, groups) = CudaKernels.SplitGroups(c.NumHeads, c.NumKvHeads);
         var img = KernelCompiler.Get(CudaKernels.PersistentSourceFile, Device.Arch, verbose, defines: new[] { $"PF_WF={f.Code}", $"PF_G={maxg}", $"PF_RS={f.Rs}" });
         _pmod = new CudaModule(_ctx, img.Image, CudaKernels.PersistentSourceFile);
         var k = _pmod.GetKernel("decode_persistent");
@@ -151,7 +151,7 @@ public sealed unsafe partial class CudaBackend
             L = c.NumLayers, D = c.HiddenSize, Heads = c.NumHeads, K = c.NumKvHeads, Hd = c.HeadDim, F = c.IntermediateSize,
             V = c.VocabSize, MaxCtx = MaxContext, Window = c.SlidingWindow ?? 0,
             // chunks per kv head: one work item per block (the workspace is sized for AttentionSplits, never fewer)
-            S = Math.Max(1, Math.Min(_k!.AttentionSplits(c.NumHeads, c.NumKvHeads), _pGrid / (c.NumKvHeads * ((c.NumHeads / c.NumKvHeads + maxg - 1) / maxg)))),
+            S = Math.Max(1, Math.Min(_k!.AttentionSplits(c.NumHeads, c.NumKvHeads), _pGrid / (c.NumKvHeads * groups))),
             EmbDt = CudaKernels.DTypeCode(_embDt), AddOne = c.NormAddOne ? 1 : 0, Act = (int)c.HiddenAct,
             Eps = (float)c.RmsNormEps, AttScale = 1f / MathF.Sqrt(c.HeadDim), EmbScale = c.ScaleEmbeddings ? MathF.Sqrt(c.HiddenSize) : 1f,
         };

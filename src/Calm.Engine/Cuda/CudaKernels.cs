@@ -175,7 +175,7 @@ public sealed class CudaKernels : IDisposable
         => SplitAttentionSupported(H, K, Hd) && (!fp8 || Hd % 16 == 0);
 
     /// <summary>Query heads per block (MAXG of the kernel variant) and head groups per kv head (grid z).</summary>
-    private static (int MaxG, int Z) SplitGroups(int H, int K)
+    internal static (int MaxG, int Z) SplitGroups(int H, int K)
     {
         int G = H / K;
         int maxg = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
