@@ -9,7 +9,9 @@
 param(
     [string] $OutputFolder = $(if ($env:OUT) { Join-Path $env:OUT 'issue6' } else { Join-Path $PSScriptRoot 'out/issue6' }),
     [int] $Tokens = 32,
-    [int] $Repeat = 3
+    [int] $Repeat = 3,
+    # run only these rows (names: bf16, bf16-fp8kv, fp8, int4, 1b, mixtral-fp8, persistent); all when empty
+    [string[]] $Only = @()
 )
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
@@ -18,16 +20,18 @@ New-Item -ItemType Directory -Force -Path $OutputFolder | Out-Null
 $bw = @(Measure-CalmBandwidth -Device Cuda)
 $bw | Format-Table | Out-Host
 $rows = [System.Collections.Generic.List[object]]::new()
+$Only = @($Only | ForEach-Object { $_ -split ',' } | Where-Object { $_ })   # pwsh -File passes a comma list as one string
 $runs = @(
-    @{ Preset = 'Llama-3.1-8B'; DType = 'bf16'; Context = 0, 1024, 4096, 32768; PromptTokens = 512 }   # Llama-3-8B tensors, 128k positions
-    @{ Preset = 'Llama-3.1-8B'; DType = 'bf16'; Context = , 32768; KvCacheDType = 'fp8' }
-    @{ Preset = 'Llama-3-8B'; DType = 'fp8'; Context = 0, 4096 }
-    @{ Preset = 'Llama-3-8B'; DType = 'int4'; Context = 0, 4096 }
-    @{ Preset = 'Llama-3.2-1B'; DType = 'bf16'; Context = 0, 4096 }
-    @{ Preset = 'Mixtral-8x7B'; DType = 'fp8'; Context = 0, 4096 }
-    @{ Preset = 'Llama-3-8B'; DType = 'bf16'; Context = , 0; Decode = 'persistent' }               # the persistent kernel, for the record
+    @{ Name = 'bf16'; Preset = 'Llama-3.1-8B'; DType = 'bf16'; Context = 0, 1024, 4096, 32768; PromptTokens = 512 }   # Llama-3-8B tensors, 128k positions
+    @{ Name = 'bf16-fp8kv'; Preset = 'Llama-3.1-8B'; DType = 'bf16'; Context = , 32768; KvCacheDType = 'fp8' }
+    @{ Name = 'fp8'; Preset = 'Llama-3-8B'; DType = 'fp8'; Context = 0, 4096 }
+    @{ Name = 'int4'; Preset = 'Llama-3-8B'; DType = 'int4'; Context = 0, 4096 }
+    @{ Name = '1b'; Preset = 'Llama-3.2-1B'; DType = 'bf16'; Context = 0, 4096 }
+    @{ Name = 'mixtral-fp8'; Preset = 'Mixtral-8x7B'; DType = 'fp8'; Context = 0, 4096 }
+    @{ Name = 'persistent'; Preset = 'Llama-3-8B'; DType = 'bf16'; Context = , 0; Decode = 'persistent' }               # the persistent kernel, for the record
 )
 foreach ($r in $runs) {
+    if ($Only.Count -and $r.Name -notin $Only) { continue }
     try {
         $extra = @{}
         if ($r.KvCacheDType) { $extra.KvCacheDType = $r.KvCacheDType }

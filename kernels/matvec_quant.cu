@@ -261,6 +261,348 @@ __device__ __forceinline__ void matvec_fp8_xs_impl(const unsigned char* Q, const
 }
 
 
+// ---- tensor-core matvecs (sm_80+) -----------------------------------------------------------------------------------
+// Why: in the kernels above every lane multiplies on the CUDA cores and reads its own x (fp8: 64 bytes of x per 16 weight
+// bytes, int4: 128), so the L1 reads of x and the conversions, not DRAM, set the pace (fp8 1.5-3.7 TB/s, int4
+// 0.5-1.8 TB/s by shape on the H200). Here mma.sync m16n8k16 (f16 in, f32 accumulate) does the multiplies: the weights
+// (A, 16 rows x 16 k) are converted to f16 exactly (e4m3 and int4 - 8 are subsets of f16), and x (B) is held as two f16
+// parts, hi = f16(x) and lo = f16(x - hi), carried in different columns of B, so the products are those of x to ~22
+// bits and the sums fp32: the result matches the CUDA-core kernels (fp32 x) to ~1e-7.
+// A dot product does not care in which order its k come, so a lane's 16-byte weight load need not follow the mma
+// fragment layout: lane (g = lane/4, t = lane%4) loads 16 bytes of row g and of row g + 8 of the tile, and the same k
+// permutation is applied to x when it is staged.
+// Work: a block (8 warps) owns T tiles of 16 rows; its warps split the k-blocks of the rows (k-block = one 16-byte
+// load per lane per row: fp8 64 columns, int4 128 columns = 4 groups) and meet in shared memory at the end. Each warp
+// converts its own k-blocks' x once (coalesced loads, hi/lo split) into a per-warp shared buffer laid out as the B
+// fragments, so x costs one 8-byte shared load per mma per lane.
+// x beyond f16 (|x| > 65504) would overflow hi: a warp whose sums come out non-finite redoes its k-blocks on the CUDA
+// cores in fp32 (the plain kernels' arithmetic), so such inputs cost time, not correctness; inf/NaN in x or the
+// weights then propagate as they do on the CPU.
+// Requirements (checked by the launcher): fp8 cols % 64 == 0, int4 cols % 128 == 0; rows any (the last tile rereads
+// the last row and drops the result).
+#define MQ_TC_WARPS 8
+struct __align__(8) mq_f2 { float x, y; };
+struct __align__(8) mq_u2 { u32 x, y; };
+
+__device__ __forceinline__ void mq_mma(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+// (a, b) -> f16x2 {low: a, high: b}, round to nearest
+__device__ __forceinline__ u32 mq_pack_f16x2(float a, float b) {
+    u32 r;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+#else
+    r = (u32)f32_to_f16(a) | ((u32)f32_to_f16(b) << 16);
+#endif
+    return r;
+}
+// hi = f16(a, b), lo = f16(a - hi.a, b - hi.b)
+__device__ __forceinline__ void mq_split(float a, float b, u32& hi, u32& lo) {
+    hi = mq_pack_f16x2(a, b);
+    float ha, hb;
+    unpack2<CALM_F16>(hi, ha, hb);
+    lo = mq_pack_f16x2(a - ha, b - hb);
+}
+__device__ __forceinline__ u32 mq_word(const calm_u4& v, int j) { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; }
+__device__ __forceinline__ u32 mq_hfma2(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+// 8 int4 weights (one word, element i = nibble i, low nibble of each byte first) -> 4 f16x2 of (u - 8), exactly:
+// p[0] = (e0, e4), p[1] = (e1, e5), p[2] = (e2, e6), p[3] = (e3, e7). A nibble n or'ed into 0x6400 is the f16 1024 + n
+// (n << 4: 1024 + 16n), so one fma each gives n - 8.
+__device__ __forceinline__ void mq_int4x8_f16(u32 w, u32 (&p)[4]) {
+    const u32 w8 = w >> 8;
+    p[0] = mq_hfma2((w & 0x000F000Fu) | 0x64006400u, 0x3C003C00u, 0xE408E408u);    // * 1 - 1032
+    p[1] = mq_hfma2((w & 0x00F000F0u) | 0x64006400u, 0x2C002C00u, 0xD480D480u);    // * 1/16 - 72
+    p[2] = mq_hfma2((w8 & 0x000F000Fu) | 0x64006400u, 0x3C003C00u, 0xE408E408u);
+    p[3] = mq_hfma2((w8 & 0x00F000F0u) | 0x64006400u, 0x2C002C00u, 0xD480D480u);
+}
+// sum over the 4 lanes of a quad (lanes 4g .. 4g+3)
+__device__ __forceinline__ float mq_quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Rows of the block's tiles. Plain: tile i holds rows 16 (blockIdx.x T + i) + [0, 16): fragment row g at + g, g + 8 at + g + 8.
+// GLU (gate_up fused with the activation): the matrix is [2F, cols] = gate rows [0, F) over up rows [F, 2F); tile i
+// holds the pairs p0 + [0, 8) with p0 = (blockIdx.x * T + i) * 8: fragment row g = gate row p0 + g, g + 8 = its up row
+// F + p0 + g, so both halves of a pair meet in the same lane and the same block. n: rows (plain) or F (GLU).
+template <bool GLU>
+__device__ __forceinline__ long long mq_tc_row(int T, int i, int g, int h, int n) {
+    if (GLU) return (long long)h * n + min((blockIdx.x * T + i) * 8 + g, n - 1);
+    return min((int)blockIdx.x * T * 16 + 16 * i + g + 8 * h, n - 1);   // past the end: reread the last row, result dropped
+}
+
+// The block's tile totals (per warp: tot[i][0] fragment row g, tot[i][1] row g + 8, lanes t == 0 write) summed over
+// the warps, then plain: y[r] = scale * total (+ bias) (+ y); GLU: y[p] = act(gate) * up, each half scaled (+ bias).
+template <int T, bool GLU>
+__device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T * 16], const float* rowScale, float* y, const float* bias,
+                                            int n, int accumulate) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
+    if ((lane & 3) == 0) {
+#pragma unroll
+        for (int i = 0; i < T; i++) { red[warp][16 * i + g] = tot[i][0]; red[warp][16 * i + g + 8] = tot[i][1]; }
+    }
+    __syncthreads();
+    if (GLU) {
+        if (threadIdx.x < T * 8) {
+            const int i = threadIdx.x >> 3, gg = threadIdx.x & 7;
+            const int p = (blockIdx.x * T + i) * 8 + gg;
+            if (p < n) {
+                float gate = 0.f, up = 0.f;
+#pragma unroll
+                for (int w = 0; w < MQ_TC_WARPS; w++) { gate += red[w][16 * i + gg]; up += red[w][16 * i + gg + 8]; }
+                if (rowScale) { gate *= rowScale[p]; up *= rowScale[n + p]; }
+                if (bias) { gate += bias[p]; up += bias[n + p]; }
+                y[p] = activate(gate, accumulate) * up;   // GLU: accumulate carries the activation code
+            }
+        }
+    } else if (threadIdx.x < T * 16) {
+        float s = 0.f;
+#pragma unroll
+        for (int w = 0; w < MQ_TC_WARPS; w++) s += red[w][threadIdx.x];
+        int r = blockIdx.x * T * 16 + threadIdx.x;
+        if (r < n) {
+            if (rowScale) s *= rowScale[r];
+            if (bias) s += bias[r];
+            if (accumulate) s += y[r];
+            y[r] = s;
+        }
+    }
+}
+
+// fp8: Q [rows, cols] e4m3, S [rows] f32. k-block kb = columns 64kb .. 64kb+63; lane (g, t) holds bytes 16t .. 16t+15
+// of it for its rows g and g+8; mma j (0..3) takes word j of each: a0a1 = bytes 0,1 (k 2t, 2t+1), a4a5 = bytes 2,3
+// (k 2t+8, 2t+9). B column n: x hi for even n, lo for odd n, so d0 + d1 (d2 + d3) is row g's (g+8's) sum.
+// Per-warp x buffer: [U][j][slot = 2t + part][2] u32 (b0b1, b2b3).
+// Each stage issues its U k-blocks' loads, stages x, then multiplies. Measured slower on the H200 (bench/RESULTS.md):
+// double-buffered loads (the next stage's in flight during the multiplies: 96-164 registers, half the blocks per SM)
+// and the first loads issued before pdl_wait (no gain with programmatic launch).
+template <int T, int U, bool GLU>
+__device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
+                                                   int n, int cols, int accumulate) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    __shared__ float red[MQ_TC_WARPS][T * 16];
+    __shared__ __align__(16) u32 xb[MQ_TC_WARPS][U][4][8][2];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const calm_u4* rp[T][2];
+#pragma unroll
+    for (int i = 0; i < T; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) rp[i][h] = (const calm_u4*)(Q + mq_tc_row<GLU>(T, i, g, h, n) * cols) + t;
+    const int nkb = cols >> 6;
+    PDL_ENTER();   // x and y come from / go to the step's other kernels
+    // staging: lane L converts x[64kb + 2L, +1] = the pair (b0b1 if L even else b2b3) of t' = L/8, j' = (L/2)%4
+    const int st = lane >> 3, sj = (lane >> 1) & 3, sw = lane & 1;
+    const int bslot = 2 * t + (g & 1);
+    float d[T][2][4];
+#pragma unroll
+    for (int i = 0; i < T; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) d[i][0][e] = d[i][1][e] = 0.f;
+    for (int kb0 = warp; kb0 < nkb; kb0 += MQ_TC_WARPS * U) {
+        calm_u4 w[U][T][2];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int kb = kb0 + u * MQ_TC_WARPS;
+            if (kb < nkb) {
+#pragma unroll
+                for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream(rp[i][0] + 4 * kb); w[u][i][1] = ldg_u4_stream(rp[i][1] + 4 * kb); }
+            }
+        }
+        __syncwarp();   // the previous iteration's B reads are done
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int kb = kb0 + u * MQ_TC_WARPS;
+            if (kb < nkb) {
+                const mq_f2 v = *(const mq_f2*)(x + (long long)kb * 64 + 2 * lane);
+                u32 hi, lo;
+                mq_split(v.x, v.y, hi, lo);
+                xb[warp][u][sj][2 * st][sw] = hi;
+                xb[warp][u][sj][2 * st + 1][sw] = lo;
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int kb = kb0 + u * MQ_TC_WARPS;
+            if (kb < nkb) {
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const mq_u2 b = *(const mq_u2*)&xb[warp][u][j][bslot][0];
+#pragma unroll
+                    for (int i = 0; i < T; i++) {
+                        const u32 wg = mq_word(w[u][i][0], j), wh = mq_word(w[u][i][1], j);
+                        mq_mma(d[i][j & 1], e4m3x2_to_f16x2(wg & 0xffffu), e4m3x2_to_f16x2(wh & 0xffffu),
+                               e4m3x2_to_f16x2(wg >> 16), e4m3x2_to_f16x2(wh >> 16), b.x, b.y);
+                    }
+                }
+            }
+        }
+    }
+    float tot[T][2];
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < T; i++) {
+        tot[i][0] = (d[i][0][0] + d[i][0][1]) + (d[i][1][0] + d[i][1][1]);
+        tot[i][1] = (d[i][0][2] + d[i][0][3]) + (d[i][1][2] + d[i][1][3]);
+        bad |= !isfinite(tot[i][0]) || !isfinite(tot[i][1]);
+    }
+    if (__any_sync(0xffffffffu, bad)) {   // x outside f16 (or inf/NaN somewhere): this warp's k-blocks again in fp32
+        float f[T][2];
+#pragma unroll
+        for (int i = 0; i < T; i++) f[i][0] = f[i][1] = 0.f;
+        for (int kb = warp; kb < nkb; kb += MQ_TC_WARPS) {
+            const calm_f4* xp = (const calm_f4*)(x + (long long)kb * 64 + 16 * t);
+            const calm_f4 xs[4] = { xp[0], xp[1], xp[2], xp[3] };
+#pragma unroll
+            for (int i = 0; i < T; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) f[i][h] += dot16_fp8(ldg_u4_stream(rp[i][h] + 4 * kb), xs);
+        }
+#pragma unroll
+        for (int i = 0; i < T; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
+    }
+    mq_tc_store<T, GLU>(tot, red, S, y, bias, n, accumulate);
+#endif
+}
+
+// int4: P [rows, G*16] (G = cols/32, a multiple of 4), D [rows, G] f16. k-block kb = groups 4kb .. 4kb+3 (128
+// columns); lane (g, t) loads group 4kb + t of its rows g and g+8 (16 bytes, 32 nibbles). Its word q (columns 8q ..
+// 8q+7 of the group) feeds two mmas, h = 0, 1: a0a1 = (e_2h, e_2h+4), a4a5 = (e_2h+1, e_2h+5) (mq_int4x8_f16's pairs).
+// The groups have their own scales, so B keeps them apart: column n holds the x of group-lane n % 4 only (hi for
+// n < 4, lo for n >= 4; zero elsewhere), so d0 / d1 of lane t are the sums of groups 2(t%2) and 2(t%2)+1 for row g
+// (d2 / d3 for row g+8), scaled in fp32 and added up over the quad at the end.
+// Per-warp x buffer: [U][m = 2q + h][slot][2] u32, slot 2t + part for group-lane t, slot 8 zero. Loads as fp8.
+template <int T, int U, bool GLU>
+__device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
+                                                    int n, int cols, int accumulate) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    __shared__ float red[MQ_TC_WARPS][T * 16];
+    __shared__ __align__(16) u32 xb[MQ_TC_WARPS][U][8][9][2];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int G = cols >> 5;
+    const calm_u4* rp[T][2];
+    const u32* dp[T][2];
+    const u16* drow[T][2];
+#pragma unroll
+    for (int i = 0; i < T; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            long long r = mq_tc_row<GLU>(T, i, g, h, n);
+            rp[i][h] = (const calm_u4*)(P + r * G * 16) + t;
+            drow[i][h] = D + r * G;
+            dp[i][h] = (const u32*)(drow[i][h] + 2 * (t & 1));   // the scales of groups 2(t%2), 2(t%2)+1 of each k-block
+        }
+    const int nkb = cols >> 7;
+    PDL_ENTER();
+    // staging: lane L = (t' = L/8, q' = (L/2)%4, h' = L%2) packs (x[2h'], x[2h'+4]) and (x[2h'+1], x[2h'+5]) of word q' of group-lane t'
+    const int st = lane >> 3, sq = (lane >> 1) & 3, sh = lane & 1;
+    const int bslot = t == (g & 3) ? 2 * t + (g >> 2) : 8;
+    if (lane < 8 * U) xb[warp][lane >> 3][lane & 7][8][0] = xb[warp][lane >> 3][lane & 7][8][1] = 0u;
+    float acc[T][2];
+#pragma unroll
+    for (int i = 0; i < T; i++) acc[i][0] = acc[i][1] = 0.f;
+    for (int kb0 = warp; kb0 < nkb; kb0 += MQ_TC_WARPS * U) {
+        calm_u4 w[U][T][2];
+        u32 sc[U][T][2];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int kb = kb0 + u * MQ_TC_WARPS;
+            if (kb < nkb) {
+#pragma unroll
+                for (int i = 0; i < T; i++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream(rp[i][h] + 4 * kb); sc[u][i][h] = dp[i][h][2 * kb]; }
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int kb = kb0 + u * MQ_TC_WARPS;
+            if (kb < nkb) {
+                const float* xp = x + (long long)kb * 128 + 32 * st + 8 * sq + 2 * sh;
+                const mq_f2 a = *(const mq_f2*)xp, b = *(const mq_f2*)(xp + 4);
+                mq_u2 hi, lo;
+                mq_split(a.x, b.x, hi.x, lo.x);
+                mq_split(a.y, b.y, hi.y, lo.y);
+                *(mq_u2*)&xb[warp][u][2 * sq + sh][2 * st][0] = hi;
+                *(mq_u2*)&xb[warp][u][2 * sq + sh][2 * st + 1][0] = lo;
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int kb = kb0 + u * MQ_TC_WARPS;
+            if (kb < nkb) {
+                mq_u2 b[8];
+#pragma unroll
+                for (int m = 0; m < 8; m++) b[m] = *(const mq_u2*)&xb[warp][u][m][bslot][0];
+#pragma unroll
+                for (int i = 0; i < T; i++) {
+                    float d[2][4] = { { 0.f, 0.f, 0.f, 0.f }, { 0.f, 0.f, 0.f, 0.f } };
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        u32 pg[4], ph[4];
+                        mq_int4x8_f16(mq_word(w[u][i][0], q), pg);
+                        mq_int4x8_f16(mq_word(w[u][i][1], q), ph);
+                        mq_mma(d[q & 1], pg[0], ph[0], pg[1], ph[1], b[2 * q].x, b[2 * q].y);
+                        mq_mma(d[q & 1], pg[2], ph[2], pg[3], ph[3], b[2 * q + 1].x, b[2 * q + 1].y);
+                    }
+                    float s0, s1, s2, s3;
+                    unpack2<CALM_F16>(sc[u][i][0], s0, s1);
+                    unpack2<CALM_F16>(sc[u][i][1], s2, s3);
+                    acc[i][0] = fmaf(s0, d[0][0] + d[1][0], fmaf(s1, d[0][1] + d[1][1], acc[i][0]));
+                    acc[i][1] = fmaf(s2, d[0][2] + d[1][2], fmaf(s3, d[0][3] + d[1][3], acc[i][1]));
+                }
+            }
+        }
+    }
+    float tot[T][2];
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < T; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) { tot[i][h] = mq_quad_sum(acc[i][h]); bad |= !isfinite(tot[i][h]); }
+    if (__any_sync(0xffffffffu, bad)) {   // x outside f16 (or inf/NaN somewhere): this warp's k-blocks again in fp32
+        float f[T][2];
+#pragma unroll
+        for (int i = 0; i < T; i++) f[i][0] = f[i][1] = 0.f;
+        for (int kb = warp; kb < nkb; kb += MQ_TC_WARPS) {
+            const calm_f4* xp = (const calm_f4*)(x + (long long)kb * 128 + 32 * t);
+#pragma unroll
+            for (int i = 0; i < T; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const calm_u4 v = ldg_u4_stream(rp[i][h] + 4 * kb);
+                    const float sum = dot8_int4(v.x, xp[0], xp[1]) + dot8_int4(v.y, xp[2], xp[3]) + dot8_int4(v.z, xp[4], xp[5]) + dot8_int4(v.w, xp[6], xp[7]);
+                    f[i][h] = fmaf(f16_to_f32(drow[i][h][4 * kb + t]), sum, f[i][h]);
+                }
+        }
+#pragma unroll
+        for (int i = 0; i < T; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
+    }
+    mq_tc_store<T, GLU>(tot, red, (const float*)0, y, bias, n, accumulate);
+#endif
+}
+template <int T, int U> __device__ __forceinline__ void matvec_fp8_tcp_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias, int rows, int cols, int acc) {
+    matvec_fp8_tc_impl<T, U, false>(Q, S, x, y, bias, rows, cols, acc);
+}
+template <int T, int U> __device__ __forceinline__ void matvec_int4_tcp_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias, int rows, int cols, int acc) {
+    matvec_int4_tc_impl<T, U, false>(P, D, x, y, bias, rows, cols, acc);
+}
+
 // ---- entry points ------------------------------------------------------------------------------------------------
 // _rR: R rows per warp (each x chunk read from L1 serves R rows; int4 reads 8 bytes of x per weight byte, so R = 1 would
 // need as much L1 bandwidth as the SM has), 8 16-byte weight loads in flight per lane for R >= 2.
@@ -268,12 +610,14 @@ __device__ __forceinline__ void matvec_fp8_xs_impl(const unsigned char* Q, const
 // One format's pair of kernels: matvec_NAME_rR and its MoE twin. ST: the scales' element type (fp8 f32, int4 f16).
 /* MoE: blockIdx.y = slot s; expert e = expertIdx[s]; values/scales: device tables of E pointers;
    x [slots, xStride] (xStride 0: one shared input), y [slots, rows]. */
-#define MQ_KERNELS(NAME, IMPL, ST, R, U, SUF)                                                                            \
-extern "C" __global__ void matvec_##NAME##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, const float* bias, \
+#define MQ_KERNELS(NAME, IMPL, ST, R, U, SUF) MQ_KERNELS_LB(NAME, IMPL, ST, R, U, SUF, )
+// LB: a __launch_bounds__ for the pair, or nothing
+#define MQ_KERNELS_LB(NAME, IMPL, ST, R, U, SUF, LB)                                                                     \
+extern "C" __global__ void LB matvec_##NAME##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, const float* bias, \
                                               int rows, int cols, int accumulate) {                                      \
     IMPL<R, U>(Q, S, x, y, bias, rows, cols, accumulate);                                                                \
 }                                                                                                                        \
-extern "C" __global__ void moe_matvec_##NAME##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
+extern "C" __global__ void LB moe_matvec_##NAME##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
                                                   const float* x, int xStride, float* y, int rows, int cols) {          \
     pdl_wait();   /* the expert ids come from moe_route */                                                               \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
@@ -288,6 +632,35 @@ MQ_ENTRIES(4, 2, _r4)
 // 8 rows per warp, one load per row in flight (still 8 per lane): halves the x traffic from L1 per weight byte again
 // (int4 candidate; selectable with rowsPerWarp 8, not chosen automatically until measured).
 MQ_ENTRIES(8, 1, _r8)
+
+// Tensor cores (sm_80+): _tT = T tiles of 16 rows per block of 8 warps; launch ceil(rows / (16 T)) blocks of 256 threads
+// (GLU: ceil(F / (8 T))).
+// B8 / B4: blocks per SM the fp8 / int4 register budget is set for (fp8 t1: 4 = 64 registers, as measured on the
+// H200; int4 at 2, below which its kernels spill).
+#define MQ_TC_ENTRIES(T, U, SUF, B8, B4) \
+    MQ_KERNELS_LB(fp8_tc, matvec_fp8_tcp_impl, float, T, U, SUF, __launch_bounds__(256, B8)) \
+    MQ_KERNELS_LB(int4_tc, matvec_int4_tcp_impl, u16, T, U, SUF, __launch_bounds__(256, B4)) \
+    MQ_GLU_KERNELS(fp8, matvec_fp8_tc_impl, float, T, U, SUF, __launch_bounds__(256, B8)) \
+    MQ_GLU_KERNELS(int4, matvec_int4_tc_impl, u16, T, U, SUF, __launch_bounds__(256, B4))
+// gate_up fused with the activation: W [2F, cols] (gate over up), h [F] = act(gate) * up; MoE: per slot s, expert
+// expertIdx[s], x + s*xStride, h + s*F. Launch ceil(F / (8 T)) blocks (x slots).
+#define MQ_GLU_KERNELS(NAME, IMPL, ST, T, U, SUF, LB)                                                                     \
+extern "C" __global__ void LB matvec_##NAME##_tc_glu##SUF(const unsigned char* Q, const ST* S, const float* x, float* h, const float* bias, \
+                                                       int F, int cols, int act) {                                       \
+    IMPL<T, U, true>(Q, S, x, h, bias, F, cols, act);                                                                    \
+}                                                                                                                        \
+extern "C" __global__ void LB moe_matvec_##NAME##_tc_glu##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
+                                                           const float* x, int xStride, float* h, int F, int cols, int act) { \
+    pdl_wait();   /* the expert ids come from moe_route */                                                               \
+    int s = blockIdx.y, e = expertIdx[s];                                                                                \
+    IMPL<T, U, true>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,                 \
+                     h + (long long)s * F, (const float*)0, F, cols, act);                                               \
+}
+
+// t1: one tile, 4 k-blocks per stage (8 16-byte loads per lane in flight); t2: two tiles, 2 k-blocks; t4: four, 1.
+MQ_TC_ENTRIES(1, 4, _t1, 4, 2)
+MQ_TC_ENTRIES(2, 2, _t2, 3, 2)
+MQ_TC_ENTRIES(4, 1, _t4, 2, 2)
 
 // int4 with x staged in shared memory (matvec_int4_xs_impl); launch as above with ceil(cols/32)*MQ_XS_STRIDE*4 bytes
 // of dynamic shared memory.

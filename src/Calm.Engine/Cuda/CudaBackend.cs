@@ -511,6 +511,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         // paired-row matvecs (CudaKernels.FusePairs): RoPE + KV write into the qkv matvec, the activation into gate_up
         bool pairs = k.FusePairs && !FuseNorm && _wt is DType.BF16 or DType.F16;
         bool pairQkv = pairs && !_kvFp8 && !c.QkNorm && c.RotaryDim == c.HeadDim && c.HeadDim % 2 == 0;   // writes an fp16 cache
+        // quantized gate_up with the activation fused (tensor-core kernels, CudaQuantKernels.MatvecGlu)
+        bool quantGlu = !FuseNorm && _qk is not null && DTypes.IsQuantized(_wt) && _qk.GluSupported(_wt, D);
         for (int l = 0; l < c.NumLayers; l++)
         {
             var L = _layers[l];
@@ -534,8 +536,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             {
                 if (FuseNorm) { if (W(Stages.Ffn)) k.MatvecNorm(s, _wt, L.Wgu, _x, _gu, L.Bgu, 2 * Fi, D, false, L.FfnNorm, eps, c.NormAddOne); }
                 else if (pairs) { if (W(Stages.Ffn)) k.MatvecGlu(s, _wt, L.Wgu, _xn, _h, L.Bgu, Fi, D, c.HiddenAct); }
+                else if (quantGlu) { if (W(Stages.Ffn)) _qk!.MatvecGlu(s, _wt, L.Wgu, _scaleOf[L.Wgu], _xn, _h, L.Bgu, Fi, D, c.HiddenAct); }
                 else if (W(Stages.Ffn)) Mv(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false);
-                if (FuseNorm || !pairs) { if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct); }
+                if (FuseNorm || !(pairs || quantGlu)) { if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct); }
                 if (W(Stages.Ffn)) Mv(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true);
             }
             else
@@ -543,8 +546,12 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
                 int E = c.NumExperts, top = c.NumExpertsPerToken;
                 if (W(Stages.Ffn)) k.Matvec(s, _routerDt, L.Router, _xn, _rl, 0, E, D, false);
                 if (W(Stages.Ffn)) k.MoeRoute(s, _rl, E, top, _idx, _wts);
-                if (W(Stages.Ffn)) MoeMv(s, L.ExpertGu, _xn, 0, _gu, 2 * Fi, D, top);
-                if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, top, c.HiddenAct);
+                if (quantGlu) { if (W(Stages.Ffn)) _qk!.MoeMatvecGlu(s, _wt, L.ExpertGu, _scaleOf[L.ExpertGu], _idx, _xn, 0, _h, Fi, D, top, c.HiddenAct); }
+                else
+                {
+                    if (W(Stages.Ffn)) MoeMv(s, L.ExpertGu, _xn, 0, _gu, 2 * Fi, D, top);
+                    if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, top, c.HiddenAct);
+                }
                 if (W(Stages.Ffn)) MoeMv(s, L.ExpertDown, _h, Fi, _eo, D, Fi, top);
                 if (W(Stages.Other)) k.MoeCombine(s, _x, _eo, _wts, top, D);
             }

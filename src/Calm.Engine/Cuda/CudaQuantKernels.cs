@@ -56,6 +56,16 @@ public sealed class CudaQuantKernels : IDisposable
         return (prefix, smem);
     }
     public int Arch { get; }
+    /// <summary>Default of the launchers: the tensor-core kernels (kernels/matvec_quant.cu, matvec_*_tc_impl: mma.sync with
+    /// x split into two f16 parts) for every shape they take (<see cref="TensorCoreShape"/>) unless a call asks for a
+    /// rows-per-warp or staged-x CUDA-core variant. sm_80+; CALM_QUANT_TC=0 turns them off.</summary>
+    public bool TensorCores { get; }
+    /// <summary>The tensor-core variant the launchers use when a call does not say (null = automatic,
+    /// <see cref="TcVariant"/>); CALM_QUANT_TC_VARIANT=t1|t2|t4 fixes it (for benchmarks).</summary>
+    public string? TcVariantOverride { get; }
+    /// <summary>The tensor-core kernel variants: t1, t2, t4 = one, two or four tiles of 16 rows per block (4, 2, 1
+    /// k-blocks per pipeline stage).</summary>
+    public static readonly string[] TcVariants = { "t1", "t2", "t4" };
     private readonly CudaModule _module;
     private readonly Dictionary<string, CudaKernel> _k = new();
 
@@ -64,9 +74,12 @@ public sealed class CudaQuantKernels : IDisposable
     /// instruction, so both paths are checked on one machine).</param>
     /// <param name="int4StageX">int4 kernels stage x in shared memory (the _xs variants) when no call says otherwise;
     /// null: the CALM_INT4_XS environment variable ("1" = on). Off by default until measured.</param>
-    public CudaQuantKernels(CudaContext ctx, int arch, Action<string>? verbose = null, bool? forceFp8Convert = null, bool? int4StageX = null)
+    /// <param name="tensorCores">null: on for sm_80+ unless CALM_QUANT_TC=0; false: the CUDA-core kernels only.</param>
+    public CudaQuantKernels(CudaContext ctx, int arch, Action<string>? verbose = null, bool? forceFp8Convert = null, bool? int4StageX = null, bool? tensorCores = null)
     {
         Context = ctx; Arch = arch;
+        TensorCores = arch >= 80 && (tensorCores ?? Environment.GetEnvironmentVariable("CALM_QUANT_TC") != "0");
+        TcVariantOverride = Environment.GetEnvironmentVariable("CALM_QUANT_TC_VARIANT") is { } tv && TcVariants.Contains(tv) ? tv : null;
         Int4StageX = int4StageX ?? Environment.GetEnvironmentVariable("CALM_INT4_XS") == "1";
         Fp8StageX = Environment.GetEnvironmentVariable("CALM_FP8_XS") == "1";
         byte[] image;
@@ -88,11 +101,22 @@ public sealed class CudaQuantKernels : IDisposable
                     _k["matvec_" + f + "_xs" + r] = _module.GetKernel("matvec_" + f + "_xs" + r);
                     _k["moe_matvec_" + f + "_xs" + r] = _module.GetKernel("moe_matvec_" + f + "_xs" + r);
                 }
+            foreach (var f in new[] { "fp8", "int4" })
+                foreach (var v in TcVariants)
+                    foreach (var kind in new[] { "tc", "tc_glu" })
+                    {
+                        _k[$"matvec_{f}_{kind}_{v}"] = _module.GetKernel($"matvec_{f}_{kind}_{v}");
+                        _k[$"moe_matvec_{f}_{kind}_{v}"] = _module.GetKernel($"moe_matvec_{f}_{kind}_{v}");
+                    }
             // every matvec waits for the previous kernel before touching x, y or the expert ids (pdl_wait), so they may
             // be launched with programmatic dependent launch; measured slower for fp8 on the H200 (Llama-3-8B 3.300 vs
-            // 3.178 ms/token, bench/RESULTS.md 2026-11-29), so only with CALM_QUANT_PDL=1
-            if (arch >= 90 && Cu.HasLaunchKernelEx && Environment.GetEnvironmentVariable("CALM_QUANT_PDL") == "1")
-                foreach (var k in _k.Values) k.Programmatic = true;
+            // 3.178 ms/token, bench/RESULTS.md 2026-11-29), so those only with CALM_QUANT_PDL=1.
+            // The tensor-core kernels issue their first weight loads before pdl_wait, so with programmatic launch the
+            // weights stream in while the previous kernel finishes: on by default for them (CALM_QUANT_PDL=0 turns it off).
+            var pdl = Environment.GetEnvironmentVariable("CALM_QUANT_PDL");
+            if (arch >= 90 && Cu.HasLaunchKernelEx && pdl != "0")
+                foreach (var (name, k) in _k)
+                    if (pdl == "1" || name.Contains("_tc_")) k.Programmatic = true;
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
         }
         catch
@@ -137,6 +161,33 @@ public sealed class CudaQuantKernels : IDisposable
         _ => throw new ArgumentException($"{t} is not quantized", nameof(t)),
     };
 
+    /// <summary>Whether the tensor-core kernels take a [rows, <paramref name="cols"/>] matrix of <paramref name="t"/>:
+    /// fp8 needs cols % 64 == 0 (64-column k-blocks), int4 cols % 128 == 0 (four whole groups per k-block).</summary>
+    public static bool TensorCoreShape(DType t, int cols) => t switch
+    {
+        DType.F8E4M3 => cols % 64 == 0,
+        DType.Int4 => cols % 128 == 0,
+        _ => false,
+    };
+
+    /// <summary>The tensor-core variant for <paramref name="rows"/> output rows (a GLU launch: 2F) of <paramref name="t"/>:
+    /// <paramref name="requested"/> when given, else from the H200 measurements (bench/logs/quant-matvec-variants-*):
+    /// fp8 one tile per block everywhere (the most blocks: x is cheap next to the conversions), int4 two tiles from
+    /// 6144 rows (each x conversion then serves more of the heavier int4 work).</summary>
+    public static string TcVariant(DType t, long rows, string? requested = null)
+    {
+        if (requested is not null)
+            return TcVariants.Contains(requested) ? requested
+                : throw new ArgumentOutOfRangeException(nameof(requested), $"tensor-core variant is one of {string.Join(", ", TcVariants)}");
+        return t == DType.Int4 && rows >= 6144 ? "t2" : "t1";
+    }
+    private static int TilesOf(string variant) => variant[1] - '0';
+
+    /// <summary>Whether a launch takes the tensor-core kernel: the default is on, the shape fits, and the call did not
+    /// ask for a CUDA-core variant (rows per warp or staged x).</summary>
+    private bool UseTc(DType wt, int cols, int rowsPerWarp, bool? stageX, bool? tensorCores)
+        => (tensorCores ?? (TensorCores && rowsPerWarp == 0 && stageX != true)) && Arch >= 80 && TensorCoreShape(wt, cols);
+
     private static int Blocks(int rows, int r) => (int)Math.Max(1, (rows + (long)r * (Block / 32) - 1) / ((long)r * (Block / 32)));
 
     /// <summary>
@@ -144,8 +195,16 @@ public sealed class CudaQuantKernels : IDisposable
     /// scales [rows, ceil(cols/32)] f16), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when
     /// accumulate). fp8 rows take the 16-byte path when cols % 16 == 0 (values 16-byte aligned); int4 always does.
     /// </summary>
-    public void Matvec(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, int rowsPerWarp = 0, bool? stageX = null)
+    public void Matvec(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, int rowsPerWarp = 0, bool? stageX = null,
+                       bool? tensorCores = null, string? tcVariant = null)
     {
+        if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
+        {
+            var tv = TcVariant(wt, rows, tcVariant ?? TcVariantOverride);
+            int tt = TilesOf(tv);
+            _k[$"matvec_{Suffix(wt)}_tc_{tv}"].Launch(s, (rows + 16 * tt - 1) / (16 * tt), Block, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
+            return;
+        }
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
         var (v, smem) = Variant(wt, cols, stageX);
         _k[$"matvec_{v}_r{r}"].Launch(s, Blocks(rows, r), Block, smem, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
@@ -153,11 +212,44 @@ public sealed class CudaQuantKernels : IDisposable
 
     /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = expert idx[s] [rows, cols] . x[s*xStride ..].
     /// valueTable / scaleTable: device tables of E pointers (values and scales of each expert); idx [slots] int on the device.</summary>
-    public void MoeMatvec(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong y, int rows, int cols, int slots, int rowsPerWarp = 0, bool? stageX = null)
+    public void MoeMatvec(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong y, int rows, int cols, int slots, int rowsPerWarp = 0, bool? stageX = null,
+                          bool? tensorCores = null, string? tcVariant = null)
     {
+        if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
+        {
+            var tv = TcVariant(wt, (long)rows * slots, tcVariant ?? TcVariantOverride);
+            int tt = TilesOf(tv);
+            _k[$"moe_matvec_{Suffix(wt)}_tc_{tv}"].Launch(s, ((rows + 16 * tt - 1) / (16 * tt), slots, 1), Block, 0, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
+            return;
+        }
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
         var (v, smem) = Variant(wt, cols, stageX);
         _k[$"moe_matvec_{v}_r{r}"].Launch(s, (Blocks(rows, r), slots, 1), Block, smem, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
+    }
+
+    /// <summary>Whether <see cref="MatvecGlu"/> / <see cref="MoeMatvecGlu"/> take a gate_up matrix [2F, <paramref name="cols"/>]
+    /// of <paramref name="wt"/>: the tensor-core kernels are on and the shape fits.</summary>
+    public bool GluSupported(DType wt, int cols) => TensorCores && TensorCoreShape(wt, cols);
+
+    /// <summary>gate_up fused with the activation on the tensor cores: W [2F, cols] (gate rows over up rows, values and
+    /// scales as <see cref="Matvec"/>), x [cols] -> h [F] = act(W_gate x (+ b)) * (W_up x (+ b)); bias [2F] or 0.</summary>
+    public void MatvecGlu(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong h, ulong bias, int F, int cols, Activation act, string? tcVariant = null)
+    {
+        if (!TensorCoreShape(wt, cols) || Arch < 80)
+            throw new ArgumentException($"the fused gate_up kernel needs sm_80 and cols % {(wt == DType.Int4 ? 128 : 64)} == 0 (got {cols})", nameof(cols));
+        var v = TcVariant(wt, 2L * F, tcVariant ?? TcVariantOverride);
+        int tt = TilesOf(v);
+        _k[$"matvec_{Suffix(wt)}_tc_glu_{v}"].Launch(s, (F + 8 * tt - 1) / (8 * tt), Block, 0, values, scales, x, h, bias, F, cols, (int)act);
+    }
+
+    /// <summary>MoE twin of <see cref="MatvecGlu"/>: per slot s, expert idx[s] [2F, cols] . x[s*xStride ..] -> h[s*F ..].</summary>
+    public void MoeMatvecGlu(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong h, int F, int cols, int slots, Activation act, string? tcVariant = null)
+    {
+        if (!TensorCoreShape(wt, cols) || Arch < 80)
+            throw new ArgumentException($"the fused gate_up kernel needs sm_80 and cols % {(wt == DType.Int4 ? 128 : 64)} == 0 (got {cols})", nameof(cols));
+        var v = TcVariant(wt, 2L * F * slots, tcVariant ?? TcVariantOverride);
+        int tt = TilesOf(v);
+        _k[$"moe_matvec_{Suffix(wt)}_tc_glu_{v}"].Launch(s, ((F + 8 * tt - 1) / (8 * tt), slots, 1), Block, 0, valueTable, scaleTable, idx, x, xStride, h, F, cols, (int)act);
     }
 
     /// <summary>Whether this image converts e4m3 with the hardware instruction (cvt.rn.f16x2.e4m3x2: sm_89+ and
@@ -188,7 +280,8 @@ public sealed class CudaQuantKernels : IDisposable
     /// weights in enough copies to rotate over ≥ 4× the L2, each repetition a captured graph of ≥ 8 calls timed with
     /// CUDA events, per-call milliseconds. Bytes = values + scales + x + y.
     /// </summary>
-    public static KernelTiming Bench(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, int rowsPerWarp = 0, bool stageX = false)
+    public static KernelTiming Bench(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, int rowsPerWarp = 0, bool stageX = false,
+                                     bool? tensorCores = null, string? tcVariant = null)
     {
         if (rows < 1 || cols < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Rows and columns must be ≥ 1 (got {rows} × {cols}).", "Rows");
         if (!DTypes.IsQuantized(dtype))
@@ -224,7 +317,9 @@ public sealed class CudaQuantKernels : IDisposable
             }
             var X = Add(cols * 4L, "x"); X.CopyFromHost<float>(xs);
             var Y = Add(rows * 4L, "y");
-            void Call(int i) => k.Matvec(s, dtype, W[i].V, W[i].S, X.Ptr, Y.Ptr, 0, rows, cols, false, r, stageX);
+            bool tc = k.UseTc(dtype, cols, rowsPerWarp, stageX, tensorCores);
+            var tv = TcVariant(dtype, rows, tcVariant ?? k.TcVariantOverride);
+            void Call(int i) => k.Matvec(s, dtype, W[i].V, W[i].S, X.Ptr, Y.Ptr, 0, rows, cols, false, tc ? 0 : r, stageX, tc, tv);
 
             int calls = Math.Max(MinCallsPerRep, copies);
             for (int i = 0; i < copies; i++) Call(i);   // warm-up
@@ -249,7 +344,7 @@ public sealed class CudaQuantKernels : IDisposable
                 ms[rep] = b.ElapsedSince(a) / calls;
             }
             bool staged = stageX && (dtype == DType.Int4 ? StagedXBytes(cols) <= MaxStagedXBytes : cols % 16 == 0 && Fp8StagedXBytes(cols) <= MaxStagedXBytes);
-            string name = $"matvec_{Suffix(dtype)}{(staged ? "_xs" : "")}_r{r}" + (dtype == DType.F8E4M3 ? (hw ? "/cvt" : "/bits") : "");
+            string name = (tc ? $"matvec_{Suffix(dtype)}_tc_{tv}" : $"matvec_{Suffix(dtype)}{(staged ? "_xs" : "")}_r{r}") + (dtype == DType.F8E4M3 ? (hw ? "/cvt" : "/bits") : "");
             return new KernelTiming(name, ms, bytes);
         }
         finally

@@ -254,6 +254,324 @@ public unsafe class QuantKernelTests
         }
     }
 
+    // ---- tensor-core kernels (matvec_*_tc_impl) -----------------------------------------------------------------------
+
+    private static (CudaContext Ctx, CudaQuantKernels K, CudaStream S) RequireTc(bool? forceFp8Convert = null)
+    {
+        var r = Require(forceFp8Convert);
+        if (r.K.Arch < 80)
+        {
+            r.S.Dispose(); r.K.Dispose(); r.Ctx.Dispose();
+            Assert.Skip($"The tensor-core matvec needs sm_80 or later (this GPU is sm_{r.K.Arch}).");
+        }
+        return r;
+    }
+
+    /// <summary>The tensor-core kernels against the CPU reference at the same 1e-5 bound as the CUDA-core ones: x is
+    /// carried as two f16 parts, so only the summation order differs.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3, 257, 4096, true, true, "t1")]      // odd rows: the last tile rereads the last row
+    [InlineData(DType.F8E4M3, 999, 4160, false, true, "t2")]     // 65 k-blocks: warps with one more than others
+    [InlineData(DType.F8E4M3, 203, 8192, true, false, "t4")]
+    [InlineData(DType.F8E4M3, 17, 64, false, false, "t1")]       // one k-block: seven warps without work
+    [InlineData(DType.F8E4M3, 1, 1024, true, true, "t4")]        // one row in a 64-row block
+    [InlineData(DType.F8E4M3, 999, 14336, true, false, "t1")]     // 224 k-blocks: 7 stages per warp
+    [InlineData(DType.Int4, 301, 14336, false, true, "t1")]
+    [InlineData(DType.F8E4M3, 4096, 14336, false, false, null)]  // the automatic tile count on a real shape
+    [InlineData(DType.F8E4M3, 777, 4096, true, false, "t1", false)]   // the sm_80 bit fallback of the e4m3 conversion
+    [InlineData(DType.Int4, 257, 4096, true, true, "t1")]
+    [InlineData(DType.Int4, 999, 4224, false, true, "t2")]       // 33 k-blocks of 128 columns
+    [InlineData(DType.Int4, 203, 8192, true, false, "t4")]
+    [InlineData(DType.Int4, 33, 128, false, false, "t1")]        // one k-block
+    [InlineData(DType.Int4, 5, 2048, true, true, "t4")]
+    [InlineData(DType.Int4, 4096, 14336, false, true, null)]
+    public void TensorCoreMatvecMatchesCpuReference(DType dt, int rows, int cols, bool bias, bool accumulate, string? variant, bool? forceFp8Convert = null)
+    {
+        var (ctx, k, s) = RequireTc(forceFp8Convert);
+        using var _c = ctx; using var _k = k; using var _s = s;
+        Assert.True(CudaQuantKernels.TensorCoreShape(dt, cols));
+        using var store = new NativeWeightStore();
+        var r = Gpu.Rng();
+        var w = RandomQuantized(r, store, dt, rows, cols);
+        var x = Gpu.RandF(r, cols);
+        var b = Gpu.RandF(r, rows);
+        var y0 = Gpu.RandF(r, rows);
+        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
+        k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, rows, cols, accumulate, tensorCores: true, tcVariant: variant);
+        s.Synchronize();
+        var want = new float[rows];
+        CpuKernels.MatVec(w, x, want);
+        for (int i = 0; i < rows; i++)
+        {
+            if (bias) want[i] += b[i];
+            if (accumulate) want[i] += y0[i];
+        }
+        Gpu.Close(Y.ToArray<float>(rows), want, 1e-5, $"tensor-core matvec {DTypes.Name(dt)} {rows}x{cols} {variant ?? "auto"}");
+    }
+
+    /// <summary>The launchers pick the tensor-core kernel by default where the shape allows, and a rows-per-warp
+    /// request keeps the CUDA-core kernel (so the tests above still test those).</summary>
+    [Fact]
+    public void TensorCoresAreTheDefaultWhereTheShapeFits()
+    {
+        var (ctx, k, s) = RequireTc();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        if (Environment.GetEnvironmentVariable("CALM_QUANT_TC") == "0") Assert.False(k.TensorCores);
+        else Assert.True(k.TensorCores);
+        Assert.True(CudaQuantKernels.TensorCoreShape(DType.F8E4M3, 4096));
+        Assert.False(CudaQuantKernels.TensorCoreShape(DType.F8E4M3, 4112));
+        Assert.True(CudaQuantKernels.TensorCoreShape(DType.Int4, 14336));
+        Assert.False(CudaQuantKernels.TensorCoreShape(DType.Int4, 4160));
+        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 128256));
+        Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.Int4, 28672));
+        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.Int4, 4096));
+        Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.Int4, 4096, "t4"));
+    }
+
+    /// <summary>Every e4m3 code through the tensor cores: row c holds code c at column c % 64, x[j] = j + 1, scale 1,
+    /// so y[c] = e4m3(c) * (j + 1) exactly (NaN for 0x7F and 0xFF: the warp's fp32 redo keeps the NaN).</summary>
+    [Theory]
+    [InlineData(null)]
+    [InlineData(false)]
+    public void EveryFp8CodeDecodesExactlyOnTensorCores(bool? forceFp8Convert)
+    {
+        var (ctx, k, s) = RequireTc(forceFp8Convert);
+        using var _c = ctx; using var _k = k; using var _s = s;
+        const int rows = 256, cols = 64;
+        var q = new byte[rows * cols];
+        for (int c = 0; c < rows; c++) q[c * cols + (c % cols)] = (byte)c;
+        var scales = Enumerable.Repeat(1f, rows).ToArray();
+        using var V = Gpu.Up(ctx, q); using var S = Gpu.Up(ctx, scales);
+        using var X = Gpu.Up(ctx, Enumerable.Range(1, cols).Select(i => (float)i).ToArray()); using var Y = Gpu.Zeros(ctx, rows * 4L);
+        foreach (var tiles in CudaQuantKernels.TcVariants)
+        {
+            Y.Zero();
+            k.Matvec(s, DType.F8E4M3, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, tensorCores: true, tcVariant: tiles);
+            s.Synchronize();
+            var y = Y.ToArray<float>(rows);
+            for (int c = 0; c < rows; c++)
+            {
+                float want = QuantFormats.E4M3Table[c] * (c % cols + 1);
+                if (float.IsNaN(want)) Assert.True(float.IsNaN(y[c]), $"{tiles} code 0x{c:X2}: want NaN, got {y[c]}");
+                else Assert.True(want == y[c] || (want == 0 && y[c] == 0), $"{tiles} code 0x{c:X2}: want {want}, got {y[c]}");
+            }
+        }
+    }
+
+    /// <summary>Every nibble value at every position of a 128-column k-block (four groups with different scales) on
+    /// the tensor cores: row n*128 + p holds nibble n at element p (others 8), group g's scale 2^-(g+1),
+    /// x[p] = p + 1, so y = (n - 8) * (p + 1) * 2^-(p/32+1) exactly.</summary>
+    [Fact]
+    public void EveryInt4NibbleAtEveryPositionOnTensorCores()
+    {
+        var (ctx, k, s) = RequireTc();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        const int cols = 128, rows = 16 * cols, G = cols / 32;
+        var p = new byte[rows * G * 16];
+        Array.Fill(p, (byte)0x88);
+        var d = new ushort[rows * G];
+        for (int n = 0; n < 16; n++)
+            for (int e = 0; e < cols; e++)
+            {
+                int row = n * cols + e, at = row * G * 16 + e / 2;
+                p[at] = (byte)(e % 2 == 0 ? (p[at] & 0xF0) | n : (p[at] & 0x0F) | (n << 4));
+                for (int gi = 0; gi < G; gi++) d[row * G + gi] = BitConverter.HalfToUInt16Bits((Half)MathF.Pow(2, -(gi + 1)));
+            }
+        var x = Enumerable.Range(1, cols).Select(i => (float)i).ToArray();
+        using var V = Gpu.Up(ctx, p); using var S = Gpu.Up(ctx, d); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
+        foreach (var tiles in CudaQuantKernels.TcVariants)
+        {
+            Y.Zero();
+            k.Matvec(s, DType.Int4, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, tensorCores: true, tcVariant: tiles);
+            s.Synchronize();
+            var y = Y.ToArray<float>(rows);
+            for (int n = 0; n < 16; n++)
+                for (int e = 0; e < cols; e++)
+                    Assert.True((n - 8) * (e + 1) * MathF.Pow(2, -(e / 32 + 1)) == y[n * cols + e], $"{tiles} nibble {n} at {e}: got {y[n * cols + e]}");
+        }
+    }
+
+    /// <summary>Activations beyond f16 (1e5, -3e6, 1e9 at a few columns, some of them against zero weights) make the
+    /// affected warps redo their k-blocks in fp32: the result still matches the reference at 1e-5 and stays finite;
+    /// an inf in x gives inf/NaN as on the CPU.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void LargeActivationsFallBackToFp32(DType dt)
+    {
+        var (ctx, k, s) = RequireTc();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        using var store = new NativeWeightStore();
+        const int rows = 100, cols = 4096;
+        var r = Gpu.Rng();
+        var w = RandomQuantized(r, store, dt, rows, cols);
+        var x = Gpu.RandF(r, cols);
+        x[5] = 1e5f; x[1000] = -3e6f; x[4095] = 1e9f;
+        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var X = UpXWithNaNGuard(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
+        var want = new float[rows];
+        CpuKernels.MatVec(w, x, want);
+        foreach (var tiles in new[] { "t1", "t4" })
+        {
+            k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, tensorCores: true, tcVariant: tiles);
+            s.Synchronize();
+            Gpu.Close(Y.ToArray<float>(rows), want, 1e-5, $"large x {DTypes.Name(dt)} {tiles}");
+        }
+        // the reference's own arithmetic for inf: every row that meets the inf is non-finite on both sides
+        x[77] = float.PositiveInfinity;
+        using var X2 = UpXWithNaNGuard(ctx, x);
+        CpuKernels.MatVec(w, x, want);
+        k.Matvec(s, dt, V.Ptr, S.Ptr, X2.Ptr, Y.Ptr, 0, rows, cols, false, tensorCores: true);
+        s.Synchronize();
+        var got = Y.ToArray<float>(rows);
+        for (int i = 0; i < rows; i++) Assert.Equal(float.IsFinite(want[i]), float.IsFinite(got[i]));
+    }
+
+    /// <summary>MoE on the tensor cores: two slots pick experts 2 and 0 of three.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3, "t1")]
+    [InlineData(DType.F8E4M3, "t4")]
+    [InlineData(DType.Int4, "t2")]
+    [InlineData(DType.Int4, null)]
+    public void MoeMatvecOnTensorCores(DType dt, string? tiles)
+    {
+        var (ctx, k, s) = RequireTc();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        using var store = new NativeWeightStore();
+        const int rows = 333, cols = 1152, E = 3, slots = 2;
+        var r = Gpu.Rng();
+        var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, rows, cols)).ToArray();
+        var vals = experts.Select(e => UpNative(ctx, e.Data, e.DataBytes)).ToArray();
+        var scs = experts.Select(e => UpNative(ctx, e.Scales, e.ScaleBytes)).ToArray();
+        try
+        {
+            var x = Gpu.RandF(r, slots * cols);
+            using var VT = Gpu.Up(ctx, vals.Select(m => m.Ptr).ToArray());
+            using var ST = Gpu.Up(ctx, scs.Select(m => m.Ptr).ToArray());
+            var idx = new[] { 2, 0 };
+            using var I = Gpu.Up(ctx, idx); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, slots * rows * 4L);
+            k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, tensorCores: true, tcVariant: tiles);
+            s.Synchronize();
+            var got = Y.ToArray<float>(slots * rows);
+            for (int sl = 0; sl < slots; sl++)
+            {
+                var want = new float[rows];
+                CpuKernels.MatVec(experts[idx[sl]], x.AsSpan(sl * cols, cols), want);
+                Gpu.Close(got.AsSpan(sl * rows, rows), want, 1e-5, $"tensor-core moe {DTypes.Name(dt)} {tiles ?? "auto"} slot {sl}");
+            }
+        }
+        finally
+        {
+            foreach (var m in vals.Concat(scs)) m.Dispose();
+        }
+    }
+
+    /// <summary>gate_up fused with the activation: h[p] = act(gate_p . x + b_p) * (up_p . x + b_F+p) from the CPU
+    /// reference's matvec over the whole [2F, cols] matrix, at 1e-5.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3, 77, 4096, true, Activation.Silu, "t1")]    // F % 8 != 0: the last tile rereads the last pair
+    [InlineData(DType.F8E4M3, 1000, 2048, false, Activation.GeluTanh, "t2")]
+    [InlineData(DType.F8E4M3, 300, 1024, true, Activation.Gelu, "t4")]
+    [InlineData(DType.F8E4M3, 333, 4096, false, Activation.Silu, null)]
+    [InlineData(DType.Int4, 77, 4096, true, Activation.Silu, "t1")]
+    [InlineData(DType.Int4, 1000, 2048, false, Activation.GeluTanh, "t2")]
+    [InlineData(DType.Int4, 300, 1024, true, Activation.Silu, "t4")]
+    [InlineData(DType.Int4, 14336, 4096, false, Activation.Silu, null)]  // the Llama-3-8B shape, automatic variant
+    public void GluMatvecMatchesCpuReference(DType dt, int F, int cols, bool bias, Activation act, string? variant)
+    {
+        var (ctx, k, s) = RequireTc();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        Assert.True(k.GluSupported(dt, cols));
+        using var store = new NativeWeightStore();
+        var r = Gpu.Rng();
+        var w = RandomQuantized(r, store, dt, 2 * F, cols);
+        var x = Gpu.RandF(r, cols);
+        var b = Gpu.RandF(r, 2 * F);
+        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var H = Gpu.Zeros(ctx, F * 4L);
+        k.MatvecGlu(s, dt, V.Ptr, S.Ptr, X.Ptr, H.Ptr, bias ? B.Ptr : 0, F, cols, act, variant);
+        s.Synchronize();
+        var gu = new float[2 * F];
+        CpuKernels.MatVec(w, x, gu);
+        var want = new float[F];
+        for (int p = 0; p < F; p++)
+        {
+            float g = gu[p] + (bias ? b[p] : 0), u = gu[F + p] + (bias ? b[F + p] : 0);
+            float a = act switch
+            {
+                Activation.Silu => Gpu.Silu(g),
+                Activation.GeluTanh => Gpu.GeluTanh(g),
+                _ => (float)(0.5 * g * (1 + Erf(g / Math.Sqrt(2)))),
+            };
+            want[p] = a * u;
+        }
+        Gpu.Close(H.ToArray<float>(F), want, 1e-5, $"glu {DTypes.Name(dt)} F={F} {act} {variant ?? "auto"}");
+    }
+
+    /// <summary>erf to ~1e-7 (Abramowitz-Stegun 7.1.26 is too coarse for a 1e-5 bound; this is a series/continued
+    /// fraction in double).</summary>
+    private static double Erf(double z)
+    {
+        double a = Math.Abs(z);
+        double r;
+        if (a < 3)
+        {
+            double sum = 0, term = a;   // Maclaurin: 2/sqrt(pi) * sum (-1)^n z^(2n+1) / (n! (2n+1))
+            for (int n = 0; n < 60; n++)
+            {
+                sum += term / (2 * n + 1);
+                term *= -a * a / (n + 1);
+            }
+            r = 2 / Math.Sqrt(Math.PI) * sum;
+        }
+        else
+        {
+            double f = 0;   // erfc continued fraction
+            for (int n = 60; n >= 1; n--) f = n / 2.0 / (a + f);
+            r = 1 - Math.Exp(-a * a) / Math.Sqrt(Math.PI) / (a + f);
+        }
+        return z < 0 ? -r : r;
+    }
+
+    /// <summary>MoE gate_up with the activation fused: two slots pick experts 1 and 2 of three.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void MoeGluMatvecOnTensorCores(DType dt)
+    {
+        var (ctx, k, s) = RequireTc();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        using var store = new NativeWeightStore();
+        const int F = 200, cols = 1024, E = 3, slots = 2;
+        var r = Gpu.Rng();
+        var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, 2 * F, cols)).ToArray();
+        var vals = experts.Select(e => UpNative(ctx, e.Data, e.DataBytes)).ToArray();
+        var scs = experts.Select(e => UpNative(ctx, e.Scales, e.ScaleBytes)).ToArray();
+        try
+        {
+            var x = Gpu.RandF(r, cols);
+            using var VT = Gpu.Up(ctx, vals.Select(m => m.Ptr).ToArray());
+            using var ST = Gpu.Up(ctx, scs.Select(m => m.Ptr).ToArray());
+            var idx = new[] { 1, 2 };
+            using var I = Gpu.Up(ctx, idx); using var X = Gpu.Up(ctx, x); using var H = Gpu.Zeros(ctx, slots * F * 4L);
+            k.MoeMatvecGlu(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, 0, H.Ptr, F, cols, slots, Activation.Silu);
+            s.Synchronize();
+            var got = H.ToArray<float>(slots * F);
+            for (int sl = 0; sl < slots; sl++)
+            {
+                var gu = new float[2 * F];
+                CpuKernels.MatVec(experts[idx[sl]], x, gu);
+                var want = Enumerable.Range(0, F).Select(p => Gpu.Silu(gu[p]) * gu[F + p]).ToArray();
+                Gpu.Close(got.AsSpan(sl * F, F), want, 1e-5, $"moe glu {DTypes.Name(dt)} slot {sl}");
+            }
+        }
+        finally
+        {
+            foreach (var m in vals.Concat(scs)) m.Dispose();
+        }
+    }
+
     /// <summary>On sm_89+ with NVRTC ≥ 11.8 the image uses the hardware e4m3 conversion.</summary>
     [Fact]
     public void HardwareFp8ConversionWhereAvailable()
@@ -296,11 +614,21 @@ public class QuantKernelVariantReport
         var sb = new StringBuilder();
         var info = CudaDeviceInfo.List()[0];
         sb.AppendLine($"# quantized matvec variants on {info.Name} (sm_{info.Arch}), NVRTC {Nvrtc.Version.Major}.{Nvrtc.Version.Minor}; GB/s = (values + scales + x + y) / median");
-        foreach (var dt in new[] { DType.F8E4M3, DType.Int4 })
+        bool tcOnly = Environment.GetEnvironmentVariable("CALM_VARIANTS_TC_ONLY") == "1";   // skip the CUDA-core table (shorter device calls)
+        foreach (var dt in tcOnly ? [] : new[] { DType.F8E4M3, DType.Int4 })
             foreach (var (rows, cols) in new[] { (4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (28672, 4096) })
                 foreach (int rpw in dt == DType.Int4 ? new[] { 1, 2, 4, 8, -2, -4, -8 } : new[] { 1, 2, 4, -2, -4 })   // negative: staged x
                 {
                     var t = CudaQuantKernels.Bench(rows, cols, dt, repeat: 15, rowsPerWarp: Math.Abs(rpw), stageX: rpw < 0);
+                    Assert.True(t.MedianMs > 0 && double.IsFinite(t.MedianMs));
+                    sb.AppendLine($"{t.Kernel,-22} {rows,6}x{cols,-6} median {t.MedianMs * 1e3,9:F2} us  min {t.MinMs * 1e3,9:F2} us  {t.MedianGBps,8:F0} GB/s");
+                }
+        // the tensor-core kernels at each tile count, on the same shapes and the classifier's
+        foreach (var dt in new[] { DType.F8E4M3, DType.Int4 })
+            foreach (var (rows, cols) in new[] { (4096, 4096), (1024, 4096), (6144, 4096), (14336, 4096), (4096, 14336), (28672, 4096), (128256, 4096) })
+                foreach (var tiles in CudaQuantKernels.TcVariants)
+                {
+                    var t = CudaQuantKernels.Bench(rows, cols, dt, repeat: 15, tensorCores: true, tcVariant: tiles);
                     Assert.True(t.MedianMs > 0 && double.IsFinite(t.MedianMs));
                     sb.AppendLine($"{t.Kernel,-22} {rows,6}x{cols,-6} median {t.MedianMs * 1e3,9:F2} us  min {t.MinMs * 1e3,9:F2} us  {t.MedianGBps,8:F0} GB/s");
                 }
