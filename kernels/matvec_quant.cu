@@ -280,7 +280,6 @@ __device__ __forceinline__ void matvec_fp8_xs_impl(const unsigned char* Q, const
 // weights then propagate as they do on the CPU.
 // Requirements (checked by the launcher): fp8 cols % 64 == 0, int4 cols % 128 == 0; rows any (the last tile rereads
 // the last row and drops the result).
-#define MQ_TC_WARPS 8
 struct __align__(8) mq_f2 { float x, y; };
 struct __align__(8) mq_u2 { u32 x, y; };
 
@@ -342,7 +341,7 @@ __device__ __forceinline__ long long mq_tc_row(int T, int i, int g, int h, int n
 
 // The block's tile totals (per warp: tot[i][0] fragment row g, tot[i][1] row g + 8, lanes t == 0 write) summed over
 // the warps, then plain: y[r] = scale * total (+ bias) (+ y); GLU: y[p] = act(gate) * up, each half scaled (+ bias).
-template <int T, bool GLU>
+template <int T, bool GLU, int W>
 __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T * 16], const float* rowScale, float* y, const float* bias,
                                             int n, int accumulate) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
@@ -358,7 +357,7 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
             if (p < n) {
                 float gate = 0.f, up = 0.f;
 #pragma unroll
-                for (int w = 0; w < MQ_TC_WARPS; w++) { gate += red[w][16 * i + gg]; up += red[w][16 * i + gg + 8]; }
+                for (int w = 0; w < W; w++) { gate += red[w][16 * i + gg]; up += red[w][16 * i + gg + 8]; }
                 if (rowScale) { gate *= rowScale[p]; up *= rowScale[n + p]; }
                 if (bias) { gate += bias[p]; up += bias[n + p]; }
                 y[p] = activate(gate, accumulate) * up;   // GLU: accumulate carries the activation code
@@ -367,7 +366,7 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
     } else if (threadIdx.x < T * 16) {
         float s = 0.f;
 #pragma unroll
-        for (int w = 0; w < MQ_TC_WARPS; w++) s += red[w][threadIdx.x];
+        for (int w = 0; w < W; w++) s += red[w][threadIdx.x];
         int r = blockIdx.x * T * 16 + threadIdx.x;
         if (r < n) {
             if (rowScale) s *= rowScale[r];
@@ -385,12 +384,12 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
 // Each stage issues its U k-blocks' loads, stages x, then multiplies. Measured slower on the H200 (bench/RESULTS.md):
 // double-buffered loads (the next stage's in flight during the multiplies: 96-164 registers, half the blocks per SM)
 // and the first loads issued before pdl_wait (no gain with programmatic launch).
-template <int T, int U, bool GLU>
+template <int T, int U, bool GLU, int W>
 __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
                                                    int n, int cols, int accumulate) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    __shared__ float red[MQ_TC_WARPS][T * 16];
-    __shared__ __align__(16) u32 xb[MQ_TC_WARPS][U][4][8][2];
+    __shared__ float red[W][T * 16];
+    __shared__ __align__(16) u32 xb[W][U][4][8][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const calm_u4* rp[T][2];
 #pragma unroll
@@ -407,11 +406,11 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
     for (int i = 0; i < T; i++)
 #pragma unroll
         for (int e = 0; e < 4; e++) d[i][0][e] = d[i][1][e] = 0.f;
-    for (int kb0 = warp; kb0 < nkb; kb0 += MQ_TC_WARPS * U) {
+    for (int kb0 = warp; kb0 < nkb; kb0 += W * U) {
         calm_u4 w[U][T][2];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * MQ_TC_WARPS;
+            const int kb = kb0 + u * W;
             if (kb < nkb) {
 #pragma unroll
                 for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream(rp[i][0] + 4 * kb); w[u][i][1] = ldg_u4_stream(rp[i][1] + 4 * kb); }
@@ -420,7 +419,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
         __syncwarp();   // the previous iteration's B reads are done
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * MQ_TC_WARPS;
+            const int kb = kb0 + u * W;
             if (kb < nkb) {
                 const mq_f2 v = *(const mq_f2*)(x + (long long)kb * 64 + 2 * lane);
                 u32 hi, lo;
@@ -432,7 +431,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
         __syncwarp();
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * MQ_TC_WARPS;
+            const int kb = kb0 + u * W;
             if (kb < nkb) {
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
@@ -459,7 +458,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
         float f[T][2];
 #pragma unroll
         for (int i = 0; i < T; i++) f[i][0] = f[i][1] = 0.f;
-        for (int kb = warp; kb < nkb; kb += MQ_TC_WARPS) {
+        for (int kb = warp; kb < nkb; kb += W) {
             const calm_f4* xp = (const calm_f4*)(x + (long long)kb * 64 + 16 * t);
             const calm_f4 xs[4] = { xp[0], xp[1], xp[2], xp[3] };
 #pragma unroll
@@ -472,7 +471,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 #pragma unroll
             for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
     }
-    mq_tc_store<T, GLU>(tot, red, S, y, bias, n, accumulate);
+    mq_tc_store<T, GLU, W>(tot, red, S, y, bias, n, accumulate);
 #endif
 }
 
@@ -483,12 +482,12 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 // n < 4, lo for n >= 4; zero elsewhere), so d0 / d1 of lane t are the sums of groups 2(t%2) and 2(t%2)+1 for row g
 // (d2 / d3 for row g+8), scaled in fp32 and added up over the quad at the end.
 // Per-warp x buffer: [U][m = 2q + h][slot][2] u32, slot 2t + part for group-lane t, slot 8 zero. Loads as fp8.
-template <int T, int U, bool GLU>
+template <int T, int U, bool GLU, int W>
 __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
                                                     int n, int cols, int accumulate) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    __shared__ float red[MQ_TC_WARPS][T * 16];
-    __shared__ __align__(16) u32 xb[MQ_TC_WARPS][U][8][9][2];
+    __shared__ float red[W][T * 16];
+    __shared__ __align__(16) u32 xb[W][U][8][9][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int G = cols >> 5;
     const calm_u4* rp[T][2];
@@ -512,12 +511,12 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     float acc[T][2];
 #pragma unroll
     for (int i = 0; i < T; i++) acc[i][0] = acc[i][1] = 0.f;
-    for (int kb0 = warp; kb0 < nkb; kb0 += MQ_TC_WARPS * U) {
+    for (int kb0 = warp; kb0 < nkb; kb0 += W * U) {
         calm_u4 w[U][T][2];
         u32 sc[U][T][2];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * MQ_TC_WARPS;
+            const int kb = kb0 + u * W;
             if (kb < nkb) {
 #pragma unroll
                 for (int i = 0; i < T; i++)
@@ -528,7 +527,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
         __syncwarp();
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * MQ_TC_WARPS;
+            const int kb = kb0 + u * W;
             if (kb < nkb) {
                 const float* xp = x + (long long)kb * 128 + 32 * st + 8 * sq + 2 * sh;
                 const mq_f2 a = *(const mq_f2*)xp, b = *(const mq_f2*)(xp + 4);
@@ -542,7 +541,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
         __syncwarp();
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * MQ_TC_WARPS;
+            const int kb = kb0 + u * W;
             if (kb < nkb) {
                 mq_u2 b[8];
 #pragma unroll
@@ -577,7 +576,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
         float f[T][2];
 #pragma unroll
         for (int i = 0; i < T; i++) f[i][0] = f[i][1] = 0.f;
-        for (int kb = warp; kb < nkb; kb += MQ_TC_WARPS) {
+        for (int kb = warp; kb < nkb; kb += W) {
             const calm_f4* xp = (const calm_f4*)(x + (long long)kb * 128 + 32 * t);
 #pragma unroll
             for (int i = 0; i < T; i++)
@@ -593,14 +592,8 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
 #pragma unroll
             for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
     }
-    mq_tc_store<T, GLU>(tot, red, (const float*)0, y, bias, n, accumulate);
+    mq_tc_store<T, GLU, W>(tot, red, (const float*)0, y, bias, n, accumulate);
 #endif
-}
-template <int T, int U> __device__ __forceinline__ void matvec_fp8_tcp_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias, int rows, int cols, int acc) {
-    matvec_fp8_tc_impl<T, U, false>(Q, S, x, y, bias, rows, cols, acc);
-}
-template <int T, int U> __device__ __forceinline__ void matvec_int4_tcp_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias, int rows, int cols, int acc) {
-    matvec_int4_tc_impl<T, U, false>(P, D, x, y, bias, rows, cols, acc);
 }
 
 // ---- entry points ------------------------------------------------------------------------------------------------
@@ -610,14 +603,12 @@ template <int T, int U> __device__ __forceinline__ void matvec_int4_tcp_impl(con
 // One format's pair of kernels: matvec_NAME_rR and its MoE twin. ST: the scales' element type (fp8 f32, int4 f16).
 /* MoE: blockIdx.y = slot s; expert e = expertIdx[s]; values/scales: device tables of E pointers;
    x [slots, xStride] (xStride 0: one shared input), y [slots, rows]. */
-#define MQ_KERNELS(NAME, IMPL, ST, R, U, SUF) MQ_KERNELS_LB(NAME, IMPL, ST, R, U, SUF, )
-// LB: a __launch_bounds__ for the pair, or nothing
-#define MQ_KERNELS_LB(NAME, IMPL, ST, R, U, SUF, LB)                                                                     \
-extern "C" __global__ void LB matvec_##NAME##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, const float* bias, \
+#define MQ_KERNELS(NAME, IMPL, ST, R, U, SUF)                                                                     \
+extern "C" __global__ void matvec_##NAME##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, const float* bias, \
                                               int rows, int cols, int accumulate) {                                      \
     IMPL<R, U>(Q, S, x, y, bias, rows, cols, accumulate);                                                                \
 }                                                                                                                        \
-extern "C" __global__ void LB moe_matvec_##NAME##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
+extern "C" __global__ void moe_matvec_##NAME##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
                                                   const float* x, int xStride, float* y, int rows, int cols) {          \
     pdl_wait();   /* the expert ids come from moe_route */                                                               \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
@@ -633,34 +624,42 @@ MQ_ENTRIES(4, 2, _r4)
 // (int4 candidate; selectable with rowsPerWarp 8, not chosen automatically until measured).
 MQ_ENTRIES(8, 1, _r8)
 
-// Tensor cores (sm_80+): _tT = T tiles of 16 rows per block of 8 warps; launch ceil(rows / (16 T)) blocks of 256 threads
-// (GLU: ceil(F / (8 T))).
-// B8 / B4: blocks per SM the fp8 / int4 register budget is set for (fp8 t1: 4 = 64 registers, as measured on the
-// H200; int4 at 2, below which its kernels spill).
-#define MQ_TC_ENTRIES(T, U, SUF, B8, B4) \
-    MQ_KERNELS_LB(fp8_tc, matvec_fp8_tcp_impl, float, T, U, SUF, __launch_bounds__(256, B8)) \
-    MQ_KERNELS_LB(int4_tc, matvec_int4_tcp_impl, u16, T, U, SUF, __launch_bounds__(256, B4)) \
-    MQ_GLU_KERNELS(fp8, matvec_fp8_tc_impl, float, T, U, SUF, __launch_bounds__(256, B8)) \
-    MQ_GLU_KERNELS(int4, matvec_int4_tc_impl, u16, T, U, SUF, __launch_bounds__(256, B4))
-// gate_up fused with the activation: W [2F, cols] (gate over up), h [F] = act(gate) * up; MoE: per slot s, expert
-// expertIdx[s], x + s*xStride, h + s*F. Launch ceil(F / (8 T)) blocks (x slots).
-#define MQ_GLU_KERNELS(NAME, IMPL, ST, T, U, SUF, LB)                                                                     \
-extern "C" __global__ void LB matvec_##NAME##_tc_glu##SUF(const unsigned char* Q, const ST* S, const float* x, float* h, const float* bias, \
-                                                       int F, int cols, int act) {                                       \
-    IMPL<T, U, true>(Q, S, x, h, bias, F, cols, act);                                                                    \
+// Tensor cores (sm_80+): _tT = T tiles of 16 rows per block of 8 warps, _t1w one tile per block of 16 warps; launch
+// ceil(rows / (16 T)) blocks (GLU: ceil(F / (8 T))) of 256 threads (_t1w: 512).
+// Entry points of one variant: T tiles per block of W warps, U k-blocks per stage; B8 / B4: the fp8 / int4 launch
+// bounds' blocks per SM, set so that none caps the registers below what the kernels take (capping fp8 t1 at 64
+// registers made it 15-30% slower on the H200 with NVRTC 13, bench/RESULTS.md).
+// Plain: y = W x as matvec_fp8 / matvec_int4 (same arguments). GLU: gate_up fused with the activation, W [2F, cols]
+// (gate over up), h [F] = act(gate) * up. MoE twins: per slot s, expert expertIdx[s], x + s*xStride, output + s*rows (F).
+#define MQ_TC_ONE(NAME, IMPL, ST, T, U, W, SUF, B)                                                                        \
+extern "C" __global__ void __launch_bounds__(32 * W, B) matvec_##NAME##_tc##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, \
+                                                 const float* bias, int rows, int cols, int accumulate) {                \
+    IMPL<T, U, false, W>(Q, S, x, y, bias, rows, cols, accumulate);                                                      \
 }                                                                                                                        \
-extern "C" __global__ void LB moe_matvec_##NAME##_tc_glu##SUF(const void* const* values, const void* const* scales, const int* expertIdx, \
-                                                           const float* x, int xStride, float* h, int F, int cols, int act) { \
+extern "C" __global__ void __launch_bounds__(32 * W, B) moe_matvec_##NAME##_tc##SUF(const void* const* values, const void* const* scales, \
+                                                 const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) { \
     pdl_wait();   /* the expert ids come from moe_route */                                                               \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    IMPL<T, U, true>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,                 \
-                     h + (long long)s * F, (const float*)0, F, cols, act);                                               \
+    IMPL<T, U, false, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,              \
+                         y + (long long)s * rows, (const float*)0, rows, cols, 0);                                       \
+}                                                                                                                        \
+extern "C" __global__ void __launch_bounds__(32 * W, B) matvec_##NAME##_tc_glu##SUF(const unsigned char* Q, const ST* S, const float* x, \
+                                                 float* h, const float* bias, int F, int cols, int act) {               \
+    IMPL<T, U, true, W>(Q, S, x, h, bias, F, cols, act);                                                                 \
+}                                                                                                                        \
+extern "C" __global__ void __launch_bounds__(32 * W, B) moe_matvec_##NAME##_tc_glu##SUF(const void* const* values, const void* const* scales, \
+                                                 const int* expertIdx, const float* x, int xStride, float* h, int F, int cols, int act) { \
+    pdl_wait();                                                                                                          \
+    int s = blockIdx.y, e = expertIdx[s];                                                                                \
+    IMPL<T, U, true, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,               \
+                        h + (long long)s * F, (const float*)0, F, cols, act);                                            \
 }
+#define MQ_TC_ENTRIES(T, U, W, SUF, B8, B4) MQ_TC_ONE(fp8, matvec_fp8_tc_impl, float, T, U, W, SUF, B8) MQ_TC_ONE(int4, matvec_int4_tc_impl, u16, T, U, W, SUF, B4)
 
-// t1: one tile, 4 k-blocks per stage (8 16-byte loads per lane in flight); t2: two tiles, 2 k-blocks; t4: four, 1.
-MQ_TC_ENTRIES(1, 4, _t1, 4, 2)
-MQ_TC_ENTRIES(2, 2, _t2, 3, 2)
-MQ_TC_ENTRIES(4, 1, _t4, 2, 2)
+MQ_TC_ENTRIES(1, 4, 8, _t1, 2, 2)
+MQ_TC_ENTRIES(2, 2, 8, _t2, 2, 2)
+MQ_TC_ENTRIES(4, 1, 8, _t4, 2, 2)
+MQ_TC_ENTRIES(1, 4, 16, _t1w, 1, 1)   // 16 warps per block: twice the loads in flight per tile for short matrices
 
 // int4 with x staged in shared memory (matvec_int4_xs_impl); launch as above with ceil(cols/32)*MQ_XS_STRIDE*4 bytes
 // of dynamic shared memory.

@@ -61,11 +61,11 @@ public sealed class CudaQuantKernels : IDisposable
     /// rows-per-warp or staged-x CUDA-core variant. sm_80+; CALM_QUANT_TC=0 turns them off.</summary>
     public bool TensorCores { get; }
     /// <summary>The tensor-core variant the launchers use when a call does not say (null = automatic,
-    /// <see cref="TcVariant"/>); CALM_QUANT_TC_VARIANT=t1|t2|t4 fixes it (for benchmarks).</summary>
+    /// <see cref="TcVariant"/>); CALM_QUANT_TC_VARIANT=t1|t2|t4|t1w fixes it (for benchmarks).</summary>
     public string? TcVariantOverride { get; }
-    /// <summary>The tensor-core kernel variants: t1, t2, t4 = one, two or four tiles of 16 rows per block (4, 2, 1
-    /// k-blocks per pipeline stage).</summary>
-    public static readonly string[] TcVariants = { "t1", "t2", "t4" };
+    /// <summary>The tensor-core kernel variants: t1, t2, t4 = one, two or four tiles of 16 rows per block of 8 warps (4,
+    /// 2, 1 k-blocks per pipeline stage); t1w = one tile per block of 16 warps (twice the loads in flight per tile).</summary>
+    public static readonly string[] TcVariants = { "t1", "t2", "t4", "t1w" };
     private readonly CudaModule _module;
     private readonly Dictionary<string, CudaKernel> _k = new();
 
@@ -171,17 +171,19 @@ public sealed class CudaQuantKernels : IDisposable
     };
 
     /// <summary>The tensor-core variant for <paramref name="rows"/> output rows (a GLU launch: 2F) of <paramref name="t"/>:
-    /// <paramref name="requested"/> when given, else from the H200 measurements (bench/logs/quant-matvec-variants-*):
-    /// fp8 one tile per block everywhere (the most blocks: x is cheap next to the conversions), int4 two tiles from
-    /// 6144 rows (each x conversion then serves more of the heavier int4 work).</summary>
+    /// <paramref name="requested"/> when given, else from the H200 measurements (bench/logs/quant-matvec-tc-*):
+    /// fp8 one tile per block everywhere (the most blocks; x is cheap next to the conversions); int4 four tiles from
+    /// 14336 rows, two from 6144, else one (each x conversion then serves more of the heavier int4 work).</summary>
     public static string TcVariant(DType t, long rows, string? requested = null)
     {
         if (requested is not null)
             return TcVariants.Contains(requested) ? requested
                 : throw new ArgumentOutOfRangeException(nameof(requested), $"tensor-core variant is one of {string.Join(", ", TcVariants)}");
-        return t == DType.Int4 && rows >= 6144 ? "t2" : "t1";
+        if (t != DType.Int4) return "t1";
+        return rows >= 14336 ? "t4" : rows >= 6144 ? "t2" : "t1";
     }
     private static int TilesOf(string variant) => variant[1] - '0';
+    private static int ThreadsOf(string variant) => variant.EndsWith('w') ? 2 * Block : Block;
 
     /// <summary>Whether a launch takes the tensor-core kernel: the default is on, the shape fits, and the call did not
     /// ask for a CUDA-core variant (rows per warp or staged x).</summary>
@@ -202,7 +204,7 @@ public sealed class CudaQuantKernels : IDisposable
         {
             var tv = TcVariant(wt, rows, tcVariant ?? TcVariantOverride);
             int tt = TilesOf(tv);
-            _k[$"matvec_{Suffix(wt)}_tc_{tv}"].Launch(s, (rows + 16 * tt - 1) / (16 * tt), Block, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
+            _k[$"matvec_{Suffix(wt)}_tc_{tv}"].Launch(s, (rows + 16 * tt - 1) / (16 * tt), ThreadsOf(tv), 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
             return;
         }
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
@@ -219,7 +221,7 @@ public sealed class CudaQuantKernels : IDisposable
         {
             var tv = TcVariant(wt, (long)rows * slots, tcVariant ?? TcVariantOverride);
             int tt = TilesOf(tv);
-            _k[$"moe_matvec_{Suffix(wt)}_tc_{tv}"].Launch(s, ((rows + 16 * tt - 1) / (16 * tt), slots, 1), Block, 0, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
+            _k[$"moe_matvec_{Suffix(wt)}_tc_{tv}"].Launch(s, ((rows + 16 * tt - 1) / (16 * tt), slots, 1), ThreadsOf(tv), 0, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
             return;
         }
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
@@ -239,7 +241,7 @@ public sealed class CudaQuantKernels : IDisposable
             throw new ArgumentException($"the fused gate_up kernel needs sm_80 and cols % {(wt == DType.Int4 ? 128 : 64)} == 0 (got {cols})", nameof(cols));
         var v = TcVariant(wt, 2L * F, tcVariant ?? TcVariantOverride);
         int tt = TilesOf(v);
-        _k[$"matvec_{Suffix(wt)}_tc_glu_{v}"].Launch(s, (F + 8 * tt - 1) / (8 * tt), Block, 0, values, scales, x, h, bias, F, cols, (int)act);
+        _k[$"matvec_{Suffix(wt)}_tc_glu_{v}"].Launch(s, (F + 8 * tt - 1) / (8 * tt), ThreadsOf(v), 0, values, scales, x, h, bias, F, cols, (int)act);
     }
 
     /// <summary>MoE twin of <see cref="MatvecGlu"/>: per slot s, expert idx[s] [2F, cols] . x[s*xStride ..] -> h[s*F ..].</summary>
@@ -249,7 +251,7 @@ public sealed class CudaQuantKernels : IDisposable
             throw new ArgumentException($"the fused gate_up kernel needs sm_80 and cols % {(wt == DType.Int4 ? 128 : 64)} == 0 (got {cols})", nameof(cols));
         var v = TcVariant(wt, 2L * F * slots, tcVariant ?? TcVariantOverride);
         int tt = TilesOf(v);
-        _k[$"moe_matvec_{Suffix(wt)}_tc_glu_{v}"].Launch(s, ((F + 8 * tt - 1) / (8 * tt), slots, 1), Block, 0, valueTable, scaleTable, idx, x, xStride, h, F, cols, (int)act);
+        _k[$"moe_matvec_{Suffix(wt)}_tc_glu_{v}"].Launch(s, ((F + 8 * tt - 1) / (8 * tt), slots, 1), ThreadsOf(v), 0, valueTable, scaleTable, idx, x, xStride, h, F, cols, (int)act);
     }
 
     /// <summary>Whether this image converts e4m3 with the hardware instruction (cvt.rn.f16x2.e4m3x2: sm_89+ and

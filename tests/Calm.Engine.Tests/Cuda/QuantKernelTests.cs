@@ -276,6 +276,10 @@ public unsafe class QuantKernelTests
     [InlineData(DType.F8E4M3, 17, 64, false, false, "t1")]       // one k-block: seven warps without work
     [InlineData(DType.F8E4M3, 1, 1024, true, true, "t4")]        // one row in a 64-row block
     [InlineData(DType.F8E4M3, 999, 14336, true, false, "t1")]     // 224 k-blocks: 7 stages per warp
+    [InlineData(DType.F8E4M3, 4097, 4096, true, true, "t1w")]    // 16-warp blocks
+    [InlineData(DType.F8E4M3, 33, 1088, false, false, "t1w")]    // 17 k-blocks over 16 warps
+    [InlineData(DType.Int4, 4097, 4096, true, true, "t1w")]
+    [InlineData(DType.Int4, 33, 2176, false, false, "t1w")]
     [InlineData(DType.Int4, 301, 14336, false, true, "t1")]
     [InlineData(DType.F8E4M3, 4096, 14336, false, false, null)]  // the automatic tile count on a real shape
     [InlineData(DType.F8E4M3, 777, 4096, true, false, "t1", false)]   // the sm_80 bit fallback of the e4m3 conversion
@@ -324,7 +328,8 @@ public unsafe class QuantKernelTests
         Assert.True(CudaQuantKernels.TensorCoreShape(DType.Int4, 14336));
         Assert.False(CudaQuantKernels.TensorCoreShape(DType.Int4, 4160));
         Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 128256));
-        Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.Int4, 28672));
+        Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.Int4, 28672));
+        Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.Int4, 6144));
         Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.Int4, 4096));
         Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.Int4, 4096, "t4"));
     }
@@ -477,6 +482,8 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, 77, 4096, true, Activation.Silu, "t1")]
     [InlineData(DType.Int4, 1000, 2048, false, Activation.GeluTanh, "t2")]
     [InlineData(DType.Int4, 300, 1024, true, Activation.Silu, "t4")]
+    [InlineData(DType.F8E4M3, 301, 4096, true, Activation.Silu, "t1w")]
+    [InlineData(DType.Int4, 301, 4096, true, Activation.GeluTanh, "t1w")]
     [InlineData(DType.Int4, 14336, 4096, false, Activation.Silu, null)]  // the Llama-3-8B shape, automatic variant
     public void GluMatvecMatchesCpuReference(DType dt, int F, int cols, bool bias, Activation act, string? variant)
     {
