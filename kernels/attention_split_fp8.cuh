@@ -73,6 +73,33 @@ __device__ __forceinline__ void fw_ld8(u32* w, const unsigned char* p, bool ok) 
     w[0] = x; w[1] = y;
 }
 
+// One tile's loads for lane (gq, tq): K rows p0 + 2gq (kA) and p0 + 2gq + 1 (kB), bytes [64h + 16tq, +16) of each;
+// V rows p0 + 4tq + 0..3, bytes [HD/8 gq, +HD/8); the two K/V scales of the K rows. Rows from c1 on read as zero.
+template <int HD>
+__device__ __forceinline__ void fw_load_tile(int p0, int c1, int gq, int tq, const unsigned char* kb, const unsigned char* vb,
+                                             const float* ksb, const float* vsb, u32 (&kA)[HD / 16], u32 (&kB)[HD / 16],
+                                             u32 (&vw)[4][HD / 32], float& ksA, float& ksB, float& vsA, float& vsB) {
+    const int jA = p0 + 2 * gq, jB = jA + 1;
+    const bool okA = jA < c1, okB = jB < c1;
+#pragma unroll
+    for (int h = 0; h < HD / 64; h++) {
+        fw_ld16(kA + 4 * h, kb + (long long)jA * HD + 64 * h, okA);
+        fw_ld16(kB + 4 * h, kb + (long long)jB * HD + 64 * h, okB);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int j = p0 + 4 * tq + u;
+        const unsigned char* pv = vb + (long long)j * HD;
+        if (HD == 64) fw_ld8(vw[u], pv, j < c1);
+        else {
+#pragma unroll
+            for (int h = 0; h < HD / 128; h++) fw_ld16(vw[u] + 4 * h, pv + 16 * h, j < c1);
+        }
+    }
+    ksA = okA ? ksb[jA] : 0.f; ksB = okB ? ksb[jB] : 0.f;
+    vsA = okA ? vsb[jA] : 0.f; vsB = okB ? vsb[jB] : 0.f;
+}
+
 // The end of a split-attention block once s_m (each warp's max per head), s_l and s_acc (the block's sum and
 // unnormalised output per head, at the block max) are in place: the output with one chunk, else this block's partial
 // to the workspace and, in the last block of the kv head, the merge of all. The same code as the end of
@@ -216,6 +243,17 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     const int gq = lane >> 2, tq = lane & 3;
     const float sl = scale * 1.4426950408889634f;   // scores in log2 units
 
+    const long long hbase = (long long)kh * maxCtx;
+    const unsigned char* kb = kCache + hbase * HD + 16 * tq;
+    const unsigned char* vb = vCache + hbase * HD + (HD / 8) * gq;
+    const float* ksb = kScale + hbase;
+    const float* vsb = vScale + hbase;
+    // the warp's first tile is requested before q is read (the two memory latencies overlap)
+    int p0 = c0 + warp * 16;
+    u32 kA[KC], kB[KC], vw[4][VW];
+    float ksA, ksB, vsA, vsB;
+    fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB);
+
     // B fragments of the scores: column gq is head 4b + gq/2, its hi (gq even) or lo (odd) part of q * sl * 2^e;
     // rows 2tq, 2tq+1 / 2tq+8, 2tq+9 of chunk c are the dims kdim(c, tq) + 0, 1 / 2, 3
     u32 qf[NB][KC][2];
@@ -258,34 +296,12 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     }
     int r = 0;                  // p * vScale is scaled by R = 2^r before its split
     float R = 1.f, vlim = 0.f;  // a vScale above vlim needs a smaller R
-    const long long hbase = (long long)kh * maxCtx;
-    const unsigned char* kb = kCache + hbase * HD + 16 * tq;
-    const unsigned char* vb = vCache + hbase * HD + (HD / 8) * gq;
-    const float* ksb = kScale + hbase;
-    const float* vsb = vScale + hbase;
     const int src0 = 8 * tq + (gq >> 1), src1 = src0 + 4;   // the score lanes of P's rows 2tq.. / 2tq+8.. in column gq
 
-    for (int p0 = c0 + warp * 16; p0 < c1; p0 += FD_WARPS * 16) {
+    // tiles p0 = c0 + 16 (warp + 8 i); each tile's loads are issued when the previous one is done (the first's above)
+    for (; p0 < c1;) {
         const int jA = p0 + 2 * gq, jB = jA + 1;
         const bool okA = jA < c1, okB = jB < c1;
-        u32 kA[KC], kB[KC], vw[4][VW];
-#pragma unroll
-        for (int h = 0; h < HD / 64; h++) {
-            fw_ld16(kA + 4 * h, kb + (long long)jA * HD + 64 * h, okA);
-            fw_ld16(kB + 4 * h, kb + (long long)jB * HD + 64 * h, okB);
-        }
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int j = p0 + 4 * tq + u;
-            const unsigned char* pv = vb + (long long)j * HD;
-            if (VW == 2) fw_ld8(vw[u], pv, j < c1);
-            else {
-#pragma unroll
-                for (int h = 0; h < VW / 4; h++) fw_ld16(vw[u] + 4 * h, pv + 16 * h, j < c1);
-            }
-        }
-        const float ksA = okA ? ksb[jA] : 0.f, ksB = okB ? ksb[jB] : 0.f;
-        const float vsA = okA ? vsb[jA] : 0.f, vsB = okB ? vsb[jB] : 0.f;
 
         // scores of head 4b + tq at positions jA (sc 0, 1: hi, lo) and jB (sc 2, 3)
         float sc[NB][4];
@@ -362,6 +378,8 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
 #pragma unroll
             for (int b = 0; b < NB; b++) fw_mma(acc[b][i], a, pb[b][0], pb[b][1]);
         }
+        p0 += FD_WARPS * 16;
+        if (p0 < c1) fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB);
     }
 
     // the warp's sum per head (every lane summed its own positions; m is the same in the lanes of a head)
