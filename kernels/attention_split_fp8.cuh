@@ -13,8 +13,9 @@
 // ~22 bits), e4m3 values are exact in f16 and the products are exact, so the scores and the output keep fp32-level
 // accuracy while q and p take no extra instruction per position (g8 kernels: two n8 blocks). Per lane and tile there
 // are 8 conversions per 16 bytes of K (cvt.rn.f16x2.e4m3x2), a byte permute and two conversions per 4 bytes of V,
-// 2 * HD/16 mma, the softmax of 2 positions x 1 head, and 3 + 4 shuffles: about 9 instructions per position for
-// Llama-3-8B's shape against ~80 for the old kernel.
+// 2 * HD/16 mma, the softmax of 2 positions x 1 head, and 3 + 4 shuffles: roughly 10 instructions per position for
+// Llama-3-8B's shape against ~80 for the old kernel (counted from the source, not measured), plus HD/4 multiplies per
+// lane to rescale the accumulators on the tiles that bring a new maximum.
 // Scales: q * scale * log2(e) of each head is multiplied by 2^e (its largest |value| in [2^14, 2^15)) before the
 // split, so its f16 lo part stays normal; the score is then (hi + lo column sums) * kScale[j] * 2^-e. p * vScale[j]
 // (p <= 1) is multiplied by R = 2^r with (largest vScale so far) * R in [2^14, 2^15) before its split; R only
