@@ -136,3 +136,25 @@ FD_KERNEL(attention_split_g1, 1, 4, 2)
 FD_KERNEL(attention_split_g2, 2, 4, 2)
 FD_KERNEL(attention_split_g4, 4, 4, 2)
 FD_KERNEL(attention_split_g8, 8, 2, 1)
+
+#include "attention_split_fp8.cuh"
+
+// fp8 KV cache on the tensor cores (attention_split_fp8.cuh): the g4 kernels serve 1 to 4 query heads per kv head,
+// g8 up to 8 per head group; the same arguments as attention_split_g*_fp8 (Hd must be the kernel's HD). Registers
+// (sm_90, NVRTC 11.8, no spills): g4 hd64 84, hd128 121 (2 blocks/SM), hd256 203; g8 hd64 115, hd128 180 (1 block/SM);
+// no g8 hd256 (it would spill: q and the accumulators alone are 192 registers), that shape keeps attention_split_g8_fp8.
+#define FW_KERNEL(MAXG, HD, MINB)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
+    attention_split_g##MAXG##_fp8w_hd##HD(const float* q, const unsigned char* kCache, const unsigned char* vCache,   \
+                                          float* out, float* ws, int H, int K, int Hd, int maxCtx, int window,         \
+                                          float scale, int S, const StepParams* sp, const float* kScale,              \
+                                          const float* vScale) {                                                       \
+        PDL_ENTER();                                                                                                   \
+        attention_split_fp8w_impl<MAXG, HD>(q, kCache, vCache, out, ws, H, K, maxCtx, window, scale, S, sp,            \
+                                            blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, kScale, vScale);            \
+    }
+FW_KERNEL(4, 64, 2)
+FW_KERNEL(4, 128, 2)
+FW_KERNEL(4, 256, 1)
+FW_KERNEL(8, 64, 2)
+FW_KERNEL(8, 128, 1)

@@ -53,6 +53,17 @@ __device__ __forceinline__ void e4m3x4_to_f32(u32 w, float& a, float& b, float& 
     unpack2<CALM_F16>(e4m3x2_to_f16x2(w >> 16), c, d);
 }
 
+// four e4m3 bytes of a word -> two f16x2 words: lo = bytes 0, 1 (byte 0 in the low half), hi = bytes 2, 3 (exact)
+__device__ __forceinline__ void e4m3x4_to_f16x2x2(u32 w, u32& lo, u32& hi) {
+#if CALM_FP8_CVT
+    asm("{ .reg .b16 a, b; mov.b32 {a, b}, %2; cvt.rn.f16x2.e4m3x2 %0, a; cvt.rn.f16x2.e4m3x2 %1, b; }"
+        : "=r"(lo), "=r"(hi) : "r"(w));
+#else
+    lo = e4m3x2_to_f16x2(w & 0xffffu);
+    hi = e4m3x2_to_f16x2(w >> 16);
+#endif
+}
+
 // f32 -> e4m3 byte: round to nearest even, saturating to ±448 (also ±inf), NaN -> 0x7F. The bit fallback is
 // Calm.Engine.Quant.QuantFormats.FloatToE4M3 line for line (so the GPU and the CPU reference agree bit for bit).
 __device__ __forceinline__ u32 f32_to_e4m3(float x) {

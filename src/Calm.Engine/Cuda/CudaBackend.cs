@@ -77,6 +77,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     public bool ProgrammaticLaunch => _k?.Programmatic ?? false;
     /// <summary>Whether decode attention runs the cp.async-pipelined split kernel.</summary>
     public bool AttentionPipelined => _k?.AttentionPipelined ?? false;
+    /// <summary>Whether fp8 KV split attention runs the tensor-core kernel (CudaKernels.AttentionFp8Wide, CALM_ATT_FP8_WIDE=1).</summary>
+    public bool AttentionFp8Wide => _k?.AttentionFp8Wide ?? false;
     /// <summary>RMSNorm fused into the matvec that reads it (qkv, gate_up, lm_head). Measured slower on the H200
     /// (the deep kernel spills with the norm weights, and every block re-reduces x), so only with CALM_FUSE_NORM=1.</summary>
     public bool FuseNorm { get; } = Environment.GetEnvironmentVariable("CALM_FUSE_NORM") == "1";

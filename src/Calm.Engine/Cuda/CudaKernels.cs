@@ -36,6 +36,12 @@ public sealed class CudaKernels : IDisposable
     /// <summary>Split attention through a cp.async shared-memory pipeline (sm_80+). Measured no faster than the
     /// register-load kernel on the H200, so only with CALM_ATT_ASYNC=1 or the constructor's attentionPipelined: true.</summary>
     public bool AttentionPipelined { get; }
+    /// <summary>Split attention over an fp8 KV cache with the dot products on the tensor cores (kernels/attention_split_fp8.cuh:
+    /// 16-byte loads of 16 e4m3 per lane, 16 positions per warp step; sm_80+, head_dim 64, 128 or 256, head_dim 256 only
+    /// with up to 4 query heads per kv head; other shapes keep the 8-per-lane kernel). Off by default until measured on
+    /// the GPU: on with CALM_ATT_FP8_WIDE=1 or the constructor's attentionFp8Wide: true. Takes precedence over
+    /// <see cref="AttentionPipelined"/> for the shapes it serves.</summary>
+    public bool AttentionFp8Wide { get; }
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
     /// kernels, used for bf16/f16 rows of at least 256*depth columns. Default 16 (CALM_MV_DEEP=0/8 to change):
     /// measured fastest on the H200 for every Llama-3-8B shape (bench/RESULTS.md).</summary>
@@ -47,9 +53,11 @@ public sealed class CudaKernels : IDisposable
     private readonly Dictionary<string, CudaKernel> _k = new();
     private readonly HashSet<int> _splitSmemSet = new();
 
-    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null)
+    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
+                       bool? attentionFp8Wide = null)
     {
         AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
+        AttentionFp8Wide = (attentionFp8Wide ?? Environment.GetEnvironmentVariable("CALM_ATT_FP8_WIDE") == "1") && arch >= 80;
         MatvecDeep = matvecDeep ?? (Environment.GetEnvironmentVariable("CALM_MV_DEEP") switch { "0" => 0, "8" => 8, _ => 16 });
         if (MatvecDeep is not (0 or 8 or 16)) throw new ArgumentOutOfRangeException(nameof(matvecDeep), "matvec depth must be 0, 8 or 16");
         Context = ctx; Arch = arch;
@@ -69,7 +77,8 @@ public sealed class CudaKernels : IDisposable
             foreach (var name in new[] { "matvec_bf16", "matvec_f16", "matvec_f32", "matvec_bf16_deep8", "matvec_f16_deep8", "matvec_bf16_deep16", "matvec_f16_deep16", "matvec_norm_bf16", "matvec_norm_f16", "matvec_norm_f32", "matvec_norm_bf16_deep8", "matvec_norm_f16_deep8", "matvec_norm_bf16_deep16", "matvec_norm_f16_deep16", "moe_matvec_bf16", "moe_matvec_f16", "moe_matvec_f32",
                                          "matvec_qkv_rope_bf16", "matvec_qkv_rope_f16", "matvec_glu_bf16", "matvec_glu_f16",
                                          "rmsnorm", "qkv_rope_cache", "qkv_rope_cache_fp8", "attention_decode", "attention_decode_fp8", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async",
-                                         "attention_split_g1_fp8", "attention_split_g2_fp8", "attention_split_g4_fp8", "attention_split_g8_fp8", "attention_split_g1_fp8_async", "attention_split_g2_fp8_async", "attention_split_g4_fp8_async", "attention_split_g8_fp8_async", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
+                                         "attention_split_g1_fp8", "attention_split_g2_fp8", "attention_split_g4_fp8", "attention_split_g8_fp8", "attention_split_g1_fp8_async", "attention_split_g2_fp8_async", "attention_split_g4_fp8_async", "attention_split_g8_fp8_async",
+                                         "attention_split_g4_fp8w_hd64", "attention_split_g4_fp8w_hd128", "attention_split_g4_fp8w_hd256", "attention_split_g8_fp8w_hd64", "attention_split_g8_fp8w_hd128", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic", "fill_kv_fp8" })
                 _k[name] = Find(name);
             // kernels that call pdl_wait before touching earlier kernels' data (kernels/common.cuh)
@@ -174,6 +183,11 @@ public sealed class CudaKernels : IDisposable
     public static bool SplitAttentionSupported(int H, int K, int Hd, bool fp8)
         => SplitAttentionSupported(H, K, Hd) && (!fp8 || Hd % 16 == 0);
 
+    /// <summary>Whether the tensor-core fp8 split kernel (<see cref="AttentionFp8Wide"/>) takes this shape: a split-able
+    /// fp8 shape with head_dim 64, 128 or 256 (256: at most 4 query heads per kv head).</summary>
+    public static bool SplitAttentionFp8WideSupported(int H, int K, int Hd)
+        => SplitAttentionSupported(H, K, Hd, true) && (Hd is 64 or 128 || (Hd == 256 && H / K <= 4));
+
     /// <summary>Query heads per block (MAXG of the kernel variant) and head groups per kv head (grid z).</summary>
     internal static (int MaxG, int Z) SplitGroups(int H, int K)
     {
@@ -218,6 +232,13 @@ public sealed class CudaKernels : IDisposable
             {
                 var (mg, zz) = SplitGroups(H, K);
                 int S8 = AttentionSplits(H, K);
+                if (AttentionFp8Wide && SplitAttentionFp8WideSupported(H, K, Hd))
+                {
+                    // the g4 kernel serves G <= 4 (z = 1, as SplitGroups gives for maxg 1, 2, 4), g8 the rest
+                    _k["attention_split_g" + (mg <= 4 ? 4 : 8) + "_fp8w_hd" + Hd].Launch(s, (K, S8, zz), SplitThreads, 0, q, kCache, vCache, outp, workspace,
+                        H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale);
+                    return;
+                }
                 if (AttentionPipelined)
                 {
                     int u = mg == 8 ? 2 : 4;

@@ -83,6 +83,48 @@ public static class CudaMicrobench
             }, blocksPerSm, null, pipelined);
     }
 
+    /// <summary>Decode attention at position context-1 over an fp8 KV cache: kvHeads × context × headDim e4m3 bytes for
+    /// each of K and V plus one f32 scale per row (the benchmark fill of CudaBackend: values in (-1, 1) at scale
+    /// 1/448). Bytes = K + V + their scales + q + out. The split kernel with 2 blocks per multiprocessor;
+    /// <paramref name="wide"/>: the tensor-core kernel (CudaKernels.AttentionFp8Wide) or the 8-per-lane one, null: as
+    /// CALM_ATT_FP8_WIDE says. Shapes the wide kernel does not take run the 8-per-lane kernel either way.</summary>
+    public static KernelTiming AttentionFp8(int context, int heads, int kvHeads, int headDim, int repeat = 20, int device = 0, CancellationToken ct = default,
+                                            bool? wide = null)
+    {
+        if (context < 1 || heads < 1 || kvHeads < 1 || heads % kvHeads != 0 || !CudaKernels.SplitAttentionSupported(heads, kvHeads, headDim, true))
+            throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
+                $"fp8 split attention needs context ≥ 1, heads a multiple of kvHeads and head_dim 16, 32, 64, 128 or 256 (got {context}, {heads}, {kvHeads}, {headDim}).", "Context");
+        long rows = (long)kvHeads * context;
+        long cache = rows * headDim;                               // one of K or V, bytes
+        long perCopy = 2 * cache + 2 * rows * 4;                   // K | V | K scales | V scales
+        long bytes = perCopy + 2L * heads * headDim * 4;
+        float scale = 1f / MathF.Sqrt(headDim);
+        string name = wide == true && CudaKernels.SplitAttentionFp8WideSupported(heads, kvHeads, headDim) ? "attention_split_fp8w"
+                    : wide == false ? "attention_split_fp8" : "attention_split_fp8 (CALM_ATT_FP8_WIDE)";
+        return Run(name, perCopy, bytes, repeat, device, ct, (k, s, b, i) =>
+            k.Attention(s, b.X, b.W[i], b.W[i] + (ulong)cache, b.Y, heads, kvHeads, headDim, context, 0, scale, b.Step, b.Ws,
+                        b.W[i] + (ulong)(2 * cache), b.W[i] + (ulong)(2 * cache + rows * 4)),
+            (k, s, ctx, copies) =>
+            {
+                var b = new Buffers(ctx);
+                for (int i = 0; i < copies; i++)
+                {
+                    var kv = b.Add(perCopy, "fp8 KV cache");
+                    k.FillKvFp8(s, kv, 2 * cache, 0xCAC4E + (ulong)i);
+                    k.FillSynthetic(s, kv + (ulong)(2 * cache), 2 * rows, 0x5CA1E + (ulong)i, 0f, 1f / 448f, DType.F32, false);
+                    b.W.Add(kv);
+                }
+                b.X = b.Add((long)heads * headDim * 4, "q"); k.FillSynthetic(s, b.X, (long)heads * headDim, 0x9, 1f, 0f, DType.F32, false);
+                b.Y = b.Add((long)heads * headDim * 4, "out");
+                var step = b.AddMem(8, "step params");
+                step.CopyFromHost<int>(new[] { 0, context - 1 });
+                b.Step = step.Ptr;
+                var wm = b.AddMem(Math.Max(k.AttentionWorkspaceBytes(heads, kvHeads, headDim), 4), "attention workspace");
+                wm.Zero(); b.Ws = wm.Ptr;
+                return b;
+            }, 2, null, false, null, wide);
+    }
+
     private sealed class Buffers(CudaContext ctx) : IDisposable
     {
         public readonly List<ulong> W = new();
@@ -94,7 +136,8 @@ public static class CudaMicrobench
     }
 
     private static KernelTiming Run(string name, long rotatingBytes, long bytes, int repeat, int device, CancellationToken ct,
-                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2, bool? pdl = null, bool? pipelined = null, int? deep = null)
+                                    Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2, bool? pdl = null, bool? pipelined = null, int? deep = null,
+                                    bool? fp8Wide = null)
     {
         if (repeat < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Repeat must be ≥ 1 (got {repeat}).", "Repeat");
         var why = CudaDeviceInfo.Unavailable();
@@ -103,7 +146,7 @@ public static class CudaMicrobench
         long l2 = Math.Max(info.L2CacheMB, 1) * (1L << 20);
         int copies = (int)Math.Clamp((4 * l2 + rotatingBytes - 1) / Math.Max(rotatingBytes, 1), 1, 64);
         using var ctx = CudaContext.Acquire(device);
-        using var k = new CudaKernels(ctx, info.Arch, null, attentionBlocksPerSm, pdl, pipelined, deep);
+        using var k = new CudaKernels(ctx, info.Arch, null, attentionBlocksPerSm, pdl, pipelined, deep, fp8Wide);
         using var s = new CudaStream(ctx);
         using var bufs = make(k, s, ctx, copies);
         int calls = Math.Max(MinCallsPerRep, copies);

@@ -22,14 +22,15 @@ public class KvFp8GpuTests
     private static void Log(string s) => TestContext.Current.SendDiagnosticMessage(s);
 
     /// <summary>Random rows quantized with the host format: bytes [rows, Hd], scales [rows], and the dequantized values.
-    /// Row magnitudes vary (0.25 .. 4) and every 97th row is all zero (scale 0).</summary>
-    private static (byte[] Q, float[] S, float[] Deq) RandomFp8Rows(Random r, int rows, int Hd)
+    /// Row magnitudes vary (0.25 .. 4, or 2^±spread) and every 97th row is all zero (scale 0).</summary>
+    private static (byte[] Q, float[] S, float[] Deq) RandomFp8Rows(Random r, int rows, int Hd, int spread = 0)
     {
         var q = new byte[(long)rows * Hd]; var s = new float[rows]; var deq = new float[(long)rows * Hd];
         var x = new float[Hd];
         for (int i = 0; i < rows; i++)
         {
-            float amp = (float)Math.Pow(2, r.NextDouble() * 4 - 2);
+            // spread > 0: magnitudes 2^-spread .. 2^spread
+            float amp = (float)Math.Pow(2, spread > 0 ? (r.NextDouble() * 2 - 1) * spread : r.NextDouble() * 4 - 2);
             for (int d = 0; d < Hd; d++) x[d] = i % 97 == 3 ? 0f : (float)(r.NextDouble() * 2 - 1) * amp;
             s[i] = KvFp8.QuantizeRow(x, q.AsSpan(i * Hd, Hd));
             KvFp8.DequantizeRow(q.AsSpan(i * Hd, Hd), s[i], deq.AsSpan(i * Hd, Hd));
@@ -139,17 +140,57 @@ public class KvFp8GpuTests
     [InlineData(4, 2, 96, 300, 0, true, false)]          // head_dim 96: not split-able for fp8 -> the single-block kernel
     [InlineData(4, 2, 24, 300, 0, true, false)]          // head_dim 24
     public void DecodeAttentionOnFp8RowsMatchesReference(int H, int K, int Hd, int pos, int window, bool split, bool pipelined)
+        => CheckFp8Attention(H, K, Hd, pos, window, split, pipelined, wide: false);
+
+    /// <summary>The tensor-core fp8 split kernel (CudaKernels.AttentionFp8Wide, attention_split_fp8.cuh) against the same
+    /// float64 reference and bound: partial tiles, odd lengths, many chunks (the merge), windows, g4 (G ≤ 4) and g8
+    /// (G 5..8 and several head groups), head_dim 64/128/256; shapes it does not take fall back to the 8-per-lane kernel.</summary>
+    [Theory]
+    [InlineData(32, 8, 128, 0, 0)]          // one position
+    [InlineData(32, 8, 128, 5, 0)]          // one partial tile
+    [InlineData(32, 8, 128, 1000, 0)]       // many chunks: the merge
+    [InlineData(32, 8, 128, 4097, 0)]       // odd length
+    [InlineData(32, 8, 128, 32767, 0)]      // the context
+    [InlineData(32, 8, 128, 2000, 777)]     // sliding window, start not 16-aligned
+    [InlineData(8, 8, 128, 1501, 0)]        // G = 1 on the g4 kernel
+    [InlineData(16, 8, 128, 333, 0)]        // G = 2
+    [InlineData(24, 8, 128, 2049, 0)]       // G = 3: one column unused
+    [InlineData(28, 4, 128, 3000, 0)]       // G = 7: the g8 kernel, one head unused
+    [InlineData(64, 8, 128, 1234, 0)]       // G = 8
+    [InlineData(48, 2, 128, 1111, 0)]       // G = 24: three head groups of 8
+    [InlineData(8, 8, 64, 700, 100)]        // head_dim 64, window
+    [InlineData(12, 2, 64, 1501, 0)]        // head_dim 64 on g8
+    [InlineData(8, 2, 256, 2000, 0)]        // head_dim 256 (G = 4)
+    [InlineData(16, 2, 256, 999, 0)]        // head_dim 256, G = 8: not taken, the 8-per-lane kernel
+    [InlineData(4, 2, 32, 300, 0)]          // head_dim 32: not taken
+    public void WideFp8SplitAttentionMatchesReference(int H, int K, int Hd, int pos, int window)
+        => CheckFp8Attention(H, K, Hd, pos, window, split: true, pipelined: false, wide: true);
+
+    /// <summary>The wide kernel with V rows whose magnitudes span 2^-20 .. 2^20 (its p * vScale scaling, rescaled when a
+    /// larger V scale arrives) and K rows of 2^-3 .. 2^3 (a peaky softmax: many new maxima), against the float64
+    /// reference; the 8-per-lane kernel on the same data as well.</summary>
+    [Theory]
+    [InlineData(32, 8, 128, 3000)]
+    [InlineData(28, 4, 128, 777)]
+    public void WideFp8SplitAttentionWithSpreadScales(int H, int K, int Hd, int pos)
+    {
+        CheckFp8Attention(H, K, Hd, pos, 0, split: true, pipelined: false, wide: true, spread: 20);
+        CheckFp8Attention(H, K, Hd, pos, 0, split: true, pipelined: false, wide: false, spread: 20);
+    }
+
+    private static void CheckFp8Attention(int H, int K, int Hd, int pos, int window, bool split, bool pipelined, bool wide, int spread = 0)
     {
         var why = CudaDeviceInfo.Unavailable();
         if (why is not null) Assert.Skip("No usable CUDA device: " + why);
         using var ctx = CudaContext.Acquire(0);
-        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, 2, null, pipelined);
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, 2, null, pipelined, attentionFp8Wide: wide);
+        if (wide && !k.AttentionFp8Wide) Assert.Skip($"the tensor-core fp8 attention needs sm_80 (this device is sm_{k.Arch})");
         using var s = new CudaStream(ctx);
         var r = Gpu.Rng();
         int maxCtx = pos + 17;
         var q = Gpu.RandF(r, H * Hd);
-        var (kq, ks, kd) = RandomFp8Rows(r, K * maxCtx, Hd);
-        var (vq, vs, vd) = RandomFp8Rows(r, K * maxCtx, Hd);
+        var (kq, ks, kd) = RandomFp8Rows(r, K * maxCtx, Hd, spread > 0 ? 3 : 0);   // K: 2^-3 .. 2^3 (peaky softmax)
+        var (vq, vs, vd) = RandomFp8Rows(r, K * maxCtx, Hd, spread);
         using var Q = Gpu.Up(ctx, q); using var KC = Gpu.Up(ctx, kq); using var VC = Gpu.Up(ctx, vq);
         using var KS = Gpu.Up(ctx, ks); using var VS = Gpu.Up(ctx, vs);
         using var O = Gpu.Zeros(ctx, H * Hd * 4L);
@@ -185,7 +226,9 @@ public class KvFp8GpuTests
             k.Attention(s, Q.Ptr, KC.Ptr, VC.Ptr, O.Ptr, H, K, Hd, maxCtx, window, scale, step.Ptr, split ? WS.Ptr : 0, KS.Ptr, VS.Ptr);
             s.Synchronize();
             var got = O.ToArray<float>(H * Hd);
-            string kind = split && CudaKernels.SplitAttentionSupported(H, K, Hd, true) ? (k.AttentionPipelined ? "split pipelined" : "split") : "single";
+            string kind = !split || !CudaKernels.SplitAttentionSupported(H, K, Hd, true) ? "single"
+                : k.AttentionFp8Wide && CudaKernels.SplitAttentionFp8WideSupported(H, K, Hd) ? "split tensor-core"
+                : k.AttentionPipelined ? "split pipelined" : "split";
             Gpu.Close(got, want, 1e-5, $"fp8 attention {kind} H {H} K {K} Hd {Hd} pos {pos} window {window} launch {rep + 1}");
             if (first is null) first = got;
             else Assert.True(first.AsSpan().SequenceEqual(got), "the same launch twice gave different bits");
@@ -331,6 +374,44 @@ public class KvFp8GpuTests
         var prompt = Enumerable.Range(0, 20).Select(_ => r.Next(cpu.Config.VocabSize)).ToArray();
         var (mean, mean8, worst) = CompareForward(cpu.Backend, gpu.Backend, cpu32.Backend, cpu.Config.VocabSize, prompt, 12, 0.1, $"{name} fp8 KV");
         Log($"{name} fp8 KV (seed {seed}): GPU vs CPU fp8 KV relative L2 mean {mean:E2} worst {worst:E2}; CPU fp8 vs f32 KV mean {mean8:E2}");
+    }
+
+    /// <summary>CudaBackend with an fp8 KV cache and the tensor-core split attention (CALM_ATT_FP8_WIDE=1 while the
+    /// backend is made) on small random Llama models of head_dim 64 / 128 and 2, 4, 8 query heads per kv head, every
+    /// token through the decode graph (150 prompt positions: the attention runs in several chunks): logits against the
+    /// CPU fp8 backend as <see cref="CompareForward"/>; the 8-per-lane kernel on the same model for comparison.</summary>
+    [Theory]
+    [InlineData(64, 4, 2)]
+    [InlineData(128, 8, 2)]    // Llama-3-8B's head_dim and G = 4
+    [InlineData(64, 16, 2)]    // G = 8: the g8 kernel
+    public void BackendWithWideFp8AttentionMatchesCpuFp8Kv(int headDim, int heads, int kvHeads)
+    {
+        if (CudaDeviceInfo.Unavailable() is { } why) Assert.Skip("No usable CUDA device: " + why);
+        if (CudaDeviceInfo.List()[0].Arch < 80) Assert.Skip("the tensor-core fp8 attention needs sm_80");
+        var cfg = BackendTests.Cfg("llama") with { HeadDim = headDim, NumHeads = heads, NumKvHeads = kvHeads, MaxPositionEmbeddings = 256 };
+        int seed = Gpu.Rng().Next();
+        var m = BackendTests.Build(cfg, new Random(seed));
+        using var _store = m.Store;
+        using var cpu = new CpuBackend(m.C, m.W, 256, "fp8");
+        using var cpu32 = new CpuBackend(m.C, m.W, 256);
+        CudaBackend Make(bool wide)
+        {
+            var was = Environment.GetEnvironmentVariable("CALM_ATT_FP8_WIDE");
+            Environment.SetEnvironmentVariable("CALM_ATT_FP8_WIDE", wide ? "1" : "0");
+            try { return new CudaBackend(m.C, m.W, 256, kvCacheDType: "fp8") { BatchedPrefill = false }; }
+            finally { Environment.SetEnvironmentVariable("CALM_ATT_FP8_WIDE", was); }
+        }
+        using var wideB = Make(true);
+        using var oldB = Make(false);
+        Assert.True(wideB.AttentionFp8Wide);
+        Assert.False(oldB.AttentionFp8Wide);
+        Assert.True(CudaKernels.SplitAttentionFp8WideSupported(heads, kvHeads, headDim));
+        var r = new Random(seed + 1);
+        var prompt = Enumerable.Range(0, 150).Select(_ => r.Next(cfg.VocabSize)).ToArray();
+        var (mean, mean8, worst) = CompareForward(cpu, wideB, cpu32, cfg.VocabSize, prompt, 24, 3e-2, $"tensor-core fp8 attention, head_dim {headDim}, {heads}/{kvHeads} heads");
+        var (meanO, _, worstO) = CompareForward(cpu, oldB, cpu32, cfg.VocabSize, prompt, 24, 3e-2, $"8-per-lane fp8 attention, head_dim {headDim}, {heads}/{kvHeads} heads");
+        Log($"head_dim {headDim}, {heads}/{kvHeads} heads (seed {seed}): GPU vs CPU fp8 KV relative L2, tensor-core kernel mean {mean:E2} worst {worst:E2}; " +
+            $"8-per-lane kernel mean {meanO:E2} worst {worstO:E2}; CPU fp8 vs f32 KV mean {mean8:E2}");
     }
 
     [Fact]

@@ -37,6 +37,22 @@ public class NoGpuTests
         Assert.Equal(KernelCompiler.Sources.Count, log.Count(l => l.StartsWith("ok")));
     }
 
+    /// <summary>The shapes the tensor-core fp8 split attention takes (CudaKernels.AttentionFp8Wide); the others keep the
+    /// 8-per-lane kernel.</summary>
+    [Theory]
+    [InlineData(32, 8, 128, true)]     // Llama-3-8B
+    [InlineData(8, 8, 128, true)]      // G = 1
+    [InlineData(28, 4, 128, true)]     // G = 7 (g8)
+    [InlineData(48, 2, 128, true)]     // G = 24: three head groups
+    [InlineData(8, 2, 64, true)]
+    [InlineData(8, 2, 256, true)]      // head_dim 256, G = 4
+    [InlineData(16, 2, 256, false)]    // head_dim 256, G = 8: no g8 hd256 kernel
+    [InlineData(4, 2, 32, false)]
+    [InlineData(4, 2, 96, false)]      // not split-able for fp8 at all
+    [InlineData(6, 4, 128, false)]     // H not a multiple of K
+    public void Fp8WideSplitAttentionShapes(int H, int K, int Hd, bool taken)
+        => Assert.Equal(taken, CudaKernels.SplitAttentionFp8WideSupported(H, K, Hd));
+
     [Fact]
     public void BrokenKernelSourceRaisesCompileErrorWithLog()
     {

@@ -1,0 +1,429 @@
+// attention_split_fp8.cuh: the split (flash-decoding) decode attention over an fp8 (e4m3) KV cache with the dot
+// products on the tensor cores ("wide" fp8 kernels attention_split_g{4,8}_fp8w_hd{64,128,256}; CudaKernels chooses
+// them with AttentionFp8Wide / CALM_ATT_FP8_WIDE=1). Grid, chunks, workspace and the merge of the chunks are those of
+// attention_split_impl (attention_split.cuh); the kernels take the same arguments as attention_split_g*_fp8.
+//
+// Why: the 8-elements-per-lane fp8 kernel does the fp16 kernel's per-row work (fp32 FMAs for every query head,
+// a shuffle tree per row, the online softmax per row-stream, fp8 -> f32 conversions) on half the bytes per row, so it
+// moves half the bytes per instruction (1130 GB/s against 2525 for fp16 at context 32768 on the H200). Here a warp
+// takes 16 positions at a time (a tile: 2 KB of K and 2 KB of V, 16-byte loads of 16 e4m3) and
+//   S[16 positions, 8] = K[16, HD] . Qs[HD, 8]    (HD/16 mma.sync m16n8k16, f16 in, f32 accumulate)
+//   O^T[HD, 8]        += V^T[HD, 16] . P[16, 8]   (HD/16 mma.sync)
+// where the 8 columns are 4 query heads x (f16 hi, f16 lo): q (and p) are split as x = hi + lo (two f16 that carry
+// ~22 bits), e4m3 values are exact in f16 and the products are exact, so the scores and the output keep fp32-level
+// accuracy while q and p take no extra instruction per position (g8 kernels: two n8 blocks). Per lane and tile there
+// are 8 conversions per 16 bytes of K (cvt.rn.f16x2.e4m3x2), a byte permute and two conversions per 4 bytes of V,
+// 2 * HD/16 mma, the softmax of 2 positions x 1 head, and 3 + 4 shuffles: roughly 10 instructions per position for
+// Llama-3-8B's shape against ~80 for the old kernel (counted from the source, not measured), plus HD/4 multiplies per
+// lane to rescale the accumulators on the tiles that bring a new maximum.
+// Scales: q * scale * log2(e) of each head is multiplied by 2^e (its largest |value| in [2^14, 2^15)) before the
+// split, so its f16 lo part stays normal; the score is then (hi + lo column sums) * kScale[j] * 2^-e. p * vScale[j]
+// (p <= 1) is multiplied by R = 2^r with (largest vScale so far) * R in [2^14, 2^15) before its split; R only
+// shrinks (when a larger vScale arrives, with the accumulator rescaled exactly like on a new softmax max) and the
+// output is divided by R at the end. Everything else (log2-domain online softmax, deterministic merges) as the fp16
+// kernel.
+// Layout of a tile starting at position p0 (lane = 4 * gq + tq, mma fragments per the PTX ISA):
+//   scores: mma row m = gq -> position p0 + 2 gq, m = gq + 8 -> p0 + 2 gq + 1 (the lane loads these two K rows, bytes
+//     [64 h + 16 tq, +16) of each for h < HD/64); k16 chunk c takes word c of them, whose dims are kdim(c, tq) + 0..3;
+//     result columns 2 tq, 2 tq + 1: head tq (hi, lo) -> the lane holds the scores of head tq at its two positions.
+//   output: mma k = 2 tq, 2 tq + 1, 2 tq + 8, 2 tq + 9 -> positions p0 + 4 tq + 0..3 (the lane loads these V rows, dims
+//     [HD/8 gq, +HD/8)); tile i has rows m = gq -> dim HD/8 gq + 2 i, m = gq + 8 -> dim HD/8 gq + 2 i + 1; P's column
+//     gq is head gq/2 (hi or lo), fetched by shuffles from the lanes that hold its scores. The accumulator of lane
+//     (gq, tq) is head tq (hi, lo) at dims HD/8 gq + 0 .. HD/8 - 1.
+// Needs sm_80 (mma.sync m16n8k16, cvt.rn.f16x2.f32); the e4m3 conversion is the hardware one from sm_89.
+#pragma once
+#include "attention_split.cuh"
+
+// c[4] += a[4] (16 x 16) . (b0, b1) (16 x 8): f16 operands, f32 accumulators
+__device__ __forceinline__ void fw_mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+// (a, b) -> hi = f16x2(a, b) (a in the low half), lo = f16x2(a - hi.a, b - hi.b) (the differences are exact in f32);
+// |a|, |b| < 65504
+__device__ __forceinline__ void fw_split(float a, float b, u32& hi, u32& lo) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(b), "f"(a));   // first source -> upper half
+    float ha, hb;
+    unpack2<CALM_F16>(hi, ha, hb);
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(b - hb), "f"(a - ha));
+#else
+    u16 x = f32_to_f16(a), y = f32_to_f16(b);
+    hi = (u32)x | ((u32)y << 16);
+    lo = (u32)f32_to_f16(a - f16_to_f32(x)) | ((u32)f32_to_f16(b - f16_to_f32(y)) << 16);
+#endif
+}
+// 2^e for -126 <= e <= 127
+__device__ __forceinline__ float fw_pow2(int e) { return __int_as_float((e + 127) << 23); }
+// floor(log2 x) of a positive normal x (-127 for a subnormal)
+__device__ __forceinline__ int fw_ilog2(float x) { return (int)((__float_as_uint(x) >> 23) & 0xffu) - 127; }
+// first dim of word c (k16 chunk c) of lane tq's slice of a K row
+__device__ __forceinline__ int fw_kdim(int c, int tq) { return 64 * (c >> 2) + 16 * tq + 4 * (c & 3); }
+// the 16 bytes at p as 4 words, or zeros
+__device__ __forceinline__ void fw_ld16(u32* w, const unsigned char* p, bool ok) {
+    calm_u4 v;
+    if (ok) v = ldg_u4(p);
+    else v.x = v.y = v.z = v.w = 0u;
+    w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+}
+__device__ __forceinline__ void fw_ld8(u32* w, const unsigned char* p, bool ok) {
+    u32 x = 0u, y = 0u;
+    if (ok) asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(x), "=r"(y) : "l"(p));
+    w[0] = x; w[1] = y;
+}
+
+// One tile's loads for lane (gq, tq): K rows p0 + 2gq (kA) and p0 + 2gq + 1 (kB), bytes [64h + 16tq, +16) of each;
+// V rows p0 + 4tq + 0..3, bytes [HD/8 gq, +HD/8); the two K/V scales of the K rows. Rows from c1 on read as zero.
+template <int HD>
+__device__ __forceinline__ void fw_load_tile(int p0, int c1, int gq, int tq, const unsigned char* kb, const unsigned char* vb,
+                                             const float* ksb, const float* vsb, u32 (&kA)[HD / 16], u32 (&kB)[HD / 16],
+                                             u32 (&vw)[4][HD / 32], float& ksA, float& ksB, float& vsA, float& vsB) {
+    const int jA = p0 + 2 * gq, jB = jA + 1;
+    const bool okA = jA < c1, okB = jB < c1;
+#pragma unroll
+    for (int h = 0; h < HD / 64; h++) {
+        fw_ld16(kA + 4 * h, kb + (long long)jA * HD + 64 * h, okA);
+        fw_ld16(kB + 4 * h, kb + (long long)jB * HD + 64 * h, okB);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int j = p0 + 4 * tq + u;
+        const unsigned char* pv = vb + (long long)j * HD;
+        if (HD == 64) fw_ld8(vw[u], pv, j < c1);
+        else {
+#pragma unroll
+            for (int h = 0; h < HD / 128; h++) fw_ld16(vw[u] + 4 * h, pv + 16 * h, j < c1);
+        }
+    }
+    ksA = okA ? ksb[jA] : 0.f; ksB = okB ? ksb[jB] : 0.f;
+    vsA = okA ? vsb[jA] : 0.f; vsB = okB ? vsb[jB] : 0.f;
+}
+
+// The end of a split-attention block once s_m (each warp's max per head), s_l and s_acc (the block's sum and
+// unnormalised output per head, at the block max) are in place: the output with one chunk, else this block's partial
+// to the workspace and, in the last block of the kv head, the merge of all. The same code as the end of
+// attention_split_impl (kept there inline so the fp16 kernels compile exactly as measured). Every thread calls it.
+template <int MAXG>
+__device__ __forceinline__ void fw_finish(float (&s_m)[FD_WARPS][MAXG], float (&s_l)[MAXG], float (&s_acc)[MAXG][FD_MAX_HD],
+                                          float (&s_wbuf)[MAXG][FD_MAX_SPLITS], float (&s_lw)[MAXG][FD_MAX_SPLITS],
+                                          calm_f4 (&s_red)[FD_THREADS], int& s_last, float* out, float* ws, int H, int Hd, int S,
+                                          int kh, int split, int z, int Z, int h0, int ng, int nsplit) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (nsplit == 1) {
+        for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+            int g = i / Hd, d = i - g * Hd;
+            out[(long long)(h0 + g) * Hd + d] = s_acc[g][d] / s_l[g];
+        }
+        return;
+    }
+    float* pm = ws;
+    float* pl = ws + (long long)H * S;
+    float* pacc = ws + 2LL * H * S;
+    int* counters = (int*)(ws + (long long)H * S * (Hd + 2));
+    for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+        int g = i / Hd, d = i - g * Hd;
+        pacc[((long long)(h0 + g) * S + split) * Hd + d] = s_acc[g][d];
+    }
+    if (threadIdx.x < ng) {
+        int g = threadIdx.x;
+        float M = -CALM_INF;
+        for (int w = 0; w < FD_WARPS; w++) M = fmaxf(M, s_m[w][g]);
+        pm[(long long)(h0 + g) * S + split] = M;
+        pl[(long long)(h0 + g) * S + split] = s_l[g];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int prev = atomicAdd(&counters[kh * Z + z], 1);
+        s_last = prev == nsplit - 1;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    if (threadIdx.x == 0) counters[kh * Z + z] = 0;   // ready for the next launch
+    __threadfence();
+    // merge, parallel over splits: (1) every (head, split) max and sum into shared, (2) one warp per head turns them
+    // into weights exp2(pm - M) / L, (3) threads = (float4 of the output, stride over splits), 8 loads in flight,
+    // their sums meet in shared memory
+    float* s_w = &s_wbuf[0][0];
+    for (int i = threadIdx.x; i < ng * nsplit; i += FD_THREADS) {
+        int g = i / nsplit, t = i - g * nsplit;
+        s_w[g * FD_MAX_SPLITS + t] = ld_cg_f32(pm + (long long)(h0 + g) * S + t);
+        s_lw[g][t] = ld_cg_f32(pl + (long long)(h0 + g) * S + t);
+    }
+    __syncthreads();
+    if (warp < ng) {
+        const int g = warp;
+        float M = -CALM_INF;
+        for (int t = lane; t < nsplit; t += 32) M = fmaxf(M, s_w[g * FD_MAX_SPLITS + t]);
+        M = warp_max(M);
+        float L = 0.f;
+        for (int t = lane; t < nsplit; t += 32) L += s_lw[g][t] * exp2f(s_w[g * FD_MAX_SPLITS + t] - M);
+        L = warp_sum(L);
+        __syncwarp();
+        for (int t = lane; t < nsplit; t += 32) s_w[g * FD_MAX_SPLITS + t] = exp2f(s_w[g * FD_MAX_SPLITS + t] - M) / L;
+    }
+    __syncthreads();
+    const int items = ng * (Hd >> 2);                      // float4 pieces of the group's output
+    const int R = items >= FD_THREADS ? 1 : FD_THREADS / items;   // threads per piece (stride over splits)
+    for (int i = threadIdx.x; i < items * R; i += FD_THREADS) {
+        const int it = i % items, r = i / items;
+        const int g = it / (Hd >> 2), d = (it - g * (Hd >> 2)) * 4;
+        const float* base = pacc + (long long)(h0 + g) * S * Hd + d;
+        float o0 = 0.f, o1 = 0.f, o2 = 0.f, o3 = 0.f;
+        for (int t0 = r; t0 < nsplit; t0 += 8 * R) {
+            calm_f4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                int t = t0 + u * R;
+                if (t < nsplit) v[u] = ld_cg_f4(base + (long long)t * Hd);
+                else v[u].x = v[u].y = v[u].z = v[u].w = 0.f;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                int t = t0 + u * R;
+                float w = t < nsplit ? s_w[g * FD_MAX_SPLITS + t] : 0.f;
+                o0 = fmaf(v[u].x, w, o0); o1 = fmaf(v[u].y, w, o1); o2 = fmaf(v[u].z, w, o2); o3 = fmaf(v[u].w, w, o3);
+            }
+        }
+        if (R == 1) {
+            calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
+            *(calm_f4*)(out + (long long)(h0 + g) * Hd + d) = o;
+        } else {
+            calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
+            s_red[i] = o;   // i < items * R <= FD_THREADS
+        }
+    }
+    if (R > 1) {
+        __syncthreads();
+        // the R partial sums of each piece, added in a fixed order
+        for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+            int g = i / Hd, d = i - g * Hd;
+            int it = g * (Hd >> 2) + (d >> 2), c = d & 3;
+            float o = 0.f;
+            for (int r = 0; r < R; r++) o += ((const float*)&s_red[r * items + it])[c];
+            out[(long long)(h0 + g) * Hd + d] = o;
+        }
+    }
+}
+
+// kCache/vCache: this layer's [K, maxCtx, HD] e4m3 bytes; kScale/vScale: its row scales [K, maxCtx] f32.
+// MAXG 4 (G <= 4: one n8 block) or 8 (two); HD 64, 128 or 256.
+template <int MAXG, int HD>
+__device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const unsigned char* kCache, const unsigned char* vCache,
+                                                          float* out, float* ws, int H, int K, int maxCtx, int window, float scale,
+                                                          int S, const StepParams* sp, int kh, int split, int z, int Z,
+                                                          const float* kScale, const float* vScale) {
+    static_assert(MAXG == 4 || MAXG == 8, "4 query heads per n8 block");
+    static_assert(HD == 64 || HD == 128 || HD == 256, "head_dim 64, 128 or 256");
+    const int NB = MAXG / 4;   // n8 blocks: 4 query heads x (hi, lo)
+    const int KC = HD / 16;    // k16 chunks of the scores = words of a K row per lane
+    const int NT = HD / 16;    // m16 tiles of the output dims
+    const int VW = HD / 32;    // words of a V row per lane (HD/8 dims)
+    __shared__ float s_m[FD_WARPS][MAXG];
+    __shared__ float s_l[MAXG];
+    __shared__ float s_acc[MAXG][FD_MAX_HD];
+    __shared__ float s_wbuf[MAXG][FD_MAX_SPLITS];
+    __shared__ float s_lw[MAXG][FD_MAX_SPLITS];
+    __shared__ calm_f4 s_red[FD_THREADS];
+    __shared__ int s_last;
+    const int G = H / K;
+    const int g0 = z * MAXG;
+    const int ng = min(MAXG, G - g0);
+    const int pos = sp->pos;
+    const int start = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
+    const int n = pos - start + 1;
+    int chunk = (n + S - 1) / S;
+    chunk = (chunk + 63) & ~63;            // as attention_split_impl (the launcher's S and workspace are shared)
+    const int nsplit = (n + chunk - 1) / chunk;
+    if (split >= nsplit) return;
+    const int c0 = start + split * chunk;
+    const int c1 = min(c0 + chunk, pos + 1);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gq = lane >> 2, tq = lane & 3;
+    const float sl = scale * 1.4426950408889634f;   // scores in log2 units
+
+    const long long hbase = (long long)kh * maxCtx;
+    const unsigned char* kb = kCache + hbase * HD + 16 * tq;
+    const unsigned char* vb = vCache + hbase * HD + (HD / 8) * gq;
+    const float* ksb = kScale + hbase;
+    const float* vsb = vScale + hbase;
+    // the warp's first tile is requested before q is read (the two memory latencies overlap)
+    int p0 = c0 + warp * 16;
+    u32 kA[KC], kB[KC], vw[4][VW];
+    float ksA, ksB, vsA, vsB;
+    fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB);
+
+    // B fragments of the scores: column gq is head 4b + gq/2, its hi (gq even) or lo (odd) part of q * sl * 2^e;
+    // rows 2tq, 2tq+1 / 2tq+8, 2tq+9 of chunk c are the dims kdim(c, tq) + 0, 1 / 2, 3
+    u32 qf[NB][KC][2];
+    float qinv[NB];   // 2^-e of head 4b + tq (the head of this lane's scores)
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        const int hb = 4 * b + (gq >> 1);
+        const bool use = hb < ng;
+        const float* qh = q + (long long)(kh * G + g0 + (use ? hb : 0)) * HD;
+        const float f = use ? sl : 0.f;
+        float qv[KC][4];
+        float amax = 0.f;
+#pragma unroll
+        for (int c = 0; c < KC; c++) {
+            calm_f4 v = ld_cg_f4(qh + fw_kdim(c, tq));   // .cg as attention_split_impl
+            qv[c][0] = v.x * f; qv[c][1] = v.y * f; qv[c][2] = v.z * f; qv[c][3] = v.w * f;
+            amax = fmaxf(amax, fmaxf(fmaxf(fabsf(qv[c][0]), fabsf(qv[c][1])), fmaxf(fabsf(qv[c][2]), fabsf(qv[c][3]))));
+        }
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));   // the 4 lanes of a column hold the whole head
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        const int e = amax > 0.f ? min(max(fw_ilog2(amax), -100), 127) : 0;
+        const float up = fw_pow2(14 - e);
+#pragma unroll
+        for (int c = 0; c < KC; c++) {
+            u32 h0, l0, h1, l1;
+            fw_split(qv[c][0] * up, qv[c][1] * up, h0, l0);
+            fw_split(qv[c][2] * up, qv[c][3] * up, h1, l1);
+            qf[b][c][0] = (gq & 1) ? l0 : h0;
+            qf[b][c][1] = (gq & 1) ? l1 : h1;
+        }
+        qinv[b] = __shfl_sync(0xffffffffu, fw_pow2(e - 14), 8 * tq);   // lane 8 tq: column 2 tq = head 4b + tq
+    }
+
+    float m[NB], mref[NB], l[NB], acc[NB][NT][4];
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        m[b] = -CALM_INF; mref[b] = 0.f; l[b] = 0.f;
+#pragma unroll
+        for (int i = 0; i < NT; i++) acc[b][i][0] = acc[b][i][1] = acc[b][i][2] = acc[b][i][3] = 0.f;
+    }
+    int r = 0;                  // p * vScale is scaled by R = 2^r before its split
+    float R = 1.f, vlim = 0.f;  // a vScale above vlim needs a smaller R
+    const int src0 = 8 * tq + (gq >> 1), src1 = src0 + 4;   // the score lanes of P's rows 2tq.. / 2tq+8.. in column gq
+
+    // tiles p0 = c0 + 16 (warp + 8 i); each tile's loads are issued when the previous one is done (the first's above)
+    for (; p0 < c1;) {
+        const int jA = p0 + 2 * gq, jB = jA + 1;
+        const bool okA = jA < c1, okB = jB < c1;
+
+        // scores of head 4b + tq at positions jA (sc 0, 1: hi, lo) and jB (sc 2, 3)
+        float sc[NB][4];
+#pragma unroll
+        for (int b = 0; b < NB; b++) sc[b][0] = sc[b][1] = sc[b][2] = sc[b][3] = 0.f;
+#pragma unroll
+        for (int c = 0; c < KC; c++) {
+            u32 a[4];
+            e4m3x4_to_f16x2x2(kA[c], a[0], a[2]);   // row jA: k 2tq, 2tq+1 | 2tq+8, 2tq+9
+            e4m3x4_to_f16x2x2(kB[c], a[1], a[3]);   // row jB
+#pragma unroll
+            for (int b = 0; b < NB; b++) fw_mma(sc[b], a, qf[b][c][0], qf[b][c][1]);
+        }
+        float s[NB][2], mt[NB];
+        bool need = false;
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            s[b][0] = okA ? (sc[b][0] + sc[b][1]) * (ksA * qinv[b]) : -CALM_INF;
+            s[b][1] = okB ? (sc[b][2] + sc[b][3]) * (ksB * qinv[b]) : -CALM_INF;
+            float mx = fmaxf(s[b][0], s[b][1]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));   // over the 16 positions (lanes of the same tq)
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            mt[b] = fmaxf(m[b], mx);
+            need |= mt[b] > m[b];
+        }
+        const float vmx = fmaxf(vsA, vsB);
+        need |= vmx > vlim;
+        if (__any_sync(0xffffffffu, need)) {   // a new max for some head, or a larger V scale: rescale (warp-uniform)
+            float vm = vmx;
+            vm = fmaxf(vm, __shfl_xor_sync(0xffffffffu, vm, 4));
+            vm = fmaxf(vm, __shfl_xor_sync(0xffffffffu, vm, 8));
+            vm = fmaxf(vm, __shfl_xor_sync(0xffffffffu, vm, 16));
+            float fr = 1.f;
+            if (vm > vlim) {
+                const int e = min(max(fw_ilog2(vm), -100), 127);
+                const int rn = 14 - e;
+                fr = fw_pow2(max(rn - r, -126));
+                r = rn; R = fw_pow2(rn);
+                vlim = e >= 127 ? CALM_INF : fw_pow2(e + 1);
+            }
+#pragma unroll
+            for (int b = 0; b < NB; b++) {
+                const float mr = mt[b] == -CALM_INF ? 0.f : mt[b];
+                float corr = exp2f(m[b] - mr);
+                l[b] *= corr;
+                corr *= fr;
+#pragma unroll
+                for (int i = 0; i < NT; i++) { acc[b][i][0] *= corr; acc[b][i][1] *= corr; acc[b][i][2] *= corr; acc[b][i][3] *= corr; }
+                m[b] = mt[b]; mref[b] = mr;
+            }
+        }
+        // P (times vScale * R) of this lane's two positions, split hi/lo, then P's B fragments by shuffles
+        const float vA = vsA * R, vB = vsB * R;
+        u32 pb[NB][2];
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            const float pA = exp2f(s[b][0] - mref[b]), pB = exp2f(s[b][1] - mref[b]);
+            l[b] += pA + pB;
+            u32 ph, pl;
+            fw_split(pA * vA, pB * vB, ph, pl);
+            const u32 h0 = __shfl_sync(0xffffffffu, ph, src0), l0 = __shfl_sync(0xffffffffu, pl, src0);
+            const u32 h1 = __shfl_sync(0xffffffffu, ph, src1), l1 = __shfl_sync(0xffffffffu, pl, src1);
+            pb[b][0] = (gq & 1) ? l0 : h0;
+            pb[b][1] = (gq & 1) ? l1 : h1;
+        }
+        // O^T += V^T . P: tile i takes bytes 2i, 2i+1 of each V row slice (dims HD/8 gq + 2i, + 2i + 1)
+#pragma unroll
+        for (int i = 0; i < NT; i++) {
+            const u32 sel = (i & 1) ? 0x7362u : 0x5140u;
+            u32 a[4];
+            e4m3x4_to_f16x2x2(__byte_perm(vw[0][i >> 1], vw[1][i >> 1], sel), a[0], a[1]);   // positions 4tq, 4tq+1
+            e4m3x4_to_f16x2x2(__byte_perm(vw[2][i >> 1], vw[3][i >> 1], sel), a[2], a[3]);   // 4tq+2, 4tq+3
+#pragma unroll
+            for (int b = 0; b < NB; b++) fw_mma(acc[b][i], a, pb[b][0], pb[b][1]);
+        }
+        p0 += FD_WARPS * 16;
+        if (p0 < c1) fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB);
+    }
+
+    // the warp's sum per head (every lane summed its own positions; m is the same in the lanes of a head)
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        l[b] += __shfl_xor_sync(0xffffffffu, l[b], 4);
+        l[b] += __shfl_xor_sync(0xffffffffu, l[b], 8);
+        l[b] += __shfl_xor_sync(0xffffffffu, l[b], 16);
+    }
+    // merge the warps: block max per head, then rescaled sums, warps in a fixed order (deterministic)
+    if (gq == 0) {
+#pragma unroll
+        for (int b = 0; b < NB; b++) s_m[warp][4 * b + tq] = m[b];
+    }
+    for (int i = threadIdx.x; i < MAXG * FD_MAX_HD; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
+    if (threadIdx.x < MAXG) s_l[threadIdx.x] = 0.f;
+    __syncthreads();
+    float f[NB];
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        float M = -CALM_INF;
+        for (int w = 0; w < FD_WARPS; w++) M = fmaxf(M, s_m[w][4 * b + tq]);
+        f[b] = (m[b] == -CALM_INF) ? 0.f : exp2f(m[b] - M);
+    }
+    const float rinv = 1.f / R;   // a power of two: exact
+    for (int w = 0; w < FD_WARPS; w++) {
+        if (warp == w) {
+#pragma unroll
+            for (int b = 0; b < NB; b++) {
+                const int h = 4 * b + tq;
+                if (h < ng) {
+                    const float fs = f[b] * rinv;
+                    float* o = &s_acc[h][(HD / 8) * gq];
+#pragma unroll
+                    for (int i = 0; i < NT; i++) {
+                        o[2 * i] += (acc[b][i][0] + acc[b][i][1]) * fs;
+                        o[2 * i + 1] += (acc[b][i][2] + acc[b][i][3]) * fs;
+                    }
+                    if (gq == 0) s_l[h] += l[b] * f[b];
+                }
+            }
+        }
+        __syncthreads();
+    }
+    fw_finish<MAXG>(s_m, s_l, s_acc, s_wbuf, s_lw, s_red, s_last, out, ws, H, HD, S, kh, split, z, Z, kh * G + g0, ng, nsplit);
+}
