@@ -77,7 +77,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     public bool ProgrammaticLaunch => _k?.Programmatic ?? false;
     /// <summary>Whether decode attention runs the cp.async-pipelined split kernel.</summary>
     public bool AttentionPipelined => _k?.AttentionPipelined ?? false;
-    /// <summary>Whether fp8 KV split attention runs the tensor-core kernel (CudaKernels.AttentionFp8Wide, CALM_ATT_FP8_WIDE=1).</summary>
+    /// <summary>Whether fp8 KV split attention runs the tensor-core kernel (CudaKernels.AttentionFp8Wide; on by default, CALM_ATT_FP8_WIDE=0 for the 8-per-lane kernel).</summary>
     public bool AttentionFp8Wide => _k?.AttentionFp8Wide ?? false;
     /// <summary>RMSNorm fused into the matvec that reads it (qkv, gate_up, lm_head). Measured slower on the H200
     /// (the deep kernel spills with the norm weights, and every block re-reduces x), so only with CALM_FUSE_NORM=1.</summary>
@@ -513,8 +513,11 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         // paired-row matvecs (CudaKernels.FusePairs): RoPE + KV write into the qkv matvec, the activation into gate_up
         bool pairs = k.FusePairs && !FuseNorm && _wt is DType.BF16 or DType.F16;
         bool pairQkv = pairs && !_kvFp8 && !c.QkNorm && c.RotaryDim == c.HeadDim && c.HeadDim % 2 == 0;   // writes an fp16 cache
-        // quantized gate_up with the activation fused (tensor-core kernels, CudaQuantKernels.MatvecGlu)
-        bool quantGlu = !FuseNorm && _qk is not null && DTypes.IsQuantized(_wt) && _qk.GluSupported(_wt, D);
+        // quantized gate_up with the activation fused (tensor-core kernels, CudaQuantKernels.MatvecGlu).
+        // Opt-in (CALM_QUANT_GLU=1): measured no faster for dense models (Llama-3-8B fp8 53.4% vs 52.8%, int4 38.3% vs
+        // 38.1%) and slower with MoE (Mixtral-8x7B fp8 53.0% vs 58.9%) on the H200, bench/RESULTS.md 2026-11-29.
+        bool quantGlu = !FuseNorm && _qk is not null && DTypes.IsQuantized(_wt) && _qk.GluSupported(_wt, D)
+                        && Environment.GetEnvironmentVariable("CALM_QUANT_GLU") == "1";
         for (int l = 0; l < c.NumLayers; l++)
         {
             var L = _layers[l];

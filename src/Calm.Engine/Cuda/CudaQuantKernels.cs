@@ -109,14 +109,11 @@ public sealed class CudaQuantKernels : IDisposable
                         _k[$"moe_matvec_{f}_{kind}_{v}"] = _module.GetKernel($"moe_matvec_{f}_{kind}_{v}");
                     }
             // every matvec waits for the previous kernel before touching x, y or the expert ids (pdl_wait), so they may
-            // be launched with programmatic dependent launch; measured slower for fp8 on the H200 (Llama-3-8B 3.300 vs
-            // 3.178 ms/token, bench/RESULTS.md 2026-11-29), so those only with CALM_QUANT_PDL=1.
-            // The tensor-core kernels issue their first weight loads before pdl_wait, so with programmatic launch the
-            // weights stream in while the previous kernel finishes: on by default for them (CALM_QUANT_PDL=0 turns it off).
-            var pdl = Environment.GetEnvironmentVariable("CALM_QUANT_PDL");
-            if (arch >= 90 && Cu.HasLaunchKernelEx && pdl != "0")
-                foreach (var (name, k) in _k)
-                    if (pdl == "1" || name.Contains("_tc_")) k.Programmatic = true;
+            // be launched with programmatic dependent launch; measured slower for the CUDA-core fp8 kernels on the H200
+            // (Llama-3-8B 3.300 vs 3.178 ms/token) and no faster for the tensor-core ones (52.9% vs 52.8% of the speed
+            // of light, bench/RESULTS.md 2026-11-29), so only with CALM_QUANT_PDL=1
+            if (arch >= 90 && Cu.HasLaunchKernelEx && Environment.GetEnvironmentVariable("CALM_QUANT_PDL") == "1")
+                foreach (var k in _k.Values) k.Programmatic = true;
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
         }
         catch
@@ -170,17 +167,16 @@ public sealed class CudaQuantKernels : IDisposable
         _ => false,
     };
 
-    /// <summary>The tensor-core variant for <paramref name="rows"/> output rows (a GLU launch: 2F) of <paramref name="t"/>:
-    /// <paramref name="requested"/> when given, else from the H200 measurements (bench/logs/quant-matvec-tc-*):
-    /// fp8 one tile per block everywhere (the most blocks; x is cheap next to the conversions); int4 four tiles from
-    /// 14336 rows, two from 6144, else one (each x conversion then serves more of the heavier int4 work).</summary>
+    /// <summary>The tensor-core variant for <paramref name="rows"/> output rows (a GLU launch: 2F; MoE: rows x slots) of
+    /// <paramref name="t"/>: <paramref name="requested"/> when given, else the rule of the fastest whole-step run on the
+    /// H200 (bench/RESULTS.md, 2026-11-29, Llama-3-8B fp8 58.3%, int4 38.1% of the speed of light): four tiles per
+    /// block from 33792 rows, two from 16896, else one, for fp8 and int4 alike (other rules measured within 0.5%).</summary>
     public static string TcVariant(DType t, long rows, string? requested = null)
     {
         if (requested is not null)
             return TcVariants.Contains(requested) ? requested
                 : throw new ArgumentOutOfRangeException(nameof(requested), $"tensor-core variant is one of {string.Join(", ", TcVariants)}");
-        if (t != DType.Int4) return "t1";
-        return rows >= 14336 ? "t4" : rows >= 6144 ? "t2" : "t1";
+        return rows >= 33792 ? "t4" : rows >= 16896 ? "t2" : "t1";
     }
     private static int TilesOf(string variant) => variant[1] - '0';
     private static int ThreadsOf(string variant) => variant.EndsWith('w') ? 2 * Block : Block;
@@ -229,7 +225,7 @@ public sealed class CudaQuantKernels : IDisposable
         _k[$"moe_matvec_{v}_r{r}"].Launch(s, (Blocks(rows, r), slots, 1), Block, smem, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
     }
 
-    /// <summary>Whether <see cref="MatvecGlu"/> / <see cref="MoeMatvecGlu"/> take a gate_up matrix [2F, <paramref name="cols"/>]
+    /// <summary>Whether <see cref="MatvecGlu"/> / <see cref="MoeMatvecGlu"/> can take a gate_up matrix [2F, <paramref name="cols"/>]
     /// of <paramref name="wt"/>: the tensor-core kernels are on and the shape fits.</summary>
     public bool GluSupported(DType wt, int cols) => TensorCores && TensorCoreShape(wt, cols);
 

@@ -327,10 +327,12 @@ public unsafe class QuantKernelTests
         Assert.False(CudaQuantKernels.TensorCoreShape(DType.F8E4M3, 4112));
         Assert.True(CudaQuantKernels.TensorCoreShape(DType.Int4, 14336));
         Assert.False(CudaQuantKernels.TensorCoreShape(DType.Int4, 4160));
-        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 128256));
-        Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.Int4, 28672));
-        Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.Int4, 6144));
-        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.Int4, 4096));
+        Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.F8E4M3, 128256));
+        Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.F8E4M3, 28672));
+        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 14336));
+        Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.Int4, 28672));
+        Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.Int4, 57344));
+        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.Int4, 6144));
         Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.Int4, 4096, "t4"));
     }
 
