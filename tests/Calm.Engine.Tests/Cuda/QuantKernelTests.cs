@@ -128,20 +128,27 @@ public unsafe class QuantKernelTests
         var (ctx, k, s) = Require(forceFp8Convert);
         if (forceFp8Convert == false) Assert.False(k.UsesHardwareFp8Convert(s));
         using var _c = ctx; using var _k = k; using var _s = s;
-        const int rows = 256, cols = 32;
+        EveryFp8Code(ctx, s, 32, $"r{rowsPerWarp}", (V, S, X, Y, rows, cols) => k.Matvec(s, DType.F8E4M3, V, S, X, Y, 0, rows, cols, false, rowsPerWarp));
+    }
+
+    /// <summary>256 rows: row c holds code c at column c % cols (others 0), scale 1, x[j] = j + 1; runs
+    /// <paramref name="launch"/> (values, scales, x, y, rows, cols) and checks y[c] = e4m3(c) * (c % cols + 1) exactly.</summary>
+    private static void EveryFp8Code(CudaContext ctx, CudaStream s, int cols, string what, Action<ulong, ulong, ulong, ulong, int, int> launch)
+    {
+        const int rows = 256;
         var q = new byte[rows * cols];
         for (int c = 0; c < rows; c++) q[c * cols + (c % cols)] = (byte)c;
         var scales = Enumerable.Repeat(1f, rows).ToArray();
         using var V = Gpu.Up(ctx, q); using var S = Gpu.Up(ctx, scales);
         using var X = Gpu.Up(ctx, Enumerable.Range(1, cols).Select(i => (float)i).ToArray()); using var Y = Gpu.Zeros(ctx, rows * 4L);
-        k.Matvec(s, DType.F8E4M3, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, rowsPerWarp);
+        launch(V.Ptr, S.Ptr, X.Ptr, Y.Ptr, rows, cols);
         s.Synchronize();
         var y = Y.ToArray<float>(rows);
         for (int c = 0; c < rows; c++)
         {
             float want = QuantFormats.E4M3Table[c] * (c % cols + 1);
-            if (float.IsNaN(want)) Assert.True(float.IsNaN(y[c]), $"code 0x{c:X2}: want NaN, got {y[c]}");
-            else Assert.True(want == y[c] || (want == 0 && y[c] == 0), $"code 0x{c:X2}: want {want}, got {y[c]}");
+            if (float.IsNaN(want)) Assert.True(float.IsNaN(y[c]), $"{what} code 0x{c:X2}: want NaN, got {y[c]}");
+            else Assert.True(want == y[c] || (want == 0 && y[c] == 0), $"{what} code 0x{c:X2}: want {want}, got {y[c]}");
         }
     }
 
@@ -221,12 +228,16 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, 8)]
     [InlineData(DType.Int4, 4, true)]
     [InlineData(DType.F8E4M3, 2, true)]
-    public void MoeMatvecPicksTheExperts(DType dt, int rowsPerWarp, bool stageX = false)
+    [InlineData(DType.F8E4M3, 0, false, "t1", 1152)]   // tensor cores (cols % 128 == 0)
+    [InlineData(DType.F8E4M3, 0, false, "t4", 1152)]
+    [InlineData(DType.Int4, 0, false, "t2", 1152)]
+    [InlineData(DType.Int4, 0, false, "auto", 1152)]
+    public void MoeMatvecPicksTheExperts(DType dt, int rowsPerWarp, bool stageX = false, string? tc = null, int cols = 1056)
     {
-        var (ctx, k, s) = Require();
+        var (ctx, k, s) = tc is null ? Require() : RequireTc();
         using var _c = ctx; using var _k = k; using var _s = s;
         using var store = new NativeWeightStore();
-        const int rows = 333, cols = 1056, E = 3, slots = 2;
+        const int rows = 333, E = 3, slots = 2;
         var r = Gpu.Rng();
         var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, rows, cols)).ToArray();
         var vals = experts.Select(e => UpNative(ctx, e.Data, e.DataBytes)).ToArray();
@@ -238,14 +249,15 @@ public unsafe class QuantKernelTests
             using var ST = Gpu.Up(ctx, scs.Select(m => m.Ptr).ToArray());
             var idx = new[] { 2, 0 };
             using var I = Gpu.Up(ctx, idx); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, slots * rows * 4L);
-            k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, rowsPerWarp, stageX);
+            if (tc is null) k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, rowsPerWarp, stageX, tensorCores: false);
+            else k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, tensorCores: true, tcVariant: tc == "auto" ? null : tc);
             s.Synchronize();
             var got = Y.ToArray<float>(slots * rows);
             for (int sl = 0; sl < slots; sl++)
             {
                 var want = new float[rows];
                 CpuKernels.MatVec(experts[idx[sl]], x.AsSpan(sl * cols, cols), want);
-                Gpu.Close(got.AsSpan(sl * rows, rows), want, 1e-5, $"moe {DTypes.Name(dt)} slot {sl}");
+                Gpu.Close(got.AsSpan(sl * rows, rows), want, 1e-5, $"moe {DTypes.Name(dt)} {tc ?? $"r{rowsPerWarp}"} slot {sl}");
             }
         }
         finally
@@ -345,25 +357,8 @@ public unsafe class QuantKernelTests
     {
         var (ctx, k, s) = RequireTc(forceFp8Convert);
         using var _c = ctx; using var _k = k; using var _s = s;
-        const int rows = 256, cols = 64;
-        var q = new byte[rows * cols];
-        for (int c = 0; c < rows; c++) q[c * cols + (c % cols)] = (byte)c;
-        var scales = Enumerable.Repeat(1f, rows).ToArray();
-        using var V = Gpu.Up(ctx, q); using var S = Gpu.Up(ctx, scales);
-        using var X = Gpu.Up(ctx, Enumerable.Range(1, cols).Select(i => (float)i).ToArray()); using var Y = Gpu.Zeros(ctx, rows * 4L);
         foreach (var tiles in CudaQuantKernels.TcVariants)
-        {
-            Y.Zero();
-            k.Matvec(s, DType.F8E4M3, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, tensorCores: true, tcVariant: tiles);
-            s.Synchronize();
-            var y = Y.ToArray<float>(rows);
-            for (int c = 0; c < rows; c++)
-            {
-                float want = QuantFormats.E4M3Table[c] * (c % cols + 1);
-                if (float.IsNaN(want)) Assert.True(float.IsNaN(y[c]), $"{tiles} code 0x{c:X2}: want NaN, got {y[c]}");
-                else Assert.True(want == y[c] || (want == 0 && y[c] == 0), $"{tiles} code 0x{c:X2}: want {want}, got {y[c]}");
-            }
-        }
+            EveryFp8Code(ctx, s, 64, tiles, (V, S, X, Y, rows, cols) => k.Matvec(s, DType.F8E4M3, V, S, X, Y, 0, rows, cols, false, tensorCores: true, tcVariant: tiles));
     }
 
     /// <summary>Every nibble value at every position of a 128-column k-block (four groups with different scales) on
@@ -433,45 +428,6 @@ public unsafe class QuantKernelTests
         s.Synchronize();
         var got = Y.ToArray<float>(rows);
         for (int i = 0; i < rows; i++) Assert.Equal(float.IsFinite(want[i]), float.IsFinite(got[i]));
-    }
-
-    /// <summary>MoE on the tensor cores: two slots pick experts 2 and 0 of three.</summary>
-    [Theory]
-    [InlineData(DType.F8E4M3, "t1")]
-    [InlineData(DType.F8E4M3, "t4")]
-    [InlineData(DType.Int4, "t2")]
-    [InlineData(DType.Int4, null)]
-    public void MoeMatvecOnTensorCores(DType dt, string? tiles)
-    {
-        var (ctx, k, s) = RequireTc();
-        using var _c = ctx; using var _k = k; using var _s = s;
-        using var store = new NativeWeightStore();
-        const int rows = 333, cols = 1152, E = 3, slots = 2;
-        var r = Gpu.Rng();
-        var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, rows, cols)).ToArray();
-        var vals = experts.Select(e => UpNative(ctx, e.Data, e.DataBytes)).ToArray();
-        var scs = experts.Select(e => UpNative(ctx, e.Scales, e.ScaleBytes)).ToArray();
-        try
-        {
-            var x = Gpu.RandF(r, slots * cols);
-            using var VT = Gpu.Up(ctx, vals.Select(m => m.Ptr).ToArray());
-            using var ST = Gpu.Up(ctx, scs.Select(m => m.Ptr).ToArray());
-            var idx = new[] { 2, 0 };
-            using var I = Gpu.Up(ctx, idx); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, slots * rows * 4L);
-            k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, tensorCores: true, tcVariant: tiles);
-            s.Synchronize();
-            var got = Y.ToArray<float>(slots * rows);
-            for (int sl = 0; sl < slots; sl++)
-            {
-                var want = new float[rows];
-                CpuKernels.MatVec(experts[idx[sl]], x.AsSpan(sl * cols, cols), want);
-                Gpu.Close(got.AsSpan(sl * rows, rows), want, 1e-5, $"tensor-core moe {DTypes.Name(dt)} {tiles ?? "auto"} slot {sl}");
-            }
-        }
-        finally
-        {
-            foreach (var m in vals.Concat(scs)) m.Dispose();
-        }
     }
 
     /// <summary>gate_up fused with the activation: h[p] = act(gate_p . x + b_p) * (up_p . x + b_F+p) from the CPU
