@@ -334,16 +334,16 @@ __device__ __forceinline__ float mq_quad_sum(float v) {
 // holds the pairs p0 + [0, 8) with p0 = (blockIdx.x * T + i) * 8: fragment row g = gate row p0 + g, g + 8 = its up row
 // F + p0 + g, so both halves of a pair meet in the same lane and the same block. n: rows (plain) or F (GLU).
 template <bool GLU>
-__device__ __forceinline__ long long mq_tc_row(int T, int i, int g, int h, int n) {
+__device__ __forceinline__ long long mq_tc_row(int T, int row0, int i, int g, int h, int n) {
     if (GLU) return (long long)h * n + min((blockIdx.x * T + i) * 8 + g, n - 1);
-    return min((int)blockIdx.x * T * 16 + 16 * i + g + 8 * h, n - 1);   // past the end: reread the last row, result dropped
+    return min(row0 + 16 * i + g + 8 * h, n - 1);   // past the end: reread the last row, result dropped
 }
 
 // The block's tile totals (per warp: tot[i][0] fragment row g, tot[i][1] row g + 8, lanes t == 0 write) summed over
 // the warps, then plain: y[r] = scale * total (+ bias) (+ y); GLU: y[p] = act(gate) * up, each half scaled (+ bias).
 template <int T, bool GLU, int W>
 __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T * 16], const float* rowScale, float* y, const float* bias,
-                                            int n, int accumulate) {
+                                            int row0, int n, int accumulate) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
     if ((lane & 3) == 0) {
 #pragma unroll
@@ -367,7 +367,7 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
         float s = 0.f;
 #pragma unroll
         for (int w = 0; w < W; w++) s += red[w][threadIdx.x];
-        int r = blockIdx.x * T * 16 + threadIdx.x;
+        int r = row0 + threadIdx.x;
         if (r < n) {
             if (rowScale) s *= rowScale[r];
             if (bias) s += bias[r];
@@ -375,242 +375,6 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
             y[r] = s;
         }
     }
-}
-
-// The plain kernels' store (the block's 16 T rows from row0): y[r] = scale * total (+ bias) (+ y).
-template <int T>
-__device__ __forceinline__ void mq_tcp_store(float (&tot)[T][2], float (*red)[T * 16], const float* rowScale, float* y, const float* bias,
-                                             int row0, int rows, int accumulate) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
-    if ((lane & 3) == 0) {
-#pragma unroll
-        for (int i = 0; i < T; i++) { red[warp][16 * i + g] = tot[i][0]; red[warp][16 * i + g + 8] = tot[i][1]; }
-    }
-    __syncthreads();
-    if (threadIdx.x < T * 16) {
-        float s = 0.f;
-#pragma unroll
-        for (int w = 0; w < 8; w++) s += red[w][threadIdx.x];
-        int r = row0 + threadIdx.x;
-        if (r < rows) {
-            if (rowScale) s *= rowScale[r];
-            if (bias) s += bias[r];
-            if (accumulate) s += y[r];
-            y[r] = s;
-        }
-    }
-}
-
-// The plain (non-GLU) 8-warp kernels: the same code as matvec_*_tc_impl below with GLU = false, W = 8, kept as the
-// exact source that was measured fastest on the H200 (bench/RESULTS.md, 2026-11-29 call 1): compiled from the
-// generic template (with or without launch bounds) the fp8 projections ran 20% slower there with NVRTC 13.
-template <int T, int U>
-__device__ __forceinline__ void matvec_fp8_tcp_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
-                                                   int rows, int cols, int accumulate) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    __shared__ float red[8][T * 16];
-    __shared__ __align__(16) u32 xb[8][U][4][8][2];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int row0 = blockIdx.x * (T * 16);
-    PDL_ENTER();   // x and y come from / go to the step's other kernels
-    if (row0 >= rows) return;
-    const calm_u4* rp[T][2];
-#pragma unroll
-    for (int i = 0; i < T; i++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) rp[i][h] = (const calm_u4*)(Q + (long long)min(row0 + 16 * i + g + 8 * h, rows - 1) * cols) + t;
-    const int nkb = cols >> 6;
-    // staging: lane L converts x[64kb + 2L, +1] = the pair (b0b1 if L even else b2b3) of t' = L/8, j' = (L/2)%4
-    const int st = lane >> 3, sj = (lane >> 1) & 3, sw = lane & 1;
-    const int bslot = 2 * t + (g & 1);
-    float d[T][2][4];
-#pragma unroll
-    for (int i = 0; i < T; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) d[i][0][e] = d[i][1][e] = 0.f;
-    for (int kb0 = warp; kb0 < nkb; kb0 += 8 * U) {
-        calm_u4 w[U][T][2];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * 8;
-            if (kb < nkb) {
-#pragma unroll
-                for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream(rp[i][0] + 4 * kb); w[u][i][1] = ldg_u4_stream(rp[i][1] + 4 * kb); }
-            }
-        }
-        __syncwarp();   // the previous iteration's B reads are done
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * 8;
-            if (kb < nkb) {
-                const mq_f2 v = *(const mq_f2*)(x + (long long)kb * 64 + 2 * lane);
-                u32 hi, lo;
-                mq_split(v.x, v.y, hi, lo);
-                xb[warp][u][sj][2 * st][sw] = hi;
-                xb[warp][u][sj][2 * st + 1][sw] = lo;
-            }
-        }
-        __syncwarp();
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * 8;
-            if (kb < nkb) {
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const mq_u2 b = *(const mq_u2*)&xb[warp][u][j][bslot][0];
-#pragma unroll
-                    for (int i = 0; i < T; i++) {
-                        const u32 wg = mq_word(w[u][i][0], j), wh = mq_word(w[u][i][1], j);
-                        mq_mma(d[i][j & 1], e4m3x2_to_f16x2(wg & 0xffffu), e4m3x2_to_f16x2(wh & 0xffffu),
-                               e4m3x2_to_f16x2(wg >> 16), e4m3x2_to_f16x2(wh >> 16), b.x, b.y);
-                    }
-                }
-            }
-        }
-    }
-    float tot[T][2];
-    bool bad = false;
-#pragma unroll
-    for (int i = 0; i < T; i++) {
-        tot[i][0] = (d[i][0][0] + d[i][0][1]) + (d[i][1][0] + d[i][1][1]);
-        tot[i][1] = (d[i][0][2] + d[i][0][3]) + (d[i][1][2] + d[i][1][3]);
-        bad |= !isfinite(tot[i][0]) || !isfinite(tot[i][1]);
-    }
-    if (__any_sync(0xffffffffu, bad)) {   // x outside f16 (or inf/NaN somewhere): this warp's k-blocks again in fp32
-        float f[T][2];
-#pragma unroll
-        for (int i = 0; i < T; i++) f[i][0] = f[i][1] = 0.f;
-        for (int kb = warp; kb < nkb; kb += 8) {
-            const calm_f4* xp = (const calm_f4*)(x + (long long)kb * 64 + 16 * t);
-            const calm_f4 xs[4] = { xp[0], xp[1], xp[2], xp[3] };
-#pragma unroll
-            for (int i = 0; i < T; i++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) f[i][h] += dot16_fp8(ldg_u4_stream(rp[i][h] + 4 * kb), xs);
-        }
-#pragma unroll
-        for (int i = 0; i < T; i++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
-    }
-    mq_tcp_store<T>(tot, red, S, y, bias, row0, rows, accumulate);
-#endif
-}
-
-template <int T, int U>
-__device__ __forceinline__ void matvec_int4_tcp_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
-                                                    int rows, int cols, int accumulate) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    __shared__ float red[8][T * 16];
-    __shared__ __align__(16) u32 xb[8][U][8][9][2];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int row0 = blockIdx.x * (T * 16);
-    PDL_ENTER();   // x and y come from / go to the step's other kernels
-    if (row0 >= rows) return;
-    const int G = cols >> 5;
-    const calm_u4* rp[T][2];
-    const u32* dp[T][2];
-    const u16* drow[T][2];
-#pragma unroll
-    for (int i = 0; i < T; i++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            long long r = min(row0 + 16 * i + g + 8 * h, rows - 1);
-            rp[i][h] = (const calm_u4*)(P + r * G * 16) + t;
-            drow[i][h] = D + r * G;
-            dp[i][h] = (const u32*)(drow[i][h] + 2 * (t & 1));   // the scales of groups 2(t%2), 2(t%2)+1 of each k-block
-        }
-    const int nkb = cols >> 7;
-    // staging: lane L = (t' = L/8, q' = (L/2)%4, h' = L%2) packs (x[2h'], x[2h'+4]) and (x[2h'+1], x[2h'+5]) of word q' of group-lane t'
-    const int st = lane >> 3, sq = (lane >> 1) & 3, sh = lane & 1;
-    const int bslot = t == (g & 3) ? 2 * t + (g >> 2) : 8;
-    if (lane < 8 * U) xb[warp][lane >> 3][lane & 7][8][0] = xb[warp][lane >> 3][lane & 7][8][1] = 0u;
-    float acc[T][2];
-#pragma unroll
-    for (int i = 0; i < T; i++) acc[i][0] = acc[i][1] = 0.f;
-    for (int kb0 = warp; kb0 < nkb; kb0 += 8 * U) {
-        calm_u4 w[U][T][2];
-        u32 sc[U][T][2];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * 8;
-            if (kb < nkb) {
-#pragma unroll
-                for (int i = 0; i < T; i++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream(rp[i][h] + 4 * kb); sc[u][i][h] = dp[i][h][2 * kb]; }
-            }
-        }
-        __syncwarp();
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * 8;
-            if (kb < nkb) {
-                const float* xp = x + (long long)kb * 128 + 32 * st + 8 * sq + 2 * sh;
-                const mq_f2 a = *(const mq_f2*)xp, b = *(const mq_f2*)(xp + 4);
-                mq_u2 hi, lo;
-                mq_split(a.x, b.x, hi.x, lo.x);
-                mq_split(a.y, b.y, hi.y, lo.y);
-                *(mq_u2*)&xb[warp][u][2 * sq + sh][2 * st][0] = hi;
-                *(mq_u2*)&xb[warp][u][2 * sq + sh][2 * st + 1][0] = lo;
-            }
-        }
-        __syncwarp();
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int kb = kb0 + u * 8;
-            if (kb < nkb) {
-                mq_u2 b[8];
-#pragma unroll
-                for (int m = 0; m < 8; m++) b[m] = *(const mq_u2*)&xb[warp][u][m][bslot][0];
-#pragma unroll
-                for (int i = 0; i < T; i++) {
-                    float d[2][4] = { { 0.f, 0.f, 0.f, 0.f }, { 0.f, 0.f, 0.f, 0.f } };
-#pragma unroll
-                    for (int q = 0; q < 4; q++) {
-                        u32 pg[4], ph[4];
-                        mq_int4x8_f16(mq_word(w[u][i][0], q), pg);
-                        mq_int4x8_f16(mq_word(w[u][i][1], q), ph);
-                        mq_mma(d[q & 1], pg[0], ph[0], pg[1], ph[1], b[2 * q].x, b[2 * q].y);
-                        mq_mma(d[q & 1], pg[2], ph[2], pg[3], ph[3], b[2 * q + 1].x, b[2 * q + 1].y);
-                    }
-                    float s0, s1, s2, s3;
-                    unpack2<CALM_F16>(sc[u][i][0], s0, s1);
-                    unpack2<CALM_F16>(sc[u][i][1], s2, s3);
-                    acc[i][0] = fmaf(s0, d[0][0] + d[1][0], fmaf(s1, d[0][1] + d[1][1], acc[i][0]));
-                    acc[i][1] = fmaf(s2, d[0][2] + d[1][2], fmaf(s3, d[0][3] + d[1][3], acc[i][1]));
-                }
-            }
-        }
-    }
-    float tot[T][2];
-    bool bad = false;
-#pragma unroll
-    for (int i = 0; i < T; i++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) { tot[i][h] = mq_quad_sum(acc[i][h]); bad |= !isfinite(tot[i][h]); }
-    if (__any_sync(0xffffffffu, bad)) {   // x outside f16 (or inf/NaN somewhere): this warp's k-blocks again in fp32
-        float f[T][2];
-#pragma unroll
-        for (int i = 0; i < T; i++) f[i][0] = f[i][1] = 0.f;
-        for (int kb = warp; kb < nkb; kb += 8) {
-            const calm_f4* xp = (const calm_f4*)(x + (long long)kb * 128 + 32 * t);
-#pragma unroll
-            for (int i = 0; i < T; i++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const calm_u4 v = ldg_u4_stream(rp[i][h] + 4 * kb);
-                    const float sum = dot8_int4(v.x, xp[0], xp[1]) + dot8_int4(v.y, xp[2], xp[3]) + dot8_int4(v.z, xp[4], xp[5]) + dot8_int4(v.w, xp[6], xp[7]);
-                    f[i][h] = fmaf(f16_to_f32(drow[i][h][4 * kb + t]), sum, f[i][h]);
-                }
-        }
-#pragma unroll
-        for (int i = 0; i < T; i++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
-    }
-    mq_tcp_store<T>(tot, red, (const float*)0, y, bias, row0, rows, accumulate);
-#endif
 }
 
 // fp8: Q [rows, cols] e4m3, S [rows] f32. k-block kb = columns 64kb .. 64kb+63; lane (g, t) holds bytes 16t .. 16t+15
@@ -627,13 +391,15 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
     __shared__ float red[W][T * 16];
     __shared__ __align__(16) u32 xb[W][U][4][8][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int row0 = blockIdx.x * (T * 16);   // plain: the block's first row
+    PDL_ENTER();   // x and y come from / go to the step's other kernels
+    if (!GLU && row0 >= n) return;
     const calm_u4* rp[T][2];
 #pragma unroll
     for (int i = 0; i < T; i++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) rp[i][h] = (const calm_u4*)(Q + mq_tc_row<GLU>(T, i, g, h, n) * cols) + t;
+        for (int h = 0; h < 2; h++) rp[i][h] = (const calm_u4*)(Q + mq_tc_row<GLU>(T, row0, i, g, h, n) * cols) + t;
     const int nkb = cols >> 6;
-    PDL_ENTER();   // x and y come from / go to the step's other kernels
     // staging: lane L converts x[64kb + 2L, +1] = the pair (b0b1 if L even else b2b3) of t' = L/8, j' = (L/2)%4
     const int st = lane >> 3, sj = (lane >> 1) & 3, sw = lane & 1;
     const int bslot = 2 * t + (g & 1);
@@ -707,7 +473,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 #pragma unroll
             for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
     }
-    mq_tc_store<T, GLU, W>(tot, red, S, y, bias, n, accumulate);
+    mq_tc_store<T, GLU, W>(tot, red, S, y, bias, row0, n, accumulate);
 #endif
 }
 
@@ -725,6 +491,9 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     __shared__ float red[W][T * 16];
     __shared__ __align__(16) u32 xb[W][U][8][9][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int row0 = blockIdx.x * (T * 16);   // plain: the block's first row
+    PDL_ENTER();
+    if (!GLU && row0 >= n) return;
     const int G = cols >> 5;
     const calm_u4* rp[T][2];
     const u32* dp[T][2];
@@ -733,13 +502,12 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     for (int i = 0; i < T; i++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            long long r = mq_tc_row<GLU>(T, i, g, h, n);
+            long long r = mq_tc_row<GLU>(T, row0, i, g, h, n);
             rp[i][h] = (const calm_u4*)(P + r * G * 16) + t;
             drow[i][h] = D + r * G;
             dp[i][h] = (const u32*)(drow[i][h] + 2 * (t & 1));   // the scales of groups 2(t%2), 2(t%2)+1 of each k-block
         }
     const int nkb = cols >> 7;
-    PDL_ENTER();
     // staging: lane L = (t' = L/8, q' = (L/2)%4, h' = L%2) packs (x[2h'], x[2h'+4]) and (x[2h'+1], x[2h'+5]) of word q' of group-lane t'
     const int st = lane >> 3, sq = (lane >> 1) & 3, sh = lane & 1;
     const int bslot = t == (g & 3) ? 2 * t + (g >> 2) : 8;
@@ -828,7 +596,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
 #pragma unroll
             for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
     }
-    mq_tc_store<T, GLU, W>(tot, red, (const float*)0, y, bias, n, accumulate);
+    mq_tc_store<T, GLU, W>(tot, red, (const float*)0, y, bias, row0, n, accumulate);
 #endif
 }
 
@@ -864,8 +632,9 @@ MQ_ENTRIES(8, 1, _r8)
 // ceil(rows / (16 T)) blocks (GLU: ceil(F / (8 T))) of 256 threads (_t1w: 512).
 // Entry points of one variant: T tiles per block of W warps, U k-blocks per stage; LB: a __launch_bounds__ or
 // nothing. The 8-warp variants have none: on the H200 with NVRTC 13 the fp8 kernels with __launch_bounds__(256, 4)
-// or (256, 2) ran the Llama-3-8B projections in 0.71 / 0.61 ms against 0.51 ms without (bench/RESULTS.md); the
-// 16-warp variant needs (512, 1) so that its registers always allow a 512-thread launch.
+// or (256, 2) ran the Llama-3-8B projections in 0.71 / 0.61 ms against 0.51 ms without (bench/RESULTS.md; the PTX
+// of the plain kernels is the same with and without, so the bounds act in ptxas); the 16-warp variant needs (512, 1)
+// so that its registers always allow a 512-thread launch.
 // Plain: y = W x as matvec_fp8 / matvec_int4 (same arguments). GLU: gate_up fused with the activation, W [2F, cols]
 // (gate over up), h [F] = act(gate) * up. MoE twins: per slot s, expert expertIdx[s], x + s*xStride, output + s*rows (F).
 #define MQ_TC_ONE(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                       \
@@ -881,28 +650,18 @@ extern "C" __global__ void LB moe_matvec_##NAME##_tc_glu##SUF(const void* const*
     IMPL<T, U, true, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,               \
                         h + (long long)s * F, (const float*)0, F, cols, act);                                            \
 }
-// the plain pair: mq_NAME_plain<T, U, W> (the measured 8-warp source for W = 8, the generic template otherwise)
+// the plain pair
 #define MQ_TC_PLAIN(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                     \
 extern "C" __global__ void LB matvec_##NAME##_tc##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, \
                                                  const float* bias, int rows, int cols, int accumulate) {                \
-    mq_##NAME##_plain<T, U, W>(Q, S, x, y, bias, rows, cols, accumulate);                                                \
+    IMPL<T, U, false, W>(Q, S, x, y, bias, rows, cols, accumulate);                                                      \
 }                                                                                                                        \
 extern "C" __global__ void LB moe_matvec_##NAME##_tc##SUF(const void* const* values, const void* const* scales, \
                                                  const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) { \
     pdl_wait();   /* the expert ids come from moe_route */                                                               \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    mq_##NAME##_plain<T, U, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,       \
-                               y + (long long)s * rows, (const float*)0, rows, cols, 0);                                 \
-}
-template <int T, int U, int W>
-__device__ __forceinline__ void mq_fp8_plain(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias, int rows, int cols, int acc) {
-    if (W == 8) matvec_fp8_tcp_impl<T, U>(Q, S, x, y, bias, rows, cols, acc);
-    else matvec_fp8_tc_impl<T, U, false, W>(Q, S, x, y, bias, rows, cols, acc);
-}
-template <int T, int U, int W>
-__device__ __forceinline__ void mq_int4_plain(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias, int rows, int cols, int acc) {
-    if (W == 8) matvec_int4_tcp_impl<T, U>(P, D, x, y, bias, rows, cols, acc);
-    else matvec_int4_tc_impl<T, U, false, W>(P, D, x, y, bias, rows, cols, acc);
+    IMPL<T, U, false, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,              \
+                         y + (long long)s * rows, (const float*)0, rows, cols, 0);                                       \
 }
 #define MQ_TC_ENTRIES(T, U, W, SUF, LB) MQ_TC_ONE(fp8, matvec_fp8_tc_impl, float, T, U, W, SUF, LB) MQ_TC_ONE(int4, matvec_int4_tc_impl, u16, T, U, W, SUF, LB)
 
