@@ -34,27 +34,6 @@
 #pragma once
 #include "attention_split.cuh"
 
-// c[4] += a[4] (16 x 16) . (b0, b1) (16 x 8): f16 operands, f32 accumulators
-__device__ __forceinline__ void fw_mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-// (a, b) -> hi = f16x2(a, b) (a in the low half), lo = f16x2(a - hi.a, b - hi.b) (the differences are exact in f32);
-// |a|, |b| < 65504
-__device__ __forceinline__ void fw_split(float a, float b, u32& hi, u32& lo) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(b), "f"(a));   // first source -> upper half
-    float ha, hb;
-    unpack2<CALM_F16>(hi, ha, hb);
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(b - hb), "f"(a - ha));
-#else
-    u16 x = f32_to_f16(a), y = f32_to_f16(b);
-    hi = (u32)x | ((u32)y << 16);
-    lo = (u32)f32_to_f16(a - f16_to_f32(x)) | ((u32)f32_to_f16(b - f16_to_f32(y)) << 16);
-#endif
-}
 // 2^e for -126 <= e <= 127
 __device__ __forceinline__ float fw_pow2(int e) { return __int_as_float((e + 127) << 23); }
 // floor(log2 x) of a positive normal x (-127 for a subnormal)
@@ -280,8 +259,8 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
 #pragma unroll
         for (int c = 0; c < KC; c++) {
             u32 h0, l0, h1, l1;
-            fw_split(qv[c][0] * up, qv[c][1] * up, h0, l0);
-            fw_split(qv[c][2] * up, qv[c][3] * up, h1, l1);
+            split_f16x2(qv[c][0] * up, qv[c][1] * up, h0, l0);
+            split_f16x2(qv[c][2] * up, qv[c][3] * up, h1, l1);
             qf[b][c][0] = (gq & 1) ? l0 : h0;
             qf[b][c][1] = (gq & 1) ? l1 : h1;
         }
@@ -314,7 +293,7 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
             e4m3x4_to_f16x2x2(kA[c], a[0], a[2]);   // row jA: k 2tq, 2tq+1 | 2tq+8, 2tq+9
             e4m3x4_to_f16x2x2(kB[c], a[1], a[3]);   // row jB
 #pragma unroll
-            for (int b = 0; b < NB; b++) fw_mma(sc[b], a, qf[b][c][0], qf[b][c][1]);
+            for (int b = 0; b < NB; b++) mma_16816(sc[b], a, qf[b][c][0], qf[b][c][1]);
         }
         float s[NB][2], mt[NB];
         bool need = false;
@@ -363,7 +342,7 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
             const float pA = exp2f(s[b][0] - mref[b]), pB = exp2f(s[b][1] - mref[b]);
             l[b] += pA + pB;
             u32 ph, pl;
-            fw_split(pA * vA, pB * vB, ph, pl);
+            split_f16x2(pA * vA, pB * vB, ph, pl);
             const u32 h0 = __shfl_sync(0xffffffffu, ph, src0), l0 = __shfl_sync(0xffffffffu, pl, src0);
             const u32 h1 = __shfl_sync(0xffffffffu, ph, src1), l1 = __shfl_sync(0xffffffffu, pl, src1);
             pb[b][0] = (gq & 1) ? l0 : h0;
@@ -377,7 +356,7 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
             e4m3x4_to_f16x2x2(__byte_perm(vw[0][i >> 1], vw[1][i >> 1], sel), a[0], a[1]);   // positions 4tq, 4tq+1
             e4m3x4_to_f16x2x2(__byte_perm(vw[2][i >> 1], vw[3][i >> 1], sel), a[2], a[3]);   // 4tq+2, 4tq+3
 #pragma unroll
-            for (int b = 0; b < NB; b++) fw_mma(acc[b][i], a, pb[b][0], pb[b][1]);
+            for (int b = 0; b < NB; b++) mma_16816(acc[b][i], a, pb[b][0], pb[b][1]);
         }
         p0 += FD_WARPS * 16;
         if (p0 < c1) fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB);

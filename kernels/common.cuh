@@ -92,6 +92,33 @@ __device__ __forceinline__ void prefetch_l2_warp(const void* p, long long bytes,
         asm volatile("prefetch.global.L2 [%0];" :: "l"(c + off));
 }
 
+// ---- tensor cores (sm_80+; no-ops below) ---------------------------------------------------------------------------
+// c[4] += a[4] (16 x 16) . (b0, b1) (16 x 8): mma.sync m16n8k16, f16 operands, fp32 accumulators
+__device__ __forceinline__ void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+// (a, b) -> f16x2 {low: a, high: b}, round to nearest
+__device__ __forceinline__ u32 pack_f16x2(float a, float b) {
+    u32 r;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));   // first source -> upper half
+#else
+    r = (u32)f32_to_f16(a) | ((u32)f32_to_f16(b) << 16);
+#endif
+    return r;
+}
+// (a, b) as two f16 parts: hi = f16x2(a, b), lo = f16x2(a - hi.a, b - hi.b) (the differences are exact in f32), so
+// hi + lo carries ~22 significant bits; |a|, |b| < 65504 (beyond, hi is inf)
+__device__ __forceinline__ void split_f16x2(float a, float b, u32& hi, u32& lo) {
+    hi = pack_f16x2(a, b);
+    float ha, hb;
+    unpack2<CALM_F16>(hi, ha, hb);
+    lo = pack_f16x2(a - ha, b - hb);
+}
+
 // ---- reductions --------------------------------------------------------------------------------------------------
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -48,14 +48,6 @@ __device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
 #endif
 }
-// c[4] += a[4] (16x16) . b[2] (16x8), f16 operands
-__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
 
 // rows r0.. of M [rows, K], columns k0 .. k0+GK, into s [R][GK+GPAD]: R rows x GK/8 chunks of 16 bytes, 256 threads
 template <int R, int GK>
@@ -178,7 +170,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
 #pragma unroll
             for (int i = 0; i < MT; i++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) mma16816(acc[i][j], a[i], b[j]);
+                for (int j = 0; j < 4; j++) mma_16816(acc[i][j], a[i], b[j][0], b[j][1]);
         }
     }
     g_wait<0>();
@@ -405,7 +397,7 @@ __device__ __forceinline__ void gemm4_impl(const u16* X, const u16* W, float* Y,
 #pragma unroll
             for (int i = 0; i < 4; i++)
 #pragma unroll
-                for (int j = 0; j < NT; j++) mma16816(acc[i][j], af[kk & 1][i], bf[kk & 1][j]);
+                for (int j = 0; j < NT; j++) mma_16816(acc[i][j], af[kk & 1][i], bf[kk & 1][j][0], bf[kk & 1][j][1]);
         }
     }
     g_wait<0>();

@@ -283,30 +283,6 @@ __device__ __forceinline__ void matvec_fp8_xs_impl(const unsigned char* Q, const
 struct __align__(8) mq_f2 { float x, y; };
 struct __align__(8) mq_u2 { u32 x, y; };
 
-__device__ __forceinline__ void mq_mma(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-// (a, b) -> f16x2 {low: a, high: b}, round to nearest
-__device__ __forceinline__ u32 mq_pack_f16x2(float a, float b) {
-    u32 r;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
-#else
-    r = (u32)f32_to_f16(a) | ((u32)f32_to_f16(b) << 16);
-#endif
-    return r;
-}
-// hi = f16(a, b), lo = f16(a - hi.a, b - hi.b)
-__device__ __forceinline__ void mq_split(float a, float b, u32& hi, u32& lo) {
-    hi = mq_pack_f16x2(a, b);
-    float ha, hb;
-    unpack2<CALM_F16>(hi, ha, hb);
-    lo = mq_pack_f16x2(a - ha, b - hb);
-}
 __device__ __forceinline__ u32 mq_word(const calm_u4& v, int j) { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; }
 __device__ __forceinline__ u32 mq_hfma2(u32 a, u32 b, u32 c) {
     u32 r;
@@ -425,7 +401,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
             if (kb < nkb) {
                 const mq_f2 v = *(const mq_f2*)(x + (long long)kb * 64 + 2 * lane);
                 u32 hi, lo;
-                mq_split(v.x, v.y, hi, lo);
+                split_f16x2(v.x, v.y, hi, lo);
                 xb[warp][u][sj][2 * st][sw] = hi;
                 xb[warp][u][sj][2 * st + 1][sw] = lo;
             }
@@ -441,8 +417,9 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 #pragma unroll
                     for (int i = 0; i < T; i++) {
                         const u32 wg = mq_word(w[u][i][0], j), wh = mq_word(w[u][i][1], j);
-                        mq_mma(d[i][j & 1], e4m3x2_to_f16x2(wg & 0xffffu), e4m3x2_to_f16x2(wh & 0xffffu),
-                               e4m3x2_to_f16x2(wg >> 16), e4m3x2_to_f16x2(wh >> 16), b.x, b.y);
+                        const u32 a[4] = { e4m3x2_to_f16x2(wg & 0xffffu), e4m3x2_to_f16x2(wh & 0xffffu),
+                                           e4m3x2_to_f16x2(wg >> 16), e4m3x2_to_f16x2(wh >> 16) };
+                        mma_16816(d[i][j & 1], a, b.x, b.y);
                     }
                 }
             }
@@ -536,8 +513,8 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
                 const float* xp = x + (long long)kb * 128 + 32 * st + 8 * sq + 2 * sh;
                 const mq_f2 a = *(const mq_f2*)xp, b = *(const mq_f2*)(xp + 4);
                 mq_u2 hi, lo;
-                mq_split(a.x, b.x, hi.x, lo.x);
-                mq_split(a.y, b.y, hi.y, lo.y);
+                split_f16x2(a.x, b.x, hi.x, lo.x);
+                split_f16x2(a.y, b.y, hi.y, lo.y);
                 *(mq_u2*)&xb[warp][u][2 * sq + sh][2 * st][0] = hi;
                 *(mq_u2*)&xb[warp][u][2 * sq + sh][2 * st + 1][0] = lo;
             }
@@ -558,8 +535,9 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
                         u32 pg[4], ph[4];
                         mq_int4x8_f16(mq_word(w[u][i][0], q), pg);
                         mq_int4x8_f16(mq_word(w[u][i][1], q), ph);
-                        mq_mma(d[q & 1], pg[0], ph[0], pg[1], ph[1], b[2 * q].x, b[2 * q].y);
-                        mq_mma(d[q & 1], pg[2], ph[2], pg[3], ph[3], b[2 * q + 1].x, b[2 * q + 1].y);
+                        const u32 a0[4] = { pg[0], ph[0], pg[1], ph[1] }, a1[4] = { pg[2], ph[2], pg[3], ph[3] };
+                        mma_16816(d[q & 1], a0, b[2 * q].x, b[2 * q].y);
+                        mma_16816(d[q & 1], a1, b[2 * q + 1].x, b[2 * q + 1].y);
                     }
                     float s0, s1, s2, s3;
                     unpack2<CALM_F16>(sc[u][i][0], s0, s1);

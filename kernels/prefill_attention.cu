@@ -282,13 +282,6 @@ __device__ __forceinline__ void pt_ldsm_t(u32 addr, u32& r0, u32& r1, u32& r2, u
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
 #endif
 }
-// c[4] += a[4] (16x16) . (b0, b1) (16x8), f16 operands, fp32 accumulators
-__device__ __forceinline__ void pt_mma(float* c, const u32* a, u32 b0, u32 b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
 // (a, b) -> hi = f16x2(a, b) (a in the low half), lo = f16x2 of the remainders; |values| saturate at 65504
 __device__ __forceinline__ void pt_split(float a, float b, u32& hi, u32& lo) {
     a = fminf(fmaxf(a, -65504.f), 65504.f);
@@ -387,10 +380,10 @@ __device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const 
                 for (int jj = 0; jj < SN / 2; jj++) {
                     u32 b0, b1, b2, b3;
                     pt_ldsm(sK + (u32)((jj * 16 + bRow) * ROW + ks * 16 + bCol) * 2, b0, b1, b2, b3);
-                    pt_mma(sc[2 * jj], qh[ks], b0, b1);
-                    pt_mma(sc[2 * jj], ql[ks], b0, b1);
-                    pt_mma(sc[2 * jj + 1], qh[ks], b2, b3);
-                    pt_mma(sc[2 * jj + 1], ql[ks], b2, b3);
+                    mma_16816(sc[2 * jj], qh[ks], b0, b1);
+                    mma_16816(sc[2 * jj], ql[ks], b0, b1);
+                    mma_16816(sc[2 * jj + 1], qh[ks], b2, b3);
+                    mma_16816(sc[2 * jj + 1], ql[ks], b2, b3);
                 }
             // causal / window / past-the-prompt mask; row maxima over the quad that holds a row
             float mx0 = -CALM_INF, mx1 = -CALM_INF;
@@ -433,10 +426,10 @@ __device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const 
                 for (int dn = 0; dn < NT / 2; dn++) {
                     u32 b0, b1, b2, b3;
                     pt_ldsm_t(sV + (u32)((kk * 16 + vRow) * ROW + dn * 16 + vCol) * 2, b0, b1, b2, b3);
-                    pt_mma(o[2 * dn], ah, b0, b1);
-                    pt_mma(o[2 * dn], al, b0, b1);
-                    pt_mma(o[2 * dn + 1], ah, b2, b3);
-                    pt_mma(o[2 * dn + 1], al, b2, b3);
+                    mma_16816(o[2 * dn], ah, b0, b1);
+                    mma_16816(o[2 * dn], al, b0, b1);
+                    mma_16816(o[2 * dn + 1], ah, b2, b3);
+                    mma_16816(o[2 * dn + 1], al, b2, b3);
                 }
             }
         }

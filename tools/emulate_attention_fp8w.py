@@ -105,7 +105,7 @@ REPL = {
     'fd_load': 'static inline void fd_load(calm_u4& r, const char* p) { memcpy(&r, p, 16); }\n'
                'static inline void fd_load(calm_u2& r, const char* p) { memcpy(&r, p, 8); }',
     'fw_ld8': 'static inline void fw_ld8(u32* w, const unsigned char* p, bool ok) { u32 t[2] = {0u, 0u}; if (ok) memcpy(t, p, 8); w[0] = t[0]; w[1] = t[1]; }',
-    'fw_mma': r'''static inline void fw_mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    'mma_16816': r'''static inline void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
     EmuWarp& w = emu_w(); int l = threadIdx.x & 31;
     for (int i = 0; i < 4; i++) w.a[l][i] = a[i];
     w.b[l][0] = b0; w.b[l][1] = b1;
