@@ -179,7 +179,20 @@ public sealed class CudaQuantKernels : IDisposable
         return rows >= 33792 ? "t4" : rows >= 16896 ? "t2" : "t1";
     }
     private static int TilesOf(string variant) => variant[1] - '0';
-    private static int ThreadsOf(string variant) => variant.EndsWith('w') ? 2 * Block : Block;
+
+    /// <summary>The tensor-core kernel <paramref name="prefix"/>_{fp8|int4}_<paramref name="kind"/>_{variant} for
+    /// <paramref name="variantRows"/> (see <see cref="TcVariant"/>), with its tiles per block and threads per block.</summary>
+    private (CudaKernel Kernel, int Tiles, int Threads) Tc(string prefix, string kind, DType wt, long variantRows, string? requested)
+    {
+        var v = TcVariant(wt, variantRows, requested ?? TcVariantOverride);
+        return (_k[$"{prefix}_{Suffix(wt)}_{kind}_{v}"], TilesOf(v), v.EndsWith('w') ? 2 * Block : Block);
+    }
+
+    private void RequireGluShape(DType wt, int cols)
+    {
+        if (!TensorCoreShape(wt, cols) || Arch < 80)
+            throw new ArgumentException($"the fused gate_up kernel needs sm_80 and cols % {(wt == DType.Int4 ? 128 : 64)} == 0 (got {cols})", nameof(cols));
+    }
 
     /// <summary>Whether a launch takes the tensor-core kernel: the default is on, the shape fits, and the call did not
     /// ask for a CUDA-core variant (rows per warp or staged x).</summary>
@@ -198,9 +211,8 @@ public sealed class CudaQuantKernels : IDisposable
     {
         if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
         {
-            var tv = TcVariant(wt, rows, tcVariant ?? TcVariantOverride);
-            int tt = TilesOf(tv);
-            _k[$"matvec_{Suffix(wt)}_tc_{tv}"].Launch(s, (rows + 16 * tt - 1) / (16 * tt), ThreadsOf(tv), 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
+            var (kern, tt, threads) = Tc("matvec", "tc", wt, rows, tcVariant);
+            kern.Launch(s, (rows + 16 * tt - 1) / (16 * tt), threads, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
             return;
         }
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
@@ -215,9 +227,8 @@ public sealed class CudaQuantKernels : IDisposable
     {
         if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
         {
-            var tv = TcVariant(wt, (long)rows * slots, tcVariant ?? TcVariantOverride);
-            int tt = TilesOf(tv);
-            _k[$"moe_matvec_{Suffix(wt)}_tc_{tv}"].Launch(s, ((rows + 16 * tt - 1) / (16 * tt), slots, 1), ThreadsOf(tv), 0, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
+            var (kern, tt, threads) = Tc("moe_matvec", "tc", wt, (long)rows * slots, tcVariant);
+            kern.Launch(s, ((rows + 16 * tt - 1) / (16 * tt), slots, 1), threads, 0, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
             return;
         }
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
@@ -233,21 +244,17 @@ public sealed class CudaQuantKernels : IDisposable
     /// scales as <see cref="Matvec"/>), x [cols] -> h [F] = act(W_gate x (+ b)) * (W_up x (+ b)); bias [2F] or 0.</summary>
     public void MatvecGlu(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong h, ulong bias, int F, int cols, Activation act, string? tcVariant = null)
     {
-        if (!TensorCoreShape(wt, cols) || Arch < 80)
-            throw new ArgumentException($"the fused gate_up kernel needs sm_80 and cols % {(wt == DType.Int4 ? 128 : 64)} == 0 (got {cols})", nameof(cols));
-        var v = TcVariant(wt, 2L * F, tcVariant ?? TcVariantOverride);
-        int tt = TilesOf(v);
-        _k[$"matvec_{Suffix(wt)}_tc_glu_{v}"].Launch(s, (F + 8 * tt - 1) / (8 * tt), ThreadsOf(v), 0, values, scales, x, h, bias, F, cols, (int)act);
+        RequireGluShape(wt, cols);
+        var (kern, tt, threads) = Tc("matvec", "tc_glu", wt, 2L * F, tcVariant);
+        kern.Launch(s, (F + 8 * tt - 1) / (8 * tt), threads, 0, values, scales, x, h, bias, F, cols, (int)act);
     }
 
     /// <summary>MoE twin of <see cref="MatvecGlu"/>: per slot s, expert idx[s] [2F, cols] . x[s*xStride ..] -> h[s*F ..].</summary>
     public void MoeMatvecGlu(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong h, int F, int cols, int slots, Activation act, string? tcVariant = null)
     {
-        if (!TensorCoreShape(wt, cols) || Arch < 80)
-            throw new ArgumentException($"the fused gate_up kernel needs sm_80 and cols % {(wt == DType.Int4 ? 128 : 64)} == 0 (got {cols})", nameof(cols));
-        var v = TcVariant(wt, 2L * F * slots, tcVariant ?? TcVariantOverride);
-        int tt = TilesOf(v);
-        _k[$"moe_matvec_{Suffix(wt)}_tc_glu_{v}"].Launch(s, ((F + 8 * tt - 1) / (8 * tt), slots, 1), ThreadsOf(v), 0, valueTable, scaleTable, idx, x, xStride, h, F, cols, (int)act);
+        RequireGluShape(wt, cols);
+        var (kern, tt, threads) = Tc("moe_matvec", "tc_glu", wt, 2L * F * slots, tcVariant);
+        kern.Launch(s, ((F + 8 * tt - 1) / (8 * tt), slots, 1), threads, 0, valueTable, scaleTable, idx, x, xStride, h, F, cols, (int)act);
     }
 
     /// <summary>Whether this image converts e4m3 with the hardware instruction (cvt.rn.f16x2.e4m3x2: sm_89+ and

@@ -394,8 +394,8 @@ public unsafe class QuantKernelTests
         }
     }
 
-    /// <summary>Activations beyond f16 (1e5, -3e6, 1e9 at a few columns, some of them against zero weights) make the
-    /// affected warps redo their k-blocks in fp32: the result still matches the reference at 1e-5 and stays finite;
+    /// <summary>Activations beyond f16 (1e5, -3e6, 1e9 at three columns) make the affected warps redo their k-blocks in
+    /// fp32: the result still matches the reference at 1e-5 and stays finite;
     /// an inf in x gives inf/NaN as on the CPU.</summary>
     [Theory]
     [InlineData(DType.F8E4M3)]
