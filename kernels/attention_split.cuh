@@ -159,6 +159,113 @@ __device__ __forceinline__ void fd_rows(const VEC (&kr)[U], const VEC (&vr)[U], 
 
 // KVT CALM_KV_FP8: kCache/vCache are this layer's [K, maxCtx, Hd] e4m3 bytes (passed as u16* to keep one
 // signature), kScale/vScale its row scales [K, maxCtx] f32.
+// The end of a split-attention block once s_m (each warp's max per head), s_l and s_acc (the block's sum and
+// unnormalised output per head, at the block max) are in place: the output with one chunk, else this block's partial
+// to the workspace and, in the last block of the kv head, the merge of all. Shared by attention_split_impl
+// and the tensor-core fp8 kernel (attention_split_fp8.cuh). Every thread calls it.
+template <int MAXG>
+__device__ __forceinline__ void fd_finish(float (&s_m)[FD_WARPS][MAXG], float (&s_l)[MAXG], float (&s_acc)[MAXG][FD_MAX_HD],
+                                          float (&s_wbuf)[MAXG][FD_MAX_SPLITS], float (&s_lw)[MAXG][FD_MAX_SPLITS],
+                                          calm_f4 (&s_red)[FD_THREADS], int& s_last, float* out, float* ws, int H, int Hd, int S,
+                                          int kh, int split, int z, int Z, int h0, int ng, int nsplit) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (nsplit == 1) {
+        for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+            int g = i / Hd, d = i - g * Hd;
+            out[(long long)(h0 + g) * Hd + d] = s_acc[g][d] / s_l[g];
+        }
+        return;
+    }
+    float* pm = ws;
+    float* pl = ws + (long long)H * S;
+    float* pacc = ws + 2LL * H * S;
+    int* counters = (int*)(ws + (long long)H * S * (Hd + 2));
+    for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+        int g = i / Hd, d = i - g * Hd;
+        pacc[((long long)(h0 + g) * S + split) * Hd + d] = s_acc[g][d];
+    }
+    if (threadIdx.x < ng) {
+        int g = threadIdx.x;
+        float M = -CALM_INF;
+        for (int w = 0; w < FD_WARPS; w++) M = fmaxf(M, s_m[w][g]);
+        pm[(long long)(h0 + g) * S + split] = M;
+        pl[(long long)(h0 + g) * S + split] = s_l[g];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int prev = atomicAdd(&counters[kh * Z + z], 1);
+        s_last = prev == nsplit - 1;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    if (threadIdx.x == 0) counters[kh * Z + z] = 0;   // ready for the next launch
+    __threadfence();
+    // merge, parallel over splits: (1) every (head, split) max and sum into shared, (2) one warp per head turns them
+    // into weights exp2(pm - M) / L, (3) threads = (float4 of the output, stride over splits), 8 loads in flight,
+    // their sums meet in shared memory
+    float* s_w = &s_wbuf[0][0];
+    for (int i = threadIdx.x; i < ng * nsplit; i += FD_THREADS) {
+        int g = i / nsplit, t = i - g * nsplit;
+        s_w[g * FD_MAX_SPLITS + t] = ld_cg_f32(pm + (long long)(h0 + g) * S + t);
+        s_lw[g][t] = ld_cg_f32(pl + (long long)(h0 + g) * S + t);
+    }
+    __syncthreads();
+    if (warp < ng) {
+        const int g = warp;
+        float M = -CALM_INF;
+        for (int t = lane; t < nsplit; t += 32) M = fmaxf(M, s_w[g * FD_MAX_SPLITS + t]);
+        M = warp_max(M);
+        float L = 0.f;
+        for (int t = lane; t < nsplit; t += 32) L += s_lw[g][t] * exp2f(s_w[g * FD_MAX_SPLITS + t] - M);
+        L = warp_sum(L);
+        __syncwarp();
+        for (int t = lane; t < nsplit; t += 32) s_w[g * FD_MAX_SPLITS + t] = exp2f(s_w[g * FD_MAX_SPLITS + t] - M) / L;
+    }
+    __syncthreads();
+    const int items = ng * (Hd >> 2);                      // float4 pieces of the group's output
+    const int R = items >= FD_THREADS ? 1 : FD_THREADS / items;   // threads per piece (stride over splits)
+    for (int i = threadIdx.x; i < items * R; i += FD_THREADS) {
+        const int it = i % items, r = i / items;
+        const int g = it / (Hd >> 2), d = (it - g * (Hd >> 2)) * 4;
+        const float* base = pacc + (long long)(h0 + g) * S * Hd + d;
+        float o0 = 0.f, o1 = 0.f, o2 = 0.f, o3 = 0.f;
+        for (int t0 = r; t0 < nsplit; t0 += 8 * R) {
+            calm_f4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                int t = t0 + u * R;
+                if (t < nsplit) v[u] = ld_cg_f4(base + (long long)t * Hd);
+                else v[u].x = v[u].y = v[u].z = v[u].w = 0.f;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                int t = t0 + u * R;
+                float w = t < nsplit ? s_w[g * FD_MAX_SPLITS + t] : 0.f;
+                o0 = fmaf(v[u].x, w, o0); o1 = fmaf(v[u].y, w, o1); o2 = fmaf(v[u].z, w, o2); o3 = fmaf(v[u].w, w, o3);
+            }
+        }
+        if (R == 1) {
+            calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
+            *(calm_f4*)(out + (long long)(h0 + g) * Hd + d) = o;
+        } else {
+            calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
+            s_red[i] = o;   // i < items * R <= FD_THREADS
+        }
+    }
+    if (R > 1) {
+        __syncthreads();
+        // the R partial sums of each piece, added in a fixed order
+        for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
+            int g = i / Hd, d = i - g * Hd;
+            int it = g * (Hd >> 2) + (d >> 2), c = d & 3;
+            float o = 0.f;
+            for (int r = 0; r < R; r++) o += ((const float*)&s_red[r * items + it])[c];
+            out[(long long)(h0 + g) * Hd + d] = o;
+        }
+    }
+}
+
 template <int MAXG, int U, bool ASYNC, int KVT = CALM_KV_F16>
 __device__ __forceinline__ void attention_split_impl(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws,
                                                      int H, int K, int Hd, int maxCtx, int window, float scale, int S,
@@ -309,101 +416,6 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
         }
         __syncthreads();
     }
-    const int h0 = kh * G + g0;
-    if (nsplit == 1) {
-        for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
-            int g = i / Hd, d = i - g * Hd;
-            out[(long long)(h0 + g) * Hd + d] = s_acc[g][d] / s_l[g];
-        }
-        return;
-    }
-    float* pm = ws;
-    float* pl = ws + (long long)H * S;
-    float* pacc = ws + 2LL * H * S;
-    int* counters = (int*)(ws + (long long)H * S * (Hd + 2));
-    for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
-        int g = i / Hd, d = i - g * Hd;
-        pacc[((long long)(h0 + g) * S + split) * Hd + d] = s_acc[g][d];
-    }
-    if (threadIdx.x < ng) {
-        int g = threadIdx.x;
-        float M = -CALM_INF;
-        for (int w = 0; w < FD_WARPS; w++) M = fmaxf(M, s_m[w][g]);
-        pm[(long long)(h0 + g) * S + split] = M;
-        pl[(long long)(h0 + g) * S + split] = s_l[g];
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int prev = atomicAdd(&counters[kh * Z + z], 1);
-        s_last = prev == nsplit - 1;
-    }
-    __syncthreads();
-    if (!s_last) return;
-    if (threadIdx.x == 0) counters[kh * Z + z] = 0;   // ready for the next launch
-    __threadfence();
-    // merge, parallel over splits: (1) every (head, split) max and sum into shared, (2) one warp per head turns them
-    // into weights exp2(pm - M) / L, (3) threads = (float4 of the output, stride over splits), 8 loads in flight,
-    // their sums meet in shared memory
-    float* s_w = &s_wbuf[0][0];
-    for (int i = threadIdx.x; i < ng * nsplit; i += FD_THREADS) {
-        int g = i / nsplit, t = i - g * nsplit;
-        s_w[g * FD_MAX_SPLITS + t] = ld_cg_f32(pm + (long long)(h0 + g) * S + t);
-        s_lw[g][t] = ld_cg_f32(pl + (long long)(h0 + g) * S + t);
-    }
-    __syncthreads();
-    if (warp < ng) {
-        const int g = warp;
-        float M = -CALM_INF;
-        for (int t = lane; t < nsplit; t += 32) M = fmaxf(M, s_w[g * FD_MAX_SPLITS + t]);
-        M = warp_max(M);
-        float L = 0.f;
-        for (int t = lane; t < nsplit; t += 32) L += s_lw[g][t] * exp2f(s_w[g * FD_MAX_SPLITS + t] - M);
-        L = warp_sum(L);
-        __syncwarp();
-        for (int t = lane; t < nsplit; t += 32) s_w[g * FD_MAX_SPLITS + t] = exp2f(s_w[g * FD_MAX_SPLITS + t] - M) / L;
-    }
-    __syncthreads();
-    const int items = ng * (Hd >> 2);                      // float4 pieces of the group's output
-    const int R = items >= FD_THREADS ? 1 : FD_THREADS / items;   // threads per piece (stride over splits)
-    for (int i = threadIdx.x; i < items * R; i += FD_THREADS) {
-        const int it = i % items, r = i / items;
-        const int g = it / (Hd >> 2), d = (it - g * (Hd >> 2)) * 4;
-        const float* base = pacc + (long long)(h0 + g) * S * Hd + d;
-        float o0 = 0.f, o1 = 0.f, o2 = 0.f, o3 = 0.f;
-        for (int t0 = r; t0 < nsplit; t0 += 8 * R) {
-            calm_f4 v[8];
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                int t = t0 + u * R;
-                if (t < nsplit) v[u] = ld_cg_f4(base + (long long)t * Hd);
-                else v[u].x = v[u].y = v[u].z = v[u].w = 0.f;
-            }
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                int t = t0 + u * R;
-                float w = t < nsplit ? s_w[g * FD_MAX_SPLITS + t] : 0.f;
-                o0 = fmaf(v[u].x, w, o0); o1 = fmaf(v[u].y, w, o1); o2 = fmaf(v[u].z, w, o2); o3 = fmaf(v[u].w, w, o3);
-            }
-        }
-        if (R == 1) {
-            calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
-            *(calm_f4*)(out + (long long)(h0 + g) * Hd + d) = o;
-        } else {
-            calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
-            s_red[i] = o;   // i < items * R <= FD_THREADS
-        }
-    }
-    if (R > 1) {
-        __syncthreads();
-        // the R partial sums of each piece, added in a fixed order
-        for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
-            int g = i / Hd, d = i - g * Hd;
-            int it = g * (Hd >> 2) + (d >> 2), c = d & 3;
-            float o = 0.f;
-            for (int r = 0; r < R; r++) o += ((const float*)&s_red[r * items + it])[c];
-            out[(long long)(h0 + g) * Hd + d] = o;
-        }
-    }
+    fd_finish<MAXG>(s_m, s_l, s_acc, s_wbuf, s_lw, s_red, s_last, out, ws, H, Hd, S, kh, split, z, Z, kh * G + g0, ng, nsplit);
 }
 
