@@ -29,8 +29,8 @@ $lines = [Collections.Generic.List[string]]::new()
 function Say([string] $s) { Write-Host $s; $lines.Add($s) }
 Say "GPU: $($info.Name), driver $($info.DriverVersion), NVRTC $($info.NvrtcVersion), $($info.Multiprocessors) SMs"
 
-# name -> environment (CALM_GEMM_K 32|64, CALM_GEMM_TILE auto|auto2|64|128, CALM_GEMM_VARIANT 1|2|3|4, CALM_GEMM_V4N
-# 128|192|256 (variant 4's column tile; unset: per shape), CALM_PREFILL_ATT 1|2, CALM_PREFILL_FUSE 0|1)
+# name -> environment (CALM_GEMM_K 32|64, CALM_GEMM_TILE auto|auto2|64|128, CALM_GEMM_VARIANT 1|2|3|4|5, CALM_GEMM_V4N /
+# CALM_GEMM_WN 128|192|256 (variant 4's / 5's column tile; unset: per shape), CALM_PREFILL_ATT 1|2, CALM_PREFILL_FUSE 0|1)
 $all = [ordered]@{
     'defaults'              = @{}
     'old-defaults'          = @{ CALM_GEMM_VARIANT = '1'; CALM_GEMM_K = '32'; CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }   # 2026-11-26: 59.2 ms
@@ -46,10 +46,14 @@ $all = [ordered]@{
     'gemm-v4-n128'          = @{ CALM_GEMM_VARIANT = '4'; CALM_GEMM_V4N = '128' }
     'gemm-v4-n192'          = @{ CALM_GEMM_VARIANT = '4'; CALM_GEMM_V4N = '192' }
     'gemm-v4-n256'          = @{ CALM_GEMM_VARIANT = '4'; CALM_GEMM_V4N = '256' }
+    'gemm-v5'               = @{ CALM_GEMM_VARIANT = '5' }   # wgmma (sm_90a); the default where it runs
+    'gemm-v5-n128'          = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMM_WN = '128' }
+    'gemm-v5-n192'          = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMM_WN = '192' }
+    'gemm-v5-n256'          = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMM_WN = '256' }
 }
 $Variants = @($Variants | ForEach-Object { $_ -split "," } | Where-Object { $_ })   # pwsh -File passes one comma-joined string
 if (-not $Variants) { $Variants = @($all.Keys) }
-$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
+$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_GEMM_WN', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
 $opt = [Calm.Engine.ImportOptions]@{ Device = [Calm.Engine.DeviceChoice]::Cuda; ContextLength = $ContextLength }
 $ttft = [Collections.Generic.List[string]]::new()
 $stageRows = [Collections.Generic.List[object]]::new()
@@ -121,6 +125,7 @@ if (-not $SkipGemmTable -and $c) {
     # (variant, tile rows, k depth, variant 4's column tile: 0 = picked per shape)
     $combos = @(@(1, 64, 32, 0), @(1, 64, 64, 0), @(1, 128, 32, 0), @(1, 128, 64, 0), @(2, 64, 64, 0), @(2, 128, 64, 0), @(3, 64, 64, 0), @(3, 128, 64, 0),
                 @(4, 128, 64, 128), @(4, 128, 64, 192), @(4, 128, 64, 256))
+    if ($pk.WgmmaAvailable) { $combos += @(@(5, 128, 64, 128), @(5, 128, 64, 192), @(5, 128, 64, 256)) }
     $H = [Calm.Engine.Cuda.CudaDeviceMemory]::Allocate($ctx, [long]$T * $F * 2, 'h')
     Say ""
     Say "| GEMM (T=$T) | N | K | variant | tile rows (x cols) | k depth | ms | TFLOP/s |"
@@ -133,9 +138,10 @@ if (-not $SkipGemmTable -and $c) {
             for ($i = 0; $i -lt 20; $i++) { $pk.Gemm($s, [Calm.Engine.Model.DType]::BF16, $X.Ptr, $W.Ptr, $Y.Ptr, 0, $T, $sh[1], $sh[2], $false, $tile, $depth, $var, $cols) }
             $e1.Record($s); $e1.Synchronize()
             $ms = $e1.ElapsedSince($e0) / 20
-            if ($var -eq 4) {
+            if ($var -ge 4) {
                 $tileText = "128 x $cols"
-                $pick = if ($pk.Gemm4TileCols($T, $sh[1], $false) -eq $cols) { ' (picked)' } else { '' }
+                $picked = if ($var -eq 4) { $pk.Gemm4TileCols($T, $sh[1], $false) } else { $pk.GemmWTileCols($T, $sh[1], $false) }
+                $pick = if ($picked -eq $cols) { ' (picked)' } else { '' }
             } else {
                 $tileText = "$tile"
                 $pick = if ($pk.GemmTileRows($T, $sh[1]) -eq $tile) { ' (picked)' } else { '' }
@@ -148,7 +154,7 @@ if (-not $SkipGemmTable -and $c) {
                 for ($i = 0; $i -lt 20; $i++) { $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var, $cols) }
                 $e1.Record($s); $e1.Synchronize()
                 $ms = $e1.ElapsedSince($e0) / 20
-                $pick = if ($var -eq 4 -and $pk.Gemm4TileCols($T, $F, $true) -eq $cols) { ' (picked)' } else { '' }
+                $pick = if (($var -eq 4 -and $pk.Gemm4TileCols($T, $F, $true) -eq $cols) -or ($var -eq 5 -and $pk.GemmWTileCols($T, $F, $true) -eq $cols)) { ' (picked)' } else { '' }
                 Say ("| gate_up + act | {0} | {1} | {2} | {3}{4} | 64 | {5:F3} | {6:F0} |" -f $sh[1], $sh[2], $var, $tileText, $pick, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
             }
         }

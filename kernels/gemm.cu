@@ -14,6 +14,7 @@
 // no extra wait per stage), (c) float2 stores in the epilogue, (d) __launch_bounds__(256, 2): two blocks per SM;
 // _v2s4 (variant 3): 4 stages instead of 3, one block per SM (147 KB of shared memory at 128 rows).
 #include "common.cuh"
+#include "gemm_common.cuh"
 
 #define GN 128
 #define GPAD 8                     // halves of padding per smem row (80- or 144-byte rows): conflict-free ldmatrix
@@ -21,33 +22,6 @@
 #define GEMM_THREADS 256
 #define GEMM_STAGES 3
 // dynamic shared memory bytes: STAGES x (A [GM][GK+GPAD] + B [GN][GK+GPAD]) halves (GM = 32*MT)
-
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    u32 a;
-    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-__device__ __forceinline__ void g_cp16(u32 dst, const void* src, int bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void g_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-template <int N> __device__ __forceinline__ void g_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
-#endif
-}
-__device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-#endif
-}
 
 // rows r0.. of M [rows, K], columns k0 .. k0+GK, into s [R][GK+GPAD]: R rows x GK/8 chunks of 16 bytes, 256 threads
 template <int R, int GK>
@@ -61,20 +35,6 @@ __device__ __forceinline__ void gemm_load_tile(u32 s, const u16* M, int rows, in
         bool ok = k < K && row < rows;
         g_cp16(s + (u32)(r * GROW + kc) * 2, M + (ok ? (long long)row * K + k : 0), ok ? 16 : 0);
     }
-}
-// two bf16 (low = first) -> two f16 in the same places
-__device__ __forceinline__ u32 bf16x2_to_f16x2(u32 w) {
-    return (u32)f32_to_f16(__int_as_float(w << 16)) | ((u32)f32_to_f16(__int_as_float(w & 0xffff0000u)) << 16);
-}
-// the same with one cvt.rn.f16x2.f32 per pair (sm_80+; d = {hi: first operand, lo: second})
-__device__ __forceinline__ u32 bf16x2_to_f16x2_v2(u32 w) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    u32 r;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(__int_as_float(w & 0xffff0000u)), "f"(__int_as_float(w << 16)));
-    return r;
-#else
-    return bf16x2_to_f16x2(w);
-#endif
 }
 // the B chunks this thread copied into a stage (same mapping as gemm_load_tile), bf16 -> f16 in place
 template <int GK>
@@ -102,15 +62,6 @@ __device__ __forceinline__ void gemm_load_stage(u32 sA, u32 sB, const u16* X, co
     } else {
         gemm_load_tile<GN, GK>(sB, W, N, K, n0, k0);
     }
-}
-
-struct __align__(8) gemm_f2 { float x, y; };
-
-// f16 saturates at +-65504 instead of overflowing to inf (NaN stays NaN)
-__device__ __forceinline__ u16 to_half(float v, int dt) {
-    if (dt == CALM_BF16) return f32_to_bf16(v);
-    if (fabsf(v) > 65504.f) v = copysignf(65504.f, v);
-    return f32_to_f16(v);
 }
 
 // GATED: N = F, W [2F, K] = [gate | up], bias [2F] or null; instead of Y, Hout [T, F] (odt) = act(gate) * up with the

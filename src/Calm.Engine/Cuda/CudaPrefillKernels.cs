@@ -24,6 +24,17 @@ public sealed class CudaPrefillKernels : IDisposable
     /// 4 = 128-row x 128/192/256-column tiles with 64 x 32/48/64 warp tiles, XOR-swizzled shared memory, fragments
     /// double-buffered in registers, grouped block order (<see cref="Gemm4TileCols"/>). Variants 2-4 have k depth 64 only.</summary>
     public int GemmVariant { get; }
+    /// <summary>Whether variant 5 runs here: the wgmma kernels (kernels/gemm_wgmma.cu) need sm_90 and an NVRTC that
+    /// builds sm_90a (12.0+; <see cref="KernelCompiler.ArchSpecificTarget"/>). Where it does, variant 5 is the default.</summary>
+    public bool WgmmaAvailable { get; }
+    /// <summary>Variant 5's column tile when the call does not say (CALM_GEMM_WN = 128, 192 or 256; else 0: picked per
+    /// shape by <see cref="GemmWTileCols"/>).</summary>
+    public int GemmWCols { get; }
+    /// <summary>Variant 5 kernels: 128 rows (two warpgroups of 64), k depth 64, 4 stages.</summary>
+    public const int GemmWTileRows = 128, GemmWStages = 4;
+    /// <summary>Dynamic shared memory of variant 5: 4 stages x (128 + cols) rows x 128 bytes, plus 1 KB to align the
+    /// stages to 1024 bytes (the 128-byte swizzle's period).</summary>
+    public static int GemmWSharedBytes(int cols) => GemmWStages * (GemmWTileRows + cols) * 128 + 1024;
     /// <summary>Variant 4's column tile when the call does not say (CALM_GEMM_V4N = 128, 192 or 256; else 0: picked per
     /// shape by <see cref="Gemm4TileCols"/>).</summary>
     public int Gemm4Cols { get; }
@@ -64,7 +75,13 @@ public sealed class CudaPrefillKernels : IDisposable
     {
         GemmDepth = gemmDepth ?? (Environment.GetEnvironmentVariable("CALM_GEMM_K") == "32" ? 32 : 64);
         if (GemmDepth is not (32 or 64)) throw new ArgumentOutOfRangeException(nameof(gemmDepth), "GEMM depth is 32 or 64");
-        GemmVariant = Environment.GetEnvironmentVariable("CALM_GEMM_VARIANT") switch { "1" => 1, "2" => 2, "3" => 3, _ => 4 };
+        WgmmaAvailable = arch == 90 && KernelCompiler.ArchSpecificTarget(arch);
+        GemmVariant = Environment.GetEnvironmentVariable("CALM_GEMM_VARIANT") switch
+        {
+            "1" => 1, "2" => 2, "3" => 3, "4" => 4,
+            _ => WgmmaAvailable ? 5 : 4,   // "5" where wgmma cannot run: variant 4
+        };
+        GemmWCols = Environment.GetEnvironmentVariable("CALM_GEMM_WN") switch { "128" => 128, "192" => 192, "256" => 256, _ => 0 };
         Gemm4Cols = Environment.GetEnvironmentVariable("CALM_GEMM_V4N") switch { "128" => 128, "192" => 192, "256" => 256, _ => 0 };
         GemmTileRule = Environment.GetEnvironmentVariable("CALM_GEMM_TILE") switch { "auto2" => "auto2", "64" => "64", "128" => "128", _ => "auto" };
         AttentionVariant = Environment.GetEnvironmentVariable("CALM_PREFILL_ATT") == "1" ? 1 : 2;
@@ -91,6 +108,18 @@ public sealed class CudaPrefillKernels : IDisposable
                         _k[name] = _modules[0].GetKernel(name);
                         _k[name].SetMaxDynamicSharedMemory(Gemm4SharedBytes(cols));
                     }
+            if (WgmmaAvailable)
+            {
+                _modules.Add(new CudaModule(ctx, KernelCompiler.Get("gemm_wgmma.cu", arch, verbose).Image, "gemm_wgmma.cu"));
+                foreach (var h in new[] { "bf16", "f16" })
+                    foreach (var cols in new[] { 128, 192, 256 })
+                        foreach (var g in new[] { "", "gated_" })
+                        {
+                            var name = "gemmw_" + g + h + "_n" + cols;
+                            _k[name] = _modules[^1].GetKernel(name);
+                            _k[name].SetMaxDynamicSharedMemory(GemmWSharedBytes(cols));
+                        }
+            }
             foreach (var name in new[] { "qkv_rope_rows", "attention_prefill", "attention_prefill_tc64", "attention_prefill_tc128", "qkv_rope_rows_fp8", "attention_prefill_fp8" })
                 _k[name] = _modules[1].GetKernel(name);
             foreach (var h in new[] { "bf16", "f16" })
@@ -176,12 +205,13 @@ public sealed class CudaPrefillKernels : IDisposable
     {
         if (variant == 0) variant = GemmVariant;
         if (variant == 4) { Gemm4(s, wt, X, W, Y, bias, T, N, K, accumulate, tileCols); return; }
+        if (variant == 5) { GemmW(s, wt, X, W, Y, bias, T, N, K, accumulate, false, tileCols, 0, DType.F16); return; }
         if (tileRows == 0) tileRows = GemmTileRows(T, N);
         if (depth == 0) depth = GemmDepth;
         if (variant is 2 or 3) depth = 64;
         if (tileRows is not (64 or 128)) throw new ArgumentOutOfRangeException(nameof(tileRows), "GEMM tiles are 64 or 128 rows");
         if (depth is not (32 or 64)) throw new ArgumentOutOfRangeException(nameof(depth), "GEMM depth is 32 or 64");
-        if (variant is not (1 or 2 or 3)) throw new ArgumentOutOfRangeException(nameof(variant), "GEMM variants are 1, 2, 3 and 4");
+        if (variant is not (1 or 2 or 3)) throw new ArgumentOutOfRangeException(nameof(variant), "GEMM variants are 1 to 5");
         if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);
         if (T <= 0 || N <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{N}");
         if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
@@ -207,6 +237,44 @@ public sealed class CudaPrefillKernels : IDisposable
             X, W, Y, bias, T, N, K, accumulate ? 1 : 0);
     }
 
+    /// <summary>Variant 5's column tile (128, 192 or 256) for T rows and <paramref name="cols"/> output columns (gated:
+    /// F, a block covering half its tile): the fewest waves of one block per multiprocessor weighted by the tile's
+    /// columns, with a small per-flop penalty of the narrower tiles (more shared-memory reads of A per product).</summary>
+    public int GemmWTileCols(int T, int cols, bool gated = false)
+    {
+        if (GemmWCols != 0) return GemmWCols;
+        long mTiles = (T + GemmWTileRows - 1) / GemmWTileRows;
+        int best = 256; double bestCost = double.MaxValue;
+        foreach (var (c, eff) in new[] { (256, 1.0), (192, 0.97), (128, 0.93) })
+        {
+            int per = gated ? c / 2 : c;
+            long blocks = mTiles * ((cols + per - 1) / per);
+            double cost = Math.Ceiling(blocks / (double)Multiprocessors) * c / eff;
+            if (cost < bestCost - 1e-9) { bestCost = cost; best = c; }
+        }
+        return best;
+    }
+
+    /// <summary>Variant 5 (sm_90a, <see cref="WgmmaAvailable"/>): Y [T, N] f32 = X . W^T (+ bias) (+ Y), or gated
+    /// (N = F): H [T, F] (odt) = act(gate) * up, on wgmma with 128 x <paramref name="tileCols"/> tiles (0:
+    /// <see cref="GemmWTileCols"/>). Same operand formats and checks as <see cref="Gemm4"/>.</summary>
+    public void GemmW(CudaStream s, DType wt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, bool gated,
+                      int tileCols = 0, Activation act = 0, DType odt = DType.F16)
+    {
+        if (!WgmmaAvailable) throw new NotSupportedException("GEMM variant 5 needs an sm_90 GPU and NVRTC 12.0 or newer (sm_90a code)");
+        if (tileCols == 0) tileCols = GemmWTileCols(T, N, gated);
+        if (tileCols is not (128 or 192 or 256)) throw new ArgumentOutOfRangeException(nameof(tileCols), "variant 5 tiles are 128, 192 or 256 columns");
+        if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);
+        if (T <= 0 || N <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{N}");
+        if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
+        int per = gated ? tileCols / 2 : tileCols;
+        long blocks = (long)((T + GemmWTileRows - 1) / GemmWTileRows) * ((N + per - 1) / per);
+        if (blocks > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(T), "GEMM grid too large");
+        var kernel = _k["gemmw_" + (gated ? "gated_" : "") + Half(wt) + "_n" + tileCols];
+        if (gated) kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, GemmWSharedBytes(tileCols), X, W, Y, bias, T, N, K, (int)act, CudaKernels.DTypeCode(odt));
+        else kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, GemmWSharedBytes(tileCols), X, W, Y, bias, T, N, K, accumulate ? 1 : 0);
+    }
+
     /// <summary>The gate_up GEMM with the activation fused into its epilogue: X [T, K] f16 . W [2F, K]^T (wt; rows
     /// [gate | up]) (+ bias [2F] f32 when nonzero) -> H [T, F] (odt bf16/f16; f16 saturates at ±65504) = act(gate) * up,
     /// the same values as <see cref="Gemm"/> into [T, 2F] f32 then <see cref="GateActRows"/>, without the f32 round trip
@@ -215,6 +283,7 @@ public sealed class CudaPrefillKernels : IDisposable
     public void GemmGated(CudaStream s, DType wt, ulong X, ulong W, ulong H, ulong bias, int T, int F, int K, Activation act, DType odt, int tileRows = 0, int variant = 0, int tileCols = 0)
     {
         if (variant == 0) variant = GemmVariant;
+        if (variant == 5) { GemmW(s, wt, X, W, H, bias, T, F, K, false, true, tileCols, act, odt); return; }
         if (variant == 4)
         {
             if (tileCols == 0) tileCols = Gemm4TileCols(T, F, gated: true);

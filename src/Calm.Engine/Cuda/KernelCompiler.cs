@@ -73,6 +73,25 @@ public static unsafe class KernelCompiler
         return ($"--gpu-architecture=compute_{below}", $"compute_{below}", false);
     }
 
+    /// <summary>Kernel files written for one architecture's own instructions (sm_90a: wgmma): compiled for the "a"
+    /// target where <see cref="ArchSpecificTarget"/> allows, else compiled plainly (their kernels are then empty and
+    /// their launchers do not take them).</summary>
+    public static readonly IReadOnlySet<string> ArchSpecificFiles = new HashSet<string>(StringComparer.Ordinal) { "gemm_wgmma.cu" };
+
+    /// <summary>Whether this NVRTC can build arch-specific code (sm_90a) for compute capability <paramref name="arch"/>:
+    /// only 9.0, with NVRTC 12.0 or newer (11.8 has no sm_90a). CALM_NO_ARCH_SPECIFIC=1 turns it off.</summary>
+    public static bool ArchSpecificTarget(int arch)
+    {
+        if (arch != 90 || Environment.GetEnvironmentVariable("CALM_NO_ARCH_SPECIFIC") == "1") return false;
+        try { Nvrtc.EnsureLoaded(); return Nvrtc.Version.Major >= 12 && Nvrtc.SupportedArchs().Contains(90); }
+        catch (CalmException) { return false; }
+    }
+
+    /// <summary>The target of <paramref name="file"/> for compute capability <paramref name="arch"/>: sm_90a for the
+    /// <see cref="ArchSpecificFiles"/> where <see cref="ArchSpecificTarget"/>, else <see cref="TargetFor(int)"/>.</summary>
+    public static (string Option, string Target, bool Cubin) TargetFor(int arch, string file)
+        => ArchSpecificFiles.Contains(file) && ArchSpecificTarget(arch) ? ($"--gpu-architecture=sm_{arch}a", $"sm_{arch}a", true) : TargetFor(arch);
+
     public static string[] Options(string archOption) => new[] { archOption, "--std=c++17", "-default-device", "--fmad=true" };
 
     /// <summary>Compiles (or loads from the caches) one kernel file for <paramref name="arch"/>.</summary>
@@ -80,7 +99,7 @@ public static unsafe class KernelCompiler
     public static KernelImage Get(string file, int arch, Action<string>? verbose = null, bool useDiskCache = true, string[]? defines = null)
     {
         Nvrtc.EnsureLoaded();
-        var (opt, target, cubin) = TargetFor(arch);
+        var (opt, target, cubin) = TargetFor(arch, file);
         var (vmaj, vmin) = Nvrtc.Version;
         var source = Sources.TryGetValue(file, out var s) ? s : throw new ArgumentException($"no kernel file {file}", nameof(file));
         var opts = Options(opt).Concat((defines ?? Array.Empty<string>()).Select(d => "-D" + d)).ToArray();
@@ -182,7 +201,8 @@ public static unsafe class KernelCompiler
         finally { Nvrtc.nvrtcDestroyProgram(&prog); }
     }
 
-    /// <summary>Compiles every kernel file for sm_<paramref name="arch"/> (no cache); the CI check. Returns failures.</summary>
+    /// <summary>Compiles every kernel file for sm_<paramref name="arch"/> (the <see cref="ArchSpecificFiles"/> for
+    /// sm_90a where this NVRTC can; no cache); the CI check. Returns failures.</summary>
     public static List<string> CheckAll(int arch, Action<string>? report = null)
     {
         var failures = new List<string>();
@@ -191,8 +211,9 @@ public static unsafe class KernelCompiler
             var sw = Stopwatch.StartNew();
             try
             {
-                var img = CompileSource(file, source, Options($"--gpu-architecture=sm_{arch}"), true, out var log);
-                report?.Invoke($"ok   {file} sm_{arch}: {img.Length:N0} bytes cubin in {sw.ElapsedMilliseconds} ms{(log.Trim().Length > 0 ? "\n" + log.Trim() : "")}");
+                string sm = ArchSpecificFiles.Contains(file) && ArchSpecificTarget(arch) ? $"sm_{arch}a" : $"sm_{arch}";
+                var img = CompileSource(file, source, Options($"--gpu-architecture={sm}"), true, out var log);
+                report?.Invoke($"ok   {file} {sm}: {img.Length:N0} bytes cubin in {sw.ElapsedMilliseconds} ms{(log.Trim().Length > 0 ? "\n" + log.Trim() : "")}");
             }
             catch (CalmException e)
             {

@@ -79,10 +79,24 @@ public class PrefillTests
     public void GemmVariant4MatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileCols)
         => CheckGemm(dt, T, N, K, bias, accumulate, 0, 64, 4, tileCols);
 
+    // variant 5 (wgmma on sm_90a: two warpgroups of 64 rows, B converted bf16 -> f16 in shared memory, 4-stage ring,
+    // the descriptors' 128-byte swizzle over variant 4's layout): every variant-4 case at every column tile
+    [Theory]
+    [MemberData(nameof(Variant4Cases))]
+    public void GemmVariant5MatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileCols)
+        => CheckGemm(dt, T, N, K, bias, accumulate, 0, 64, 5, tileCols);
+
+    private static void SkipUnlessWgmma(CudaPrefillKernels p, int variant)
+    {
+        if (variant == 5 && !p.WgmmaAvailable)
+            Assert.Skip($"GEMM variant 5 (wgmma) needs sm_90 and NVRTC 12.0+ for sm_90a code; this is sm_{p.Arch} with NVRTC {Nvrtc.Version.Major}.{Nvrtc.Version.Minor}.");
+    }
+
     private static void CheckGemm(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileRows, int depth, int variant, int tileCols = 0)
     {
         var (ctx, p, s) = Require();
         using var _c = ctx; using var _p = p; using var _s = s;
+        SkipUnlessWgmma(p, variant);
         var r = Gpu.Rng();
         var (xb, xv) = Gpu.RandHalf(r, T * K, DType.F16, 1f);   // activations are f16 whatever the weights
         var (wb, wv) = Gpu.RandHalf(r, N * K, dt, 0.1f);
@@ -137,10 +151,26 @@ public class PrefillTests
     public void GemmGatedVariant4MatchesReferenceAndUnfused(DType dt, int T, int F, int K, bool bias, int tileCols, DType odt, int actCode)
         => CheckGated(dt, T, F, K, bias, 0, 4, odt, actCode, tileCols);
 
+    // variant 5 gated: gate rows in the first half of the B tile, up rows in the second (BN/2 columns of F per block)
+    [Theory]
+    [InlineData(DType.BF16, 37, 100, 264, true, 0, DType.F16, 0)]
+    [InlineData(DType.BF16, 37, 100, 264, false, 128, DType.BF16, 1)]
+    [InlineData(DType.F16, 130, 64, 512, true, 192, DType.F16, 0)]
+    [InlineData(DType.BF16, 257, 200, 1000, true, 256, DType.F16, 1)]
+    [InlineData(DType.BF16, 300, 192, 4104, false, 128, DType.F16, 0)]
+    [InlineData(DType.BF16, 300, 192, 4104, true, 256, DType.BF16, 0)]
+    [InlineData(DType.BF16, 515, 72, 136, true, 0, DType.BF16, 0)]
+    [InlineData(DType.F16, 3, 130, 8, true, 192, DType.F16, 1)]
+    [InlineData(DType.BF16, 1100, 333, 72, true, 192, DType.F16, 0)]   // odd F; 9 row tiles
+    [InlineData(DType.BF16, 1100, 333, 72, false, 256, DType.BF16, 1)]
+    public void GemmGatedVariant5MatchesReferenceAndUnfused(DType dt, int T, int F, int K, bool bias, int tileCols, DType odt, int actCode)
+        => CheckGated(dt, T, F, K, bias, 0, 5, odt, actCode, tileCols);
+
     private static void CheckGated(DType dt, int T, int F, int K, bool bias, int tileRows, int variant, DType odt, int actCode, int tileCols)
     {
         var (ctx, p, s) = Require();
         using var _c = ctx; using var _p = p; using var _s = s;
+        SkipUnlessWgmma(p, variant);
         var act = (Activation)actCode;
         var r = Gpu.Rng();
         var (xb, xv) = Gpu.RandHalf(r, T * K, DType.F16, 1f);

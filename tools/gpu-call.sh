@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One device call (see tools/stage-gpu.sh): unpack the staged build, then run the steps named in $STEPS (comma list)
+# with logs under $OUT. Steps: regs (registers/spills of every kernel for this GPU, incl. sm_90a files), wgmma-tests,
+# prefill-tests, prefill-bench, gpu-tests (build.ps1 GpuTest), issue6 (bench/Issue6.Bench.ps1, every row).
+# Usage there: source .gpu/boot.sh && STEPS=regs,wgmma-tests,prefill-bench bash tools/gpu-call.sh
+set -uo pipefail
+tar xJf .stage/build.tar.xz
+export CALM_CACHE_DIR=${CALM_CACHE_DIR:-/tmp/calmcache}
+T=tests/Calm.Engine.Tests/bin/Release/net8.0/Calm.Engine.Tests.dll
+NS=Calm.Engine.Tests.Cuda
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
+if has regs; then
+  mkdir -p /tmp/cubins
+  cat > /tmp/regs.ps1 <<'PS'
+Add-Type -Path ./bin/Calm.Engine.dll
+foreach ($f in [Calm.Engine.Cuda.KernelCompiler]::Sources.Keys) {
+  $img = [Calm.Engine.Cuda.KernelCompiler]::Get($f, 90, $null, $false)
+  if ($img.IsCubin) { [IO.File]::WriteAllBytes("/tmp/cubins/$f.$($img.Target).cubin", $img.Image) } else { Write-Host "${f}: $($img.Target) (PTX)" }
+}
+PS
+  pwsh -NoProfile -File /tmp/regs.ps1 2>&1 | tee "$OUT/regs.txt"
+  python3 tools/kernel-regs.py /tmp/cubins/*.cubin 2>&1 | tee -a "$OUT/regs.txt" | grep -E "gemmw|gemm4_|rmsnorm_rows|qkv_rope_rows"
+  # SASS instruction counts of the GEMM kernels: tensor-core ops, local memory, barriers
+  for c in /tmp/cubins/gemm_wgmma.cu.*.cubin /tmp/cubins/gemm.cu.*.cubin; do
+    cuobjdump -sass "$c" > /tmp/sass.txt 2>&1 || continue
+    awk '/Function :/ {f=$3} /HGMMA/ {g[f]++} /HMMA/ {h[f]++} /LDL|STL/ {l[f]++} /BAR/ {b[f]++} /WARPSYNC|WARPGROUP/ {w[f]++}
+         END {for (k in g) printf "%-28s HGMMA %d LDL/STL %d BAR %d WG %d\n", k, g[k], l[k], b[k], w[k];
+              for (k in h) if (!(k in g)) printf "%-28s HMMA %d LDL/STL %d BAR %d\n", k, h[k], l[k], b[k]}' /tmp/sass.txt | sort | tee -a "$OUT/regs.txt"
+  done
+fi
+if has wgmma-tests; then
+  dotnet $T -method "$NS.PrefillTests.GemmVariant5MatchesReference" -method "$NS.PrefillTests.GemmGatedVariant5MatchesReferenceAndUnfused" 2>&1 | grep -E "FAIL|Total|Passed|Failed|Skipped|Error|error" | head -40 | tee "$OUT/wgmma-tests.txt"
+fi
+if has prefill-tests; then
+  timeout 400 dotnet $T -class $NS.PrefillTests 2>&1 | grep -E "\[FAIL\]|Total|Failed|Passed:|Skipped:" | head -60 | tee "$OUT/prefill-tests.txt"
+fi
+if has prefill-bench; then
+  timeout 300 pwsh -NoProfile -File bench/Gpu.Prefill.Bench.ps1 -Variants ${PREFILL_VARIANTS:-defaults,gemm-v4} -PromptTokens 512 -SkipTokenByToken -Repeat 3 -Out $OUT 2>&1 | tail -50
+fi
+if has gpu-tests; then
+  timeout 500 pwsh -NoProfile -File ./build.ps1 GpuTest 2>&1 | tail -40 | tee "$OUT/gputest.txt"
+fi
+if has issue6; then
+  timeout 500 pwsh -NoProfile -File bench/Issue6.Bench.ps1 -OutputFolder $OUT/issue6 2>&1 | tail -40
+fi
