@@ -19,6 +19,7 @@ param(
     [string[]] $Variants,
     [switch] $SkipTokenByToken,
     [switch] $SkipGemmTable,
+    [ValidateSet('bf16', 'fp8', 'int4')] [string] $WeightDType = 'bf16',
     [string] $Out = $env:OUT
 )
 $ErrorActionPreference = 'Stop'
@@ -50,10 +51,11 @@ $all = [ordered]@{
     'gemm-v5-n128'          = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMM_WN = '128' }
     'gemm-v5-n192'          = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMM_WN = '192' }
     'gemm-v5-n256'          = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMM_WN = '256' }
+    'gemm-v5-inline-act'    = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMMW_EPI = 'inline' }
 }
 $Variants = @($Variants | ForEach-Object { $_ -split "," } | Where-Object { $_ })   # pwsh -File passes one comma-joined string
 if (-not $Variants) { $Variants = @($all.Keys) }
-$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_GEMM_WN', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
+$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_GEMM_WN', 'CALM_GEMMW_EPI', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
 $opt = [Calm.Engine.ImportOptions]@{ Device = [Calm.Engine.DeviceChoice]::Cuda; ContextLength = $ContextLength }
 $ttft = [Collections.Generic.List[string]]::new()
 $stageRows = [Collections.Generic.List[object]]::new()
@@ -62,7 +64,8 @@ foreach ($v in $Variants) {
     if (-not $all.Contains($v)) { throw "unknown variant '$v' (one of: $($all.Keys -join ', '))" }
     foreach ($n in $envNames) { Remove-Item "env:$n" -ErrorAction Ignore }
     foreach ($kv in $all[$v].GetEnumerator()) { Set-Item "env:$($kv.Key)" $kv.Value }
-    $m = [Calm.Engine.ModelFactory]::CreateSynthetic($Preset, 1, [Calm.Engine.Model.DType]::BF16, $opt, $null, $ct)
+    $wdt = @{ bf16 = [Calm.Engine.Model.DType]::BF16; fp8 = [Calm.Engine.Model.DType]::F8E4M3; int4 = [Calm.Engine.Model.DType]::Int4 }[$WeightDType]
+    $m = [Calm.Engine.ModelFactory]::CreateSynthetic($Preset, 1, $wdt, $opt, $null, $ct)
     try {
         $b = $m.Backend
         $c = $m.Config
@@ -88,7 +91,7 @@ foreach ($v in $Variants) {
 foreach ($n in $envNames) { Remove-Item "env:$n" -ErrorAction Ignore }
 
 Say ""
-Say "Time to first token, $Preset bf16, batched prefill (median of $Repeat; TFLOP/s over the weight matmuls):"
+Say "Time to first token, $Preset $WeightDType, batched prefill (median of $Repeat; TFLOP/s over the weight matmuls):"
 Say "| variant | environment | $(($PromptTokens | ForEach-Object { "$_ tokens" }) -join ' | ') |"
 Say "|---|---|$(($PromptTokens | ForEach-Object { '---' }) -join '|')|"
 $ttft | ForEach-Object { Say $_ }
@@ -156,10 +159,20 @@ if (-not $SkipGemmTable -and $c) {
                 $ms = $e1.ElapsedSince($e0) / 20
                 $pick = if (($var -eq 4 -and $pk.Gemm4TileCols($T, $F, $true) -eq $cols) -or ($var -eq 5 -and $pk.GemmWTileCols($T, $F, $true) -eq $cols)) { ' (picked)' } else { '' }
                 Say ("| gate_up + act | {0} | {1} | {2} | {3}{4} | 64 | {5:F3} | {6:F0} |" -f $sh[1], $sh[2], $var, $tileText, $pick, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
+                if ($var -eq 5) {   # experiment: the activation inlined into the unrolled epilogue
+                    $env:CALM_GEMMW_EPI = 'inline'
+                    $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var, $cols)
+                    $e0.Record($s)
+                    for ($i = 0; $i -lt 20; $i++) { $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var, $cols) }
+                    $e1.Record($s); $e1.Synchronize()
+                    Remove-Item env:CALM_GEMMW_EPI
+                    $ms = $e1.ElapsedSince($e0) / 20
+                    Say ("| gate_up + act (inline act) | {0} | {1} | {2} | {3} | 64 | {4:F3} | {5:F0} |" -f $sh[1], $sh[2], $var, $tileText, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
+                }
             }
         }
     }
     $H.Dispose()
     $e0.Dispose(); $e1.Dispose(); $X.Dispose(); $W.Dispose(); $Y.Dispose(); $s.Dispose(); $kk.Dispose(); $pk.Dispose(); $ctx.Dispose()
 }
-if ($Out) { New-Item -ItemType Directory -Force $Out | Out-Null; $lines | Set-Content (Join-Path $Out 'prefill.txt') }
+if ($Out) { New-Item -ItemType Directory -Force $Out | Out-Null; $lines | Set-Content (Join-Path $Out $(if ($WeightDType -eq 'bf16') { 'prefill.txt' } else { "prefill-$WeightDType.txt" })) }

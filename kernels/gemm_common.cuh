@@ -13,6 +13,12 @@ __device__ __forceinline__ void g_cp16(u32 dst, const void* src, int bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
 #endif
 }
+// 4 bytes (src 4-byte aligned) through L1; bytes 0 zero-fills
+__device__ __forceinline__ void g_cp4(u32 dst, const void* src, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
+#endif
+}
 __device__ __forceinline__ void g_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;" ::: "memory");

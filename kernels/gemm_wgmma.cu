@@ -13,6 +13,7 @@
 // Blocks walk the (row tile, column tile) grid as variant 4: 8 row tiles at a time, row tiles fastest.
 #include "common.cuh"
 #include "gemm_common.cuh"
+#include "fp8.cuh"
 
 #define GEMMW_THREADS 256
 #define GEMMW_BM 128
@@ -135,10 +136,39 @@ __device__ __forceinline__ u64 wgmma_desc(u32 saddr) {
     return (u64)((saddr & 0x3FFFF) >> 4) | ((u64)(16 >> 4) << 16) | ((u64)(1024 >> 4) << 32) | (1ull << 62);
 }
 
-// one stage: A rows m0.. of X [T, K], B rows of W (GATED: rows < BN/2 gate rows n0.., the rest up rows N+n0..),
-// columns k0 .. k0+63; thread t copies chunk t&7 of rows (t>>3) + 32 i (out-of-range rows and chunks zero-filled)
+// ---- weight formats ----------------------------------------------------------------------------------------------
+// WT: CALM_F16 / CALM_BF16 (W [N, K] halves: the B tile is copied straight into its swizzled place, bf16 converted in
+// place), WQ_FP8 (W [N, K] e4m3 bytes, scales [N] f32: w = e4m3 * s[n], the scale applied to the sums in the
+// epilogue), WQ_INT4 (W [N, ceil(K/32)*16] bytes, two nibbles per byte low first, scales [N, ceil(K/32)] f16:
+// w = (u - 8) * d, formed in f16 as one correctly rounded product). Layouts: src/Calm.Engine/Quant/QuantFormats.cs.
+// The quantized formats copy their raw bytes (and int4 scales) beside the A tile and convert them into a separate
+// 3-slot ring of f16 B tiles (stage kt+1 converted while stage kt-1's and kt's wgmma may still read theirs).
+#define WQ_FP8 10
+#define WQ_INT4 11
+
+// bytes of one load stage (A tile + B tile or raw B bytes), a multiple of 1024 (the swizzle's period)
+template <int WT, int BN> __device__ __host__ constexpr u32 gemmw_load_bytes() {
+    return ((GEMMW_BM * 128 + (WT == WQ_FP8 ? BN * 64 : WT == WQ_INT4 ? BN * 40 : BN * 128)) + 1023u) & ~1023u;
+}
+template <int WT> __device__ __host__ constexpr bool gemmw_quant() { return WT == WQ_FP8 || WT == WQ_INT4; }
+
+// W row of B-tile row r: gate rows n0.. in the first half of a gated tile, the up rows N+n0.. in the second
 template <int BN, int GATED>
-__device__ __forceinline__ void gemmw_load_stage(u32 sA, const u16* X, const u16* W, int T, int N, int K, int m0, int n0, int k0) {
+__device__ __forceinline__ int gemmw_w_row(int r, int N, int n0, bool& ok) {
+    if (GATED) {
+        int up = r >= BN / 2, f = n0 + (up ? r - BN / 2 : r);
+        ok = f < N;
+        return up ? N + f : f;
+    }
+    ok = n0 + r < N;
+    return n0 + r;
+}
+
+// one stage: A rows m0.. of X [T, K] (thread t: chunk t&7 of rows (t>>3) + 32 i), and B: halves as A (rows of W,
+// chunk t&7 of rows (t>>3) + 32 i); fp8 16-byte chunks c = idx&3 of rows idx>>2 (idx = t + 256 i); int4 the group
+// chunk c = idx&1 of rows idx>>1 and its scale's aligned word. Out-of-range rows and chunks zero-filled.
+template <int WT, int BN, int GATED>
+__device__ __forceinline__ void gemmw_load_stage(u32 sA, const u16* X, const void* W, const void* scales, int T, int N, int K, int m0, int n0, int k0) {
     const int rr = threadIdx.x >> 3, cc = threadIdx.x & 7;
     const u32 sw = (u32)((cc ^ (rr & 7)) << 4);
     const int k = k0 + cc * 8;
@@ -150,50 +180,133 @@ __device__ __forceinline__ void gemmw_load_stage(u32 sA, const u16* X, const u16
         g_cp16(sA + (u32)((rr + 32 * i) * 128) + sw, X + (ok ? (long long)row * K + k : 0), ok ? 16 : 0);
     }
     const u32 sB = sA + GEMMW_BM * 128;
+    if (WT == WQ_FP8) {
+        const unsigned char* Wq = (const unsigned char*)W;
 #pragma unroll
-    for (int i = 0; i < BN / 32; i++) {
-        int r = rr + 32 * i, src;
-        bool ok;
-        if (GATED) {
-            int up = r >= BN / 2, f = n0 + (up ? r - BN / 2 : r);
-            ok = kok && f < N;
-            src = up ? N + f : f;
-        } else {
-            src = n0 + r;
-            ok = kok && src < N;
+        for (int i = 0; i < BN * 4 / GEMMW_THREADS; i++) {
+            int idx = threadIdx.x + i * GEMMW_THREADS, r = idx >> 2, c = idx & 3;
+            bool ok;
+            int src = gemmw_w_row<BN, GATED>(r, N, n0, ok);
+            int kb = k0 + c * 16;
+            ok = ok && kb < K;
+            g_cp16(sB + (u32)(r * 64 + c * 16), Wq + (ok ? (long long)src * K + kb : 0), ok ? 16 : 0);
         }
-        g_cp16(sB + (u32)(r * 128) + sw, W + (ok ? (long long)src * K + k : 0), ok ? 16 : 0);
-    }
-}
-
-// the B chunks this thread copied into the stage at sA (gemmw_load_stage's mapping), bf16 -> f16 in place
-template <int BN>
-__device__ __forceinline__ void gemmw_convert_b(u32 sA) {
-    const int rr = threadIdx.x >> 3, cc = threadIdx.x & 7;
-    const u32 sB = sA + GEMMW_BM * 128 + (u32)(rr * 128) + (u32)((cc ^ (rr & 7)) << 4);
+    } else if (WT == WQ_INT4) {
+        const unsigned char* Wq = (const unsigned char*)W;
+        const int G = (K + 31) >> 5;
+        const u32 sS = sB + BN * 32;
 #pragma unroll
-    for (int i = 0; i < BN / 32; i++) {
-        u32 a = sB + (u32)(i * 32 * 128), x, y, z, w;
-        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(x), "=r"(y), "=r"(z), "=r"(w) : "r"(a));
-        x = bf16x2_to_f16x2_v2(x); y = bf16x2_to_f16x2_v2(y); z = bf16x2_to_f16x2_v2(z); w = bf16x2_to_f16x2_v2(w);
-        asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" :: "r"(a), "r"(x), "r"(y), "r"(z), "r"(w) : "memory");
+        for (int i = 0; i < (BN * 2 + GEMMW_THREADS - 1) / GEMMW_THREADS; i++) {
+            int idx = threadIdx.x + i * GEMMW_THREADS;
+            if (idx < BN * 2) {
+                int r = idx >> 1, c = idx & 1;
+                bool ok;
+                int src = gemmw_w_row<BN, GATED>(r, N, n0, ok);
+                int g = (k0 >> 5) + c;
+                ok = ok && g < G;
+                long long si = (long long)src * G + g;
+                g_cp16(sB + (u32)(r * 32 + c * 16), Wq + (ok ? (long long)src * G * 16 + g * 16 : 0), ok ? 16 : 0);
+                g_cp4(sS + (u32)(r * 8 + c * 4), (const unsigned char*)scales + (ok ? ((si * 2) & ~3ll) : 0), ok ? 4 : 0);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < BN / 32; i++) {
+            int r = rr + 32 * i;
+            bool ok;
+            int src = gemmw_w_row<BN, GATED>(r, N, n0, ok);
+            ok = ok && kok;
+            g_cp16(sB + (u32)(r * 128) + sw, (const u16*)W + (ok ? (long long)src * K + k : 0), ok ? 16 : 0);
+        }
     }
 }
 
-// N: columns of Y (GATED: F). Grid: ceil(T/128) * ceil(N / (GATED ? BN/2 : BN)) blocks (1-D, grouped order)
-template <int DT, int BN, int GATED>
-__device__ __forceinline__ void gemmw_impl(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate,
+// the B bytes this thread copied into the load stage at sA (gemmw_load_stage's mapping) -> f16 in the swizzled tile
+// at sF (halves: sF is the stage's own B tile; bf16 converted in place, f16 left as it is)
+template <int WT, int BN, int GATED>
+__device__ __forceinline__ void gemmw_convert(u32 sA, u32 sF, int N, int K, int n0, int k0) {
+    const u32 sB = sA + GEMMW_BM * 128;
+    if (WT == CALM_BF16) {
+        const int rr = threadIdx.x >> 3, cc = threadIdx.x & 7;
+        const u32 at = sB + (u32)(rr * 128) + (u32)((cc ^ (rr & 7)) << 4);
+#pragma unroll
+        for (int i = 0; i < BN / 32; i++) {
+            u32 a = at + (u32)(i * 32 * 128), x, y, z, w;
+            asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(x), "=r"(y), "=r"(z), "=r"(w) : "r"(a));
+            x = bf16x2_to_f16x2_v2(x); y = bf16x2_to_f16x2_v2(y); z = bf16x2_to_f16x2_v2(z); w = bf16x2_to_f16x2_v2(w);
+            asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" :: "r"(a), "r"(x), "r"(y), "r"(z), "r"(w) : "memory");
+        }
+    } else if (WT == WQ_FP8) {
+#pragma unroll
+        for (int i = 0; i < BN * 4 / GEMMW_THREADS; i++) {
+            int idx = threadIdx.x + i * GEMMW_THREADS, r = idx >> 2, c = idx & 3;
+            u32 w[4], h[8];
+            asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(sB + (u32)(r * 64 + c * 16)));
+#pragma unroll
+            for (int j = 0; j < 4; j++) e4m3x4_to_f16x2x2(w[j], h[2 * j], h[2 * j + 1]);
+            const u32 row = sF + (u32)(r * 128);
+            asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" :: "r"(row + (u32)(((2 * c) ^ (r & 7)) << 4)), "r"(h[0]), "r"(h[1]), "r"(h[2]), "r"(h[3]) : "memory");
+            asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" :: "r"(row + (u32)(((2 * c + 1) ^ (r & 7)) << 4)), "r"(h[4]), "r"(h[5]), "r"(h[6]), "r"(h[7]) : "memory");
+        }
+    } else if (WT == WQ_INT4) {
+        const int G = (K + 31) >> 5;
+        const u32 sS = sB + BN * 32;
+#pragma unroll
+        for (int i = 0; i < (BN * 2 + GEMMW_THREADS - 1) / GEMMW_THREADS; i++) {
+            int idx = threadIdx.x + i * GEMMW_THREADS;
+            if (idx < BN * 2) {
+                int r = idx >> 1, c = idx & 1;
+                bool ok;
+                int src = gemmw_w_row<BN, GATED>(r, N, n0, ok);
+                long long si = (long long)src * G + (k0 >> 5) + c;
+                u32 w[4], sw2;
+                asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(sB + (u32)(r * 32 + c * 16)));
+                asm volatile("ld.shared.u32 %0, [%1];" : "=r"(sw2) : "r"(sS + (u32)(r * 8 + c * 4)));
+                u32 d = (si & 1) ? (sw2 >> 16) : (sw2 & 0xffffu);
+                d |= d << 16;
+                const u32 row = sF + (u32)(r * 128);
+#pragma unroll
+                for (int q = 0; q < 4; q++) {   // word q: elements 8q .. 8q+7 of the group -> f16 chunk 4c + q
+                    u32 h[4];
+#pragma unroll
+                    for (int b = 0; b < 4; b++) {
+                        u32 x = (w[q] >> (8 * b)) & 0xffu;
+                        u32 p = (x & 0xfu) | ((x & 0xf0u) << 12) | 0x64006400u;   // f16x2 (1024 + lo, 1024 + hi)
+                        asm("sub.rn.f16x2 %0, %0, %1;" : "+r"(p) : "r"(0x64086408u));   // u - 8, exact
+                        asm("mul.rn.f16x2 %0, %0, %1;" : "+r"(p) : "r"(d));            // (u - 8) * d, rounded once
+                        h[b] = p;
+                    }
+                    asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" :: "r"(row + (u32)(((4 * c + q) ^ (r & 7)) << 4)), "r"(h[0]), "r"(h[1]), "r"(h[2]), "r"(h[3]) : "memory");
+                }
+            }
+        }
+    }
+}
+
+// act(g) * u rounded to odt, out of line: the gated epilogue's unrolled loop over the accumulators stays small (inlined,
+// three activations x BN/4 outputs per thread made a body the compiler might not unroll, and a run-time index into the
+// accumulators would put them in local memory)
+__device__ __noinline__ u16 gemmw_act_mul(float g, float u, int act, int odt) { return to_half(activate(g, act) * u, odt); }
+
+// N: columns of Y (GATED: F). Grid: ceil(T/128) * ceil(N / (GATED ? BN/2 : BN)) blocks (1-D, grouped order).
+// Shared memory: GEMMW_STAGES load stages, then (quantized formats) 3 f16 B tiles, + 1 KB of alignment.
+template <int WT, int BN, int GATED, int EPI_INLINE = 0>
+__device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const void* scales, float* Y, const float* bias, int T, int N, int K, int accumulate,
                                            u16* Hout, int act, int odt) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(1024) unsigned char gwsm[];
     const int STG = GEMMW_STAGES, BNC = GATED ? BN / 2 : BN;
-    const u32 stageBytes = (GEMMW_BM + BN) * 128;
+    const bool Q = gemmw_quant<WT>();
+    const u32 stageBytes = gemmw_load_bytes<WT, BN>();
     const int mTiles = (T + GEMMW_BM - 1) / GEMMW_BM, nTiles = (N + BNC - 1) / BNC;
     const int pid = blockIdx.x, width = GEMMW_GROUP * nTiles, grp = pid / width, firstM = grp * GEMMW_GROUP;
     const int gsz = min(mTiles - firstM, GEMMW_GROUP), inGrp = pid - grp * width;
     const int m0 = (firstM + inGrp % gsz) * GEMMW_BM, n0 = (inGrp / gsz) * BNC;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2;
     const u32 base = (smem_addr(gwsm) + 1023u) & ~1023u;   // the launcher adds 1 KB for this alignment
+    const u32 ring = base + STG * stageBytes;               // quantized: the 3 f16 B tiles
+    // the f16 B tile of stage s (halves: inside its load stage)
+#define GEMMW_BTILE(s) (Q ? ring + (u32)((s) % 3) * (BN * 128) : base + (u32)((s) % STG) * stageBytes + GEMMW_BM * 128)
 
     float acc[BN / 2];
 #pragma unroll
@@ -202,71 +315,81 @@ __device__ __forceinline__ void gemmw_impl(const u16* X, const u16* W, float* Y,
     const int kTiles = (K + 63) / 64;
 #pragma unroll
     for (int s = 0; s < STG - 2; s++) {
-        if (s < kTiles) gemmw_load_stage<BN, GATED>(base + s * stageBytes, X, W, T, N, K, m0, n0, s * 64);
+        if (s < kTiles) gemmw_load_stage<WT, BN, GATED>(base + s * stageBytes, X, W, scales, T, N, K, m0, n0, s * 64);
         g_commit();
     }
     g_wait<STG - 3>();
-    if (DT == CALM_BF16) gemmw_convert_b<BN>(base);
+    gemmw_convert<WT, BN, GATED>(base, GEMMW_BTILE(0), N, K, n0, 0);
     fence_proxy_async();
     __syncthreads();
     for (int kt = 0; kt < kTiles; kt++) {
         // stage kt+STG-2 goes into the slot of stage kt-2, whose wgmma every warpgroup has waited for (barrier below)
         {
             int nk = kt + STG - 2;
-            if (nk < kTiles) gemmw_load_stage<BN, GATED>(base + (nk % STG) * stageBytes, X, W, T, N, K, m0, n0, nk * 64);
+            if (nk < kTiles) gemmw_load_stage<WT, BN, GATED>(base + (nk % STG) * stageBytes, X, W, scales, T, N, K, m0, n0, nk * 64);
             g_commit();
         }
         const u32 sA = base + (kt % STG) * stageBytes;
-        const u64 da = wgmma_desc(sA + (u32)(wg * 64 * 128)), db = wgmma_desc(sA + GEMMW_BM * 128);
+        const u64 da = wgmma_desc(sA + (u32)(wg * 64 * 128)), db = wgmma_desc(GEMMW_BTILE(kt));
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) wgmma_f16<BN>(acc, da + (u64)(2 * kk), db + (u64)(2 * kk));   // +32 bytes per k16
         wgmma_commit();
         if (kt + 1 < kTiles) {
             g_wait<STG - 3>();   // stage kt+1 landed (this thread's copies)
-            if (DT == CALM_BF16) gemmw_convert_b<BN>(base + ((kt + 1) % STG) * stageBytes);
+            gemmw_convert<WT, BN, GATED>(base + ((kt + 1) % STG) * stageBytes, GEMMW_BTILE(kt + 1), N, K, n0, (kt + 1) * 64);
             fence_proxy_async();
         }
-        wgmma_wait<1>();         // stage kt-1's wgmma are done: its slot may be refilled after the barrier
+        wgmma_wait<1>();         // stage kt-1's wgmma are done: its slots may be refilled after the barrier
         __syncthreads();
     }
+#undef GEMMW_BTILE
     wgmma_wait<0>();
     g_wait<0>();
 
     // accumulators: n8 block j of this warp's 16 rows holds (g, 2t4), (g, 2t4+1), (g+8, 2t4), (g+8, 2t4+1) in acc[4j..4j+3]
     const int g = lane >> 2, t4 = lane & 3;
     const int rowBase = m0 + wg * 64 + (warp & 3) * 16 + g;
+    const float* fs = (const float*)scales;
     if (GATED) {
 #pragma unroll
-        for (int j = 0; j < BN / 16; j++)
+        for (int j = 0; j < BN / 16; j++) {
+            int f = n0 + j * 8 + 2 * t4;
+            float sg[2] = { 1.f, 1.f }, su[2] = { 1.f, 1.f };
+            if (WT == WQ_FP8) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) if (f + e < N) { sg[e] = fs[f + e]; su[e] = fs[N + f + e]; }
+            }
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 int row = rowBase + h * 8;
-                int f = n0 + j * 8 + 2 * t4;
                 if (row >= T) continue;
                 u16 o[2];
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    float gv = acc[4 * j + 2 * h + e], uv = acc[4 * (j + BN / 16) + 2 * h + e];
+                    float gv = acc[4 * j + 2 * h + e] * sg[e], uv = acc[4 * (j + BN / 16) + 2 * h + e] * su[e];
                     if (bias && f + e < N) { gv += bias[f + e]; uv += bias[N + f + e]; }
-                    o[e] = to_half(activate(gv, act) * uv, odt);
+                    o[e] = EPI_INLINE ? to_half(activate(gv, act) * uv, odt) : gemmw_act_mul(gv, uv, act, odt);
                 }
                 u16* hp = Hout + (long long)row * N + f;
                 if ((N & 1) == 0 && f + 1 < N && ((u64)Hout & 3) == 0) { *(u32*)hp = (u32)o[0] | ((u32)o[1] << 16); continue; }
                 if (f < N) hp[0] = o[0];
                 if (f + 1 < N) hp[1] = o[1];
             }
+        }
         return;
     }
     const bool pairs = (N & 1) == 0 && ((u64)Y & 7) == 0;
 #pragma unroll
-    for (int j = 0; j < BN / 8; j++)
+    for (int j = 0; j < BN / 8; j++) {
+        int col = n0 + j * 8 + 2 * t4;
+        float s0 = 1.f, s1 = 1.f;
+        if (WT == WQ_FP8) { if (col < N) s0 = fs[col]; if (col + 1 < N) s1 = fs[col + 1]; }
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             int row = rowBase + h * 8;
-            int col = n0 + j * 8 + 2 * t4;
             if (row >= T) continue;
-            float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+            float v0 = acc[4 * j + 2 * h] * s0, v1 = acc[4 * j + 2 * h + 1] * s1;
             float* y = Y + (long long)row * N + col;
             if (pairs && col + 1 < N) {
                 if (bias) { v0 += bias[col]; v1 += bias[col + 1]; }
@@ -278,28 +401,29 @@ __device__ __forceinline__ void gemmw_impl(const u16* X, const u16* W, float* Y,
             if (col < N) { if (bias) v0 += bias[col]; if (accumulate) v0 += y[0]; y[0] = v0; }
             if (col + 1 < N) { if (bias) v1 += bias[col + 1]; if (accumulate) v1 += y[1]; y[1] = v1; }
         }
+    }
 #endif
 }
 
-// gemmw_<h>_n<BN>: Y = X . W^T (+ bias) (+ Y); gemmw_gated_<h>_n<BN>: H = act(gate) * up, BN/2 columns of F per block.
-// 256 threads, GEMMW_STAGES * (128 + BN) * 128 + 1024 bytes of dynamic shared memory
-#define GEMMW_ENTRY(NAME, DT, BN) \
-    extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const u16* W, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
-        gemmw_impl<DT, BN, 0>(X, W, Y, bias, T, N, K, accumulate, 0, 0, 0); \
+// gemmw_<fmt>_n<BN>: Y = X . W^T (+ bias) (+ Y); gemmw_gated_<fmt>_n<BN>: H = act(gate) * up, BN/2 columns of F per
+// block. fmt: bf16, f16 (scales unused), fp8, int4. 256 threads; shared memory: CudaPrefillKernels.GemmWSharedBytes
+#define GEMMW_ENTRY(NAME, WT, BN) \
+    extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const void* W, const void* scales, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
+        gemmw_impl<WT, BN, 0>(X, W, scales, Y, bias, T, N, K, accumulate, 0, 0, 0); \
     }
-#define GEMMW_GATED_ENTRY(NAME, DT, BN) \
-    extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const u16* W, u16* H, const float* bias, int T, int F, int K, int act, int odt) { \
-        gemmw_impl<DT, BN, 1>(X, W, 0, bias, T, F, K, 0, H, act, odt); \
+#define GEMMW_GATED_ENTRY(NAME, WT, BN, INL) \
+    extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const void* W, const void* scales, u16* H, const float* bias, int T, int F, int K, int act, int odt) { \
+        gemmw_impl<WT, BN, 1, INL>(X, W, scales, 0, bias, T, F, K, 0, H, act, odt); \
     }
-GEMMW_ENTRY(gemmw_bf16_n128, CALM_BF16, 128)
-GEMMW_ENTRY(gemmw_bf16_n192, CALM_BF16, 192)
-GEMMW_ENTRY(gemmw_bf16_n256, CALM_BF16, 256)
-GEMMW_ENTRY(gemmw_f16_n128, CALM_F16, 128)
-GEMMW_ENTRY(gemmw_f16_n192, CALM_F16, 192)
-GEMMW_ENTRY(gemmw_f16_n256, CALM_F16, 256)
-GEMMW_GATED_ENTRY(gemmw_gated_bf16_n128, CALM_BF16, 128)
-GEMMW_GATED_ENTRY(gemmw_gated_bf16_n192, CALM_BF16, 192)
-GEMMW_GATED_ENTRY(gemmw_gated_bf16_n256, CALM_BF16, 256)
-GEMMW_GATED_ENTRY(gemmw_gated_f16_n128, CALM_F16, 128)
-GEMMW_GATED_ENTRY(gemmw_gated_f16_n192, CALM_F16, 192)
-GEMMW_GATED_ENTRY(gemmw_gated_f16_n256, CALM_F16, 256)
+#define GEMMW_FORMAT(FMT, WT) \
+    GEMMW_ENTRY(gemmw_##FMT##_n128, WT, 128) GEMMW_ENTRY(gemmw_##FMT##_n192, WT, 192) GEMMW_ENTRY(gemmw_##FMT##_n256, WT, 256) \
+    GEMMW_GATED_ENTRY(gemmw_gated_##FMT##_n128, WT, 128, 0) GEMMW_GATED_ENTRY(gemmw_gated_##FMT##_n192, WT, 192, 0) \
+    GEMMW_GATED_ENTRY(gemmw_gated_##FMT##_n256, WT, 256, 0)
+GEMMW_FORMAT(bf16, CALM_BF16)
+GEMMW_FORMAT(f16, CALM_F16)
+GEMMW_FORMAT(fp8, WQ_FP8)
+GEMMW_FORMAT(int4, WQ_INT4)
+// experiment (CALM_GEMMW_EPI=inline): the activation inlined into the unrolled epilogue
+GEMMW_GATED_ENTRY(gemmw_gatedi_bf16_n128, CALM_BF16, 128, 1)
+GEMMW_GATED_ENTRY(gemmw_gatedi_bf16_n192, CALM_BF16, 192, 1)
+GEMMW_GATED_ENTRY(gemmw_gatedi_bf16_n256, CALM_BF16, 256, 1)

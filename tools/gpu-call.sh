@@ -38,6 +38,15 @@ fi
 if has prefill-bench; then
   timeout 300 pwsh -NoProfile -File bench/Gpu.Prefill.Bench.ps1 -Variants ${PREFILL_VARIANTS:-defaults,gemm-v4} -PromptTokens 512 -SkipTokenByToken -Repeat 3 -Out $OUT 2>&1 | tail -50
 fi
+if has prefill-quant; then
+  for d in fp8 int4; do
+    timeout 200 pwsh -NoProfile -File bench/Gpu.Prefill.Bench.ps1 -WeightDType $d -Variants defaults -PromptTokens 128,512 -Repeat 3 -SkipGemmTable -Out $OUT 2>&1 | tail -12
+  done
+fi
+if has quant-tests; then
+  { timeout 300 dotnet $T -method "$NS.PrefillTests.GemmVariant5QuantizedMatchesReference" -method "$NS.PrefillTests.QuantizedBatchedPrefillEqualsPerTokenPrefill" 2>&1
+    timeout 200 dotnet $T -class $NS.QuantBackendGpuTests 2>&1; } | grep -E "\[FAIL\]|Total|Assert|relative|Error" | head -60 | tee "$OUT/quant-tests.txt"
+fi
 if has gpu-tests; then
   timeout 500 pwsh -NoProfile -File ./build.ps1 GpuTest 2>&1 | tail -40 | tee "$OUT/gputest.txt"
 fi

@@ -47,9 +47,15 @@ public sealed unsafe partial class CudaBackend
         {
             if (_prefillChecked) return _prefillWhy;
             var c = Config;
+            bool quant = _wt is DType.F8E4M3 or DType.Int4;
             _prefillWhy = c.IsMoE ? "MoE layers run token by token (the batched path covers dense FFNs only)"
-                : _wt is not (DType.BF16 or DType.F16) ? $"the layer matrices are {DTypes.Name(_wt)}; the tensor-core GEMM takes bf16/f16"
+                : _wt is not (DType.BF16 or DType.F16) && !quant ? $"the layer matrices are {DTypes.Name(_wt)}; the tensor-core GEMM takes bf16/f16/fp8/int4"
                 : !CudaPrefillKernels.Supported(Device.Arch) ? $"the tensor-core kernels need sm_80+ (this device is sm_{Device.Arch})"
+                : quant && !QuantPrefillAvailable ? $"the {DTypes.Name(_wt)} GEMM is the wgmma kernel (sm_90 with NVRTC 12+, GEMM variant 5); this device is sm_{Device.Arch}"
+                    + (Device.Arch == 90 ? " and NVRTC cannot build sm_90a code or CALM_GEMM_VARIANT selects another variant" : "")
+                : quant && CudaPrefillKernels.GemmWUnsupported(_wt, c.HiddenSize) is { } qa ? "hidden_size: " + qa
+                : quant && CudaPrefillKernels.GemmWUnsupported(_wt, c.QDim) is { } qb ? "q dim: " + qb
+                : quant && CudaPrefillKernels.GemmWUnsupported(_wt, c.IntermediateSize) is { } qf ? "intermediate_size: " + qf
                 : CudaPrefillKernels.GemmUnsupported(c.HiddenSize) is { } a ? "hidden_size: " + a
                 : CudaPrefillKernels.GemmUnsupported(c.QDim) is { } b ? "q dim: " + b
                 : CudaPrefillKernels.GemmUnsupported(c.IntermediateSize) is { } f ? "intermediate_size: " + f
@@ -58,6 +64,12 @@ public sealed unsafe partial class CudaBackend
             return _prefillWhy;
         }
     }
+
+    /// <summary>Whether fp8/int4 layer matrices can take the batched path: their GEMM is variant 5 (wgmma, sm_90a), so
+    /// sm_90, an NVRTC that builds sm_90a, and CALM_GEMM_VARIANT unset or 5.</summary>
+    private bool QuantPrefillAvailable
+        => Device.Arch == 90 && KernelCompiler.ArchSpecificTarget(90)
+           && Environment.GetEnvironmentVariable("CALM_GEMM_VARIANT") is null or "" or "5";
 
     /// <summary>Whether Forward of <paramref name="tokens"/> tokens takes the batched path.</summary>
     public bool UsesBatchedPrefill(int tokens) => tokens > 1 && BatchedPrefill && PrefillFallbackReason is null && EnsurePrefillState();
@@ -119,6 +131,13 @@ public sealed unsafe partial class CudaBackend
         var dt = _wt;               // weights
         const DType act = DType.F16; // GEMM inputs (kernels/gemm.cu: f16 activations, bf16 weights converted in shared memory)
         int rows = Math.Min(_pRows, _chunkRows);
+        bool quant = DTypes.IsQuantized(dt);
+        // one GEMM of the layer: bf16/f16 through the default variant, fp8/int4 through the wgmma kernel with the scales
+        void G(ulong X, ulong W, ulong Y, ulong bias, int n, int N, int K, bool accumulate)
+        {
+            if (quant) pk.GemmW(s, dt, X, W, Y, bias, n, N, K, accumulate, false, scales: _scaleOf[W]);
+            else pk.Gemm(s, dt, X, W, Y, bias, n, N, K, accumulate);
+        }
         for (int c0 = 0; c0 < T; c0 += rows)
         {
             int n = Math.Min(rows, T - c0), pos0 = startPos + c0;
@@ -135,7 +154,7 @@ public sealed unsafe partial class CudaBackend
                 var L = _layers[l];
                 pk.RmsNormRows(s, _pX, L.AttnNorm, _pH, n, D, eps, c.NormAddOne, act);
                 Mark("norm");
-                pk.Gemm(s, dt, _pH, L.Wqkv, _pQkv, L.Bqkv, n, Q + 2 * KV, D, false);
+                G(_pH, L.Wqkv, _pQkv, L.Bqkv, n, Q + 2 * KV, D, false);
                 Mark("gemm qkv");
                 pk.QkvRopeRows(s, _pQkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                                KLayer(l), VLayer(l), MaxContext, H, K, Hd, n, pos0, KScaleLayer(l), VScaleLayer(l));
@@ -143,26 +162,27 @@ public sealed unsafe partial class CudaBackend
                 pk.AttentionPrefill(s, _pQkv, Q + 2 * KV, KLayer(l), VLayer(l), _pH, n, pos0, H, K, Hd, MaxContext,
                                     c.SlidingWindow ?? 0, scale, act, kScale: KScaleLayer(l), vScale: VScaleLayer(l));
                 Mark("attention");
-                pk.Gemm(s, dt, _pH, L.Wo, _pX, L.Bo, n, D, Q, true);
+                G(_pH, L.Wo, _pX, L.Bo, n, D, Q, true);
                 Mark("gemm o");
                 pk.RmsNormRows(s, _pX, L.FfnNorm, _pH, n, D, eps, c.NormAddOne, act);
                 Mark("norm");
                 ulong hAct = _pH;   // the down projection's input [n, F] half
-                if (FuseGateAct && pk.GemmDepth == 64)
+                if (FuseGateAct && (pk.GemmDepth == 64 || quant))
                 {
                     // act(gate) * up straight out of the GEMM, into the gate_up scratch ([C, 2F] f32 holds [C, F] half)
                     hAct = _pGu;
-                    pk.GemmGated(s, dt, _pH, L.Wgu, hAct, L.Bgu, n, Fi, D, c.HiddenAct, act);
+                    if (quant) pk.GemmW(s, dt, _pH, L.Wgu, hAct, L.Bgu, n, Fi, D, false, true, 0, c.HiddenAct, act, _scaleOf[L.Wgu]);
+                    else pk.GemmGated(s, dt, _pH, L.Wgu, hAct, L.Bgu, n, Fi, D, c.HiddenAct, act);
                     Mark("gemm gate_up + act");
                 }
                 else
                 {
-                    pk.Gemm(s, dt, _pH, L.Wgu, _pGu, L.Bgu, n, 2 * Fi, D, false);
+                    G(_pH, L.Wgu, _pGu, L.Bgu, n, 2 * Fi, D, false);
                     Mark("gemm gate_up");
                     pk.GateActRows(s, _pGu, _pH, Fi, n, c.HiddenAct, act);
                     Mark("gate act");
                 }
-                pk.Gemm(s, dt, hAct, L.Wdown, _pX, L.Bdown, n, D, Fi, true);
+                G(hAct, L.Wdown, _pX, L.Bdown, n, D, Fi, true);
                 Mark("gemm down");
             }
             // classifier: every row of the chunk (allLogits), or only the prompt's last row
@@ -170,7 +190,7 @@ public sealed unsafe partial class CudaBackend
             for (int i = first; i < n; i++)
             {
                 k.RmsNorm(s, _pX + (ulong)((long)i * D * 4), _finalNorm, _xn, D, eps, c.NormAddOne);
-                k.Matvec(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
+                Mv(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
                 int row = c0 + i;
                 if (logits.Length != 0 && (allLogits || row == T - 1))
                 {

@@ -32,9 +32,24 @@ public sealed class CudaPrefillKernels : IDisposable
     public int GemmWCols { get; }
     /// <summary>Variant 5 kernels: 128 rows (two warpgroups of 64), k depth 64, 4 stages.</summary>
     public const int GemmWTileRows = 128, GemmWStages = 4;
-    /// <summary>Dynamic shared memory of variant 5: 4 stages x (128 + cols) rows x 128 bytes, plus 1 KB to align the
-    /// stages to 1024 bytes (the 128-byte swizzle's period).</summary>
-    public static int GemmWSharedBytes(int cols) => GemmWStages * (GemmWTileRows + cols) * 128 + 1024;
+    /// <summary>Dynamic shared memory of variant 5 for weights <paramref name="wt"/>: 4 load stages (the A tile, 128
+    /// rows x 128 bytes, and the B tile: cols rows of 128 bytes for bf16/f16, of 64 bytes for fp8, of 32 bytes + 8 bytes
+    /// of scale words for int4; each stage rounded up to 1 KB), for fp8/int4 3 f16 B tiles (cols x 128 bytes) that the raw
+    /// bytes are converted into, plus 1 KB to align the stages to 1024 bytes (the 128-byte swizzle's period).</summary>
+    public static int GemmWSharedBytes(DType wt, int cols)
+    {
+        int raw = wt switch { DType.F8E4M3 => cols * 64, DType.Int4 => cols * 40, _ => cols * 128 };
+        int stage = (GemmWTileRows * 128 + raw + 1023) & ~1023;
+        bool quant = wt is DType.F8E4M3 or DType.Int4;
+        return GemmWStages * stage + (quant ? 3 * cols * 128 : 0) + 1024;
+    }
+
+    /// <summary>Why the wgmma GEMM cannot take weights <paramref name="wt"/> with K columns (null when it can):
+    /// bf16/f16 and int4 need K % 8 == 0 (16-byte rows of X), fp8 K % 16 == 0 (16-byte rows of e4m3).</summary>
+    public static string? GemmWUnsupported(DType wt, int K)
+        => wt is not (DType.BF16 or DType.F16 or DType.F8E4M3 or DType.Int4) ? $"the wgmma GEMM takes bf16, f16, fp8 or int4 weights, not {wt}"
+         : wt == DType.F8E4M3 && (K <= 0 || K % 16 != 0) ? $"the fp8 GEMM needs K (the reduced dimension) to be a positive multiple of 16; got {K}"
+         : GemmUnsupported(K);
     /// <summary>Variant 4's column tile when the call does not say (CALM_GEMM_V4N = 128, 192 or 256; else 0: picked per
     /// shape by <see cref="Gemm4TileCols"/>).</summary>
     public int Gemm4Cols { get; }
@@ -111,13 +126,13 @@ public sealed class CudaPrefillKernels : IDisposable
             if (WgmmaAvailable)
             {
                 _modules.Add(new CudaModule(ctx, KernelCompiler.Get("gemm_wgmma.cu", arch, verbose).Image, "gemm_wgmma.cu"));
-                foreach (var h in new[] { "bf16", "f16" })
+                foreach (var wt in new[] { DType.BF16, DType.F16, DType.F8E4M3, DType.Int4 })
                     foreach (var cols in new[] { 128, 192, 256 })
-                        foreach (var g in new[] { "", "gated_" })
+                        foreach (var g in wt == DType.BF16 ? new[] { "", "gated_", "gatedi_" } : new[] { "", "gated_" })
                         {
-                            var name = "gemmw_" + g + h + "_n" + cols;
+                            var name = "gemmw_" + g + WFormat(wt) + "_n" + cols;
                             _k[name] = _modules[^1].GetKernel(name);
-                            _k[name].SetMaxDynamicSharedMemory(GemmWSharedBytes(cols));
+                            _k[name].SetMaxDynamicSharedMemory(GemmWSharedBytes(wt, cols));
                         }
             }
             foreach (var name in new[] { "qkv_rope_rows", "attention_prefill", "attention_prefill_tc64", "attention_prefill_tc128", "qkv_rope_rows_fp8", "attention_prefill_fp8" })
@@ -149,6 +164,11 @@ public sealed class CudaPrefillKernels : IDisposable
             throw;
         }
     }
+
+    private static string WFormat(DType t) => t switch
+    {
+        DType.F8E4M3 => "fp8", DType.Int4 => "int4", _ => Half(t),
+    };
 
     private static string Half(DType t) => t switch
     {
@@ -239,13 +259,16 @@ public sealed class CudaPrefillKernels : IDisposable
 
     /// <summary>Variant 5's column tile (128, 192 or 256) for T rows and <paramref name="cols"/> output columns (gated:
     /// F, a block covering half its tile): the fewest waves of one block per multiprocessor weighted by the tile's
-    /// columns, with a small per-flop penalty of the narrower tiles (more shared-memory reads of A per product).</summary>
+    /// columns over its measured efficiency. The narrower tiles move more bytes from L2 per product ((128 + cols) x 128
+    /// bytes per 128 x cols x 64 k-step), which bounds these kernels at T=512; efficiencies fitted to the H200's
+    /// single-GEMM times at T=512 (bench/logs/Gpu.Prefill.Bench-2026-11-29-H200-wgmma-call1.txt: gate_up 0.351 / 0.312 /
+    /// 0.297 ms at 128 / 192 / 256 columns). Picks: qkv 6144 -> 192, o / down 4096 -> 128, gate_up 28672 -> 256.</summary>
     public int GemmWTileCols(int T, int cols, bool gated = false)
     {
         if (GemmWCols != 0) return GemmWCols;
         long mTiles = (T + GemmWTileRows - 1) / GemmWTileRows;
         int best = 256; double bestCost = double.MaxValue;
-        foreach (var (c, eff) in new[] { (256, 1.0), (192, 0.97), (128, 0.93) })
+        foreach (var (c, eff) in new[] { (256, 1.0), (192, 0.89), (128, 0.74) })
         {
             int per = gated ? c / 2 : c;
             long blocks = mTiles * ((cols + per - 1) / per);
@@ -257,22 +280,27 @@ public sealed class CudaPrefillKernels : IDisposable
 
     /// <summary>Variant 5 (sm_90a, <see cref="WgmmaAvailable"/>): Y [T, N] f32 = X . W^T (+ bias) (+ Y), or gated
     /// (N = F): H [T, F] (odt) = act(gate) * up, on wgmma with 128 x <paramref name="tileCols"/> tiles (0:
-    /// <see cref="GemmWTileCols"/>). Same operand formats and checks as <see cref="Gemm4"/>.</summary>
+    /// <see cref="GemmWTileCols"/>). W: bf16/f16 [N, K], or fp8/int4 in Calm's formats (Quant/QuantFormats.cs) with
+    /// their <paramref name="scales"/> (fp8 [N] f32, applied to the sums; int4 [N, ceil(K/32)] f16, applied to each
+    /// weight as it is converted to f16: one rounding of (u - 8) * d). X [T, K] f16 and W 16-byte aligned.</summary>
     public void GemmW(CudaStream s, DType wt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, bool gated,
-                      int tileCols = 0, Activation act = 0, DType odt = DType.F16)
+                      int tileCols = 0, Activation act = 0, DType odt = DType.F16, ulong scales = 0)
     {
         if (!WgmmaAvailable) throw new NotSupportedException("GEMM variant 5 needs an sm_90 GPU and NVRTC 12.0 or newer (sm_90a code)");
         if (tileCols == 0) tileCols = GemmWTileCols(T, N, gated);
         if (tileCols is not (128 or 192 or 256)) throw new ArgumentOutOfRangeException(nameof(tileCols), "variant 5 tiles are 128, 192 or 256 columns");
-        if (GemmUnsupported(K) is { } why) throw new NotSupportedException(why);
+        if (GemmWUnsupported(wt, K) is { } why) throw new NotSupportedException(why);
+        if (wt is DType.F8E4M3 or DType.Int4 && scales == 0) throw new ArgumentException("fp8/int4 weights need their scales", nameof(scales));
         if (T <= 0 || N <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"empty GEMM {T}x{N}");
         if (((X | W) & 15) != 0) throw new ArgumentException("GEMM operands must be 16-byte aligned");
         int per = gated ? tileCols / 2 : tileCols;
         long blocks = (long)((T + GemmWTileRows - 1) / GemmWTileRows) * ((N + per - 1) / per);
         if (blocks > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(T), "GEMM grid too large");
-        var kernel = _k["gemmw_" + (gated ? "gated_" : "") + Half(wt) + "_n" + tileCols];
-        if (gated) kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, GemmWSharedBytes(tileCols), X, W, Y, bias, T, N, K, (int)act, CudaKernels.DTypeCode(odt));
-        else kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, GemmWSharedBytes(tileCols), X, W, Y, bias, T, N, K, accumulate ? 1 : 0);
+        string g = !gated ? "" : wt == DType.BF16 && Environment.GetEnvironmentVariable("CALM_GEMMW_EPI") == "inline" ? "gatedi_" : "gated_";
+        var kernel = _k["gemmw_" + g + WFormat(wt) + "_n" + tileCols];
+        int smem = GemmWSharedBytes(wt, tileCols);
+        if (gated) kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, smem, X, W, scales, Y, bias, T, N, K, (int)act, CudaKernels.DTypeCode(odt));
+        else kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, smem, X, W, scales, Y, bias, T, N, K, accumulate ? 1 : 0);
     }
 
     /// <summary>The gate_up GEMM with the activation fused into its epilogue: X [T, K] f16 . W [2F, K]^T (wt; rows

@@ -1,7 +1,10 @@
 using Calm.Engine.Cpu;
 using Calm.Engine.Cuda;
+using Calm.Engine.Generation;
 using Calm.Engine.Model;
+using Calm.Engine.Quant;
 using Calm.Engine.Tests.Fixtures;
+using Calm.Engine.Tests.Generation;
 using Calm.Engine.Weights;
 
 namespace Calm.Engine.Tests.Cuda;
@@ -85,6 +88,103 @@ public class PrefillTests
     [MemberData(nameof(Variant4Cases))]
     public void GemmVariant5MatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileCols)
         => CheckGemm(dt, T, N, K, bias, accumulate, 0, 64, 5, tileCols);
+
+    // variant 5 with fp8 / int4 weights in Calm's formats (raw bytes copied beside the A tile, converted into a 3-slot
+    // ring of f16 B tiles): against f64 sums of the weights the kernel multiplies -- fp8: e4m3 exactly (the row scale
+    // applied to the sum), int4: (u - 8) * d rounded once to f16 -- with the half GEMM's bound; rows scaled 10^-3..10^2
+    // apart, ragged T / N, K tails (int4: partial last group; fp8 K % 16 == 0), every column tile, plain and gated
+    public static TheoryData<DType, int, int, int, bool, bool, int, bool> QuantCases()
+    {
+        var shapes = new (DType, int, int, int, bool, bool, bool)[]
+        {
+            (DType.F8E4M3, 37, 200, 272, true, false, false), (DType.F8E4M3, 257, 129, 1008, false, true, false),
+            (DType.F8E4M3, 300, 384, 4112, true, true, false), (DType.F8E4M3, 1100, 520, 80, true, true, false),
+            (DType.Int4, 37, 200, 264, true, false, false), (DType.Int4, 257, 129, 1000, false, true, false),
+            (DType.Int4, 300, 384, 4104, true, true, false), (DType.Int4, 5, 1000, 8, false, false, false),
+            (DType.F8E4M3, 130, 100, 512, true, false, true), (DType.F8E4M3, 515, 333, 144, false, false, true),
+            (DType.Int4, 130, 100, 520, true, false, true), (DType.Int4, 515, 333, 136, false, false, true),
+        };
+        var d = new TheoryData<DType, int, int, int, bool, bool, int, bool>();
+        foreach (var (dt, T, N, K, b, a, gated) in shapes)
+            foreach (var cols in new[] { 0, 128, 192, 256 })
+                d.Add(dt, T, N, K, b, a, cols, gated);
+        return d;
+    }
+
+    [Theory]
+    [MemberData(nameof(QuantCases))]
+    public unsafe void GemmVariant5QuantizedMatchesReference(DType dt, int T, int N, int K, bool bias, bool accumulate, int tileCols, bool gated)
+    {
+        var (ctx, p, s) = Require();
+        using var _c = ctx; using var _p = p; using var _s = s;
+        SkipUnlessWgmma(p, 5);
+        var r = Gpu.Rng();
+        int rows = gated ? 2 * N : N;   // gated: N = F, W [2F, K] = [gate | up]
+        using var store = new NativeWeightStore();
+        nint src = store.Allocate((long)rows * K * 4);
+        var f = (float*)src;
+        for (int i = 0; i < rows; i++)
+        {
+            float rowScale = (float)Math.Pow(10, r.Next(-3, 3));
+            for (int j = 0; j < K; j++) f[(long)i * K + j] = (float)(r.NextDouble() * 2 - 1) * rowScale;
+        }
+        var w = Quantizer.Quantize(new Tensor("w", DType.F32, new long[] { rows, K }, src, "test"), dt, store);
+        // the weights the kernel multiplies, and the per-row factor applied to the sums (fp8 only)
+        var wv = new double[(long)rows * K];
+        var rowFactor = new double[rows];
+        for (int i = 0; i < rows; i++)
+        {
+            byte* row = (byte*)w.Data + i * w.RowDataBytes;
+            rowFactor[i] = dt == DType.F8E4M3 ? ((float*)w.Scales)[i] : 1.0;
+            for (int j = 0; j < K; j++)
+                wv[(long)i * K + j] = dt == DType.F8E4M3 ? QuantFormats.E4M3ToFloat(row[j])
+                    : (double)(float)(Half)(QuantFormats.Int4Value(row[j / 2], j & 1)
+                                            * (float)((Half*)w.Scales)[i * QuantFormats.Int4Groups(K) + j / 32]);
+        }
+        var (xb, xv) = Gpu.RandHalf(r, T * K, DType.F16, 1f);
+        var b = Gpu.RandF(r, rows);
+        using var X = Gpu.Up(ctx, xb); using var B = Gpu.Up(ctx, b);
+        using var Wd = CudaDeviceMemory.Allocate(ctx, w.DataBytes); Wd.CopyFromHost(w.Data, w.DataBytes);
+        using var Sd = CudaDeviceMemory.Allocate(ctx, w.ScaleBytes); Sd.CopyFromHost(w.Scales, w.ScaleBytes);
+        double Dot(int t, int n)
+        {
+            double a = 0;
+            for (int k = 0; k < K; k++) a += (double)xv[t * K + k] * wv[(long)n * K + k];
+            return a * rowFactor[n];
+        }
+        string what = $"gemm v5 {DTypes.Name(dt)} {(gated ? "gated " : "")}{T}x{N}x{K} tile {tileCols}";
+        double bound = 2e-6 * Math.Max(1, Math.Sqrt(K / 16.0));
+        if (!gated)
+        {
+            var y0 = Gpu.RandF(r, T * N);
+            using var Y = Gpu.Up(ctx, y0);
+            p.GemmW(s, dt, X.Ptr, Wd.Ptr, Y.Ptr, bias ? B.Ptr : 0, T, N, K, accumulate, false, tileCols, scales: Sd.Ptr);
+            s.Synchronize();
+            var want = new float[T * N];
+            for (int t = 0; t < T; t++)
+                for (int n = 0; n < N; n++)
+                    want[t * N + n] = (float)(Dot(t, n) + (bias ? b[n] : 0) + (accumulate ? y0[t * N + n] : 0));
+            Gpu.Close(Y.ToArray<float>(T * N), want, bound, what);
+            return;
+        }
+        // gated: against the f64 reference (act, rounded to f16) and bit for bit against the plain product + gate_act_rows
+        using var H1 = Gpu.Zeros(ctx, (long)T * N * 2); using var H2 = Gpu.Zeros(ctx, (long)T * N * 2);
+        using var Yf = Gpu.Zeros(ctx, (long)T * 2 * N * 4);
+        p.GemmW(s, dt, X.Ptr, Wd.Ptr, H1.Ptr, bias ? B.Ptr : 0, T, N, K, false, true, tileCols, Activation.Silu, DType.F16, Sd.Ptr);
+        p.GemmW(s, dt, X.Ptr, Wd.Ptr, Yf.Ptr, bias ? B.Ptr : 0, T, 2 * N, K, false, false, 0, scales: Sd.Ptr);
+        p.GateActRows(s, Yf.Ptr, H2.Ptr, N, T, Activation.Silu, DType.F16);
+        s.Synchronize();
+        var got = H1.ToArray<ushort>(T * N);
+        var wantH = new float[T * N];
+        for (int t = 0; t < T; t++)
+            for (int n = 0; n < N; n++)
+            {
+                double g = Dot(t, n) + (bias ? b[n] : 0), u = Dot(t, N + n) + (bias ? b[N + n] : 0);
+                wantH[t * N + n] = Gpu.FromBits(Gpu.ToBits(Gpu.Silu((float)g) * (float)u, DType.F16), DType.F16);
+            }
+        Gpu.Close(got.Select(u => Gpu.FromBits(u, DType.F16)).ToArray(), wantH, 1e-3, what);
+        Assert.Equal(H2.ToArray<ushort>(T * N), got);
+    }
 
     private static void SkipUnlessWgmma(CudaPrefillKernels p, int variant)
     {
@@ -354,5 +454,65 @@ public class PrefillTests
         var lastRow = batched.AsSpan((n - 1) * v, v).ToArray();
         Assert.Equal(Array.IndexOf(lastRow, lastRow.Max()), g);
         TestContext.Current.SendDiagnosticMessage($"{name}: batched/chunked vs per-token prefill worst relative L2 {worst:E2} over {n} positions");
+    }
+
+    // fp8 / int4 models through the batched path (variant 5 GEMMs with the scales) against the per-token path of the
+    // same backend (the quantized matvecs, which QuantBackendGpuTests hold to the CPU), at the bound of the bf16 batched
+    // path above: every prefill position, 5-row chunks, and decode after a batched prefill
+    [Theory]
+    [InlineData("tiny-wp", DType.F8E4M3)]
+    [InlineData("tiny-wp", DType.Int4)]
+    [InlineData("llama_tied", DType.Int4)]   // tied classifier's own quantized copy
+    [InlineData("qwen2", DType.F8E4M3)]      // q/k/v biases
+    [InlineData("qwen3", DType.Int4)]        // q/k RMSNorm
+    [InlineData("gemma", DType.F8E4M3)]      // GELU, (1 + w) norms, scaled embeddings
+    public void QuantizedBatchedPrefillEqualsPerTokenPrefill(string name, DType dt)
+    {
+        if (CudaDeviceInfo.Unavailable() is { } why) Assert.Skip("No usable CUDA device: " + why);
+        string folder = name == "tiny-wp" ? TinyWp.Folder : Path.Combine(TransformersFixtureTests.FixturesDir, name);
+        using var m = ModelFactory.Import(folder, new ImportOptions { Device = DeviceChoice.Cuda, WeightDType = dt, ContextLength = 128 });
+        var b = (CudaBackend)m.Backend;
+        int v = m.Config.VocabSize;
+        var r = Gpu.Rng();
+        int[] prompt = name == "tiny-wp" ? Enumerable.Range(0, 40).Select(_ => r.Next(v)).ToArray()
+                                         : TransformersFixtureTests.LoadReference(name).InputIds;
+        int n = prompt.Length;
+        if (b.PrefillFallbackReason is { } fb)
+        {
+            Assert.False(b.UsesBatchedPrefill(n));
+            Assert.Skip($"{name} {DTypes.Name(dt)} prefills token by token: {fb}");
+        }
+        Assert.True(b.UsesBatchedPrefill(n));
+        var batched = new float[n * v];
+        b.Forward(prompt, 0, batched, allLogits: true);
+        b.PrefillChunkRows = 5;
+        var chunked = new float[n * v];
+        b.Forward(prompt, 0, chunked, allLogits: true);
+        b.PrefillChunkRows = CudaBackend.PrefillChunk;
+        b.BatchedPrefill = false;
+        var perToken = new float[n * v];
+        b.Forward(prompt, 0, perToken, allLogits: true);
+        b.BatchedPrefill = true;
+        double worst = 0;
+        for (int p = 0; p < n; p++)
+        {
+            var want = perToken.AsSpan(p * v, v);
+            foreach (var x in batched.AsSpan(p * v, v)) Assert.True(float.IsFinite(x), $"{name} {DTypes.Name(dt)}: non-finite batched logit at {p}");
+            double e1 = Gpu.RelL2(batched.AsSpan(p * v, v), want), e2 = Gpu.RelL2(chunked.AsSpan(p * v, v), want);
+            worst = Math.Max(worst, Math.Max(e1, e2));
+            Assert.True(e1 <= 2e-3, $"{name} {DTypes.Name(dt)} position {p}: batched vs per-token relative L2 {e1:E2}");
+            Assert.True(e2 <= 2e-3, $"{name} {DTypes.Name(dt)} position {p}: 5-row chunks vs per-token relative L2 {e2:E2}");
+        }
+        // n-4 tokens batched, then the last 4 decoded one by one
+        var last = new float[v];
+        b.Forward(prompt.AsSpan(0, n - 4), 0, last, allLogits: false);
+        for (int p = n - 4; p < n; p++)
+        {
+            b.Forward(prompt.AsSpan(p, 1), p, last, allLogits: false);
+            double e = Gpu.RelL2(last, perToken.AsSpan(p * v, v));
+            worst = Math.Max(worst, e);
+            Assert.True(e <= 2e-3, $"{name} {DTypes.Name(dt)}: decode at {p} after a batched prefill vs per-token relative L2 {e:E2}");
+        }
+        TestContext.Current.SendDiagnosticMessage($"{name} {DTypes.Name(dt)}: batched/chunked vs per-token worst relative L2 {worst:E2} over {n} positions");
     }
 }
