@@ -51,11 +51,10 @@ $all = [ordered]@{
     'gemm-v5-n128'          = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMM_WN = '128' }
     'gemm-v5-n192'          = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMM_WN = '192' }
     'gemm-v5-n256'          = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMM_WN = '256' }
-    'gemm-v5-inline-act'    = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMMW_EPI = 'inline' }
 }
 $Variants = @($Variants | ForEach-Object { $_ -split "," } | Where-Object { $_ })   # pwsh -File passes one comma-joined string
 if (-not $Variants) { $Variants = @($all.Keys) }
-$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_GEMM_WN', 'CALM_GEMMW_EPI', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
+$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_GEMM_WN', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
 $opt = [Calm.Engine.ImportOptions]@{ Device = [Calm.Engine.DeviceChoice]::Cuda; ContextLength = $ContextLength }
 $ttft = [Collections.Generic.List[string]]::new()
 $stageRows = [Collections.Generic.List[object]]::new()
@@ -159,16 +158,6 @@ if (-not $SkipGemmTable -and $c) {
                 $ms = $e1.ElapsedSince($e0) / 20
                 $pick = if (($var -eq 4 -and $pk.Gemm4TileCols($T, $F, $true) -eq $cols) -or ($var -eq 5 -and $pk.GemmWTileCols($T, $F, $true) -eq $cols)) { ' (picked)' } else { '' }
                 Say ("| gate_up + act | {0} | {1} | {2} | {3}{4} | 64 | {5:F3} | {6:F0} |" -f $sh[1], $sh[2], $var, $tileText, $pick, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
-                if ($var -eq 5) {   # experiment: the activation inlined into the unrolled epilogue
-                    $env:CALM_GEMMW_EPI = 'inline'
-                    $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var, $cols)
-                    $e0.Record($s)
-                    for ($i = 0; $i -lt 20; $i++) { $pk.GemmGated($s, $bf, $X.Ptr, $W.Ptr, $H.Ptr, 0, $T, $F, $sh[2], $act, $bf, $tile, $var, $cols) }
-                    $e1.Record($s); $e1.Synchronize()
-                    Remove-Item env:CALM_GEMMW_EPI
-                    $ms = $e1.ElapsedSince($e0) / 20
-                    Say ("| gate_up + act (inline act) | {0} | {1} | {2} | {3} | 64 | {4:F3} | {5:F0} |" -f $sh[1], $sh[2], $var, $tileText, $ms, (2.0 * $T * $sh[1] * $sh[2] / ($ms * 1e9)))
-                }
             }
         }
     }

@@ -147,7 +147,7 @@ __device__ __forceinline__ void gemm_impl(const u16* X, const u16* W, float* Y, 
             if (row >= T || f >= N) continue;
             float gv = sc[r * SROW + c], uv = sc[r * SROW + GN / 2 + c];
             if (bias) { gv += bias[f]; uv += bias[N + f]; }
-            Hout[(long long)row * N + f] = to_half(activate(gv, act) * uv, odt);
+            Hout[(long long)row * N + f] = gemm_act_mul(gv, uv, act, odt);
         }
         return;
     }
@@ -368,7 +368,7 @@ __device__ __forceinline__ void gemm4_impl(const u16* X, const u16* W, float* Y,
                     for (int e = 0; e < 2; e++) {
                         float gv = acc[i][j][h * 2 + e], uv = acc[i][j + NT / 2][h * 2 + e];
                         if (bias && f + e < N) { gv += bias[f + e]; uv += bias[N + f + e]; }
-                        o[e] = to_half(activate(gv, act) * uv, odt);
+                        o[e] = gemm_act_mul(gv, uv, act, odt);
                     }
                     u16* hp = Hout + (long long)row * N + f;
                     if ((N & 1) == 0 && f + 1 < N && ((u64)Hout & 3) == 0) { *(u32*)hp = (u32)o[0] | ((u32)o[1] << 16); continue; }

@@ -283,14 +283,9 @@ __device__ __forceinline__ void gemmw_convert(u32 sA, u32 sF, int N, int K, int 
     }
 }
 
-// act(g) * u rounded to odt, out of line: the gated epilogue's unrolled loop over the accumulators stays small (inlined,
-// three activations x BN/4 outputs per thread made a body the compiler might not unroll, and a run-time index into the
-// accumulators would put them in local memory)
-__device__ __noinline__ u16 gemmw_act_mul(float g, float u, int act, int odt) { return to_half(activate(g, act) * u, odt); }
-
 // N: columns of Y (GATED: F). Grid: ceil(T/128) * ceil(N / (GATED ? BN/2 : BN)) blocks (1-D, grouped order).
 // Shared memory: GEMMW_STAGES load stages, then (quantized formats) 3 f16 B tiles, + 1 KB of alignment.
-template <int WT, int BN, int GATED, int EPI_INLINE = 0>
+template <int WT, int BN, int GATED>
 __device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const void* scales, float* Y, const float* bias, int T, int N, int K, int accumulate,
                                            u16* Hout, int act, int odt) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -369,7 +364,7 @@ __device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const vo
                 for (int e = 0; e < 2; e++) {
                     float gv = acc[4 * j + 2 * h + e] * sg[e], uv = acc[4 * (j + BN / 16) + 2 * h + e] * su[e];
                     if (bias && f + e < N) { gv += bias[f + e]; uv += bias[N + f + e]; }
-                    o[e] = EPI_INLINE ? to_half(activate(gv, act) * uv, odt) : gemmw_act_mul(gv, uv, act, odt);
+                    o[e] = gemm_act_mul(gv, uv, act, odt);
                 }
                 u16* hp = Hout + (long long)row * N + f;
                 if ((N & 1) == 0 && f + 1 < N && ((u64)Hout & 3) == 0) { *(u32*)hp = (u32)o[0] | ((u32)o[1] << 16); continue; }
@@ -411,19 +406,15 @@ __device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const vo
     extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const void* W, const void* scales, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
         gemmw_impl<WT, BN, 0>(X, W, scales, Y, bias, T, N, K, accumulate, 0, 0, 0); \
     }
-#define GEMMW_GATED_ENTRY(NAME, WT, BN, INL) \
+#define GEMMW_GATED_ENTRY(NAME, WT, BN) \
     extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const void* W, const void* scales, u16* H, const float* bias, int T, int F, int K, int act, int odt) { \
-        gemmw_impl<WT, BN, 1, INL>(X, W, scales, 0, bias, T, F, K, 0, H, act, odt); \
+        gemmw_impl<WT, BN, 1>(X, W, scales, 0, bias, T, F, K, 0, H, act, odt); \
     }
 #define GEMMW_FORMAT(FMT, WT) \
     GEMMW_ENTRY(gemmw_##FMT##_n128, WT, 128) GEMMW_ENTRY(gemmw_##FMT##_n192, WT, 192) GEMMW_ENTRY(gemmw_##FMT##_n256, WT, 256) \
-    GEMMW_GATED_ENTRY(gemmw_gated_##FMT##_n128, WT, 128, 0) GEMMW_GATED_ENTRY(gemmw_gated_##FMT##_n192, WT, 192, 0) \
-    GEMMW_GATED_ENTRY(gemmw_gated_##FMT##_n256, WT, 256, 0)
+    GEMMW_GATED_ENTRY(gemmw_gated_##FMT##_n128, WT, 128) GEMMW_GATED_ENTRY(gemmw_gated_##FMT##_n192, WT, 192) \
+    GEMMW_GATED_ENTRY(gemmw_gated_##FMT##_n256, WT, 256)
 GEMMW_FORMAT(bf16, CALM_BF16)
 GEMMW_FORMAT(f16, CALM_F16)
 GEMMW_FORMAT(fp8, WQ_FP8)
 GEMMW_FORMAT(int4, WQ_INT4)
-// experiment (CALM_GEMMW_EPI=inline): the activation inlined into the unrolled epilogue
-GEMMW_GATED_ENTRY(gemmw_gatedi_bf16_n128, CALM_BF16, 128, 1)
-GEMMW_GATED_ENTRY(gemmw_gatedi_bf16_n192, CALM_BF16, 192, 1)
-GEMMW_GATED_ENTRY(gemmw_gatedi_bf16_n256, CALM_BF16, 256, 1)

@@ -128,7 +128,7 @@ public sealed class CudaPrefillKernels : IDisposable
                 _modules.Add(new CudaModule(ctx, KernelCompiler.Get("gemm_wgmma.cu", arch, verbose).Image, "gemm_wgmma.cu"));
                 foreach (var wt in new[] { DType.BF16, DType.F16, DType.F8E4M3, DType.Int4 })
                     foreach (var cols in new[] { 128, 192, 256 })
-                        foreach (var g in wt == DType.BF16 ? new[] { "", "gated_", "gatedi_" } : new[] { "", "gated_" })
+                        foreach (var g in new[] { "", "gated_" })
                         {
                             var name = "gemmw_" + g + WFormat(wt) + "_n" + cols;
                             _k[name] = _modules[^1].GetKernel(name);
@@ -296,8 +296,7 @@ public sealed class CudaPrefillKernels : IDisposable
         int per = gated ? tileCols / 2 : tileCols;
         long blocks = (long)((T + GemmWTileRows - 1) / GemmWTileRows) * ((N + per - 1) / per);
         if (blocks > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(T), "GEMM grid too large");
-        string g = !gated ? "" : wt == DType.BF16 && Environment.GetEnvironmentVariable("CALM_GEMMW_EPI") == "inline" ? "gatedi_" : "gated_";
-        var kernel = _k["gemmw_" + g + WFormat(wt) + "_n" + tileCols];
+        var kernel = _k["gemmw_" + (gated ? "gated_" : "") + WFormat(wt) + "_n" + tileCols];
         int smem = GemmWSharedBytes(wt, tileCols);
         if (gated) kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, smem, X, W, scales, Y, bias, T, N, K, (int)act, CudaKernels.DTypeCode(odt));
         else kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, smem, X, W, scales, Y, bias, T, N, K, accumulate ? 1 : 0);
