@@ -43,6 +43,12 @@ public sealed class CudaPrefillKernels : IDisposable
     public int Multiprocessors { get; }
     public const int AttentionQueryTile = 16, AttentionKeyChunk = 32, AttentionThreads = 128, AttentionMaxHeadDim = 256;
     public const int QkvMaxHeadDim = 1024;
+    /// <summary>Use the vectorized row kernels (rmsnorm_rows_v4) where they take the shape (default; CALM_PREFILL_ROWS=0
+    /// keeps the one-block-per-row kernels everywhere). Same values either way up to the order of the sums; tests switch
+    /// it to run both.</summary>
+    public bool RowKernels { get; set; } = Environment.GetEnvironmentVariable("CALM_PREFILL_ROWS") != "0";
+    /// <summary>float4s of a row each thread of rmsnorm_rows_v4 holds (RN_V4 in kernels/gemm.cu).</summary>
+    public const int RmsNormRowsVectors = 4;
 
     public int Arch { get; }
     private readonly List<CudaModule> _modules = new();
@@ -81,7 +87,7 @@ public sealed class CudaPrefillKernels : IDisposable
                                           "gemm_gated_bf16_k64", "gemm_gated_f16_k64", "gemm_gated_bf16_m64_k64", "gemm_gated_f16_m64_k64",
                                           "gemm_gated_bf16_k64_v2", "gemm_gated_f16_k64_v2", "gemm_gated_bf16_m64_k64_v2", "gemm_gated_f16_m64_k64_v2",
                                           "gemm_gated_bf16_k64_v2s4", "gemm_gated_f16_k64_v2s4", "gemm_gated_bf16_m64_k64_v2s4", "gemm_gated_f16_m64_k64_v2s4",
-                                          "embed_rows", "rmsnorm_rows", "gate_act_rows" })
+                                          "embed_rows", "rmsnorm_rows", "rmsnorm_rows_v4", "gate_act_rows" })
                 _k[name] = _modules[0].GetKernel(name);
             foreach (var h in new[] { "bf16", "f16" })
                 foreach (var cols in new[] { 128, 192, 256 })
@@ -244,9 +250,24 @@ public sealed class CudaPrefillKernels : IDisposable
     public void EmbedRows(CudaStream s, ulong tokens, ulong table, DType tdt, ulong x, int T, int D, float scale)
         => _k["embed_rows"].Launch(s, ((D + 255) / 256, T, 1), 256, 0, tokens, table, CudaKernels.DTypeCode(tdt), x, D, scale);
 
-    /// <summary>x [T, n] f32, w [n] f32 -> out [T, n] (odt bf16/f16; f16 saturates at ±65504) = RMSNorm of each row (gemma: 1 + w).</summary>
+    /// <summary>x [T, n] f32, w [n] f32 -> out [T, n] (odt bf16/f16; f16 saturates at ±65504) = RMSNorm of each row (gemma: 1 + w).
+    /// One block per row: rmsnorm_rows_v4 (<see cref="RmsNormRowsV4Threads"/> threads) where it takes the shape, else rmsnorm_rows (256).</summary>
     public void RmsNormRows(CudaStream s, ulong x, ulong w, ulong outp, int T, int n, float eps, bool addOne, DType odt)
-        => _k["rmsnorm_rows"].Launch(s, T, 256, 0, x, w, outp, n, eps, addOne ? 1 : 0, CudaKernels.DTypeCode(odt));
+    {
+        int v4 = RowKernels ? RmsNormRowsV4Threads(n, x, w, outp) : 0;
+        if (v4 > 0) _k["rmsnorm_rows_v4"].Launch(s, T, v4, 0, x, w, outp, n, eps, addOne ? 1 : 0, CudaKernels.DTypeCode(odt));
+        else _k["rmsnorm_rows"].Launch(s, T, 256, 0, x, w, outp, n, eps, addOne ? 1 : 0, CudaKernels.DTypeCode(odt));
+    }
+
+    /// <summary>Threads per block of rmsnorm_rows_v4 for rows of n (0: it does not take them): n a positive multiple of 4
+    /// with at most <see cref="RmsNormRowsVectors"/> float4s per thread of a 1024-thread block, x and w 16-byte aligned,
+    /// out 8-byte aligned (so every row is); the fewest warps that hold the row (n = 4096: 256 threads).</summary>
+    public static int RmsNormRowsV4Threads(int n, ulong x, ulong w, ulong outp)
+    {
+        if (n <= 0 || n % 4 != 0 || n / 4 > RmsNormRowsVectors * 1024 || ((x | w) & 15) != 0 || (outp & 7) != 0) return 0;
+        int perWarp = 32 * RmsNormRowsVectors;   // float4s a warp holds
+        return 32 * ((n / 4 + perWarp - 1) / perWarp);
+    }
 
     /// <summary>gu [T, 2F] f32 = [gate | up] -> h [T, F] (odt; f16 saturates at ±65504) = act(gate) * up.</summary>
     public void GateActRows(CudaStream s, ulong gu, ulong h, int F, int T, Activation act, DType odt)

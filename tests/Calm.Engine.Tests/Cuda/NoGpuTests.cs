@@ -53,6 +53,19 @@ public class NoGpuTests
     public void Fp8WideSplitAttentionShapes(int H, int K, int Hd, bool taken)
         => Assert.Equal(taken, CudaKernels.SplitAttentionFp8WideSupported(H, K, Hd));
 
+    /// <summary>rmsnorm_rows_v4's block size (CudaPrefillKernels.RmsNormRowsV4Threads; 0: the rows take rmsnorm_rows).</summary>
+    [Theory]
+    [InlineData(4096, 0x1000, 0x2000, 256)]
+    [InlineData(64, 0x1000, 0x2000, 32)]
+    [InlineData(4100, 0x1000, 0x2000, 288)]
+    [InlineData(16384, 0x1000, 0x2000, 1024)]
+    [InlineData(16388, 0x1000, 0x2000, 0)]   // more than 4 float4s per thread of 1024
+    [InlineData(37, 0x1000, 0x2000, 0)]      // n % 4 != 0
+    [InlineData(4096, 0x1004, 0x2000, 0)]    // x not 16-byte aligned
+    [InlineData(4096, 0x1000, 0x2004, 0)]    // out not 8-byte aligned
+    public void RmsNormRowsV4Shapes(int n, long x, long outp, int threads)
+        => Assert.Equal(threads, CudaPrefillKernels.RmsNormRowsV4Threads(n, (ulong)x, 0x3000, (ulong)outp));
+
     [Fact]
     public void BrokenKernelSourceRaisesCompileErrorWithLog()
     {

@@ -238,6 +238,45 @@ public class PrefillTests
         Gpu.Close(got, want, 1e-3, $"prefill attention v{variant} H{H} K{K} Hd{Hd} T{T} start{start} window{window}");
     }
 
+    // RMSNorm of each row into f16/bf16: rmsnorm_rows_v4 (rowKernels where it takes n: n % 4 == 0, n <= 16384) and the
+    // one-block-per-row rmsnorm_rows against a float64 reference rounded to the output format
+    [Theory]
+    [InlineData(512, 4096, false, DType.F16, true)]    // Llama-3-8B, 512-token chunk
+    [InlineData(512, 4096, false, DType.F16, false)]
+    [InlineData(37, 4096, true, DType.BF16, true)]     // gemma (1 + w)
+    [InlineData(5, 64, false, DType.BF16, true)]       // the fixtures' hidden size: one warp
+    [InlineData(9, 1000, true, DType.F16, true)]       // 250 float4s: the last warp partly empty
+    [InlineData(3, 4100, false, DType.BF16, true)]     // 1025 float4s: 288 threads
+    [InlineData(2, 16384, false, DType.F16, true)]     // 1024 threads
+    [InlineData(2, 16388, false, DType.F16, true)]     // past the v4 kernel: rmsnorm_rows
+    [InlineData(4, 37, true, DType.F16, true)]         // odd n: rmsnorm_rows
+    [InlineData(3, 37, false, DType.BF16, false)]
+    public void RmsNormRowsMatchesCpu(int T, int n, bool addOne, DType odt, bool rowKernels)
+    {
+        var (ctx, p, s) = Require();
+        using var _c = ctx; using var _p = p; using var _s = s;
+        p.RowKernels = rowKernels;
+        var r = Gpu.Rng();
+        var x = Gpu.RandF(r, T * n, 3f);
+        var w = Gpu.RandF(r, n);
+        using var X = Gpu.Up(ctx, x); using var W = Gpu.Up(ctx, w);
+        using var O = Gpu.Zeros(ctx, (long)T * n * 2);
+        p.RmsNormRows(s, X.Ptr, W.Ptr, O.Ptr, T, n, 1e-5f, addOne, odt);
+        s.Synchronize();
+        var want = new float[T * n];
+        for (int t = 0; t < T; t++)
+        {
+            double ss = 0;
+            for (int i = 0; i < n; i++) ss += (double)x[t * n + i] * x[t * n + i];
+            double inv = 1 / Math.Sqrt(ss / n + 1e-5);
+            for (int i = 0; i < n; i++) want[t * n + i] = Gpu.FromBits(Gpu.ToBits((float)(x[t * n + i] * inv * (w[i] + (addOne ? 1 : 0))), odt), odt);
+        }
+        int threads = rowKernels ? CudaPrefillKernels.RmsNormRowsV4Threads(n, X.Ptr, W.Ptr, O.Ptr) : 0;
+        // the same rounding but for the f32 sum of squares: a rare output one unit off, a wrong index or scale far off
+        Gpu.Close(O.ToArray<ushort>(T * n).Select(u => Gpu.FromBits(u, odt)).ToArray(), want, 1e-3,
+                  $"rmsnorm rows T{T} n{n} addOne {addOne} {odt} ({(threads > 0 ? $"rmsnorm_rows_v4, {threads} threads" : "rmsnorm_rows")})");
+    }
+
     // the per-row kernel does for T rows what the decode kernel does for one token at a time
     [Theory]
     [InlineData(8, 2, 64, 64, false, 9, 3)]
