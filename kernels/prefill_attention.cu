@@ -9,6 +9,7 @@
 // position start+t exactly as qkv_rope_cache (norm_rope.cu) does for one token: q heads normed/rotated in place, k heads
 // normed/rotated into kCache, v heads into vCache (this layer's [K, maxCtx, Hd] fp16).
 // KVT CALM_KV_FP8: caches [K, maxCtx, Hd] e4m3 with row scales kScale/vScale [K, maxCtx] f32 (fp8.cuh).
+// The general path (any head_dim <= PQ_MAX_HD, any rotDim): the launcher takes qkv_rope_rows_hd* below where it can.
 template <int KVT>
 __device__ __forceinline__ void qkv_rope_rows_impl(float* qkv, int ld, const float* qNorm, const float* kNorm, int qkNorm, float eps, int addOne,
                                                    const float* ropeCos, const float* ropeSin, int rotDim,
@@ -74,6 +75,179 @@ extern "C" __global__ void qkv_rope_rows_fp8(float* qkv, int ld, const float* qN
                                              float* kScale, float* vScale) {
     qkv_rope_rows_impl<CALM_KV_FP8>(qkv, ld, qNorm, kNorm, qkNorm, eps, addOne, ropeCos, ropeSin, rotDim, kCache, vCache, maxCtx, H, K, Hd, start, kScale, vScale);
 }
+
+// ---- qkv_rope_rows, one warp per (row, head) ----------------------------------------------------------------------
+// The same per-head step for head_dim HD = 32 * EPL (EPL 1, 2, 3, 4, 8: HD 32, 64, 96, 128, 256) when rotDim / 2 is a
+// multiple of EPL (CudaPrefillKernels picks it; other shapes take qkv_rope_rows above). Blocks of W = blockDim / 32
+// warps, grid (ceil((H+2K) / W), T): warp w of block (x, t) takes head b = x*W + w of row t. Lane l holds dims
+// l*EPL .. l*EPL + EPL-1 in registers (one float4/float2 load each where EPL allows); the q/k norm's sum of squares
+// is a warp sum; the rotate_half partner of lane l's dims (d +- rotDim/2) is lane l +- rotDim/(2*EPL), fetched with
+// __shfl_sync, and the two lanes of a pair read the same cos/sin addresses in the same instruction; fp8: the row's
+// amax is a warp max, the scale and bytes those of kv_write_row. Same formulas as qkv_rope_rows per element.
+struct __align__(8) qr_f2 { float x, y; };
+struct __align__(8) qr_u2 { u32 x, y; };
+
+template <int N> __device__ __forceinline__ void qr_load(const float* p, float (&v)[N]) {
+    if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 4; i++) {
+            calm_f4 t = ((const calm_f4*)p)[i];
+            v[4 * i] = t.x; v[4 * i + 1] = t.y; v[4 * i + 2] = t.z; v[4 * i + 3] = t.w;
+        }
+    } else if constexpr (N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 2; i++) { qr_f2 t = ((const qr_f2*)p)[i]; v[2 * i] = t.x; v[2 * i + 1] = t.y; }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) v[i] = p[i];
+    }
+}
+
+template <int N> __device__ __forceinline__ void qr_store(float* p, const float (&v)[N]) {
+    if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 4; i++)   // asm: a plain struct store came out as four 4-byte stores (NVRTC 11.8)
+            asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p + 4 * i), "f"(v[4 * i]), "f"(v[4 * i + 1]), "f"(v[4 * i + 2]), "f"(v[4 * i + 3]) : "memory");
+    } else if constexpr (N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 2; i++)
+            asm volatile("st.global.v2.f32 [%0], {%1, %2};" :: "l"(p + 2 * i), "f"(v[2 * i]), "f"(v[2 * i + 1]) : "memory");
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) p[i] = v[i];
+    }
+}
+
+// N f32 -> N fp16 at p (8 * (N/8), 4 * (N/4) or 2 * (N/2) halves per store where N allows)
+template <int N> __device__ __forceinline__ void qr_store_f16(u16* p, const float (&v)[N]) {
+    if constexpr (N % 2 == 0) {
+        u32 w[N / 2];
+#pragma unroll
+        for (int i = 0; i < N / 2; i++) w[i] = (u32)f32_to_f16(v[2 * i]) | ((u32)f32_to_f16(v[2 * i + 1]) << 16);
+        if constexpr (N % 8 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 8; i++) { calm_u4 t; t.x = w[4 * i]; t.y = w[4 * i + 1]; t.z = w[4 * i + 2]; t.w = w[4 * i + 3]; ((calm_u4*)p)[i] = t; }
+        } else if constexpr (N % 4 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 4; i++) { qr_u2 t; t.x = w[2 * i]; t.y = w[2 * i + 1]; ((qr_u2*)p)[i] = t; }
+        } else {
+#pragma unroll
+            for (int i = 0; i < N / 2; i++) ((u32*)p)[i] = w[i];
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) p[i] = f32_to_f16(v[i]);
+    }
+}
+
+// N e4m3 bytes (low byte first) -> p (8 or 4 bytes per store where N allows)
+template <int N> __device__ __forceinline__ void qr_store_fp8(unsigned char* p, const u32 (&q)[N]) {
+    if constexpr (N % 4 == 0) {
+        u32 w[N / 4];
+#pragma unroll
+        for (int i = 0; i < N / 4; i++) w[i] = q[4 * i] | (q[4 * i + 1] << 8) | (q[4 * i + 2] << 16) | (q[4 * i + 3] << 24);
+        if constexpr (N % 8 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 8; i++) { qr_u2 t; t.x = w[2 * i]; t.y = w[2 * i + 1]; ((qr_u2*)p)[i] = t; }
+        } else {
+#pragma unroll
+            for (int i = 0; i < N / 4; i++) ((u32*)p)[i] = w[i];
+        }
+    } else if constexpr (N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 2; i++) ((u16*)p)[i] = (u16)(q[2 * i] | (q[2 * i + 1] << 8));
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) p[i] = (unsigned char)q[i];
+    }
+}
+
+template <int KVT, int EPL>
+__device__ __forceinline__ void qkv_rope_rows_warp_impl(float* qkv, int ld, const float* qNorm, const float* kNorm, int qkNorm, float eps, int addOne,
+                                                        const float* ropeCos, const float* ropeSin, int rotDim,
+                                                        void* kCache, void* vCache, int maxCtx, int H, int K, int start,
+                                                        float* kScale, float* vScale) {
+    constexpr int HD = 32 * EPL;
+    const int lane = threadIdx.x & 31;
+    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (b >= H + 2 * K) return;   // whole warps
+    const int t = blockIdx.y, pos = start + t;
+    const int kind = b < H ? 0 : (b < H + K ? 1 : 2);   // warp-uniform
+    const int d0 = lane * EPL;
+    float* vec = qkv + (long long)t * ld + (long long)b * HD + d0;
+    float x[EPL];
+    qr_load(vec, x);
+    const int half = rotDim >> 1, hl = half / EPL;   // lanes per half of the rotated dims
+    const bool lo = lane < hl, rot = kind != 2 && lane < 2 * hl;
+    float c[EPL], s[EPL];
+    if (rot) {   // loaded with x, not after the norm and the shuffle
+        const long long j = (long long)pos * half + (lo ? d0 : d0 - half);
+        qr_load(ropeCos + j, c);
+        qr_load(ropeSin + j, s);
+    }
+    if (kind != 2) {
+        if (qkNorm) {
+            float g[EPL];
+            qr_load((kind == 0 ? qNorm : kNorm) + d0, g);
+            float ss = 0.f;
+#pragma unroll
+            for (int e = 0; e < EPL; e++) ss = fmaf(x[e], x[e], ss);
+            ss = warp_sum(ss);
+            float r = rsqrtf(ss / (float)HD + eps);
+#pragma unroll
+            for (int e = 0; e < EPL; e++) {
+                float ge = g[e];
+                if (addOne) ge += 1.f;
+                x[e] = x[e] * r * ge;
+            }
+        }
+        const int src = lo ? lane + hl : (rot ? lane - hl : lane);
+        float p[EPL];
+#pragma unroll
+        for (int e = 0; e < EPL; e++) p[e] = __shfl_sync(0xffffffffu, x[e], src);
+        if (rot) {
+#pragma unroll
+            for (int e = 0; e < EPL; e++) x[e] = lo ? x[e] * c[e] - p[e] * s[e] : x[e] * c[e] + p[e] * s[e];
+        }
+    }
+    if (kind == 0) { qr_store(vec, x); return; }
+    const int kh = kind == 1 ? b - H : b - H - K;
+    const long long row = (long long)kh * maxCtx + pos;
+    if (KVT == CALM_KV_FP8) {
+        float am = 0.f;
+#pragma unroll
+        for (int e = 0; e < EPL; e++) am = fmaxf(am, fabsf(x[e]));
+        am = warp_max(am);
+        const float sc = kv_fp8_scale(am);
+        u32 q[EPL];
+#pragma unroll
+        for (int e = 0; e < EPL; e++) q[e] = kv_fp8_quant(x[e], sc);
+        qr_store_fp8((unsigned char*)(kind == 1 ? kCache : vCache) + row * HD + d0, q);
+        if (lane == 0) (kind == 1 ? kScale : vScale)[row] = sc;
+    } else {
+        qr_store_f16((u16*)(kind == 1 ? kCache : vCache) + row * HD + d0, x);
+    }
+}
+
+#define QKV_ROWS_WARP_ENTRY(HDIM)                                                                                                      \
+    extern "C" __global__ void qkv_rope_rows_hd##HDIM(float* qkv, int ld, const float* qNorm, const float* kNorm, int qkNorm, float eps, \
+                                                      int addOne, const float* ropeCos, const float* ropeSin, int rotDim,               \
+                                                      u16* kCache, u16* vCache, int maxCtx, int H, int K, int start) {                  \
+        qkv_rope_rows_warp_impl<CALM_KV_F16, HDIM / 32>(qkv, ld, qNorm, kNorm, qkNorm, eps, addOne, ropeCos, ropeSin, rotDim,          \
+                                                         kCache, vCache, maxCtx, H, K, start, 0, 0);                                    \
+    }                                                                                                                                   \
+    extern "C" __global__ void qkv_rope_rows_fp8_hd##HDIM(float* qkv, int ld, const float* qNorm, const float* kNorm, int qkNorm,      \
+                                                          float eps, int addOne, const float* ropeCos, const float* ropeSin, int rotDim, \
+                                                          unsigned char* kCache, unsigned char* vCache, int maxCtx, int H, int K,       \
+                                                          int start, float* kScale, float* vScale) {                                    \
+        qkv_rope_rows_warp_impl<CALM_KV_FP8, HDIM / 32>(qkv, ld, qNorm, kNorm, qkNorm, eps, addOne, ropeCos, ropeSin, rotDim,          \
+                                                         kCache, vCache, maxCtx, H, K, start, kScale, vScale);                          \
+    }
+QKV_ROWS_WARP_ENTRY(32)
+QKV_ROWS_WARP_ENTRY(64)
+QKV_ROWS_WARP_ENTRY(96)
+QKV_ROWS_WARP_ENTRY(128)
+QKV_ROWS_WARP_ENTRY(256)
 
 // ---- causal prefill attention ----------------------------------------------------------------------------------
 // q: row t of head h at q + t*ld + h*Hd (f32, rotated). Caches [K, maxCtx, Hd] fp16 hold positions 0 .. start+T-1.

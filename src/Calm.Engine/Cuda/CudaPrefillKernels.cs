@@ -69,6 +69,16 @@ public sealed class CudaPrefillKernels : IDisposable
     public int Multiprocessors { get; }
     public const int AttentionQueryTile = 16, AttentionKeyChunk = 32, AttentionThreads = 128, AttentionMaxHeadDim = 256;
     public const int QkvMaxHeadDim = 1024;
+    /// <summary>Use the vectorized row kernels (rmsnorm_rows_v4, qkv_rope_rows_hd*) where they take the shape (default;
+    /// CALM_PREFILL_ROWS=0 keeps the one-block-per-row / per-head kernels everywhere). Same values either way up to the
+    /// order of the sums; tests switch it to run both.</summary>
+    public bool RowKernels { get; set; } = Environment.GetEnvironmentVariable("CALM_PREFILL_ROWS") != "0";
+    /// <summary>float4s of a row each thread of rmsnorm_rows_v4 holds (RN_V4 in kernels/gemm.cu).</summary>
+    public const int RmsNormRowsVectors = 4;
+    /// <summary>Warps per block of qkv_rope_rows_hd* (one (row, head) per warp).</summary>
+    public const int QkvRowsWarps = 4;
+    /// <summary>Head dims of the warp-per-head kernels qkv_rope_rows_hd* / qkv_rope_rows_fp8_hd* (32 * EPL dims per warp).</summary>
+    public static readonly int[] QkvRowsWarpHeadDims = { 32, 64, 96, 128, 256 };
 
     public int Arch { get; }
     private readonly List<CudaModule> _modules = new();
@@ -113,7 +123,7 @@ public sealed class CudaPrefillKernels : IDisposable
                                           "gemm_gated_bf16_k64", "gemm_gated_f16_k64", "gemm_gated_bf16_m64_k64", "gemm_gated_f16_m64_k64",
                                           "gemm_gated_bf16_k64_v2", "gemm_gated_f16_k64_v2", "gemm_gated_bf16_m64_k64_v2", "gemm_gated_f16_m64_k64_v2",
                                           "gemm_gated_bf16_k64_v2s4", "gemm_gated_f16_k64_v2s4", "gemm_gated_bf16_m64_k64_v2s4", "gemm_gated_f16_m64_k64_v2s4",
-                                          "embed_rows", "rmsnorm_rows", "gate_act_rows" })
+                                          "embed_rows", "rmsnorm_rows", "rmsnorm_rows_v4", "gate_act_rows" })
                 _k[name] = _modules[0].GetKernel(name);
             foreach (var h in new[] { "bf16", "f16" })
                 foreach (var cols in new[] { 128, 192, 256 })
@@ -137,6 +147,9 @@ public sealed class CudaPrefillKernels : IDisposable
             }
             foreach (var name in new[] { "qkv_rope_rows", "attention_prefill", "attention_prefill_tc64", "attention_prefill_tc128", "qkv_rope_rows_fp8", "attention_prefill_fp8" })
                 _k[name] = _modules[1].GetKernel(name);
+            foreach (var hd in QkvRowsWarpHeadDims)
+                foreach (var name in new[] { "qkv_rope_rows_hd" + hd, "qkv_rope_rows_fp8_hd" + hd })
+                    _k[name] = _modules[1].GetKernel(name);
             foreach (var h in new[] { "bf16", "f16" })
             {
                 foreach (var (v, st) in new[] { ("", GemmStages), ("_v2", 3), ("_v2s4", 4) })
@@ -340,22 +353,51 @@ public sealed class CudaPrefillKernels : IDisposable
     public void EmbedRows(CudaStream s, ulong tokens, ulong table, DType tdt, ulong x, int T, int D, float scale)
         => _k["embed_rows"].Launch(s, ((D + 255) / 256, T, 1), 256, 0, tokens, table, CudaKernels.DTypeCode(tdt), x, D, scale);
 
-    /// <summary>x [T, n] f32, w [n] f32 -> out [T, n] (odt bf16/f16; f16 saturates at ±65504) = RMSNorm of each row (gemma: 1 + w).</summary>
+    /// <summary>x [T, n] f32, w [n] f32 -> out [T, n] (odt bf16/f16; f16 saturates at ±65504) = RMSNorm of each row (gemma: 1 + w).
+    /// One block per row: rmsnorm_rows_v4 (<see cref="RmsNormRowsV4Threads"/> threads) where it takes the shape, else rmsnorm_rows (256).</summary>
     public void RmsNormRows(CudaStream s, ulong x, ulong w, ulong outp, int T, int n, float eps, bool addOne, DType odt)
-        => _k["rmsnorm_rows"].Launch(s, T, 256, 0, x, w, outp, n, eps, addOne ? 1 : 0, CudaKernels.DTypeCode(odt));
+    {
+        int v4 = RowKernels ? RmsNormRowsV4Threads(n, x, w, outp) : 0;
+        if (v4 > 0) _k["rmsnorm_rows_v4"].Launch(s, T, v4, 0, x, w, outp, n, eps, addOne ? 1 : 0, CudaKernels.DTypeCode(odt));
+        else _k["rmsnorm_rows"].Launch(s, T, 256, 0, x, w, outp, n, eps, addOne ? 1 : 0, CudaKernels.DTypeCode(odt));
+    }
+
+    /// <summary>Threads per block of rmsnorm_rows_v4 for rows of n (0: it does not take them): n a positive multiple of 4
+    /// with at most <see cref="RmsNormRowsVectors"/> float4s per thread of a 1024-thread block, x and w 16-byte aligned,
+    /// out 8-byte aligned (so every row is); the fewest warps that hold the row (n = 4096: 256 threads).</summary>
+    public static int RmsNormRowsV4Threads(int n, ulong x, ulong w, ulong outp)
+    {
+        if (n <= 0 || n % 4 != 0 || n / 4 > RmsNormRowsVectors * 1024 || ((x | w) & 15) != 0 || (outp & 7) != 0) return 0;
+        int perWarp = 32 * RmsNormRowsVectors;   // float4s a warp holds
+        return 32 * ((n / 4 + perWarp - 1) / perWarp);
+    }
 
     /// <summary>gu [T, 2F] f32 = [gate | up] -> h [T, F] (odt; f16 saturates at ±65504) = act(gate) * up.</summary>
     public void GateActRows(CudaStream s, ulong gu, ulong h, int F, int T, Activation act, DType odt)
         => _k["gate_act_rows"].Launch(s, (int)Math.Clamp(((long)F * T + 255) / 256, 1, 65535), 256, 0, gu, h, F, T, (int)act, CudaKernels.DTypeCode(odt));
 
     /// <summary>qkv [T, (H+2K)*Hd] f32: per row t (position start+t) q/k RMSNorm (when qkNorm), RoPE (cos/sin [maxCtx, rotDim/2]),
-    /// q written back, k and v into this layer's caches [K, maxCtx, Hd] fp16.</summary>
+    /// q written back, k and v into this layer's caches [K, maxCtx, Hd] fp16 (fp8 e4m3 with row scales kScale/vScale
+    /// [K, maxCtx] f32 when both are non-zero). One warp per (row, head) (qkv_rope_rows_hd*, grid (ceil((H+2K) / 4), T)
+    /// of 4 warps) where <see cref="QkvRowsWarpTakes"/>, else one 128-thread block per (head, row).</summary>
     public void QkvRopeRows(CudaStream s, ulong qkv, ulong qNorm, ulong kNorm, bool qkNorm, float eps, bool addOne,
                             ulong cos, ulong sin, int rotDim, ulong kCache, ulong vCache, int maxCtx, int H, int K, int Hd, int T, int start,
                             ulong kScale = 0, ulong vScale = 0)
     {
         if (Hd > QkvMaxHeadDim) throw new NotSupportedException($"head_dim {Hd} > {QkvMaxHeadDim}");
-        if (kScale != 0 && vScale != 0)
+        bool fp8 = kScale != 0 && vScale != 0;
+        if (RowKernels && QkvRowsWarpTakes(Hd, rotDim, qkNorm, qkv, qNorm, kNorm, cos, sin, kCache, vCache))
+        {
+            var grid = ((H + 2 * K + QkvRowsWarps - 1) / QkvRowsWarps, T, 1);
+            if (fp8)
+                _k["qkv_rope_rows_fp8_hd" + Hd].Launch(s, grid, 32 * QkvRowsWarps, 0, qkv, (H + 2 * K) * Hd, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
+                    cos, sin, rotDim, kCache, vCache, maxCtx, H, K, start, kScale, vScale);
+            else
+                _k["qkv_rope_rows_hd" + Hd].Launch(s, grid, 32 * QkvRowsWarps, 0, qkv, (H + 2 * K) * Hd, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
+                    cos, sin, rotDim, kCache, vCache, maxCtx, H, K, start);
+            return;
+        }
+        if (fp8)
         {
             _k["qkv_rope_rows_fp8"].Launch(s, (H + 2 * K, T, 1), 128, 0, qkv, (H + 2 * K) * Hd, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
                 cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, start, kScale, vScale);
@@ -363,6 +405,20 @@ public sealed class CudaPrefillKernels : IDisposable
         }
         _k["qkv_rope_rows"].Launch(s, (H + 2 * K, T, 1), 128, 0, qkv, (H + 2 * K) * Hd, qNorm, kNorm, qkNorm ? 1 : 0, eps, addOne ? 1 : 0,
             cos, sin, rotDim, kCache, vCache, maxCtx, H, K, Hd, start);
+    }
+
+    /// <summary>Whether the warp-per-head kernels take this shape: head_dim 32, 64, 96, 128 or 256 (32·EPL, lane l holding dims
+    /// l·EPL ..), rotDim even, ≤ head_dim and rotDim/2 a multiple of EPL (the rotate_half partner of a lane's dims is one
+    /// lane), and the buffers aligned for EPL-wide vectors (16 bytes; the norm weights only when qkNorm, cos/sin only when rotDim > 0).</summary>
+    public static bool QkvRowsWarpTakes(int Hd, int rotDim, bool qkNorm, ulong qkv, ulong qNorm, ulong kNorm, ulong cos, ulong sin, ulong kCache, ulong vCache)
+    {
+        if (Array.IndexOf(QkvRowsWarpHeadDims, Hd) < 0) return false;
+        int epl = Hd / 32;
+        if (rotDim < 0 || rotDim > Hd || rotDim % 2 != 0 || (rotDim / 2) % epl != 0) return false;
+        ulong a = qkv | kCache | vCache;
+        if (qkNorm) a |= qNorm | kNorm;
+        if (rotDim > 0) a |= cos | sin;
+        return (a & 15) == 0;
     }
 
     /// <summary>Dynamic shared memory of prefill attention for head_dim <paramref name="hd"/>.</summary>

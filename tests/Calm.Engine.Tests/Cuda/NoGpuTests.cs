@@ -53,6 +53,40 @@ public class NoGpuTests
     public void Fp8WideSplitAttentionShapes(int H, int K, int Hd, bool taken)
         => Assert.Equal(taken, CudaKernels.SplitAttentionFp8WideSupported(H, K, Hd));
 
+    /// <summary>The shapes the warp-per-head qkv_rope_rows_hd* kernels take (CudaPrefillKernels.QkvRowsWarpTakes): head_dim
+    /// 32/64/96/128/256, rotDim/2 a multiple of head_dim/32, 16-byte aligned buffers; the others keep qkv_rope_rows.</summary>
+    [Theory]
+    [InlineData(128, 128, false, 0x1000, true)]    // Llama-3-8B
+    [InlineData(128, 64, true, 0x1000, true)]      // partial rotary, qk-norm
+    [InlineData(128, 96, true, 0x1000, true)]      // half 48: partner 12 lanes away
+    [InlineData(128, 36, false, 0x1000, false)]    // half 18: not a multiple of 4 dims per lane
+    [InlineData(128, 0, false, 0x1000, true)]      // no rotary
+    [InlineData(128, 130, false, 0x1000, false)]   // rotDim > head_dim
+    [InlineData(128, 127, false, 0x1000, false)]   // odd rotDim
+    [InlineData(256, 256, true, 0x1000, true)]
+    [InlineData(96, 96, false, 0x1000, true)]
+    [InlineData(64, 32, false, 0x1000, true)]
+    [InlineData(32, 32, true, 0x1000, true)]
+    [InlineData(16, 16, false, 0x1000, false)]     // not 32 * EPL
+    [InlineData(80, 80, false, 0x1000, false)]
+    [InlineData(512, 512, false, 0x1000, false)]
+    [InlineData(128, 128, false, 0x1008, false)]   // qkv not 16-byte aligned
+    public void QkvRowsWarpShapes(int Hd, int rot, bool qkNorm, long qkv, bool taken)
+        => Assert.Equal(taken, CudaPrefillKernels.QkvRowsWarpTakes(Hd, rot, qkNorm, (ulong)qkv, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000));
+
+    /// <summary>rmsnorm_rows_v4's block size (CudaPrefillKernels.RmsNormRowsV4Threads; 0: the rows take rmsnorm_rows).</summary>
+    [Theory]
+    [InlineData(4096, 0x1000, 0x2000, 256)]
+    [InlineData(64, 0x1000, 0x2000, 32)]
+    [InlineData(4100, 0x1000, 0x2000, 288)]
+    [InlineData(16384, 0x1000, 0x2000, 1024)]
+    [InlineData(16388, 0x1000, 0x2000, 0)]   // more than 4 float4s per thread of 1024
+    [InlineData(37, 0x1000, 0x2000, 0)]      // n % 4 != 0
+    [InlineData(4096, 0x1004, 0x2000, 0)]    // x not 16-byte aligned
+    [InlineData(4096, 0x1000, 0x2004, 0)]    // out not 8-byte aligned
+    public void RmsNormRowsV4Shapes(int n, long x, long outp, int threads)
+        => Assert.Equal(threads, CudaPrefillKernels.RmsNormRowsV4Threads(n, (ulong)x, 0x3000, (ulong)outp));
+
     [Fact]
     public void BrokenKernelSourceRaisesCompileErrorWithLog()
     {

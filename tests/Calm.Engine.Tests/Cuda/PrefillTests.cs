@@ -369,38 +369,117 @@ public class PrefillTests
         Gpu.Close(got, want, 1e-3, $"prefill attention v{variant} H{H} K{K} Hd{Hd} T{T} start{start} window{window}");
     }
 
-    // the per-row kernel does for T rows what the decode kernel does for one token at a time
+    // RMSNorm of each row into f16/bf16: rmsnorm_rows_v4 (rowKernels where it takes n: n % 4 == 0, n <= 16384) and the
+    // one-block-per-row rmsnorm_rows against a float64 reference rounded to the output format
     [Theory]
-    [InlineData(8, 2, 64, 64, false, 9, 3)]
-    [InlineData(4, 4, 128, 64, true, 17, 0)]   // partial rotary, qk-norm
-    public void QkvRopeRowsEqualsPerTokenKernel(int H, int K, int Hd, int rot, bool qkNorm, int T, int start)
+    [InlineData(512, 4096, false, DType.F16, true)]    // Llama-3-8B, 512-token chunk
+    [InlineData(512, 4096, false, DType.F16, false)]
+    [InlineData(37, 4096, true, DType.BF16, true)]     // gemma (1 + w)
+    [InlineData(5, 64, false, DType.BF16, true)]       // the fixtures' hidden size: one warp
+    [InlineData(9, 1000, true, DType.F16, true)]       // 250 float4s: the last warp partly empty
+    [InlineData(3, 4100, false, DType.BF16, true)]     // 1025 float4s: 288 threads
+    [InlineData(2, 16384, false, DType.F16, true)]     // 1024 threads
+    [InlineData(2, 16388, false, DType.F16, true)]     // past the v4 kernel: rmsnorm_rows
+    [InlineData(4, 37, true, DType.F16, true)]         // odd n: rmsnorm_rows
+    [InlineData(3, 37, false, DType.BF16, false)]
+    public void RmsNormRowsMatchesCpu(int T, int n, bool addOne, DType odt, bool rowKernels)
     {
         var (ctx, p, s) = Require();
         using var _c = ctx; using var _p = p; using var _s = s;
+        p.RowKernels = rowKernels;
+        var r = Gpu.Rng();
+        var x = Gpu.RandF(r, T * n, 3f);
+        var w = Gpu.RandF(r, n);
+        using var X = Gpu.Up(ctx, x); using var W = Gpu.Up(ctx, w);
+        using var O = Gpu.Zeros(ctx, (long)T * n * 2);
+        p.RmsNormRows(s, X.Ptr, W.Ptr, O.Ptr, T, n, 1e-5f, addOne, odt);
+        s.Synchronize();
+        var want = new float[T * n];
+        for (int t = 0; t < T; t++)
+        {
+            double ss = 0;
+            for (int i = 0; i < n; i++) ss += (double)x[t * n + i] * x[t * n + i];
+            double inv = 1 / Math.Sqrt(ss / n + 1e-5);
+            for (int i = 0; i < n; i++) want[t * n + i] = Gpu.FromBits(Gpu.ToBits((float)(x[t * n + i] * inv * (w[i] + (addOne ? 1 : 0))), odt), odt);
+        }
+        int threads = rowKernels ? CudaPrefillKernels.RmsNormRowsV4Threads(n, X.Ptr, W.Ptr, O.Ptr) : 0;
+        // the same rounding but for the f32 sum of squares: a rare output one unit off, a wrong index or scale far off
+        Gpu.Close(O.ToArray<ushort>(T * n).Select(u => Gpu.FromBits(u, odt)).ToArray(), want, 1e-3,
+                  $"rmsnorm rows T{T} n{n} addOne {addOne} {odt} ({(threads > 0 ? $"rmsnorm_rows_v4, {threads} threads" : "rmsnorm_rows")})");
+    }
+
+    // the per-row kernels do for T rows what the decode kernel does for one token at a time: the warp-per-head
+    // qkv_rope_rows_hd* (rowKernels, where QkvRowsWarpTakes) and the block-per-head qkv_rope_rows, fp16 and fp8 caches
+    [Theory]
+    [InlineData(8, 2, 64, 64, false, 9, 3, false, true)]
+    [InlineData(8, 2, 64, 64, false, 9, 3, false, false)]
+    [InlineData(4, 4, 128, 64, true, 17, 0, false, true)]    // partial rotary, qk-norm
+    [InlineData(4, 4, 128, 64, true, 17, 0, false, false)]
+    [InlineData(32, 8, 128, 128, false, 40, 5, false, true)] // Llama-3-8B heads
+    [InlineData(32, 8, 128, 128, false, 40, 5, true, true)]  // ... fp8 cache
+    [InlineData(32, 8, 128, 128, false, 40, 5, true, false)]
+    [InlineData(4, 4, 128, 96, true, 13, 7, true, true)]     // rotate_half partner 12 lanes away, qk-norm, fp8
+    [InlineData(4, 4, 128, 96, true, 13, 7, false, true)]
+    [InlineData(8, 2, 256, 256, true, 11, 2, false, true)]   // head_dim 256: two float4s per lane
+    [InlineData(8, 2, 256, 128, false, 11, 2, true, true)]
+    [InlineData(6, 3, 96, 96, false, 10, 1, false, true)]    // head_dim 96: three dims per lane
+    [InlineData(6, 3, 96, 48, true, 10, 1, true, true)]
+    [InlineData(4, 2, 32, 32, true, 7, 4, false, true)]      // head_dim 32 (the gemma / qwen3 fixtures)
+    [InlineData(4, 2, 32, 16, false, 7, 4, true, true)]
+    [InlineData(5, 1, 128, 40, false, 6, 0, true, true)]     // 7 heads: the second block's last warp idle; 5 lanes per half
+    [InlineData(4, 2, 128, 36, false, 6, 0, false, true)]    // half 18: not taken, qkv_rope_rows
+    [InlineData(4, 2, 16, 16, false, 6, 0, true, true)]      // head_dim 16: not taken
+    public void QkvRopeRowsEqualsPerTokenKernel(int H, int K, int Hd, int rot, bool qkNorm, int T, int start, bool fp8, bool rowKernels)
+    {
+        var (ctx, p, s) = Require();
+        using var _c = ctx; using var _p = p; using var _s = s;
+        p.RowKernels = rowKernels;
         using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch);
         var r = Gpu.Rng();
         int maxCtx = 64, half = rot / 2, ld = (H + 2 * K) * Hd;
         var qkv = Gpu.RandF(r, T * ld, 2);
+        for (int d = 0; d < Hd; d++) qkv[(H + K) * Hd + d] = 0f;   // row 0's first v head all zero (fp8: scale 0)
         var qn = Gpu.RandF(r, Hd); var kn = Gpu.RandF(r, Hd);
-        var cos = Gpu.RandF(r, maxCtx * half); var sin = Gpu.RandF(r, maxCtx * half);
+        var cos = Gpu.RandF(r, maxCtx * Math.Max(half, 1)); var sin = Gpu.RandF(r, maxCtx * Math.Max(half, 1));
         using var QN = Gpu.Up(ctx, qn); using var KN = Gpu.Up(ctx, kn); using var C = Gpu.Up(ctx, cos); using var S = Gpu.Up(ctx, sin);
         using var Q1 = Gpu.Up(ctx, qkv); using var Q2 = Gpu.Up(ctx, qkv);
-        long cb = (long)K * maxCtx * Hd * 2;
+        long rows = (long)K * maxCtx, cb = rows * Hd * (fp8 ? 1 : 2);
         using var K1 = Gpu.Zeros(ctx, cb); using var V1 = Gpu.Zeros(ctx, cb); using var K2 = Gpu.Zeros(ctx, cb); using var V2 = Gpu.Zeros(ctx, cb);
-        p.QkvRopeRows(s, Q1.Ptr, QN.Ptr, KN.Ptr, qkNorm, 1e-6f, false, C.Ptr, S.Ptr, rot, K1.Ptr, V1.Ptr, maxCtx, H, K, Hd, T, start);
+        using var KS1 = Gpu.Zeros(ctx, rows * 4); using var VS1 = Gpu.Zeros(ctx, rows * 4);
+        using var KS2 = Gpu.Zeros(ctx, rows * 4); using var VS2 = Gpu.Zeros(ctx, rows * 4);
+        bool warp = rowKernels && CudaPrefillKernels.QkvRowsWarpTakes(Hd, rot, qkNorm, Q1.Ptr, QN.Ptr, KN.Ptr, C.Ptr, S.Ptr, K1.Ptr, V1.Ptr);
+        string what = $"H{H} K{K} Hd{Hd} rot{rot} qkNorm {qkNorm} {(fp8 ? "fp8" : "fp16")} ({(warp ? "qkv_rope_rows_hd" + Hd : "qkv_rope_rows")})";
+        p.QkvRopeRows(s, Q1.Ptr, QN.Ptr, KN.Ptr, qkNorm, 1e-6f, false, C.Ptr, S.Ptr, rot, K1.Ptr, V1.Ptr, maxCtx, H, K, Hd, T, start,
+                      fp8 ? KS1.Ptr : 0, fp8 ? VS1.Ptr : 0);
         var steps = new int[2 * T];
         for (int t = 0; t < T; t++) steps[2 * t + 1] = start + t;
         using var St = Gpu.Up(ctx, steps);
         for (int t = 0; t < T; t++)
             k.QkvRopeCache(s, Q2.Ptr + (ulong)(t * ld * 4), QN.Ptr, KN.Ptr, qkNorm, 1e-6f, false, C.Ptr, S.Ptr, rot, K2.Ptr, V2.Ptr, maxCtx, H, K, Hd,
-                           St.Ptr + (ulong)(t * 8));
+                           St.Ptr + (ulong)(t * 8), fp8 ? KS2.Ptr : 0, fp8 ? VS2.Ptr : 0);
         s.Synchronize();
-        Gpu.Close(Q1.ToArray<float>(T * ld), Q2.ToArray<float>(T * ld), 1e-6, "rotated q rows");
-        var k1 = K1.ToArray<ushort>((int)(cb / 2)); var k2 = K2.ToArray<ushort>((int)(cb / 2));
-        var v1 = V1.ToArray<ushort>((int)(cb / 2)); var v2 = V2.ToArray<ushort>((int)(cb / 2));
-        Gpu.Close(k1.Select(u => Gpu.FromBits(u, DType.F16)).ToArray(), k2.Select(u => Gpu.FromBits(u, DType.F16)).ToArray(), 1e-3, "k cache");
-        Assert.Equal(v2, v1);   // v is a plain copy: bit for bit
-        Assert.Contains(k1, u => u != 0);
+        Gpu.Close(Q1.ToArray<float>(T * ld), Q2.ToArray<float>(T * ld), 1e-6, "rotated q rows " + what);
+        if (!fp8)
+        {
+            var k1 = K1.ToArray<ushort>((int)(cb / 2)); var k2 = K2.ToArray<ushort>((int)(cb / 2));
+            var v1 = V1.ToArray<ushort>((int)(cb / 2)); var v2 = V2.ToArray<ushort>((int)(cb / 2));
+            Gpu.Close(k1.Select(u => Gpu.FromBits(u, DType.F16)).ToArray(), k2.Select(u => Gpu.FromBits(u, DType.F16)).ToArray(), 1e-3, "k cache " + what);
+            Assert.Equal(v2, v1);   // v is a plain copy: bit for bit
+            Assert.Contains(k1, u => u != 0);
+            return;
+        }
+        // fp8 (as KvFp8GpuTests): v bytes and scales exactly (the row's max and the division are order-free); k from f32
+        // math that may differ in the last bits (contraction, the norm's sum), so a byte may round the other way
+        var kb1 = K1.ToArray<byte>((int)cb); var kb2 = K2.ToArray<byte>((int)cb);
+        Assert.Equal(V2.ToArray<byte>((int)cb), V1.ToArray<byte>((int)cb));
+        Assert.Equal(VS2.ToArray<float>((int)rows), VS1.ToArray<float>((int)rows));
+        Assert.Equal(0f, VS1.ToArray<float>((int)rows)[start]);   // the all-zero v head of row 0
+        int diff = 0;
+        for (int i = 0; i < kb1.Length; i++) if (kb1[i] != kb2[i]) diff++;
+        Assert.True(diff <= K * T * Hd / 100 + 1, $"{what}: {diff} k bytes differ from the decode write");
+        Assert.Contains(kb1, b => b != 0);
+        var ks1 = KS1.ToArray<float>((int)rows); var ks2 = KS2.ToArray<float>((int)rows);
+        for (int i = 0; i < ks1.Length; i++) Assert.True(Math.Abs(ks1[i] - ks2[i]) <= 1e-6 * Math.Abs(ks2[i]), $"{what}: k scale {ks1[i]} vs {ks2[i]}");
     }
 
     // whole models: the batched path against the per-token path on the same backend, at every position; chunks of 5
