@@ -31,13 +31,15 @@ function Say([string] $s) { Write-Host $s; $lines.Add($s) }
 Say "GPU: $($info.Name), driver $($info.DriverVersion), NVRTC $($info.NvrtcVersion), $($info.Multiprocessors) SMs"
 
 # name -> environment (CALM_GEMM_K 32|64, CALM_GEMM_TILE auto|auto2|64|128, CALM_GEMM_VARIANT 1|2|3|4|5, CALM_GEMM_V4N /
-# CALM_GEMM_WN 128|192|256 (variant 4's / 5's column tile; unset: per shape), CALM_PREFILL_ATT 1|2, CALM_PREFILL_FUSE 0|1)
+# CALM_GEMM_WN 128|192|256 (variant 4's / 5's column tile; unset: per shape), CALM_PREFILL_ATT 1|2, CALM_PREFILL_FUSE 0|1,
+# CALM_PREFILL_ROWS 0|1)
 $all = [ordered]@{
     'defaults'              = @{}
     'old-defaults'          = @{ CALM_GEMM_VARIANT = '1'; CALM_GEMM_K = '32'; CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }   # 2026-11-26: 59.2 ms
     'old-k64'               = @{ CALM_GEMM_VARIANT = '1'; CALM_GEMM_TILE = 'auto2'; CALM_PREFILL_ATT = '1'; CALM_PREFILL_FUSE = '0' }                       # 2026-11-26: 53.1 ms
     'fp32-attention'        = @{ CALM_PREFILL_ATT = '1' }
     'unfused-act'           = @{ CALM_PREFILL_FUSE = '0' }
+    'old-row-kernels'       = @{ CALM_PREFILL_ROWS = '0' }   # rmsnorm_rows / qkv_rope_rows: one block per row / per (head, row)
     'tile-128'              = @{ CALM_GEMM_TILE = '128' }
     'gemm-v1'               = @{ CALM_GEMM_VARIANT = '1' }   # 2026-11-29: 39.6 ms (the default before variants 2 and 4)
     'gemm-v2'               = @{ CALM_GEMM_VARIANT = '2' }   # 2026-11-29: 31.9 ms
@@ -54,7 +56,7 @@ $all = [ordered]@{
 }
 $Variants = @($Variants | ForEach-Object { $_ -split "," } | Where-Object { $_ })   # pwsh -File passes one comma-joined string
 if (-not $Variants) { $Variants = @($all.Keys) }
-$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_GEMM_WN', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE'
+$envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_GEMM_WN', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE', 'CALM_PREFILL_ROWS'
 $opt = [Calm.Engine.ImportOptions]@{ Device = [Calm.Engine.DeviceChoice]::Cuda; ContextLength = $ContextLength }
 $ttft = [Collections.Generic.List[string]]::new()
 $stageRows = [Collections.Generic.List[object]]::new()
