@@ -6,8 +6,9 @@ namespace Calm.Engine.Cuda;
 /// <summary>
 /// Batched prefill: a Forward of more than one token runs the layer stack once over chunks of up to
 /// <see cref="PrefillChunk"/> rows (tensor-core GEMMs for the projections, prefill attention against the KV cache)
-/// instead of one decode graph launch per token. Taken for dense models with bf16/f16 layer matrices on sm_80+;
-/// everything else (MoE, f32 or quantized weights, shapes the kernels do not take) keeps the per-token path, and
+/// instead of one decode graph launch per token. Taken for dense models with bf16/f16 layer matrices on sm_80+, and
+/// with fp8/int4 layer matrices where the wgmma GEMM runs (sm_90, NVRTC 12+: <see cref="CudaPrefillKernels.WgmmaAvailable"/>);
+/// everything else (MoE, f32 weights, shapes the kernels do not take) keeps the per-token path, and
 /// <see cref="PrefillFallbackReason"/> says why.
 /// </summary>
 public sealed unsafe partial class CudaBackend

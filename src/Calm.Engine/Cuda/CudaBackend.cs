@@ -585,8 +585,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         else _k!.MoeMatvec(s, _wt, table, _idx, x, xStride, y, rows, cols, slots);
     }
 
-    /// <summary>Whether some weight matrix is fp8/int4 (run by <see cref="CudaQuantKernels"/>; a batched prefill path
-    /// must fall back to the per-token graph for these until it has quantized GEMMs).</summary>
+    /// <summary>Whether some weight matrix is fp8/int4 (decode: <see cref="CudaQuantKernels"/>; batched prefill: the
+    /// wgmma GEMMs where they run, else the per-token graph).</summary>
     public bool HasQuantizedWeights => _qk is not null;
 
     private void Capture()

@@ -17,8 +17,9 @@ public sealed class CudaPrefillKernels : IDisposable
     /// <summary>k depth of a GEMM stage when the call does not say: 64 (measured faster in every Llama-3-8B shape on the
     /// H200, 2026-11-26); CALM_GEMM_K=32 for the old default.</summary>
     public int GemmDepth { get; }
-    /// <summary>GEMM kernel variant when the call does not say (CALM_GEMM_VARIANT, default 4: Llama-3-8B 512-token prefill
-    /// 29.8 ms vs 31.9 ms with variant 2 and 39.6 ms with variant 1 on the H200, bench/RESULTS.md 2026-11-29): 1 = the first kernel (grid x over N
+    /// <summary>GEMM kernel variant when the call does not say (CALM_GEMM_VARIANT; default 5 where <see cref="WgmmaAvailable"/>,
+    /// else 4. Llama-3-8B 512-token prefill on the H200, bench/RESULTS.md 2026-11-29: 21.8 ms with variant 5, 24.9 ms with 4,
+    /// 31.9 ms with 2, 39.6 ms with 1): 5 = wgmma (sm_90a, kernels/gemm_wgmma.cu; also fp8/int4 weights); 1 = the first kernel (grid x over N
     /// tiles, bf16 converted in shared memory); 2 = grid x over row tiles (W read from DRAM once), bf16 converted in
     /// registers, float2 epilogue, two blocks per multiprocessor; 3 = variant 2 with 4 stages (one block per multiprocessor);
     /// 4 = 128-row x 128/192/256-column tiles with 64 x 32/48/64 warp tiles, XOR-swizzled shared memory, fragments
