@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call (see tools/stage-gpu.sh): unpack the staged build, then run the steps named in $STEPS (comma list)
 # with logs under $OUT. Steps: regs (registers/spills of every kernel for this GPU, incl. sm_90a files), wgmma-tests,
-# prefill-tests, prefill-bench, gpu-tests (build.ps1 GpuTest), issue6 (bench/Issue6.Bench.ps1, every row).
+# classes (CLASSES=...), prefill-tests, prefill-bench, prefill-quant, quant-tests, pester-gpu, gpu-tests (build.ps1
+# GpuTest), issue6 (bench/Issue6.Bench.ps1, every row).
 # Usage there: source .gpu/boot.sh && STEPS=regs,wgmma-tests,prefill-bench bash tools/gpu-call.sh
 set -uo pipefail
 tar xJf .stage/build.tar.xz
@@ -32,6 +33,11 @@ fi
 if has wgmma-tests; then
   dotnet $T -method "$NS.PrefillTests.GemmVariant5MatchesReference" -method "$NS.PrefillTests.GemmGatedVariant5MatchesReferenceAndUnfused" 2>&1 | grep -E "FAIL|Total|Passed|Failed|Skipped|Error|error" | head -40 | tee "$OUT/wgmma-tests.txt"
 fi
+if has classes; then   # CLASSES=PrefillTests,ProofTests,... (test classes of Calm.Engine.Tests.Cuda / .Generation)
+  args=(); for c in ${CLASSES//,/ }; do case $c in *.*) args+=(-class "Calm.Engine.Tests.$c");; *) args+=(-class "$NS.$c");; esac; done
+  timeout ${CLASSES_TIMEOUT:-400} dotnet $T "${args[@]}" 2>&1 | tee /tmp/classes.txt | grep -E "\[FAIL\]|Total:|Assert|relative L2 [0-9.E+-]+ >|Error Message" | head -80
+  grep -E "\[FAIL\]|Total:|Passed|Skipped|Error|Assert|L2|at Calm" /tmp/classes.txt | head -300 > "$OUT/classes.txt"
+fi
 if has prefill-tests; then
   timeout 400 dotnet $T -class $NS.PrefillTests 2>&1 | grep -E "\[FAIL\]|Total|Failed|Passed:|Skipped:" | head -60 | tee "$OUT/prefill-tests.txt"
 fi
@@ -46,6 +52,9 @@ fi
 if has quant-tests; then
   { timeout 300 dotnet $T -method "$NS.PrefillTests.GemmVariant5QuantizedMatchesReference" -method "$NS.PrefillTests.QuantizedBatchedPrefillEqualsPerTokenPrefill" 2>&1
     timeout 200 dotnet $T -class $NS.QuantBackendGpuTests 2>&1; } | grep -E "\[FAIL\]|Total|Assert|relative|Error" | head -60 | tee "$OUT/quant-tests.txt"
+fi
+if has pester-gpu; then   # the Pester tests tagged GPU (cmdlets end to end on the device)
+  timeout ${PESTER_TIMEOUT:-240} pwsh -NoProfile -Command '$c = New-PesterConfiguration; $c.Run.Path = "tests"; $c.Filter.Tag = "GPU"; $c.Output.Verbosity = "Normal"; $c.Run.PassThru = $true; $r = Invoke-Pester -Configuration $c; "Pester GPU: $($r.PassedCount) passed, $($r.FailedCount) failed, $($r.SkippedCount) skipped"' 2>&1 | tee "$OUT/pester-gpu.txt" | grep -E "\[-\]|Pester GPU|Tests Passed" | head -40
 fi
 if has gpu-tests; then
   timeout 500 pwsh -NoProfile -File ./build.ps1 GpuTest 2>&1 | tail -40 | tee "$OUT/gputest.txt"
