@@ -305,28 +305,75 @@ __device__ __forceinline__ float mq_quad_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+// The kernels' modes: plain y = W x, GLU (gate_up fused with the activation), QKV (the qkv projection fused with RoPE
+// and the fp16 KV-cache write, as matvec_qkv_rope in matvec.cu does for bf16/f16 weights).
+#define MQ_PLAIN 0
+#define MQ_GLU 1
+#define MQ_QKV 2
+
+// RoPE and the KV write of the QKV mode: cos/sin [maxCtx, Hd/2], this layer's caches [K, maxCtx, Hd] fp16, the step's
+// position in sp; H q heads, K kv heads of head_dim Hd (rotate_half over the whole head)
+struct MqRope {
+    const float* cosT; const float* sinT; u16* kCache; u16* vCache; const StepParams* sp;
+    int maxCtx, H, K, Hd;
+};
+
 // Rows of the block's tiles. Plain: tile i holds rows 16 (blockIdx.x T + i) + [0, 16): fragment row g at + g, g + 8 at + g + 8.
-// GLU (gate_up fused with the activation): the matrix is [2F, cols] = gate rows [0, F) over up rows [F, 2F); tile i
-// holds the pairs p0 + [0, 8) with p0 = (blockIdx.x * T + i) * 8: fragment row g = gate row p0 + g, g + 8 = its up row
-// F + p0 + g, so both halves of a pair meet in the same lane and the same block. n: rows (plain) or F (GLU).
-template <bool GLU>
-__device__ __forceinline__ long long mq_tc_row(int T, int row0, int i, int g, int h, int n) {
-    if (GLU) return (long long)h * n + min((blockIdx.x * T + i) * 8 + g, n - 1);
+// Paired modes: tile i holds the pairs p0 + [0, 8) with p0 = (blockIdx.x * T + i) * 8, fragment row g the first row
+// of pair p0 + g and g + 8 its second, so both halves of a pair meet in the same lane and the same block. GLU: the
+// matrix is [2F, cols] = gate rows [0, F) over up rows [F, 2F), pair p = (gate p, up F + p), n = F. QKV: [Q + 2KV,
+// cols] = (H + 2K) heads of Hd rows, pair p = rows (u Hd + j, u Hd + j + Hd/2) of head u = p / (Hd/2), j = p % (Hd/2),
+// n = (H + 2K) Hd / 2 pairs.
+template <int MODE>
+__device__ __forceinline__ long long mq_tc_row(int T, int row0, int i, int g, int h, int n, int hd) {
+    if (MODE == MQ_GLU) return (long long)h * n + min((blockIdx.x * T + i) * 8 + g, n - 1);
+    if (MODE == MQ_QKV) {
+        const int p = min((blockIdx.x * T + i) * 8 + g, n - 1), half = hd >> 1, u = p / half;
+        return (long long)u * hd + (p - u * half) + h * half;
+    }
     return min(row0 + 16 * i + g + 8 * h, n - 1);   // past the end: reread the last row, result dropped
 }
 
 // The block's tile totals (per warp: tot[i][0] fragment row g, tot[i][1] row g + 8, lanes t == 0 write) summed over
-// the warps, then plain: y[r] = scale * total (+ bias) (+ y); GLU: y[p] = act(gate) * up, each half scaled (+ bias).
-template <int T, bool GLU, int W>
+// the warps, then plain: y[r] = scale * total (+ bias) (+ y); GLU: y[p] = act(gate) * up, each half scaled (+ bias);
+// QKV: each half scaled (+ bias), q and k pairs rotated, q written to y (the qkv buffer), k and v to the caches.
+template <int T, int MODE, int W>
 __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T * 16], const float* rowScale, float* y, const float* bias,
-                                            int row0, int n, int accumulate) {
+                                            int row0, int n, int accumulate, const MqRope& rope) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
     if ((lane & 3) == 0) {
 #pragma unroll
         for (int i = 0; i < T; i++) { red[warp][16 * i + g] = tot[i][0]; red[warp][16 * i + g + 8] = tot[i][1]; }
     }
     __syncthreads();
-    if (GLU) {
+    if (MODE == MQ_QKV) {
+        if (threadIdx.x < T * 8) {
+            const int i = threadIdx.x >> 3, gg = threadIdx.x & 7;
+            const int p = (blockIdx.x * T + i) * 8 + gg;
+            if (p < n) {
+                const int half = rope.Hd >> 1, u = p / half, j = p - u * half;
+                const int r0 = u * rope.Hd + j, r1 = r0 + half;
+                float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+                for (int w = 0; w < W; w++) { s0 += red[w][16 * i + gg]; s1 += red[w][16 * i + gg + 8]; }
+                if (rowScale) { s0 *= rowScale[r0]; s1 *= rowScale[r1]; }
+                if (bias) { s0 += bias[r0]; s1 += bias[r1]; }
+                const int pos = rope.sp->pos;
+                if (u < rope.H + rope.K) {
+                    const float c = rope.cosT[(long long)pos * half + j], sn = rope.sinT[(long long)pos * half + j];
+                    const float o0 = s0 * c - s1 * sn, o1 = s1 * c + s0 * sn;
+                    s0 = o0; s1 = o1;
+                }
+                if (u < rope.H) { y[r0] = s0; y[r1] = s1; }
+                else {
+                    const int kh = u < rope.H + rope.K ? u - rope.H : u - rope.H - rope.K;
+                    u16* cache = (u < rope.H + rope.K ? rope.kCache : rope.vCache) + ((long long)kh * rope.maxCtx + pos) * rope.Hd;
+                    cache[j] = f32_to_f16(s0);
+                    cache[j + half] = f32_to_f16(s1);
+                }
+            }
+        }
+    } else if (MODE == MQ_GLU) {
         if (threadIdx.x < T * 8) {
             const int i = threadIdx.x >> 3, gg = threadIdx.x & 7;
             const int p = (blockIdx.x * T + i) * 8 + gg;
@@ -360,21 +407,21 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
 // Each stage issues its U k-blocks' loads, stages x, then multiplies. Measured slower on the H200 (bench/RESULTS.md):
 // double-buffered loads (the next stage's in flight during the multiplies: 96-164 registers, half the blocks per SM)
 // and the first loads issued before pdl_wait (no gain with programmatic launch).
-template <int T, int U, bool GLU, int W>
+template <int T, int U, int MODE, int W>
 __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
-                                                   int n, int cols, int accumulate) {
+                                                   int n, int cols, int accumulate, const MqRope& rope) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     __shared__ float red[W][T * 16];
     __shared__ __align__(16) u32 xb[W][U][4][8][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * (T * 16);   // plain: the block's first row
     PDL_ENTER();   // x and y come from / go to the step's other kernels
-    if (!GLU && row0 >= n) return;
+    if (MODE == MQ_PLAIN && row0 >= n) return;
     const calm_u4* rp[T][2];
 #pragma unroll
     for (int i = 0; i < T; i++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) rp[i][h] = (const calm_u4*)(Q + mq_tc_row<GLU>(T, row0, i, g, h, n) * cols) + t;
+        for (int h = 0; h < 2; h++) rp[i][h] = (const calm_u4*)(Q + mq_tc_row<MODE>(T, row0, i, g, h, n, rope.Hd) * cols) + t;
     const int nkb = cols >> 6;
     // staging: lane L converts x[64kb + 2L, +1] = the pair (b0b1 if L even else b2b3) of t' = L/8, j' = (L/2)%4
     const int st = lane >> 3, sj = (lane >> 1) & 3, sw = lane & 1;
@@ -450,7 +497,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 #pragma unroll
             for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
     }
-    mq_tc_store<T, GLU, W>(tot, red, S, y, bias, row0, n, accumulate);
+    mq_tc_store<T, MODE, W>(tot, red, S, y, bias, row0, n, accumulate, rope);
 #endif
 }
 
@@ -461,16 +508,16 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 // n < 4, lo for n >= 4; zero elsewhere), so d0 / d1 of lane t are the sums of groups 2(t%2) and 2(t%2)+1 for row g
 // (d2 / d3 for row g+8), scaled in fp32 and added up over the quad at the end.
 // Per-warp x buffer: [U][m = 2q + h][slot][2] u32, slot 2t + part for group-lane t, slot 8 zero. Loads as fp8.
-template <int T, int U, bool GLU, int W>
+template <int T, int U, int MODE, int W>
 __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
-                                                    int n, int cols, int accumulate) {
+                                                    int n, int cols, int accumulate, const MqRope& rope) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     __shared__ float red[W][T * 16];
     __shared__ __align__(16) u32 xb[W][U][8][9][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * (T * 16);   // plain: the block's first row
     PDL_ENTER();
-    if (!GLU && row0 >= n) return;
+    if (MODE == MQ_PLAIN && row0 >= n) return;
     const int G = cols >> 5;
     const calm_u4* rp[T][2];
     const u32* dp[T][2];
@@ -479,7 +526,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     for (int i = 0; i < T; i++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            long long r = mq_tc_row<GLU>(T, row0, i, g, h, n);
+            long long r = mq_tc_row<MODE>(T, row0, i, g, h, n, rope.Hd);
             rp[i][h] = (const calm_u4*)(P + r * G * 16) + t;
             drow[i][h] = D + r * G;
             dp[i][h] = (const u32*)(drow[i][h] + 2 * (t & 1));   // the scales of groups 2(t%2), 2(t%2)+1 of each k-block
@@ -574,7 +621,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
 #pragma unroll
             for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
     }
-    mq_tc_store<T, GLU, W>(tot, red, (const float*)0, y, bias, row0, n, accumulate);
+    mq_tc_store<T, MODE, W>(tot, red, (const float*)0, y, bias, row0, n, accumulate, rope);
 #endif
 }
 
@@ -619,27 +666,33 @@ MQ_ENTRIES(8, 1, _r8)
 MQ_TC_PLAIN(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                            \
 extern "C" __global__ void LB matvec_##NAME##_tc_glu##SUF(const unsigned char* Q, const ST* S, const float* x, \
                                                  float* h, const float* bias, int F, int cols, int act) {               \
-    IMPL<T, U, true, W>(Q, S, x, h, bias, F, cols, act);                                                                 \
+    IMPL<T, U, MQ_GLU, W>(Q, S, x, h, bias, F, cols, act, MqRope());                                                     \
+}                                                                                                                        \
+extern "C" __global__ void LB matvec_##NAME##_tc_qkv##SUF(const unsigned char* Q, const ST* S, const float* x, \
+        float* qkv, const float* bias, int cols, const float* cosT, const float* sinT, u16* kCache, u16* vCache,        \
+        int maxCtx, int H, int K, int Hd, const StepParams* sp) {                                                        \
+    const MqRope rope = { cosT, sinT, kCache, vCache, sp, maxCtx, H, K, Hd };                                           \
+    IMPL<T, U, MQ_QKV, W>(Q, S, x, qkv, bias, (H + 2 * K) * (Hd >> 1), cols, 0, rope);                                   \
 }                                                                                                                        \
 extern "C" __global__ void LB moe_matvec_##NAME##_tc_glu##SUF(const void* const* values, const void* const* scales, \
                                                  const int* expertIdx, const float* x, int xStride, float* h, int F, int cols, int act) { \
     pdl_wait();                                                                                                          \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    IMPL<T, U, true, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,               \
-                        h + (long long)s * F, (const float*)0, F, cols, act);                                            \
+    IMPL<T, U, MQ_GLU, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,             \
+                          h + (long long)s * F, (const float*)0, F, cols, act, MqRope());                                \
 }
 // the plain pair
 #define MQ_TC_PLAIN(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                     \
 extern "C" __global__ void LB matvec_##NAME##_tc##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, \
                                                  const float* bias, int rows, int cols, int accumulate) {                \
-    IMPL<T, U, false, W>(Q, S, x, y, bias, rows, cols, accumulate);                                                      \
+    IMPL<T, U, MQ_PLAIN, W>(Q, S, x, y, bias, rows, cols, accumulate, MqRope());                                         \
 }                                                                                                                        \
 extern "C" __global__ void LB moe_matvec_##NAME##_tc##SUF(const void* const* values, const void* const* scales, \
                                                  const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) { \
     pdl_wait();   /* the expert ids come from moe_route */                                                               \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    IMPL<T, U, false, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,              \
-                         y + (long long)s * rows, (const float*)0, rows, cols, 0);                                       \
+    IMPL<T, U, MQ_PLAIN, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,           \
+                            y + (long long)s * rows, (const float*)0, rows, cols, 0, MqRope());                          \
 }
 #define MQ_TC_ENTRIES(T, U, W, SUF, LB) MQ_TC_ONE(fp8, matvec_fp8_tc_impl, float, T, U, W, SUF, LB) MQ_TC_ONE(int4, matvec_int4_tc_impl, u16, T, U, W, SUF, LB)
 

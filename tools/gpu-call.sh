@@ -30,6 +30,9 @@ PS
               for (k in h) if (!(k in g)) printf "%-28s HMMA %d LDL/STL %d BAR %d\n", k, h[k], l[k], b[k]}' /tmp/sass.txt | sort | tee -a "$OUT/regs.txt"
   done
 fi
+if has issue6; then
+  timeout 500 pwsh -NoProfile -File bench/Issue6.Bench.ps1 -OutputFolder $OUT/issue6 ${ISSUE6_ONLY:+-Only $ISSUE6_ONLY} 2>&1 | tee "$OUT/issue6.log" | tail -40
+fi
 if has wgmma-tests; then
   dotnet $T -method "$NS.PrefillTests.GemmVariant5MatchesReference" -method "$NS.PrefillTests.GemmGatedVariant5MatchesReferenceAndUnfused" 2>&1 | grep -E "FAIL|Total|Passed|Failed|Skipped|Error|error" | head -40 | tee "$OUT/wgmma-tests.txt"
 fi
@@ -58,7 +61,4 @@ if has pester-gpu; then   # the Pester tests tagged GPU (cmdlets end to end on t
 fi
 if has gpu-tests; then
   timeout 500 pwsh -NoProfile -File ./build.ps1 GpuTest 2>&1 | tail -40 | tee "$OUT/gputest.txt"
-fi
-if has issue6; then
-  timeout 500 pwsh -NoProfile -File bench/Issue6.Bench.ps1 -OutputFolder $OUT/issue6 2>&1 | tail -40
 fi

@@ -513,6 +513,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         // paired-row matvecs (CudaKernels.FusePairs): RoPE + KV write into the qkv matvec, the activation into gate_up
         bool pairs = k.FusePairs && !FuseNorm && _wt is DType.BF16 or DType.F16;
         bool pairQkv = pairs && !_kvFp8 && !c.QkNorm && c.RotaryDim == c.HeadDim && c.HeadDim % 2 == 0;   // writes an fp16 cache
+        // the same fusion for fp8/int4 weights: the tensor-core kernels' QKV mode (CALM_FUSE_PAIRS=0 turns both off)
+        bool quantQkv = k.FusePairs && !FuseNorm && _qk is not null && DTypes.IsQuantized(_wt) && !_kvFp8 && !c.QkNorm
+                        && c.RotaryDim == c.HeadDim && _qk.QkvRopeSupported(_wt, D, c.HeadDim);
         // quantized gate_up with the activation fused (tensor-core kernels, CudaQuantKernels.MatvecGlu).
         // Opt-in (CALM_QUANT_GLU=1): measured no faster for dense models (Llama-3-8B fp8 53.4% vs 52.8%, int4 38.3% vs
         // 38.1%) and slower with MoE (Mixtral-8x7B fp8 53.0% vs 58.9%) on the H200, bench/RESULTS.md 2026-11-29.
@@ -529,9 +532,10 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             {
                 if (W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
                 if (pairQkv) { if (W(Stages.AttentionProjections)) k.MatvecQkvRope(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step); }
+                else if (quantQkv) { if (W(Stages.AttentionProjections)) _qk!.MatvecQkvRope(s, _wt, L.Wqkv, _scaleOf[L.Wqkv], _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step); }
                 else if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
             }
-            if (!pairQkv && W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
+            if (!pairQkv && !quantQkv && W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                            KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step, KScaleLayer(l), VScaleLayer(l));
             if (W(Stages.Attention)) k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
                         c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs, KScaleLayer(l), VScaleLayer(l));

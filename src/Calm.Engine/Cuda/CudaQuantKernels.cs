@@ -103,11 +103,14 @@ public sealed class CudaQuantKernels : IDisposable
                 }
             foreach (var f in new[] { "fp8", "int4" })
                 foreach (var v in TcVariants)
+                {
                     foreach (var kind in new[] { "tc", "tc_glu" })
                     {
                         _k[$"matvec_{f}_{kind}_{v}"] = _module.GetKernel($"matvec_{f}_{kind}_{v}");
                         _k[$"moe_matvec_{f}_{kind}_{v}"] = _module.GetKernel($"moe_matvec_{f}_{kind}_{v}");
                     }
+                    _k[$"matvec_{f}_tc_qkv_{v}"] = _module.GetKernel($"matvec_{f}_tc_qkv_{v}");
+                }
             // every matvec waits for the previous kernel before touching x, y or the expert ids (pdl_wait), so they may
             // be launched with programmatic dependent launch; measured slower for the CUDA-core fp8 kernels on the H200
             // (Llama-3-8B 3.300 vs 3.178 ms/token) and no faster for the tensor-core ones (52.9% vs 52.8% of the speed
@@ -247,6 +250,25 @@ public sealed class CudaQuantKernels : IDisposable
         RequireGluShape(wt, cols);
         var (kern, tt, threads) = Tc("matvec", "tc_glu", wt, 2L * F, tcVariant);
         kern.Launch(s, (F + 8 * tt - 1) / (8 * tt), threads, 0, values, scales, x, h, bias, F, cols, (int)act);
+    }
+
+    /// <summary>Whether <see cref="MatvecQkvRope"/> takes this shape: the tensor-core kernels' columns, head_dim a
+    /// multiple of 16 (a tile's 8 rotary pairs inside one head).</summary>
+    public bool QkvRopeSupported(DType wt, int cols, int headDim) => GluSupported(wt, cols) && Arch >= 80 && headDim % 16 == 0;
+
+    /// <summary>The qkv projection fused with RoPE and the fp16 KV write (the tensor-core kernels' QKV mode): W [(H + 2K)
+    /// Hd, cols] (values and scales as <see cref="Matvec"/>), x [cols] -> per rotary pair (rows u Hd + j, u Hd + j + Hd/2
+    /// of head u) the two sums (+ bias [rows] when nonzero); q and k pairs rotated with cos/sin [maxCtx, Hd/2] at the
+    /// step's position (step: StepParams); q written to qkv (its first H Hd floats), k and v to this layer's fp16 caches
+    /// [K, maxCtx, Hd]: what <see cref="Matvec"/> then CudaKernels.QkvRopeCache (no q/k norm, full rotary) give.</summary>
+    public void MatvecQkvRope(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong qkv, ulong bias, int H, int K, int Hd, int cols,
+                              ulong cos, ulong sin, ulong kCache, ulong vCache, int maxCtx, ulong step, string? tcVariant = null)
+    {
+        RequireGluShape(wt, cols);
+        if (Hd % 16 != 0) throw new ArgumentException($"the fused qkv kernel needs head_dim % 16 == 0 (got {Hd})", nameof(Hd));
+        int pairs = (H + 2 * K) * (Hd / 2);
+        var (kern, tt, threads) = Tc("matvec", "tc_qkv", wt, 2L * pairs, tcVariant);
+        kern.Launch(s, (pairs + 8 * tt - 1) / (8 * tt), threads, 0, values, scales, x, qkv, bias, cols, cos, sin, kCache, vCache, maxCtx, H, K, Hd, step);
     }
 
     /// <summary>MoE twin of <see cref="MatvecGlu"/>: per slot s, expert idx[s] [2F, cols] . x[s*xStride ..] -> h[s*F ..].</summary>

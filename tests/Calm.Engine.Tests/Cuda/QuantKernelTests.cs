@@ -474,6 +474,69 @@ public unsafe class QuantKernelTests
         Gpu.Close(H.ToArray<float>(F), want, 1e-5, $"glu {DTypes.Name(dt)} F={F} {act} {variant ?? "auto"}");
     }
 
+    /// <summary>The qkv projection fused with RoPE and the fp16 KV write (QKV mode of the tensor-core kernels) against the
+    /// CPU: the matvec of the whole [(H + 2K) Hd, cols] matrix (+ bias), q and k heads rotated (rotate_half, cos/sin
+    /// random tables at the step's position), q compared in the qkv buffer at 1e-5, k and v in the fp16 caches at
+    /// the f16 rounding; GQA and MHA, head_dim 16 / 64 / 128, every variant.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3, 8, 2, 128, 1024, true, "t1", 5)]
+    [InlineData(DType.F8E4M3, 4, 4, 64, 256, false, "t2", 0)]
+    [InlineData(DType.F8E4M3, 32, 8, 128, 4096, false, null, 37)]   // the Llama-3-8B shape, automatic variant
+    [InlineData(DType.F8E4M3, 6, 3, 16, 128, true, "t4", 9)]
+    [InlineData(DType.Int4, 8, 2, 128, 1024, true, "t1", 5)]
+    [InlineData(DType.Int4, 4, 4, 64, 256, false, "t1w", 3)]
+    [InlineData(DType.Int4, 32, 8, 128, 4096, true, null, 63)]
+    [InlineData(DType.Int4, 6, 3, 16, 128, false, "t2", 1)]
+    public void QkvRopeMatvecMatchesCpuReference(DType dt, int H, int K, int Hd, int cols, bool bias, string? variant, int pos)
+    {
+        var (ctx, k, s) = RequireTc();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        Assert.True(k.QkvRopeSupported(dt, cols, Hd));
+        using var store = new NativeWeightStore();
+        var r = Gpu.Rng();
+        int rows = (H + 2 * K) * Hd, half = Hd / 2, maxCtx = 64;
+        var w = RandomQuantized(r, store, dt, rows, cols);
+        var x = Gpu.RandF(r, cols);
+        var b = Gpu.RandF(r, rows);
+        var cos = Gpu.RandF(r, maxCtx * half); var sin = Gpu.RandF(r, maxCtx * half);
+        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b);
+        using var C = Gpu.Up(ctx, cos); using var Sn = Gpu.Up(ctx, sin);
+        using var Y = Gpu.Zeros(ctx, rows * 4L);
+        using var Kc = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2); using var Vc = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2);
+        using var St = Gpu.Up(ctx, new[] { 0, pos });
+        k.MatvecQkvRope(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, H, K, Hd, cols, C.Ptr, Sn.Ptr, Kc.Ptr, Vc.Ptr, maxCtx, St.Ptr, variant);
+        s.Synchronize();
+        var y = new float[rows];
+        CpuKernels.MatVec(w, x, y);
+        if (bias) for (int i = 0; i < rows; i++) y[i] += b[i];
+        var want = (float[])y.Clone();
+        for (int u = 0; u < H + K; u++)
+            for (int j = 0; j < half; j++)
+            {
+                int r0 = u * Hd + j, r1 = r0 + half;
+                float c = cos[pos * half + j], sn = sin[pos * half + j];
+                want[r0] = y[r0] * c - y[r1] * sn;
+                want[r1] = y[r1] * c + y[r0] * sn;
+            }
+        string what = $"qkv+rope {DTypes.Name(dt)} H={H} K={K} Hd={Hd} cols={cols} {variant ?? "auto"}";
+        Gpu.Close(Y.ToArray<float>(H * Hd), want.AsSpan(0, H * Hd).ToArray(), 1e-5, what + " q");
+        var kc = Kc.ToArray<ushort>(K * maxCtx * Hd); var vc = Vc.ToArray<ushort>(K * maxCtx * Hd);
+        var gotK = new float[K * Hd]; var gotV = new float[K * Hd];
+        for (int kh = 0; kh < K; kh++)
+            for (int d = 0; d < Hd; d++)
+            {
+                gotK[kh * Hd + d] = Gpu.FromBits(kc[(kh * maxCtx + pos) * Hd + d], DType.F16);
+                gotV[kh * Hd + d] = Gpu.FromBits(vc[(kh * maxCtx + pos) * Hd + d], DType.F16);
+            }
+        // f16 rounding of the cache: 2^-11 relative per element at most
+        Gpu.Close(gotK, want.AsSpan(H * Hd, K * Hd).ToArray(), 1e-3, what + " k cache");
+        Gpu.Close(gotV, want.AsSpan((H + K) * Hd, K * Hd).ToArray(), 1e-3, what + " v cache");
+        // nothing written at other positions
+        for (int i = 0; i < kc.Length; i++)
+            if ((i / Hd) % maxCtx != pos) { Assert.Equal(0, kc[i]); Assert.Equal(0, vc[i]); }
+    }
+
     /// <summary>erf to ~1e-7 (Abramowitz-Stegun 7.1.26 is too coarse for a 1e-5 bound; this is a series/continued
     /// fraction in double).</summary>
     private static double Erf(double z)
