@@ -252,12 +252,7 @@ __device__ __forceinline__ void gemm4_load_stage(u32 sA, const u16* X, const u16
     const u32 sw = (u32)((cc ^ (rr & 7)) << 4);
     const int k = k0 + cc * 8;
     const bool kok = k < K;
-#pragma unroll
-    for (int i = 0; i < GEMM4_BM / 32; i++) {
-        int row = m0 + rr + 32 * i;
-        bool ok = kok && row < T;
-        g_cp16(sA + (u32)((rr + 32 * i) * 128) + sw, X + (ok ? (long long)row * K + k : 0), ok ? 16 : 0);
-    }
+    gemm_load_a128(sA, X, T, K, m0, k0);
     const u32 sB = sA + GEMM4_BM * 128;
 #pragma unroll
     for (int i = 0; i < BN / 32; i++) {
@@ -363,17 +358,8 @@ __device__ __forceinline__ void gemm4_impl(const u16* X, const u16* W, float* Y,
                     int row = m0 + wm + i * 16 + g + h * 8;
                     int f = n0 + (warp & 3) * 4 * NT + j * 8 + 2 * t4;
                     if (row >= T) continue;
-                    u16 o[2];
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        float gv = acc[i][j][h * 2 + e], uv = acc[i][j + NT / 2][h * 2 + e];
-                        if (bias && f + e < N) { gv += bias[f + e]; uv += bias[N + f + e]; }
-                        o[e] = gemm_act_mul(gv, uv, act, odt);
-                    }
-                    u16* hp = Hout + (long long)row * N + f;
-                    if ((N & 1) == 0 && f + 1 < N && ((u64)Hout & 3) == 0) { *(u32*)hp = (u32)o[0] | ((u32)o[1] << 16); continue; }
-                    if (f < N) hp[0] = o[0];
-                    if (f + 1 < N) hp[1] = o[1];
+                    gemm_store_gated2(Hout, bias, N, row, f, acc[i][j][h * 2], acc[i][j][h * 2 + 1],
+                                      acc[i][j + NT / 2][h * 2], acc[i][j + NT / 2][h * 2 + 1], act, odt);
                 }
         return;
     }
@@ -387,17 +373,7 @@ __device__ __forceinline__ void gemm4_impl(const u16* X, const u16* W, float* Y,
                 int row = m0 + wm + i * 16 + g + h * 8;
                 int col = n0 + wn + j * 8 + 2 * t4;
                 if (row >= T) continue;
-                float v0 = acc[i][j][h * 2], v1 = acc[i][j][h * 2 + 1];
-                float* y = Y + (long long)row * N + col;
-                if (pairs && col + 1 < N) {
-                    if (bias) { v0 += bias[col]; v1 += bias[col + 1]; }
-                    if (accumulate) { gemm_f2 o = *(gemm_f2*)y; v0 += o.x; v1 += o.y; }
-                    gemm_f2 r; r.x = v0; r.y = v1;
-                    *(gemm_f2*)y = r;
-                    continue;
-                }
-                if (col < N) { if (bias) v0 += bias[col]; if (accumulate) v0 += y[0]; y[0] = v0; }
-                if (col + 1 < N) { if (bias) v1 += bias[col + 1]; if (accumulate) v1 += y[1]; y[1] = v1; }
+                gemm_store2(Y, bias, N, row, col, acc[i][j][h * 2], acc[i][j][h * 2 + 1], accumulate, pairs);
             }
 }
 

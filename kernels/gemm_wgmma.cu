@@ -173,12 +173,7 @@ __device__ __forceinline__ void gemmw_load_stage(u32 sA, const u16* X, const voi
     const u32 sw = (u32)((cc ^ (rr & 7)) << 4);
     const int k = k0 + cc * 8;
     const bool kok = k < K;
-#pragma unroll
-    for (int i = 0; i < GEMMW_BM / 32; i++) {
-        int row = m0 + rr + 32 * i;
-        bool ok = kok && row < T;
-        g_cp16(sA + (u32)((rr + 32 * i) * 128) + sw, X + (ok ? (long long)row * K + k : 0), ok ? 16 : 0);
-    }
+    gemm_load_a128(sA, X, T, K, m0, k0);
     const u32 sB = sA + GEMMW_BM * 128;
     if (WT == WQ_FP8) {
         const unsigned char* Wq = (const unsigned char*)W;
@@ -359,17 +354,9 @@ __device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const vo
             for (int h = 0; h < 2; h++) {
                 int row = rowBase + h * 8;
                 if (row >= T) continue;
-                u16 o[2];
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    float gv = acc[4 * j + 2 * h + e] * sg[e], uv = acc[4 * (j + BN / 16) + 2 * h + e] * su[e];
-                    if (bias && f + e < N) { gv += bias[f + e]; uv += bias[N + f + e]; }
-                    o[e] = gemm_act_mul(gv, uv, act, odt);
-                }
-                u16* hp = Hout + (long long)row * N + f;
-                if ((N & 1) == 0 && f + 1 < N && ((u64)Hout & 3) == 0) { *(u32*)hp = (u32)o[0] | ((u32)o[1] << 16); continue; }
-                if (f < N) hp[0] = o[0];
-                if (f + 1 < N) hp[1] = o[1];
+                const int ju = 4 * (j + BN / 16) + 2 * h;
+                gemm_store_gated2(Hout, bias, N, row, f, acc[4 * j + 2 * h] * sg[0], acc[4 * j + 2 * h + 1] * sg[1],
+                                  acc[ju] * su[0], acc[ju + 1] * su[1], act, odt);
             }
         }
         return;
@@ -384,17 +371,7 @@ __device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const vo
         for (int h = 0; h < 2; h++) {
             int row = rowBase + h * 8;
             if (row >= T) continue;
-            float v0 = acc[4 * j + 2 * h] * s0, v1 = acc[4 * j + 2 * h + 1] * s1;
-            float* y = Y + (long long)row * N + col;
-            if (pairs && col + 1 < N) {
-                if (bias) { v0 += bias[col]; v1 += bias[col + 1]; }
-                if (accumulate) { gemm_f2 o = *(gemm_f2*)y; v0 += o.x; v1 += o.y; }
-                gemm_f2 r; r.x = v0; r.y = v1;
-                *(gemm_f2*)y = r;
-                continue;
-            }
-            if (col < N) { if (bias) v0 += bias[col]; if (accumulate) v0 += y[0]; y[0] = v0; }
-            if (col + 1 < N) { if (bias) v1 += bias[col + 1]; if (accumulate) v1 += y[1]; y[1] = v1; }
+            gemm_store2(Y, bias, N, row, col, acc[4 * j + 2 * h] * s0, acc[4 * j + 2 * h + 1] * s1, accumulate, pairs);
         }
     }
 #endif

@@ -2,6 +2,7 @@
 // q/k RMSNorm + RoPE + KV-cache write for every row, and causal attention of the T queries against the cache.
 #include "common.cuh"
 #include "fp8.cuh"
+#include "gemm_common.cuh"   // smem_addr, g_cp16, g_commit, g_wait, ldsm_x4
 
 #define PQ_MAX_HD 1024
 
@@ -426,31 +427,6 @@ extern "C" __global__ void __launch_bounds__(PA_THREADS) attention_prefill_fp8(c
 #define PT_KC(HD) ((HD) >= 128 ? 32 : 64)   // keys per chunk: 32 at HD 128 keeps S in 16 registers (64 keys: 255 + spill)
 #define PT_THREADS 128
 
-__device__ __forceinline__ u32 pt_smem(const void* p) {
-    u32 a;
-    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-__device__ __forceinline__ void pt_cp16(u32 dst, const void* src, int bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void pt_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-template <int N> __device__ __forceinline__ void pt_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
-#endif
-}
-__device__ __forceinline__ void pt_ldsm(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-#endif
-}
 __device__ __forceinline__ void pt_ldsm_t(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
@@ -477,8 +453,8 @@ __device__ __forceinline__ void pt_load_kv(u32 sK, u32 sV, const u16* kb, const 
         int j = c0 + r;
         bool ok = j <= jLast;
         long long off = ok ? (long long)j * HD + kc : 0;
-        pt_cp16(sK + (u32)(r * ROW + kc) * 2, kb + off, ok ? 16 : 0);
-        pt_cp16(sV + (u32)(r * ROW + kc) * 2, vb + off, ok ? 16 : 0);
+        g_cp16(sK + (u32)(r * ROW + kc) * 2, kb + off, ok ? 16 : 0);
+        g_cp16(sV + (u32)(r * ROW + kc) * 2, vb + off, ok ? 16 : 0);
     }
 }
 
@@ -524,11 +500,11 @@ __device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const 
     for (int n = 0; n < NT; n++) { o[n][0] = 0.f; o[n][1] = 0.f; o[n][2] = 0.f; o[n][3] = 0.f; }
     float m0 = -CALM_INF, m1 = -CALM_INF, l0 = 0.f, l1 = 0.f;   // rows g, g+8 (l: this thread's partial sums)
     const int p0 = start + tw + g, p1 = p0 + 8;
-    const u32 base = pt_smem(pt_sm);
+    const u32 base = smem_addr(pt_sm);
     const u32 stageBytes = 2 * KC * ROW * 2;
     const int nChunks = (pLast - kBegin) / KC + 1;
     pt_load_kv<HD, KC>(base, base + KC * ROW * 2, kb, vb, kBegin, pLast);
-    pt_commit();
+    g_commit();
     // ldmatrix lanes: K (non-transposed, two key n8 tiles x k16 over d) and V (transposed, k16 keys x two d n8 tiles)
     const int bRow = (lane & 7) + ((lane >> 4) << 3), bCol = ((lane >> 3) & 1) * 8;
     const int vRow = (lane & 7) + (((lane >> 3) & 1) << 3), vCol = (lane >> 4) * 8;
@@ -538,8 +514,8 @@ __device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const 
             u32 st = base + ((ci + 1) & 1) * stageBytes;
             pt_load_kv<HD, KC>(st, st + KC * ROW * 2, kb, vb, c0 + KC, pLast);
         }
-        pt_commit();
-        pt_wait<1>();
+        g_commit();
+        g_wait<1>();
         __syncthreads();   // chunk ci landed for every thread
         const u32 sK = base + (ci & 1) * stageBytes, sV = sK + KC * ROW * 2;
         // uniform per warp: no rows, or every key of the chunk after the warp's last position or before its window
@@ -553,7 +529,7 @@ __device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const 
 #pragma unroll
                 for (int jj = 0; jj < SN / 2; jj++) {
                     u32 b0, b1, b2, b3;
-                    pt_ldsm(sK + (u32)((jj * 16 + bRow) * ROW + ks * 16 + bCol) * 2, b0, b1, b2, b3);
+                    ldsm_x4(sK + (u32)((jj * 16 + bRow) * ROW + ks * 16 + bCol) * 2, b0, b1, b2, b3);
                     mma_16816(sc[2 * jj], qh[ks], b0, b1);
                     mma_16816(sc[2 * jj], ql[ks], b0, b1);
                     mma_16816(sc[2 * jj + 1], qh[ks], b2, b3);
@@ -609,7 +585,7 @@ __device__ __forceinline__ void attention_tc_impl(const float* q, int ld, const 
         }
         __syncthreads();   // every warp is done with this stage before the next iteration refills it
     }
-    pt_wait<0>();
+    g_wait<0>();
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1); l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1); l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
     const float inv0 = 1.f / l0, inv1 = 1.f / l1;   // every query sees at least its own key: l > 0

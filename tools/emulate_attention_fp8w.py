@@ -15,6 +15,9 @@ Usage: python3 tools/emulate_attention_fp8w.py [--quick] [--rz]   (exit code: th
 """
 import os, re, subprocess, sys, tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import emulate_host  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ['common.cuh', 'fp8.cuh', 'attention_split.cuh', 'attention_split_fp8.cuh']
 
@@ -63,17 +66,7 @@ static bool g_mma_rz = false;
 static int g_fail = 0;
 static std::unique_ptr<std::barrier<>> g_block;
 static inline EmuWarp& emu_w() { return g_warp[threadIdx.x >> 5]; }
-template <class T> static inline T emu_shfl(T v, int src) {
-    EmuWarp& w = emu_w(); int l = threadIdx.x & 31;
-    uint64_t u = 0; memcpy(&u, &v, sizeof(T)); w.x[l] = u;
-    w.bar->arrive_and_wait();
-    uint64_t r = w.x[src & 31];
-    w.bar->arrive_and_wait();
-    T o; memcpy(&o, &r, sizeof(T)); return o;
-}
-template <class T> static inline T __shfl_xor_sync(unsigned, T v, int o) { return emu_shfl(v, (int)(threadIdx.x & 31) ^ o); }
-template <class T> static inline T __shfl_sync(unsigned, T v, int src) { return emu_shfl(v, src); }
-static inline int __any_sync(unsigned, int p) {
+''' + emulate_host.SHFL + r'''static inline int __any_sync(unsigned, int p) {
     EmuWarp& w = emu_w(); int l = threadIdx.x & 31;
     w.x[l] = p ? 1 : 0;
     w.bar->arrive_and_wait();
@@ -144,31 +137,9 @@ REPL = {
     }
 }''',
 }
-# a function definition: optional template line, then "__device__ __forceinline__ <type> name(" ... matching brace
-FN = re.compile(r'(?:template\s*<[^>]*>\s*)?__device__ __forceinline__ [\w:<>, ]+?\b(\w+)\s*\(')
-
 def hostify(src):
-    src = re.sub(r'(?m)^#pragma once\s*$', '', src)
-    src = re.sub(r'(?m)^#include ".*"\s*$', '', src)
     src = src.replace('extern __shared__ calm_u4 s_kv[];', 'calm_u4* s_kv = nullptr;')
-    out, pos, done = [], 0, set()
-    for m in FN.finditer(src):
-        if m.start() < pos or m.group(1) not in REPL:
-            continue
-        i = src.index('{', m.end())
-        depth, j = 0, i
-        while True:
-            if src[j] == '{': depth += 1
-            elif src[j] == '}':
-                depth -= 1
-                if depth == 0: break
-            j += 1
-        out.append(src[pos:m.start()])
-        out.append('' if m.group(1) in done else REPL[m.group(1)])   # overloads: all in the first replacement
-        done.add(m.group(1))
-        pos = j + 1
-    out.append(src[pos:])
-    return ''.join(out)
+    return emulate_host.hostify(src, REPL)
 
 MAIN = r'''
 #include <functional>

@@ -14,6 +14,9 @@ Usage: python3 tools/emulate_rows.py   (exit code: the number of failed cases)
 """
 import os, re, subprocess, sys, tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import emulate_host  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PRELUDE = r'''
@@ -48,17 +51,7 @@ struct EmuWarp { std::unique_ptr<std::barrier<>> bar; uint64_t x[32]; };
 static EmuWarp g_warp[32];
 static std::unique_ptr<std::barrier<>> g_block;
 static inline EmuWarp& emu_w() { return g_warp[threadIdx.x >> 5]; }
-template <class T> static inline T emu_shfl(T v, int src) {
-    EmuWarp& w = emu_w(); int l = threadIdx.x & 31;
-    uint64_t u = 0; memcpy(&u, &v, sizeof(T)); w.x[l] = u;
-    w.bar->arrive_and_wait();
-    uint64_t r = w.x[src & 31];
-    w.bar->arrive_and_wait();
-    T o; memcpy(&o, &r, sizeof(T)); return o;
-}
-template <class T> static inline T __shfl_xor_sync(unsigned, T v, int o) { return emu_shfl(v, (int)(threadIdx.x & 31) ^ o); }
-template <class T> static inline T __shfl_sync(unsigned, T v, int src) { return emu_shfl(v, src); }
-static inline void __syncthreads() { g_block->arrive_and_wait(); }
+''' + emulate_host.SHFL + r'''static inline void __syncthreads() { g_block->arrive_and_wait(); }
 static inline float emu_h2f(unsigned short h) { _Float16 x; memcpy(&x, &h, 2); return (float)x; }
 static inline unsigned short emu_f2h(float f) { _Float16 x = (_Float16)f; unsigned short h; memcpy(&h, &x, 2); return h; }
 '''
@@ -72,29 +65,8 @@ REPL = {
     'e4m3x2_to_f16x2': 'static inline u32 e4m3x2_to_f16x2(u32) { return 0; }',   # not used by the row kernels
     'qr_store': 'template <int N> static inline void qr_store(float* p, const float (&v)[N]) { for (int i = 0; i < N; i++) p[i] = v[i]; }',
 }
-FN = re.compile(r'(?:template\s*<[^>]*>\s*)?__device__ __forceinline__ [\w:<>, ]+?\b(\w+)\s*\(')
-
 def hostify(src):
-    src = re.sub(r'(?m)^#pragma once\s*$', '', src)
-    src = re.sub(r'(?m)^#include ".*"\s*$', '', src)
-    out, pos, done = [], 0, set()
-    for m in FN.finditer(src):
-        if m.start() < pos or m.group(1) not in REPL:
-            continue
-        i = src.index('{', m.end())
-        depth, j = 0, i
-        while True:
-            if src[j] == '{': depth += 1
-            elif src[j] == '}':
-                depth -= 1
-                if depth == 0: break
-            j += 1
-        out.append(src[pos:m.start()])
-        out.append('' if m.group(1) in done else REPL[m.group(1)])
-        done.add(m.group(1))
-        pos = j + 1
-    out.append(src[pos:])
-    return ''.join(out)
+    return emulate_host.hostify(src, REPL)
 
 def section(path, begin, end):
     s = open(os.path.join(ROOT, 'kernels', path)).read()
@@ -253,7 +225,7 @@ int main() {
 '''
 
 def main():
-    gemm = section('gemm.cu', 'struct __align__(8) gemm_f2', '// GATED:') + section('gemm.cu', '// ---- row-wise helpers', None)
+    gemm = section('gemm_common.cuh', 'struct __align__(8) gemm_f2', '// act(g) * u rounded') + section('gemm.cu', '// ---- row-wise helpers', None)
     pa = section('prefill_attention.cu', '#define PQ_MAX_HD', '// ---- causal prefill attention')
     src = PRELUDE + '\n'.join(hostify(open(os.path.join(ROOT, 'kernels', f)).read()) for f in ['common.cuh', 'fp8.cuh']) \
         + hostify(gemm) + hostify(pa) + MAIN

@@ -236,34 +236,31 @@ public class PrefillTests
     public void GemmGatedMatchesReferenceAndUnfused(DType dt, int T, int F, int K, bool bias, int tileRows, int variant, DType odt, int actCode)
         => CheckGated(dt, T, F, K, bias, tileRows, variant, odt, actCode, 0);
 
-    // variant 4 gated: each warp's gate and up rows side by side in the B tile (16*NT columns of F per block); F not a
-    // multiple of 64/96/128, odd F (the scalar H stores), K tails, long K, more than 8 row tiles; every column tile
+    // gated cases of variants 4 and 5: F not a multiple of 64/96/128, odd F (the scalar H stores), K tails, long K, more
+    // than 8 row tiles; every column tile (0: picked by the launcher), both output formats and activations
+    public static TheoryData<DType, int, int, int, bool, int, DType, int> GatedTiledCases() => new()
+    {
+        { DType.BF16, 37, 100, 264, true, 0, DType.F16, 0 },
+        { DType.BF16, 37, 100, 264, false, 128, DType.BF16, 1 },
+        { DType.F16, 130, 64, 512, true, 192, DType.F16, 0 },
+        { DType.BF16, 257, 200, 1000, true, 256, DType.F16, 1 },
+        { DType.BF16, 300, 192, 4104, false, 128, DType.F16, 0 },
+        { DType.BF16, 300, 192, 4104, true, 256, DType.BF16, 0 },
+        { DType.BF16, 515, 72, 136, true, 0, DType.BF16, 0 },
+        { DType.F16, 3, 130, 8, true, 192, DType.F16, 1 },
+        { DType.BF16, 1100, 333, 72, true, 192, DType.F16, 0 },   // odd F; 9 row tiles
+        { DType.BF16, 1100, 333, 72, false, 256, DType.BF16, 1 },
+    };
+
+    // variant 4 gated: each warp's gate and up rows side by side in the B tile (16*NT columns of F per block)
     [Theory]
-    [InlineData(DType.BF16, 37, 100, 264, true, 0, DType.F16, 0)]
-    [InlineData(DType.BF16, 37, 100, 264, false, 128, DType.BF16, 1)]
-    [InlineData(DType.F16, 130, 64, 512, true, 192, DType.F16, 0)]
-    [InlineData(DType.BF16, 257, 200, 1000, true, 256, DType.F16, 1)]
-    [InlineData(DType.BF16, 300, 192, 4104, false, 128, DType.F16, 0)]
-    [InlineData(DType.BF16, 300, 192, 4104, true, 256, DType.BF16, 0)]
-    [InlineData(DType.BF16, 515, 72, 136, true, 0, DType.BF16, 0)]
-    [InlineData(DType.F16, 3, 130, 8, true, 192, DType.F16, 1)]
-    [InlineData(DType.BF16, 1100, 333, 72, true, 192, DType.F16, 0)]   // odd F; 9 row tiles
-    [InlineData(DType.BF16, 1100, 333, 72, false, 256, DType.BF16, 1)]
+    [MemberData(nameof(GatedTiledCases))]
     public void GemmGatedVariant4MatchesReferenceAndUnfused(DType dt, int T, int F, int K, bool bias, int tileCols, DType odt, int actCode)
         => CheckGated(dt, T, F, K, bias, 0, 4, odt, actCode, tileCols);
 
     // variant 5 gated: gate rows in the first half of the B tile, up rows in the second (BN/2 columns of F per block)
     [Theory]
-    [InlineData(DType.BF16, 37, 100, 264, true, 0, DType.F16, 0)]
-    [InlineData(DType.BF16, 37, 100, 264, false, 128, DType.BF16, 1)]
-    [InlineData(DType.F16, 130, 64, 512, true, 192, DType.F16, 0)]
-    [InlineData(DType.BF16, 257, 200, 1000, true, 256, DType.F16, 1)]
-    [InlineData(DType.BF16, 300, 192, 4104, false, 128, DType.F16, 0)]
-    [InlineData(DType.BF16, 300, 192, 4104, true, 256, DType.BF16, 0)]
-    [InlineData(DType.BF16, 515, 72, 136, true, 0, DType.BF16, 0)]
-    [InlineData(DType.F16, 3, 130, 8, true, 192, DType.F16, 1)]
-    [InlineData(DType.BF16, 1100, 333, 72, true, 192, DType.F16, 0)]   // odd F; 9 row tiles
-    [InlineData(DType.BF16, 1100, 333, 72, false, 256, DType.BF16, 1)]
+    [MemberData(nameof(GatedTiledCases))]
     public void GemmGatedVariant5MatchesReferenceAndUnfused(DType dt, int T, int F, int K, bool bias, int tileCols, DType odt, int actCode)
         => CheckGated(dt, T, F, K, bias, 0, 5, odt, actCode, tileCols);
 
