@@ -87,6 +87,56 @@ public class NoGpuTests
     public void RmsNormRowsV4Shapes(int n, long x, long outp, int threads)
         => Assert.Equal(threads, CudaPrefillKernels.RmsNormRowsV4Threads(n, (ulong)x, 0x3000, (ulong)outp));
 
+    /// <summary>Variant 5's shared memory per weight format and tile width: 4 load stages (+ 3 f16 B tiles for fp8/int4)
+    /// + 1 KB of alignment, every one within the 227 KB a block may have on sm_90.</summary>
+    [Theory]
+    [InlineData(DType.BF16, 128, 4 * 32768 + 1024)]
+    [InlineData(DType.F16, 256, 4 * 49152 + 1024)]
+    [InlineData(DType.F8E4M3, 256, 4 * 32768 + 3 * 32768 + 1024)]
+    [InlineData(DType.F8E4M3, 192, 4 * 28672 + 3 * 24576 + 1024)]
+    [InlineData(DType.Int4, 192, 4 * 24576 + 3 * 24576 + 1024)]   // 16 KB + 192 x 40 bytes, rounded up to 24 KB
+    [InlineData(DType.Int4, 256, 4 * 26624 + 3 * 32768 + 1024)]
+    public void GemmWSharedBytesFitsAnSm90Block(DType wt, int cols, int bytes)
+    {
+        Assert.Equal(bytes, CudaPrefillKernels.GemmWSharedBytes(wt, cols));
+        foreach (var t in new[] { DType.BF16, DType.F16, DType.F8E4M3, DType.Int4 })
+            foreach (var c in new[] { 128, 192, 256 })
+                Assert.InRange(CudaPrefillKernels.GemmWSharedBytes(t, c), 1, 227 * 1024);
+    }
+
+    /// <summary>What the wgmma GEMM takes: bf16/f16/int4 with K % 8 == 0, fp8 with K % 16 == 0, nothing else.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3, 4096, true)]
+    [InlineData(DType.F8E4M3, 4104, false)]   // fp8 rows are read in 16-byte chunks
+    [InlineData(DType.Int4, 4104, true)]
+    [InlineData(DType.Int4, 4100, false)]
+    [InlineData(DType.BF16, 14336, true)]
+    [InlineData(DType.F32, 4096, false)]
+    public void GemmWTakesItsFormats(DType wt, int K, bool takes)
+        => Assert.Equal(takes, CudaPrefillKernels.GemmWUnsupported(wt, K) is null);
+
+    /// <summary>gemm_wgmma.cu is built for sm_90a only where this NVRTC can (12.0+), never for other architectures, and
+    /// CALM_NO_ARCH_SPECIFIC=1 turns it off; other files keep their plain target.</summary>
+    [Fact]
+    public void ArchSpecificFilesGetTheATargetOnlyWhereNvrtcBuildsIt()
+    {
+        if (Nvrtc.TryLoad() is { } why) Assert.Skip("NVRTC not found: " + why);
+        Assert.Contains("gemm_wgmma.cu", KernelCompiler.ArchSpecificFiles);
+        Assert.False(KernelCompiler.ArchSpecificTarget(80));
+        bool a = Nvrtc.Version.Major >= 12;
+        Assert.Equal(a, KernelCompiler.ArchSpecificTarget(90));
+        Assert.Equal(a ? "sm_90a" : KernelCompiler.TargetFor(90).Target, KernelCompiler.TargetFor(90, "gemm_wgmma.cu").Target);
+        Assert.Equal(KernelCompiler.TargetFor(90).Target, KernelCompiler.TargetFor(90, "gemm.cu").Target);
+        Assert.Equal(KernelCompiler.TargetFor(80).Target, KernelCompiler.TargetFor(80, "gemm_wgmma.cu").Target);
+        var old = Environment.GetEnvironmentVariable("CALM_NO_ARCH_SPECIFIC");
+        try
+        {
+            Environment.SetEnvironmentVariable("CALM_NO_ARCH_SPECIFIC", "1");
+            Assert.False(KernelCompiler.ArchSpecificTarget(90));
+        }
+        finally { Environment.SetEnvironmentVariable("CALM_NO_ARCH_SPECIFIC", old); }
+    }
+
     [Fact]
     public void BrokenKernelSourceRaisesCompileErrorWithLog()
     {
