@@ -13,7 +13,8 @@
 #>
 param(
     [string] $Preset = 'Llama-3-8B',
-    [int[]] $PromptTokens = @(128, 512, 1024),
+    # lengths; a comma list through pwsh -File arrives as one string ("128,512"), which [int[]] would read as 128512
+    [string[]] $PromptTokens = @('128', '512', '1024'),
     [int] $ContextLength = 2048,
     [int] $Repeat = 5,
     [string[]] $Variants,
@@ -55,6 +56,7 @@ $all = [ordered]@{
     'gemm-v5-n256'          = @{ CALM_GEMM_VARIANT = '5'; CALM_GEMM_WN = '256' }
 }
 $Variants = @($Variants | ForEach-Object { $_ -split "," } | Where-Object { $_ })   # pwsh -File passes one comma-joined string
+[int[]] $PromptTokens = @($PromptTokens | ForEach-Object { $_ -split ',' } | Where-Object { $_.Trim() } | ForEach-Object { [int]::Parse($_.Trim(), [Globalization.CultureInfo]::InvariantCulture) })
 if (-not $Variants) { $Variants = @($all.Keys) }
 $envNames = 'CALM_GEMM_K', 'CALM_GEMM_TILE', 'CALM_GEMM_VARIANT', 'CALM_GEMM_V4N', 'CALM_GEMM_WN', 'CALM_PREFILL_ATT', 'CALM_PREFILL_FUSE', 'CALM_PREFILL_ROWS'
 $opt = [Calm.Engine.ImportOptions]@{ Device = [Calm.Engine.DeviceChoice]::Cuda; ContextLength = $ContextLength }
