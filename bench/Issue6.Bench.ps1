@@ -24,8 +24,8 @@ $Only = @($Only | ForEach-Object { $_ -split ',' } | Where-Object { $_ })   # pw
 $runs = @(
     @{ Name = 'bf16'; Preset = 'Llama-3.1-8B'; DType = 'bf16'; Context = 0, 1024, 4096, 32768; PromptTokens = 512 }   # Llama-3-8B tensors, 128k positions
     @{ Name = 'bf16-fp8kv'; Preset = 'Llama-3.1-8B'; DType = 'bf16'; Context = , 32768; KvCacheDType = 'fp8' }
-    @{ Name = 'fp8'; Preset = 'Llama-3-8B'; DType = 'fp8'; Context = 0, 4096 }
-    @{ Name = 'int4'; Preset = 'Llama-3-8B'; DType = 'int4'; Context = 0, 4096 }
+    @{ Name = 'fp8'; Preset = 'Llama-3-8B'; DType = 'fp8'; Context = 0, 4096; PromptTokens = 512 }      # batched prefill on sm_90 (wgmma)
+    @{ Name = 'int4'; Preset = 'Llama-3-8B'; DType = 'int4'; Context = 0, 4096; PromptTokens = 512 }
     @{ Name = '1b'; Preset = 'Llama-3.2-1B'; DType = 'bf16'; Context = 0, 4096 }
     @{ Name = 'mixtral-fp8'; Preset = 'Mixtral-8x7B'; DType = 'fp8'; Context = 0, 4096 }
     @{ Name = 'persistent'; Preset = 'Llama-3-8B'; DType = 'bf16'; Context = , 0; Decode = 'persistent' }               # the persistent kernel, for the record
@@ -50,4 +50,4 @@ $points = @($rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolMeasureme
 $stages = @($rows | Where-Object { $_ -is [Calm.Engine.SpeedOfLight.SolStageMeasurement] })
 $points | Export-Csv (Join-Path $OutputFolder 'issue6.csv') -NoTypeInformation
 $stages | Export-Csv (Join-Path $OutputFolder 'issue6-stages.csv') -NoTypeInformation
-$points | Format-Table Model, DType, Context, TokensPerSecond, MsPerToken, SolTokensPerSecond, PercentOfSol, AchievedGBps | Out-String -Width 200 | Out-Host
+$points | Format-Table Model, Phase, DType, Context, PromptTokens, TokensPerSecond, MsPerToken, TimeToFirstTokenMs, SolTokensPerSecond, PercentOfSol, AchievedGBps | Out-String -Width 220 | Out-Host
