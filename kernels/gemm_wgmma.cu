@@ -395,3 +395,13 @@ GEMMW_FORMAT(bf16, CALM_BF16)
 GEMMW_FORMAT(f16, CALM_F16)
 GEMMW_FORMAT(fp8, WQ_FP8)
 GEMMW_FORMAT(int4, WQ_INT4)
+
+// 1 where this image has the wgmma code (compiled for sm_90a), else 0: CudaPrefillKernels checks it before it takes
+// variant 5, so an image built without the sm_90a features (empty kernels) is never launched. out [1] int.
+extern "C" __global__ void gemmw_info(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    out[0] = 1;
+#else
+    out[0] = 0;
+#endif
+}

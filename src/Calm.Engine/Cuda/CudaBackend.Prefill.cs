@@ -89,6 +89,14 @@ public sealed unsafe partial class CudaBackend
         try
         {
             pk = new CudaPrefillKernels(_ctx, Device.Arch);
+            if (DTypes.IsQuantized(_wt) && !pk.WgmmaAvailable)
+            {
+                // the fp8/int4 GEMMs are variant 5 only: prefill token by token, and say why
+                _prefillWhy = $"the {DTypes.Name(_wt)} GEMM is the wgmma kernel, which does not run here: {pk.WgmmaUnavailableReason}";
+                _prefillChecked = true;
+                pk.Dispose();
+                return false;
+            }
             _pTokMem = Alloc(C * 4L, "prefill tokens");
             _pX = Alloc((long)C * c.HiddenSize * 4, "prefill residual").Ptr;
             _pH = Alloc((long)C * widest * 2, "prefill gemm input").Ptr;

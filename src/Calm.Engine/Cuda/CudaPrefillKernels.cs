@@ -101,12 +101,6 @@ public sealed class CudaPrefillKernels : IDisposable
     {
         GemmDepth = gemmDepth ?? (Environment.GetEnvironmentVariable("CALM_GEMM_K") == "32" ? 32 : 64);
         if (GemmDepth is not (32 or 64)) throw new ArgumentOutOfRangeException(nameof(gemmDepth), "GEMM depth is 32 or 64");
-        WgmmaAvailable = arch == 90 && KernelCompiler.ArchSpecificTarget(arch);
-        GemmVariant = Environment.GetEnvironmentVariable("CALM_GEMM_VARIANT") switch
-        {
-            "1" => 1, "2" => 2, "3" => 3, "4" => 4,
-            _ => WgmmaAvailable ? 5 : 4,   // "5" where wgmma cannot run: variant 4
-        };
         GemmWCols = Environment.GetEnvironmentVariable("CALM_GEMM_WN") switch { "128" => 128, "192" => 192, "256" => 256, _ => 0 };
         Gemm4Cols = Environment.GetEnvironmentVariable("CALM_GEMM_V4N") switch { "128" => 128, "192" => 192, "256" => 256, _ => 0 };
         GemmTileRule = Environment.GetEnvironmentVariable("CALM_GEMM_TILE") switch { "auto2" => "auto2", "64" => "64", "128" => "128", _ => "auto" };
@@ -134,9 +128,14 @@ public sealed class CudaPrefillKernels : IDisposable
                         _k[name] = _modules[0].GetKernel(name);
                         _k[name].SetMaxDynamicSharedMemory(Gemm4SharedBytes(cols));
                     }
+            (WgmmaAvailable, WgmmaUnavailableReason) = LoadWgmma(ctx, arch, verbose);
+            GemmVariant = Environment.GetEnvironmentVariable("CALM_GEMM_VARIANT") switch
+            {
+                "1" => 1, "2" => 2, "3" => 3, "4" => 4,
+                _ => WgmmaAvailable ? 5 : 4,   // "5" where wgmma cannot run: variant 4
+            };
             if (WgmmaAvailable)
             {
-                _modules.Add(new CudaModule(ctx, KernelCompiler.Get("gemm_wgmma.cu", arch, verbose).Image, "gemm_wgmma.cu"));
                 foreach (var wt in new[] { DType.BF16, DType.F16, DType.F8E4M3, DType.Int4 })
                     foreach (var cols in new[] { 128, 192, 256 })
                         foreach (var g in new[] { "", "gated_" })
@@ -176,6 +175,43 @@ public sealed class CudaPrefillKernels : IDisposable
         {
             Dispose();
             throw;
+        }
+    }
+
+    /// <summary>Why variant 5 does not run here (null when it does): not sm_90, an NVRTC without sm_90a, or
+    /// kernels/gemm_wgmma.cu failing to compile or load, or compiled without the sm_90a features (its gemmw_info probe).</summary>
+    public string? WgmmaUnavailableReason { get; }
+
+    /// <summary>Loads kernels/gemm_wgmma.cu where sm_90a code can be built and checks with its gemmw_info kernel that the
+    /// image really has the wgmma code (an NVRTC that does not define __CUDA_ARCH_FEAT_SM90_ALL would build empty
+    /// kernels); any failure leaves variant 5 off with the reason, and the other variants serve.</summary>
+    private (bool, string?) LoadWgmma(CudaContext ctx, int arch, Action<string>? verbose)
+    {
+        if (arch != 90) return (false, $"wgmma needs sm_90 (this device is sm_{arch})");
+        if (!KernelCompiler.ArchSpecificTarget(arch))
+            return (false, "this NVRTC cannot build sm_90a code (needs 12.0 or newer), or CALM_NO_ARCH_SPECIFIC=1");
+        CudaModule? module = null;
+        try
+        {
+            module = new CudaModule(ctx, KernelCompiler.Get("gemm_wgmma.cu", arch, verbose).Image, "gemm_wgmma.cu");
+            using var flag = CudaDeviceMemory.Allocate(ctx, 4, "wgmma probe");
+            flag.Zero();
+            using var st = new CudaStream(ctx);
+            module.GetKernel("gemmw_info").Launch(st, 1, 1, 0, flag.Ptr);
+            st.Synchronize();
+            if (flag.ToArray<int>(1)[0] != 1)
+            {
+                module.Dispose();
+                return (false, "kernels/gemm_wgmma.cu was compiled without the sm_90a features (__CUDA_ARCH_FEAT_SM90_ALL)");
+            }
+            _modules.Add(module);
+            return (true, null);
+        }
+        catch (CalmException e)
+        {
+            module?.Dispose();
+            verbose?.Invoke("GEMM variant 5 (wgmma) is off: " + e.Message);
+            return (false, "kernels/gemm_wgmma.cu: " + e.Message);
         }
     }
 
