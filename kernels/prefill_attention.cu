@@ -2,66 +2,23 @@
 // q/k RMSNorm + RoPE + KV-cache write for every row, and causal attention of the T queries against the cache.
 #include "common.cuh"
 #include "fp8.cuh"
+#include "qkv_rope.cuh"
 #include "gemm_common.cuh"   // smem_addr, g_cp16, g_commit, g_wait, ldsm_x4
 
-#define PQ_MAX_HD 1024
 
 // qkv [T, H*Hd | K*Hd | K*Hd] f32 (row stride ld = (H+2K)*Hd). grid (H+2K, T): block (b, t) handles head b of row t at
-// position start+t exactly as qkv_rope_cache (norm_rope.cu) does for one token: q heads normed/rotated in place, k heads
-// normed/rotated into kCache, v heads into vCache (this layer's [K, maxCtx, Hd] fp16).
+// position start+t exactly as qkv_rope_cache (norm_rope.cu) does for one token (qkv_rope.cuh): q heads normed/rotated
+// in place, k heads normed/rotated into kCache, v heads into vCache (this layer's [K, maxCtx, Hd] fp16).
 // KVT CALM_KV_FP8: caches [K, maxCtx, Hd] e4m3 with row scales kScale/vScale [K, maxCtx] f32 (fp8.cuh).
-// The general path (any head_dim <= PQ_MAX_HD, any rotDim): the launcher takes qkv_rope_rows_hd* below where it can.
+// The general path (any head_dim <= QKV_MAX_HD, any rotDim): the launcher takes qkv_rope_rows_hd* below where it can.
 template <int KVT>
 __device__ __forceinline__ void qkv_rope_rows_impl(float* qkv, int ld, const float* qNorm, const float* kNorm, int qkNorm, float eps, int addOne,
                                                    const float* ropeCos, const float* ropeSin, int rotDim,
                                                    void* kCache, void* vCache, int maxCtx, int H, int K, int Hd, int start,
                                                    float* kScale, float* vScale) {
-    __shared__ float sh[PQ_MAX_HD];
-    int b = blockIdx.x, t = blockIdx.y;
-    int pos = start + t;
-    int kind = b < H ? 0 : (b < H + K ? 1 : 2);
-    float* vec = qkv + (long long)t * ld + (long long)b * Hd;
-    for (int d = threadIdx.x; d < Hd; d += blockDim.x) sh[d] = vec[d];
-    __syncthreads();
-    if (kind != 2 && qkNorm) {
-        const float* w = kind == 0 ? qNorm : kNorm;
-        float ss = 0.f;
-        for (int d = threadIdx.x; d < Hd; d += blockDim.x) ss = fmaf(sh[d], sh[d], ss);
-        ss = block_sum(ss);
-        float r = rsqrtf(ss / (float)Hd + eps);
-        __syncthreads();
-        for (int d = threadIdx.x; d < Hd; d += blockDim.x) {
-            float g = w[d];
-            if (addOne) g += 1.f;
-            sh[d] = sh[d] * r * g;
-        }
-        __syncthreads();
-    }
-    int half = rotDim >> 1;
-    float outv[PQ_MAX_HD / 32];
-#pragma unroll
-    for (int i = 0; i < PQ_MAX_HD / 32; i++) {
-        int d = threadIdx.x + i * blockDim.x;
-        if (d < Hd) {
-            float v = sh[d];
-            if (kind != 2 && d < rotDim) {
-                int j = d < half ? d : d - half;
-                float c = ropeCos[(long long)pos * half + j], s = ropeSin[(long long)pos * half + j];
-                v = d < half ? v * c - sh[d + half] * s : v * c + sh[d - half] * s;
-            }
-            outv[i] = v;
-        }
-    }
-    if (kind == 0) {
-#pragma unroll
-        for (int i = 0; i < PQ_MAX_HD / 32; i++) {
-            int d = threadIdx.x + i * blockDim.x;
-            if (d < Hd) vec[d] = outv[i];
-        }
-    } else {
-        int kh = kind == 1 ? b - H : b - H - K;
-        kv_write_row<KVT>(kind == 1 ? kCache : vCache, kind == 1 ? kScale : vScale, outv, kh, pos, maxCtx, Hd);
-    }
+    const int b = blockIdx.x, t = blockIdx.y;
+    qkv_rope_head<KVT>(qkv + (long long)t * ld + (long long)b * Hd, b, start + t, qNorm, kNorm, qkNorm, eps, addOne, ropeCos, ropeSin, rotDim,
+                       kCache, vCache, maxCtx, H, K, Hd, kScale, vScale);
 }
 
 extern "C" __global__ void qkv_rope_rows(float* qkv, int ld, const float* qNorm, const float* kNorm, int qkNorm, float eps, int addOne,

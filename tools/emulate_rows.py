@@ -226,7 +226,7 @@ int main() {
 
 def main():
     gemm = section('gemm_common.cuh', 'struct __align__(8) gemm_f2', '// act(g) * u rounded') + section('gemm.cu', '// ---- row-wise helpers', None)
-    pa = section('prefill_attention.cu', '#define PQ_MAX_HD', '// ---- causal prefill attention')
+    pa = section('qkv_rope.cuh', '#define QKV_MAX_HD', None) + section('prefill_attention.cu', '// qkv [T, H*Hd', '// ---- causal prefill attention')
     src = PRELUDE + '\n'.join(hostify(open(os.path.join(ROOT, 'kernels', f)).read()) for f in ['common.cuh', 'fp8.cuh']) \
         + hostify(gemm) + hostify(pa) + MAIN
     d = tempfile.mkdtemp(prefix='calm-rows-')
