@@ -51,16 +51,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src
     *(calm_u4*)smem = v;
 #endif
 }
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
-#endif
-}
 // one stage: rows r0 .. r0 + vecs/vpr - 1 of K and V (rows >= c1 zero-filled) into dst [2][vecs] 16-byte vectors
 // (rows of rowBytes = vpr * 16 bytes, vpr a power of two)
 __device__ __forceinline__ void fd_issue_stage(calm_u4* dst, const char* kh0, const char* vh0, int r0, int c1, int rowBytes, int vpr, int vecs) {
@@ -159,6 +149,20 @@ __device__ __forceinline__ void fd_rows(const VEC (&kr)[U], const VEC (&vr)[U], 
 
 // KVT CALM_KV_FP8: kCache/vCache are this layer's [K, maxCtx, Hd] e4m3 bytes (passed as u16* to keep one
 // signature), kScale/vScale its row scales [K, maxCtx] f32.
+// The keys of a decode step and their split, the same for every split kernel (the launcher's S and workspace assume
+// it): positions start .. pos (start > 0 with a sliding window), n of them, in nsplit chunks of ceil(n / S) rounded up
+// to whole 64-row passes (Hd 128: 16 rows per pass x FD_UNROLL 4).
+struct FdRange { int pos, start, n, chunk, nsplit; };
+__device__ __forceinline__ FdRange fd_range(int pos, int window, int S) {
+    FdRange r;
+    r.pos = pos;
+    r.start = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
+    r.n = pos - r.start + 1;
+    r.chunk = ((r.n + S - 1) / S + 63) & ~63;
+    r.nsplit = (r.n + r.chunk - 1) / r.chunk;
+    return r;
+}
+
 // The end of a split-attention block once s_m (each warp's max per head), s_l and s_acc (the block's sum and
 // unnormalised output per head, at the block max) are in place: the output with one chunk, else this block's partial
 // to the workspace and, in the last block of the kv head, the merge of all. Shared by attention_split_impl
@@ -284,12 +288,8 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
     const int G = H / K;
     const int g0 = z * MAXG;
     const int ng = min(MAXG, G - g0);
-    const int pos = sp->pos;
-    const int start = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
-    const int n = pos - start + 1;
-    int chunk = (n + S - 1) / S;
-    chunk = (chunk + 63) & ~63;            // whole 64-row passes (Hd 128: 16 rows per pass x FD_UNROLL 4)
-    const int nsplit = (n + chunk - 1) / chunk;
+    const FdRange rg = fd_range(sp->pos, window, S);
+    const int pos = rg.pos, start = rg.start, n = rg.n, chunk = rg.chunk, nsplit = rg.nsplit;
     if (split >= nsplit) return;
     const int c0 = start + split * chunk;
     const int c1 = min(c0 + chunk, pos + 1);
@@ -346,13 +346,13 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
         const char* vh0 = (const char*)vCache + (long long)kh * maxCtx * rowBytes;
         for (int stg = 0; stg < FD_STAGES - 1; stg++) {
             if (stg < nst) fd_issue_stage(s_kv + (stg % FD_STAGES) * 2 * vecs, kh0, vh0, c0 + stg * rps, c1, rowBytes, vpr, vecs);
-            cp_async_commit();
+            g_commit();
         }
         for (int it = 0; it < nst; it++) {
             int nx = it + FD_STAGES - 1;
             if (nx < nst) fd_issue_stage(s_kv + (nx % FD_STAGES) * 2 * vecs, kh0, vh0, c0 + nx * rps, c1, rowBytes, vpr, vecs);
-            cp_async_commit();
-            cp_async_wait<FD_STAGES - 1>();
+            g_commit();
+            g_wait<FD_STAGES - 1>();
             __syncthreads();
             const char* sk = (const char*)(s_kv + (it % FD_STAGES) * 2 * vecs);
             const char* sv = sk + vecs * 16;

@@ -104,12 +104,8 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     const int G = H / K;
     const int g0 = z * MAXG;
     const int ng = min(MAXG, G - g0);
-    const int pos = sp->pos;
-    const int start = (window > 0 && pos - window + 1 > 0) ? pos - window + 1 : 0;
-    const int n = pos - start + 1;
-    int chunk = (n + S - 1) / S;
-    chunk = (chunk + 63) & ~63;            // as attention_split_impl (the launcher's S and workspace are shared)
-    const int nsplit = (n + chunk - 1) / chunk;
+    const FdRange rg = fd_range(sp->pos, window, S);   // as attention_split_impl (the launcher's S and workspace are shared)
+    const int pos = rg.pos, start = rg.start, n = rg.n, chunk = rg.chunk, nsplit = rg.nsplit;
     if (split >= nsplit) return;
     const int c0 = start + split * chunk;
     const int c1 = min(c0 + chunk, pos + 1);

@@ -53,6 +53,19 @@ template <int DT> __device__ __forceinline__ float load_elem(const u16* p, long 
 template <> __device__ __forceinline__ float load_elem<CALM_BF16>(const u16* p, long long i) { return bf16_to_f32(p[i]); }
 template <> __device__ __forceinline__ float load_elem<CALM_F16>(const u16* p, long long i) { return f16_to_f32(p[i]); }
 
+// cp.async groups (sm_80+; no-ops below, where the copies themselves are plain loads or absent): close the group of
+// this thread's copies issued so far; wait until at most N groups are still in flight
+__device__ __forceinline__ void g_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void g_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+#endif
+}
+
 // 16-byte read-only load through the non-coherent cache
 __device__ __forceinline__ calm_u4 ldg_u4(const void* p) {
     calm_u4 r;

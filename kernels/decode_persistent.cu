@@ -278,7 +278,7 @@ __device__ __forceinline__ void pf_issue_batch(PfRing& ring, int slot, const PfM
         c.v0 += 32 * U;
         if (c.v0 >= nvec) { c.v0 = 0; c.gi += PF_WARPS; }
     }
-    cp_async_commit();   // also when empty: every consume step finds exactly PF_NSLOT groups behind it
+    g_commit();   // also when empty: every consume step finds exactly PF_NSLOT groups behind it
 }
 
 // Folds the batch in ring slot `slot` (vectors v0 ..) into acc (x from the permuted shared memory).
@@ -339,7 +339,7 @@ __device__ __forceinline__ void pf_matvec(PfRing& ring, const PfMat& m, int g0, 
 #pragma unroll
         for (int i = 0; i < R; i++) acc[i] = 0.f;
         for (int v0 = 0; v0 < nvec; v0 += 32 * U) {
-            cp_async_wait<PF_NSLOT - 1>();   // the oldest batch (this slot) has landed
+            g_wait<PF_NSLOT - 1>();   // the oldest batch (this slot) has landed
             if (WF == PF_INT4) __syncwarp();  // scales were copied by other lanes
             pf_compute<WF, R>(ring, slot, xs, v0, nvec, lane, acc);
             if (WF == PF_INT4) __syncwarp();  // every lane read the scales before the slot is refilled
