@@ -72,15 +72,21 @@ public static class CudaMicrobench
                     k.FillSynthetic(s, kv, 2 * cache / 2, 0xCAC4E + (ulong)i, 1f, 0f, DType.F16, false);
                     b.W.Add(kv);
                 }
-                b.X = b.Add((long)heads * headDim * 4, "q"); k.FillSynthetic(s, b.X, (long)heads * headDim, 0x9, 1f, 0f, DType.F32, false);
-                b.Y = b.Add((long)heads * headDim * 4, "out");
-                var step = b.AddMem(8, "step params");
-                step.CopyFromHost<int>(new[] { 0, context - 1 });
-                b.Step = step.Ptr;
-                long ws = split ? k.AttentionWorkspaceBytes(heads, kvHeads, headDim) : 0;
-                if (ws > 0) { var wm = b.AddMem(ws, "attention workspace"); wm.Zero(); b.Ws = wm.Ptr; }
+                AddAttentionInputs(b, k, s, heads, headDim, context, split ? k.AttentionWorkspaceBytes(heads, kvHeads, headDim) : 0);
                 return b;
             }, blocksPerSm, null, pipelined);
+    }
+
+    /// <summary>The attention microbenchmarks' inputs beside the caches: q [heads, headDim] f32 (synthetic), out, the step
+    /// parameters at position context-1, and a zeroed split workspace of <paramref name="workspaceBytes"/> (none at 0).</summary>
+    private static void AddAttentionInputs(Buffers b, CudaKernels k, CudaStream s, int heads, int headDim, int context, long workspaceBytes)
+    {
+        b.X = b.Add((long)heads * headDim * 4, "q"); k.FillSynthetic(s, b.X, (long)heads * headDim, 0x9, 1f, 0f, DType.F32, false);
+        b.Y = b.Add((long)heads * headDim * 4, "out");
+        var step = b.AddMem(8, "step params");
+        step.CopyFromHost<int>(new[] { 0, context - 1 });
+        b.Step = step.Ptr;
+        if (workspaceBytes > 0) { var wm = b.AddMem(workspaceBytes, "attention workspace"); wm.Zero(); b.Ws = wm.Ptr; }
     }
 
     /// <summary>Decode attention at position context-1 over an fp8 KV cache: kvHeads × context × headDim e4m3 bytes for
@@ -114,13 +120,7 @@ public static class CudaMicrobench
                     k.FillSynthetic(s, kv + (ulong)(2 * cache), 2 * rows, 0x5CA1E + (ulong)i, 0f, 1f / 448f, DType.F32, false);
                     b.W.Add(kv);
                 }
-                b.X = b.Add((long)heads * headDim * 4, "q"); k.FillSynthetic(s, b.X, (long)heads * headDim, 0x9, 1f, 0f, DType.F32, false);
-                b.Y = b.Add((long)heads * headDim * 4, "out");
-                var step = b.AddMem(8, "step params");
-                step.CopyFromHost<int>(new[] { 0, context - 1 });
-                b.Step = step.Ptr;
-                var wm = b.AddMem(Math.Max(k.AttentionWorkspaceBytes(heads, kvHeads, headDim), 4), "attention workspace");
-                wm.Zero(); b.Ws = wm.Ptr;
+                AddAttentionInputs(b, k, s, heads, headDim, context, Math.Max(k.AttentionWorkspaceBytes(heads, kvHeads, headDim), 4));
                 return b;
             }, 2, null, false, null, wide);
     }
