@@ -17,6 +17,45 @@ internal static class Gpu
         return (ctx, new CudaKernels(ctx, arch), new CudaStream(ctx));
     }
 
+    /// <summary>RoPE tables cos/sin [maxCtx, rot/2]: angle p * 10000^(-2i/rot) (HF rotate_half over the first rot dims).</summary>
+    public static (float[] Cos, float[] Sin) RopeTables(int maxCtx, int rot)
+    {
+        int half = rot / 2;
+        var cos = new float[maxCtx * half]; var sin = new float[maxCtx * half];
+        for (int p = 0; p < maxCtx; p++)
+            for (int i = 0; i < half; i++)
+            {
+                double a = p * Math.Pow(10000, -2.0 * i / rot);
+                cos[p * half + i] = (float)Math.Cos(a); sin[p * half + i] = (float)Math.Sin(a);
+            }
+        return (cos, sin);
+    }
+
+    /// <summary>The CPU reference of head <paramref name="b"/> (of H q, K k and K v heads of <paramref name="Hd"/>) of a qkv
+    /// row after the RoPE/KV step: q and k heads RMS-normed with qn / kn (eps 1e-6, in double, rounded to float) when
+    /// qkNorm, then rotated in float (pairs i, i + half for i &lt; half, cos/sin [.., half] at pos); v heads as they are.</summary>
+    public static float[] RopeHead(float[] qkv, int b, int H, int K, int Hd, int half, float[] cos, float[] sin, int pos,
+                                   bool qkNorm = false, float[]? qn = null, float[]? kn = null)
+    {
+        var v = qkv.AsSpan(b * Hd, Hd).ToArray();
+        if (b >= H + K) return v;
+        if (qkNorm)
+        {
+            var w = b < H ? qn! : kn!;
+            double ss = 0; foreach (var e in v) ss += (double)e * e;
+            double inv = 1 / Math.Sqrt(ss / Hd + 1e-6);
+            for (int d = 0; d < Hd; d++) v[d] = (float)(v[d] * inv * w[d]);
+        }
+        var o = (float[])v.Clone();
+        for (int i = 0; i < half; i++)
+        {
+            float c = cos[pos * half + i], si = sin[pos * half + i];
+            o[i] = v[i] * c - v[i + half] * si;
+            o[i + half] = v[i + half] * c + v[i] * si;
+        }
+        return o;
+    }
+
     public static Random Rng() => new(Environment.TickCount ^ Guid.NewGuid().GetHashCode());
 
     public static float[] RandF(Random r, int n, float scale = 1f)

@@ -80,9 +80,7 @@ public class KernelTests
         var (wb, wv) = Gpu.RandHalf(r, rows * D, dt, 0.1f);
         var x = Gpu.RandF(r, D);
         var b = Gpu.RandF(r, rows);
-        var cos = new float[maxCtx * half]; var sin = new float[maxCtx * half];
-        for (int p = 0; p < maxCtx; p++) for (int i = 0; i < half; i++)
-        { double a = p * Math.Pow(10000, -2.0 * i / Hd); cos[p * half + i] = (float)Math.Cos(a); sin[p * half + i] = (float)Math.Sin(a); }
+        var (cos, sin) = Gpu.RopeTables(maxCtx, Hd);
         using var W = Gpu.Up(ctx, wb); using var X = Gpu.Up(ctx, x); using var B = Gpu.Up(ctx, b);
         using var Q = Gpu.Up(ctx, Enumerable.Repeat(float.NaN, rows).ToArray());
         using var C = Gpu.Up(ctx, cos); using var S = Gpu.Up(ctx, sin);
@@ -225,35 +223,14 @@ public class KernelTests
         int maxCtx = 160, half = rot / 2, n = (H + 2 * K) * Hd;
         var qkv = Gpu.RandF(r, n, 2);
         var qn = Gpu.RandF(r, Hd); var kn = Gpu.RandF(r, Hd);
-        var cos = new float[maxCtx * half]; var sin = new float[maxCtx * half];
-        for (int p = 0; p < maxCtx; p++) for (int i = 0; i < half; i++)
-        { double a = p * Math.Pow(10000, -2.0 * i / rot); cos[p * half + i] = (float)Math.Cos(a); sin[p * half + i] = (float)Math.Sin(a); }
+        var (cos, sin) = Gpu.RopeTables(maxCtx, rot);
         using var Q = Gpu.Up(ctx, qkv); using var QN = Gpu.Up(ctx, qn); using var KN = Gpu.Up(ctx, kn);
         using var C = Gpu.Up(ctx, cos); using var S = Gpu.Up(ctx, sin);
         using var KC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2); using var VC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2);
         using var step = Gpu.Up(ctx, new[] { 0, pos });
         k.QkvRopeCache(s, Q.Ptr, QN.Ptr, KN.Ptr, qkNorm, 1e-6f, false, C.Ptr, S.Ptr, rot, KC.Ptr, VC.Ptr, maxCtx, H, K, Hd, step.Ptr);
         s.Synchronize();
-        float[] Head(int b)
-        {
-            var v = qkv.AsSpan(b * Hd, Hd).ToArray();
-            if (b >= H + K) return v;
-            if (qkNorm)
-            {
-                var w = b < H ? qn : kn;
-                double ss = 0; foreach (var e in v) ss += (double)e * e;
-                double inv = 1 / Math.Sqrt(ss / Hd + 1e-6);
-                for (int d = 0; d < Hd; d++) v[d] = (float)(v[d] * inv * w[d]);
-            }
-            var o = (float[])v.Clone();
-            for (int i = 0; i < half; i++)
-            {
-                float c = cos[pos * half + i], si = sin[pos * half + i];
-                o[i] = v[i] * c - v[i + half] * si;
-                o[i + half] = v[i + half] * c + v[i] * si;
-            }
-            return o;
-        }
+        float[] Head(int b) => Gpu.RopeHead(qkv, b, H, K, Hd, half, cos, sin, pos, qkNorm, qn, kn);
         var gotQ = Q.ToArray<float>(H * Hd);
         var wantQ = Enumerable.Range(0, H).SelectMany(Head).ToArray();
         Gpu.Close(gotQ, wantQ, 3e-6, "rotated q");

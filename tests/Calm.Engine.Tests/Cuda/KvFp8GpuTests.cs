@@ -52,9 +52,7 @@ public class KvFp8GpuTests
         var qkv = Gpu.RandF(r, n, 2);
         for (int d = 0; d < Hd; d++) qkv[(H + K) * Hd + d] = 0f;   // the first v head all zero: scale 0, bytes 0
         var qn = Gpu.RandF(r, Hd); var kn = Gpu.RandF(r, Hd);
-        var cos = new float[maxCtx * half]; var sin = new float[maxCtx * half];
-        for (int p = 0; p < maxCtx; p++) for (int i = 0; i < half; i++)
-        { double a = p * Math.Pow(10000, -2.0 * i / rot); cos[p * half + i] = (float)Math.Cos(a); sin[p * half + i] = (float)Math.Sin(a); }
+        var (cos, sin) = Gpu.RopeTables(maxCtx, rot);
         using var Q = Gpu.Up(ctx, qkv); using var QN = Gpu.Up(ctx, qn); using var KN = Gpu.Up(ctx, kn);
         using var C = Gpu.Up(ctx, cos); using var S = Gpu.Up(ctx, sin);
         long rows = (long)K * maxCtx;
@@ -63,26 +61,7 @@ public class KvFp8GpuTests
         using var step = Gpu.Up(ctx, new[] { 0, pos });
         k.QkvRopeCache(s, Q.Ptr, QN.Ptr, KN.Ptr, qkNorm, 1e-6f, false, C.Ptr, S.Ptr, rot, KC.Ptr, VC.Ptr, maxCtx, H, K, Hd, step.Ptr, KS.Ptr, VS.Ptr);
         s.Synchronize();
-        float[] Head(int b)
-        {
-            var v = qkv.AsSpan(b * Hd, Hd).ToArray();
-            if (b >= H + K) return v;
-            if (qkNorm)
-            {
-                var w = b < H ? qn : kn;
-                double ss = 0; foreach (var e in v) ss += (double)e * e;
-                double inv = 1 / Math.Sqrt(ss / Hd + 1e-6);
-                for (int d = 0; d < Hd; d++) v[d] = (float)(v[d] * inv * w[d]);
-            }
-            var o = (float[])v.Clone();
-            for (int i = 0; i < half; i++)
-            {
-                float c = cos[pos * half + i], si = sin[pos * half + i];
-                o[i] = v[i] * c - v[i + half] * si;
-                o[i + half] = v[i + half] * c + v[i] * si;
-            }
-            return o;
-        }
+        float[] Head(int b) => Gpu.RopeHead(qkv, b, H, K, Hd, half, cos, sin, pos, qkNorm, qn, kn);
         Gpu.Close(Q.ToArray<float>(H * Hd), Enumerable.Range(0, H).SelectMany(Head).ToArray(), 3e-6, "rotated q");
         var kc = KC.ToArray<byte>((int)(rows * Hd)); var vc = VC.ToArray<byte>((int)(rows * Hd));
         var ks = KS.ToArray<float>((int)rows); var vs = VS.ToArray<float>((int)rows);

@@ -510,15 +510,7 @@ public unsafe class QuantKernelTests
         var y = new float[rows];
         CpuKernels.MatVec(w, x, y);
         if (bias) for (int i = 0; i < rows; i++) y[i] += b[i];
-        var want = (float[])y.Clone();
-        for (int u = 0; u < H + K; u++)
-            for (int j = 0; j < half; j++)
-            {
-                int r0 = u * Hd + j, r1 = r0 + half;
-                float c = cos[pos * half + j], sn = sin[pos * half + j];
-                want[r0] = y[r0] * c - y[r1] * sn;
-                want[r1] = y[r1] * c + y[r0] * sn;
-            }
+        var want = Enumerable.Range(0, H + 2 * K).SelectMany(u => Gpu.RopeHead(y, u, H, K, Hd, half, cos, sin, pos)).ToArray();
         string what = $"qkv+rope {DTypes.Name(dt)} H={H} K={K} Hd={Hd} cols={cols} {variant ?? "auto"}";
         Gpu.Close(Y.ToArray<float>(H * Hd), want.AsSpan(0, H * Hd).ToArray(), 1e-5, what + " q");
         var kc = Kc.ToArray<ushort>(K * maxCtx * Hd); var vc = Vc.ToArray<ushort>(K * maxCtx * Hd);
