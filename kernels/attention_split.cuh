@@ -270,11 +270,29 @@ __device__ __forceinline__ void fd_finish(float (&s_m)[FD_WARPS][MAXG], float (&
     }
 }
 
+// L2 prefetch of one block step's rows of this warp (rows rowBase + u * streams + s, u < U, s < ppw; rows from c1 on
+// skipped), K and V, the lanes taking 128-byte lines in turn: the register-load path asks for its rows pf steps
+// ahead (CudaKernels.AttentionPrefetch), so more of the cache is in flight than the registers hold.
+__device__ __forceinline__ void fd_prefetch_rows(const char* kh0, const char* vh0, int rowBase, int c1, int rowBytes, int ppw,
+                                                 int streams, int U, int lane) {
+    const int lpr = (rowBytes + 127) >> 7;   // lines per row
+    const int per = ppw * lpr;
+    for (int i = lane; i < U * per; i += 32) {
+        const int u = i / per, r = i - u * per;
+        const int row = rowBase + u * streams + r / lpr;
+        if (row < c1) {
+            const long long off = (long long)row * rowBytes + (r % lpr) * 128;
+            prefetch_l2(kh0 + off);
+            prefetch_l2(vh0 + off);
+        }
+    }
+}
+
 template <int MAXG, int U, bool ASYNC, int KVT = CALM_KV_F16>
 __device__ __forceinline__ void attention_split_impl(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws,
                                                      int H, int K, int Hd, int maxCtx, int window, float scale, int S,
                                                      const StepParams* sp, int kh, int split, int z, int Z,
-                                                     const float* kScale = 0, const float* vScale = 0) {
+                                                     const float* kScale = 0, const float* vScale = 0, int pf = 0) {
     typedef typename fd_kv<KVT>::vec VEC;
     const int ES = fd_kv<KVT>::bytes;      // bytes per element
     const int rowBytes = Hd * ES;
@@ -320,7 +338,12 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
 
     // base is uniform across the warp (the shuffles in fd_rows need every lane)
     if (!ASYNC) {
+        // steps 1 .. pf-1 of the warp into L2 now, step i + pf at the start of step i
+        const char* kh0 = (const char*)kCache + (long long)kh * maxCtx * rowBytes;
+        const char* vh0 = (const char*)vCache + (long long)kh * maxCtx * rowBytes;
+        for (int t = 1; t < pf; t++) fd_prefetch_rows(kh0, vh0, c0 + warp * ppw + t * streams * U, c1, rowBytes, ppw, streams, U, lane);
         for (int base = c0 + warp * ppw; base < c1; base += streams * U) {
+            if (pf > 0) fd_prefetch_rows(kh0, vh0, base + pf * streams * U, c1, rowBytes, ppw, streams, U, lane);
             VEC kr[U], vr[U];
             float ks[U], vs[U];
 #pragma unroll

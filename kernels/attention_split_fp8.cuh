@@ -80,6 +80,18 @@ __device__ __forceinline__ void fw_load_tile(int p0, int c1, int gq, int tq, con
     vsA = okA ? vsb[jA] : 0.f; vsB = okB ? vsb[jB] : 0.f;
 }
 
+// L2 prefetch of the tile at positions [p, p + 16) (rows from c1 on skipped): its K and V bytes and row scales, the
+// warp's lanes taking 128-byte lines in turn. A hint that keeps more of the cache in flight than the registers can:
+// the tile's own loads come pf tiles later and find it in L2 (kh/vh: this kv head's rows; CudaKernels.AttentionPrefetch).
+template <int HD>
+__device__ __forceinline__ void fw_prefetch_tile(int p, int c1, const unsigned char* kh, const unsigned char* vh,
+                                                 const float* ksb, const float* vsb, int lane) {
+    if (p >= c1) return;
+    const long long bytes = (long long)min(16, c1 - p) * HD;
+    prefetch_l2_warp(kh + (long long)p * HD, bytes, lane);
+    prefetch_l2_warp(vh + (long long)p * HD, bytes, lane);
+    prefetch_l2_warp(lane < 16 ? (const void*)(ksb + p) : (const void*)(vsb + p), 4, lane & 15);
+}
 
 // kCache/vCache: this layer's [K, maxCtx, HD] e4m3 bytes; kScale/vScale: its row scales [K, maxCtx] f32.
 // MAXG 4 (G <= 4: one n8 block) or 8 (two); HD 64, 128 or 256.
@@ -87,7 +99,7 @@ template <int MAXG, int HD>
 __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const unsigned char* kCache, const unsigned char* vCache,
                                                           float* out, float* ws, int H, int K, int maxCtx, int window, float scale,
                                                           int S, const StepParams* sp, int kh, int split, int z, int Z,
-                                                          const float* kScale, const float* vScale) {
+                                                          const float* kScale, const float* vScale, int pf = 0) {
     static_assert(MAXG == 4 || MAXG == 8, "4 query heads per n8 block");
     static_assert(HD == 64 || HD == 128 || HD == 256, "head_dim 64, 128 or 256");
     const int NB = MAXG / 4;   // n8 blocks: 4 query heads x (hi, lo)
@@ -123,6 +135,10 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     u32 kA[KC], kB[KC], vw[4][VW];
     float ksA, ksB, vsA, vsB;
     fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB);
+    // tiles 1 .. pf-1 of the warp into L2 now, tile i + pf at the start of tile i's step
+    const unsigned char* kh0 = kCache + hbase * HD;
+    const unsigned char* vh0 = vCache + hbase * HD;
+    for (int t = 1; t < pf; t++) fw_prefetch_tile<HD>(p0 + t * FD_WARPS * 16, c1, kh0, vh0, ksb, vsb, lane);
 
     // B fragments of the scores: column gq is head 4b + gq/2, its hi (gq even) or lo (odd) part of q * sl * 2^e;
     // rows 2tq, 2tq+1 / 2tq+8, 2tq+9 of chunk c are the dims kdim(c, tq) + 0, 1 / 2, 3
@@ -170,6 +186,7 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
 
     // tiles p0 = c0 + 16 (warp + 8 i); each tile's loads are issued when the previous one is done (the first's above)
     for (; p0 < c1;) {
+        if (pf > 0) fw_prefetch_tile<HD>(p0 + pf * FD_WARPS * 16, c1, kh0, vh0, ksb, vsb, lane);
         const int jA = p0 + 2 * gq, jB = jA + 1;
         const bool okA = jA < c1, okB = jB < c1;
 

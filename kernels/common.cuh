@@ -98,11 +98,12 @@ __device__ __forceinline__ void pdl_trigger() {
 }
 #define PDL_ENTER() do { pdl_wait(); pdl_trigger(); } while (0)
 
+// L2 prefetch of the 128-byte line holding p (a hint: no register, nothing to wait for)
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
 // L2 prefetch of [p, p + bytes), the warp's lanes taking 128-byte lines in turn
 __device__ __forceinline__ void prefetch_l2_warp(const void* p, long long bytes, int lane) {
     const char* c = (const char*)p;
-    for (long long off = (long long)lane * 128; off < bytes; off += 32 * 128)
-        asm volatile("prefetch.global.L2 [%0];" :: "l"(c + off));
+    for (long long off = (long long)lane * 128; off < bytes; off += 32 * 128) prefetch_l2(c + off);
 }
 
 // ---- tensor cores (sm_80+; no-ops below) ---------------------------------------------------------------------------

@@ -53,6 +53,21 @@ static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
     return r;
 }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
+// L2 prefetches: each must fall in a cache row (or row scale) at a position the step reads (row % maxCtx <= pos)
+struct EmuRows { const char* base; size_t rowBytes, rows; };
+static std::vector<EmuRows> g_rows;
+static int g_maxCtx = 1, g_pos = 0;
+static std::atomic<long> g_pf_ok{0}, g_pf_bad{0};
+static void emu_prefetch(const void* p) {
+    const char* c = (const char*)p;
+    for (auto& r : g_rows)
+        if (c >= r.base && c < r.base + r.rowBytes * r.rows) {
+            size_t row = (size_t)(c - r.base) / r.rowBytes;
+            if ((int)(row % g_maxCtx) <= g_pos) { g_pf_ok++; return; }
+            break;
+        }
+    g_pf_bad++;
+}
 static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 static inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 // one block: 256 threads, 8 warps
@@ -91,7 +106,7 @@ REPL = {
     'f32_to_f16': 'static inline u16 f32_to_f16(float f) { return emu_f2h(f); }',
     'ldg_u4': 'static inline calm_u4 ldg_u4(const void* p) { calm_u4 r; memcpy(&r, p, 16); return r; }',
     'ldg_u4_stream': 'static inline calm_u4 ldg_u4_stream(const void* p) { calm_u4 r; memcpy(&r, p, 16); return r; }',
-    'prefetch_l2_warp': 'static inline void prefetch_l2_warp(const void*, long long, int) {}',
+    'prefetch_l2': 'static inline void prefetch_l2(const void* p) { emu_prefetch(p); }',
     'e4m3x2_to_f16x2': 'static inline u32 e4m3x2_to_f16x2(u32 two) { return (u32)emu_f2h(emu_e4m3(two & 0xff)) | ((u32)emu_f2h(emu_e4m3((two >> 8) & 0xff)) << 16); }',
     'ld_cg_f32': 'static inline float ld_cg_f32(const float* p) { return *(const volatile float*)p; }',
     'ld_cg_f4': 'static inline calm_f4 ld_cg_f4(const float* p) { calm_f4 v; memcpy(&v, p, 16); return v; }',
@@ -166,6 +181,7 @@ static float rel_l2(const std::vector<float>& got, const std::vector<double>& wa
 }
 template <int MAXG, int HD>
 static void run_case(int H, int K, int pos, int window, int S, unsigned seed, double vmul, int spread = 0) {
+    const int pf = (int)(seed % 4);   // L2 prefetch distance (CudaKernels.AttentionPrefetch): 0 .. 3 across the cases
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<double> U(0.0, 1.0);
     const int maxCtx = pos + 17;
@@ -210,26 +226,38 @@ static void run_case(int H, int K, int pos, int window, int S, unsigned seed, do
     }
     const int Z = (G + MAXG - 1) / MAXG;
     StepParams sp; sp.token = 0; sp.pos = pos;
+    const size_t nrows = (size_t)K * maxCtx;
+    g_rows = {{(const char*)kq.data(), (size_t)HD, nrows}, {(const char*)vq.data(), (size_t)HD, nrows},
+              {(const char*)ks.data(), 4, nrows}, {(const char*)vs.data(), 4, nrows}};
+    g_maxCtx = maxCtx; g_pos = pos; g_pf_ok = 0; g_pf_bad = 0;
     std::vector<float> ws((size_t)H * S * (HD + 2) + (size_t)K * Z + 64, 0.f);
     std::vector<float> outw((size_t)H * HD, NAN), outo((size_t)H * HD, NAN);
     launch(K, S, Z, [&] {
         attention_split_fp8w_impl<MAXG, HD>(q.data(), kq.data(), vq.data(), outw.data(), ws.data(), H, K, maxCtx, window, scale, S, &sp,
-                                            blockIdx.x, blockIdx.y, blockIdx.z, Z, ks.data(), vs.data());
+                                            blockIdx.x, blockIdx.y, blockIdx.z, Z, ks.data(), vs.data(), pf);
     });
+    const long pfw = g_pf_ok, pfBad = g_pf_bad;
     // the old kernel (its MAXG: the launcher's SplitGroups)
     const int mo = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8, Zo = (G + mo - 1) / mo;
     std::fill(ws.begin(), ws.end(), 0.f);
     launch(K, S, Zo, [&] {
         const u16* kc = (const u16*)kq.data(); const u16* vc = (const u16*)vq.data();
-        if (mo == 1) attention_split_impl<1, 4, false, CALM_KV_FP8>(q.data(), kc, vc, outo.data(), ws.data(), H, K, HD, maxCtx, window, scale, S, &sp, blockIdx.x, blockIdx.y, blockIdx.z, Zo, ks.data(), vs.data());
-        else if (mo == 2) attention_split_impl<2, 4, false, CALM_KV_FP8>(q.data(), kc, vc, outo.data(), ws.data(), H, K, HD, maxCtx, window, scale, S, &sp, blockIdx.x, blockIdx.y, blockIdx.z, Zo, ks.data(), vs.data());
-        else if (mo == 4) attention_split_impl<4, 4, false, CALM_KV_FP8>(q.data(), kc, vc, outo.data(), ws.data(), H, K, HD, maxCtx, window, scale, S, &sp, blockIdx.x, blockIdx.y, blockIdx.z, Zo, ks.data(), vs.data());
-        else attention_split_impl<8, 2, false, CALM_KV_FP8>(q.data(), kc, vc, outo.data(), ws.data(), H, K, HD, maxCtx, window, scale, S, &sp, blockIdx.x, blockIdx.y, blockIdx.z, Zo, ks.data(), vs.data());
+        if (mo == 1) attention_split_impl<1, 4, false, CALM_KV_FP8>(q.data(), kc, vc, outo.data(), ws.data(), H, K, HD, maxCtx, window, scale, S, &sp, blockIdx.x, blockIdx.y, blockIdx.z, Zo, ks.data(), vs.data(), pf);
+        else if (mo == 2) attention_split_impl<2, 4, false, CALM_KV_FP8>(q.data(), kc, vc, outo.data(), ws.data(), H, K, HD, maxCtx, window, scale, S, &sp, blockIdx.x, blockIdx.y, blockIdx.z, Zo, ks.data(), vs.data(), pf);
+        else if (mo == 4) attention_split_impl<4, 4, false, CALM_KV_FP8>(q.data(), kc, vc, outo.data(), ws.data(), H, K, HD, maxCtx, window, scale, S, &sp, blockIdx.x, blockIdx.y, blockIdx.z, Zo, ks.data(), vs.data(), pf);
+        else attention_split_impl<8, 2, false, CALM_KV_FP8>(q.data(), kc, vc, outo.data(), ws.data(), H, K, HD, maxCtx, window, scale, S, &sp, blockIdx.x, blockIdx.y, blockIdx.z, Zo, ks.data(), vs.data(), pf);
     });
+    const long pfo = g_pf_ok - pfw, bad = g_pf_bad;
     float ew = rel_l2(outw, want), eo = rel_l2(outo, want);
-    if (!(ew <= 1e-5f)) g_fail++;
-    std::printf("%-5s MAXG %d HD %3d H %2d K %d pos %5d window %3d S %2d vmul %-6g spread %2d: tensor-core relL2 %.2e, old %.2e %s\n",
-                ew <= 1e-5f ? "ok" : "FAIL", MAXG, HD, H, K, pos, window, S, vmul, spread, ew, eo, ew <= 1e-5f ? "" : "<-- above 1e-5");
+    // prefetches outside the rows the step reads fail the case, and so does a distance > 0 that issued none where a
+    // warp has more than one step to take (chunks over 256 positions), or any prefetch at distance 0
+    const bool many = (pos + 1) / S > 256;
+    const bool pfOk = bad == 0 && (pf == 0 ? pfw + pfo == 0 : (!many || (pfw > 0 && pfo > 0)));
+    const bool ok = ew <= 1e-5f && pfOk;
+    if (!ok) g_fail++;
+    std::printf("%-5s MAXG %d HD %3d H %2d K %d pos %5d window %3d S %2d vmul %-6g spread %2d pf %d: tensor-core relL2 %.2e, old %.2e; prefetches %ld / %ld, outside %ld %s\n",
+                ok ? "ok" : "FAIL", MAXG, HD, H, K, pos, window, S, vmul, spread, pf, ew, eo, pfw, pfo, bad,
+                ew <= 1e-5f ? (pfOk ? "" : "<-- prefetch") : "<-- above 1e-5");
     std::fflush(stdout);
 }
 int main(int argc, char** argv) {

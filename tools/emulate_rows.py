@@ -61,7 +61,7 @@ REPL = {
     'f32_to_f16': 'static inline u16 f32_to_f16(float f) { return emu_f2h(f); }',
     'ldg_u4': 'static inline calm_u4 ldg_u4(const void* p) { calm_u4 r; memcpy(&r, p, 16); return r; }',
     'ldg_u4_stream': 'static inline calm_u4 ldg_u4_stream(const void* p) { calm_u4 r; memcpy(&r, p, 16); return r; }',
-    'prefetch_l2_warp': 'static inline void prefetch_l2_warp(const void*, long long, int) {}',
+    'prefetch_l2': 'static inline void prefetch_l2(const void*) {}',
     'e4m3x2_to_f16x2': 'static inline u32 e4m3x2_to_f16x2(u32) { return 0; }',   # not used by the row kernels
     'qr_store': 'template <int N> static inline void qr_store(float* p, const float (&v)[N]) { for (int i = 0; i < N; i++) p[i] = v[i]; }',
 }

@@ -43,6 +43,10 @@ public sealed class CudaKernels : IDisposable
     /// CALM_ATT_FP8_WIDE=0 or the constructor's attentionFp8Wide: false. Takes precedence over
     /// <see cref="AttentionPipelined"/> for the shapes it serves.</summary>
     public bool AttentionFp8Wide { get; }
+    /// <summary>Split attention (register-load fp16/fp8 kernels and the tensor-core fp8 kernel): each warp asks L2 for
+    /// its rows this many steps ahead of its loads (prefetch.global.L2), so more of the cache is in flight than the
+    /// registers hold; 0 = no prefetch. CALM_ATT_PREFETCH or the constructor's attentionPrefetch (0..8).</summary>
+    public int AttentionPrefetch { get; }
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
     /// kernels, used for bf16/f16 rows of at least 256*depth columns. Default 16 (CALM_MV_DEEP=0/8 to change):
     /// measured fastest on the H200 for every Llama-3-8B shape (bench/RESULTS.md).</summary>
@@ -55,8 +59,9 @@ public sealed class CudaKernels : IDisposable
     private readonly HashSet<int> _splitSmemSet = new();
 
     public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
-                       bool? attentionFp8Wide = null)
+                       bool? attentionFp8Wide = null, int? attentionPrefetch = null)
     {
+        AttentionPrefetch = Math.Clamp(attentionPrefetch ?? (int.TryParse(Environment.GetEnvironmentVariable("CALM_ATT_PREFETCH"), out var apf) ? apf : 0), 0, 8);
         AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
         AttentionFp8Wide = (attentionFp8Wide ?? Environment.GetEnvironmentVariable("CALM_ATT_FP8_WIDE") != "0") && arch >= 80;
         MatvecDeep = matvecDeep ?? (Environment.GetEnvironmentVariable("CALM_MV_DEEP") switch { "0" => 0, "8" => 8, _ => 16 });
@@ -237,7 +242,7 @@ public sealed class CudaKernels : IDisposable
                 {
                     // the g4 kernel serves G <= 4 (z = 1, as SplitGroups gives for maxg 1, 2, 4), g8 the rest
                     _k["attention_split_g" + (mg <= 4 ? 4 : 8) + "_fp8w_hd" + Hd].Launch(s, (K, S8, zz), SplitThreads, 0, q, kCache, vCache, outp, workspace,
-                        H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale);
+                        H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale, AttentionPrefetch);
                     return;
                 }
                 if (AttentionPipelined)
@@ -249,7 +254,7 @@ public sealed class CudaKernels : IDisposable
                     kern.Launch(s, (K, S8, zz), SplitThreads, smem, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale);
                     return;
                 }
-                _k["attention_split_g" + mg + "_fp8"].Launch(s, (K, S8, zz), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale);
+                _k["attention_split_g" + mg + "_fp8"].Launch(s, (K, S8, zz), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale, AttentionPrefetch);
                 return;
             }
             _k["attention_decode_fp8"].Launch(s, H, 256, 0, q, kCache, vCache, outp, H, K, Hd, maxCtx, window, scale, step, kScale, vScale);
@@ -269,7 +274,7 @@ public sealed class CudaKernels : IDisposable
                 kern.Launch(s, (K, S, z), SplitThreads, smem, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step);
                 return;
             }
-            _k["attention_split_g" + maxg].Launch(s, (K, S, z), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step);
+            _k["attention_split_g" + maxg].Launch(s, (K, S, z), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step, AttentionPrefetch);
             return;
         }
         _k["attention_decode"].Launch(s, H, 256, 0, q, kCache, vCache, outp, H, K, Hd, maxCtx, window, scale, step);

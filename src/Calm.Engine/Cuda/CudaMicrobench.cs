@@ -51,9 +51,10 @@ public static class CudaMicrobench
 
     /// <summary>Decode attention at position context-1 for heads query heads over kvHeads × context × headDim fp16 K
     /// and V. Bytes = K + V read + q + out. <paramref name="split"/>: the split (flash-decoding) kernel with
-    /// <paramref name="blocksPerSm"/> blocks per multiprocessor, else the single-block-per-head kernel.</summary>
+    /// <paramref name="blocksPerSm"/> blocks per multiprocessor, else the single-block-per-head kernel.
+    /// <paramref name="prefetch"/>: CudaKernels.AttentionPrefetch (null: CALM_ATT_PREFETCH or the default).</summary>
     public static KernelTiming Attention(int context, int heads, int kvHeads, int headDim, int repeat = 20, int device = 0, CancellationToken ct = default,
-                                         bool split = true, int blocksPerSm = 2, bool? pipelined = null)
+                                         bool split = true, int blocksPerSm = 2, bool? pipelined = null, int? prefetch = null)
     {
         if (context < 1 || heads < 1 || kvHeads < 1 || heads % kvHeads != 0 || headDim < 1 || headDim > CudaKernels.AttentionMaxHeadDim)
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
@@ -74,7 +75,7 @@ public static class CudaMicrobench
                 }
                 AddAttentionInputs(b, k, s, heads, headDim, context, split ? k.AttentionWorkspaceBytes(heads, kvHeads, headDim) : 0);
                 return b;
-            }, blocksPerSm, null, pipelined);
+            }, blocksPerSm, null, pipelined, null, null, prefetch);
     }
 
     /// <summary>The attention microbenchmarks' inputs beside the caches: q [heads, headDim] f32 (synthetic), out, the step
@@ -93,9 +94,10 @@ public static class CudaMicrobench
     /// each of K and V plus one f32 scale per row (the benchmark fill of CudaBackend: values in (-1, 1) at scale
     /// 1/448). Bytes = K + V + their scales + q + out. The split kernel with 2 blocks per multiprocessor;
     /// <paramref name="wide"/>: the tensor-core kernel (CudaKernels.AttentionFp8Wide) or the 8-per-lane one, null: as
-    /// CALM_ATT_FP8_WIDE says. Shapes the wide kernel does not take run the 8-per-lane kernel either way.</summary>
+    /// CALM_ATT_FP8_WIDE says. Shapes the wide kernel does not take run the 8-per-lane kernel either way.
+    /// <paramref name="prefetch"/>: CudaKernels.AttentionPrefetch (null: CALM_ATT_PREFETCH or the default).</summary>
     public static KernelTiming AttentionFp8(int context, int heads, int kvHeads, int headDim, int repeat = 20, int device = 0, CancellationToken ct = default,
-                                            bool? wide = null)
+                                            bool? wide = null, int? prefetch = null)
     {
         if (context < 1 || heads < 1 || kvHeads < 1 || heads % kvHeads != 0 || !CudaKernels.SplitAttentionSupported(heads, kvHeads, headDim, true))
             throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
@@ -122,7 +124,7 @@ public static class CudaMicrobench
                 }
                 AddAttentionInputs(b, k, s, heads, headDim, context, Math.Max(k.AttentionWorkspaceBytes(heads, kvHeads, headDim), 4));
                 return b;
-            }, 2, null, false, null, wide);
+            }, 2, null, false, null, wide, prefetch);
     }
 
     private sealed class Buffers(CudaContext ctx) : IDisposable
@@ -137,7 +139,7 @@ public static class CudaMicrobench
 
     private static KernelTiming Run(string name, long rotatingBytes, long bytes, int repeat, int device, CancellationToken ct,
                                     Action<CudaKernels, CudaStream, Buffers, int> call, Func<CudaKernels, CudaStream, CudaContext, int, Buffers> make, int attentionBlocksPerSm = 2, bool? pdl = null, bool? pipelined = null, int? deep = null,
-                                    bool? fp8Wide = null)
+                                    bool? fp8Wide = null, int? attentionPrefetch = null)
     {
         if (repeat < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Repeat must be ≥ 1 (got {repeat}).", "Repeat");
         var why = CudaDeviceInfo.Unavailable();
@@ -146,7 +148,7 @@ public static class CudaMicrobench
         long l2 = Math.Max(info.L2CacheMB, 1) * (1L << 20);
         int copies = (int)Math.Clamp((4 * l2 + rotatingBytes - 1) / Math.Max(rotatingBytes, 1), 1, 64);
         using var ctx = CudaContext.Acquire(device);
-        using var k = new CudaKernels(ctx, info.Arch, null, attentionBlocksPerSm, pdl, pipelined, deep, fp8Wide);
+        using var k = new CudaKernels(ctx, info.Arch, null, attentionBlocksPerSm, pdl, pipelined, deep, fp8Wide, attentionPrefetch);
         using var s = new CudaStream(ctx);
         using var bufs = make(k, s, ctx, copies);
         int calls = Math.Max(MinCallsPerRep, copies);
