@@ -30,23 +30,35 @@ __device__ __forceinline__ float dot8(const calm_u4 w, const float* x, const flo
     return s;
 }
 
-// dot(row[0..cols), x) summed over the warp; every lane returns the total.
+// acc += the dot products of UNR 16-byte vectors of a row (lane's vectors v, v + 32, ...) with x. wait: pdl_wait()
+// between the loads and the products (the weights do not depend on earlier kernels, x does: "early" loads).
 template <int DT, int UNR, bool NORM>
-__device__ __forceinline__ float row_dot(const u16* row, const float* x, const float* nw, int addOne, int cols, int lane) {
+__device__ __forceinline__ void row_batch(const calm_u4* rv, int v, const float* x, const float* nw, int addOne, float& acc, bool wait) {
+    calm_u4 w[UNR];
+#pragma unroll
+    for (int u = 0; u < UNR; u++) w[u] = ldg_u4_stream(rv + v + 32 * u);
+    if (wait) pdl_wait();
+#pragma unroll
+    for (int u = 0; u < UNR; u++) acc += dot8<DT, NORM>(w[u], x + (long long)(v + 32 * u) * 8, nw + (long long)(v + 32 * u) * 8, addOne);
+}
+
+// dot(row[0..cols), x) summed over the warp; every lane returns the total.
+// early: the caller has not waited for the previous kernel (pdl_wait); the first batch of loads is issued before it.
+template <int DT, int UNR, bool NORM>
+__device__ __forceinline__ float row_dot(const u16* row, const float* x, const float* nw, int addOne, int cols, int lane, bool early = false) {
     float acc = 0.f;
     if ((cols & 7) == 0) {
         const calm_u4* rv = (const calm_u4*)row;
         int nvec = cols >> 3;
         int v = lane;
-        for (; v + 32 * (UNR - 1) < nvec; v += 32 * UNR) {
-            calm_u4 w[UNR];
-#pragma unroll
-            for (int u = 0; u < UNR; u++) w[u] = ldg_u4_stream(rv + v + 32 * u);
-#pragma unroll
-            for (int u = 0; u < UNR; u++) acc += dot8<DT, NORM>(w[u], x + (long long)(v + 32 * u) * 8, nw + (long long)(v + 32 * u) * 8, addOne);
+        if (early) {
+            if (v + 32 * (UNR - 1) < nvec) { row_batch<DT, UNR, NORM>(rv, v, x, nw, addOne, acc, true); v += 32 * UNR; }
+            else pdl_wait();
         }
+        for (; v + 32 * (UNR - 1) < nvec; v += 32 * UNR) row_batch<DT, UNR, NORM>(rv, v, x, nw, addOne, acc, false);
         for (; v < nvec; v += 32) acc += dot8<DT, NORM>(ldg_u4_stream(rv + v), x + (long long)v * 8, nw + (long long)v * 8, addOne);
     } else {
+        if (early) pdl_wait();
         for (int c = lane; c < cols; c += 32) acc = fmaf(load_elem<DT>(row, c), NORM ? x[c] * gain(nw[c], addOne) : x[c], acc);
     }
     return warp_sum(acc);
@@ -54,7 +66,8 @@ __device__ __forceinline__ float row_dot(const u16* row, const float* x, const f
 
 // f32 weights (fixtures saved in float32): rows read 16 bytes (4 floats) at a time.
 template <bool NORM>
-__device__ __forceinline__ float row_dot_f32(const float* row, const float* x, const float* nw, int addOne, int cols, int lane) {
+__device__ __forceinline__ float row_dot_f32(const float* row, const float* x, const float* nw, int addOne, int cols, int lane, bool early = false) {
+    if (early) pdl_wait();
     float acc = 0.f;
     if ((cols & 3) == 0) {
         const calm_u4* rv = (const calm_u4*)row;
@@ -80,21 +93,23 @@ template <int DT> struct WeightT { typedef u16 T; };
 template <> struct WeightT<CALM_F32> { typedef float T; };
 
 template <int DT, int UNR, bool NORM> struct RowDot {
-    static __device__ __forceinline__ float run(const u16* row, const float* x, const float* nw, int addOne, int cols, int lane) {
-        return row_dot<DT, UNR, NORM>(row, x, nw, addOne, cols, lane);
+    static __device__ __forceinline__ float run(const u16* row, const float* x, const float* nw, int addOne, int cols, int lane, bool early) {
+        return row_dot<DT, UNR, NORM>(row, x, nw, addOne, cols, lane, early);
     }
 };
 template <int UNR, bool NORM> struct RowDot<CALM_F32, UNR, NORM> {
-    static __device__ __forceinline__ float run(const float* row, const float* x, const float* nw, int addOne, int cols, int lane) {
-        return row_dot_f32<NORM>(row, x, nw, addOne, cols, lane);
+    static __device__ __forceinline__ float run(const float* row, const float* x, const float* nw, int addOne, int cols, int lane, bool early) {
+        return row_dot_f32<NORM>(row, x, nw, addOne, cols, lane, early);
     }
 };
 
 // W [rows, cols] (DT), x [cols] f32, y [rows] f32, bias [rows] f32 or null.
 // y[r] = W[r,:] . x (+ bias[r]) (+ y[r] when accumulate != 0: fused residual add).
+// early (not with NORM): each warp issues its row's first loads before pdl_wait (CudaKernels.MatvecEarly), so with
+// programmatic launch the weights stream while the previous kernel finishes.
 template <int DT, int UNR = MV_UNROLL, bool NORM = false>
 __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate,
-                                            int prefetch, const float* nw = 0, float eps = 0.f, int addOne = 0) {
+                                            int prefetch, const float* nw = 0, float eps = 0.f, int addOne = 0, int early = 0) {
     int row = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     // the weights do not depend on earlier kernels: start pulling this warp's row into L2 before waiting for them
@@ -104,9 +119,10 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
         prefetch_l2_warp(W + (long long)row * cols, rowBytes < prefetch ? rowBytes : prefetch, lane);
     }
     pdl_trigger();
-    pdl_wait();
+    const bool eu = early && !NORM;
+    if (!eu) pdl_wait();
     if (!NORM && row >= rows) return;
-    float s = row < rows ? RowDot<DT, UNR, NORM>::run(W + (long long)row * cols, x, nw, addOne, cols, lane) : 0.f;
+    float s = row < rows ? RowDot<DT, UNR, NORM>::run(W + (long long)row * cols, x, nw, addOne, cols, lane, eu) : 0.f;
     if (NORM) {
         // 1/rms of x for the whole block (x was just read through L1 by the dot products); every thread takes part
         float ss = 0.f;
@@ -128,25 +144,25 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
     }
 }
 
-extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate, prefetch);
+extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
+    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
 }
-extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch);
+extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
+    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
 }
 // deep: 8 or 16 loads in flight per lane (16: a 4096-column bf16 row at once). __launch_bounds__ gives ptxas the
 // registers to keep them all in flight (without it, ptxas sinks the loads into the dot products at 42 registers).
-extern "C" __global__ void __launch_bounds__(256, 4) matvec_bf16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_BF16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch);
+extern "C" __global__ void __launch_bounds__(256, 4) matvec_bf16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
+    matvec_impl<CALM_BF16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
 }
-extern "C" __global__ void __launch_bounds__(256, 4) matvec_f16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_F16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch);
+extern "C" __global__ void __launch_bounds__(256, 4) matvec_f16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
+    matvec_impl<CALM_F16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) matvec_bf16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_BF16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch);
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_bf16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
+    matvec_impl<CALM_BF16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) matvec_f16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_F16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch);
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_f16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
+    matvec_impl<CALM_F16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
 }
 // RMSNorm fused: y = W (rmsnorm(x) * g) (+ bias) (+ y); nw [cols] f32 the norm weights (addOne: 1 + nw, gemma).
 // x must not be y (the norm reads all of x).
@@ -163,8 +179,8 @@ MV_NORM_KERNEL(matvec_norm_f16_deep8, CALM_F16, u16, 8, __launch_bounds__(256, 4
 MV_NORM_KERNEL(matvec_norm_bf16_deep16, CALM_BF16, u16, 16, __launch_bounds__(256, 2))
 MV_NORM_KERNEL(matvec_norm_f16_deep16, CALM_F16, u16, 16, __launch_bounds__(256, 2))
 
-extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch) {
-    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch);
+extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
+    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
 }
 
 // MoE: blockIdx.y = slot s of the top-k; the expert is expertIdx[s] (chosen on the GPU by moe_route).
@@ -194,32 +210,44 @@ extern "C" __global__ void moe_matvec_f32(const void* const* experts, const int*
 // (a rotary pair of a head; gate i and up i). A warp computes both rows (8 loads in flight per row, 16 per lane) and
 // finishes that step itself, so the separate qkv_rope_cache and gate_act kernels (and their launch gaps) go away.
 
-// dot products of rows a and b with x: 8 16-byte loads of each row in flight per lane; every lane gets both totals
+// acc0/acc1 += 8 16-byte vectors of rows a and b (lane's vectors v, v + 32, ...) . x; wait: pdl_wait() between the
+// loads and the products (as row_batch)
 template <int DT>
-__device__ __forceinline__ void row_dot2(const u16* ra, const u16* rb, const float* x, int cols, int lane, float& sa, float& sb) {
+__device__ __forceinline__ void row_batch2(const calm_u4* va, const calm_u4* vb, int v, const float* x, float& acc0, float& acc1, bool wait) {
+    calm_u4 wa[8], wb[8];
+#pragma unroll
+    for (int u = 0; u < 8; u++) { wa[u] = ldg_u4_stream(va + v + 32 * u); wb[u] = ldg_u4_stream(vb + v + 32 * u); }
+    if (wait) pdl_wait();
+#pragma unroll
+    for (int u = 0; u < 8; u++) {
+        const float* xp = x + (long long)(v + 32 * u) * 8;
+        acc0 += dot8<DT, false>(wa[u], xp, xp, 0);
+        acc1 += dot8<DT, false>(wb[u], xp, xp, 0);
+    }
+}
+
+// dot products of rows a and b with x: 8 16-byte loads of each row in flight per lane; every lane gets both totals.
+// early: the caller has not waited for the previous kernel; the first loads are issued before pdl_wait.
+template <int DT>
+__device__ __forceinline__ void row_dot2(const u16* ra, const u16* rb, const float* x, int cols, int lane, float& sa, float& sb, bool early = false) {
     float acc0 = 0.f, acc1 = 0.f;
     if ((cols & 7) == 0) {
         const calm_u4* va = (const calm_u4*)ra;
         const calm_u4* vb = (const calm_u4*)rb;
         int nvec = cols >> 3;
         int v = lane;
-        for (; v + 32 * 7 < nvec; v += 32 * 8) {
-            calm_u4 wa[8], wb[8];
-#pragma unroll
-            for (int u = 0; u < 8; u++) { wa[u] = ldg_u4_stream(va + v + 32 * u); wb[u] = ldg_u4_stream(vb + v + 32 * u); }
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                const float* xp = x + (long long)(v + 32 * u) * 8;
-                acc0 += dot8<DT, false>(wa[u], xp, xp, 0);
-                acc1 += dot8<DT, false>(wb[u], xp, xp, 0);
-            }
+        if (early) {
+            if (v + 32 * 7 < nvec) { row_batch2<DT>(va, vb, v, x, acc0, acc1, true); v += 32 * 8; }
+            else pdl_wait();
         }
+        for (; v + 32 * 7 < nvec; v += 32 * 8) row_batch2<DT>(va, vb, v, x, acc0, acc1, false);
         for (; v < nvec; v += 32) {
             const float* xp = x + (long long)v * 8;
             acc0 += dot8<DT, false>(ldg_u4_stream(va + v), xp, xp, 0);
             acc1 += dot8<DT, false>(ldg_u4_stream(vb + v), xp, xp, 0);
         }
     } else {
+        if (early) pdl_wait();
         for (int c = lane; c < cols; c += 32) {
             float xv = x[c];
             acc0 = fmaf(load_elem<DT>(ra, c), xv, acc0);
@@ -237,17 +265,17 @@ __device__ __forceinline__ void row_dot2(const u16* ra, const u16* rb, const flo
 template <int DT>
 __device__ __forceinline__ void matvec_qkv_rope_impl(const u16* W, const float* x, float* qkv, const float* bias,
                                                     int H, int K, int Hd, int D, const float* cosT, const float* sinT,
-                                                    u16* kCache, u16* vCache, int maxCtx, const StepParams* sp) {
+                                                    u16* kCache, u16* vCache, int maxCtx, const StepParams* sp, int early) {
     int g = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     pdl_trigger();
-    pdl_wait();
+    if (!early) pdl_wait();
     int half = Hd >> 1;
     if (g >= (H + 2 * K) * half) return;
     int unit = g / half, i = g - unit * half;
     int r0 = unit * Hd + i, r1 = r0 + half;
     float s0, s1;
-    row_dot2<DT>(W + (long long)r0 * D, W + (long long)r1 * D, x, D, lane, s0, s1);
+    row_dot2<DT>(W + (long long)r0 * D, W + (long long)r1 * D, x, D, lane, s0, s1, early);
     if (lane != 0) return;
     if (bias) { s0 += bias[r0]; s1 += bias[r1]; }
     int pos = sp->pos;
@@ -265,30 +293,30 @@ __device__ __forceinline__ void matvec_qkv_rope_impl(const u16* W, const float* 
 
 // h [F] = act(Wgu[i] x + bg[i]) * (Wgu[F + i] x + bu[i]); Wgu [2F, D] = gate rows then up rows, bias [2F] or null.
 template <int DT>
-__device__ __forceinline__ void matvec_glu_impl(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act) {
+__device__ __forceinline__ void matvec_glu_impl(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act, int early) {
     int i = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     pdl_trigger();
-    pdl_wait();
+    if (!early) pdl_wait();
     if (i >= F) return;
     float gs, us;
-    row_dot2<DT>(W + (long long)i * D, W + (long long)(F + i) * D, x, D, lane, gs, us);
+    row_dot2<DT>(W + (long long)i * D, W + (long long)(F + i) * D, x, D, lane, gs, us, early);
     if (lane != 0) return;
     if (bias) { gs += bias[i]; us += bias[F + i]; }
     h[i] = activate(gs, act) * us;
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) matvec_qkv_rope_bf16(const u16* W, const float* x, float* qkv, const float* bias, int H, int K, int Hd, int D,
-        const float* cosT, const float* sinT, u16* kCache, u16* vCache, int maxCtx, const StepParams* sp) {
-    matvec_qkv_rope_impl<CALM_BF16>(W, x, qkv, bias, H, K, Hd, D, cosT, sinT, kCache, vCache, maxCtx, sp);
+        const float* cosT, const float* sinT, u16* kCache, u16* vCache, int maxCtx, const StepParams* sp, int early) {
+    matvec_qkv_rope_impl<CALM_BF16>(W, x, qkv, bias, H, K, Hd, D, cosT, sinT, kCache, vCache, maxCtx, sp, early);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) matvec_qkv_rope_f16(const u16* W, const float* x, float* qkv, const float* bias, int H, int K, int Hd, int D,
-        const float* cosT, const float* sinT, u16* kCache, u16* vCache, int maxCtx, const StepParams* sp) {
-    matvec_qkv_rope_impl<CALM_F16>(W, x, qkv, bias, H, K, Hd, D, cosT, sinT, kCache, vCache, maxCtx, sp);
+        const float* cosT, const float* sinT, u16* kCache, u16* vCache, int maxCtx, const StepParams* sp, int early) {
+    matvec_qkv_rope_impl<CALM_F16>(W, x, qkv, bias, H, K, Hd, D, cosT, sinT, kCache, vCache, maxCtx, sp, early);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) matvec_glu_bf16(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act) {
-    matvec_glu_impl<CALM_BF16>(W, x, h, bias, F, D, act);
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_glu_bf16(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act, int early) {
+    matvec_glu_impl<CALM_BF16>(W, x, h, bias, F, D, act, early);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) matvec_glu_f16(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act) {
-    matvec_glu_impl<CALM_F16>(W, x, h, bias, F, D, act);
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_glu_f16(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act, int early) {
+    matvec_glu_impl<CALM_F16>(W, x, h, bias, F, D, act, early);
 }

@@ -2,7 +2,8 @@
 # One device call (see tools/stage-gpu.sh): unpack the staged build, then run the steps named in $STEPS (comma list)
 # with logs under $OUT. Steps: regs (registers/spills of every kernel for this GPU, incl. sm_90a files), wgmma-tests,
 # classes (CLASSES=...), prefill-tests, prefill-bench, prefill-quant, quant-tests, pester-gpu, gpu-tests (build.ps1
-# GpuTest), issue6 (bench/Issue6.Bench.ps1, every row).
+# GpuTest), issue6 (bench/Issue6.Bench.ps1, every row), ab (Issue6 rows AB_ONLY once per setting of AB_ENVS), attpf
+# (bench/AttentionFp8.Bench.ps1 over the L2 prefetch distances ATT_PF).
 # Usage there: source .gpu/boot.sh && STEPS=regs,wgmma-tests,prefill-bench bash tools/gpu-call.sh
 set -uo pipefail
 tar xJf .stage/build.tar.xz
@@ -32,6 +33,19 @@ PS
 fi
 if has issue6; then
   timeout 500 pwsh -NoProfile -File bench/Issue6.Bench.ps1 -OutputFolder $OUT/issue6 ${ISSUE6_ONLY:+-Only $ISSUE6_ONLY} 2>&1 | tee "$OUT/issue6.log" | tail -40
+fi
+if has ab; then   # AB_ONLY=bf16,1b AB_ENVS="CALM_MV_EARLY=0;CALM_MV_EARLY=1 CALM_ATT_PREFETCH=2": Issue6 rows once per setting
+  IFS=';' read -ra sets <<< "${AB_ENVS:-}"
+  i=0
+  for set in "${sets[@]}"; do
+    i=$((i+1))
+    echo "== ab $i: $set" | tee -a "$OUT/ab.txt"
+    env $set timeout ${AB_TIMEOUT:-240} pwsh -NoProfile -File bench/Issue6.Bench.ps1 -OutputFolder $OUT/ab-$i ${AB_ONLY:+-Only $AB_ONLY} > "$OUT/ab-$i.log" 2>&1
+    grep -E "^\S+-bench " "$OUT/ab-$i.log" | tee -a "$OUT/ab.txt"
+  done
+fi
+if has attpf; then   # attention microbenchmark: L2 prefetch distances (ATT_PF) at ATT_CONTEXTS
+  timeout 300 pwsh -NoProfile -File bench/AttentionFp8.Bench.ps1 -Context ${ATT_CONTEXTS:-4096,32768} -Prefetch ${ATT_PF:-0,1,2,4} -SkipEightPerLane -Out $OUT 2>&1 | tail -30 | tee "$OUT/attpf.txt"
 fi
 if has wgmma-tests; then
   dotnet $T -method "$NS.PrefillTests.GemmVariant5MatchesReference" -method "$NS.PrefillTests.GemmGatedVariant5MatchesReferenceAndUnfused" 2>&1 | grep -E "FAIL|Total|Passed|Failed|Skipped|Error|error" | head -40 | tee "$OUT/wgmma-tests.txt"

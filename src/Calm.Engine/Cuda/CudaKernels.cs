@@ -47,6 +47,11 @@ public sealed class CudaKernels : IDisposable
     /// its rows this many steps ahead of its loads (prefetch.global.L2), so more of the cache is in flight than the
     /// registers hold; 0 = no prefetch. CALM_ATT_PREFETCH or the constructor's attentionPrefetch (0..8).</summary>
     public int AttentionPrefetch { get; }
+    /// <summary>With <see cref="Programmatic"/>: the bf16/f16/f32 matvecs (plain, qkv + RoPE, gate_up + activation) issue
+    /// each warp's first weight loads before they wait for the previous kernel, so the weights stream while it
+    /// finishes (the weights never depend on an earlier kernel). CALM_MV_EARLY=1 or the constructor's matvecEarly.</summary>
+    public bool MatvecEarly { get; }
+    private int Early => MatvecEarly && Programmatic ? 1 : 0;
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
     /// kernels, used for bf16/f16 rows of at least 256*depth columns. Default 16 (CALM_MV_DEEP=0/8 to change):
     /// measured fastest on the H200 for every Llama-3-8B shape (bench/RESULTS.md).</summary>
@@ -59,8 +64,9 @@ public sealed class CudaKernels : IDisposable
     private readonly HashSet<int> _splitSmemSet = new();
 
     public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
-                       bool? attentionFp8Wide = null, int? attentionPrefetch = null)
+                       bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null)
     {
+        MatvecEarly = matvecEarly ?? Environment.GetEnvironmentVariable("CALM_MV_EARLY") == "1";
         AttentionPrefetch = Math.Clamp(attentionPrefetch ?? (int.TryParse(Environment.GetEnvironmentVariable("CALM_ATT_PREFETCH"), out var apf) ? apf : 0), 0, 8);
         AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
         AttentionFp8Wide = (attentionFp8Wide ?? Environment.GetEnvironmentVariable("CALM_ATT_FP8_WIDE") != "0") && arch >= 80;
@@ -129,7 +135,7 @@ public sealed class CudaKernels : IDisposable
     /// <summary>W [rows, cols] (wt), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when accumulate).</summary>
     public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
         => _k["matvec_" + Half(wt) + DeepSuffix(wt, cols)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
-            Programmatic ? PrefetchBytes : 0);
+            Programmatic ? PrefetchBytes : 0, Early);
 
     /// <summary>Paired-row matvecs that finish the step after them (RoPE + KV write after qkv, the gated activation after
     /// gate_up) for bf16/f16 weights: two kernels fewer per layer. On unless CALM_FUSE_PAIRS=0.</summary>
@@ -141,11 +147,11 @@ public sealed class CudaKernels : IDisposable
     public void MatvecQkvRope(CudaStream s, DType wt, ulong W, ulong x, ulong qkv, ulong bias, int H, int K, int Hd, int D,
                               ulong cos, ulong sin, ulong kCache, ulong vCache, int maxCtx, ulong step)
         => _k["matvec_qkv_rope_" + Half(wt)].Launch(s, Blocks((long)(H + 2 * K) * (Hd / 2), MatvecBlock / 32, int.MaxValue), MatvecBlock, 0,
-            W, x, qkv, bias, H, K, Hd, D, cos, sin, kCache, vCache, maxCtx, step);
+            W, x, qkv, bias, H, K, Hd, D, cos, sin, kCache, vCache, maxCtx, step, Early);
 
     /// <summary>h [F] = act(Wgu[i] x + b[i]) * (Wgu[F+i] x + b[F+i]); Wgu [2F, D] (wt bf16/f16), bias [2F] or 0. One warp per i.</summary>
     public void MatvecGlu(CudaStream s, DType wt, ulong W, ulong x, ulong h, ulong bias, int F, int D, Activation act)
-        => _k["matvec_glu_" + Half(wt)].Launch(s, Blocks(F, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, h, bias, F, D, (int)act);
+        => _k["matvec_glu_" + Half(wt)].Launch(s, Blocks(F, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, h, bias, F, D, (int)act, Early);
 
     /// <summary>RMSNorm fused into the matvec: y [rows] = W [rows, cols] (x [cols] / rms(x) * (g or 1 + g)) (+ bias) (+ y when
     /// accumulate); g = nw [cols] f32. x must not alias y.</summary>
