@@ -158,6 +158,25 @@ __device__ __forceinline__ float block_sum(float v) {
     return warp_sum(r);
 }
 
+// ---- RMSNorm folded into the kernels around it (CudaKernels.FoldNorm) ----------------------------------------------
+// The kernel that writes the residual x (embed, the accumulating o / down matvecs) also writes xg = x * (g or 1 + g)
+// and one partial sum of x^2 per block (ssOut[blockIdx.x], the block's values added in a fixed order); the next
+// matvec reads xg as its input and multiplies each row's dot product by r = rsqrt(sum of the nIn partials / n + eps),
+// which every block computes the same way: W (x r g) = r W (x g), and no rmsnorm kernel between them.
+
+// producer: v = this thread's x^2 (0 if none); block-wide (every thread of the block calls it)
+__device__ __forceinline__ void fold_partial(float v, float* ssOut) {
+    v = block_sum(v);
+    if (threadIdx.x == 0) ssOut[blockIdx.x] = v;
+}
+// consumer: r of the norm over n elements from the producer's nIn partials; block-wide, after pdl_wait
+__device__ __forceinline__ float fold_scale(const float* ssIn, int nIn, int n, float eps) {
+    float t = 0.f;
+    for (int i = threadIdx.x; i < nIn; i += blockDim.x) t += ssIn[i];
+    t = block_sum(t);
+    return rsqrtf(t / (float)n + eps);
+}
+
 // (value, index) argmax across a warp; ties -> lower index. NaN never wins over a number.
 __device__ __forceinline__ void warp_argmax(float& v, int& i) {
 #pragma unroll

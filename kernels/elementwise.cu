@@ -1,20 +1,35 @@
 // elementwise.cu: embedding lookup, FFN gating, residual adds, MoE routing and combine, dtype conversion.
 #include "common.cuh"
 
-// table [V, D] (DT), out [D] f32 = table[token] * scale (gemma: sqrt(D); else 1). token from the step params.
-template <int DT>
-__device__ __forceinline__ void embed_impl(const u16* table, float* out, int D, float scale, const StepParams* sp) {
+// table [V, D] (DT; f32 tables for float32 checkpoints), out [D] f32 = table[token] * scale (gemma: sqrt(D); else 1).
+// token from the step params. With ssOut (the first layer's norm folded, common.cuh): also xg [D] = out * (g or 1 + g)
+// and one partial sum of out^2 per block.
+__device__ __forceinline__ float embed_elem(const u16* row, int d, int dt) { return dt == CALM_BF16 ? load_elem<CALM_BF16>(row, d) : load_elem<CALM_F16>(row, d); }
+__device__ __forceinline__ float embed_elem(const float* row, int d, int) { return row[d]; }
+template <int DT, typename T>
+__device__ __forceinline__ void embed_impl(const T* table, float* out, int D, float scale, const StepParams* sp,
+                                           const float* fg, float* xg, float* ssOut, int addOne) {
     PDL_ENTER();
-    const u16* row = table + (long long)sp->token * D;
-    for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) out[d] = load_elem<DT>(row, d) * scale;
+    const T* row = table + (long long)sp->token * D;
+    float v2 = 0.f;
+    for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) {
+        const float v = embed_elem(row, d, DT) * scale;
+        out[d] = v;
+        if (ssOut) { xg[d] = v * (addOne ? fg[d] + 1.f : fg[d]); v2 = fmaf(v, v, v2); }
+    }
+    if (ssOut) fold_partial(v2, ssOut);
 }
-extern "C" __global__ void embed_bf16(const u16* table, float* out, int D, float scale, const StepParams* sp) { embed_impl<CALM_BF16>(table, out, D, scale, sp); }
-extern "C" __global__ void embed_f16(const u16* table, float* out, int D, float scale, const StepParams* sp) { embed_impl<CALM_F16>(table, out, D, scale, sp); }
-// table [V, D] f32 (float32 checkpoints)
-extern "C" __global__ void embed_f32(const float* table, float* out, int D, float scale, const StepParams* sp) {
-    PDL_ENTER();
-    const float* row = table + (long long)sp->token * D;
-    for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) out[d] = row[d] * scale;
+extern "C" __global__ void embed_bf16(const u16* table, float* out, int D, float scale, const StepParams* sp,
+                                      const float* fg, float* xg, float* ssOut, int addOne) {
+    embed_impl<CALM_BF16>(table, out, D, scale, sp, fg, xg, ssOut, addOne);
+}
+extern "C" __global__ void embed_f16(const u16* table, float* out, int D, float scale, const StepParams* sp,
+                                     const float* fg, float* xg, float* ssOut, int addOne) {
+    embed_impl<CALM_F16>(table, out, D, scale, sp, fg, xg, ssOut, addOne);
+}
+extern "C" __global__ void embed_f32(const float* table, float* out, int D, float scale, const StepParams* sp,
+                                     const float* fg, float* xg, float* ssOut, int addOne) {
+    embed_impl<CALM_F32>(table, out, D, scale, sp, fg, xg, ssOut, addOne);
 }
 
 // gu [slots, 2F] f32 = [gate | up] per slot; h [slots, F] = act(gate) * up.

@@ -107,9 +107,12 @@ template <int UNR, bool NORM> struct RowDot<CALM_F32, UNR, NORM> {
 // y[r] = W[r,:] . x (+ bias[r]) (+ y[r] when accumulate != 0: fused residual add).
 // early (not with NORM): each warp issues its row's first loads before pdl_wait (CudaKernels.MatvecEarly), so with
 // programmatic launch the weights stream while the previous kernel finishes.
+// Folded RMSNorm (common.cuh; not with NORM): ssIn (consumer: x is xg, each row's sum times r of the nIn partials, eps)
+// or ssOut (producer: y is the residual; also xg [rows] = y * (fg or 1 + fg) and the block's partial sum of y^2).
 template <int DT, int UNR = MV_UNROLL, bool NORM = false>
 __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate,
-                                            int prefetch, const float* nw = 0, float eps = 0.f, int addOne = 0, int early = 0) {
+                                            int prefetch, const float* nw = 0, float eps = 0.f, int addOne = 0, int early = 0,
+                                            const float* fg = 0, float* xg = 0, float* ssOut = 0, const float* ssIn = 0, int nIn = 0) {
     int row = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     // the weights do not depend on earlier kernels: start pulling this warp's row into L2 before waiting for them
@@ -121,8 +124,23 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
     pdl_trigger();
     const bool eu = early && !NORM;
     if (!eu) pdl_wait();
-    if (!NORM && row >= rows) return;
+    if (!NORM && !ssIn && !ssOut && row >= rows) return;   // the folded norm's steps are block-wide
     float s = row < rows ? RowDot<DT, UNR, NORM>::run(W + (long long)row * cols, x, nw, addOne, cols, lane, eu) : 0.f;
+    if (!NORM && (ssIn || ssOut)) {
+        if (ssIn) {
+            pdl_wait();   // warps without a row have not waited yet (early loads)
+            s *= fold_scale(ssIn, nIn, cols, eps);
+        }
+        float v2 = 0.f;
+        if (row < rows && lane == 0) {
+            if (bias) s += bias[row];
+            if (accumulate) s += y[row];
+            y[row] = s;
+            if (ssOut) { xg[row] = s * gain(fg[row], addOne); v2 = s * s; }
+        }
+        if (ssOut) fold_partial(v2, ssOut);
+        return;
+    }
     if (NORM) {
         // 1/rms of x for the whole block (x was just read through L1 by the dot products); every thread takes part
         float ss = 0.f;
@@ -144,25 +162,31 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
     }
 }
 
-extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
-    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
+extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
+        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
+    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
 }
-extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
-    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
+extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
+        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
+    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
 }
 // deep: 8 or 16 loads in flight per lane (16: a 4096-column bf16 row at once). __launch_bounds__ gives ptxas the
 // registers to keep them all in flight (without it, ptxas sinks the loads into the dot products at 42 registers).
-extern "C" __global__ void __launch_bounds__(256, 4) matvec_bf16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
-    matvec_impl<CALM_BF16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
+extern "C" __global__ void __launch_bounds__(256, 4) matvec_bf16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
+        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
+    matvec_impl<CALM_BF16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
 }
-extern "C" __global__ void __launch_bounds__(256, 4) matvec_f16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
-    matvec_impl<CALM_F16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
+extern "C" __global__ void __launch_bounds__(256, 4) matvec_f16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
+        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
+    matvec_impl<CALM_F16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) matvec_bf16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
-    matvec_impl<CALM_BF16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_bf16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
+        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
+    matvec_impl<CALM_BF16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) matvec_f16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
-    matvec_impl<CALM_F16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_f16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
+        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
+    matvec_impl<CALM_F16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
 }
 // RMSNorm fused: y = W (rmsnorm(x) * g) (+ bias) (+ y); nw [cols] f32 the norm weights (addOne: 1 + nw, gemma).
 // x must not be y (the norm reads all of x).
@@ -179,8 +203,9 @@ MV_NORM_KERNEL(matvec_norm_f16_deep8, CALM_F16, u16, 8, __launch_bounds__(256, 4
 MV_NORM_KERNEL(matvec_norm_bf16_deep16, CALM_BF16, u16, 16, __launch_bounds__(256, 2))
 MV_NORM_KERNEL(matvec_norm_f16_deep16, CALM_F16, u16, 16, __launch_bounds__(256, 2))
 
-extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early) {
-    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, 0.f, 0, early);
+extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
+        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
+    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
 }
 
 // MoE: blockIdx.y = slot s of the top-k; the expert is expertIdx[s] (chosen on the GPU by moe_route).
@@ -265,18 +290,25 @@ __device__ __forceinline__ void row_dot2(const u16* ra, const u16* rb, const flo
 template <int DT>
 __device__ __forceinline__ void matvec_qkv_rope_impl(const u16* W, const float* x, float* qkv, const float* bias,
                                                     int H, int K, int Hd, int D, const float* cosT, const float* sinT,
-                                                    u16* kCache, u16* vCache, int maxCtx, const StepParams* sp, int early) {
+                                                    u16* kCache, u16* vCache, int maxCtx, const StepParams* sp, int early,
+                                                    const float* ssIn, int nIn, float eps) {
     int g = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     pdl_trigger();
     if (!early) pdl_wait();
     int half = Hd >> 1;
-    if (g >= (H + 2 * K) * half) return;
+    const bool active = g < (H + 2 * K) * half;
+    if (!active && !ssIn) return;   // the folded norm's scale is block-wide
     int unit = g / half, i = g - unit * half;
     int r0 = unit * Hd + i, r1 = r0 + half;
-    float s0, s1;
-    row_dot2<DT>(W + (long long)r0 * D, W + (long long)r1 * D, x, D, lane, s0, s1, early);
-    if (lane != 0) return;
+    float s0 = 0.f, s1 = 0.f;
+    if (active) row_dot2<DT>(W + (long long)r0 * D, W + (long long)r1 * D, x, D, lane, s0, s1, early);
+    if (ssIn) {
+        pdl_wait();
+        const float r = fold_scale(ssIn, nIn, D, eps);
+        s0 *= r; s1 *= r;
+    }
+    if (!active || lane != 0) return;
     if (bias) { s0 += bias[r0]; s1 += bias[r1]; }
     int pos = sp->pos;
     if (unit < H + K) {
@@ -293,30 +325,41 @@ __device__ __forceinline__ void matvec_qkv_rope_impl(const u16* W, const float* 
 
 // h [F] = act(Wgu[i] x + bg[i]) * (Wgu[F + i] x + bu[i]); Wgu [2F, D] = gate rows then up rows, bias [2F] or null.
 template <int DT>
-__device__ __forceinline__ void matvec_glu_impl(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act, int early) {
+__device__ __forceinline__ void matvec_glu_impl(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act, int early,
+                                                const float* ssIn, int nIn, float eps) {
     int i = (int)((blockIdx.x * (unsigned)blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     pdl_trigger();
     if (!early) pdl_wait();
-    if (i >= F) return;
-    float gs, us;
-    row_dot2<DT>(W + (long long)i * D, W + (long long)(F + i) * D, x, D, lane, gs, us, early);
-    if (lane != 0) return;
+    const bool active = i < F;
+    if (!active && !ssIn) return;   // the folded norm's scale is block-wide
+    float gs = 0.f, us = 0.f;
+    if (active) row_dot2<DT>(W + (long long)i * D, W + (long long)(F + i) * D, x, D, lane, gs, us, early);
+    if (ssIn) {
+        pdl_wait();
+        const float r = fold_scale(ssIn, nIn, D, eps);
+        gs *= r; us *= r;
+    }
+    if (!active || lane != 0) return;
     if (bias) { gs += bias[i]; us += bias[F + i]; }
     h[i] = activate(gs, act) * us;
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) matvec_qkv_rope_bf16(const u16* W, const float* x, float* qkv, const float* bias, int H, int K, int Hd, int D,
-        const float* cosT, const float* sinT, u16* kCache, u16* vCache, int maxCtx, const StepParams* sp, int early) {
-    matvec_qkv_rope_impl<CALM_BF16>(W, x, qkv, bias, H, K, Hd, D, cosT, sinT, kCache, vCache, maxCtx, sp, early);
+        const float* cosT, const float* sinT, u16* kCache, u16* vCache, int maxCtx, const StepParams* sp, int early,
+        const float* ssIn, int nIn, float eps) {
+    matvec_qkv_rope_impl<CALM_BF16>(W, x, qkv, bias, H, K, Hd, D, cosT, sinT, kCache, vCache, maxCtx, sp, early, ssIn, nIn, eps);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) matvec_qkv_rope_f16(const u16* W, const float* x, float* qkv, const float* bias, int H, int K, int Hd, int D,
-        const float* cosT, const float* sinT, u16* kCache, u16* vCache, int maxCtx, const StepParams* sp, int early) {
-    matvec_qkv_rope_impl<CALM_F16>(W, x, qkv, bias, H, K, Hd, D, cosT, sinT, kCache, vCache, maxCtx, sp, early);
+        const float* cosT, const float* sinT, u16* kCache, u16* vCache, int maxCtx, const StepParams* sp, int early,
+        const float* ssIn, int nIn, float eps) {
+    matvec_qkv_rope_impl<CALM_F16>(W, x, qkv, bias, H, K, Hd, D, cosT, sinT, kCache, vCache, maxCtx, sp, early, ssIn, nIn, eps);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) matvec_glu_bf16(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act, int early) {
-    matvec_glu_impl<CALM_BF16>(W, x, h, bias, F, D, act, early);
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_glu_bf16(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act, int early,
+        const float* ssIn, int nIn, float eps) {
+    matvec_glu_impl<CALM_BF16>(W, x, h, bias, F, D, act, early, ssIn, nIn, eps);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) matvec_glu_f16(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act, int early) {
-    matvec_glu_impl<CALM_F16>(W, x, h, bias, F, D, act, early);
+extern "C" __global__ void __launch_bounds__(256, 2) matvec_glu_f16(const u16* W, const float* x, float* h, const float* bias, int F, int D, int act, int early,
+        const float* ssIn, int nIn, float eps) {
+    matvec_glu_impl<CALM_F16>(W, x, h, bias, F, D, act, early, ssIn, nIn, eps);
 }

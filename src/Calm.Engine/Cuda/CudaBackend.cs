@@ -85,6 +85,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private ulong _attWs;   // split-attention workspace (0: the shape takes the single-block kernel)
     private ulong _x, _xn, _qkv, _att, _gu, _h, _eo, _rl, _idx, _wts, _logits, _pv, _pi, _result, _step;
     private ulong _candV, _candI, _topV, _topI;
+    private ulong _ssPart;   // folded RMSNorm (CudaKernels.FoldNorm): the producer's per-block sums of x^2 [D] f32
     private readonly int _slots;
     private CudaDeviceMemory? _stepMem, _resultMem, _topVMem, _topIMem;
 
@@ -470,6 +471,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         ulong F(long n, string what) { var m = Alloc(Math.Max(n, 1) * 4, what); m.Zero(); return m.Ptr; }
         _x = F(c.HiddenSize, "x");
         _xn = F(c.HiddenSize, "xn");
+        _ssPart = F(Math.Max(Math.Max(CudaKernels.MatvecBlocks(c.HiddenSize), CudaKernels.EmbedBlocks(c.HiddenSize)), 1), "norm partial sums");
         _qkv = F(c.QDim + 2L * c.KvDim, "qkv");
         _att = F(c.QDim, "attention out");
         long attWs = _k!.AttentionWorkspaceBytes(c.NumHeads, c.NumKvHeads, c.HeadDim);
@@ -509,7 +511,14 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         int D = c.HiddenSize, Q = c.QDim, KV = c.KvDim, Fi = c.IntermediateSize;
         float eps = (float)c.RmsNormEps;
         float embScale = c.ScaleEmbeddings ? MathF.Sqrt(D) : 1f;
-        if (W(Stages.Other)) k.Embed(s, _embDt, _emb, _x, D, embScale, _step);
+        // RMSNorm folded into the kernels around it (CudaKernels.FoldNorm): dense bf16/f16 layers and classifier. The
+        // kernel that writes the residual _x (embed, o, down) also writes _xn = x * g and per-block sums of x^2 in
+        // _ssPart; the next matvec reads _xn and scales by 1/rms, so no rmsnorm kernel runs.
+        bool fold = k.FoldNorm && !FuseNorm && !c.IsMoE && _wt is DType.BF16 or DType.F16 && _lmDt is DType.BF16 or DType.F16 or DType.F32;
+        NormFold Prod(ulong gain) => fold ? NormFold.Producer(gain, _xn, _ssPart, c.NormAddOne) : default;
+        NormFold Cons(int producerBlocks) => fold ? NormFold.Consumer(_ssPart, producerBlocks, eps) : default;
+        int residualBlocks = CudaKernels.MatvecBlocks(D);   // o and down write D rows
+        if (W(Stages.Other)) k.Embed(s, _embDt, _emb, _x, D, embScale, _step, Prod(c.NumLayers > 0 ? _layers[0].AttnNorm : _finalNorm));
         // paired-row matvecs (CudaKernels.FusePairs): RoPE + KV write into the qkv matvec, the activation into gate_up
         bool pairs = k.FusePairs && !FuseNorm && _wt is DType.BF16 or DType.F16;
         bool pairQkv = pairs && !_kvFp8 && !c.QkNorm && c.RotaryDim == c.HeadDim && c.HeadDim % 2 == 0;   // writes an fp16 cache
@@ -530,25 +539,27 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             }
             else
             {
-                if (W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
-                if (pairQkv) { if (W(Stages.AttentionProjections)) k.MatvecQkvRope(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step); }
+                var qkvIn = Cons(l == 0 ? CudaKernels.EmbedBlocks(D) : residualBlocks);
+                if (!fold && W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
+                if (pairQkv) { if (W(Stages.AttentionProjections)) k.MatvecQkvRope(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step, qkvIn); }
                 else if (quantQkv) { if (W(Stages.AttentionProjections)) _qk!.MatvecQkvRope(s, _wt, L.Wqkv, _scaleOf[L.Wqkv], _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step); }
-                else if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false);
+                else if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false, qkvIn);
             }
             if (!pairQkv && !quantQkv && W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                            KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step, KScaleLayer(l), VScaleLayer(l));
             if (W(Stages.Attention)) k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
                         c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs, KScaleLayer(l), VScaleLayer(l));
-            if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true);
-            if (!FuseNorm || c.IsMoE) { if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne); }
+            if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true, Prod(L.FfnNorm));
+            if (!fold && (!FuseNorm || c.IsMoE)) { if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne); }
             if (!c.IsMoE)
             {
                 if (FuseNorm) { if (W(Stages.Ffn)) k.MatvecNorm(s, _wt, L.Wgu, _x, _gu, L.Bgu, 2 * Fi, D, false, L.FfnNorm, eps, c.NormAddOne); }
-                else if (pairs) { if (W(Stages.Ffn)) k.MatvecGlu(s, _wt, L.Wgu, _xn, _h, L.Bgu, Fi, D, c.HiddenAct); }
+                else if (pairs) { if (W(Stages.Ffn)) k.MatvecGlu(s, _wt, L.Wgu, _xn, _h, L.Bgu, Fi, D, c.HiddenAct, Cons(residualBlocks)); }
                 else if (quantGlu) { if (W(Stages.Ffn)) _qk!.MatvecGlu(s, _wt, L.Wgu, _scaleOf[L.Wgu], _xn, _h, L.Bgu, Fi, D, c.HiddenAct); }
-                else if (W(Stages.Ffn)) Mv(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false);
+                else if (W(Stages.Ffn)) Mv(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false, Cons(residualBlocks));
                 if (FuseNorm || !(pairs || quantGlu)) { if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct); }
-                if (W(Stages.Ffn)) Mv(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true);
+                // the next norm: the following layer's attention norm, after the last layer the final norm
+                if (W(Stages.Ffn)) Mv(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true, Prod(l + 1 < c.NumLayers ? _layers[l + 1].AttnNorm : _finalNorm));
             }
             else
             {
@@ -568,18 +579,22 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         if (FuseNorm) { if (W(Stages.Classifier)) k.MatvecNorm(s, _lmDt, _lm, _x, _logits, 0, c.VocabSize, D, false, _finalNorm, eps, c.NormAddOne); }
         else
         {
-            if (W(Stages.Other)) k.RmsNorm(s, _x, _finalNorm, _xn, D, eps, c.NormAddOne);
-            if (W(Stages.Classifier)) Mv(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false);
+            if (!fold && W(Stages.Other)) k.RmsNorm(s, _x, _finalNorm, _xn, D, eps, c.NormAddOne);
+            if (W(Stages.Classifier)) Mv(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false, Cons(c.NumLayers > 0 ? residualBlocks : CudaKernels.EmbedBlocks(D)));
         }
         if (W(Stages.Other)) k.Argmax(s, _logits, c.VocabSize, _pv, _pi, _result);
     }
 
     /// <summary>y [rows] = W [rows, cols] (dtype wt; fp8/int4 with the scales <see cref="_scaleOf"/> holds for W) · x [cols]
     /// (+ bias) (+ y when accumulate): the one per-matrix dispatch of the decode step.</summary>
-    private void Mv(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
+    private void Mv(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, NormFold fold = default)
     {
-        if (DTypes.IsQuantized(wt)) _qk!.Matvec(s, wt, W, _scaleOf[W], x, y, bias, rows, cols, accumulate);
-        else _k!.Matvec(s, wt, W, x, y, bias, rows, cols, accumulate);
+        if (DTypes.IsQuantized(wt))
+        {
+            if (fold != default) throw new InvalidOperationException("the folded RMSNorm runs with bf16/f16/f32 matvecs only");
+            _qk!.Matvec(s, wt, W, _scaleOf[W], x, y, bias, rows, cols, accumulate);
+        }
+        else _k!.Matvec(s, wt, W, x, y, bias, rows, cols, accumulate, fold);
     }
 
     /// <summary>MoE experts (table of E pointers, layer dtype) for the routed slots in <see cref="_idx"/>.</summary>

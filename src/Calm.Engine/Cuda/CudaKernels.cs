@@ -64,9 +64,10 @@ public sealed class CudaKernels : IDisposable
     private readonly HashSet<int> _splitSmemSet = new();
 
     public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
-                       bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null)
+                       bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null, bool? foldNorm = null)
     {
         MatvecEarly = matvecEarly ?? Environment.GetEnvironmentVariable("CALM_MV_EARLY") == "1";
+        FoldNorm = foldNorm ?? Environment.GetEnvironmentVariable("CALM_FOLD_NORM") != "0";
         AttentionPrefetch = Math.Clamp(attentionPrefetch ?? (int.TryParse(Environment.GetEnvironmentVariable("CALM_ATT_PREFETCH"), out var apf) ? apf : 0), 0, 8);
         AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
         AttentionFp8Wide = (attentionFp8Wide ?? Environment.GetEnvironmentVariable("CALM_ATT_FP8_WIDE") != "0") && arch >= 80;
@@ -132,10 +133,23 @@ public sealed class CudaKernels : IDisposable
 
     private static int Blocks(long n, int block, int max = 65535) => (int)Math.Clamp((n + block - 1) / block, 1, max);
 
-    /// <summary>W [rows, cols] (wt), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when accumulate).</summary>
-    public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate)
-        => _k["matvec_" + Half(wt) + DeepSuffix(wt, cols)].Launch(s, Blocks(rows, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
-            Programmatic ? PrefetchBytes : 0, Early);
+    /// <summary>Blocks of a <see cref="Matvec"/> over <paramref name="rows"/> rows: the partial sums a folded-norm producer writes.</summary>
+    public static int MatvecBlocks(int rows) => Blocks(rows, MatvecBlock / 32, int.MaxValue);
+    /// <summary>Blocks of an <see cref="Embed"/> of <paramref name="d"/> elements: the partial sums it writes as a folded-norm producer.</summary>
+    public static int EmbedBlocks(int d) => Blocks(d, 256, 1024);
+
+    /// <summary>W [rows, cols] (wt), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when accumulate).
+    /// <paramref name="fold"/>: the RMSNorm folded into this matvec (<see cref="NormFold"/>; consumer: x is xg, producer: y
+    /// is the residual).</summary>
+    public void Matvec(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, NormFold fold = default)
+        => _k["matvec_" + Half(wt) + DeepSuffix(wt, cols)].Launch(s, MatvecBlocks(rows), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
+            Programmatic ? PrefetchBytes : 0, Early, fold.Gain, fold.Xg, fold.SsOut, fold.SsIn, fold.NIn, fold.Eps, fold.AddOne ? 1 : 0);
+
+    /// <summary>RMSNorm folded into the kernels around it (kernels/common.cuh) for bf16/f16 dense models: the kernel that
+    /// writes the residual (embed, the o and down matvecs) also writes x * g and per-block sums of x^2; the next matvec
+    /// reads x * g and scales its rows by 1/rms from those sums, so no rmsnorm kernel runs between them. On unless
+    /// CALM_FOLD_NORM=0 or the constructor's foldNorm: false.</summary>
+    public bool FoldNorm { get; }
 
     /// <summary>Paired-row matvecs that finish the step after them (RoPE + KV write after qkv, the gated activation after
     /// gate_up) for bf16/f16 weights: two kernels fewer per layer. On unless CALM_FUSE_PAIRS=0.</summary>
@@ -145,13 +159,15 @@ public sealed class CudaKernels : IDisposable
     /// head, tables cos/sin [maxCtx, Hd/2]); q left in qkv, k and v written to the layer's fp16 caches [K, maxCtx, Hd]
     /// at the step's position. One warp per rotary pair.</summary>
     public void MatvecQkvRope(CudaStream s, DType wt, ulong W, ulong x, ulong qkv, ulong bias, int H, int K, int Hd, int D,
-                              ulong cos, ulong sin, ulong kCache, ulong vCache, int maxCtx, ulong step)
+                              ulong cos, ulong sin, ulong kCache, ulong vCache, int maxCtx, ulong step, NormFold fold = default)
         => _k["matvec_qkv_rope_" + Half(wt)].Launch(s, Blocks((long)(H + 2 * K) * (Hd / 2), MatvecBlock / 32, int.MaxValue), MatvecBlock, 0,
-            W, x, qkv, bias, H, K, Hd, D, cos, sin, kCache, vCache, maxCtx, step, Early);
+            W, x, qkv, bias, H, K, Hd, D, cos, sin, kCache, vCache, maxCtx, step, Early, fold.SsIn, fold.NIn, fold.Eps);
 
-    /// <summary>h [F] = act(Wgu[i] x + b[i]) * (Wgu[F+i] x + b[F+i]); Wgu [2F, D] (wt bf16/f16), bias [2F] or 0. One warp per i.</summary>
-    public void MatvecGlu(CudaStream s, DType wt, ulong W, ulong x, ulong h, ulong bias, int F, int D, Activation act)
-        => _k["matvec_glu_" + Half(wt)].Launch(s, Blocks(F, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, h, bias, F, D, (int)act, Early);
+    /// <summary>h [F] = act(Wgu[i] x + b[i]) * (Wgu[F+i] x + b[F+i]); Wgu [2F, D] (wt bf16/f16), bias [2F] or 0. One warp per i.
+    /// <paramref name="fold"/>: a folded-norm consumer (x is xg).</summary>
+    public void MatvecGlu(CudaStream s, DType wt, ulong W, ulong x, ulong h, ulong bias, int F, int D, Activation act, NormFold fold = default)
+        => _k["matvec_glu_" + Half(wt)].Launch(s, Blocks(F, MatvecBlock / 32, int.MaxValue), MatvecBlock, 0, W, x, h, bias, F, D, (int)act, Early,
+            fold.SsIn, fold.NIn, fold.Eps);
 
     /// <summary>RMSNorm fused into the matvec: y [rows] = W [rows, cols] (x [cols] / rms(x) * (g or 1 + g)) (+ bias) (+ y when
     /// accumulate); g = nw [cols] f32. x must not alias y.</summary>
@@ -287,8 +303,8 @@ public sealed class CudaKernels : IDisposable
     }
 
     /// <summary>table [V, D] (wt) row of the step's token * scale -> out [D] f32.</summary>
-    public void Embed(CudaStream s, DType wt, ulong table, ulong outp, int D, float scale, ulong step)
-        => _k["embed_" + Half(wt)].Launch(s, Blocks(D, 256, 1024), 256, 0, table, outp, D, scale, step);
+    public void Embed(CudaStream s, DType wt, ulong table, ulong outp, int D, float scale, ulong step, NormFold fold = default)
+        => _k["embed_" + Half(wt)].Launch(s, EmbedBlocks(D), 256, 0, table, outp, D, scale, step, fold.Gain, fold.Xg, fold.SsOut, fold.AddOne ? 1 : 0);
 
     /// <summary>gu [slots, 2F] = [gate|up] -> h [slots, F] = act(gate) * up.</summary>
     public void GateAct(CudaStream s, ulong gu, ulong h, int F, int slots, Activation act)
@@ -383,4 +399,15 @@ public sealed class CudaKernels : IDisposable
         _modules.Clear();
         _k.Clear();
     }
+}
+
+/// <summary>The RMSNorm folded into the kernels around it (<see cref="CudaKernels.FoldNorm"/>; kernels/common.cuh). A
+/// producer (the kernel writing the residual x) gets <see cref="Gain"/> g [n] f32, <see cref="Xg"/> [n] f32 (it writes
+/// x * (g or 1 + g) there) and <see cref="SsOut"/> (one partial sum of x^2 per block); a consumer (the next matvec, whose
+/// input is that xg) gets <see cref="SsIn"/>, the producer's block count <see cref="NIn"/> and <see cref="Eps"/>.
+/// default: no folding.</summary>
+public readonly record struct NormFold(ulong Gain, ulong Xg, ulong SsOut, ulong SsIn, int NIn, float Eps, bool AddOne)
+{
+    public static NormFold Producer(ulong gain, ulong xg, ulong ssOut, bool addOne) => new(gain, xg, ssOut, 0, 0, 0f, addOne);
+    public static NormFold Consumer(ulong ssIn, int nIn, float eps) => new(0, 0, 0, ssIn, nIn, eps, false);
 }

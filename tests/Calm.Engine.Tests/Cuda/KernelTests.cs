@@ -192,6 +192,76 @@ public class KernelTests
         Gpu.Close(Y.ToArray<float>(rows), want, 2e-6, $"matvec+norm {dt} {rows}x{cols} deep {deep}");
     }
 
+    // RMSNorm folded into the kernels around it (CudaKernels.FoldNorm): embed and an accumulating matvec as producers
+    // (x, x * g and the per-block sums of x^2), each consumer kind (plain matvec at every depth, qkv + RoPE, gate_up +
+    // activation) against rmsnorm-then-matvec in double; a partial last block and a scalar tail (D = 1003); early loads
+    [Theory]
+    [InlineData(DType.BF16, 4096, false, false)]
+    [InlineData(DType.F16, 4096, true, true)]
+    [InlineData(DType.BF16, 1003, true, false)]
+    [InlineData(DType.F16, 2048, false, true)]
+    public void FoldedNormMatchesRmsNormThenMatvec(DType dt, int D, bool addOne, bool early)
+    {
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) Assert.Skip("No usable CUDA device: " + why);
+        using var ctx = CudaContext.Acquire(0);
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, matvecEarly: early);
+        using var s = new CudaStream(ctx);
+        var r = Gpu.Rng();
+        const float eps = 1e-5f;
+        int V = 7, tok = r.Next(V), Q = 512, F = 300, H = 4, K = 2, Hd = 64, qkvRows = (H + 2 * K) * Hd, maxCtx = 16, pos = 5;
+        var (tb, tv) = Gpu.RandHalf(r, V * D, dt);
+        var (ob, ov) = Gpu.RandHalf(r, D * Q, dt, 0.05f);
+        var (cb, cv) = Gpu.RandHalf(r, 300 * D, dt, 0.1f);
+        var (gb, gv) = Gpu.RandHalf(r, 2 * F * D, dt, 0.1f);
+        var (qb, qv) = Gpu.RandHalf(r, qkvRows * D, dt, 0.1f);
+        var att = Gpu.RandF(r, Q); var bo = Gpu.RandF(r, D); var bc = Gpu.RandF(r, 300);
+        var g1 = Gpu.RandF(r, D); var g2 = Gpu.RandF(r, D);
+        var (cos, sin) = Gpu.RopeTables(maxCtx, Hd);
+        using var T = Gpu.Up(ctx, tb); using var Wo = Gpu.Up(ctx, ob); using var Wc = Gpu.Up(ctx, cb); using var Wg = Gpu.Up(ctx, gb); using var Wq = Gpu.Up(ctx, qb);
+        using var A = Gpu.Up(ctx, att); using var Bo = Gpu.Up(ctx, bo); using var Bc = Gpu.Up(ctx, bc); using var G1 = Gpu.Up(ctx, g1); using var G2 = Gpu.Up(ctx, g2);
+        using var C = Gpu.Up(ctx, cos); using var S = Gpu.Up(ctx, sin);
+        using var X = Gpu.Zeros(ctx, D * 4L); using var Xg = Gpu.Zeros(ctx, D * 4L); using var Ss = Gpu.Zeros(ctx, D * 4L);
+        using var Y1 = Gpu.Zeros(ctx, 300 * 4L); using var Y2 = Gpu.Zeros(ctx, 300 * 4L); using var Hh = Gpu.Zeros(ctx, F * 4L); using var Qo = Gpu.Zeros(ctx, qkvRows * 4L);
+        using var KC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2); using var VC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2);
+        using var step = Gpu.Up(ctx, new[] { tok, pos });
+
+        // embed (producer of norm 1) -> classifier-like matvec and qkv + RoPE (consumers)
+        k.Embed(s, dt, T.Ptr, X.Ptr, D, 1f, step.Ptr, NormFold.Producer(G1.Ptr, Xg.Ptr, Ss.Ptr, addOne));
+        var c1 = NormFold.Consumer(Ss.Ptr, CudaKernels.EmbedBlocks(D), eps);
+        k.Matvec(s, dt, Wc.Ptr, Xg.Ptr, Y1.Ptr, Bc.Ptr, 300, D, false, c1);
+        k.MatvecQkvRope(s, dt, Wq.Ptr, Xg.Ptr, Qo.Ptr, 0, H, K, Hd, D, C.Ptr, S.Ptr, KC.Ptr, VC.Ptr, maxCtx, step.Ptr, c1);
+        s.Synchronize();
+        var x = tv.AsSpan(tok * D, D).ToArray();
+        double[] Norm(float[] v, float[] g)
+        {
+            double ss = 0; foreach (var e in v) ss += (double)e * e;
+            double inv = 1 / Math.Sqrt(ss / D + eps);
+            return Enumerable.Range(0, D).Select(j => v[j] * inv * (addOne ? 1 + g[j] : g[j])).ToArray();
+        }
+        double Dot(float[] w, int row, double[] v) { double a = 0; for (int j = 0; j < D; j++) a += (double)w[(long)row * D + j] * v[j]; return a; }
+        var n1 = Norm(x, g1);
+        Gpu.Close(X.ToArray<float>(D), x, 0, "embed x");
+        Gpu.Close(Xg.ToArray<float>(D), x.Select((v, j) => v * (addOne ? 1 + g1[j] : g1[j])).ToArray(), 1e-7, "embed x * g");
+        Gpu.Close(Y1.ToArray<float>(300), Enumerable.Range(0, 300).Select(i => (float)(Dot(cv, i, n1) + bc[i])).ToArray(), 2e-6, $"consumer matvec after embed, {dt} D={D}");
+        var qkv = Enumerable.Range(0, qkvRows).Select(i => (float)Dot(qv, i, n1)).ToArray();
+        Gpu.Close(Qo.ToArray<float>(H * Hd), Enumerable.Range(0, H).SelectMany(b => Gpu.RopeHead(qkv, b, H, K, Hd, Hd / 2, cos, sin, pos)).ToArray(), 3e-6, "consumer qkv + RoPE");
+
+        // o-like matvec accumulating into x (producer of norm 2) -> gate_up + activation and a plain matvec (consumers)
+        k.Matvec(s, dt, Wo.Ptr, A.Ptr, X.Ptr, Bo.Ptr, D, Q, true, NormFold.Producer(G2.Ptr, Xg.Ptr, Ss.Ptr, addOne));
+        var c2 = NormFold.Consumer(Ss.Ptr, CudaKernels.MatvecBlocks(D), eps);
+        k.MatvecGlu(s, dt, Wg.Ptr, Xg.Ptr, Hh.Ptr, 0, F, D, Activation.Silu, c2);
+        k.Matvec(s, dt, Wc.Ptr, Xg.Ptr, Y2.Ptr, 0, 300, D, false, c2);
+        s.Synchronize();
+        var x2 = new float[D];
+        for (int i = 0; i < D; i++) { double a = 0; for (int j = 0; j < Q; j++) a += (double)ov[(long)i * Q + j] * att[j]; x2[i] = (float)(a + bo[i] + x[i]); }
+        Gpu.Close(X.ToArray<float>(D), x2, 2e-6, "producer matvec residual");
+        var n2 = Norm(x2, g2);
+        var hWant = Enumerable.Range(0, F).Select(i => { double gt = Dot(gv, i, n2), up = Dot(gv, F + i, n2); return (float)(gt / (1 + Math.Exp(-gt)) * up); }).ToArray();
+        Gpu.Close(Hh.ToArray<float>(F), hWant, 1e-5, "consumer gate_up + activation");
+        Gpu.Close(Y2.ToArray<float>(300), Enumerable.Range(0, 300).Select(i => (float)Dot(cv, i, n2)).ToArray(), 2e-6, "consumer matvec after the producer matvec");
+    }
+
     [Theory]
     [InlineData(4096, false)]
     [InlineData(3000, true)]
