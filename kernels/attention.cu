@@ -102,10 +102,10 @@ extern "C" __global__ void attention_decode_fp8(const float* q, const unsigned c
 #define FD_KERNEL(NAME, MAXG, U, MINB)                                                                                   \
     extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
     NAME(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K, int Hd, int maxCtx, \
-         int window, float scale, int S, const StepParams* sp, int pf) {                                               \
+         int window, float scale, int S, const StepParams* sp, int pf, const char* nextW, long long nextBytes) {       \
         PDL_ENTER();                                                                                                   \
         attention_split_impl<MAXG, U, false>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window, scale, S, sp,      \
-                                             blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, 0, 0, pf);                 \
+                                             blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, 0, 0, pf, nextW, nextBytes); \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
     NAME##_async(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K, int Hd,   \
@@ -117,11 +117,11 @@ extern "C" __global__ void attention_decode_fp8(const float* q, const unsigned c
     extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
     NAME##_fp8(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K, int Hd,     \
                int maxCtx, int window, float scale, int S, const StepParams* sp, const float* kScale,                  \
-               const float* vScale, int pf) {                                                                          \
+               const float* vScale, int pf, const char* nextW, long long nextBytes) {                                  \
         PDL_ENTER();                                                                                                   \
         attention_split_impl<MAXG, U, false, CALM_KV_FP8>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window, scale, \
                                                           S, sp, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z,        \
-                                                          kScale, vScale, pf);                                         \
+                                                          kScale, vScale, pf, nextW, nextBytes);                       \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
     NAME##_fp8_async(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K,       \
@@ -148,10 +148,11 @@ FD_KERNEL(attention_split_g8, 8, 2, 1)
     attention_split_g##MAXG##_fp8w_hd##HD(const float* q, const unsigned char* kCache, const unsigned char* vCache,   \
                                           float* out, float* ws, int H, int K, int Hd, int maxCtx, int window,         \
                                           float scale, int S, const StepParams* sp, const float* kScale,              \
-                                          const float* vScale, int pf) {                                               \
+                                          const float* vScale, int pf, const char* nextW, long long nextBytes) {       \
         PDL_ENTER();                                                                                                   \
         attention_split_fp8w_impl<MAXG, HD>(q, kCache, vCache, out, ws, H, K, maxCtx, window, scale, S, sp,            \
-                                            blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, kScale, vScale, pf);        \
+                                            blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, kScale, vScale, pf,         \
+                                            nextW, nextBytes);                                                         \
     }
 FW_KERNEL(4, 64, 2)
 FW_KERNEL(4, 128, 2)

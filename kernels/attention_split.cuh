@@ -270,6 +270,20 @@ __device__ __forceinline__ void fd_finish(float (&s_m)[FD_WARPS][MAXG], float (&
     }
 }
 
+// A block with no chunk to read (split >= nsplit: short contexts leave most of the grid idle) prefetches its share of
+// the next kernel's weights into L2 instead (nextW, nextBytes: the o projection; CudaKernels.AttentionPrefetchNext),
+// so they stream while the few busy blocks compute and the o matvec then reads them from L2. Idle blocks are numbered
+// over (split - nsplit, kh, z); each takes a contiguous, 128-byte aligned slice, its threads a line at a time.
+__device__ __forceinline__ void fd_prefetch_next(const char* nextW, long long nextBytes, int K, int S, int nsplit, int kh, int split, int z, int Z) {
+    if (!nextW || nextBytes <= 0) return;
+    const long long idle = (long long)(S - nsplit) * K * Z;
+    const long long id = ((long long)(split - nsplit) * K + kh) * Z + z;
+    const long long lines = (nextBytes + 127) >> 7;
+    const long long per = (lines + idle - 1) / idle;
+    const long long l0 = id * per, l1 = l0 + per < lines ? l0 + per : lines;
+    for (long long i = l0 + threadIdx.x; i < l1; i += FD_THREADS) prefetch_l2(nextW + (i << 7));
+}
+
 // L2 prefetch of one block step's rows of this warp (rows rowBase + u * streams + s, u < U, s < ppw; rows from c1 on
 // skipped), K and V, the lanes taking 128-byte lines in turn: the register-load path asks for its rows pf steps
 // ahead (CudaKernels.AttentionPrefetch), so more of the cache is in flight than the registers hold.
@@ -292,7 +306,8 @@ template <int MAXG, int U, bool ASYNC, int KVT = CALM_KV_F16>
 __device__ __forceinline__ void attention_split_impl(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws,
                                                      int H, int K, int Hd, int maxCtx, int window, float scale, int S,
                                                      const StepParams* sp, int kh, int split, int z, int Z,
-                                                     const float* kScale = 0, const float* vScale = 0, int pf = 0) {
+                                                     const float* kScale = 0, const float* vScale = 0, int pf = 0,
+                                                     const char* nextW = 0, long long nextBytes = 0) {
     typedef typename fd_kv<KVT>::vec VEC;
     const int ES = fd_kv<KVT>::bytes;      // bytes per element
     const int rowBytes = Hd * ES;
@@ -308,7 +323,7 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
     const int ng = min(MAXG, G - g0);
     const FdRange rg = fd_range(sp->pos, window, S);
     const int pos = rg.pos, start = rg.start, n = rg.n, chunk = rg.chunk, nsplit = rg.nsplit;
-    if (split >= nsplit) return;
+    if (split >= nsplit) { fd_prefetch_next(nextW, nextBytes, K, S, nsplit, kh, split, z, Z); return; }
     const int c0 = start + split * chunk;
     const int c1 = min(c0 + chunk, pos + 1);
 

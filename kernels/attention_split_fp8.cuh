@@ -99,7 +99,8 @@ template <int MAXG, int HD>
 __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const unsigned char* kCache, const unsigned char* vCache,
                                                           float* out, float* ws, int H, int K, int maxCtx, int window, float scale,
                                                           int S, const StepParams* sp, int kh, int split, int z, int Z,
-                                                          const float* kScale, const float* vScale, int pf = 0) {
+                                                          const float* kScale, const float* vScale, int pf = 0,
+                                                          const char* nextW = 0, long long nextBytes = 0) {
     static_assert(MAXG == 4 || MAXG == 8, "4 query heads per n8 block");
     static_assert(HD == 64 || HD == 128 || HD == 256, "head_dim 64, 128 or 256");
     const int NB = MAXG / 4;   // n8 blocks: 4 query heads x (hi, lo)
@@ -118,7 +119,7 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     const int ng = min(MAXG, G - g0);
     const FdRange rg = fd_range(sp->pos, window, S);   // as attention_split_impl (the launcher's S and workspace are shared)
     const int pos = rg.pos, start = rg.start, n = rg.n, chunk = rg.chunk, nsplit = rg.nsplit;
-    if (split >= nsplit) return;
+    if (split >= nsplit) { fd_prefetch_next(nextW, nextBytes, K, S, nsplit, kh, split, z, Z); return; }
     const int c0 = start + split * chunk;
     const int c1 = min(c0 + chunk, pos + 1);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

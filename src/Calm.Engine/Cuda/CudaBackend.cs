@@ -547,8 +547,10 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             }
             if (!pairQkv && !quantQkv && W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                            KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step, KScaleLayer(l), VScaleLayer(l));
+            // the split kernel's idle blocks (short contexts) prefetch the o projection's weights into L2
             if (W(Stages.Attention)) k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
-                        c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs, KScaleLayer(l), VScaleLayer(l));
+                        c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs, KScaleLayer(l), VScaleLayer(l),
+                        L.Wo, ValueBytes(_wt, D, Q));
             if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true, Prod(L.FfnNorm));
             if (!fold && (!FuseNorm || c.IsMoE)) { if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne); }
             if (!c.IsMoE)
@@ -603,6 +605,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         if (DTypes.IsQuantized(_wt)) _qk!.MoeMatvec(s, _wt, table, _scaleOf[table], _idx, x, xStride, y, rows, cols, slots);
         else _k!.MoeMatvec(s, _wt, table, _idx, x, xStride, y, rows, cols, slots);
     }
+
+    /// <summary>Bytes of a [rows, cols] matrix's values (fp8/int4: without the scales).</summary>
+    private static long ValueBytes(DType wt, long rows, long cols) => wt == DType.Int4 ? rows * cols / 2 : rows * cols * DTypes.SizeOf(wt);
 
     /// <summary>Whether some weight matrix is fp8/int4 (decode: <see cref="CudaQuantKernels"/>; batched prefill: the
     /// wgmma GEMMs where they run, else the per-token graph).</summary>

@@ -47,6 +47,10 @@ public sealed class CudaKernels : IDisposable
     /// its rows this many steps ahead of its loads (prefetch.global.L2), so more of the cache is in flight than the
     /// registers hold; 0 = no prefetch. CALM_ATT_PREFETCH or the constructor's attentionPrefetch (0..8).</summary>
     public int AttentionPrefetch { get; }
+    /// <summary>Split attention: the blocks a short context leaves without a chunk prefetch the next kernel's weights
+    /// (the o projection, <see cref="Attention"/>'s nextWeights) into L2 instead of exiting, so the o matvec reads them
+    /// from L2. On unless CALM_ATT_NEXT=0 or the constructor's attentionPrefetchNext: false.</summary>
+    public bool AttentionPrefetchNext { get; }
     /// <summary>With <see cref="Programmatic"/>: the bf16/f16/f32 matvecs (plain, qkv + RoPE, gate_up + activation) issue
     /// each warp's first weight loads before they wait for the previous kernel, so the weights stream while it
     /// finishes (the weights never depend on an earlier kernel). CALM_MV_EARLY=1 or the constructor's matvecEarly.</summary>
@@ -64,10 +68,11 @@ public sealed class CudaKernels : IDisposable
     private readonly HashSet<int> _splitSmemSet = new();
 
     public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
-                       bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null, bool? foldNorm = null)
+                       bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null, bool? foldNorm = null, bool? attentionPrefetchNext = null)
     {
         MatvecEarly = matvecEarly ?? Environment.GetEnvironmentVariable("CALM_MV_EARLY") == "1";
         FoldNorm = foldNorm ?? Environment.GetEnvironmentVariable("CALM_FOLD_NORM") != "0";
+        AttentionPrefetchNext = attentionPrefetchNext ?? Environment.GetEnvironmentVariable("CALM_ATT_NEXT") != "0";
         AttentionPrefetch = Math.Clamp(attentionPrefetch ?? (int.TryParse(Environment.GetEnvironmentVariable("CALM_ATT_PREFETCH"), out var apf) ? apf : 0), 0, 8);
         AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
         AttentionFp8Wide = (attentionFp8Wide ?? Environment.GetEnvironmentVariable("CALM_ATT_FP8_WIDE") != "0") && arch >= 80;
@@ -249,9 +254,12 @@ public sealed class CudaKernels : IDisposable
     /// block per query head.</summary>
     /// With row scales <paramref name="kScale"/>/<paramref name="vScale"/> [K, maxCtx] f32 (both non-zero) the caches
     /// are fp8 e4m3 [K, maxCtx, Hd] (kernels/fp8.cuh).
+    /// <paramref name="nextWeights"/> / <paramref name="nextBytes"/>: the next kernel's weights, prefetched into L2 by the
+    /// split kernel's idle blocks (<see cref="AttentionPrefetchNext"/>).
     public void Attention(CudaStream s, ulong q, ulong kCache, ulong vCache, ulong outp, int H, int K, int Hd, int maxCtx, int window, float scale, ulong step,
-                          ulong workspace = 0, ulong kScale = 0, ulong vScale = 0)
+                          ulong workspace = 0, ulong kScale = 0, ulong vScale = 0, ulong nextWeights = 0, long nextBytes = 0)
     {
+        if (!AttentionPrefetchNext) { nextWeights = 0; nextBytes = 0; }
         if (Hd > AttentionMaxHeadDim) throw new NotSupportedException($"head_dim {Hd} > {AttentionMaxHeadDim}");
         bool fp8 = kScale != 0 && vScale != 0;
         if (fp8)
@@ -264,7 +272,7 @@ public sealed class CudaKernels : IDisposable
                 {
                     // the g4 kernel serves G <= 4 (z = 1, as SplitGroups gives for maxg 1, 2, 4), g8 the rest
                     _k["attention_split_g" + (mg <= 4 ? 4 : 8) + "_fp8w_hd" + Hd].Launch(s, (K, S8, zz), SplitThreads, 0, q, kCache, vCache, outp, workspace,
-                        H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale, AttentionPrefetch);
+                        H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale, AttentionPrefetch, nextWeights, nextBytes);
                     return;
                 }
                 if (AttentionPipelined)
@@ -276,7 +284,7 @@ public sealed class CudaKernels : IDisposable
                     kern.Launch(s, (K, S8, zz), SplitThreads, smem, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale);
                     return;
                 }
-                _k["attention_split_g" + mg + "_fp8"].Launch(s, (K, S8, zz), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale, AttentionPrefetch);
+                _k["attention_split_g" + mg + "_fp8"].Launch(s, (K, S8, zz), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S8, step, kScale, vScale, AttentionPrefetch, nextWeights, nextBytes);
                 return;
             }
             _k["attention_decode_fp8"].Launch(s, H, 256, 0, q, kCache, vCache, outp, H, K, Hd, maxCtx, window, scale, step, kScale, vScale);
@@ -296,7 +304,7 @@ public sealed class CudaKernels : IDisposable
                 kern.Launch(s, (K, S, z), SplitThreads, smem, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step);
                 return;
             }
-            _k["attention_split_g" + maxg].Launch(s, (K, S, z), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step, AttentionPrefetch);
+            _k["attention_split_g" + maxg].Launch(s, (K, S, z), SplitThreads, 0, q, kCache, vCache, outp, workspace, H, K, Hd, maxCtx, window, scale, S, step, AttentionPrefetch, nextWeights, nextBytes);
             return;
         }
         _k["attention_decode"].Launch(s, H, 256, 0, q, kCache, vCache, outp, H, K, Hd, maxCtx, window, scale, step);
