@@ -23,7 +23,8 @@ public sealed class CudaKernels : IDisposable
     public int Arch { get; }
     /// <summary>Multiprocessors of the device (sizes the split-attention grid).</summary>
     public int Multiprocessors { get; }
-    /// <summary>Split attention: blocks per multiprocessor the grid aims at (the g1/g2/g4 kernels fit 2 of 256 threads).</summary>
+    /// <summary>Split attention: blocks per multiprocessor the grid aims at (the g1/g2/g4 kernels fit 2 of 256 threads);
+    /// the constructor's attentionBlocksPerSm, else CALM_ATT_BLOCKS, else 2.</summary>
     public int AttentionBlocksPerSm { get; }
     public const int SplitAttentionMaxHeadDim = 256;
     /// <summary>Programmatic dependent launch for the decode kernels (sm_90+, a driver with cuLaunchKernelEx): each
@@ -49,7 +50,8 @@ public sealed class CudaKernels : IDisposable
     public int AttentionPrefetch { get; }
     /// <summary>Split attention: the blocks a short context leaves without a chunk prefetch the next kernel's weights
     /// (the o projection, <see cref="Attention"/>'s nextWeights) into L2 instead of exiting, so the o matvec reads them
-    /// from L2. On unless CALM_ATT_NEXT=0 or the constructor's attentionPrefetchNext: false.</summary>
+    /// from L2. Measured slower on the H200 (Llama-3-8B bf16 236.1 vs 240.6 tok/s at context 0, fp8 348.7 vs 359.6:
+    /// bench/RESULTS.md), so only with CALM_ATT_NEXT=1 or the constructor's attentionPrefetchNext: true.</summary>
     public bool AttentionPrefetchNext { get; }
     /// <summary>With <see cref="Programmatic"/>: the bf16/f16/f32 matvecs (plain, qkv + RoPE, gate_up + activation) issue
     /// each warp's first weight loads before they wait for the previous kernel, so the weights stream while it
@@ -67,12 +69,12 @@ public sealed class CudaKernels : IDisposable
     private readonly Dictionary<string, CudaKernel> _k = new();
     private readonly HashSet<int> _splitSmemSet = new();
 
-    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int attentionBlocksPerSm = 2, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
+    public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int? attentionBlocksPerSm = null, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
                        bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null, bool? foldNorm = null, bool? attentionPrefetchNext = null)
     {
         MatvecEarly = matvecEarly ?? Environment.GetEnvironmentVariable("CALM_MV_EARLY") == "1";
         FoldNorm = foldNorm ?? Environment.GetEnvironmentVariable("CALM_FOLD_NORM") != "0";
-        AttentionPrefetchNext = attentionPrefetchNext ?? Environment.GetEnvironmentVariable("CALM_ATT_NEXT") != "0";
+        AttentionPrefetchNext = attentionPrefetchNext ?? Environment.GetEnvironmentVariable("CALM_ATT_NEXT") == "1";
         AttentionPrefetch = Math.Clamp(attentionPrefetch ?? (int.TryParse(Environment.GetEnvironmentVariable("CALM_ATT_PREFETCH"), out var apf) ? apf : 0), 0, 8);
         AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
         AttentionFp8Wide = (attentionFp8Wide ?? Environment.GetEnvironmentVariable("CALM_ATT_FP8_WIDE") != "0") && arch >= 80;
@@ -81,7 +83,7 @@ public sealed class CudaKernels : IDisposable
         Context = ctx; Arch = arch;
         Programmatic = (pdl ?? Environment.GetEnvironmentVariable("CALM_PDL") != "0") && arch >= 90 && Cu.HasLaunchKernelEx;
         PrefetchBytes = int.TryParse(Environment.GetEnvironmentVariable("CALM_PDL_PREFETCH"), out var pf) ? Math.Max(pf, 0) : 0;
-        AttentionBlocksPerSm = Math.Clamp(attentionBlocksPerSm, 1, 64);
+        AttentionBlocksPerSm = Math.Clamp(attentionBlocksPerSm ?? (int.TryParse(Environment.GetEnvironmentVariable("CALM_ATT_BLOCKS"), out var ab) ? ab : 2), 1, 64);
         Multiprocessors = Math.Max(1, CudaDeviceInfo.List().FirstOrDefault(d => d.Index == ctx.Device)?.Multiprocessors ?? 1);
         try
         {
