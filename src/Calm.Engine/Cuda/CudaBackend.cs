@@ -525,11 +525,13 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         // the same fusion for fp8/int4 weights: the tensor-core kernels' QKV mode (CALM_FUSE_PAIRS=0 turns both off)
         bool quantQkv = k.FusePairs && !FuseNorm && _qk is not null && DTypes.IsQuantized(_wt) && !_kvFp8 && !c.QkNorm
                         && c.RotaryDim == c.HeadDim && _qk.QkvRopeSupported(_wt, D, c.HeadDim);
-        // quantized gate_up with the activation fused (tensor-core kernels, CudaQuantKernels.MatvecGlu).
-        // Opt-in (CALM_QUANT_GLU=1): measured no faster for dense models (Llama-3-8B fp8 53.4% vs 52.8%, int4 38.3% vs
-        // 38.1%) and slower with MoE (Mixtral-8x7B fp8 53.0% vs 58.9%) on the H200, bench/RESULTS.md 2026-11-29.
+        // quantized gate_up with the activation fused (tensor-core kernels, CudaQuantKernels.MatvecGlu): on for dense
+        // models (Llama-3-8B fp8 362.7 vs 359.8 tok/s, int4 422.7 vs 418.0 on the H200, bench/RESULTS.md 2026-11-29
+        // fourth session), off for MoE (Mixtral-8x7B fp8 53.0% vs 58.9% with the fused expert kernel, second session).
+        // CALM_QUANT_GLU=0: never, =1: MoE too.
+        var gluEnv = Environment.GetEnvironmentVariable("CALM_QUANT_GLU");
         bool quantGlu = !FuseNorm && _qk is not null && DTypes.IsQuantized(_wt) && _qk.GluSupported(_wt, D)
-                        && Environment.GetEnvironmentVariable("CALM_QUANT_GLU") == "1";
+                        && (c.IsMoE ? gluEnv == "1" : gluEnv != "0");
         for (int l = 0; l < c.NumLayers; l++)
         {
             var L = _layers[l];
