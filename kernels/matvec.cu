@@ -162,32 +162,24 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
     }
 }
 
-extern "C" __global__ void matvec_bf16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
-        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
-    matvec_impl<CALM_BF16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
-}
-extern "C" __global__ void matvec_f16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
-        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
-    matvec_impl<CALM_F16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
-}
+// The plain matvec kernels: W (DT, element type T), UNR loads in flight per lane; the folded-norm arguments as in
+// matvec_impl (0 when not folded).
 // deep: 8 or 16 loads in flight per lane (16: a 4096-column bf16 row at once). __launch_bounds__ gives ptxas the
 // registers to keep them all in flight (without it, ptxas sinks the loads into the dot products at 42 registers).
-extern "C" __global__ void __launch_bounds__(256, 4) matvec_bf16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
-        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
-    matvec_impl<CALM_BF16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
-}
-extern "C" __global__ void __launch_bounds__(256, 4) matvec_f16_deep8(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
-        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
-    matvec_impl<CALM_F16, 8>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
-}
-extern "C" __global__ void __launch_bounds__(256, 2) matvec_bf16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
-        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
-    matvec_impl<CALM_BF16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
-}
-extern "C" __global__ void __launch_bounds__(256, 2) matvec_f16_deep16(const u16* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
-        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
-    matvec_impl<CALM_F16, 16>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
-}
+#define MV_KERNEL(NAME, DT, T, UNR, BOUNDS)                                                                                   \
+    extern "C" __global__ void BOUNDS NAME(const T* W, const float* x, float* y, const float* bias, int rows, int cols,   \
+                                           int accumulate, int prefetch, int early, const float* fg, float* xg,          \
+                                           float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {            \
+        matvec_impl<DT, UNR>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut,      \
+                             ssIn, nIn);                                                                                 \
+    }
+MV_KERNEL(matvec_bf16, CALM_BF16, u16, MV_UNROLL, )
+MV_KERNEL(matvec_f16, CALM_F16, u16, MV_UNROLL, )
+MV_KERNEL(matvec_f32, CALM_F32, float, MV_UNROLL, )
+MV_KERNEL(matvec_bf16_deep8, CALM_BF16, u16, 8, __launch_bounds__(256, 4))
+MV_KERNEL(matvec_f16_deep8, CALM_F16, u16, 8, __launch_bounds__(256, 4))
+MV_KERNEL(matvec_bf16_deep16, CALM_BF16, u16, 16, __launch_bounds__(256, 2))
+MV_KERNEL(matvec_f16_deep16, CALM_F16, u16, 16, __launch_bounds__(256, 2))
 // RMSNorm fused: y = W (rmsnorm(x) * g) (+ bias) (+ y); nw [cols] f32 the norm weights (addOne: 1 + nw, gemma).
 // x must not be y (the norm reads all of x).
 #define MV_NORM_KERNEL(NAME, DT, T, UNR, BOUNDS)                                                                              \
@@ -203,10 +195,6 @@ MV_NORM_KERNEL(matvec_norm_f16_deep8, CALM_F16, u16, 8, __launch_bounds__(256, 4
 MV_NORM_KERNEL(matvec_norm_bf16_deep16, CALM_BF16, u16, 16, __launch_bounds__(256, 2))
 MV_NORM_KERNEL(matvec_norm_f16_deep16, CALM_F16, u16, 16, __launch_bounds__(256, 2))
 
-extern "C" __global__ void matvec_f32(const float* W, const float* x, float* y, const float* bias, int rows, int cols, int accumulate, int prefetch, int early,
-        const float* fg, float* xg, float* ssOut, const float* ssIn, int nIn, float eps, int addOne) {
-    matvec_impl<CALM_F32>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut, ssIn, nIn);
-}
 
 // MoE: blockIdx.y = slot s of the top-k; the expert is expertIdx[s] (chosen on the GPU by moe_route).
 // experts [E] device pointers to [rows, cols] matrices; x [slots, xStride]
