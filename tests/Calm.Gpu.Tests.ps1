@@ -38,6 +38,17 @@ Describe 'On an NVIDIA GPU' -Tag 'GPU' -Skip:(-not $script:HasGpu) {
         $g.MeasuredBandwidthGBps | Should -BeLessThan (1.05 * $g.PeakBandwidthGBps)
     }
 
+    It 'a GPU model and its measurements record the kernel switches set when it was made' {
+        $old = $env:CALM_MV_DEEP
+        try {
+            $env:CALM_MV_DEEP = '16'   # the default depth, set explicitly: recorded, nothing changes
+            $m = Import-CalmModel -Path (Join-Path $script:FixtureRoot 'llama') -Device Cuda -Name gpu-switches
+        } finally { $env:CALM_MV_DEEP = $old }
+        $m.KernelSwitches | Should -Match '(^|;)CALM_MV_DEEP=16(;|$)'
+        $r = Measure-CalmSpeedOfLight -Model $m -Context 0 -Tokens 2 -Repeat 1
+        @($r | ForEach-Object KernelSwitches | Sort-Object -Unique) | Should -Be @($m.KernelSwitches) -Because 'the switches of the backend, not of the environment now'
+    }
+
     It 'Import-CalmModel -Device Cuda loads the <Name> fixture on the GPU' -TestCases $script:Fixtures {
         param($Name)
         $m = Import-CalmModel -Path (Join-Path $script:FixtureRoot $Name) -Device Cuda -Name "gpu-$Name"

@@ -114,9 +114,9 @@ Describe 'New-CalmModel -Preset tiny on the CPU' {
             $back.Count | Should -Be $models.Count
             $cols = $back[0].PSObject.Properties.Name
             foreach ($p in 'Name', 'Architecture', 'Parameters', 'Layers', 'HiddenSize', 'Heads', 'KvHeads', 'HeadDim', 'Vocab',
-                'ContextLength', 'DType', 'Device', 'KvCacheDType', 'Decode', 'WeightBytes', 'Path', 'Preset', 'Seed') { $cols | Should -Contain $p }
+                'ContextLength', 'DType', 'Device', 'KvCacheDType', 'Decode', 'KernelSwitches', 'WeightBytes', 'Path', 'Preset', 'Seed') { $cols | Should -Contain $p }
             $cols | Should -Not -Contain 'Loaded'
-            foreach ($m in $models | Where-Object Device -EQ 'Cpu') { $m.Decode | Should -BeNullOrEmpty }   # a GPU decode mode only
+            foreach ($m in $models | Where-Object Device -EQ 'Cpu') { $m.Decode | Should -BeNullOrEmpty; $m.KernelSwitches | Should -BeNullOrEmpty }   # GPU only
             for ($i = 0; $i -lt $models.Count; $i++) {
                 $back[$i].Name | Should -Be $models[$i].Name
                 [long]$back[$i].WeightBytes | Should -Be $models[$i].WeightBytes

@@ -132,6 +132,9 @@ Describe 'Measure-CalmSpeedOfLight on the tiny model' {
         $j = ($pts | Where-Object Phase -EQ 'Decode') | ConvertTo-Json | ConvertFrom-Json
         $j[1].Context | Should -Be 256
         $j[0].PSObject.Properties.Name | Should -Contain 'SolTokensPerSecond'
+        # the kernel switches column is there for sweeps (empty on the CPU: no kernels to switch)
+        (Import-Csv $csv)[0].PSObject.Properties.Name | Should -Contain 'KernelSwitches'
+        $pts.KernelSwitches | Should -Be @('', '', '')
     }
     It '-LlamaBench gives llama-bench column names' {
         $l = Measure-CalmSpeedOfLight -Model $script:M -Context 16 -Tokens 3 -Repeat 2 -PromptTokens 8 -LlamaBench

@@ -31,6 +31,9 @@ public sealed class CalmModel
     /// <summary>How a GPU decode step runs: graph (the step's kernels captured as one CUDA graph) or persistent (one
     /// cooperative kernel per token, CALM_DECODE=persistent); empty on the CPU.</summary>
     public string? Decode { get; }
+    /// <summary>The kernel switches (CALM_* variables) set when the model was made, "NAME=value;..."; empty when every
+    /// kernel runs its default, and on the CPU.</summary>
+    public string? KernelSwitches { get; }
     public long? WeightBytes { get; }
     /// <summary>The model folder; empty for synthetic models.</summary>
     public string? Path { get; }
@@ -59,6 +62,7 @@ public sealed class CalmModel
         Device = m.DeviceKind;
         KvCacheDType = m.Backend.KvCacheDType;
         Decode = m.Backend is Calm.Engine.Cuda.CudaBackend cb ? cb.DecodeMode : null;
+        KernelSwitches = (m.Backend as Calm.Engine.Cuda.CudaBackend)?.KernelSwitches;
         WeightBytes = m.WeightBytes;
         Path = m.Path;
         Preset = m.Preset;

@@ -35,6 +35,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private readonly bool _kvFp8;
     public string DeviceName { get; }
     public ModelConfig Config { get; }
+    /// <summary>The kernel switches (CALM_* variables, <see cref="Cuda.KernelSwitches"/>) set when this backend was made,
+    /// "NAME=value;..."; "" when every kernel runs its default.</summary>
+    public string KernelSwitches { get; } = Cuda.KernelSwitches.Describe();
     public int MaxContext { get; }
     public int MaxDeviceTopK => CudaKernels.MaxTopK;
     public CudaDeviceInfo Device { get; }

@@ -51,6 +51,9 @@ public sealed record SolMeasurement
     public required double PercentOfSol { get; init; }
     /// <summary>AchievedGBps ÷ the device's attribute peak, percent (null where there is none, e.g. the CPU).</summary>
     public double? PercentOfPeak { get; init; }
+    /// <summary>The kernel switches (CALM_* variables) the model was made with, "NAME=value;..."; "" for the defaults and
+    /// on the CPU.</summary>
+    public string KernelSwitches { get; init; } = "";
 }
 
 /// <summary>One -Breakdown row: one stage of a decode step timed on its own.</summary>
@@ -72,6 +75,8 @@ public sealed record SolStageMeasurement
     /// <summary>This stage's share of the summed stage times, percent.</summary>
     public required double PercentOfStep { get; init; }
     public required double BandwidthGBps { get; init; }
+    /// <summary>The kernel switches (CALM_* variables) the model was made with; "" for the defaults and on the CPU.</summary>
+    public string KernelSwitches { get; init; } = "";
 }
 
 public sealed record SolBenchOptions
@@ -153,8 +158,12 @@ public static class SolBench
             TokensPerSecond = ts, StdDev = sd, MsPerToken = allMs.Average(),
             AchievedGBps = achieved, PercentOfSol = ts / (1e3 / solMs) * 100,
             PercentOfPeak = o.PeakBandwidthGBps is double p && p > 0 ? achieved / p * 100 : null,
+            KernelSwitches = Switches(m),
         };
     }
+
+    /// <summary>The kernel switches the model's backend was made with ("" on the CPU).</summary>
+    private static string Switches(LoadedModel m) => (m.Backend as Cuda.CudaBackend)?.KernelSwitches ?? "";
 
     private static double Window(ModelConfig c, double pos) => c.SlidingWindow is int w ? Math.Min(pos, w) : pos;
 
@@ -194,6 +203,7 @@ public static class SolBench
             TokensPerSecond = ts, StdDev = sd, MsPerToken = ttft / promptTokens, TimeToFirstTokenMs = ttft,
             AchievedGBps = achieved, PercentOfSol = ts / (promptTokens / (solMs / 1e3)) * 100,
             PercentOfPeak = o.PeakBandwidthGBps is double p && p > 0 ? achieved / p * 100 : null,
+            KernelSwitches = Switches(m),
         };
     }
 
@@ -212,7 +222,7 @@ public static class SolBench
                 Model = m.Name, Device = m.Backend.DeviceName, DType = DTypes.Name(m.DType), Context = context, Stage = s.Stage,
                 Ms = s.Ms, Bytes = s.Bytes, GBps = s.Ms > 0 ? s.Bytes / (s.Ms / 1e3) / 1e9 : 0, LimitMs = limit,
                 PercentOfLimit = s.Ms > 0 ? limit / s.Ms * 100 : 0, PercentOfStep = total > 0 ? s.Ms / total * 100 : 0,
-                BandwidthGBps = o.BandwidthGBps,
+                BandwidthGBps = o.BandwidthGBps, KernelSwitches = Switches(m),
             };
         }).ToArray();
     }

@@ -208,4 +208,33 @@ public class NoGpuTests
         Assert.Single(warnings);
         Assert.Contains("CPU", warnings[0]);
     }
+
+    /// <summary>Every CALM_* variable the engine reads is a kernel switch that measurements record
+    /// (<see cref="KernelSwitches.Names"/>) or one of the few that choose no kernel; a new switch must join the list.</summary>
+    [Fact]
+    public void EveryKernelSwitchTheEngineReadsIsRecorded()
+    {
+        var notKernelChoices = new HashSet<string> { "CALM_CACHE_DIR", "CALM_NVRTC_PATH", "CALM_TOKENIZER_REFS", "CALM_TOKENIZER_CACHE" };
+        var src = Path.Combine(Calm.Engine.Tests.Generation.TinyWp.RepoRoot, "src", "Calm.Engine");
+        var read = new SortedSet<string>();
+        foreach (var f in Directory.EnumerateFiles(src, "*.cs", SearchOption.AllDirectories))
+        {
+            if (f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}") || f.Contains($"{Path.DirectorySeparatorChar}bin{Path.DirectorySeparatorChar}")) continue;
+            foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(File.ReadAllText(f), "\"(CALM_[A-Z0-9_]+)\""))
+                read.Add(m.Groups[1].Value);
+        }
+        Assert.Contains("CALM_FOLD_NORM", read);   // the scan sees the engine's switches
+        var missing = read.Where(n => !notKernelChoices.Contains(n) && !KernelSwitches.Names.Contains(n)).ToArray();
+        Assert.True(missing.Length == 0, "CALM_* variables read by the engine but not in KernelSwitches.Names: " + string.Join(", ", missing));
+        var stale = KernelSwitches.Names.Where(n => !read.Contains(n)).ToArray();
+        Assert.True(stale.Length == 0, "KernelSwitches.Names lists variables the engine never reads: " + string.Join(", ", stale));
+    }
+
+    [Fact]
+    public void KernelSwitchesDescribeTheSetOnesInListOrder()
+    {
+        Assert.Equal("", KernelSwitches.Describe(_ => null));
+        var env = new Dictionary<string, string?> { ["CALM_MV_EARLY"] = "1", ["CALM_DECODE"] = "persistent", ["CALM_ATT_BLOCKS"] = "", ["CALM_CACHE_DIR"] = "/tmp/x" };
+        Assert.Equal("CALM_DECODE=persistent;CALM_MV_EARLY=1", KernelSwitches.Describe(n => env.GetValueOrDefault(n)));
+    }
 }
