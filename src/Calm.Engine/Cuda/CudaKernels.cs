@@ -46,7 +46,9 @@ public sealed class CudaKernels : IDisposable
     public bool AttentionFp8Wide { get; }
     /// <summary>Split attention (register-load fp16/fp8 kernels and the tensor-core fp8 kernel): each warp asks L2 for
     /// its rows this many steps ahead of its loads (prefetch.global.L2), so more of the cache is in flight than the
-    /// registers hold; 0 = no prefetch. CALM_ATT_PREFETCH or the constructor's attentionPrefetch (0..8).</summary>
+    /// registers hold; 0 = no prefetch. Measured slower at every distance on the H200 (context 32768: fp16 KV 52.9 µs at
+    /// 0, 58.4-69.2 µs at 1-4; bench/RESULTS.md), so 0 unless CALM_ATT_PREFETCH or the constructor's attentionPrefetch
+    /// (0..8) says otherwise.</summary>
     public int AttentionPrefetch { get; }
     /// <summary>Split attention: the blocks a short context leaves without a chunk prefetch the next kernel's weights
     /// (the o projection, <see cref="Attention"/>'s nextWeights) into L2 instead of exiting, so the o matvec reads them
@@ -55,7 +57,8 @@ public sealed class CudaKernels : IDisposable
     public bool AttentionPrefetchNext { get; }
     /// <summary>With <see cref="Programmatic"/>: the bf16/f16/f32 matvecs (plain, qkv + RoPE, gate_up + activation) issue
     /// each warp's first weight loads before they wait for the previous kernel, so the weights stream while it
-    /// finishes (the weights never depend on an earlier kernel). CALM_MV_EARLY=1 or the constructor's matvecEarly.</summary>
+    /// finishes (the weights never depend on an earlier kernel). No measurable gain on the H200 (Llama-3-8B bf16 +0.3%,
+    /// Llama-3.2-1B -0.6%; bench/RESULTS.md), so only with CALM_MV_EARLY=1 or the constructor's matvecEarly: true.</summary>
     public bool MatvecEarly { get; }
     private int Early => MatvecEarly && Programmatic ? 1 : 0;
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
