@@ -57,11 +57,11 @@ public static class SolReport
         if (decode.Count > 0) DecodeChart(h, decode);
         if (stages.Count > 0) StageChart(h, stages);
         if (decode.Count > 0)
-            Table(h, "Decode", decode, new[] { "Model", "DType", "KvDType", "Context", "Tokens", "TokensPerSecond", "StdDev", "MsPerToken", "SolTokensPerSecond", "PercentOfSol", "AchievedGBps", "BandwidthGBps", "BandwidthSource", "PercentOfPeak", "Device" });
+            Table(h, "Decode", decode, new[] { "Model", "DType", "KvDType", "Context", "Tokens", "TokensPerSecond", "StdDev", "MsPerToken", "SolTokensPerSecond", "PercentOfSol", "AchievedGBps", "BandwidthGBps", "BandwidthSource", "PercentOfPeak", "Device", "KernelSwitches" });
         if (prefill.Count > 0)
-            Table(h, "Prefill", prefill, new[] { "Model", "DType", "PromptTokens", "TimeToFirstTokenMs", "TokensPerSecond", "StdDev", "SolTokensPerSecond", "PercentOfSol", "AchievedGBps", "Device" });
+            Table(h, "Prefill", prefill, new[] { "Model", "DType", "PromptTokens", "TimeToFirstTokenMs", "TokensPerSecond", "StdDev", "SolTokensPerSecond", "PercentOfSol", "AchievedGBps", "Device", "KernelSwitches" });
         if (stages.Count > 0)
-            Table(h, "Stages", stages, new[] { "Model", "DType", "Context", "Stage", "Ms", "Bytes", "GBps", "LimitMs", "PercentOfLimit", "PercentOfStep" });
+            Table(h, "Stages", stages, new[] { "Model", "DType", "Context", "Stage", "Ms", "Bytes", "GBps", "LimitMs", "PercentOfLimit", "PercentOfStep", "KernelSwitches" });
         if (bandwidth.Count > 0)
             Table(h, "Memory bandwidth", bandwidth, new[] { "Device", "Kind", "MedianGBps", "MinGBps", "MaxGBps", "SpreadPercent", "Repetitions", "BufferBytes", "PeakGBps", "PercentOfPeak" });
         if (kernels.Count > 0)
@@ -71,7 +71,13 @@ public static class SolReport
         return h.ToString();
     }
 
-    private static string SeriesKey(Row r) => $"{r.S("Model") ?? "model"} {r.S("DType") ?? ""}".Trim();
+    /// <summary>A chart series: model and dtype, and the kernel switches where a row ran with some (an A/B sweep of
+    /// CALM_* settings on one model draws one line per setting).</summary>
+    private static string SeriesKey(Row r)
+    {
+        string key = $"{r.S("Model") ?? "model"} {r.S("DType") ?? ""}".Trim();
+        return r.S("KernelSwitches") is { Length: > 0 } k ? $"{key} [{k}]" : key;
+    }
 
     /// <summary>A round step for about <paramref name="ticks"/> ticks over [0, max].</summary>
     private static double Step(double max, int ticks)

@@ -122,6 +122,31 @@ public class SolBenchTests
         Assert.Equal(ErrorIds.InvalidArgument, Assert.Throws<CalmException>(() => k.Attention(10, 6, 4, 8, 1, default)).ErrorId);
     }
 
+    /// <summary>An A/B sweep of kernel switches on one model and dtype: one series per setting, and the switches in the
+    /// tables; rows without switches keep the plain series name and no such column appears.</summary>
+    [Fact]
+    public void ReportSplitsSeriesByKernelSwitches()
+    {
+        Dictionary<string, object?> Point(int ctx, double ts, string? sw) => new()
+        {
+            ["Model"] = "M", ["DType"] = "bf16", ["Phase"] = "Decode", ["Context"] = ctx, ["TokensPerSecond"] = ts,
+            ["SolTokensPerSecond"] = 300.0, ["PercentOfSol"] = ts / 3, ["KernelSwitches"] = sw,
+        };
+        var rows = new List<IReadOnlyDictionary<string, object?>> { Point(0, 240, ""), Point(1024, 228, ""), Point(0, 236, "CALM_ATT_NEXT=1"), Point(1024, 225, "CALM_ATT_NEXT=1") };
+        XNamespace x = "http://www.w3.org/1999/xhtml", svg = "http://www.w3.org/2000/svg";
+        XDocument Load(string html) => XDocument.Load(XmlReader.Create(new StringReader(html), new XmlReaderSettings { DtdProcessing = DtdProcessing.Ignore }));
+        var doc = Load(SolReport.Build(rows));
+        var series = doc.Descendants(svg + "polyline").Where(p => (string?)p.Attribute("class") == "measured").Select(p => (string)p.Attribute("data-series")!).OrderBy(s => s).ToArray();
+        Assert.Equal(new[] { "M bf16", "M bf16 [CALM_ATT_NEXT=1]" }, series);
+        var table = doc.Descendants(x + "table").First(t => (string?)t.Attribute("data-section") == "Decode");
+        Assert.Contains(table.Descendants(x + "th"), th => th.Value == "KernelSwitches");
+        Assert.Equal(2, table.Descendants(x + "td").Count(td => td.Value == "CALM_ATT_NEXT=1"));
+        // no row with switches: no column, one series
+        doc = Load(SolReport.Build(rows.Take(2)));
+        Assert.DoesNotContain(doc.Descendants(x + "th"), th => th.Value == "KernelSwitches");
+        Assert.Single(doc.Descendants(svg + "polyline").Where(p => (string?)p.Attribute("class") == "measured"));
+    }
+
     [Fact]
     public void ReportIsWellFormedAndCarriesTheSeries()
     {
