@@ -245,17 +245,26 @@ public sealed class CudaPrefillKernels : IDisposable
     /// (gated: F, a block covering half its tile's columns of F): the fewest waves of one block per multiprocessor
     /// weighted by the tile's columns (a block's time) and a small per-flop penalty of the narrower tiles (more shared
     /// memory traffic per mma). T=512 on the H200 (132 SMs): qkv 6144 -> 192 (128 blocks, one wave), o / down 4096 -> 128
-    /// (128 blocks), gate_up 28672 -> 128 (896 blocks, 6.8 waves).</summary>
+    /// (128 blocks), gate_up 28672 -> 192 (600 blocks, 5 waves of 192 / 0.95 against 7 of 128 / 0.88 and 4 of 256).</summary>
     public int Gemm4TileCols(int T, int cols, bool gated = false)
+        => Gemm4Cols != 0 ? Gemm4Cols : PickTileCols(T, cols, gated, Gemm4TileRows, Multiprocessors, Gemm4TileEfficiency);
+
+    /// <summary>Relative efficiency of each column tile (widest first): variant 4's penalty of the narrower tiles, and
+    /// variant 5's fit to the H200 (see <see cref="GemmWTileCols"/>).</summary>
+    internal static readonly (int Cols, double Efficiency)[] Gemm4TileEfficiency = { (256, 1.0), (192, 0.95), (128, 0.88) };
+    internal static readonly (int Cols, double Efficiency)[] GemmWTileEfficiency = { (256, 1.0), (192, 0.89), (128, 0.74) };
+
+    /// <summary>The column tile with the least cost = waves of one block per multiprocessor x columns / efficiency
+    /// (a gated GEMM's block covers half its tile's columns of F); ties go to the wider tile.</summary>
+    internal static int PickTileCols(int T, int cols, bool gated, int tileRows, int multiprocessors, (int Cols, double Efficiency)[] tiles)
     {
-        if (Gemm4Cols != 0) return Gemm4Cols;
-        long mTiles = (T + Gemm4TileRows - 1) / Gemm4TileRows;
-        int best = 256; double bestCost = double.MaxValue;
-        foreach (var (c, eff) in new[] { (256, 1.0), (192, 0.95), (128, 0.88) })
+        long mTiles = (T + tileRows - 1) / tileRows;
+        int best = tiles[0].Cols; double bestCost = double.MaxValue;
+        foreach (var (c, eff) in tiles)
         {
             int per = gated ? c / 2 : c;
             long blocks = mTiles * ((cols + per - 1) / per);
-            double cost = Math.Ceiling(blocks / (double)Multiprocessors) * c / eff;
+            double cost = Math.Ceiling(blocks / (double)multiprocessors) * c / eff;
             if (cost < bestCost - 1e-9) { bestCost = cost; best = c; }
         }
         return best;
@@ -314,19 +323,7 @@ public sealed class CudaPrefillKernels : IDisposable
     /// single-GEMM times at T=512 (bench/logs/Gpu.Prefill.Bench-2026-11-29-H200-wgmma-call1.txt: gate_up 0.351 / 0.312 /
     /// 0.297 ms at 128 / 192 / 256 columns). Picks: qkv 6144 -> 192, o / down 4096 -> 128, gate_up 28672 -> 256.</summary>
     public int GemmWTileCols(int T, int cols, bool gated = false)
-    {
-        if (GemmWCols != 0) return GemmWCols;
-        long mTiles = (T + GemmWTileRows - 1) / GemmWTileRows;
-        int best = 256; double bestCost = double.MaxValue;
-        foreach (var (c, eff) in new[] { (256, 1.0), (192, 0.89), (128, 0.74) })
-        {
-            int per = gated ? c / 2 : c;
-            long blocks = mTiles * ((cols + per - 1) / per);
-            double cost = Math.Ceiling(blocks / (double)Multiprocessors) * c / eff;
-            if (cost < bestCost - 1e-9) { bestCost = cost; best = c; }
-        }
-        return best;
-    }
+        => GemmWCols != 0 ? GemmWCols : PickTileCols(T, cols, gated, GemmWTileRows, Multiprocessors, GemmWTileEfficiency);
 
     /// <summary>Variant 5 (sm_90a, <see cref="WgmmaAvailable"/>): Y [T, N] f32 = X . W^T (+ bias) (+ Y), or gated
     /// (N = F): H [T, F] (odt) = act(gate) * up, on wgmma with 128 x <paramref name="tileCols"/> tiles (0:

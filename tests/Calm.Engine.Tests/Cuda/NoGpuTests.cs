@@ -237,4 +237,16 @@ public class NoGpuTests
         var env = new Dictionary<string, string?> { ["CALM_MV_EARLY"] = "1", ["CALM_DECODE"] = "persistent", ["CALM_ATT_BLOCKS"] = "", ["CALM_CACHE_DIR"] = "/tmp/x" };
         Assert.Equal("CALM_DECODE=persistent;CALM_MV_EARLY=1", KernelSwitches.Describe(n => env.GetValueOrDefault(n)));
     }
+
+    /// <summary>The prefill GEMMs' column tiles at T = 512 on the H200's 132 multiprocessors, as their docs give them:
+    /// variant 4 qkv 6144 -> 192, o / down 4096 -> 128, gate_up 28672 -> 192; variant 5 qkv -> 192, o / down -> 128,
+    /// gate_up -> 256 (also as the gated F = 14336).</summary>
+    [Fact]
+    public void PrefillTileColsPickTheDocumentedTiles()
+    {
+        int V4(int cols, bool gated = false) => CudaPrefillKernels.PickTileCols(512, cols, gated, CudaPrefillKernels.Gemm4TileRows, 132, CudaPrefillKernels.Gemm4TileEfficiency);
+        int V5(int cols, bool gated = false) => CudaPrefillKernels.PickTileCols(512, cols, gated, CudaPrefillKernels.GemmWTileRows, 132, CudaPrefillKernels.GemmWTileEfficiency);
+        Assert.Equal((192, 128, 192, 192), (V4(6144), V4(4096), V4(28672), V4(14336, gated: true)));
+        Assert.Equal((192, 128, 256, 256), (V5(6144), V5(4096), V5(28672), V5(14336, gated: true)));
+    }
 }
