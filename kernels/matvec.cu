@@ -124,23 +124,8 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
     pdl_trigger();
     const bool eu = early && !NORM;
     if (!eu) pdl_wait();
-    if (!NORM && !ssIn && !ssOut && row >= rows) return;   // the folded norm's steps are block-wide
+    if (!NORM && !ssIn && !ssOut && row >= rows) return;   // the norms' steps are block-wide
     float s = row < rows ? RowDot<DT, UNR, NORM>::run(W + (long long)row * cols, x, nw, addOne, cols, lane, eu) : 0.f;
-    if (!NORM && (ssIn || ssOut)) {
-        if (ssIn) {
-            pdl_wait();   // warps without a row have not waited yet (early loads)
-            s *= fold_scale(ssIn, nIn, cols, eps);
-        }
-        float v2 = 0.f;
-        if (row < rows && lane == 0) {
-            if (bias) s += bias[row];
-            if (accumulate) s += y[row];
-            y[row] = s;
-            if (ssOut) { xg[row] = s * gain(fg[row], addOne); v2 = s * s; }
-        }
-        if (ssOut) fold_partial(v2, ssOut);
-        return;
-    }
     if (NORM) {
         // 1/rms of x for the whole block (x was just read through L1 by the dot products); every thread takes part
         float ss = 0.f;
@@ -155,11 +140,18 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
         if (row >= rows) return;
         s *= rsqrtf(ss / (float)cols + eps);
     }
-    if (lane == 0) {
+    if (!NORM && ssIn) {
+        pdl_wait();   // warps without a row have not waited yet (early loads)
+        s *= fold_scale(ssIn, nIn, cols, eps);
+    }
+    float v2 = 0.f;
+    if (row < rows && lane == 0) {
         if (bias) s += bias[row];
         if (accumulate) s += y[row];
         y[row] = s;
+        if (!NORM && ssOut) { xg[row] = s * gain(fg[row], addOne); v2 = s * s; }
     }
+    if (!NORM && ssOut) fold_partial(v2, ssOut);
 }
 
 // The plain matvec kernels: W (DT, element type T), UNR loads in flight per lane; the folded-norm arguments as in
