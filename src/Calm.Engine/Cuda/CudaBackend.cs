@@ -519,8 +519,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         // _ssPart; the next matvec reads _xn and scales by 1/rms, so no rmsnorm kernel runs.
         bool fold = k.FoldNorm && !FuseNorm && !c.IsMoE && _wt is DType.BF16 or DType.F16 && _lmDt is DType.BF16 or DType.F16 or DType.F32;
         NormFold Prod(ulong gain) => fold ? NormFold.Producer(gain, _xn, _ssPart, c.NormAddOne) : default;
-        NormFold Cons(int producerBlocks) => fold ? NormFold.Consumer(_ssPart, producerBlocks, eps) : default;
-        int residualBlocks = CudaKernels.MatvecBlocks(D);   // o and down write D rows
+        int sums = CudaKernels.EmbedBlocks(D);   // partial sums the last producer wrote: embed's, then o's / down's
+        NormFold Cons() => fold ? NormFold.Consumer(_ssPart, sums, eps) : default;
         if (W(Stages.Other)) k.Embed(s, _embDt, _emb, _x, D, embScale, _step, Prod(c.NumLayers > 0 ? _layers[0].AttnNorm : _finalNorm));
         // paired-row matvecs (CudaKernels.FusePairs): RoPE + KV write into the qkv matvec, the activation into gate_up
         bool pairs = k.FusePairs && !FuseNorm && _wt is DType.BF16 or DType.F16;
@@ -544,7 +544,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             }
             else
             {
-                var qkvIn = Cons(l == 0 ? CudaKernels.EmbedBlocks(D) : residualBlocks);
+                var qkvIn = Cons();
                 if (!fold && W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
                 if (pairQkv) { if (W(Stages.AttentionProjections)) k.MatvecQkvRope(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step, qkvIn); }
                 else if (quantQkv) { if (W(Stages.AttentionProjections)) _qk!.MatvecQkvRope(s, _wt, L.Wqkv, _scaleOf[L.Wqkv], _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step); }
@@ -552,18 +552,19 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             }
             if (!pairQkv && !quantQkv && W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
                            KLayer(l), VLayer(l), MaxContext, c.NumHeads, c.NumKvHeads, c.HeadDim, _step, KScaleLayer(l), VScaleLayer(l));
-            // the split kernel's idle blocks (short contexts) prefetch the o projection's weights into L2
+            // with CALM_ATT_NEXT=1 the split kernel's idle blocks prefetch the o projection's weights into L2
             if (W(Stages.Attention)) k.Attention(s, _qkv, KLayer(l), VLayer(l), _att, c.NumHeads, c.NumKvHeads, c.HeadDim, MaxContext,
                         c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs, KScaleLayer(l), VScaleLayer(l),
                         L.Wo, ValueBytes(_wt, D, Q));
             if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true, Prod(L.FfnNorm));
+            sums = CudaKernels.MatvecBlocks(D);   // o and down write D rows
             if (!fold && (!FuseNorm || c.IsMoE)) { if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne); }
             if (!c.IsMoE)
             {
                 if (FuseNorm) { if (W(Stages.Ffn)) k.MatvecNorm(s, _wt, L.Wgu, _x, _gu, L.Bgu, 2 * Fi, D, false, L.FfnNorm, eps, c.NormAddOne); }
-                else if (pairs) { if (W(Stages.Ffn)) k.MatvecGlu(s, _wt, L.Wgu, _xn, _h, L.Bgu, Fi, D, c.HiddenAct, Cons(residualBlocks)); }
+                else if (pairs) { if (W(Stages.Ffn)) k.MatvecGlu(s, _wt, L.Wgu, _xn, _h, L.Bgu, Fi, D, c.HiddenAct, Cons()); }
                 else if (quantGlu) { if (W(Stages.Ffn)) _qk!.MatvecGlu(s, _wt, L.Wgu, _scaleOf[L.Wgu], _xn, _h, L.Bgu, Fi, D, c.HiddenAct); }
-                else if (W(Stages.Ffn)) Mv(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false, Cons(residualBlocks));
+                else if (W(Stages.Ffn)) Mv(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false, Cons());
                 if (FuseNorm || !(pairs || quantGlu)) { if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct); }
                 // the next norm: the following layer's attention norm, after the last layer the final norm
                 if (W(Stages.Ffn)) Mv(s, _wt, L.Wdown, _h, _x, L.Bdown, D, Fi, true, Prod(l + 1 < c.NumLayers ? _layers[l + 1].AttnNorm : _finalNorm));
@@ -587,7 +588,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         else
         {
             if (!fold && W(Stages.Other)) k.RmsNorm(s, _x, _finalNorm, _xn, D, eps, c.NormAddOne);
-            if (W(Stages.Classifier)) Mv(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false, Cons(c.NumLayers > 0 ? residualBlocks : CudaKernels.EmbedBlocks(D)));
+            if (W(Stages.Classifier)) Mv(s, _lmDt, _lm, _xn, _logits, 0, c.VocabSize, D, false, Cons());
         }
         if (W(Stages.Other)) k.Argmax(s, _logits, c.VocabSize, _pv, _pi, _result);
     }
