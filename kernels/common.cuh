@@ -164,6 +164,8 @@ __device__ __forceinline__ float block_sum(float v) {
 // matvec reads xg as its input and multiplies each row's dot product by r = rsqrt(sum of the nIn partials / n + eps),
 // which every block computes the same way: W (x r g) = r W (x g), and no rmsnorm kernel between them.
 
+// an RMSNorm weight as applied: g, or 1 + g (gemma's addOne)
+__device__ __forceinline__ float gain(float g, int addOne) { return addOne ? g + 1.f : g; }
 // producer: v = this thread's x^2 (0 if none); block-wide (every thread of the block calls it)
 __device__ __forceinline__ void fold_partial(float v, float* ssOut) {
     v = block_sum(v);

@@ -15,7 +15,7 @@ __device__ __forceinline__ void embed_impl(const T* table, float* out, int D, fl
     for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) {
         const float v = embed_elem(row, d, DT) * scale;
         out[d] = v;
-        if (ssOut) { xg[d] = v * (addOne ? fg[d] + 1.f : fg[d]); v2 = fmaf(v, v, v2); }
+        if (ssOut) { xg[d] = v * gain(fg[d], addOne); v2 = fmaf(v, v, v2); }
     }
     if (ssOut) fold_partial(v2, ssOut);
 }

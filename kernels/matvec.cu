@@ -5,9 +5,8 @@
 
 #define MV_UNROLL 4
 
-// x element times its RMSNorm weight (NORM: the norm is fused into this matvec; the 1/rms scale is applied to the
-// row's sum at the end, as W (x * r * g) = r * W (x * g))
-__device__ __forceinline__ float gain(float g, int addOne) { return addOne ? g + 1.f : g; }
+// NORM: the norm is fused into this matvec, x times its RMSNorm weight (gain, common.cuh); the 1/rms scale is applied
+// to the row's sum at the end, as W (x * r * g) = r * W (x * g)
 
 // 8 weights (one 16-byte vector) . 8 fp32 inputs (times 8 norm weights when NORM)
 template <int DT, bool NORM>
