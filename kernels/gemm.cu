@@ -423,8 +423,7 @@ extern "C" __global__ void rmsnorm_rows(const float* x, const float* w, u16* out
     float r = rsqrtf(ss / (float)n + eps);
     u16* o = out + (long long)blockIdx.x * n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float g = w[i];
-        if (addOne) g += 1.f;
+        const float g = gain(w[i], addOne);
         o[i] = to_half(xr[i] * r * g, odt);
     }
 }

@@ -12,8 +12,7 @@ extern "C" __global__ void rmsnorm(const float* x, const float* w, float* out, i
     ss = block_sum(ss);
     float r = rsqrtf(ss / (float)n + eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float g = w[i];
-        if (addOne) g += 1.f;
+        const float g = gain(w[i], addOne);
         out[i] = x[i] * r * g;
     }
 }

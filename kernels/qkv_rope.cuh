@@ -29,8 +29,7 @@ __device__ __forceinline__ void qkv_rope_head(float* vec, int b, int pos, const 
         float r = rsqrtf(ss / (float)Hd + eps);
         __syncthreads();
         for (int d = threadIdx.x; d < Hd; d += blockDim.x) {
-            float g = w[d];
-            if (addOne) g += 1.f;
+            const float g = gain(w[d], addOne);
             sh[d] = sh[d] * r * g;
         }
         __syncthreads();
