@@ -318,6 +318,28 @@ struct MqRope {
     int maxCtx, H, K, Hd;
 };
 
+// RMSNorm folded into the matvecs around it (common.cuh, CudaKernels.FoldNorm), for the tensor-core kernels: the
+// template argument FOLD (MQ_FOLD_*) picks the role at compile time, so the kernels without one are the unfolded code.
+// Consumer (MQ_FOLD_CONSUMER): x is x * g; each warp works out r = rsqrt(sum of the nIn partials ssIn / cols + eps) (the same
+// order in every warp and block) and stages x * r, so the f16 parts of B are those of the normalised x as with an
+// rmsnorm kernel before (the residual's own magnitude never reaches f16; r costs one L2 round trip before the first
+// loads: measured faster than working it out inside the first stage). Producer (MQ_FOLD_PRODUCER, plain mode): besides
+// y[r] it writes xg[r] = y[r] * gain(g[r]) and one partial sum of y^2 per block to ssOut[blockIdx.x].
+#define MQ_FOLD_NONE 0
+#define MQ_FOLD_CONSUMER 1
+#define MQ_FOLD_PRODUCER 2
+struct MqFold {
+    const float* ssIn; int nIn; float eps;
+    const float* g; float* xg; float* ssOut; int addOne;
+};
+// the consumer's r, by one warp (lanes add the partials lane, lane + 32, ...; then the warp sum)
+__device__ __forceinline__ float mq_fold_r(const MqFold& f, int cols, int lane) {
+    float t = 0.f;
+    for (int i = lane; i < f.nIn; i += 32) t += f.ssIn[i];
+    t = warp_sum(t);
+    return rsqrtf(t / (float)cols + f.eps);
+}
+
 // Rows of the block's tiles. Plain: tile i holds rows 16 (blockIdx.x T + i) + [0, 16): fragment row g at + g, g + 8 at + g + 8.
 // Paired modes: tile i holds the pairs p0 + [0, 8) with p0 = (blockIdx.x * T + i) * 8, fragment row g the first row
 // of pair p0 + g and g + 8 its second, so both halves of a pair meet in the same lane and the same block. GLU: the
@@ -337,9 +359,9 @@ __device__ __forceinline__ long long mq_tc_row(int T, int row0, int i, int g, in
 // The block's tile totals (per warp: tot[i][0] fragment row g, tot[i][1] row g + 8, lanes t == 0 write) summed over
 // the warps, then plain: y[r] = scale * total (+ bias) (+ y); GLU: y[p] = act(gate) * up, each half scaled (+ bias);
 // QKV: each half scaled (+ bias), q and k pairs rotated, q written to y (the qkv buffer), k and v to the caches.
-template <int T, int MODE, int W>
+template <int T, int MODE, int W, int FOLD>
 __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T * 16], const float* rowScale, float* y, const float* bias,
-                                            int row0, int n, int accumulate, const MqRope& rope) {
+                                            int row0, int n, int accumulate, const MqRope& rope, const MqFold& fold) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
     if ((lane & 3) == 0) {
 #pragma unroll
@@ -386,17 +408,36 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
                 y[p] = activate(gate, accumulate) * up;   // GLU: accumulate carries the activation code
             }
         }
-    } else if (threadIdx.x < T * 16) {
-        float s = 0.f;
+    } else if (FOLD != MQ_FOLD_PRODUCER) {
+        if (threadIdx.x < T * 16) {
+            float s = 0.f;
 #pragma unroll
-        for (int w = 0; w < W; w++) s += red[w][threadIdx.x];
-        int r = row0 + threadIdx.x;
-        if (r < n) {
-            if (rowScale) s *= rowScale[r];
-            if (bias) s += bias[r];
-            if (accumulate) s += y[r];
-            y[r] = s;
+            for (int w = 0; w < W; w++) s += red[w][threadIdx.x];
+            int r = row0 + threadIdx.x;
+            if (r < n) {
+                if (rowScale) s *= rowScale[r];
+                if (bias) s += bias[r];
+                if (accumulate) s += y[r];
+                y[r] = s;
+            }
         }
+    } else {
+        float sq = 0.f;   // the folded norm's y^2 of this thread's row
+        if (threadIdx.x < T * 16) {
+            float s = 0.f;
+#pragma unroll
+            for (int w = 0; w < W; w++) s += red[w][threadIdx.x];
+            int r = row0 + threadIdx.x;
+            if (r < n) {
+                if (rowScale) s *= rowScale[r];
+                if (bias) s += bias[r];
+                if (accumulate) s += y[r];
+                y[r] = s;
+                fold.xg[r] = s * gain(fold.g[r], fold.addOne);
+                sq = s * s;
+            }
+        }
+        fold_partial(sq, fold.ssOut);   // block-wide
     }
 }
 
@@ -407,9 +448,9 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
 // Each stage issues its U k-blocks' loads, stages x, then multiplies. Measured slower on the H200 (bench/RESULTS.md):
 // double-buffered loads (the next stage's in flight during the multiplies: 96-164 registers, half the blocks per SM)
 // and the first loads issued before pdl_wait (no gain with programmatic launch).
-template <int T, int U, int MODE, int W>
+template <int T, int U, int MODE, int W, int FOLD>
 __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
-                                                   int n, int cols, int accumulate, const MqRope& rope) {
+                                                   int n, int cols, int accumulate, const MqRope& rope, const MqFold& fold) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     __shared__ float red[W][T * 16];
     __shared__ __align__(16) u32 xb[W][U][4][8][2];
@@ -431,6 +472,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
     for (int i = 0; i < T; i++)
 #pragma unroll
         for (int e = 0; e < 4; e++) d[i][0][e] = d[i][1][e] = 0.f;
+    const float xr = FOLD == MQ_FOLD_CONSUMER ? mq_fold_r(fold, cols, lane) : 1.f;   // the folded norm's 1/rms
     for (int kb0 = warp; kb0 < nkb; kb0 += W * U) {
         calm_u4 w[U][T][2];
 #pragma unroll
@@ -448,7 +490,8 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
             if (kb < nkb) {
                 const mq_f2 v = *(const mq_f2*)(x + (long long)kb * 64 + 2 * lane);
                 u32 hi, lo;
-                split_f16x2(v.x, v.y, hi, lo);
+                if (FOLD == MQ_FOLD_CONSUMER) split_f16x2(v.x * xr, v.y * xr, hi, lo);
+                else split_f16x2(v.x, v.y, hi, lo);
                 xb[warp][u][sj][2 * st][sw] = hi;
                 xb[warp][u][sj][2 * st + 1][sw] = lo;
             }
@@ -495,9 +538,9 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 #pragma unroll
         for (int i = 0; i < T; i++)
 #pragma unroll
-            for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
+            for (int h = 0; h < 2; h++) tot[i][h] = FOLD == MQ_FOLD_CONSUMER ? mq_quad_sum(f[i][h]) * xr : mq_quad_sum(f[i][h]);
     }
-    mq_tc_store<T, MODE, W>(tot, red, S, y, bias, row0, n, accumulate, rope);
+    mq_tc_store<T, MODE, W, FOLD>(tot, red, S, y, bias, row0, n, accumulate, rope, fold);
 #endif
 }
 
@@ -508,9 +551,9 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 // n < 4, lo for n >= 4; zero elsewhere), so d0 / d1 of lane t are the sums of groups 2(t%2) and 2(t%2)+1 for row g
 // (d2 / d3 for row g+8), scaled in fp32 and added up over the quad at the end.
 // Per-warp x buffer: [U][m = 2q + h][slot][2] u32, slot 2t + part for group-lane t, slot 8 zero. Loads as fp8.
-template <int T, int U, int MODE, int W>
+template <int T, int U, int MODE, int W, int FOLD>
 __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
-                                                    int n, int cols, int accumulate, const MqRope& rope) {
+                                                    int n, int cols, int accumulate, const MqRope& rope, const MqFold& fold) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     __shared__ float red[W][T * 16];
     __shared__ __align__(16) u32 xb[W][U][8][9][2];
@@ -539,6 +582,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     float acc[T][2];
 #pragma unroll
     for (int i = 0; i < T; i++) acc[i][0] = acc[i][1] = 0.f;
+    const float xr = FOLD == MQ_FOLD_CONSUMER ? mq_fold_r(fold, cols, lane) : 1.f;   // the folded norm's 1/rms
     for (int kb0 = warp; kb0 < nkb; kb0 += W * U) {
         calm_u4 w[U][T][2];
         u32 sc[U][T][2];
@@ -560,8 +604,13 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
                 const float* xp = x + (long long)kb * 128 + 32 * st + 8 * sq + 2 * sh;
                 const mq_f2 a = *(const mq_f2*)xp, b = *(const mq_f2*)(xp + 4);
                 mq_u2 hi, lo;
-                split_f16x2(a.x, b.x, hi.x, lo.x);
-                split_f16x2(a.y, b.y, hi.y, lo.y);
+                if (FOLD == MQ_FOLD_CONSUMER) {
+                    split_f16x2(a.x * xr, b.x * xr, hi.x, lo.x);
+                    split_f16x2(a.y * xr, b.y * xr, hi.y, lo.y);
+                } else {
+                    split_f16x2(a.x, b.x, hi.x, lo.x);
+                    split_f16x2(a.y, b.y, hi.y, lo.y);
+                }
                 *(mq_u2*)&xb[warp][u][2 * sq + sh][2 * st][0] = hi;
                 *(mq_u2*)&xb[warp][u][2 * sq + sh][2 * st + 1][0] = lo;
             }
@@ -619,9 +668,9 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
 #pragma unroll
         for (int i = 0; i < T; i++)
 #pragma unroll
-            for (int h = 0; h < 2; h++) tot[i][h] = mq_quad_sum(f[i][h]);
+            for (int h = 0; h < 2; h++) tot[i][h] = FOLD == MQ_FOLD_CONSUMER ? mq_quad_sum(f[i][h]) * xr : mq_quad_sum(f[i][h]);
     }
-    mq_tc_store<T, MODE, W>(tot, red, (const float*)0, y, bias, row0, n, accumulate, rope);
+    mq_tc_store<T, MODE, W, FOLD>(tot, red, (const float*)0, y, bias, row0, n, accumulate, rope, fold);
 #endif
 }
 
@@ -662,37 +711,54 @@ MQ_ENTRIES(8, 1, _r8)
 // so that its registers always allow a 512-thread launch.
 // Plain: y = W x as matvec_fp8 / matvec_int4 (same arguments). GLU: gate_up fused with the activation, W [2F, cols]
 // (gate over up), h [F] = act(gate) * up. MoE twins: per slot s, expert expertIdx[s], x + s*xStride, output + s*rows (F).
+// Folded RMSNorm (MqFold): _fc kernels (plain, GLU, QKV) are consumers, with (ssIn, nIn, eps) after the usual
+// arguments; _fp (plain) producers, with (g, xg, ssOut, addOne).
 #define MQ_TC_ONE(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                       \
 MQ_TC_PLAIN(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                            \
-extern "C" __global__ void LB matvec_##NAME##_tc_glu##SUF(const unsigned char* Q, const ST* S, const float* x, \
-                                                 float* h, const float* bias, int F, int cols, int act) {               \
-    IMPL<T, U, MQ_GLU, W>(Q, S, x, h, bias, F, cols, act, MqRope());                                                     \
-}                                                                                                                        \
-extern "C" __global__ void LB matvec_##NAME##_tc_qkv##SUF(const unsigned char* Q, const ST* S, const float* x, \
-        float* qkv, const float* bias, int cols, const float* cosT, const float* sinT, u16* kCache, u16* vCache,        \
-        int maxCtx, int H, int K, int Hd, const StepParams* sp) {                                                        \
-    const MqRope rope = { cosT, sinT, kCache, vCache, sp, maxCtx, H, K, Hd };                                           \
-    IMPL<T, U, MQ_QKV, W>(Q, S, x, qkv, bias, (H + 2 * K) * (Hd >> 1), cols, 0, rope);                                   \
-}                                                                                                                        \
+MQ_TC_GLU_QKV(NAME, IMPL, ST, T, U, W, SUF, LB, , MQ_FOLD_NONE, , MqFold())                                              \
+MQ_TC_GLU_QKV(NAME, IMPL, ST, T, U, W, SUF, LB, _fc, MQ_FOLD_CONSUMER, MQ_FC_PARAMS, MQ_FC_FOLD)                         \
 extern "C" __global__ void LB moe_matvec_##NAME##_tc_glu##SUF(const void* const* values, const void* const* scales, \
                                                  const int* expertIdx, const float* x, int xStride, float* h, int F, int cols, int act) { \
     pdl_wait();                                                                                                          \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    IMPL<T, U, MQ_GLU, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,             \
-                          h + (long long)s * F, (const float*)0, F, cols, act, MqRope());                                \
+    IMPL<T, U, MQ_GLU, W, MQ_FOLD_NONE>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride, \
+                          h + (long long)s * F, (const float*)0, F, cols, act, MqRope(), MqFold());                      \
 }
-// the plain pair
-#define MQ_TC_PLAIN(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                     \
-extern "C" __global__ void LB matvec_##NAME##_tc##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, \
-                                                 const float* bias, int rows, int cols, int accumulate) {                \
-    IMPL<T, U, MQ_PLAIN, W>(Q, S, x, y, bias, rows, cols, accumulate, MqRope());                                         \
+#define MQ_FC_PARAMS , const float* ssIn, int nIn, float eps
+#define MQ_FC_FOLD { ssIn, nIn, eps, 0, 0, 0, 0 }
+#define MQ_FP_PARAMS , const float* g, float* xg, float* ssOut, int addOne
+#define MQ_FP_FOLD { 0, 0, 0.f, g, xg, ssOut, addOne }
+// GLU and QKV with one fold role: FS the name's suffix, FOLD the role, FPARAMS its extra parameters, FINIT its MqFold
+#define MQ_TC_GLU_QKV(NAME, IMPL, ST, T, U, W, SUF, LB, FS, FOLD, FPARAMS, FINIT)                                         \
+extern "C" __global__ void LB matvec_##NAME##_tc_glu##FS##SUF(const unsigned char* Q, const ST* S, const float* x,     \
+        float* h, const float* bias, int F, int cols, int act FPARAMS) {                                                 \
+    const MqFold fold = FINIT;                                                                                           \
+    IMPL<T, U, MQ_GLU, W, FOLD>(Q, S, x, h, bias, F, cols, act, MqRope(), fold);                                         \
 }                                                                                                                        \
+extern "C" __global__ void LB matvec_##NAME##_tc_qkv##FS##SUF(const unsigned char* Q, const ST* S, const float* x,     \
+        float* qkv, const float* bias, int cols, const float* cosT, const float* sinT, u16* kCache, u16* vCache,        \
+        int maxCtx, int H, int K, int Hd, const StepParams* sp FPARAMS) {                                                \
+    const MqRope rope = { cosT, sinT, kCache, vCache, sp, maxCtx, H, K, Hd };                                           \
+    const MqFold fold = FINIT;                                                                                           \
+    IMPL<T, U, MQ_QKV, W, FOLD>(Q, S, x, qkv, bias, (H + 2 * K) * (Hd >> 1), cols, 0, rope, fold);                       \
+}
+// the plain kernels: unfolded, consumer, producer, and the MoE twin
+#define MQ_TC_PLAIN_ONE(NAME, IMPL, ST, T, U, W, SUF, LB, FS, FOLD, FPARAMS, FINIT)                                       \
+extern "C" __global__ void LB matvec_##NAME##_tc##FS##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, \
+        const float* bias, int rows, int cols, int accumulate FPARAMS) {                                                 \
+    const MqFold fold = FINIT;                                                                                           \
+    IMPL<T, U, MQ_PLAIN, W, FOLD>(Q, S, x, y, bias, rows, cols, accumulate, MqRope(), fold);                             \
+}
+#define MQ_TC_PLAIN(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                     \
+MQ_TC_PLAIN_ONE(NAME, IMPL, ST, T, U, W, SUF, LB, , MQ_FOLD_NONE, , MqFold())                                            \
+MQ_TC_PLAIN_ONE(NAME, IMPL, ST, T, U, W, SUF, LB, _fc, MQ_FOLD_CONSUMER, MQ_FC_PARAMS, MQ_FC_FOLD)                       \
+MQ_TC_PLAIN_ONE(NAME, IMPL, ST, T, U, W, SUF, LB, _fp, MQ_FOLD_PRODUCER, MQ_FP_PARAMS, MQ_FP_FOLD)                       \
 extern "C" __global__ void LB moe_matvec_##NAME##_tc##SUF(const void* const* values, const void* const* scales, \
                                                  const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) { \
     pdl_wait();   /* the expert ids come from moe_route */                                                               \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    IMPL<T, U, MQ_PLAIN, W>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride,           \
-                            y + (long long)s * rows, (const float*)0, rows, cols, 0, MqRope());                          \
+    IMPL<T, U, MQ_PLAIN, W, MQ_FOLD_NONE>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride, \
+                            y + (long long)s * rows, (const float*)0, rows, cols, 0, MqRope(), MqFold());                \
 }
 #define MQ_TC_ENTRIES(T, U, W, SUF, LB) MQ_TC_ONE(fp8, matvec_fp8_tc_impl, float, T, U, W, SUF, LB) MQ_TC_ONE(int4, matvec_int4_tc_impl, u16, T, U, W, SUF, LB)
 
@@ -700,6 +766,10 @@ MQ_TC_ENTRIES(1, 4, 8, _t1, )
 MQ_TC_ENTRIES(2, 2, 8, _t2, )
 MQ_TC_ENTRIES(4, 1, 8, _t4, )
 MQ_TC_ENTRIES(1, 4, 16, _t1w, __launch_bounds__(512, 1))   // 16 warps per block: twice the loads in flight per tile for short matrices
+// More warps per SM (candidates, measured before they are chosen): registers capped so that 4 / 3 / 2 blocks fit
+MQ_TC_ENTRIES(1, 2, 8, _t1b, __launch_bounds__(256, 4))
+MQ_TC_ENTRIES(2, 1, 8, _t2b, __launch_bounds__(256, 3))
+MQ_TC_ENTRIES(4, 1, 8, _t4b, __launch_bounds__(256, 2))
 
 // int4 with x staged in shared memory (matvec_int4_xs_impl); launch as above with ceil(cols/32)*MQ_XS_STRIDE*4 bytes
 // of dynamic shared memory.

@@ -474,7 +474,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         ulong F(long n, string what) { var m = Alloc(Math.Max(n, 1) * 4, what); m.Zero(); return m.Ptr; }
         _x = F(c.HiddenSize, "x");
         _xn = F(c.HiddenSize, "xn");
-        _ssPart = F(Math.Max(Math.Max(CudaKernels.MatvecBlocks(c.HiddenSize), CudaKernels.EmbedBlocks(c.HiddenSize)), 1), "norm partial sums");
+        _ssPart = F(Math.Max(Math.Max(CudaKernels.MatvecBlocks(c.HiddenSize), CudaKernels.EmbedBlocks(c.HiddenSize)), (c.HiddenSize + 15) / 16), "norm partial sums");   // ≥ a quantized producer's blocks (16+ rows each)
         _qkv = F(c.QDim + 2L * c.KvDim, "qkv");
         _att = F(c.QDim, "attention out");
         long attWs = _k!.AttentionWorkspaceBytes(c.NumHeads, c.NumKvHeads, c.HeadDim);
@@ -514,12 +514,17 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         int D = c.HiddenSize, Q = c.QDim, KV = c.KvDim, Fi = c.IntermediateSize;
         float eps = (float)c.RmsNormEps;
         float embScale = c.ScaleEmbeddings ? MathF.Sqrt(D) : 1f;
-        // RMSNorm folded into the kernels around it (CudaKernels.FoldNorm): dense bf16/f16 layers and classifier. The
-        // kernel that writes the residual _x (embed, o, down) also writes _xn = x * g and per-block sums of x^2 in
-        // _ssPart; the next matvec reads _xn and scales by 1/rms, so no rmsnorm kernel runs.
-        bool fold = k.FoldNorm && !FuseNorm && !c.IsMoE && _wt is DType.BF16 or DType.F16 && _lmDt is DType.BF16 or DType.F16 or DType.F32;
+        // RMSNorm folded into the kernels around it (CudaKernels.FoldNorm): dense layers and classifier. The kernel that
+        // writes the residual _x (embed, o, down) also writes _xn = x * g and per-block sums of x^2 in _ssPart; the next
+        // matvec reads _xn and scales by 1/rms, so no rmsnorm kernel runs. bf16/f16 weights: every matvec; fp8/int4: the
+        // tensor-core kernels carry it, so every layer matrix (and a quantized classifier) must take them.
+        bool lmFolds = DTypes.IsQuantized(_lmDt) ? _qk is not null && _qk.FoldSupported(_lmDt, D) : _lmDt is DType.BF16 or DType.F16 or DType.F32;
+        bool fold = k.FoldNorm && !FuseNorm && !c.IsMoE && lmFolds
+                    && (_wt is DType.BF16 or DType.F16
+                        || _qk is not null && DTypes.IsQuantized(_wt) && _qk.FoldSupported(_wt, D) && _qk.FoldSupported(_wt, Q) && _qk.FoldSupported(_wt, Fi));
         NormFold Prod(ulong gain) => fold ? NormFold.Producer(gain, _xn, _ssPart, c.NormAddOne) : default;
         int sums = CudaKernels.EmbedBlocks(D);   // partial sums the last producer wrote: embed's, then o's / down's
+        int layerSums = DTypes.IsQuantized(_wt) ? _qk!.FoldPartials(_wt, D) : CudaKernels.MatvecBlocks(D);   // o and down write D rows
         NormFold Cons() => fold ? NormFold.Consumer(_ssPart, sums, eps) : default;
         if (W(Stages.Other)) k.Embed(s, _embDt, _emb, _x, D, embScale, _step, Prod(c.NumLayers > 0 ? _layers[0].AttnNorm : _finalNorm));
         // paired-row matvecs (CudaKernels.FusePairs): RoPE + KV write into the qkv matvec, the activation into gate_up
@@ -547,7 +552,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
                 var qkvIn = Cons();
                 if (!fold && W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
                 if (pairQkv) { if (W(Stages.AttentionProjections)) k.MatvecQkvRope(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step, qkvIn); }
-                else if (quantQkv) { if (W(Stages.AttentionProjections)) _qk!.MatvecQkvRope(s, _wt, L.Wqkv, _scaleOf[L.Wqkv], _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step); }
+                else if (quantQkv) { if (W(Stages.AttentionProjections)) _qk!.MatvecQkvRope(s, _wt, L.Wqkv, _scaleOf[L.Wqkv], _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step, fold: qkvIn); }
                 else if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false, qkvIn);
             }
             if (!pairQkv && !quantQkv && W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
@@ -557,13 +562,13 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
                         c.SlidingWindow ?? 0, 1f / MathF.Sqrt(c.HeadDim), _step, _attWs, KScaleLayer(l), VScaleLayer(l),
                         L.Wo, ValueBytes(_wt, D, Q));
             if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true, Prod(L.FfnNorm));
-            sums = CudaKernels.MatvecBlocks(D);   // o and down write D rows
+            sums = layerSums;
             if (!fold && (!FuseNorm || c.IsMoE)) { if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne); }
             if (!c.IsMoE)
             {
                 if (FuseNorm) { if (W(Stages.Ffn)) k.MatvecNorm(s, _wt, L.Wgu, _x, _gu, L.Bgu, 2 * Fi, D, false, L.FfnNorm, eps, c.NormAddOne); }
                 else if (pairs) { if (W(Stages.Ffn)) k.MatvecGlu(s, _wt, L.Wgu, _xn, _h, L.Bgu, Fi, D, c.HiddenAct, Cons()); }
-                else if (quantGlu) { if (W(Stages.Ffn)) _qk!.MatvecGlu(s, _wt, L.Wgu, _scaleOf[L.Wgu], _xn, _h, L.Bgu, Fi, D, c.HiddenAct); }
+                else if (quantGlu) { if (W(Stages.Ffn)) _qk!.MatvecGlu(s, _wt, L.Wgu, _scaleOf[L.Wgu], _xn, _h, L.Bgu, Fi, D, c.HiddenAct, fold: Cons()); }
                 else if (W(Stages.Ffn)) Mv(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false, Cons());
                 if (FuseNorm || !(pairs || quantGlu)) { if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct); }
                 // the next norm: the following layer's attention norm, after the last layer the final norm
@@ -597,11 +602,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     /// (+ bias) (+ y when accumulate): the one per-matrix dispatch of the decode step.</summary>
     private void Mv(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, NormFold fold = default)
     {
-        if (DTypes.IsQuantized(wt))
-        {
-            if (fold != default) throw new InvalidOperationException("the folded RMSNorm runs with bf16/f16/f32 matvecs only");
-            _qk!.Matvec(s, wt, W, _scaleOf[W], x, y, bias, rows, cols, accumulate);
-        }
+        if (DTypes.IsQuantized(wt)) _qk!.Matvec(s, wt, W, _scaleOf[W], x, y, bias, rows, cols, accumulate, fold: fold);
         else _k!.Matvec(s, wt, W, x, y, bias, rows, cols, accumulate, fold);
     }
 

@@ -155,7 +155,8 @@ public sealed class CudaKernels : IDisposable
         => _k["matvec_" + Half(wt) + DeepSuffix(wt, cols)].Launch(s, MatvecBlocks(rows), MatvecBlock, 0, W, x, y, bias, rows, cols, accumulate ? 1 : 0,
             Programmatic ? PrefetchBytes : 0, Early, fold.Gain, fold.Xg, fold.SsOut, fold.SsIn, fold.NIn, fold.Eps, fold.AddOne ? 1 : 0);
 
-    /// <summary>RMSNorm folded into the kernels around it (kernels/common.cuh) for bf16/f16 dense models: the kernel that
+    /// <summary>RMSNorm folded into the kernels around it (kernels/common.cuh) for dense models (bf16/f16 here; fp8/int4 in
+    /// the tensor-core kernels of CudaQuantKernels, NormFold roles _fc / _fp): the kernel that
     /// writes the residual (embed, the o and down matvecs) also writes x * g and per-block sums of x^2; the next matvec
     /// reads x * g and scales its rows by 1/rms from those sums, so no rmsnorm kernel runs between them. On unless
     /// CALM_FOLD_NORM=0 or the constructor's foldNorm: false.</summary>

@@ -64,8 +64,9 @@ public sealed class CudaQuantKernels : IDisposable
     /// <see cref="TcVariant"/>); CALM_QUANT_TC_VARIANT=t1|t2|t4|t1w fixes it (for benchmarks).</summary>
     public string? TcVariantOverride { get; }
     /// <summary>The tensor-core kernel variants: t1, t2, t4 = one, two or four tiles of 16 rows per block of 8 warps (4,
-    /// 2, 1 k-blocks per pipeline stage); t1w = one tile per block of 16 warps (twice the loads in flight per tile).</summary>
-    public static readonly string[] TcVariants = { "t1", "t2", "t4", "t1w" };
+    /// 2, 1 k-blocks per pipeline stage); t1w = one tile per block of 16 warps (twice the loads in flight per tile);
+    /// t1b, t2b, t4b = t1 with 2 k-blocks per stage, t2 and t4, with registers capped for 4, 3 and 2 blocks per SM.</summary>
+    public static readonly string[] TcVariants = { "t1", "t2", "t4", "t1w", "t1b", "t2b", "t4b" };
     private readonly CudaModule _module;
     private readonly Dictionary<string, CudaKernel> _k = new();
 
@@ -110,6 +111,8 @@ public sealed class CudaQuantKernels : IDisposable
                         _k[$"moe_matvec_{f}_{kind}_{v}"] = _module.GetKernel($"moe_matvec_{f}_{kind}_{v}");
                     }
                     _k[$"matvec_{f}_tc_qkv_{v}"] = _module.GetKernel($"matvec_{f}_tc_qkv_{v}");
+                    foreach (var kind in new[] { "tc_fc", "tc_fp", "tc_glu_fc", "tc_qkv_fc" })   // folded-norm roles
+                        _k[$"matvec_{f}_{kind}_{v}"] = _module.GetKernel($"matvec_{f}_{kind}_{v}");
                 }
             // every matvec waits for the previous kernel before touching x, y or the expert ids (pdl_wait), so they may
             // be launched with programmatic dependent launch; measured slower for the CUDA-core fp8 kernels on the H200
@@ -173,14 +176,18 @@ public sealed class CudaQuantKernels : IDisposable
     /// <summary>The tensor-core variant for <paramref name="rows"/> output rows (a GLU launch: 2F; MoE: rows x slots) of
     /// <paramref name="t"/>: <paramref name="requested"/> when given, else the rule of the fastest whole-step run on the
     /// H200 (bench/RESULTS.md, 2026-11-29, Llama-3-8B fp8 58.3%, int4 38.1% of the speed of light): four tiles per
-    /// block from 33792 rows, two from 16896, else one, for fp8 and int4 alike (other rules measured within 0.5%).</summary>
-    public static string TcVariant(DType t, long rows, string? requested = null)
+    /// block from 33792 rows, two from 16896, else one. int4 takes the register-capped twins (t4b, t2b, t1b: more
+    /// warps per SM for its heavier dequantisation; faster on every Llama-3-8B shape on the H200, bench/RESULTS.md
+    /// 2026-11-29 fifth session) unless <paramref name="cappedInt4"/> is false (default: CALM_QUANT_TC_CAPPED != "0").</summary>
+    public static string TcVariant(DType t, long rows, string? requested = null, bool? cappedInt4 = null)
     {
         if (requested is not null)
             return TcVariants.Contains(requested) ? requested
                 : throw new ArgumentOutOfRangeException(nameof(requested), $"tensor-core variant is one of {string.Join(", ", TcVariants)}");
-        return rows >= 33792 ? "t4" : rows >= 16896 ? "t2" : "t1";
+        var v = rows >= 33792 ? "t4" : rows >= 16896 ? "t2" : "t1";
+        return t == DType.Int4 && (cappedInt4 ?? CappedInt4) ? v + "b" : v;
     }
+    private static readonly bool CappedInt4 = Environment.GetEnvironmentVariable("CALM_QUANT_TC_CAPPED") != "0";
     private static int TilesOf(string variant) => variant[1] - '0';
 
     /// <summary>The tensor-core kernel <paramref name="prefix"/>_{fp8|int4}_<paramref name="kind"/>_{variant} for
@@ -210,14 +217,19 @@ public sealed class CudaQuantKernels : IDisposable
     /// accumulate). fp8 rows take the 16-byte path when cols % 16 == 0 (values 16-byte aligned); int4 always does.
     /// </summary>
     public void Matvec(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, int rowsPerWarp = 0, bool? stageX = null,
-                       bool? tensorCores = null, string? tcVariant = null)
+                       bool? tensorCores = null, string? tcVariant = null, NormFold fold = default)
     {
         if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
         {
-            var (kern, tt, threads) = Tc("matvec", "tc", wt, rows, tcVariant);
-            kern.Launch(s, (rows + 16 * tt - 1) / (16 * tt), threads, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
+            if (fold.SsIn != 0 && fold.Xg != 0) throw new ArgumentException("a matvec is a folded-norm consumer or producer, not both", nameof(fold));
+            var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_fc" : fold.Xg != 0 ? "tc_fp" : "tc", wt, rows, tcVariant);
+            int blocks = (rows + 16 * tt - 1) / (16 * tt);
+            if (fold.SsIn != 0) kern.Launch(s, blocks, threads, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0, fold.SsIn, fold.NIn, fold.Eps);
+            else if (fold.Xg != 0) kern.Launch(s, blocks, threads, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0, fold.Gain, fold.Xg, fold.SsOut, fold.AddOne ? 1 : 0);
+            else kern.Launch(s, blocks, threads, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
             return;
         }
+        if (fold != default) throw new ArgumentException("the folded RMSNorm runs in the tensor-core kernels only (FoldSupported)", nameof(fold));
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
         var (v, smem) = Variant(wt, cols, stageX);
         _k[$"matvec_{v}_r{r}"].Launch(s, Blocks(rows, r), Block, smem, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
@@ -243,13 +255,28 @@ public sealed class CudaQuantKernels : IDisposable
     /// of <paramref name="wt"/>: the tensor-core kernels are on and the shape fits.</summary>
     public bool GluSupported(DType wt, int cols) => TensorCores && TensorCoreShape(wt, cols);
 
+    /// <summary>Whether a [rows, <paramref name="cols"/>] matrix of <paramref name="wt"/> can be a folded-RMSNorm
+    /// producer or consumer (<see cref="NormFold"/>: the tensor-core kernels carry it, the CUDA-core ones do not).</summary>
+    public bool FoldSupported(DType wt, int cols) => TensorCores && TensorCoreShape(wt, cols);
+
+    /// <summary>Partial sums of x² a folded-norm producer (<see cref="Matvec"/> with a <see cref="NormFold.Producer"/>)
+    /// of <paramref name="rows"/> rows writes: one per block of its tensor-core variant.</summary>
+    public int FoldPartials(DType wt, int rows, string? tcVariant = null)
+    {
+        int tt = TilesOf(TcVariant(wt, rows, tcVariant ?? TcVariantOverride));
+        return (rows + 16 * tt - 1) / (16 * tt);
+    }
+
     /// <summary>gate_up fused with the activation on the tensor cores: W [2F, cols] (gate rows over up rows, values and
     /// scales as <see cref="Matvec"/>), x [cols] -> h [F] = act(W_gate x (+ b)) * (W_up x (+ b)); bias [2F] or 0.</summary>
-    public void MatvecGlu(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong h, ulong bias, int F, int cols, Activation act, string? tcVariant = null)
+    public void MatvecGlu(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong h, ulong bias, int F, int cols, Activation act, string? tcVariant = null,
+                          NormFold fold = default)
     {
         RequireGluShape(wt, cols);
-        var (kern, tt, threads) = Tc("matvec", "tc_glu", wt, 2L * F, tcVariant);
-        kern.Launch(s, (F + 8 * tt - 1) / (8 * tt), threads, 0, values, scales, x, h, bias, F, cols, (int)act);
+        var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_glu_fc" : "tc_glu", wt, 2L * F, tcVariant);
+        int blocks = (F + 8 * tt - 1) / (8 * tt);
+        if (fold.SsIn != 0) kern.Launch(s, blocks, threads, 0, values, scales, x, h, bias, F, cols, (int)act, fold.SsIn, fold.NIn, fold.Eps);
+        else kern.Launch(s, blocks, threads, 0, values, scales, x, h, bias, F, cols, (int)act);
     }
 
     /// <summary>Whether <see cref="MatvecQkvRope"/> takes this shape: the tensor-core kernels' columns, head_dim a
@@ -262,13 +289,15 @@ public sealed class CudaQuantKernels : IDisposable
     /// step's position (step: StepParams); q written to qkv (its first H Hd floats), k and v to this layer's fp16 caches
     /// [K, maxCtx, Hd]: what <see cref="Matvec"/> then CudaKernels.QkvRopeCache (no q/k norm, full rotary) give.</summary>
     public void MatvecQkvRope(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong qkv, ulong bias, int H, int K, int Hd, int cols,
-                              ulong cos, ulong sin, ulong kCache, ulong vCache, int maxCtx, ulong step, string? tcVariant = null)
+                              ulong cos, ulong sin, ulong kCache, ulong vCache, int maxCtx, ulong step, string? tcVariant = null, NormFold fold = default)
     {
         RequireGluShape(wt, cols);
         if (Hd % 16 != 0) throw new ArgumentException($"the fused qkv kernel needs head_dim % 16 == 0 (got {Hd})", nameof(Hd));
         int pairs = (H + 2 * K) * (Hd / 2);
-        var (kern, tt, threads) = Tc("matvec", "tc_qkv", wt, 2L * pairs, tcVariant);
-        kern.Launch(s, (pairs + 8 * tt - 1) / (8 * tt), threads, 0, values, scales, x, qkv, bias, cols, cos, sin, kCache, vCache, maxCtx, H, K, Hd, step);
+        var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_qkv_fc" : "tc_qkv", wt, 2L * pairs, tcVariant);
+        int blocks = (pairs + 8 * tt - 1) / (8 * tt);
+        if (fold.SsIn != 0) kern.Launch(s, blocks, threads, 0, values, scales, x, qkv, bias, cols, cos, sin, kCache, vCache, maxCtx, H, K, Hd, step, fold.SsIn, fold.NIn, fold.Eps);
+        else kern.Launch(s, blocks, threads, 0, values, scales, x, qkv, bias, cols, cos, sin, kCache, vCache, maxCtx, H, K, Hd, step);
     }
 
     /// <summary>MoE twin of <see cref="MatvecGlu"/>: per slot s, expert idx[s] [2F, cols] . x[s*xStride ..] -> h[s*F ..].</summary>

@@ -301,6 +301,11 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, 33, 128, false, false, "t1")]        // one k-block
     [InlineData(DType.Int4, 5, 2048, true, true, "t4")]
     [InlineData(DType.Int4, 4096, 14336, false, true, null)]
+    [InlineData(DType.Int4, 999, 4224, true, true, "t1b")]       // register-capped candidates
+    [InlineData(DType.Int4, 1001, 4096, false, true, "t2b")]
+    [InlineData(DType.Int4, 203, 14336, true, false, "t4b")]
+    [InlineData(DType.F8E4M3, 999, 4160, true, true, "t1b")]
+    [InlineData(DType.F8E4M3, 203, 4096, false, false, "t4b")]
     public void TensorCoreMatvecMatchesCpuReference(DType dt, int rows, int cols, bool bias, bool accumulate, string? variant, bool? forceFp8Convert = null)
     {
         var (ctx, k, s) = RequireTc(forceFp8Convert);
@@ -342,9 +347,12 @@ public unsafe class QuantKernelTests
         Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.F8E4M3, 128256));
         Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.F8E4M3, 28672));
         Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 14336));
-        Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.Int4, 28672));
-        Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.Int4, 57344));
-        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.Int4, 6144));
+        Assert.Equal("t2b", CudaQuantKernels.TcVariant(DType.Int4, 28672, cappedInt4: true));
+        Assert.Equal("t4b", CudaQuantKernels.TcVariant(DType.Int4, 57344, cappedInt4: true));
+        Assert.Equal("t1b", CudaQuantKernels.TcVariant(DType.Int4, 6144, cappedInt4: true));
+        Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.Int4, 28672, cappedInt4: false));
+        Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.Int4, 57344, cappedInt4: false));
+        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.Int4, 6144, cappedInt4: false));
         Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.Int4, 4096, "t4"));
     }
 
@@ -527,6 +535,72 @@ public unsafe class QuantKernelTests
         // nothing written at other positions
         for (int i = 0; i < kc.Length; i++)
             if ((i / Hd) % maxCtx != pos) { Assert.Equal(0, kc[i]); Assert.Equal(0, vc[i]); }
+    }
+
+    /// <summary>RMSNorm folded into the tensor-core kernels (NormFold): an accumulating o-like matvec writes x, x * g and
+    /// its per-block sums of x², then a plain matvec, gate_up + activation and qkv + RoPE read x * g and normalise it
+    /// themselves; each against rmsnorm (in double) then the CPU matvec of the same quantized weights, at the bounds
+    /// of the unfolded tests. The residual x0 is large (scale 30) so an unnormalised x in the f16 parts would show.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3, false, "t1")]
+    [InlineData(DType.F8E4M3, true, "t1w")]
+    [InlineData(DType.Int4, true, null)]
+    [InlineData(DType.Int4, false, "t4")]
+    [InlineData(DType.Int4, false, "t2")]
+    public void FoldedNormMatchesRmsNormThenMatvecOnTensorCores(DType dt, bool addOne, string? variant)
+    {
+        var (ctx, k, s) = RequireTc();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        int D = 1024, Q = 512, F = 200, C = 300, H = 4, K = 2, Hd = 64, qkvRows = (H + 2 * K) * Hd, maxCtx = 16, pos = 3;
+        const float eps = 1e-5f;
+        Assert.True(k.FoldSupported(dt, D) && k.FoldSupported(dt, Q));
+        using var store = new NativeWeightStore();
+        var r = Gpu.Rng();
+        var wo = RandomQuantized(r, store, dt, D, Q);
+        var wc = RandomQuantized(r, store, dt, C, D);
+        var wg = RandomQuantized(r, store, dt, 2 * F, D);
+        var wq = RandomQuantized(r, store, dt, qkvRows, D);
+        var x0 = Gpu.RandF(r, D, 30f); var att = Gpu.RandF(r, Q); var bo = Gpu.RandF(r, D); var bc = Gpu.RandF(r, C); var g = Gpu.RandF(r, D);
+        var (cos, sin) = Gpu.RopeTables(maxCtx, Hd);
+        CudaDeviceMemory Up(Tensor t) => UpNative(ctx, t.Data, t.DataBytes);
+        CudaDeviceMemory UpS(Tensor t) => UpNative(ctx, t.Scales, t.ScaleBytes);
+        using var Vo = Up(wo); using var So = UpS(wo); using var Vc = Up(wc); using var Sc = UpS(wc);
+        using var Vg = Up(wg); using var Sg = UpS(wg); using var Vq = Up(wq); using var Sq = UpS(wq);
+        using var X = Gpu.Up(ctx, x0); using var A = Gpu.Up(ctx, att); using var Bo = Gpu.Up(ctx, bo); using var Bc = Gpu.Up(ctx, bc); using var G = Gpu.Up(ctx, g);
+        using var Cs = Gpu.Up(ctx, cos); using var Sn = Gpu.Up(ctx, sin);
+        using var Xg = Gpu.Zeros(ctx, D * 4L); using var Ss = Gpu.Zeros(ctx, D * 4L);
+        using var Y = Gpu.Zeros(ctx, C * 4L); using var Hh = Gpu.Zeros(ctx, F * 4L); using var Qo = Gpu.Zeros(ctx, qkvRows * 4L);
+        using var KC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2); using var VC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2);
+        using var step = Gpu.Up(ctx, new[] { 0, pos });
+
+        k.Matvec(s, dt, Vo.Ptr, So.Ptr, A.Ptr, X.Ptr, Bo.Ptr, D, Q, true, tcVariant: variant, fold: NormFold.Producer(G.Ptr, Xg.Ptr, Ss.Ptr, addOne));
+        var cons = NormFold.Consumer(Ss.Ptr, k.FoldPartials(dt, D, variant), eps);
+        k.Matvec(s, dt, Vc.Ptr, Sc.Ptr, Xg.Ptr, Y.Ptr, Bc.Ptr, C, D, false, tcVariant: variant, fold: cons);
+        k.MatvecGlu(s, dt, Vg.Ptr, Sg.Ptr, Xg.Ptr, Hh.Ptr, 0, F, D, Activation.Silu, variant, cons);
+        k.MatvecQkvRope(s, dt, Vq.Ptr, Sq.Ptr, Xg.Ptr, Qo.Ptr, 0, H, K, Hd, D, Cs.Ptr, Sn.Ptr, KC.Ptr, VC.Ptr, maxCtx, step.Ptr, variant, cons);
+        s.Synchronize();
+
+        string what = $"{DTypes.Name(dt)} {variant ?? "auto"}";
+        var x2 = new float[D];
+        CpuKernels.MatVec(wo, att, x2);
+        for (int i = 0; i < D; i++) x2[i] += bo[i] + x0[i];
+        Gpu.Close(X.ToArray<float>(D), x2, 1e-5, what + ": producer's residual");
+        float Gain(int j) => addOne ? 1 + g[j] : g[j];
+        Gpu.Close(Xg.ToArray<float>(D), x2.Select((v, j) => v * Gain(j)).ToArray(), 1e-5, what + ": producer's x * g");
+        double ss = 0; foreach (var v in x2) ss += (double)v * v;
+        double inv = 1 / Math.Sqrt(ss / D + eps);
+        var n2 = Enumerable.Range(0, D).Select(j => (float)(x2[j] * inv * Gain(j))).ToArray();
+        var yc = new float[C];
+        CpuKernels.MatVec(wc, n2, yc);
+        for (int i = 0; i < C; i++) yc[i] += bc[i];
+        Gpu.Close(Y.ToArray<float>(C), yc, 1e-5, what + ": consumer matvec");
+        var gu = new float[2 * F];
+        CpuKernels.MatVec(wg, n2, gu);
+        Gpu.Close(Hh.ToArray<float>(F), Enumerable.Range(0, F).Select(p => Gpu.Silu(gu[p]) * gu[F + p]).ToArray(), 1e-5, what + ": consumer gate_up + activation");
+        var qkv = new float[qkvRows];
+        CpuKernels.MatVec(wq, n2, qkv);
+        Gpu.Close(Qo.ToArray<float>(H * Hd), Enumerable.Range(0, H).SelectMany(b => Gpu.RopeHead(qkv, b, H, K, Hd, Hd / 2, cos, sin, pos)).ToArray(), 1e-5,
+                  what + ": consumer qkv + RoPE");
     }
 
     /// <summary>erf to ~1e-7 (Abramowitz-Stegun 7.1.26 is too coarse for a 1e-5 bound; this is a series/continued
