@@ -3,7 +3,8 @@
 # with logs under $OUT. Steps: regs (registers/spills of every kernel for this GPU, incl. sm_90a files), wgmma-tests,
 # classes (CLASSES=...), prefill-tests, prefill-bench, prefill-quant, quant-tests, pester-gpu, gpu-tests (build.ps1
 # GpuTest), issue6 (bench/Issue6.Bench.ps1, every row), ab (Issue6 rows AB_ONLY once per setting of AB_ENVS), attpf
-# (bench/AttentionFp8.Bench.ps1 over the L2 prefetch distances ATT_PF).
+# (bench/AttentionFp8.Bench.ps1 over the L2 prefetch distances ATT_PF), ncu (Nsight Compute: NCU_CONFIGS, NCU_STEP), quick
+# (tools/quick-sol.ps1 once per setting of QUICK_ENVS).
 # Usage there: source .gpu/boot.sh && STEPS=regs,wgmma-tests,prefill-bench bash tools/gpu-call.sh
 set -uo pipefail
 tar xJf .stage/build.tar.xz
@@ -44,8 +45,34 @@ if has ab; then   # AB_ONLY=bf16,1b AB_ENVS="CALM_MV_EARLY=0;CALM_MV_EARLY=1 CAL
     grep -E "^\S+-bench " "$OUT/ab-$i.log" | tee -a "$OUT/ab.txt"
   done
 fi
+if has quick; then   # QUICK_ENVS="A=1;B=0": decode tok/s at context 0 (tools/quick-sol.ps1, QUICK_RUNS) once per setting
+  IFS=';' read -ra sets <<< "${QUICK_ENVS:-}"; [[ ${#sets[@]} -eq 0 ]] && sets=("")
+  for set in "${sets[@]}"; do
+    echo "== quick: ${set:-defaults}" | tee -a "$OUT/quick.txt"
+    env $set timeout ${QUICK_TIMEOUT:-200} pwsh -NoProfile -File tools/quick-sol.ps1 -Runs "${QUICK_RUNS:-Llama-3-8B:fp8,Llama-3-8B:int4}" 2>&1 | grep -E "^quick|Error|error" | tee -a "$OUT/quick.txt"
+  done
+fi
 if has attpf; then   # attention microbenchmark: L2 prefetch distances (ATT_PF) at ATT_CONTEXTS
   timeout 300 pwsh -NoProfile -File bench/AttentionFp8.Bench.ps1 -Context ${ATT_CONTEXTS:-4096,32768} -Prefetch ${ATT_PF:-0,1,2,4} -SkipEightPerLane -Out $OUT 2>&1 | tail -30 | tee "$OUT/attpf.txt"
+fi
+if has ncu; then   # Nsight Compute on single kernels (NCU_CONFIGS "kind rows cols dtype variant;...") and one decode step (NCU_STEP "preset dtype")
+  IFS=';' read -ra cfgs <<< "${NCU_CONFIGS:-quant 28672 4096 int4 t4;quant 6144 4096 int4 t1;quant 4096 14336 int4 t1;quant 4096 14336 fp8 t1;quant 28672 4096 fp8 t4;dense 4096 14336 bf16 x}"
+  ncu --version 2>&1 | tail -1 | tee "$OUT/ncu-version.txt"
+  i=0
+  for cfg in "${cfgs[@]}"; do
+    read -r kind rows cols dt var <<< "$cfg"; i=$((i+1))
+    re='matvec_(int4|fp8)_tc_'; [[ $kind == dense ]] && re='^matvec_bf16'
+    timeout ${NCU_TIMEOUT:-120} ncu --clock-control none --set full --import-source no -k "regex:$re" -s 1 -c 1 \
+      pwsh -NoProfile -File tools/ncu-target.ps1 -Kind $kind -Rows $rows -Cols $cols -DType $dt -Variant $var > "$OUT/ncu-$i-$kind-$dt-${rows}x$cols-$var.txt" 2>&1
+    grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Warp Cycles Per Issued" "$OUT/ncu-$i-$kind-$dt-${rows}x$cols-$var.txt" | head -14
+  done
+  if [[ -n "${NCU_STEP:-}" ]]; then
+    read -r preset sdt <<< "$NCU_STEP"
+    timeout ${NCU_TIMEOUT:-200} ncu --clock-control none --csv --page raw -k 'regex:^(matvec|attention|rmsnorm|embed|argmax|moe|qkv|gate)' -s ${NCU_STEP_SKIP:-400} -c ${NCU_STEP_COUNT:-240} \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__block_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
+      pwsh -NoProfile -File tools/ncu-target.ps1 -Kind step -Preset $preset -DType $sdt > "$OUT/ncu-step-$sdt.csv" 2>&1
+    tail -3 "$OUT/ncu-step-$sdt.csv"
+  fi
 fi
 if has wgmma-tests; then
   dotnet $T -method "$NS.PrefillTests.GemmVariant5MatchesReference" -method "$NS.PrefillTests.GemmGatedVariant5MatchesReferenceAndUnfused" 2>&1 | grep -E "FAIL|Total|Passed|Failed|Skipped|Error|error" | head -40 | tee "$OUT/wgmma-tests.txt"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One device call comparing staged builds (.stage/<name>.tar.xz, each what tools/stage-gpu.sh packs): every build in
+# $BUILDS gets its own copy of the working tree, then per build the settings in AB_ENVS_<name> (';'-separated, default
+# one empty setting) run tools/quick-sol.ps1 ($QUICK_RUNS); VARIANTS_<name>=1 also runs the quantized variant report.
+# Usage there: source .gpu/boot.sh && BUILDS="head new" AB_ENVS_new="CALM_FOLD_NORM=0;CALM_FOLD_NORM=1" bash tools/ab-builds.sh
+set -uo pipefail
+root=$(pwd)
+export CALM_CACHE_DIR=${CALM_CACHE_DIR:-/tmp/calmcache}
+for b in $BUILDS; do
+  d=/tmp/build-$b; rm -rf "$d"; mkdir -p "$d"
+  tar c --exclude=./.gpu --exclude=./.stage --exclude=./.git . | (cd "$d" && tar x)
+  (cd "$d" && tar xJf "$root/.stage/$b.tar.xz")
+  envs_var="AB_ENVS_$b"; IFS=';' read -ra sets <<< "${!envs_var:-}"; [[ ${#sets[@]} -eq 0 ]] && sets=("")
+  for set in "${sets[@]}"; do
+    echo "== build $b: ${set:-defaults}" | tee -a "$OUT/ab-builds.txt"
+    (cd "$d" && env $set timeout ${AB_TIMEOUT:-200} pwsh -NoProfile -File tools/quick-sol.ps1 -Runs "${QUICK_RUNS:-Llama-3-8B:fp8,Llama-3-8B:int4}" 2>&1) | grep -E "^quick|Error|error" | tee -a "$OUT/ab-builds.txt"
+  done
+  var_var="VARIANTS_$b"
+  if [[ "${!var_var:-0}" == 1 ]]; then
+    (cd "$d" && CALM_VARIANTS_TC_ONLY=1 OUT=/tmp timeout 200 dotnet tests/Calm.Engine.Tests/bin/Release/net8.0/Calm.Engine.Tests.dll -method Calm.Engine.Tests.Cuda.QuantKernelVariantReport.TimeRowsPerWarpVariants > /dev/null 2>&1)
+    cp /tmp/quant-matvec-variants.txt "$OUT/variants-$b.txt" 2>/dev/null && grep -E "t4 |t1w " "$OUT/variants-$b.txt" | head -12
+  fi
+done

@@ -1,0 +1,15 @@
+#!/usr/bin/env pwsh
+# Needs: GPU. Decode tok/s at context 0 of a few preset:dtype pairs (no breakdown, no prefill): a quick A/B between
+# builds or settings in one device call (tools/ab-builds.sh). The figures for bench/RESULTS.md come from
+# bench/Issue6.Bench.ps1; this only ranks variants.
+param([string[]] $Runs = @('Llama-3-8B:fp8', 'Llama-3-8B:int4'), [int] $Tokens = 32, [int] $Repeat = 3)
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+Import-Module (Join-Path (Split-Path $PSScriptRoot -Parent) 'Calm.psd1')
+$Runs = @($Runs | ForEach-Object { $_ -split ',' } | Where-Object { $_ })
+foreach ($r in $Runs) {
+    $preset, $dt = $r -split ':'
+    $m = Measure-CalmSpeedOfLight -Preset $preset -DType $dt -Device Cuda -Context 0 -Tokens $Tokens -Repeat $Repeat |
+        Where-Object Phase -eq 'Decode' | Select-Object -First 1
+    "quick {0,-14} {1,-5} {2,8:F1} tok/s {3,6:F1}% of SOL  [{4}]" -f $preset, $dt, $m.TokensPerSecond, $m.PercentOfSol, $m.KernelSwitches
+}
