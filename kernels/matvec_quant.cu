@@ -408,21 +408,8 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
                 y[p] = activate(gate, accumulate) * up;   // GLU: accumulate carries the activation code
             }
         }
-    } else if (FOLD != MQ_FOLD_PRODUCER) {
-        if (threadIdx.x < T * 16) {
-            float s = 0.f;
-#pragma unroll
-            for (int w = 0; w < W; w++) s += red[w][threadIdx.x];
-            int r = row0 + threadIdx.x;
-            if (r < n) {
-                if (rowScale) s *= rowScale[r];
-                if (bias) s += bias[r];
-                if (accumulate) s += y[r];
-                y[r] = s;
-            }
-        }
     } else {
-        float sq = 0.f;   // the folded norm's y^2 of this thread's row
+        float sq = 0.f;   // a folded-norm producer's y^2 of this thread's row
         if (threadIdx.x < T * 16) {
             float s = 0.f;
 #pragma unroll
@@ -433,11 +420,10 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
                 if (bias) s += bias[r];
                 if (accumulate) s += y[r];
                 y[r] = s;
-                fold.xg[r] = s * gain(fold.g[r], fold.addOne);
-                sq = s * s;
+                if (FOLD == MQ_FOLD_PRODUCER) { fold.xg[r] = s * gain(fold.g[r], fold.addOne); sq = s * s; }
             }
         }
-        fold_partial(sq, fold.ssOut);   // block-wide
+        if (FOLD == MQ_FOLD_PRODUCER) fold_partial(sq, fold.ssOut);   // block-wide
     }
 }
 

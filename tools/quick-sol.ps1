@@ -1,12 +1,14 @@
 #!/usr/bin/env pwsh
 # Needs: GPU. Decode tok/s at context 0 of a few preset:dtype pairs (no breakdown, no prefill): a quick A/B between
 # builds or settings in one device call (tools/ab-builds.sh). The figures for bench/RESULTS.md come from
-# bench/Issue6.Bench.ps1; this only ranks variants.
+# bench/Issue6.Bench.ps1; this only ranks variants (its % of SOL is against the read bandwidth measured first, as there).
 param([string[]] $Runs = @('Llama-3-8B:fp8', 'Llama-3-8B:int4'), [int] $Tokens = 32, [int] $Repeat = 3)
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
 Import-Module (Join-Path (Split-Path $PSScriptRoot -Parent) 'Calm.psd1')
 $Runs = @($Runs | ForEach-Object { $_ -split ',' } | Where-Object { $_ })
+$bw = Measure-CalmBandwidth -Device Cuda -Kind Read | Select-Object -First 1
+"quick read bandwidth {0:F1} GB/s" -f $bw.MedianGBps
 foreach ($r in $Runs) {
     $preset, $dt = $r -split ':'
     $m = Measure-CalmSpeedOfLight -Preset $preset -DType $dt -Device Cuda -Context 0 -Tokens $Tokens -Repeat $Repeat |

@@ -116,8 +116,9 @@ public sealed class CudaQuantKernels : IDisposable
                 }
             // every matvec waits for the previous kernel before touching x, y or the expert ids (pdl_wait), so they may
             // be launched with programmatic dependent launch; measured slower for the CUDA-core fp8 kernels on the H200
-            // (Llama-3-8B 3.300 vs 3.178 ms/token) and no faster for the tensor-core ones (52.9% vs 52.8% of the speed
-            // of light, bench/RESULTS.md 2026-11-29), so only with CALM_QUANT_PDL=1
+            // (Llama-3-8B 3.300 vs 3.178 ms/token), no faster for the tensor-core ones (52.9% vs 52.8% of the speed
+            // of light) and slower again with the folded norm and the capped int4 variants (fp8 365.0 vs 371.3 tok/s,
+            // int4 400.0 vs 450.6; bench/RESULTS.md 2026-11-29 fifth session), so only with CALM_QUANT_PDL=1
             if (arch >= 90 && Cu.HasLaunchKernelEx && Environment.GetEnvironmentVariable("CALM_QUANT_PDL") == "1")
                 foreach (var k in _k.Values) k.Programmatic = true;
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
