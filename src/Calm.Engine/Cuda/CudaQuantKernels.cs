@@ -61,7 +61,7 @@ public sealed class CudaQuantKernels : IDisposable
     /// rows-per-warp or staged-x CUDA-core variant. sm_80+; CALM_QUANT_TC=0 turns them off.</summary>
     public bool TensorCores { get; }
     /// <summary>The tensor-core variant the launchers use when a call does not say (null = automatic,
-    /// <see cref="TcVariant"/>); CALM_QUANT_TC_VARIANT=t1|t2|t4|t1w fixes it (for benchmarks).</summary>
+    /// <see cref="TcVariant"/>); CALM_QUANT_TC_VARIANT=t1|t2|t4|t1w|t1b|t2b|t4b fixes it (for benchmarks).</summary>
     public string? TcVariantOverride { get; }
     /// <summary>The tensor-core kernel variants: t1, t2, t4 = one, two or four tiles of 16 rows per block of 8 warps (4,
     /// 2, 1 k-blocks per pipeline stage); t1w = one tile per block of 16 warps (twice the loads in flight per tile);
