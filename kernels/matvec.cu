@@ -164,13 +164,17 @@ __device__ __forceinline__ void matvec_impl(const typename WeightT<DT>::T* W, co
         matvec_impl<DT, UNR>(W, x, y, bias, rows, cols, accumulate, prefetch, 0, eps, addOne, early, fg, xg, ssOut,      \
                              ssIn, nIn);                                                                                 \
     }
-MV_KERNEL(matvec_bf16, CALM_BF16, u16, MV_UNROLL, )
-MV_KERNEL(matvec_f16, CALM_F16, u16, MV_UNROLL, )
-MV_KERNEL(matvec_f32, CALM_F32, float, MV_UNROLL, )
-MV_KERNEL(matvec_bf16_deep8, CALM_BF16, u16, 8, __launch_bounds__(256, 4))
-MV_KERNEL(matvec_f16_deep8, CALM_F16, u16, 8, __launch_bounds__(256, 4))
-MV_KERNEL(matvec_bf16_deep16, CALM_BF16, u16, 16, __launch_bounds__(256, 2))
-MV_KERNEL(matvec_f16_deep16, CALM_F16, u16, 16, __launch_bounds__(256, 2))
+// The dtype / depth variants of a matvec kernel family: KERNEL(NAME, ...) for each, names PREFIX + bf16, f16, f32,
+// bf16_deep8, f16_deep8, bf16_deep16, f16_deep16 (deep: more loads in flight, registers capped for 4 / 2 blocks per SM)
+#define MV_VARIANTS(KERNEL, PREFIX)                                                  \
+    KERNEL(PREFIX##bf16, CALM_BF16, u16, MV_UNROLL, )                                \
+    KERNEL(PREFIX##f16, CALM_F16, u16, MV_UNROLL, )                                  \
+    KERNEL(PREFIX##f32, CALM_F32, float, MV_UNROLL, )                                \
+    KERNEL(PREFIX##bf16_deep8, CALM_BF16, u16, 8, __launch_bounds__(256, 4))         \
+    KERNEL(PREFIX##f16_deep8, CALM_F16, u16, 8, __launch_bounds__(256, 4))           \
+    KERNEL(PREFIX##bf16_deep16, CALM_BF16, u16, 16, __launch_bounds__(256, 2))       \
+    KERNEL(PREFIX##f16_deep16, CALM_F16, u16, 16, __launch_bounds__(256, 2))
+MV_VARIANTS(MV_KERNEL, matvec_)
 // RMSNorm fused: y = W (rmsnorm(x) * g) (+ bias) (+ y); nw [cols] f32 the norm weights (addOne: 1 + nw, gemma).
 // x must not be y (the norm reads all of x).
 #define MV_NORM_KERNEL(NAME, DT, T, UNR, BOUNDS)                                                                              \
@@ -178,13 +182,7 @@ MV_KERNEL(matvec_f16_deep16, CALM_F16, u16, 16, __launch_bounds__(256, 2))
                                            int accumulate, int prefetch, const float* nw, float eps, int addOne) {      \
         matvec_impl<DT, UNR, true>(W, x, y, bias, rows, cols, accumulate, prefetch, nw, eps, addOne);                    \
     }
-MV_NORM_KERNEL(matvec_norm_bf16, CALM_BF16, u16, MV_UNROLL, )
-MV_NORM_KERNEL(matvec_norm_f16, CALM_F16, u16, MV_UNROLL, )
-MV_NORM_KERNEL(matvec_norm_f32, CALM_F32, float, MV_UNROLL, )
-MV_NORM_KERNEL(matvec_norm_bf16_deep8, CALM_BF16, u16, 8, __launch_bounds__(256, 4))
-MV_NORM_KERNEL(matvec_norm_f16_deep8, CALM_F16, u16, 8, __launch_bounds__(256, 4))
-MV_NORM_KERNEL(matvec_norm_bf16_deep16, CALM_BF16, u16, 16, __launch_bounds__(256, 2))
-MV_NORM_KERNEL(matvec_norm_f16_deep16, CALM_F16, u16, 16, __launch_bounds__(256, 2))
+MV_VARIANTS(MV_NORM_KERNEL, matvec_norm_)
 
 
 // MoE: blockIdx.y = slot s of the top-k; the expert is expertIdx[s] (chosen on the GPU by moe_route).
