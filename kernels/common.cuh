@@ -178,6 +178,14 @@ __device__ __forceinline__ float fold_scale(const float* ssIn, int nIn, int n, f
     t = block_sum(t);
     return rsqrtf(t / (float)n + eps);
 }
+// the same r worked out by one warp alone (no block barrier: the quantized tensor-core consumers, matvec_quant.cu);
+// every warp adds the partials in the same order, so all agree
+__device__ __forceinline__ float fold_scale_warp(const float* ssIn, int nIn, int n, float eps) {
+    float t = 0.f;
+    for (int i = threadIdx.x & 31; i < nIn; i += 32) t += ssIn[i];
+    t = warp_sum(t);
+    return rsqrtf(t / (float)n + eps);
+}
 
 // (value, index) argmax across a warp; ties -> lower index. NaN never wins over a number.
 __device__ __forceinline__ void warp_argmax(float& v, int& i) {

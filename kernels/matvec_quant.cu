@@ -332,13 +332,6 @@ struct MqFold {
     const float* ssIn; int nIn; float eps;
     const float* g; float* xg; float* ssOut; int addOne;
 };
-// the consumer's r, by one warp (lanes add the partials lane, lane + 32, ...; then the warp sum)
-__device__ __forceinline__ float mq_fold_r(const MqFold& f, int cols, int lane) {
-    float t = 0.f;
-    for (int i = lane; i < f.nIn; i += 32) t += f.ssIn[i];
-    t = warp_sum(t);
-    return rsqrtf(t / (float)cols + f.eps);
-}
 
 // Rows of the block's tiles. Plain: tile i holds rows 16 (blockIdx.x T + i) + [0, 16): fragment row g at + g, g + 8 at + g + 8.
 // Paired modes: tile i holds the pairs p0 + [0, 8) with p0 = (blockIdx.x * T + i) * 8, fragment row g the first row
@@ -458,7 +451,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
     for (int i = 0; i < T; i++)
 #pragma unroll
         for (int e = 0; e < 4; e++) d[i][0][e] = d[i][1][e] = 0.f;
-    const float xr = FOLD == MQ_FOLD_CONSUMER ? mq_fold_r(fold, cols, lane) : 1.f;   // the folded norm's 1/rms
+    const float xr = FOLD == MQ_FOLD_CONSUMER ? fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps) : 1.f;   // the folded norm's 1/rms
     for (int kb0 = warp; kb0 < nkb; kb0 += W * U) {
         calm_u4 w[U][T][2];
 #pragma unroll
@@ -568,7 +561,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     float acc[T][2];
 #pragma unroll
     for (int i = 0; i < T; i++) acc[i][0] = acc[i][1] = 0.f;
-    const float xr = FOLD == MQ_FOLD_CONSUMER ? mq_fold_r(fold, cols, lane) : 1.f;   // the folded norm's 1/rms
+    const float xr = FOLD == MQ_FOLD_CONSUMER ? fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps) : 1.f;   // the folded norm's 1/rms
     for (int kb0 = warp; kb0 < nkb; kb0 += W * U) {
         calm_u4 w[U][T][2];
         u32 sc[U][T][2];

@@ -474,7 +474,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         ulong F(long n, string what) { var m = Alloc(Math.Max(n, 1) * 4, what); m.Zero(); return m.Ptr; }
         _x = F(c.HiddenSize, "x");
         _xn = F(c.HiddenSize, "xn");
-        _ssPart = F(Math.Max(Math.Max(CudaKernels.MatvecBlocks(c.HiddenSize), CudaKernels.EmbedBlocks(c.HiddenSize)), (c.HiddenSize + 15) / 16), "norm partial sums");   // ≥ a quantized producer's blocks (16+ rows each)
+        _ssPart = F(Math.Max(Math.Max(CudaKernels.MatvecBlocks(c.HiddenSize), CudaKernels.EmbedBlocks(c.HiddenSize)), _qk?.FoldPartials(_wt, c.HiddenSize) ?? 0), "norm partial sums");   // as many as any producer writes
         _qkv = F(c.QDim + 2L * c.KvDim, "qkv");
         _att = F(c.QDim, "attention out");
         long attWs = _k!.AttentionWorkspaceBytes(c.NumHeads, c.NumKvHeads, c.HeadDim);
