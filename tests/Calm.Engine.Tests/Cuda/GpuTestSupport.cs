@@ -106,6 +106,8 @@ internal static class Gpu
         Assert.Equal(want.Length, got.Length);
         foreach (var v in got) Assert.True(float.IsFinite(v), $"{what}: non-finite output");
         double e = RelL2(got, want);
+        if (Environment.GetEnvironmentVariable("CALM_TEST_ERRLOG") is { Length: > 0 } log)   // diagnostics: every comparison's error
+            File.AppendAllText(log, $"{what}\t{e:E3}\n");
         Assert.True(e <= bound, $"{what}: relative L2 error {e:E3} > {bound:E1}");
     }
 
