@@ -292,6 +292,10 @@ __device__ __forceinline__ u32 mq_hfma2(u32 a, u32 b, u32 c) {
 // 8 int4 weights (one word, element i = nibble i, low nibble of each byte first) -> 4 f16x2 of (u - 8), exactly:
 // p[0] = (e0, e4), p[1] = (e1, e5), p[2] = (e2, e6), p[3] = (e3, e7). A nibble n or'ed into 0x6400 is the f16 1024 + n
 // (n << 4: 1024 + 16n), so one fma each gives n - 8.
+// (Tried: the nibbles as f16 subnormals n 2^-24 with no fma, x of the low nibbles staged times 16 and 8 * (the group's
+// sum of x) taken off each group's sum: 5 instead of 9 instructions per 8 weights, Llama-3-8B int4 +2% on the H200,
+// but the sums n x (not (n - 8) x) lose bits in the tensor cores' accumulation where a group holds a large x: the
+// folded-norm consumer test's error rose from ~3e-7 to 3e-6 .. 2e-5. bench/RESULTS.md 2026-11-29 sixth session.)
 __device__ __forceinline__ void mq_int4x8_f16(u32 w, u32 (&p)[4]) {
     const u32 w8 = w >> 8;
     p[0] = mq_hfma2((w & 0x000F000Fu) | 0x64006400u, 0x3C003C00u, 0xE408E408u);    // * 1 - 1032
@@ -332,6 +336,24 @@ struct MqFold {
     const float* ssIn; int nIn; float eps;
     const float* g; float* xg; float* ssOut; int addOne;
 };
+
+// Programmatic launch of the dense tensor-core kernels (sm_90+, MQ_EARLY_WAIT; template argument EARLY): a warp
+// issues its first stage's weight loads (which no kernel writes), then waits for the previous kernel (x, y, the norm's
+// sums) and, as a folded-norm consumer, works out its 1/rms; the block lets the next kernel launch once all its loads
+// are issued (late: with the trigger at the start the Llama-3-8B int4 decode ran at 400 tok/s, with it here 480.5;
+// bench/RESULTS.md). Below sm_90 (no programmatic launch) and in the MoE twins (their entry waits for the router's
+// expert ids; the early form made Mixtral's expert FFN 3.37 -> 3.75 ms) the kernels wait and trigger at the start,
+// work out 1/rms before the loop and then load (the early form without overlap: fp8 368.7 vs 374.1 tok/s).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MQ_EARLY_WAIT 1
+#else
+#define MQ_EARLY_WAIT 0
+#endif
+template <int FOLD>
+__device__ __forceinline__ void mq_pdl_wait(const MqFold& fold, int cols, float& xr) {
+    pdl_wait();
+    if (FOLD == MQ_FOLD_CONSUMER) xr = fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps);
+}
 
 // Rows of the block's tiles. Plain: tile i holds rows 16 (blockIdx.x T + i) + [0, 16): fragment row g at + g, g + 8 at + g + 8.
 // Paired modes: tile i holds the pairs p0 + [0, 8) with p0 = (blockIdx.x * T + i) * 8, fragment row g the first row
@@ -425,9 +447,9 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
 // (k 2t+8, 2t+9). B column n: x hi for even n, lo for odd n, so d0 + d1 (d2 + d3) is row g's (g+8's) sum.
 // Per-warp x buffer: [U][j][slot = 2t + part][2] u32 (b0b1, b2b3).
 // Each stage issues its U k-blocks' loads, stages x, then multiplies. Measured slower on the H200 (bench/RESULTS.md):
-// double-buffered loads (the next stage's in flight during the multiplies: 96-164 registers, half the blocks per SM)
-// and the first loads issued before pdl_wait (no gain with programmatic launch).
-template <int T, int U, int MODE, int W, int FOLD>
+// double-buffered loads (the next stage's in flight during the multiplies: 96-164 registers, half the blocks per SM).
+// The first stage's loads go out before pdl_wait (mq_pdl_wait).
+template <int T, int U, int MODE, int W, int FOLD, bool EARLY = true>
 __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
                                                    int n, int cols, int accumulate, const MqRope& rope, const MqFold& fold) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -435,8 +457,9 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
     __shared__ __align__(16) u32 xb[W][U][4][8][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * (T * 16);   // plain: the block's first row
-    PDL_ENTER();   // x and y come from / go to the step's other kernels
-    if (MODE == MQ_PLAIN && row0 >= n) return;
+    constexpr bool early = EARLY && MQ_EARLY_WAIT;
+    if (!early) PDL_ENTER();
+    if (MODE == MQ_PLAIN && row0 >= n) return;   // (early: before pdl_wait, it touches nothing)
     const calm_u4* rp[T][2];
 #pragma unroll
     for (int i = 0; i < T; i++)
@@ -451,7 +474,9 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
     for (int i = 0; i < T; i++)
 #pragma unroll
         for (int e = 0; e < 4; e++) d[i][0][e] = d[i][1][e] = 0.f;
-    const float xr = FOLD == MQ_FOLD_CONSUMER ? fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps) : 1.f;   // the folded norm's 1/rms
+    float xr = 1.f;   // a consumer's 1/rms of the folded norm
+    bool waited = !early;
+    if (!early && FOLD == MQ_FOLD_CONSUMER) xr = fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps);
     for (int kb0 = warp; kb0 < nkb; kb0 += W * U) {
         calm_u4 w[U][T][2];
 #pragma unroll
@@ -462,6 +487,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
                 for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream(rp[i][0] + 4 * kb); w[u][i][1] = ldg_u4_stream(rp[i][1] + 4 * kb); }
             }
         }
+        if (!waited) { mq_pdl_wait<FOLD>(fold, cols, xr); waited = true; }
         __syncwarp();   // the previous iteration's B reads are done
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -493,6 +519,10 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
                 }
             }
         }
+    }
+    if (early) {
+        if (!waited) mq_pdl_wait<FOLD>(fold, cols, xr);   // a warp without k-blocks
+        pdl_trigger();   // every weight load of this block is issued: the next kernel may start
     }
     float tot[T][2];
     bool bad = false;
@@ -530,7 +560,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 // n < 4, lo for n >= 4; zero elsewhere), so d0 / d1 of lane t are the sums of groups 2(t%2) and 2(t%2)+1 for row g
 // (d2 / d3 for row g+8), scaled in fp32 and added up over the quad at the end.
 // Per-warp x buffer: [U][m = 2q + h][slot][2] u32, slot 2t + part for group-lane t, slot 8 zero. Loads as fp8.
-template <int T, int U, int MODE, int W, int FOLD>
+template <int T, int U, int MODE, int W, int FOLD, bool EARLY = true>
 __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
                                                     int n, int cols, int accumulate, const MqRope& rope, const MqFold& fold) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -538,8 +568,9 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     __shared__ __align__(16) u32 xb[W][U][8][9][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * (T * 16);   // plain: the block's first row
-    PDL_ENTER();
-    if (MODE == MQ_PLAIN && row0 >= n) return;
+    constexpr bool early = EARLY && MQ_EARLY_WAIT;
+    if (!early) PDL_ENTER();
+    if (MODE == MQ_PLAIN && row0 >= n) return;   // (early: before pdl_wait, it touches nothing)
     const int G = cols >> 5;
     const calm_u4* rp[T][2];
     const u32* dp[T][2];
@@ -561,7 +592,9 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     float acc[T][2];
 #pragma unroll
     for (int i = 0; i < T; i++) acc[i][0] = acc[i][1] = 0.f;
-    const float xr = FOLD == MQ_FOLD_CONSUMER ? fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps) : 1.f;   // the folded norm's 1/rms
+    float xr = 1.f;   // a consumer's 1/rms of the folded norm
+    bool waited = !early;
+    if (!early && FOLD == MQ_FOLD_CONSUMER) xr = fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps);
     for (int kb0 = warp; kb0 < nkb; kb0 += W * U) {
         calm_u4 w[U][T][2];
         u32 sc[U][T][2];
@@ -575,6 +608,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
                     for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream(rp[i][h] + 4 * kb); sc[u][i][h] = dp[i][h][2 * kb]; }
             }
         }
+        if (!waited) { mq_pdl_wait<FOLD>(fold, cols, xr); waited = true; }
         __syncwarp();
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -622,6 +656,10 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
                 }
             }
         }
+    }
+    if (early) {
+        if (!waited) mq_pdl_wait<FOLD>(fold, cols, xr);   // a warp without k-blocks
+        pdl_trigger();   // every weight load of this block is issued: the next kernel may start
     }
     float tot[T][2];
     bool bad = false;
@@ -700,7 +738,7 @@ extern "C" __global__ void LB moe_matvec_##NAME##_tc_glu##SUF(const void* const*
                                                  const int* expertIdx, const float* x, int xStride, float* h, int F, int cols, int act) { \
     pdl_wait();                                                                                                          \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    IMPL<T, U, MQ_GLU, W, MQ_FOLD_NONE>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride, \
+    IMPL<T, U, MQ_GLU, W, MQ_FOLD_NONE, false>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride, \
                           h + (long long)s * F, (const float*)0, F, cols, act, MqRope(), MqFold());                      \
 }
 #define MQ_FC_PARAMS , const float* ssIn, int nIn, float eps
@@ -736,7 +774,7 @@ extern "C" __global__ void LB moe_matvec_##NAME##_tc##SUF(const void* const* val
                                                  const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) { \
     pdl_wait();   /* the expert ids come from moe_route */                                                               \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
-    IMPL<T, U, MQ_PLAIN, W, MQ_FOLD_NONE>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride, \
+    IMPL<T, U, MQ_PLAIN, W, MQ_FOLD_NONE, false>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride, \
                             y + (long long)s * rows, (const float*)0, rows, cols, 0, MqRope(), MqFold());                \
 }
 #define MQ_TC_ENTRIES(T, U, W, SUF, LB) MQ_TC_ONE(fp8, matvec_fp8_tc_impl, float, T, U, W, SUF, LB) MQ_TC_ONE(int4, matvec_int4_tc_impl, u16, T, U, W, SUF, LB)

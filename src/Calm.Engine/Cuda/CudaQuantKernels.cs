@@ -67,6 +67,22 @@ public sealed class CudaQuantKernels : IDisposable
     /// 2, 1 k-blocks per pipeline stage); t1w = one tile per block of 16 warps (twice the loads in flight per tile);
     /// t1b, t2b, t4b = t1 with 2 k-blocks per stage, t2 and t4, with registers capped for 4, 3 and 2 blocks per SM.</summary>
     public static readonly string[] TcVariants = { "t1", "t2", "t4", "t1w", "t1b", "t2b", "t4b" };
+    /// <summary>Programmatic dependent launch of the dense tensor-core kernels (sm_90+ with cuLaunchKernelEx;
+    /// CALM_QUANT_PDL=0 off): each issues its first weight loads, waits for the previous kernel before touching x, y or
+    /// the norm's sums (pdl_wait) and lets the next kernel launch once all its loads are out. Llama-3-8B on the H200,
+    /// same call: int4 463.4 → 480.5 tok/s (over an int4 dequantisation since reverted), fp8 374.1 → 377.8
+    /// (bench/RESULTS.md 2026-11-29, sixth session; with the trigger at the kernels' start it had been slower).</summary>
+    public bool Programmatic { get; }
+    /// <summary>Whether the tensor-core launches of <paramref name="wt"/> ask for dynamic shared memory they do not use so
+    /// that no more of their blocks fit on a multiprocessor than the grid needs (ceil(blocks / SMs)): under programmatic
+    /// launch a kernel's blocks start where the previous kernel's leave first, and uncapped the early SMs take several
+    /// while others get none. Default int4 only (Llama-3-8B int4 480.5 → 485.8 tok/s, fp8 377.8 → 372.7 on the H200);
+    /// programmatic launches only (not the MoE twins).</summary>
+    public bool ClampsBlocksPerSm(DType wt) => wt == DType.Int4 ? _clampInt4 : _clampFp8;
+    private readonly bool _clampFp8, _clampInt4;
+    private readonly int _multiprocessors;
+    private readonly int _clampLimit;   // largest dynamic shared memory a cap asks for: the per-block opt-in less the 48 KB static shared memory can take
+    private readonly Dictionary<(string, int), int> _clampSmem = new();
     private readonly CudaModule _module;
     private readonly Dictionary<string, CudaKernel> _k = new();
 
@@ -76,13 +92,27 @@ public sealed class CudaQuantKernels : IDisposable
     /// <param name="int4StageX">int4 kernels stage x in shared memory (the _xs variants) when no call says otherwise;
     /// null: the CALM_INT4_XS environment variable ("1" = on). Off by default until measured.</param>
     /// <param name="tensorCores">null: on for sm_80+ unless CALM_QUANT_TC=0; false: the CUDA-core kernels only.</param>
-    public CudaQuantKernels(CudaContext ctx, int arch, Action<string>? verbose = null, bool? forceFp8Convert = null, bool? int4StageX = null, bool? tensorCores = null)
+    /// <param name="pdl">programmatic dependent launch (sm_90+); null: on unless CALM_QUANT_PDL=0.</param>
+    /// <param name="clampBlocksPerSm">the tensor-core launches' block cap (<see cref="ClampsBlocksPerSm"/>) for both
+    /// formats; null: CALM_QUANT_CLAMP (unset: int4 only, "1": both, "0": neither). Only with programmatic launch.</param>
+    public CudaQuantKernels(CudaContext ctx, int arch, Action<string>? verbose = null, bool? forceFp8Convert = null, bool? int4StageX = null, bool? tensorCores = null,
+                            bool? pdl = null, bool? clampBlocksPerSm = null)
     {
         Context = ctx; Arch = arch;
         TensorCores = arch >= 80 && (tensorCores ?? Environment.GetEnvironmentVariable("CALM_QUANT_TC") != "0");
         TcVariantOverride = Environment.GetEnvironmentVariable("CALM_QUANT_TC_VARIANT") is { } tv && TcVariants.Contains(tv) ? tv : null;
         Int4StageX = int4StageX ?? Environment.GetEnvironmentVariable("CALM_INT4_XS") == "1";
         Fp8StageX = Environment.GetEnvironmentVariable("CALM_FP8_XS") == "1";
+        Programmatic = arch >= 90 && Cu.HasLaunchKernelEx && (pdl ?? Environment.GetEnvironmentVariable("CALM_QUANT_PDL") != "0");
+        var clamp = Environment.GetEnvironmentVariable("CALM_QUANT_CLAMP");
+        _clampFp8 = Programmatic && (clampBlocksPerSm ?? clamp == "1");
+        _clampInt4 = Programmatic && (clampBlocksPerSm ?? clamp != "0");
+        _multiprocessors = Math.Max(1, CudaDeviceInfo.List()[ctx.Device].Multiprocessors);
+        unsafe
+        {
+            int optin;
+            _clampLimit = Cu.cuDeviceGetAttribute(&optin, Cu.ATTR_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, ctx.Device) == 0 ? optin - 48 * 1024 : 0;
+        }
         byte[] image;
         if (forceFp8Convert is bool force)
         {
@@ -114,13 +144,12 @@ public sealed class CudaQuantKernels : IDisposable
                     foreach (var kind in new[] { "tc_fc", "tc_fp", "tc_glu_fc", "tc_qkv_fc" })   // folded-norm roles
                         _k[$"matvec_{f}_{kind}_{v}"] = _module.GetKernel($"matvec_{f}_{kind}_{v}");
                 }
-            // every matvec waits for the previous kernel before touching x, y or the expert ids (pdl_wait), so they may
-            // be launched with programmatic dependent launch; measured slower for the CUDA-core fp8 kernels on the H200
-            // (Llama-3-8B 3.300 vs 3.178 ms/token), no faster for the tensor-core ones (52.9% vs 52.8% of the speed
-            // of light) and slower again with the folded norm and the capped int4 variants (fp8 365.0 vs 371.3 tok/s,
-            // int4 400.0 vs 450.6; bench/RESULTS.md 2026-11-29 fifth session), so only with CALM_QUANT_PDL=1
-            if (arch >= 90 && Cu.HasLaunchKernelEx && Environment.GetEnvironmentVariable("CALM_QUANT_PDL") == "1")
-                foreach (var k in _k.Values) k.Programmatic = true;
+            // the dense tensor-core kernels only: the CUDA-core ones (fallbacks) made Llama-3-8B fp8 slower with it
+            // (3.300 vs 3.178 ms/token on the H200, bench/RESULTS.md 2026-11-29) and the MoE twins wait for the
+            // router at their start (kernels/matvec_quant.cu, EARLY)
+            if (Programmatic)
+                foreach (var (name, k) in _k)
+                    if (name.StartsWith("matvec_", StringComparison.Ordinal) && name.Contains("_tc")) k.Programmatic = true;
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
         }
         catch
@@ -212,6 +241,50 @@ public sealed class CudaQuantKernels : IDisposable
 
     private static int Blocks(int rows, int r) => (int)Math.Max(1, (rows + (long)r * (Block / 32) - 1) / ((long)r * (Block / 32)));
 
+    /// <summary>Launches a tensor-core kernel with the call's own arguments followed by its fold role's (consumer: ssIn,
+    /// nIn, eps; producer: g, xg, ssOut, addOne; kernels/matvec_quant.cu MQ_FC_PARAMS / MQ_FP_PARAMS).</summary>
+    private void LaunchTc(CudaKernel kern, CudaStream s, (int X, int Y) grid, int threads, NormFold fold, params KernelArg[] args)
+    {
+        if (fold.SsIn != 0 && fold.Xg != 0) throw new ArgumentException("a matvec is a folded-norm consumer or producer, not both", nameof(fold));
+        KernelArg[] all = fold.SsIn != 0 ? [.. args, fold.SsIn, fold.NIn, fold.Eps]
+            : fold.Xg != 0 ? [.. args, fold.Gain, fold.Xg, fold.SsOut, fold.AddOne ? 1 : 0]
+            : args;
+        kern.Launch(s, (grid.X, grid.Y, 1), threads, ClampSmem(kern, threads, (long)grid.X * grid.Y), all);
+    }
+
+    /// <summary>Blocks of a tensor-core launch that fit on one multiprocessor at once: the kernel's own limit, or
+    /// ceil(<paramref name="blocks"/> / SMs) where <see cref="ClampsBlocksPerSm"/> caps it. kind: tc, tc_glu, tc_qkv
+    /// (and their _fc / _fp roles).</summary>
+    public int ResidentBlocksPerSm(DType wt, string kind, string variant, long blocks)
+    {
+        var kern = _k[$"matvec_{Suffix(wt)}_{kind}_{TcVariant(wt, 0, variant)}"];
+        int threads = variant.EndsWith('w') ? 2 * Block : Block;
+        return kern.MaxActiveBlocksPerMultiprocessor(threads, ClampSmem(kern, threads, blocks));
+    }
+
+    /// <summary>The dynamic shared memory that caps <paramref name="kern"/> at ceil(blocks / SMs) blocks per
+    /// multiprocessor (<see cref="ClampsBlocksPerSm"/>; 0 when off or when the kernel's own resources already do).</summary>
+    private int ClampSmem(CudaKernel kern, int threads, long blocks)
+    {
+        if (!kern.Programmatic || !(kern.Name.Contains("_int4_") ? _clampInt4 : _clampFp8) || _clampLimit <= 0) return 0;
+        int want = (int)Math.Min(int.MaxValue, (blocks + _multiprocessors - 1) / _multiprocessors);
+        if (_clampSmem.TryGetValue((kern.Name, want), out var smem)) return smem;
+        smem = 0;
+        if (kern.MaxActiveBlocksPerMultiprocessor(threads, 0) > want)
+        {
+            kern.SetMaxDynamicSharedMemory(_clampLimit);
+            int lo = 1, hi = _clampLimit;   // smallest size with at most `want` blocks per SM
+            while (lo < hi)
+            {
+                int mid = lo + (hi - lo) / 2;
+                if (kern.MaxActiveBlocksPerMultiprocessor(threads, mid) <= want) hi = mid; else lo = mid + 1;
+            }
+            smem = kern.MaxActiveBlocksPerMultiprocessor(threads, lo) <= want ? lo : 0;
+        }
+        _clampSmem[(kern.Name, want)] = smem;
+        return smem;
+    }
+
     /// <summary>
     /// W [rows, cols] (fp8: values [rows, cols] e4m3 + scales [rows] f32; int4: values [rows, ceil(cols/32)*16] packed +
     /// scales [rows, ceil(cols/32)] f16), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when
@@ -222,12 +295,8 @@ public sealed class CudaQuantKernels : IDisposable
     {
         if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
         {
-            if (fold.SsIn != 0 && fold.Xg != 0) throw new ArgumentException("a matvec is a folded-norm consumer or producer, not both", nameof(fold));
             var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_fc" : fold.Xg != 0 ? "tc_fp" : "tc", wt, rows, tcVariant);
-            int blocks = (rows + 16 * tt - 1) / (16 * tt);
-            if (fold.SsIn != 0) kern.Launch(s, blocks, threads, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0, fold.SsIn, fold.NIn, fold.Eps);
-            else if (fold.Xg != 0) kern.Launch(s, blocks, threads, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0, fold.Gain, fold.Xg, fold.SsOut, fold.AddOne ? 1 : 0);
-            else kern.Launch(s, blocks, threads, 0, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
+            LaunchTc(kern, s, ((rows + 16 * tt - 1) / (16 * tt), 1), threads, fold, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
             return;
         }
         if (fold != default) throw new ArgumentException("the folded RMSNorm runs in the tensor-core kernels only (FoldSupported)", nameof(fold));
@@ -244,7 +313,7 @@ public sealed class CudaQuantKernels : IDisposable
         if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
         {
             var (kern, tt, threads) = Tc("moe_matvec", "tc", wt, (long)rows * slots, tcVariant);
-            kern.Launch(s, ((rows + 16 * tt - 1) / (16 * tt), slots, 1), threads, 0, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
+            LaunchTc(kern, s, ((rows + 16 * tt - 1) / (16 * tt), slots), threads, default, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
             return;
         }
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
@@ -274,10 +343,9 @@ public sealed class CudaQuantKernels : IDisposable
                           NormFold fold = default)
     {
         RequireGluShape(wt, cols);
+        if (fold.Xg != 0) throw new ArgumentException("the fused gate_up kernel is a folded-norm consumer only", nameof(fold));
         var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_glu_fc" : "tc_glu", wt, 2L * F, tcVariant);
-        int blocks = (F + 8 * tt - 1) / (8 * tt);
-        if (fold.SsIn != 0) kern.Launch(s, blocks, threads, 0, values, scales, x, h, bias, F, cols, (int)act, fold.SsIn, fold.NIn, fold.Eps);
-        else kern.Launch(s, blocks, threads, 0, values, scales, x, h, bias, F, cols, (int)act);
+        LaunchTc(kern, s, ((F + 8 * tt - 1) / (8 * tt), 1), threads, fold, values, scales, x, h, bias, F, cols, (int)act);
     }
 
     /// <summary>Whether <see cref="MatvecQkvRope"/> takes this shape: the tensor-core kernels' columns, head_dim a
@@ -295,10 +363,9 @@ public sealed class CudaQuantKernels : IDisposable
         RequireGluShape(wt, cols);
         if (Hd % 16 != 0) throw new ArgumentException($"the fused qkv kernel needs head_dim % 16 == 0 (got {Hd})", nameof(Hd));
         int pairs = (H + 2 * K) * (Hd / 2);
+        if (fold.Xg != 0) throw new ArgumentException("the fused qkv kernel is a folded-norm consumer only", nameof(fold));
         var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_qkv_fc" : "tc_qkv", wt, 2L * pairs, tcVariant);
-        int blocks = (pairs + 8 * tt - 1) / (8 * tt);
-        if (fold.SsIn != 0) kern.Launch(s, blocks, threads, 0, values, scales, x, qkv, bias, cols, cos, sin, kCache, vCache, maxCtx, H, K, Hd, step, fold.SsIn, fold.NIn, fold.Eps);
-        else kern.Launch(s, blocks, threads, 0, values, scales, x, qkv, bias, cols, cos, sin, kCache, vCache, maxCtx, H, K, Hd, step);
+        LaunchTc(kern, s, ((pairs + 8 * tt - 1) / (8 * tt), 1), threads, fold, values, scales, x, qkv, bias, cols, cos, sin, kCache, vCache, maxCtx, H, K, Hd, step);
     }
 
     /// <summary>MoE twin of <see cref="MatvecGlu"/>: per slot s, expert idx[s] [2F, cols] . x[s*xStride ..] -> h[s*F ..].</summary>
@@ -306,7 +373,7 @@ public sealed class CudaQuantKernels : IDisposable
     {
         RequireGluShape(wt, cols);
         var (kern, tt, threads) = Tc("moe_matvec", "tc_glu", wt, 2L * F * slots, tcVariant);
-        kern.Launch(s, ((F + 8 * tt - 1) / (8 * tt), slots, 1), threads, 0, valueTable, scaleTable, idx, x, xStride, h, F, cols, (int)act);
+        LaunchTc(kern, s, ((F + 8 * tt - 1) / (8 * tt), slots), threads, default, valueTable, scaleTable, idx, x, xStride, h, F, cols, (int)act);
     }
 
     /// <summary>Whether this image converts e4m3 with the hardware instruction (cvt.rn.f16x2.e4m3x2: sm_89+ and
@@ -335,10 +402,12 @@ public sealed class CudaQuantKernels : IDisposable
     /// <summary>
     /// y [rows] = W [rows, cols] (fp8 or int4) · x [cols], timed like <see cref="CudaMicrobench.Matvec"/>: random valid
     /// weights in enough copies to rotate over ≥ 4× the L2, each repetition a captured graph of ≥ 8 calls timed with
-    /// CUDA events, per-call milliseconds. Bytes = values + scales + x + y.
+    /// CUDA events, per-call milliseconds. Bytes = values + scales + x + y. <paramref name="pdl"/>: programmatic launch
+    /// of the tensor-core kernels (consecutive calls overlap as in a decode step); null: the default (on for sm_90+
+    /// since 2026-11-29's sixth session; the earlier variant tables in bench/logs ran without).
     /// </summary>
     public static KernelTiming Bench(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, int rowsPerWarp = 0, bool stageX = false,
-                                     bool? tensorCores = null, string? tcVariant = null)
+                                     bool? tensorCores = null, string? tcVariant = null, bool? pdl = null)
     {
         if (rows < 1 || cols < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Rows and columns must be ≥ 1 (got {rows} × {cols}).", "Rows");
         if (!DTypes.IsQuantized(dtype))
@@ -355,7 +424,7 @@ public sealed class CudaQuantKernels : IDisposable
         int copies = (int)Math.Clamp((4 * l2 + wBytes - 1) / Math.Max(wBytes, 1), 1, 64);
 
         using var ctx = CudaContext.Acquire(device);
-        using var k = new CudaQuantKernels(ctx, info.Arch);
+        using var k = new CudaQuantKernels(ctx, info.Arch, pdl: pdl);
         using var s = new CudaStream(ctx);
         var mem = new List<CudaDeviceMemory>();
         try

@@ -666,6 +666,54 @@ public unsafe class QuantKernelTests
         }
     }
 
+    /// <summary>The block cap under programmatic launch (CudaQuantKernels.ClampsBlocksPerSm, forced on for both formats):
+    /// a launch of b blocks fits min(the kernel's own limit, ceil(b / SMs)) of them per multiprocessor, and the capped
+    /// launches (plain and fused GLU) still match the CPU at 1e-5.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void BlockCapLimitsResidentBlocksAndKeepsResults(DType dt)
+    {
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) Assert.Skip("No usable CUDA device: " + why);
+        var info = CudaDeviceInfo.List()[0];
+        if (info.Arch < 90 || !Cu.HasLaunchKernelEx) Assert.Skip($"The block cap comes with programmatic launch: sm_90 and a CUDA 12 driver (this GPU is sm_{info.Arch}).");
+        using var ctx = CudaContext.Acquire(0);
+        using var k = new CudaQuantKernels(ctx, info.Arch, pdl: true, clampBlocksPerSm: true);
+        using var uncapped = new CudaQuantKernels(ctx, info.Arch, pdl: true, clampBlocksPerSm: false);
+        using var s = new CudaStream(ctx);
+        Assert.True(k.Programmatic && k.ClampsBlocksPerSm(dt));
+        int sms = info.Multiprocessors;
+        foreach (var variant in new[] { "t1", "t1b", "t4" })
+            foreach (long blocks in new long[] { sms / 2, sms + 1, 2L * sms - 3, 3L * sms, 50L * sms })
+            {
+                int own = uncapped.ResidentBlocksPerSm(dt, "tc", variant, blocks);
+                Assert.True(own >= 1, $"{variant}: the driver reports {own} resident blocks");
+                int want = (int)Math.Min(own, (blocks + sms - 1) / sms);
+                Assert.Equal(want, k.ResidentBlocksPerSm(dt, "tc", variant, blocks));
+            }
+        using var store = new NativeWeightStore();
+        var r = Gpu.Rng();
+        const int rows = 1000, cols = 4096;
+        var w = RandomQuantized(r, store, dt, rows, cols);
+        var x = Gpu.RandF(r, cols);
+        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var X = UpXWithNaNGuard(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L); using var H = Gpu.Zeros(ctx, rows / 2 * 4L);
+        var want0 = new float[rows];
+        CpuKernels.MatVec(w, x, want0);
+        foreach (var variant in new[] { "t1", "t1b", "t4" })
+        {
+            k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, tensorCores: true, tcVariant: variant);
+            k.MatvecGlu(s, dt, V.Ptr, S.Ptr, X.Ptr, H.Ptr, 0, rows / 2, cols, Activation.Silu, variant);
+            s.Synchronize();
+            Gpu.Close(Y.ToArray<float>(rows), want0, 1e-5, $"capped matvec {DTypes.Name(dt)} {variant}");
+            var h = H.ToArray<float>(rows / 2);
+            var hw = new float[rows / 2];
+            for (int i = 0; i < rows / 2; i++) hw[i] = Gpu.Silu(want0[i]) * want0[rows / 2 + i];
+            Gpu.Close(h, hw, 1e-5, $"capped GLU {DTypes.Name(dt)} {variant}");
+        }
+    }
+
     /// <summary>On sm_89+ with NVRTC ≥ 11.8 the image uses the hardware e4m3 conversion.</summary>
     [Fact]
     public void HardwareFp8ConversionWhereAvailable()
