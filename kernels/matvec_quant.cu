@@ -349,11 +349,27 @@ struct MqFold {
 #else
 #define MQ_EARLY_WAIT 0
 #endif
-template <int FOLD>
-__device__ __forceinline__ void mq_pdl_wait(const MqFold& fold, int cols, float& xr) {
-    pdl_wait();
-    if (FOLD == MQ_FOLD_CONSUMER) xr = fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps);
-}
+// A warp's side of that protocol, after the kernel's PDL_ENTER when not early: xr is a consumer's 1/rms (1 otherwise);
+// after_loads() once the warp's first weight loads are issued, end() after its last.
+template <int FOLD, bool EARLY>
+struct MqPdl {
+    float xr = 1.f;
+    bool waited = !EARLY;
+    __device__ __forceinline__ MqPdl(const MqFold& fold, int cols) {
+        if (!EARLY && FOLD == MQ_FOLD_CONSUMER) xr = fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps);
+    }
+    __device__ __forceinline__ void after_loads(const MqFold& fold, int cols) {
+        if (waited) return;
+        pdl_wait();
+        if (FOLD == MQ_FOLD_CONSUMER) xr = fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps);
+        waited = true;
+    }
+    __device__ __forceinline__ void end(const MqFold& fold, int cols) {
+        if (!EARLY) return;
+        after_loads(fold, cols);   // a warp without k-blocks
+        pdl_trigger();             // every weight load of this block is issued: the next kernel may start
+    }
+};
 
 // Rows of the block's tiles. Plain: tile i holds rows 16 (blockIdx.x T + i) + [0, 16): fragment row g at + g, g + 8 at + g + 8.
 // Paired modes: tile i holds the pairs p0 + [0, 8) with p0 = (blockIdx.x * T + i) * 8, fragment row g the first row
@@ -448,7 +464,7 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
 // Per-warp x buffer: [U][j][slot = 2t + part][2] u32 (b0b1, b2b3).
 // Each stage issues its U k-blocks' loads, stages x, then multiplies. Measured slower on the H200 (bench/RESULTS.md):
 // double-buffered loads (the next stage's in flight during the multiplies: 96-164 registers, half the blocks per SM).
-// The first stage's loads go out before pdl_wait (mq_pdl_wait).
+// The first stage's loads go out before pdl_wait (MqPdl).
 template <int T, int U, int MODE, int W, int FOLD, bool EARLY = true>
 __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
                                                    int n, int cols, int accumulate, const MqRope& rope, const MqFold& fold) {
@@ -474,9 +490,8 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
     for (int i = 0; i < T; i++)
 #pragma unroll
         for (int e = 0; e < 4; e++) d[i][0][e] = d[i][1][e] = 0.f;
-    float xr = 1.f;   // a consumer's 1/rms of the folded norm
-    bool waited = !early;
-    if (!early && FOLD == MQ_FOLD_CONSUMER) xr = fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps);
+    MqPdl<FOLD, early> pdl(fold, cols);
+    const float& xr = pdl.xr;   // a consumer's 1/rms of the folded norm
     for (int kb0 = warp; kb0 < nkb; kb0 += W * U) {
         calm_u4 w[U][T][2];
 #pragma unroll
@@ -487,7 +502,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
                 for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream(rp[i][0] + 4 * kb); w[u][i][1] = ldg_u4_stream(rp[i][1] + 4 * kb); }
             }
         }
-        if (!waited) { mq_pdl_wait<FOLD>(fold, cols, xr); waited = true; }
+        pdl.after_loads(fold, cols);
         __syncwarp();   // the previous iteration's B reads are done
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -520,10 +535,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
             }
         }
     }
-    if (early) {
-        if (!waited) mq_pdl_wait<FOLD>(fold, cols, xr);   // a warp without k-blocks
-        pdl_trigger();   // every weight load of this block is issued: the next kernel may start
-    }
+    pdl.end(fold, cols);
     float tot[T][2];
     bool bad = false;
 #pragma unroll
@@ -592,9 +604,8 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     float acc[T][2];
 #pragma unroll
     for (int i = 0; i < T; i++) acc[i][0] = acc[i][1] = 0.f;
-    float xr = 1.f;   // a consumer's 1/rms of the folded norm
-    bool waited = !early;
-    if (!early && FOLD == MQ_FOLD_CONSUMER) xr = fold_scale_warp(fold.ssIn, fold.nIn, cols, fold.eps);
+    MqPdl<FOLD, early> pdl(fold, cols);
+    const float& xr = pdl.xr;   // a consumer's 1/rms of the folded norm
     for (int kb0 = warp; kb0 < nkb; kb0 += W * U) {
         calm_u4 w[U][T][2];
         u32 sc[U][T][2];
@@ -608,7 +619,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
                     for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream(rp[i][h] + 4 * kb); sc[u][i][h] = dp[i][h][2 * kb]; }
             }
         }
-        if (!waited) { mq_pdl_wait<FOLD>(fold, cols, xr); waited = true; }
+        pdl.after_loads(fold, cols);
         __syncwarp();
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -657,10 +668,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
             }
         }
     }
-    if (early) {
-        if (!waited) mq_pdl_wait<FOLD>(fold, cols, xr);   // a warp without k-blocks
-        pdl_trigger();   // every weight load of this block is issued: the next kernel may start
-    }
+    pdl.end(fold, cols);
     float tot[T][2];
     bool bad = false;
 #pragma unroll

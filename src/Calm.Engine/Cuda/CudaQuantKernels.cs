@@ -257,8 +257,7 @@ public sealed class CudaQuantKernels : IDisposable
     /// (and their _fc / _fp roles).</summary>
     public int ResidentBlocksPerSm(DType wt, string kind, string variant, long blocks)
     {
-        var kern = _k[$"matvec_{Suffix(wt)}_{kind}_{TcVariant(wt, 0, variant)}"];
-        int threads = variant.EndsWith('w') ? 2 * Block : Block;
+        var (kern, _, threads) = Tc("matvec", kind, wt, 0, variant);
         return kern.MaxActiveBlocksPerMultiprocessor(threads, ClampSmem(kern, threads, blocks));
     }
 
