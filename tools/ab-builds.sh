@@ -3,11 +3,14 @@
 # $BUILDS gets its own copy of the working tree, then per build the settings in AB_ENVS_<name> (';'-separated, default
 # one empty setting) run tools/quick-sol.ps1 ($QUICK_RUNS); VARIANTS_<name>=1 also runs the quantized variant report
 # (needs the tarball's test build, which tools/stage-gpu.sh packs; bin-only tarballs are refused). The first build run
-# on a fresh machine compiles every kernel file: give it AB_TIMEOUT 200 s or more.
+# on a fresh machine compiles every kernel file (a change in any header recompiles every file): give it AB_TIMEOUT
+# 200 s or more, or carry .stage/kcache.tar.xz.
 # Usage there: source .gpu/boot.sh && BUILDS="head new" AB_ENVS_new="CALM_FOLD_NORM=0;CALM_FOLD_NORM=1" bash tools/ab-builds.sh
 set -uo pipefail
 root=$(pwd)
 export CALM_CACHE_DIR=${CALM_CACHE_DIR:-/tmp/calmcache}
+# a carried kernel cache (tools/gpu-call.sh) saves the builds that share kernel sources the cold compile
+if [[ -f .stage/kcache.tar.xz && ! -d "$CALM_CACHE_DIR" ]]; then mkdir -p "$CALM_CACHE_DIR" && tar xJf .stage/kcache.tar.xz -C "$CALM_CACHE_DIR"; fi
 for b in $BUILDS; do
   d=/tmp/build-$b; rm -rf "$d"; mkdir -p "$d"
   tar c --exclude=./.gpu --exclude=./.stage --exclude=./.git . | (cd "$d" && tar x)

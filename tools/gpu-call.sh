@@ -4,11 +4,17 @@
 # classes (CLASSES=...), prefill-tests, prefill-bench, prefill-quant, quant-tests, pester-gpu, gpu-tests (build.ps1
 # GpuTest), issue6 (bench/Issue6.Bench.ps1, every row), ab (Issue6 rows AB_ONLY once per setting of AB_ENVS), attpf
 # (bench/AttentionFp8.Bench.ps1 over the L2 prefetch distances ATT_PF), ncu (Nsight Compute: NCU_CONFIGS, NCU_STEP), quick
-# (tools/quick-sol.ps1 once per setting of QUICK_ENVS).
+# (tools/quick-sol.ps1 once per setting of QUICK_ENVS), probe (tools/probe/*.cu built with nvcc, PROBES = which:
+# mv_chain, engine_chain), side (bench/SideBySide.Bench.ps1, static cache only).
+# Kernel cache: .stage/kcache.tar.xz (when carried) fills CALM_CACHE_DIR before the steps, and the cache is packed
+# into $OUT/kcache.tar.xz afterwards; copy that to .stage/ for the next call, which then compiles only kernel files
+# whose source or headers changed (keys: source, all headers, target, NVRTC version).
 # Usage there: source .gpu/boot.sh && STEPS=regs,wgmma-tests,prefill-bench bash tools/gpu-call.sh
 set -uo pipefail
 tar xJf .stage/build.tar.xz
 export CALM_CACHE_DIR=${CALM_CACHE_DIR:-/tmp/calmcache}
+if [[ -f .stage/kcache.tar.xz ]]; then mkdir -p "$CALM_CACHE_DIR" && tar xJf .stage/kcache.tar.xz -C "$CALM_CACHE_DIR"; fi
+trap 'tar cf - -C "$CALM_CACHE_DIR" . 2>/dev/null | xz -T0 -3 > "$OUT/kcache.tar.xz"' EXIT
 T=tests/Calm.Engine.Tests/bin/Release/net8.0/Calm.Engine.Tests.dll
 NS=Calm.Engine.Tests.Cuda
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -32,6 +38,12 @@ PS
               for (k in h) if (!(k in g)) printf "%-28s HMMA %d LDL/STL %d BAR %d\n", k, h[k], l[k], b[k]}' /tmp/sass.txt | sort | tee -a "$OUT/regs.txt"
   done
 fi
+if has probe; then   # PROBES: which of tools/probe/*.cu (default both)
+  for pr in ${PROBES:-mv_chain engine_chain}; do
+    nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/$pr tools/probe/$pr.cu 2>&1 | grep -v "warning #177\|declared but never\|^ *\^\|^Remark\|const int pos" | tee "$OUT/probe-$pr.txt"
+    timeout ${PROBE_TIMEOUT:-120} /tmp/$pr 2>&1 | tee -a "$OUT/probe-$pr.txt"
+  done
+fi
 if has issue6; then
   timeout 500 pwsh -NoProfile -File bench/Issue6.Bench.ps1 -OutputFolder $OUT/issue6 ${ISSUE6_ONLY:+-Only $ISSUE6_ONLY} 2>&1 | tee "$OUT/issue6.log" | tail -40
 fi
@@ -51,6 +63,9 @@ if has quick; then   # QUICK_ENVS="A=1;B=0": decode tok/s at context 0 (tools/qu
     echo "== quick: ${set:-defaults}" | tee -a "$OUT/quick.txt"
     env $set timeout ${QUICK_TIMEOUT:-200} pwsh -NoProfile -File tools/quick-sol.ps1 -Runs "${QUICK_RUNS:-Llama-3-8B:fp8,Llama-3-8B:int4}" 2>&1 | grep -E "^quick|Error|error" | tee -a "$OUT/quick.txt"
   done
+fi
+if has side; then   # the side-by-side row: transformers (static cache, compiled) and Calm on the same shape
+  timeout ${SIDE_TIMEOUT:-300} pwsh -NoProfile -File bench/SideBySide.Bench.ps1 -OutputFolder $OUT/side -Modes static -Repeat 2 -NewTokens 64 2>&1 | tail -30 | tee "$OUT/side.txt"
 fi
 if has attpf; then   # attention microbenchmark: L2 prefetch distances (ATT_PF) at ATT_CONTEXTS
   timeout 300 pwsh -NoProfile -File bench/AttentionFp8.Bench.ps1 -Context ${ATT_CONTEXTS:-4096,32768} -Prefetch ${ATT_PF:-0,1,2,4} -SkipEightPerLane -Out $OUT 2>&1 | tail -30 | tee "$OUT/attpf.txt"

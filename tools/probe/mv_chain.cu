@@ -1,0 +1,290 @@
+// mv_chain.cu: a standalone probe (nvcc, runs on the GPU machine; not part of the engine) for the bf16 decode
+// matvecs' kernel boundaries. It answers two questions before the engine's kernels change:
+//  1. how many bytes in flight per SM a streaming read needs for full bandwidth (bw_read at several grids / depths);
+//  2. which matvec form keeps the memory busy across a chain of dependent matvecs launched with programmatic
+//     dependent launch in a CUDA graph, as one Llama-3-8B layer after another (qkv 6144x4096, o 4096x4096,
+//     gate_up 28672x4096, down 4096x14336; 8 layers' distinct weights, 32 layers per step).
+// Build and run:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mv_chain tools/probe/mv_chain.cu && /tmp/mv_chain
+#include <cuda_runtime.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstdint>
+#include <vector>
+#include <algorithm>
+#include <string>
+#include <cmath>
+
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, #x); exit(1); } } while (0)
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+__device__ __forceinline__ uint4 ldg_stream(const void* p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float dot8(uint4 w, const float* x) {
+    float4 a = *(const float4*)x, b = *(const float4*)(x + 4);
+    float s = __int_as_float(w.x << 16) * a.x;
+    s = fmaf(__int_as_float(w.x & 0xffff0000u), a.y, s);
+    s = fmaf(__int_as_float(w.y << 16), a.z, s); s = fmaf(__int_as_float(w.y & 0xffff0000u), a.w, s);
+    s = fmaf(__int_as_float(w.z << 16), b.x, s); s = fmaf(__int_as_float(w.z & 0xffff0000u), b.y, s);
+    s = fmaf(__int_as_float(w.w << 16), b.z, s); s = fmaf(__int_as_float(w.w & 0xffff0000u), b.w, s);
+    return s;
+}
+
+// ---- 1. streaming read -------------------------------------------------------------------------------------------
+template <int UNR>
+__global__ void bw_read(const uint4* in, long long n, u32* out) {
+    long long stride = (long long)gridDim.x * blockDim.x;
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    u32 acc = 0;
+    for (; i + (UNR - 1) * stride < n; i += UNR * stride) {
+        uint4 v[UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; u++) v[u] = ldg_stream(in + i + u * stride);
+#pragma unroll
+        for (int u = 0; u < UNR; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    for (; i < n; i += stride) { uint4 v = ldg_stream(in + i); acc ^= v.x ^ v.y ^ v.z ^ v.w; }
+    acc = __reduce_xor_sync(0xffffffffu, acc);
+    if ((threadIdx.x & 31) == 0) out[(blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5] = acc;
+}
+
+// ---- 2. matvecs -------------------------------------------------------------------------------------------------
+// One row's dot product, UNR 16-byte loads per lane per batch; the last batch is masked (no scalar tail).
+// early: the first batch's loads go out before pdl_wait. late: pdl_trigger after the last batch's loads.
+template <int UNR>
+__device__ __forceinline__ float row_dot(const u16* row, const float* x, int cols, int lane, bool early, bool late) {
+    const uint4* rv = (const uint4*)row;
+    int nvec = cols >> 3;
+    float acc = 0.f;
+    bool first = true;
+    for (int v0 = 0; v0 < nvec; v0 += 32 * UNR) {
+        uint4 w[UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int v = v0 + lane + 32 * u;
+            w[u] = v < nvec ? ldg_stream(rv + v) : make_uint4(0, 0, 0, 0);
+        }
+        if (late && v0 + 32 * UNR >= nvec) pdl_trigger();
+        if (early && first) pdl_wait();
+        first = false;
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int v = v0 + lane + 32 * u;
+            if (v < nvec) acc += dot8(w[u], x + (long long)v * 8);
+        }
+    }
+    return warp_sum(acc);
+}
+
+// the engine's form: one warp per row, blocks of 8 rows, as many blocks as rows / 8.
+// trig 0: trigger at entry; 1: after the warp's last loads. early: first loads before the wait.
+template <int UNR>
+__global__ void __launch_bounds__(256, 2) mv_rows(const u16* W, const float* x, float* y, int rows, int cols, int early, int trig) {
+    int row = (int)((blockIdx.x * 256u + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    if (trig == 0) pdl_trigger();
+    if (!early) pdl_wait();
+    if (row >= rows) { if (early) pdl_wait(); return; }
+    float s = row_dot<UNR>(W + (long long)row * cols, x, cols, lane, early, trig == 1);
+    if (lane == 0) y[row] = s;
+}
+
+// grid-stride form: gridDim.x blocks (a few per SM, all resident at once), block b takes rows
+// [b rows / G, (b+1) rows / G) and its warps take them in turn; early: each warp's first row's loads before the wait;
+// trig 1: the trigger after the loads of the warp's last row (warps with no row trigger at once).
+template <int UNR, int THREADS, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB) mv_gs(const u16* W, const float* x, float* y, int rows, int cols, int early, int trig) {
+    const int warps = THREADS / 32;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r0 = (int)((long long)blockIdx.x * rows / gridDim.x), r1 = (int)((long long)(blockIdx.x + 1) * rows / gridDim.x);
+    if (trig == 0) pdl_trigger();
+    if (!early) pdl_wait();
+    bool first = true;
+    int r = r0 + warp;
+    if (r >= r1) { if (trig == 1) pdl_trigger(); if (early) pdl_wait(); return; }
+    for (; r < r1; r += warps) {
+        bool last = r + warps >= r1;
+        float s = row_dot<UNR>(W + (long long)r * cols, x, cols, lane, early && first, trig == 1 && last);
+        first = false;
+        if (lane == 0) y[r] = s;
+    }
+}
+
+// ---- host -------------------------------------------------------------------------------------------------------
+__global__ void fill_bf16(u16* p, long long n, float scale, u32 seed) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        u32 h = (u32)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
+        float f = ((h & 0xffffff) / 16777216.f * 2.f - 1.f) * scale;
+        p[i] = (u16)(__float_as_uint(f) >> 16);
+    }
+}
+__global__ void fill_f32(float* p, long long n, u32 seed) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        u32 h = (u32)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+        p[i] = (h & 0xffffff) / 16777216.f * 2.f - 1.f;
+    }
+}
+
+template <typename K, typename... A>
+static void launch(K k, int grid, int threads, cudaStream_t s, bool pdl, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid); cfg.blockDim = dim3(threads); cfg.stream = s;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at; cfg.numAttrs = pdl ? 1 : 0;
+    CK(cudaLaunchKernelEx(&cfg, k, args...));
+}
+
+static int g_sms;
+
+struct Variant { std::string name; int kind; int early; int trig; int gridPerSm; bool pdl; };
+// kind 0: mv_rows<16>; 1: mv_gs<16,256,2>; 2: mv_gs<8,512,1>; 3: mv_rows<8>; 4: mv_gs<16,256,1> (up to 255 regs)
+
+static void mv(const Variant& v, const u16* W, const float* x, float* y, int rows, int cols, cudaStream_t s) {
+    int G;
+    switch (v.kind) {
+    case 0: launch(mv_rows<16>, (rows + 7) / 8, 256, s, v.pdl, W, x, y, rows, cols, v.early, v.trig); break;
+    case 3: launch(mv_rows<8>, (rows + 7) / 8, 256, s, v.pdl, W, x, y, rows, cols, v.early, v.trig); break;
+    case 1: G = std::min(g_sms * v.gridPerSm, (rows + 7) / 8); launch(mv_gs<16, 256, 2>, G, 256, s, v.pdl, W, x, y, rows, cols, v.early, v.trig); break;
+    case 2: G = std::min(g_sms * v.gridPerSm, (rows + 15) / 16); launch(mv_gs<8, 512, 1>, G, 512, s, v.pdl, W, x, y, rows, cols, v.early, v.trig); break;
+    case 4: G = std::min(g_sms * v.gridPerSm, (rows + 7) / 8); launch(mv_gs<16, 256, 1>, G, 256, s, v.pdl, W, x, y, rows, cols, v.early, v.trig); break;
+    }
+}
+
+static float median(std::vector<float> a) { std::sort(a.begin(), a.end()); return a[a.size() / 2]; }
+
+int main(int argc, char** argv) {
+    cudaDeviceProp p; CK(cudaGetDeviceProperties(&p, 0));
+    g_sms = p.multiProcessorCount;
+    printf("%s, %d SMs, L2 %d MB\n", p.name, g_sms, p.l2CacheSize >> 20);
+    cudaStream_t s; CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+
+    // 1. streaming read over 4 GiB: grid (blocks per SM x 256 threads) and loads in flight per thread
+    {
+        long long bytes = 4LL << 30, n = bytes / 16;
+        uint4* buf; u32* out; CK(cudaMalloc(&buf, bytes)); CK(cudaMalloc(&out, 1 << 20));
+        CK(cudaMemset(buf, 1, bytes));
+        printf("\n[bw_read] 4 GiB, 256-thread blocks: KB in flight per SM = blocks/SM x 256 x UNR x 16 B\n");
+        int bps[] = {1, 2, 3, 4, 8};
+        for (int unr : {4, 8, 16}) for (int b : bps) {
+            int grid = g_sms * b;
+            std::vector<float> t;
+            for (int rep = 0; rep < 7; rep++) {
+                CK(cudaEventRecord(e0, s));
+                if (unr == 4) bw_read<4><<<grid, 256, 0, s>>>(buf, n, out);
+                else if (unr == 8) bw_read<8><<<grid, 256, 0, s>>>(buf, n, out);
+                else bw_read<16><<<grid, 256, 0, s>>>(buf, n, out);
+                CK(cudaEventRecord(e1, s)); CK(cudaEventSynchronize(e1));
+                float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); t.push_back(ms);
+            }
+            float ms = median(t);
+            printf("bw_read UNR %2d blocks/SM %d  in flight %4d KB/SM  %7.1f GB/s\n", unr, b, b * 256 * unr * 16 / 1024, bytes / (ms * 1e6));
+        }
+        CK(cudaFree(buf)); CK(cudaFree(out));
+    }
+
+    // 2. the layer chain
+    const int D = 4096, QKV = 6144, F = 14336, NL = 8, STEPL = 32;
+    struct M { int rows, cols; };
+    M shapes[4] = {{QKV, D}, {D, D}, {2 * F, D}, {D, F}};
+    std::vector<u16*> W(NL * 4);
+    long long layerBytes = 0;
+    for (int k = 0; k < 4; k++) layerBytes += (long long)shapes[k].rows * shapes[k].cols * 2;
+    for (int l = 0; l < NL; l++) for (int k = 0; k < 4; k++) {
+        long long n = (long long)shapes[k].rows * shapes[k].cols;
+        CK(cudaMalloc(&W[l * 4 + k], n * 2));
+        fill_bf16<<<1024, 256, 0, s>>>(W[l * 4 + k], n, sqrtf(3.f / shapes[k].cols), 17u * (l * 4 + k) + 1);
+    }
+    float *xa, *xq, *xo, *xg, *xd;
+    CK(cudaMalloc(&xa, D * 4)); CK(cudaMalloc(&xq, QKV * 4)); CK(cudaMalloc(&xo, D * 4)); CK(cudaMalloc(&xg, 2 * F * 4)); CK(cudaMalloc(&xd, D * 4));
+    fill_f32<<<16, 256, 0, s>>>(xa, D, 5);
+    CK(cudaStreamSynchronize(s));
+    long long stepBytes = layerBytes * STEPL;
+    printf("\n[chain] %d layers x (qkv %dx%d, o %dx%d, gate_up %dx%d, down %dx%d) = %.2f GB per step\n", STEPL, QKV, D, D, D, 2 * F, D, D, F, stepBytes / 1e9);
+
+    std::vector<Variant> vars = {
+        {"rows16 start-trigger (engine now)", 0, 0, 0, 0, true},
+        {"rows16 start-trigger early", 0, 1, 0, 0, true},
+        {"rows16 late-trigger early", 0, 1, 1, 0, true},
+        {"rows16 no PDL", 0, 0, 0, 0, false},
+        {"rows8 start-trigger", 3, 0, 0, 0, true},
+        {"gs16x256 G=1/SM late early", 1, 1, 1, 1, true},
+        {"gs16x256 G=1/SM start early", 1, 1, 0, 1, true},
+        {"gs16x256 G=1/SM late no-early", 1, 0, 1, 1, true},
+        {"gs16x256 G=2/SM late early", 1, 1, 1, 2, true},
+        {"gs16x256 G=2/SM start", 1, 0, 0, 2, true},
+        {"gs8x512 G=1/SM late early", 2, 1, 1, 1, true},
+        {"gs16x256(255r) G=1/SM late early", 4, 1, 1, 1, true},
+        {"gs16x256 G=1/SM no PDL", 1, 0, 0, 1, false},
+    };
+    // reference output of the engine's form, to check every variant computes the same chain
+    std::vector<float> ref(D), got(D);
+    for (size_t vi = 0; vi < vars.size(); vi++) {
+        const Variant& v = vars[vi];
+        cudaGraph_t g; cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+        for (int l = 0; l < STEPL; l++) {
+            int wl = (l % NL) * 4;
+            mv(v, W[wl + 0], l == 0 ? xa : xd, xq, QKV, D, s);
+            mv(v, W[wl + 1], xq, xo, D, D, s);          // o reads the first D of qkv (stands in for attention)
+            mv(v, W[wl + 2], xo, xg, 2 * F, D, s);
+            mv(v, W[wl + 3], xg, xd, D, F, s);          // down reads the first F of gate_up
+        }
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        for (int w = 0; w < 3; w++) CK(cudaGraphLaunch(ge, s));
+        CK(cudaStreamSynchronize(s));
+        CK(cudaMemcpy(vi == 0 ? ref.data() : got.data(), xd, D * 4, cudaMemcpyDeviceToHost));
+        double maxRel = 0, maxRef = 0;
+        for (int i = 0; i < D; i++) maxRef = std::max(maxRef, (double)fabsf(ref[i]));
+        if (vi > 0) for (int i = 0; i < D; i++) maxRel = std::max(maxRel, fabs((double)got[i] - ref[i]) / maxRef);
+        std::vector<float> t;
+        for (int rep = 0; rep < 15; rep++) {
+            CK(cudaEventRecord(e0, s));
+            for (int k = 0; k < 4; k++) CK(cudaGraphLaunch(ge, s));
+            CK(cudaEventRecord(e1, s)); CK(cudaEventSynchronize(e1));
+            float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); t.push_back(ms / 4);
+        }
+        std::sort(t.begin(), t.end());
+        float ms = t[t.size() / 2];
+        printf("%-36s %.4f ms/step (min %.4f max %.4f)  %7.1f GB/s  diff %.1e\n", v.name.c_str(), ms, t.front(), t.back(), stepBytes / (ms * 1e6), maxRel);
+        CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));
+    }
+
+    // 3. each matrix alone: a graph of 32 launches of one shape over the 8 layers' weights (no dependence on data
+    // besides the stream order), engine form vs grid-stride
+    printf("\n[single] one shape, 32 launches per graph over 8 weight copies\n");
+    for (int k = 0; k < 4; k++) for (int vi : {0, 2, 5, 8}) {
+        const Variant& v = vars[vi];
+        cudaGraph_t g; cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+        for (int l = 0; l < 32; l++) mv(v, W[(l % NL) * 4 + k], k == 3 ? xg : xa, k == 3 ? xd : xg, shapes[k].rows, shapes[k].cols, s);
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        CK(cudaGraphLaunch(ge, s)); CK(cudaStreamSynchronize(s));
+        std::vector<float> t;
+        for (int rep = 0; rep < 15; rep++) {
+            CK(cudaEventRecord(e0, s)); CK(cudaGraphLaunch(ge, s)); CK(cudaEventRecord(e1, s)); CK(cudaEventSynchronize(e1));
+            float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); t.push_back(ms * 1000 / 32);
+        }
+        float us = median(t);
+        long long b = (long long)shapes[k].rows * shapes[k].cols * 2;
+        printf("%5d x %5d  %-36s %8.2f us  %7.1f GB/s\n", shapes[k].rows, shapes[k].cols, v.name.c_str(), us, b / (us * 1e3));
+        CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));
+    }
+    printf("done\n");
+    return 0;
+}
