@@ -57,8 +57,10 @@ public sealed class CudaKernels : IDisposable
     public bool AttentionPrefetchNext { get; }
     /// <summary>With <see cref="Programmatic"/>: the bf16/f16/f32 matvecs (plain, qkv + RoPE, gate_up + activation) issue
     /// each warp's first weight loads before they wait for the previous kernel, so the weights stream while it
-    /// finishes (the weights never depend on an earlier kernel). No measurable gain on the H200 (Llama-3-8B bf16 +0.3%,
-    /// Llama-3.2-1B -0.6%; bench/RESULTS.md), so only with CALM_MV_EARLY=1 or the constructor's matvecEarly: true.</summary>
+    /// finishes (the weights never depend on an earlier kernel). On unless CALM_MV_EARLY=0 or the constructor's
+    /// matvecEarly: false. H200, three pairs in two calls: Llama-3-8B bf16 240.3 -> 242.2, 240.3 -> 242.3, 240.2 -> 242.2
+    /// tok/s, Llama-3.2-1B 1104.9 -> 1115.6, 1105.3 -> 1115.6, 1104.6 -> 1116.3 (bench/RESULTS.md, 2026-11-29 seventh
+    /// session; an earlier session had measured +0.3% / -0.6%, within that day's spread).</summary>
     public bool MatvecEarly { get; }
     private int Early => MatvecEarly && Programmatic ? 1 : 0;
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
@@ -75,7 +77,7 @@ public sealed class CudaKernels : IDisposable
     public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int? attentionBlocksPerSm = null, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
                        bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null, bool? foldNorm = null, bool? attentionPrefetchNext = null)
     {
-        MatvecEarly = matvecEarly ?? Environment.GetEnvironmentVariable("CALM_MV_EARLY") == "1";
+        MatvecEarly = matvecEarly ?? Environment.GetEnvironmentVariable("CALM_MV_EARLY") != "0";
         FoldNorm = foldNorm ?? Environment.GetEnvironmentVariable("CALM_FOLD_NORM") != "0";
         AttentionPrefetchNext = attentionPrefetchNext ?? Environment.GetEnvironmentVariable("CALM_ATT_NEXT") == "1";
         AttentionPrefetch = Math.Clamp(attentionPrefetch ?? (int.TryParse(Environment.GetEnvironmentVariable("CALM_ATT_PREFETCH"), out var apf) ? apf : 0), 0, 8);
