@@ -8,17 +8,12 @@
 // The launch arguments mirror CudaKernels' launchers at the time of writing: a kernel signature change must be made
 // here too (it fails to compile or runs wrong only on the GPU machine).
 // Build and run:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/engine_chain tools/probe/engine_chain.cu && /tmp/engine_chain
-#include <cuda_runtime.h>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-#include <algorithm>
 #include <string>
 #include <cmath>
+#include "probe.cuh"
 #include "../../kernels/matvec.cu"
 #include "../../kernels/attention.cu"
 
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, #x); exit(1); } } while (0)
 
 __global__ void fill_u16(u16* p, long long n, float scale, u32 seed, int bf) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
@@ -52,7 +47,6 @@ int main() {
     const int D = 4096, H = 32, K = 8, Hd = 128, F = 14336, QKV = (H + 2 * K) * Hd, NL = 8, L = 32, maxCtx = 64, pos = 31;
     const float eps = 1e-5f;
     cudaStream_t s; CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
     std::vector<u16*> Wq(NL), Wo(NL), Wgu(NL), Wd(NL);
     auto mat = [&](long long rows, long long cols, u32 seed) { u16* w; CK(cudaMalloc(&w, rows * cols * 2)); fill_u16<<<1024, 256, 0, s>>>(w, rows * cols, sqrtf(3.f / cols), seed, 1); return w; };
     for (int l = 0; l < NL; l++) { Wq[l] = mat(QKV, D, 10 * l + 1); Wo[l] = mat(D, H * Hd, 10 * l + 2); Wgu[l] = mat(2 * F, D, 10 * l + 3); Wd[l] = mat(D, F, 10 * l + 4); }
@@ -131,14 +125,7 @@ int main() {
         CK(cudaGraphInstantiate(&ge, g, 0));
         for (int w = 0; w < 3; w++) CK(cudaGraphLaunch(ge, s));
         CK(cudaStreamSynchronize(s));
-        std::vector<float> t;
-        for (int rep = 0; rep < 15; rep++) {
-            CK(cudaEventRecord(e0, s));
-            for (int k = 0; k < 4; k++) CK(cudaGraphLaunch(ge, s));
-            CK(cudaEventRecord(e1, s)); CK(cudaEventSynchronize(e1));
-            float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); t.push_back(ms / 4);
-        }
-        std::sort(t.begin(), t.end());
+        std::vector<float> t = graph_ms(ge, s, 4);
         float ms = t[t.size() / 2];
         printf("%-52s %.4f ms/step (min %.4f max %.4f)  %7.1f GB/s\n", v.name, ms, t.front(), t.back(), stepBytes / (ms * 1e6));
         CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));

@@ -5,16 +5,11 @@
 //     dependent launch in a CUDA graph, as one Llama-3-8B layer after another (qkv 6144x4096, o 4096x4096,
 //     gate_up 28672x4096, down 4096x14336; 8 layers' distinct weights, 32 layers per step).
 // Build and run:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mv_chain tools/probe/mv_chain.cu && /tmp/mv_chain
-#include <cuda_runtime.h>
-#include <cstdio>
-#include <cstdlib>
 #include <cstdint>
-#include <vector>
-#include <algorithm>
 #include <string>
 #include <cmath>
+#include "probe.cuh"
 
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, #x); exit(1); } } while (0)
 
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -170,7 +165,7 @@ int main(int argc, char** argv) {
     g_sms = p.multiProcessorCount;
     printf("%s, %d SMs, L2 %d MB\n", p.name, g_sms, p.l2CacheSize >> 20);
     cudaStream_t s; CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+    cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));   // the streaming-read timings
 
     // 1. streaming read over 4 GiB: grid (blocks per SM x 256 threads) and loads in flight per thread
     {
@@ -251,14 +246,7 @@ int main(int argc, char** argv) {
         double maxRel = 0, maxRef = 0;
         for (int i = 0; i < D; i++) maxRef = std::max(maxRef, (double)fabsf(ref[i]));
         if (vi > 0) for (int i = 0; i < D; i++) maxRel = std::max(maxRel, fabs((double)got[i] - ref[i]) / maxRef);
-        std::vector<float> t;
-        for (int rep = 0; rep < 15; rep++) {
-            CK(cudaEventRecord(e0, s));
-            for (int k = 0; k < 4; k++) CK(cudaGraphLaunch(ge, s));
-            CK(cudaEventRecord(e1, s)); CK(cudaEventSynchronize(e1));
-            float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); t.push_back(ms / 4);
-        }
-        std::sort(t.begin(), t.end());
+        std::vector<float> t = graph_ms(ge, s, 4);
         float ms = t[t.size() / 2];
         printf("%-36s %.4f ms/step (min %.4f max %.4f)  %7.1f GB/s  diff %.1e\n", v.name.c_str(), ms, t.front(), t.back(), stepBytes / (ms * 1e6), maxRel);
         CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));
@@ -275,11 +263,8 @@ int main(int argc, char** argv) {
         CK(cudaStreamEndCapture(s, &g));
         CK(cudaGraphInstantiate(&ge, g, 0));
         CK(cudaGraphLaunch(ge, s)); CK(cudaStreamSynchronize(s));
-        std::vector<float> t;
-        for (int rep = 0; rep < 15; rep++) {
-            CK(cudaEventRecord(e0, s)); CK(cudaGraphLaunch(ge, s)); CK(cudaEventRecord(e1, s)); CK(cudaEventSynchronize(e1));
-            float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); t.push_back(ms * 1000 / 32);
-        }
+        std::vector<float> t = graph_ms(ge, s, 1);
+        for (float& ms : t) ms = ms * 1000 / 32;   // microseconds per launch
         float us = median(t);
         long long b = (long long)shapes[k].rows * shapes[k].cols * 2;
         printf("%5d x %5d  %-36s %8.2f us  %7.1f GB/s\n", shapes[k].rows, shapes[k].cols, v.name.c_str(), us, b / (us * 1e3));
