@@ -71,8 +71,8 @@ int main() {
 
     struct V { const char* name; int early, fold, attn, pairs; };
     std::vector<V> vars = {
-        {"engine defaults (early 0, fold, attention, pairs)", 0, 1, 1, 1},
-        {"early 1 (CALM_MV_EARLY=1)", 1, 1, 1, 1},
+        {"early 0 (fold, attention, pairs: the step)", 0, 1, 1, 1},
+        {"early 1 (the engine's default)", 1, 1, 1, 1},
         {"early 0, no fold", 0, 0, 1, 1},
         {"early 1, no fold", 1, 0, 1, 1},
         {"early 0, no attention kernel", 0, 1, 0, 1},
