@@ -4,30 +4,17 @@
 //  2. which matvec form keeps the memory busy across a chain of dependent matvecs launched with programmatic
 //     dependent launch in a CUDA graph, as one Llama-3-8B layer after another (qkv 6144x4096, o 4096x4096,
 //     gate_up 28672x4096, down 4096x14336; 8 layers' distinct weights, 32 layers per step).
+// The streaming read is the engine's (kernels/bench.cu bw_read_impl) at other depths; the helpers come from common.cuh.
 // Build and run:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mv_chain tools/probe/mv_chain.cu && /tmp/mv_chain
 #include <cstdint>
 #include <string>
 #include <cmath>
 #include "probe.cuh"
+#include "../../kernels/bench.cu"   // the engine's streaming read, with common.cuh (16-byte loads, PDL, warp sums)
 
 
-typedef unsigned short u16;
-typedef unsigned int u32;
-
-__device__ __forceinline__ uint4 ldg_stream(const void* p) {
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-    return r;
-}
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" :::); }
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float dot8(uint4 w, const float* x) {
-    float4 a = *(const float4*)x, b = *(const float4*)(x + 4);
+__device__ __forceinline__ float dot8(calm_u4 w, const float* x) {
+    calm_f4 a = *(const calm_f4*)x, b = *(const calm_f4*)(x + 4);
     float s = __int_as_float(w.x << 16) * a.x;
     s = fmaf(__int_as_float(w.x & 0xffff0000u), a.y, s);
     s = fmaf(__int_as_float(w.y << 16), a.z, s); s = fmaf(__int_as_float(w.y & 0xffff0000u), a.w, s);
@@ -36,39 +23,25 @@ __device__ __forceinline__ float dot8(uint4 w, const float* x) {
     return s;
 }
 
-// ---- 1. streaming read -------------------------------------------------------------------------------------------
+// ---- 1. streaming read: the engine's (kernels/bench.cu) at UNR loads in flight per thread ------------------------
 template <int UNR>
-__global__ void bw_read(const uint4* in, long long n, u32* out) {
-    long long stride = (long long)gridDim.x * blockDim.x;
-    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    u32 acc = 0;
-    for (; i + (UNR - 1) * stride < n; i += UNR * stride) {
-        uint4 v[UNR];
-#pragma unroll
-        for (int u = 0; u < UNR; u++) v[u] = ldg_stream(in + i + u * stride);
-#pragma unroll
-        for (int u = 0; u < UNR; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
-    }
-    for (; i < n; i += stride) { uint4 v = ldg_stream(in + i); acc ^= v.x ^ v.y ^ v.z ^ v.w; }
-    acc = __reduce_xor_sync(0xffffffffu, acc);
-    if ((threadIdx.x & 31) == 0) out[(blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5] = acc;
-}
+__global__ void bw_read_unr(const calm_u4* in, long long n, u32* out) { bw_read_impl<UNR>(in, n, out); }
 
 // ---- 2. matvecs -------------------------------------------------------------------------------------------------
 // One row's dot product, UNR 16-byte loads per lane per batch; the last batch is masked (no scalar tail).
 // early: the first batch's loads go out before pdl_wait. late: pdl_trigger after the last batch's loads.
 template <int UNR>
 __device__ __forceinline__ float row_dot(const u16* row, const float* x, int cols, int lane, bool early, bool late) {
-    const uint4* rv = (const uint4*)row;
+    const calm_u4* rv = (const calm_u4*)row;
     int nvec = cols >> 3;
     float acc = 0.f;
     bool first = true;
     for (int v0 = 0; v0 < nvec; v0 += 32 * UNR) {
-        uint4 w[UNR];
+        calm_u4 w[UNR];
 #pragma unroll
         for (int u = 0; u < UNR; u++) {
             int v = v0 + lane + 32 * u;
-            w[u] = v < nvec ? ldg_stream(rv + v) : make_uint4(0, 0, 0, 0);
+            w[u] = v < nvec ? ldg_u4_stream(rv + v) : calm_u4{0u, 0u, 0u, 0u};
         }
         if (late && v0 + 32 * UNR >= nvec) pdl_trigger();
         if (early && first) pdl_wait();
@@ -170,7 +143,7 @@ int main(int argc, char** argv) {
     // 1. streaming read over 4 GiB: grid (blocks per SM x 256 threads) and loads in flight per thread
     {
         long long bytes = 4LL << 30, n = bytes / 16;
-        uint4* buf; u32* out; CK(cudaMalloc(&buf, bytes)); CK(cudaMalloc(&out, 1 << 20));
+        calm_u4* buf; u32* out; CK(cudaMalloc(&buf, bytes)); CK(cudaMalloc(&out, 1 << 20));
         CK(cudaMemset(buf, 1, bytes));
         printf("\n[bw_read] 4 GiB, 256-thread blocks: KB in flight per SM = blocks/SM x 256 x UNR x 16 B\n");
         int bps[] = {1, 2, 3, 4, 8};
@@ -179,9 +152,9 @@ int main(int argc, char** argv) {
             std::vector<float> t;
             for (int rep = 0; rep < 7; rep++) {
                 CK(cudaEventRecord(e0, s));
-                if (unr == 4) bw_read<4><<<grid, 256, 0, s>>>(buf, n, out);
-                else if (unr == 8) bw_read<8><<<grid, 256, 0, s>>>(buf, n, out);
-                else bw_read<16><<<grid, 256, 0, s>>>(buf, n, out);
+                if (unr == 4) bw_read_unr<4><<<grid, 256, 0, s>>>(buf, n, out);
+                else if (unr == 8) bw_read_unr<8><<<grid, 256, 0, s>>>(buf, n, out);
+                else bw_read_unr<16><<<grid, 256, 0, s>>>(buf, n, out);
                 CK(cudaEventRecord(e1, s)); CK(cudaEventSynchronize(e1));
                 float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); t.push_back(ms);
             }
