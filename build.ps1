@@ -163,7 +163,16 @@ function Invoke-PesterChild {
     $r = Invoke-Pester -Configuration $config
     $failed = $r.FailedCount + $r.FailedContainersCount
     if ($failed -eq 0) { $failed += $r.FailedBlocksCount }
-    [pscustomobject]@{ Passed = $r.PassedCount; Failed = $failed; Skipped = $r.SkippedCount + $r.InconclusiveCount } |
+    # What failed, one line each (file: test path: first line of the error), so the end of a long log names it.
+    $names = @(
+        foreach ($t in $r.Failed) {
+            $why = if ($t.ErrorRecord) { ("$($t.ErrorRecord[0].Exception.Message)" -split "`n")[0] } else { '' }
+            '{0}: {1}: {2}' -f (Split-Path -Leaf $t.ScriptBlock.File), $t.ExpandedPath, $why
+        }
+        foreach ($c in @($r.FailedContainers)) { "$(Split-Path -Leaf "$($c.Item)"): the file failed to run: $((("$($c.ErrorRecord | Select-Object -First 1)") -split "`n")[0])" }
+        foreach ($b in @($r.FailedBlocks)) { "$($b.ExpandedPath): a setup or teardown block failed" }
+    )
+    [pscustomobject]@{ Passed = $r.PassedCount; Failed = $failed; Skipped = $r.SkippedCount + $r.InconclusiveCount; FailedNames = $names } |
         ConvertTo-Json | Set-Content -Path $ResultFile -Encoding utf8
 }
 
@@ -179,7 +188,7 @@ function Invoke-PesterTests([string[]] $IncludeTag, [string[]] $Exclude) {
     try {
         if (-not (Test-Path $resultFile)) {
             Write-Host "Pester did not finish (exit code $rc): counted as 1 failed." -ForegroundColor Red
-            return [pscustomobject]@{ Passed = 0; Failed = 1; Skipped = 0 }
+            return [pscustomobject]@{ Passed = 0; Failed = 1; Skipped = 0; FailedNames = @("Pester did not finish (exit code $rc)") }
         }
         $r = Get-Content -Raw $resultFile | ConvertFrom-Json
         Write-Host ("Pester: {0} passed, {1} failed, {2} skipped" -f $r.Passed, $r.Failed, $r.Skipped)
@@ -203,8 +212,10 @@ function Invoke-XunitTests([string[]] $Filter) {
     $summary = $lines | Where-Object { $_ -match '\bTotal: \d+' } | Select-Object -Last 1
     if (-not $summary) {
         Write-Host "xunit did not report a summary (exit code $rc): counted as 1 failed." -ForegroundColor Red
-        return [pscustomobject]@{ Passed = 0; Failed = 1; Skipped = 0 }
+        return [pscustomobject]@{ Passed = 0; Failed = 1; Skipped = 0; FailedNames = @("xunit did not report a summary (exit code $rc)") }
     }
+    # "    Calm.Engine.Tests.Some.Test(x: 1) [FAIL]": the failed tests' names for the end of the run
+    $names = @($lines | Where-Object { $_ -match '^\s*(\S.*?)\s+\[FAIL\]\s*$' } | ForEach-Object { "xunit: $($Matches[1])" })
     $n = @{}
     foreach ($k in 'Total', 'Errors', 'Failed', 'Skipped', 'Not Run') {
         $n[$k] = if ($summary -match "\b$k\: (\d+)") { [int]$Matches[1] } else { 0 }
@@ -212,7 +223,8 @@ function Invoke-XunitTests([string[]] $Filter) {
     $failed = $n['Failed'] + $n['Errors']
     if ($rc -ne 0 -and $failed -eq 0) { $failed = 1 }   # the runner failed in a way the counts do not show
     $skipped = $n['Skipped'] + $n['Not Run']
-    $r = [pscustomobject]@{ Passed = $n['Total'] - $n['Failed'] - $n['Skipped'] - $n['Not Run']; Failed = $failed; Skipped = $skipped }
+    if ($failed -gt 0 -and $names.Count -eq 0) { $names = @("xunit exited with code $rc") }
+    $r = [pscustomobject]@{ Passed = $n['Total'] - $n['Failed'] - $n['Skipped'] - $n['Not Run']; Failed = $failed; Skipped = $skipped; FailedNames = $names }
     Write-Host ("xunit: {0} passed, {1} failed, {2} skipped" -f $r.Passed, $r.Failed, $r.Skipped)
     return $r
 }
@@ -224,6 +236,12 @@ function Complete-TestRun($Results) {
     $line = "$passed passed, $failed failed"
     if ($skipped) { $line += ", $skipped skipped" }
     Write-Host ''
+    # The failures again, just above the count: a log cut to its last lines still says what failed.
+    $names = @($Results | ForEach-Object { if ($_.PSObject.Properties['FailedNames']) { $_.FailedNames } } | Where-Object { $_ })
+    if ($names.Count) {
+        Write-Host 'Failed:' -ForegroundColor Red
+        foreach ($n in $names) { Write-Host "  $n" -ForegroundColor Red }
+    }
     Write-Host $line
     if ($failed -gt 0) { $script:ExitCode = 1 }
 }

@@ -202,8 +202,10 @@ Describe 'Ctrl+C during an import' {
         }
         finally { $ps.Dispose() }
         Get-LoadedNames | Should -Be $before
-        Start-Sleep -Milliseconds 300   # the worker notices the token between tensors
-        $mem1 = Get-MemorySample
+        # The worker notices the token within a chunk of 1M weights and frees what it wrote; on a busy machine that can
+        # land after Stop returns, so sample until it is back (or 15 s have passed: then the assertion fails).
+        $deadline = [DateTime]::UtcNow.AddSeconds(15)
+        do { $mem1 = Get-MemorySample } while (($mem1.WorkingSet - $mem0.WorkingSet) -ge 200MB -and [DateTime]::UtcNow -lt $deadline -and -not (Start-Sleep -Milliseconds 100))
         ($mem1.WorkingSet - $mem0.WorkingSet) | Should -BeLessThan 200MB -Because 'the 2.5 GB of weights written so far are freed'
         $m = Import-CalmModel -LiteralPath $script:TinyWp -Device Cpu -Name 'after-stop'
         $m.Name | Should -Be 'after-stop'
@@ -493,7 +495,7 @@ Describe 'Ctrl+C during perplexity' {
     It 'stopping Measure-CalmPerplexity mid-way returns promptly, emits nothing half-done, and leaves the model usable' {
         $m = Import-CalmModel -LiteralPath $script:TinyWp -Device Cpu -Name 'ppl-stop'
         try {
-            # ~40,000 tokens of text: several seconds of scoring on the CPU, far longer than the stop takes.
+            # ~13,000 tokens of text (~200 windows): seconds of scoring on the CPU, far longer than the stop takes.
             $text = ((1..60) | ForEach-Object { 'Prince Andrew looked at the sky, and Natasha laughed in the ballroom while Pierre watched.' }) -join "`n"
             $text = ($text + "`n") * 12
             $ps = [powershell]::Create()
@@ -502,8 +504,14 @@ Describe 'Ctrl+C during perplexity' {
                 $ps.Commands.Clear()
                 $null = $ps.AddCommand('Measure-CalmPerplexity').AddParameter('Text', $text).AddParameter('Model', 'ppl-stop').AddParameter('Window', 128).AddParameter('Stride', 64)
                 $out = [System.Management.Automation.PSDataCollection[psobject]]::new()
-                $h = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $out)
-                Start-Sleep -Milliseconds 1500   # tokenizing done, scoring under way (it takes far longer than this)
+                # The input must be closed: an open input collection keeps the command waiting for pipeline input
+                # before its End (where -Text is scored), so a stop would land before any scoring.
+                $in = [System.Management.Automation.PSDataCollection[psobject]]::new(); $in.Complete()
+                $h = $ps.BeginInvoke($in, $out)
+                # scoring under way: its progress reports windows scored (~200 windows, seconds on the CPU)
+                $deadline = [DateTime]::UtcNow.AddSeconds(30)
+                while ($ps.Streams.Progress.Count -lt 2 -and -not $h.IsCompleted -and [DateTime]::UtcNow -lt $deadline) { Start-Sleep -Milliseconds 10 }
+                $ps.Streams.Progress.Count | Should -BeGreaterOrEqual 2 -Because 'scoring reports each window'
                 $h.IsCompleted | Should -BeFalse -Because 'the stop must land while the text is being scored'
                 $sw = [Diagnostics.Stopwatch]::StartNew()
                 $ps.Stop()
