@@ -89,6 +89,96 @@ __global__ void __launch_bounds__(THREADS, MINB) mv_gs(const u16* W, const float
     }
 }
 
+// ---- 3. weights streamed by bulk copies (TMA, cp.async.bulk) into a shared-memory ring ----------------------
+// One block per SM (8 compute warps + 1 producer warp; registers capped so two blocks fit, this kernel's and the next's); block b owns rows [b rows / G, (b+1) rows / G), a contiguous
+// byte range that the producer warp's lane 0 copies chunk by chunk into `slots` ring slots (mbarrier full/empty per
+// slot). The first `slots` chunks go out at entry, before pdl_wait: with the trigger at entry and the ring at most
+// half of the SM's shared memory, the next kernel's block sits beside this one and fills its ring during this
+// kernel's run, so no DRAM gap at the boundary. x is staged into shared memory (f32). A warp takes a contiguous run
+// of 32-vector groups of each chunk (one group = 512 bytes, always in one row since cols % 256 == 0), sums per row,
+// and adds the warp total into part[warp][row] (fixed order: deterministic).
+__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(u64* b, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_u32(b)), "r"(count) : "memory"); }
+__device__ __forceinline__ void mbar_expect_tx(u64* b, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u64* b) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_u32(b)) : "memory"); }
+__device__ __forceinline__ void mbar_wait(u64* b, u32 parity) {
+    asm volatile("{\n .reg .pred p;\n W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n @!p bra W;\n}" :: "r"(smem_u32(b)), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, u32 bytes, u64* bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 :: "r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
+}
+__device__ __forceinline__ void bar_compute() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
+
+#define TMA_MAXSLOTS 12
+__global__ void __launch_bounds__(288, 2) mv_tma(const u16* W, const float* x, float* y, int rows, int cols, int slots, int chunk, int trig, int pdl, int maxRows) {
+    extern __shared__ __align__(128) unsigned char sm[];
+    __shared__ __align__(8) u64 full[TMA_MAXSLOTS], empty[TMA_MAXSLOTS];
+    unsigned char* ring = sm;
+    float* xs = (float*)(sm + (size_t)slots * chunk);
+    float* part = xs + cols;                       // [8][maxRows]
+    const int r0 = (int)((long long)blockIdx.x * rows / gridDim.x), r1 = (int)((long long)(blockIdx.x + 1) * rows / gridDim.x);
+    const long long rowBytes = (long long)cols * 2, total = (r1 - r0) * rowBytes;
+    const unsigned char* src = (const unsigned char*)W + r0 * rowBytes;
+    const int nch = (int)((total + chunk - 1) / chunk);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < slots; s++) { mbar_init(&full[s], 1); mbar_init(&empty[s], 8); }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (trig == 0) pdl_trigger();
+    if (warp == 8) {   // producer
+        if (lane == 0) {
+            for (int i = 0; i < nch; i++) {
+                const int s = i % slots;
+                if (i >= slots) mbar_wait(&empty[s], ((i / slots) - 1) & 1);
+                const u32 bytes = (u32)min((long long)chunk, total - (long long)i * chunk);
+                mbar_expect_tx(&full[s], bytes);
+                bulk_g2s(ring + (size_t)s * chunk, src + (long long)i * chunk, bytes, &full[s]);
+            }
+        }
+        if (pdl) pdl_wait();
+        return;
+    }
+    if (pdl) pdl_wait();
+    for (int c = threadIdx.x; c < cols; c += 256) xs[c] = x[c];
+    for (int i = threadIdx.x; i < 8 * maxRows; i += 256) part[i] = 0.f;
+    bar_compute();
+    const int vpr = cols >> 3;   // 16-byte vectors per row
+    float acc = 0.f;
+    int cur = -1;
+    for (int i = 0; i < nch; i++) {
+        const int s = i % slots;
+        const int nv = (int)(min((long long)chunk, total - (long long)i * chunk) >> 4), ng = nv >> 5;
+        const long long vbase = (long long)i * (chunk >> 4);
+        const calm_u4* cv = (const calm_u4*)(ring + (size_t)s * chunk);
+        const int g0 = warp * ng / 8, g1 = (warp + 1) * ng / 8;
+        mbar_wait(&full[s], (i / slots) & 1);
+        for (int gI = g0; gI < g1; gI++) {
+            const long long v = vbase + gI * 32;
+            const int row = (int)(v / vpr), col = (int)(v - (long long)row * vpr) * 8 + lane * 8;
+            if (row != cur) {
+                if (cur >= 0) { float t = warp_sum(acc); if (lane == 0) part[warp * maxRows + cur] += t; }
+                cur = row; acc = 0.f;
+            }
+            acc += dot8(cv[gI * 32 + lane], xs + col);
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[s]);
+    }
+    if (cur >= 0) { float t = warp_sum(acc); if (lane == 0) part[warp * maxRows + cur] += t; }
+    bar_compute();
+    for (int r = threadIdx.x; r < r1 - r0; r += 256) {
+        float t = 0.f;
+#pragma unroll
+        for (int w = 0; w < 8; w++) t += part[w * maxRows + r];
+        y[r0 + r] = t;
+    }
+}
+
 // ---- host -------------------------------------------------------------------------------------------------------
 __global__ void fill_bf16(u16* p, long long n, float scale, u32 seed) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
@@ -105,20 +195,23 @@ __global__ void fill_f32(float* p, long long n, u32 seed) {
 }
 
 template <typename K, typename... A>
-static void launch(K k, int grid, int threads, cudaStream_t s, bool pdl, A... args) {
+static void launch_smem(K k, int grid, int threads, size_t smem, cudaStream_t s, bool pdl, A... args) {
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid); cfg.blockDim = dim3(threads); cfg.stream = s;
+    cfg.gridDim = dim3(grid); cfg.blockDim = dim3(threads); cfg.stream = s; cfg.dynamicSmemBytes = smem;
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at; cfg.numAttrs = pdl ? 1 : 0;
     CK(cudaLaunchKernelEx(&cfg, k, args...));
 }
+template <typename K, typename... A>
+static void launch(K k, int grid, int threads, cudaStream_t s, bool pdl, A... args) { launch_smem(k, grid, threads, 0, s, pdl, args...); }
 
 static int g_sms;
 
-struct Variant { std::string name; int kind; int early; int trig; int gridPerSm; bool pdl; };
-// kind 0: mv_rows<16>; 1: mv_gs<16,256,2>; 2: mv_gs<8,512,1>; 3: mv_rows<8>; 4: mv_gs<16,256,1> (up to 255 regs)
+struct Variant { std::string name; int kind; int early; int trig; int gridPerSm; bool pdl; int budgetKB = 0; int chunkKB = 16; };
+// kind 0: mv_rows<16>; 1: mv_gs<16,256,2>; 2: mv_gs<8,512,1>; 3: mv_rows<8>; 4: mv_gs<16,256,1> (up to 255 regs);
+// 5: mv_tma, one block per SM, ring = as many chunks as fit in budgetKB of shared memory beside x and the partials
 
 static void mv(const Variant& v, const u16* W, const float* x, float* y, int rows, int cols, cudaStream_t s) {
     int G;
@@ -128,6 +221,19 @@ static void mv(const Variant& v, const u16* W, const float* x, float* y, int row
     case 1: G = std::min(g_sms * v.gridPerSm, (rows + 7) / 8); launch(mv_gs<16, 256, 2>, G, 256, s, v.pdl, W, x, y, rows, cols, v.early, v.trig); break;
     case 2: G = std::min(g_sms * v.gridPerSm, (rows + 15) / 16); launch(mv_gs<8, 512, 1>, G, 512, s, v.pdl, W, x, y, rows, cols, v.early, v.trig); break;
     case 4: G = std::min(g_sms * v.gridPerSm, (rows + 7) / 8); launch(mv_gs<16, 256, 1>, G, 256, s, v.pdl, W, x, y, rows, cols, v.early, v.trig); break;
+    case 5: {
+        G = g_sms;
+        int maxRows = (rows + G - 1) / G + 1, chunk = v.chunkKB * 1024;
+        size_t fixed = (size_t)cols * 4 + (size_t)8 * maxRows * 4;
+        int slots = std::min(TMA_MAXSLOTS, (int)(((size_t)v.budgetKB * 1024 - fixed) / chunk));
+        while (slots < 2 && chunk > 4096) { chunk /= 2; slots = std::min(TMA_MAXSLOTS, (int)(((size_t)v.budgetKB * 1024 - fixed) / chunk)); }
+        if (slots < 2) { printf("budget %d KB too small for %d x %d\n", v.budgetKB, rows, cols); exit(1); }
+        size_t smem = (size_t)slots * chunk + fixed;
+        static bool attr = false;
+        if (!attr) { CK(cudaFuncSetAttribute(mv_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 * 1024)); attr = true; }
+        launch_smem(mv_tma, G, 288, smem, s, v.pdl, W, x, y, rows, cols, slots, chunk, v.trig, (int)v.pdl, maxRows);
+        break;
+    }
     }
 }
 
@@ -140,8 +246,8 @@ int main(int argc, char** argv) {
     cudaStream_t s; CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));   // the streaming-read timings
 
-    // 1. streaming read over 4 GiB: grid (blocks per SM x 256 threads) and loads in flight per thread
-    {
+    // 1. streaming read over 4 GiB: grid (blocks per SM x 256 threads) and loads in flight per thread (argument "chain": skipped)
+    if (!(argc > 1 && std::string(argv[1]) == "chain")) {
         long long bytes = 4LL << 30, n = bytes / 16;
         calm_u4* buf; u32* out; CK(cudaMalloc(&buf, bytes)); CK(cudaMalloc(&out, 1 << 20));
         CK(cudaMemset(buf, 1, bytes));
@@ -197,6 +303,12 @@ int main(int argc, char** argv) {
         {"gs8x512 G=1/SM late early", 2, 1, 1, 1, true},
         {"gs16x256(255r) G=1/SM late early", 4, 1, 1, 1, true},
         {"gs16x256 G=1/SM no PDL", 1, 0, 0, 1, false},
+        {"tma 110KB/16KB start-trigger", 5, 1, 0, 1, true, 110, 16},
+        {"tma 110KB/8KB start-trigger", 5, 1, 0, 1, true, 110, 8},
+        {"tma 110KB/32KB start-trigger", 5, 1, 0, 1, true, 110, 32},
+        {"tma 90KB/16KB start-trigger", 5, 1, 0, 1, true, 90, 16},
+        {"tma 110KB/16KB no PDL", 5, 0, 0, 1, false, 110, 16},
+        {"tma 200KB/16KB start-trigger", 5, 1, 0, 1, true, 200, 16},
     };
     // reference output of the engine's form, to check every variant computes the same chain
     std::vector<float> ref(D), got(D);
@@ -228,7 +340,7 @@ int main(int argc, char** argv) {
     // 3. each matrix alone: a graph of 32 launches of one shape over the 8 layers' weights (no dependence on data
     // besides the stream order), engine form vs grid-stride
     printf("\n[single] one shape, 32 launches per graph over 8 weight copies\n");
-    for (int k = 0; k < 4; k++) for (int vi : {0, 2, 5, 8}) {
+    for (int k = 0; k < 4; k++) for (int vi : {0, 2, 5, 13, 14, 17}) {
         const Variant& v = vars[vi];
         cudaGraph_t g; cudaGraphExec_t ge;
         CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
