@@ -85,6 +85,95 @@ Describe 'New-CalmModel -DType' {
     }
 }
 
+Describe 'Import-CalmModel of a pre-quantized fp8 checkpoint' {
+    BeforeAll {
+        $script:Work = Join-Path ([IO.Path]::GetTempPath()) "calm-fp8-ckpt-$PID"
+        New-Item -ItemType Directory -Force $script:Work | Out-Null
+        # A: a tiny f32 llama folder (tied embeddings). B: A as an fp8 checkpoint in the compressed-tensors format
+        # (llm-compressor's FP8_DYNAMIC layout), quantized by this script with Calm's rule: per output row
+        # s = absmax / 448 (F32 weight_scale [R, 1]), q = e4m3(w / s). Importing B must give the model that
+        # Import-CalmModel A -DType fp8 makes.
+        $script:A = New-ModelFolder -Root $script:Work -Name 'ckpt-f32'
+        $script:B = Join-Path $script:Work 'ckpt-fp8'
+        New-Item -ItemType Directory -Force $script:B | Out-Null
+        $file = [IO.File]::ReadAllBytes((Join-Path $script:A 'model.safetensors'))
+        $n = [BitConverter]::ToUInt64($file, 0)
+        $header = [Text.Encoding]::UTF8.GetString($file, 8, $n) | ConvertFrom-Json -AsHashtable
+        $base = 8 + $n
+        $out = [ordered]@{}; $chunks = [Collections.Generic.List[byte[]]]::new()
+        function Add-Tensor([string] $name, [string] $dtype, [long[]] $shape, [byte[]] $bytes) {
+            $at = [long]0; foreach ($c in $chunks) { $at += $c.Length }   # packed in order
+            $out[$name] = [ordered]@{ dtype = $dtype; shape = $shape; data_offsets = @($at, ($at + $bytes.Length)) }
+            $chunks.Add($bytes)
+        }
+        foreach ($name in @($header.Keys | Where-Object { $_ -ne '__metadata__' })) {
+            $h = $header[$name]; $o = $h.data_offsets
+            $bytes = [byte[]]::new($o[1] - $o[0]); [Array]::Copy($file, $base + $o[0], $bytes, 0, $bytes.Length)
+            if ($name -notmatch '_proj\.weight$') { Add-Tensor $name $h.dtype $h.shape $bytes; continue }
+            $rows = $h.shape[0]; $cols = $h.shape[1]
+            $q = [byte[]]::new($rows * $cols); $scales = [float[]]::new($rows)
+            for ($r = 0; $r -lt $rows; $r++) {
+                $amax = [float]0
+                for ($c = 0; $c -lt $cols; $c++) { $amax = [Math]::Max($amax, [Math]::Abs([BitConverter]::ToSingle($bytes, 4 * ($r * $cols + $c)))) }
+                $s = if ($amax -gt 0) { [float]($amax / [float]448) } else { [float]1 }
+                $scales[$r] = $s
+                for ($c = 0; $c -lt $cols; $c++) { $q[$r * $cols + $c] = [Calm.Engine.Quant.QuantFormats]::FloatToE4M3([float]([BitConverter]::ToSingle($bytes, 4 * ($r * $cols + $c)) / $s)) }
+            }
+            $sb = [byte[]]::new(4 * $rows); [Buffer]::BlockCopy($scales, 0, $sb, 0, $sb.Length)
+            Add-Tensor $name 'F8_E4M3' @($rows, $cols) $q
+            Add-Tensor ($name -replace 'weight$', 'weight_scale') 'F32' @($rows, 1) $sb
+        }
+        $out['__metadata__'] = [ordered]@{ format = 'pt' }
+        $json = $out | ConvertTo-Json -Depth 5 -Compress
+        $json += ' ' * ((8 - [Text.Encoding]::UTF8.GetByteCount($json) % 8) % 8)
+        $jb = [Text.Encoding]::UTF8.GetBytes($json)
+        $fs = [IO.File]::Create((Join-Path $script:B 'model.safetensors'))
+        try { $fs.Write([BitConverter]::GetBytes([uint64]$jb.Length), 0, 8); $fs.Write($jb, 0, $jb.Length); foreach ($c in $chunks) { $fs.Write($c, 0, $c.Length) } }
+        finally { $fs.Dispose() }
+        $config = Get-Content -Raw (Join-Path $script:A 'config.json') | ConvertFrom-Json -AsHashtable
+        $config['quantization_config'] = [ordered]@{
+            quant_method = 'compressed-tensors'; format = 'float-quantized'; ignore = @('lm_head')
+            config_groups = @{ group_0 = @{ targets = @('Linear'); weights = @{ num_bits = 8; type = 'float'; strategy = 'channel'; symmetric = $true; dynamic = $false } } }
+        }
+        $config | ConvertTo-Json -Depth 8 | Set-Content -LiteralPath (Join-Path $script:B 'config.json') -Encoding utf8
+    }
+    AfterAll {
+        Get-CalmModel | Where-Object Name -like 'fp8ckpt-*' | Remove-CalmModel -Confirm:$false
+        Remove-Item -Recurse -Force $script:Work -ErrorAction Ignore
+    }
+
+    It 'imports as fp8 with no -DType and generates exactly what -DType fp8 of the unquantized folder generates' {
+        $b = Import-CalmModel $script:B -Device Cpu -Name fp8ckpt-b
+        $a = Import-CalmModel $script:A -Device Cpu -DType fp8 -Name fp8ckpt-a
+        $b.DType | Should -Be 'fp8'
+        $b.WeightBytes | Should -Be $a.WeightBytes
+        $ta = (Invoke-CalmGenerate -Model $a -TokenId 1, 7, 3 -MaxTokens 12 -Temperature 0).GetTokenIds()
+        $tb = (Invoke-CalmGenerate -Model $b -TokenId 1, 7, 3 -MaxTokens 12 -Temperature 0).GetTokenIds()
+        $tb | Should -Be $ta
+        $ta.Count | Should -Be 12
+    }
+    It 'takes -DType int4 to requantize it' {
+        $m = Import-CalmModel $script:B -Device Cpu -DType int4 -Name fp8ckpt-int4
+        $m.DType | Should -Be 'int4'
+        (Invoke-CalmGenerate -Model $m -TokenId 1, 7, 3 -MaxTokens 4 -Temperature 0).GeneratedTokens | Should -Be 4
+    }
+    It 'refuses a checkpoint quantized another way with Calm.QuantizationNotSupported, before reading weights, leaving the session as it was' {
+        $dir = Join-Path $script:Work 'ckpt-gptq'
+        New-Item -ItemType Directory -Force $dir | Out-Null
+        $config = Get-Content -Raw (Join-Path $script:A 'config.json') | ConvertFrom-Json -AsHashtable
+        $config['quantization_config'] = @{ quant_method = 'gptq'; bits = 4; group_size = 128 }
+        $config | ConvertTo-Json -Depth 5 | Set-Content -LiteralPath (Join-Path $dir 'config.json') -Encoding utf8
+        $before = Get-LoadedNames
+        $err = $null
+        try { Import-CalmModel $dir -Device Cpu -Name fp8ckpt-gptq -ErrorAction Stop } catch { $err = $_ }
+        $err | Should -Not -BeNullOrEmpty
+        $err.FullyQualifiedErrorId | Should -BeLike 'Calm.QuantizationNotSupported,*'
+        $err.Exception.Message | Should -Match "'gptq'"
+        $err.Exception.Message | Should -Match '-DType fp8 or int4'
+        Get-LoadedNames | Should -Be $before
+    }
+}
+
 Describe 'Quantized weights on an NVIDIA GPU' -Tag 'GPU' -Skip:(-not $script:HasGpu) {
     AfterEach { Get-CalmModel | Where-Object Name -like 'quant-gpu-*' | Remove-CalmModel -Confirm:$false }
 

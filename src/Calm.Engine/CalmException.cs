@@ -79,4 +79,8 @@ public static class ErrorIds
     public const string BandwidthUnknown = "Calm.BandwidthUnknown";
     /// <summary>A quantized weight dtype (fp8/int4) that this tensor, source or device cannot take.</summary>
     public const string QuantizationNotSupported = "Calm.QuantizationNotSupported";
+    /// <summary>An fp8 weight of a pre-quantized checkpoint without its scale tensor.</summary>
+    public const string QuantScaleMissing = "Calm.QuantScaleMissing";
+    /// <summary>A scale of a pre-quantized checkpoint that is negative, NaN or infinite.</summary>
+    public const string QuantScaleInvalid = "Calm.QuantScaleInvalid";
 }

@@ -41,7 +41,7 @@ public static class ModelFactory
     public static LoadedModel Import(string path, ImportOptions options, IProgress<LoadProgress>? progress = null, CancellationToken ct = default)
     {
         options = CheckQuantizedDevice(options.WeightDType, options);
-        var loaded = ModelFolderLoader.Load(path, progress, ct, options.Verbose);
+        var loaded = ModelFolderLoader.Load(path, progress, ct, options.Verbose, options.Warning);
         if (options.WeightDType is DType want && want != loaded.Config.DType)
         {
             if (!DTypes.IsQuantized(want))

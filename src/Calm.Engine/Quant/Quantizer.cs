@@ -16,9 +16,10 @@ public static unsafe class Quantizer
     {
         if (!DTypes.IsQuantized(target))
             throw new ArgumentException($"{DTypes.Name(target)} is not a quantized dtype", nameof(target));
-        if (!DTypes.IsWeightType(src.DType))
+        // fp8 sources (a pre-quantized checkpoint's row-scaled tensors) are dequantized row by row, e.g. for -DType int4.
+        if (!DTypes.IsWeightType(src.DType) && !(src.DType == DType.F8E4M3 && src.Scales != 0))
             throw new CalmException(ErrorIds.QuantizationNotSupported, CalmErrorKind.NotSupported,
-                $"Tensor {src.Name} in {src.Source} has dtype {DTypes.Name(src.DType)}; only f32, f16 and bf16 tensors can be quantized to {DTypes.Name(target)}.", src.Name);
+                $"Tensor {src.Name} in {src.Source} has dtype {DTypes.Name(src.DType)}; only f32, f16, bf16 and row-scaled fp8 tensors can be quantized to {DTypes.Name(target)}.", src.Name);
         if (src.IsDeviceOnly)
             throw new CalmException(ErrorIds.QuantizationNotSupported, CalmErrorKind.NotSupported,
                 $"Tensor {src.Name} lives only on the GPU; it cannot be quantized on the host.", src.Name);
@@ -42,7 +43,7 @@ public static unsafe class Quantizer
             fixed (float* f = buf)
                 for (long r = r0; r < r1; r++)
                 {
-                    CpuKernels.ConvertRow(s, dt, r, c, f);
+                    CpuKernels.ConvertRow(s, dt, r, c, f, src.Scales);
                     if (target == DType.F8E4M3) QuantizeRowFp8(f, c, (byte*)data + r * cols, (float*)scales + r);
                     else QuantizeRowInt4(f, cpad, (byte*)data + r * rowBytes, (Half*)scales + r * groups); // f[c..cpad) stays 0
                 }

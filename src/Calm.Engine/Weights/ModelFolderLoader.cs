@@ -18,7 +18,8 @@ public static class ModelFolderLoader
     public const string IndexFileName = "model.safetensors.index.json";
     public const string GenerationConfigFileName = "generation_config.json";
 
-    public static LoadedFolder Load(string path, IProgress<LoadProgress>? progress, CancellationToken ct, Action<string>? verbose = null)
+    public static LoadedFolder Load(string path, IProgress<LoadProgress>? progress, CancellationToken ct, Action<string>? verbose = null,
+        Action<string>? warning = null)
     {
         string folder = ResolveFolder(path);
         string activity = $"Importing {System.IO.Path.GetFileName(folder)}";
@@ -29,6 +30,9 @@ public static class ModelFolderLoader
 
         progress?.Report(new LoadProgress(activity, "Reading config.json", 0));
         var config = ConfigReader.Read(configPath);
+        // A pre-quantized checkpoint: fp8 is read, any other method refused here, before a file is mapped.
+        var quant = Quant.CheckpointQuantization.Parse(File.ReadAllBytes(configPath), configPath);
+        if (quant is not null) verbose?.Invoke($"{configPath}: quantization_config: {quant.Method}" + (quant.BlockSize is { } b ? $", blocks {b[0]}x{b[1]}" : ""));
         verbose?.Invoke($"{configPath}: model_type {config.ModelType}, {config.NumLayers} layers, hidden {config.HiddenSize}, " +
                         $"heads {config.NumHeads}/{config.NumKvHeads} x {config.HeadDim}, vocab {config.VocabSize}" +
                         (config.IsMoE ? $", {config.NumExperts} experts (top {config.NumExpertsPerToken})" : ""));
@@ -79,10 +83,25 @@ public static class ModelFolderLoader
                     tensors.TryAdd(name, t);
 
             progress?.Report(new LoadProgress(activity, "Validating tensors", 0.5));
-            var set = new TensorSet(tensors, folder, plan.Files);
+            // Row scales (and requantized values) of fp8 checkpoint tensors live here, freed with the mappings.
+            var native = new NativeWeightStore();
+            store.Add(native);
+            var fp8 = new Quant.CheckpointFp8Reader(quant ?? new Quant.CheckpointQuantization("none", null, configPath), native, ct);
+            var set = new TensorSet(tensors, folder, plan.Files, fp8);
             var weights = MapWeights(config, set, progress, activity, ct);
             ct.ThrowIfCancellationRequested();
             config = config with { DType = weights.Embedding.DType };
+            if (set.Fp8Count > 0)
+            {
+                (weights, string note) = AllProjectionsFp8(weights, native, ct);
+                config = config with { DType = DType.F8E4M3 };
+                verbose?.Invoke($"fp8 checkpoint: {set.Fp8Count} fp8 tensors read with one scale per row{note}.");
+                if (fp8.Requantized.Count > 0)
+                    warning?.Invoke($"{fp8.Requantized.Count} fp8 tensors of {folder} (e.g. {fp8.Requantized[0]}) have one scale per " +
+                                    $"{string.Join("x", quant?.BlockSize ?? Quant.CheckpointQuantization.DefaultBlock)} block; Calm's fp8 keeps one scale per row, " +
+                                    $"so their values were re-rounded to row scales (relative RMS change {fp8.RequantizedRelativeRms:G3}). " +
+                                    "Tensor- and channel-scaled fp8 checkpoints are read exactly.");
+            }
             if (generation is { EosTokenIds.Length: > 0 })
                 config = config with { EosTokenIds = generation.EosTokenIds };
 
@@ -97,6 +116,38 @@ public static class ModelFolderLoader
             store.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// An fp8 checkpoint as Calm's fp8 models are: every projection and the classifier fp8 with row scales. The ones the
+    /// checkpoint kept unquantized (typically lm_head; a tied classifier gets its own copy, the embedding stays) are
+    /// quantized per row as Import-CalmModel -DType fp8 does; norms, biases, the router and the embedding stay as stored.
+    /// </summary>
+    private static (ModelWeights, string Note) AllProjectionsFp8(ModelWeights w, NativeWeightStore store, CancellationToken ct)
+    {
+        var quantized = new List<string>();
+        Tensor F(Tensor t)
+        {
+            if (t.DType == DType.F8E4M3) return t;
+            quantized.Add(t.Name);
+            return Quant.Quantizer.Quantize(t, DType.F8E4M3, store, ct);
+        }
+        Tensor? FO(Tensor? t) => t is null ? null : F(t);
+        Tensor[]? FA(Tensor[]? ts) => ts?.Select(F).ToArray();
+        var layers = w.Layers.Select(l => new LayerWeights
+        {
+            AttnNorm = l.AttnNorm, FfnNorm = l.FfnNorm,
+            Wq = F(l.Wq), Wk = F(l.Wk), Wv = F(l.Wv), Wo = F(l.Wo),
+            Bq = l.Bq, Bk = l.Bk, Bv = l.Bv, Bo = l.Bo, QNorm = l.QNorm, KNorm = l.KNorm,
+            WGate = FO(l.WGate), WUp = FO(l.WUp), WDown = FO(l.WDown),
+            BGate = l.BGate, BUp = l.BUp, BDown = l.BDown,
+            Router = l.Router,
+            ExpertGate = FA(l.ExpertGate), ExpertUp = FA(l.ExpertUp), ExpertDown = FA(l.ExpertDown),
+        }).ToArray();
+        var lmHead = F(w.LmHead);
+        string note = quantized.Count == 0 ? ""
+            : $"; {quantized.Count} stored unquantized quantized to fp8 per row ({string.Join(", ", quantized.Take(3))}{(quantized.Count > 3 ? ", ..." : "")})";
+        return (new ModelWeights { Embedding = w.Embedding, Layers = layers, FinalNorm = w.FinalNorm, LmHead = lmHead }, note);
     }
 
     private static string DTypeSummary(IEnumerable<Tensor> tensors)
@@ -209,10 +260,33 @@ public static class ModelFolderLoader
     }
 
     /// <summary>Tensors by name, with checked access and a record of which were used.</summary>
-    private sealed class TensorSet(Dictionary<string, Tensor> all, string folder, IReadOnlyList<string> files)
+    private sealed class TensorSet(Dictionary<string, Tensor> all, string folder, IReadOnlyList<string> files, Quant.CheckpointFp8Reader fp8)
     {
         private readonly HashSet<string> _used = new(StringComparer.Ordinal);
         public int UsedCount => _used.Count;
+        /// <summary>fp8 checkpoint tensors read (with their scales) by <see cref="Proj"/>.</summary>
+        public int Fp8Count { get; private set; }
+
+        /// <summary>
+        /// A projection matrix (or the classifier): as <see cref="Need"/>, and an fp8 (F8_E4M3) tensor of a
+        /// pre-quantized checkpoint is returned with one scale per row from its scale tensor (<see cref="Quant.CheckpointFp8Reader"/>).
+        /// </summary>
+        public Tensor Proj(string name, params long[] shape)
+        {
+            if (!all.TryGetValue(name, out var t) || t.DType != DType.F8E4M3) return Need(name, shape);
+            CheckShape(t, shape);
+            Tensor? scale = null;
+            foreach (var sn in Quant.CheckpointFp8Reader.ScaleNames(name))
+                if (all.TryGetValue(sn, out scale)) break;
+            if (scale is null)
+                throw new CalmException(ErrorIds.QuantScaleMissing, CalmErrorKind.InvalidData,
+                    $"{t.Source}: the fp8 weight '{name}' has no scale tensor ({string.Join(" or ", Quant.CheckpointFp8Reader.ScaleNames(name).Take(2))}). " +
+                    "fp8 checkpoints store one beside each quantized weight; download the model folder again.", $"{t.Source}:{name}");
+            var r = fp8.ToPerRow(t, scale);
+            _used.Add(name); _used.Add(scale.Name);
+            Fp8Count++;
+            return r;
+        }
         public IEnumerable<string> Unused() => all.Keys.Where(k => !_used.Contains(k));
         public bool Has(string name) => all.ContainsKey(name);
 
@@ -229,16 +303,22 @@ public static class ModelFolderLoader
 
         private Tensor Check(Tensor t, long[] shape)
         {
+            CheckShape(t, shape);
+            if (!DTypes.IsWeightType(t.DType))
+                throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
+                    $"{t.Source}: tensor '{t.Name}' is {DTypes.Name(t.DType)}; Calm reads it only as f32, f16 or bf16" +
+                    (t.DType == DType.F8E4M3 ? " (fp8 is read for the projection matrices and the classifier of an fp8 checkpoint)" : "") +
+                    ". Use an unquantized (f32/f16/bf16) copy of the model.", $"{t.Source}:{t.Name}");
+            _used.Add(t.Name);
+            return t;
+        }
+
+        private static void CheckShape(Tensor t, long[] shape)
+        {
             if (!t.Shape.AsSpan().SequenceEqual(shape))
                 throw new CalmException(ErrorIds.TensorShapeMismatch, CalmErrorKind.InvalidData,
                     $"{t.Source}: tensor '{t.Name}' has shape {Tensor.ShapeText(t.Shape)} but config.json needs {Tensor.ShapeText(shape)}. " +
                     "The weights and config.json belong to different models; download the model folder again.", $"{t.Source}:{t.Name}");
-            if (!DTypes.IsWeightType(t.DType))
-                throw new CalmException(ErrorIds.TensorDTypeUnsupported, CalmErrorKind.NotSupported,
-                    $"{t.Source}: tensor '{t.Name}' is {DTypes.Name(t.DType)}; Calm computes with f32, f16 and bf16 weights only. " +
-                    "Use an unquantized (f32/f16/bf16) copy of the model.", $"{t.Source}:{t.Name}");
-            _used.Add(t.Name);
-            return t;
         }
     }
 
@@ -257,16 +337,16 @@ public static class ModelFolderLoader
             if (c.Architecture == Architecture.Phi3)
             {
                 // qkv_proj [Q + 2KV, D]: rows q, then k, then v.
-                var qkv = s.Need(a + "qkv_proj.weight", Q + 2 * KV, D);
+                var qkv = s.Proj(a + "qkv_proj.weight", Q + 2 * KV, D);
                 wq = qkv.SliceRows(0, Q, a + "q_proj.weight");
                 wk = qkv.SliceRows(Q, KV, a + "k_proj.weight");
                 wv = qkv.SliceRows(Q + KV, KV, a + "v_proj.weight");
             }
             else
             {
-                wq = s.Need(a + "q_proj.weight", Q, D);
-                wk = s.Need(a + "k_proj.weight", KV, D);
-                wv = s.Need(a + "v_proj.weight", KV, D);
+                wq = s.Proj(a + "q_proj.weight", Q, D);
+                wk = s.Proj(a + "k_proj.weight", KV, D);
+                wv = s.Proj(a + "v_proj.weight", KV, D);
             }
 
             Tensor? gate = null, up = null, down = null, bGate = null, bUp = null, bDown = null, router = null;
@@ -276,16 +356,16 @@ public static class ModelFolderLoader
             else if (c.Architecture == Architecture.Phi3)
             {
                 // gate_up_proj [2F, D]: rows gate, then up.
-                var gu = s.Need(p + "mlp.gate_up_proj.weight", 2 * F, D);
+                var gu = s.Proj(p + "mlp.gate_up_proj.weight", 2 * F, D);
                 gate = gu.SliceRows(0, F, p + "mlp.gate_proj.weight");
                 up = gu.SliceRows(F, F, p + "mlp.up_proj.weight");
-                down = s.Need(p + "mlp.down_proj.weight", D, F);
+                down = s.Proj(p + "mlp.down_proj.weight", D, F);
             }
             else
             {
-                gate = s.Need(p + "mlp.gate_proj.weight", F, D);
-                up = s.Need(p + "mlp.up_proj.weight", F, D);
-                down = s.Need(p + "mlp.down_proj.weight", D, F);
+                gate = s.Proj(p + "mlp.gate_proj.weight", F, D);
+                up = s.Proj(p + "mlp.up_proj.weight", F, D);
+                down = s.Proj(p + "mlp.down_proj.weight", D, F);
                 if (c.MlpBias)
                 {
                     bGate = s.Need(p + "mlp.gate_proj.bias", F);
@@ -298,7 +378,7 @@ public static class ModelFolderLoader
             {
                 AttnNorm = s.Need(p + "input_layernorm.weight", D),
                 Wq = wq, Wk = wk, Wv = wv,
-                Wo = s.Need(a + "o_proj.weight", D, Q),
+                Wo = s.Proj(a + "o_proj.weight", D, Q),
                 Bq = c.QkvBias ? s.Need(a + "q_proj.bias", Q) : null,
                 Bk = c.QkvBias ? s.Need(a + "k_proj.bias", KV) : null,
                 Bv = c.QkvBias ? s.Need(a + "v_proj.bias", KV) : null,
@@ -312,7 +392,7 @@ public static class ModelFolderLoader
         }
         var norm = s.Need("model.norm.weight", D);
         // Tied: the classifier is the embedding (save_pretrained drops lm_head.weight then).
-        var lmHead = c.TieWordEmbeddings ? embedding : s.Need("lm_head.weight", V, D);
+        var lmHead = c.TieWordEmbeddings ? embedding : s.Proj("lm_head.weight", V, D);
         return new ModelWeights { Embedding = embedding, Layers = layers, FinalNorm = norm, LmHead = lmHead };
     }
 
@@ -331,8 +411,8 @@ public static class ModelFolderLoader
             string gu = s.Has(p + block + "experts.gate_up_proj") ? p + block + "experts.gate_up_proj" : p + block + "experts.gate_up_proj.weight";
             string dn = s.Has(p + block + "experts.down_proj.weight") ? p + block + "experts.down_proj.weight" : p + block + "experts.down_proj";
             var router = s.Need(p + block + "gate.weight", E, D);
-            var gateUp = s.Need(gu, E, 2 * F, D);
-            var downAll = s.Need(dn, E, D, F);
+            var gateUp = s.Proj(gu, E, 2 * F, D);
+            var downAll = s.Proj(dn, E, D, F);
             for (int e = 0; e < E; e++)
             {
                 var ge = gateUp.Index0(e, $"{gu}[{e}]");
@@ -353,9 +433,9 @@ public static class ModelFolderLoader
         var r = s.Need(b + "gate.weight", E, D);
         for (int e = 0; e < E; e++)
         {
-            gate[e] = s.Need($"{b}experts.{e}.{g}.weight", F, D);
-            up[e] = s.Need($"{b}experts.{e}.{u}.weight", F, D);
-            down[e] = s.Need($"{b}experts.{e}.{d}.weight", D, F);
+            gate[e] = s.Proj($"{b}experts.{e}.{g}.weight", F, D);
+            up[e] = s.Proj($"{b}experts.{e}.{u}.weight", F, D);
+            down[e] = s.Proj($"{b}experts.{e}.{d}.weight", D, F);
         }
         return (r, gate, up, down);
     }
