@@ -90,6 +90,27 @@ public class QuantBackendGpuTests
     }
 
     [Theory]
+    [InlineData("channel")]
+    [InlineData("block")]
+    public void TinyWpAsAPreQuantizedFp8CheckpointOnGpuMatchesCpu(string granularity)
+    {
+        // the checkpoint's fp8 values (memory-mapped, row scales; or requantized from 128x128 blocks) uploaded as they are
+        RequireGpu();
+        using var dir = new Calm.Engine.Tests.Loading.TempDir();
+        Calm.Engine.Tests.Loading.Fp8CheckpointTests.WriteFp8CopyOf(TinyWp.Folder, dir.Path, granularity, DType.BF16);
+        using var cpu = ModelFactory.Import(dir.Path, new ImportOptions { Device = DeviceChoice.Cpu, ContextLength = 128 });
+        using var gpu = ModelFactory.Import(dir.Path, new ImportOptions { Device = DeviceChoice.Cuda, ContextLength = 128 });
+        Assert.Equal(DType.F8E4M3, gpu.Config.DType);
+        Assert.True(gpu.Backend is CudaBackend { HasQuantizedWeights: true });
+        Assert.Equal(cpu.WeightBytes, gpu.WeightBytes);
+        int seed = Gpu.Rng().Next();
+        var r = new Random(seed);
+        var prompt = Enumerable.Range(0, 24).Select(_ => r.Next(cpu.Config.VocabSize)).ToArray();
+        double worst = CompareForward(cpu.Backend, gpu.Backend, cpu.Config.VocabSize, prompt, 16, SameWeightsTolerance, $"tiny-wp fp8 checkpoint ({granularity})");
+        Log($"tiny-wp fp8 checkpoint ({granularity}, seed {seed}): worst GPU vs CPU relative L2 {worst:E2}");
+    }
+
+    [Theory]
     [InlineData(DType.F8E4M3)]
     [InlineData(DType.Int4)]
     public void TinyWpQuantizedGreedyGenerationOnGpu(DType dt)
