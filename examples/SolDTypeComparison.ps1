@@ -1,13 +1,14 @@
 #!/usr/bin/env pwsh
-# Dtype comparison: the same shape measured at each weight dtype Calm computes with, beside the speed of light of
-# every dtype (incl. fp8 and int4, which are what-ifs: arithmetic only).
+# Dtype comparison: the same shape measured at each weight dtype (bf16, and fp8 / int4 quantized as -DType does at
+# import), each against its own speed of light; -WhatIfDType adds rows that are arithmetic only (no measurement).
 #   ./examples/SolDTypeComparison.ps1 -Preset Llama-3.2-1B
-#   ./examples/SolDTypeComparison.ps1 -Preset tiny -Device Cpu -Context 0,128
+#   ./examples/SolDTypeComparison.ps1 -Preset Llama-3-8B -DType bf16, fp8, int4 -Context 0, 4096
+#   ./examples/SolDTypeComparison.ps1 -Preset tiny -Device Cpu -Context 0,128 -DType bf16, f32 -WhatIfDType fp8
 [CmdletBinding()]
 param(
     [string] $Preset = 'Llama-3.2-1B',
-    [string[]] $DType = @('bf16', 'f16', 'f32'),
-    [string[]] $WhatIfDType = @('fp8', 'int4'),
+    [string[]] $DType = @('bf16', 'fp8', 'int4'),
+    [string[]] $WhatIfDType = @(),
     [ValidateSet('Auto', 'Cpu', 'Cuda')] [string] $Device = 'Auto',
     [int[]] $Context = @(0, 4096),
     [int] $Tokens = 16,

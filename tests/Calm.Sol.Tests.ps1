@@ -207,10 +207,13 @@ Describe 'Examples and the bench script run on the CPU with the tiny preset' {
         (Import-Csv $csv).Context | Should -Be @('0', '64')
         $r.Count | Should -Be 2
     }
-    It 'SolDTypeComparison.ps1 measures each dtype and adds the what-ifs' {
-        $r = & (Join-Path $script:Ex 'SolDTypeComparison.ps1') -Preset tiny -Device Cpu -DType bf16, f32 -Context 0 -Tokens 2 -Repeat 1 6>$null
-        ($r | Where-Object Kind -EQ 'Measured').DType | Should -Be @('bf16', 'f32')
-        ($r | Where-Object Kind -EQ 'WhatIf').DType | Should -Be @('fp8', 'int4')
+    It 'SolDTypeComparison.ps1 measures each dtype (quantized ones too) and adds the what-ifs' {
+        $r = & (Join-Path $script:Ex 'SolDTypeComparison.ps1') -Preset tiny -Device Cpu -DType bf16, fp8 -WhatIfDType int4, f32 -Context 0 -Tokens 2 -Repeat 1 6>$null
+        $measured = @($r | Where-Object Kind -EQ 'Measured')
+        $measured.DType | Should -Be @('bf16', 'fp8')
+        $measured | ForEach-Object { $_.TokensPerSecond | Should -BeGreaterThan 0 }
+        ($measured | Where-Object DType -EQ 'fp8').GBPerToken | Should -BeLessThan ($measured | Where-Object DType -EQ 'bf16').GBPerToken
+        ($r | Where-Object Kind -EQ 'WhatIf').DType | Should -Be @('int4', 'f32')
     }
     It 'SolWhatIfPresets.ps1 tabulates every real preset' {
         $r = & (Join-Path $script:Ex 'SolWhatIfPresets.ps1') -Device Cpu -Context 0 -BandwidthGBps 50 6>$null
