@@ -285,6 +285,56 @@ public class Fp8CheckpointTests
         }
     }
 
+    [Fact]
+    public unsafe void StackedMoeExpertsTakeOneScalePerExpertOrPerRow()
+    {
+        // transformers 5's stacked experts: gate_up_proj [E, 2F, D] with one scale per expert ([E]), down_proj
+        // [E, D, F] with one per row ([E, D, 1]); names without ".weight", so the scales are "<name>_scale"
+        using var dir = new TempDir();
+        var rng = new Random(12);
+        var q = new Dictionary<string, (byte[] Q, float[] S, long[] Shape)>();
+        Write(dir.Path, "mixtral", DType.BF16, 12, Quantized("mixtral", CompressedTensors("channel")), stackedExperts: true, edit: ts => ts.SelectMany(t =>
+        {
+            if (!t.Name.EndsWith("experts.gate_up_proj") && !t.Name.EndsWith("experts.down_proj")) return new[] { t };
+            long n = t.Shape[0] * t.Shape[1] * t.Shape[2], rows = t.Shape[0] * t.Shape[1];
+            var bytes = new byte[n];
+            rng.NextBytes(bytes);
+            for (long i = 0; i < n; i++) if ((bytes[i] & 0x7F) == 0x7F) bytes[i] = 0x12;   // no NaN codes
+            bool perExpert = t.Name.EndsWith("gate_up_proj");
+            var s = Enumerable.Range(0, (int)(perExpert ? t.Shape[0] : rows)).Select(i => 0.01f * (i + 1)).ToArray();
+            q[t.Name] = (bytes, s, t.Shape);
+            return new[]
+            {
+                new SafetensorsTensor(t.Name, DType.F8E4M3, t.Shape, bytes),
+                new SafetensorsTensor(t.Name + "_scale", DType.F32, perExpert ? new[] { t.Shape[0] } : new[] { t.Shape[0], t.Shape[1], 1L }, ScaleBytes(s, DType.F32)),
+            };
+        }).ToList());
+        var f = ModelFolderLoader.Load(dir.Path, null, default);
+        try
+        {
+            for (int l = 0; l < L; l++)
+            {
+                var lw = f.Weights.Layers[l];
+                var gu = q[$"model.layers.{l}.mlp.experts.gate_up_proj"];
+                var dn = q[$"model.layers.{l}.mlp.experts.down_proj"];
+                for (int e = 0; e < E; e++)
+                {
+                    foreach (var (t, half) in new[] { (lw.ExpertGate![e], 0), (lw.ExpertUp![e], 1) })
+                    {
+                        Assert.Equal(DType.F8E4M3, t.DType);
+                        long off = ((long)e * 2 * F + half * F) * D;
+                        Assert.Equal(gu.Q.AsSpan((int)off, F * D).ToArray(), new ReadOnlySpan<byte>((void*)t.Data, F * D).ToArray());
+                        for (int r = 0; r < F; r++) Assert.Equal(gu.S[e], ((float*)t.Scales)[r]);
+                    }
+                    var d = lw.ExpertDown![e];
+                    Assert.Equal(dn.Q.AsSpan(e * D * F, D * F).ToArray(), new ReadOnlySpan<byte>((void*)d.Data, D * F).ToArray());
+                    for (int r = 0; r < D; r++) Assert.Equal(dn.S[e * D + r], ((float*)d.Scales)[r]);
+                }
+            }
+        }
+        finally { f.Store.Dispose(); }
+    }
+
     [Theory]
     [InlineData("fp8", "weight_scale_inv", DType.BF16)]
     [InlineData("compressed-tensors", "weight_scale", DType.F32)]
