@@ -170,6 +170,7 @@ Describe 'Import-CalmModel of a pre-quantized fp8 checkpoint' {
         $err.FullyQualifiedErrorId | Should -BeLike 'Calm.QuantizationNotSupported,*'
         $err.Exception.Message | Should -Match "'gptq'"
         $err.Exception.Message | Should -Match '-DType fp8 or int4'
+        $err.ErrorDetails.RecommendedAction | Should -Match 'Import-CalmModel -DType fp8 or int4'
         Get-LoadedNames | Should -Be $before
     }
 }

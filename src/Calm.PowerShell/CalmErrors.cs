@@ -34,7 +34,9 @@ public static class CalmErrors
         ErrorIds.SafetensorsTruncated or ErrorIds.SafetensorsHeaderTooLarge or ErrorIds.SafetensorsHeaderInvalid
             or ErrorIds.SafetensorsOffsetsInvalid or ErrorIds.SafetensorsOverlap or ErrorIds.SafetensorsSizeMismatch
             => "The file is damaged or incomplete: download it again.",
-        ErrorIds.SafetensorsUnknownDType or ErrorIds.TensorDTypeUnsupported => "Use a model stored in bf16, f16 or f32.",
+        ErrorIds.SafetensorsUnknownDType or ErrorIds.TensorDTypeUnsupported => "Use a model stored in bf16, f16 or f32, or an fp8 checkpoint with a scale beside each fp8 weight.",
+        ErrorIds.QuantizationNotSupported => "Use the unquantized (bf16/f16/f32) model and Import-CalmModel -DType fp8 or int4, or an fp8 checkpoint (compressed-tensors, fp8, fbgemm_fp8).",
+        ErrorIds.QuantScaleMissing or ErrorIds.QuantScaleInvalid => "The fp8 checkpoint's scales are missing or damaged: download the model folder again.",
         ErrorIds.TensorMissing or ErrorIds.TensorShapeMismatch => "The weights do not match config.json: use the files and config.json of one model.",
         ErrorIds.ShardIndexInvalid or ErrorIds.ShardPathOutsideModel => "model.safetensors.index.json must name shard files inside the model folder.",
         ErrorIds.PresetUnknown => "Tab-complete -Preset to see the preset names.",
