@@ -153,13 +153,13 @@ __global__ void __launch_bounds__(288, 2) mv_tma(const u16* W, const float* x, f
     for (int i = 0; i < nch; i++) {
         const int s = i % slots;
         const int nv = (int)(min((long long)chunk, total - (long long)i * chunk) >> 4), ng = nv >> 5;
-        const long long vbase = (long long)i * (chunk >> 4);
+        const int vbase = i * (chunk >> 4);   // vectors before this chunk in the block's range (< 2^31: a block's rows are a few MB)
         const calm_u4* cv = (const calm_u4*)(ring + (size_t)s * chunk);
         const int g0 = warp * ng / 8, g1 = (warp + 1) * ng / 8;
         mbar_wait(&full[s], (i / slots) & 1);
         for (int gI = g0; gI < g1; gI++) {
-            const long long v = vbase + gI * 32;
-            const int row = (int)(v / vpr), col = (int)(v - (long long)row * vpr) * 8 + lane * 8;
+            const int v = vbase + gI * 32;
+            const int row = v / vpr, col = (v - row * vpr) * 8 + lane * 8;
             if (row != cur) {
                 if (cur >= 0) { float t = warp_sum(acc); if (lane == 0) part[warp * maxRows + cur] += t; }
                 cur = row; acc = 0.f;
