@@ -61,6 +61,7 @@ public sealed record CheckpointQuantization(string Method, int[]? BlockSize, str
             else if (method == "compressed-tensors")
             {
                 string? format = Str(q, "format", source);
+                if (format == "dense") return null;   // saved uncompressed: the weights are f32/f16/bf16 and read as such
                 if (format is not null && format != "float-quantized" && format != "naive-quantized")
                     throw Unsupported(source, $"compressed-tensors in the '{Short(format)}' format (Calm reads float-quantized fp8)");
                 if (q.TryGetProperty("config_groups", out var groups) && groups.ValueKind == JsonValueKind.Object)

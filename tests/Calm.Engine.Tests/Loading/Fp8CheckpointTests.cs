@@ -477,6 +477,23 @@ public class Fp8CheckpointTests
         }
     }
 
+    [Fact]
+    public void ACompressedTensorsCheckpointSavedDenseLoadsAsItsStoredDType()
+    {
+        // format "dense": llm-compressor saved the weights uncompressed (bf16 here); nothing to convert
+        using var dir = new TempDir();
+        var q = CompressedTensors("channel");
+        q["format"] = "dense";
+        Write(dir.Path, "llama", DType.BF16, 13, Quantized("llama", q));
+        var f = ModelFolderLoader.Load(dir.Path, null, default);
+        try
+        {
+            Assert.Equal(DType.BF16, f.Config.DType);
+            Assert.Equal(DType.BF16, f.Weights.Layers[0].Wq.DType);
+        }
+        finally { f.Store.Dispose(); }
+    }
+
     [Theory]
     [InlineData("{\"quant_method\": \"gptq\", \"bits\": 4}", ErrorIds.QuantizationNotSupported, "'gptq'")]
     [InlineData("{\"quant_method\": \"awq\"}", ErrorIds.QuantizationNotSupported, "'awq'")]
