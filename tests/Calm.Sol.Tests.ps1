@@ -93,6 +93,16 @@ Describe 'Measure-CalmBandwidth and Measure-CalmKernel' {
         $a.Bytes | Should -Be (2 * 512 * 2 * 64 * 4)
         $a.Kernel | Should -Be 'Attention'
     }
+    It 'the quantized matvecs: bytes are the values plus the scales, the dtype is named as Calm names it' {
+        $f = Measure-CalmKernel -Rows 512 -Cols 1000 -DType e4m3 -Device Cpu -Repeat 3
+        $f.DType | Should -Be 'fp8'
+        $f.Bytes | Should -Be (512 * 1000 + 512 * 4)                       # one fp32 scale per row
+        $q = Measure-CalmKernel -Rows 512 -Cols 1000 -DType int4 -Device Cpu -Repeat 3
+        $q.DType | Should -Be 'int4'
+        $q.Bytes | Should -Be (512 * 32 * 16 + 512 * 32 * 2)               # rows padded to 32 groups of 16 bytes + fp16 scales
+        $f.GBps, $q.GBps | ForEach-Object { $_ | Should -BeGreaterThan 0 }
+        { Measure-CalmKernel -Rows 8 -Cols 8 -DType q8 -Device Cpu } | Should -Throw -ErrorId 'Calm.InvalidArgument,*'
+    }
     It 'a GPU measurement without a GPU is Calm.DeviceNotAvailable' -Skip:([bool](Get-Command nvidia-smi -ErrorAction Ignore)) {
         { Measure-CalmBandwidth -Device Cuda } | Should -Throw -ErrorId 'Calm.DeviceNotAvailable,*'
     }

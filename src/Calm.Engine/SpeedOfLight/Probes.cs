@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using Calm.Engine.Cpu;
+using Calm.Engine.Quant;
 using Calm.Engine.Devices;
 using Calm.Engine.Model;
 using Calm.Engine.Session;
@@ -218,9 +219,9 @@ public sealed unsafe class CpuKernelBench : IKernelBench
 
     internal static DType ParseDType(string dtype)
     {
-        if (DTypes.TryParseName(dtype, out var t) && DTypes.IsWeightType(t)) return t;
+        if (DTypes.TryParseWeightDType(dtype, out var t)) return t;
         throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument,
-            $"-DType '{dtype}' is not a weight type the CPU computes with. Use bf16, f16 or f32.", "DType");
+            $"-DType '{dtype}' is not a weight type the CPU computes with. Use bf16, f16, f32, fp8 or int4.", "DType");
     }
 
     private static void Positive(string name, long v)
@@ -242,44 +243,50 @@ public sealed unsafe class CpuKernelBench : IKernelBench
     {
         Positive("Rows", rows); Positive("Cols", cols); Positive("Repeat", repeat);
         var t = ParseDType(dtype);
-        int es = DTypes.SizeOf(t);
-        long n = (long)rows * cols;
-        byte* w = Alloc<byte>(n * es);
+        // Values and scales in the layouts of Quant.QuantFormats (fp8: one fp32 scale per row; int4: rows padded to
+        // groups of 32, one fp16 scale per group); bytes count both, as the speed-of-light byte model does.
+        long rowBytes = t == DType.Int4 ? QuantFormats.Int4RowBytes(cols) : (long)cols * DTypes.SizeOf(t);
+        long rowScaleBytes = t switch { DType.F8E4M3 => 4, DType.Int4 => QuantFormats.Int4Groups(cols) * 2, _ => 0 };
+        byte* w = Alloc<byte>(rows * rowBytes);
+        byte* sc = rowScaleBytes > 0 ? Alloc<byte>(rows * rowScaleBytes) : null;
         float* x = Alloc<float>(cols), y = Alloc<float>(rows);
         try
         {
-            // Random weights in (-1, 1) in the chosen dtype; x likewise.
+            // Random weights in (-1, 1) in the chosen dtype (quantized from fp32 per row); x likewise.
             var rng = new Random(rows ^ (cols << 8));
             for (int i = 0; i < cols; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
-            Parallel.For(0, rows, r =>
+            int padded = t == DType.Int4 ? (int)(QuantFormats.Int4Groups(cols) * QuantFormats.Int4GroupSize) : cols;
+            Parallel.For(0, rows, () => new float[padded], (r, _, row) =>
             {
                 ulong key = Synthetic.SyntheticWeights.Key(r, 0x5EED);
-                for (long j = 0; j < cols; j++)
-                {
-                    float v = Synthetic.SyntheticWeights.Value(key, j, 1f, 0f);
-                    long i = (long)r * cols + j;
+                for (int j = 0; j < cols; j++) row[j] = Synthetic.SyntheticWeights.Value(key, j, 1f, 0f);
+                byte* wr = w + r * rowBytes;
+                fixed (float* f = row)
                     switch (t)
                     {
-                        case DType.F32: ((float*)w)[i] = v; break;
-                        case DType.F16: ((Half*)w)[i] = (Half)v; break;
-                        default: ((ushort*)w)[i] = Synthetic.SyntheticWeights.ToBf16(v); break;
+                        case DType.F32: for (int j = 0; j < cols; j++) ((float*)wr)[j] = f[j]; break;
+                        case DType.F16: for (int j = 0; j < cols; j++) ((Half*)wr)[j] = (Half)f[j]; break;
+                        case DType.BF16: for (int j = 0; j < cols; j++) ((ushort*)wr)[j] = Synthetic.SyntheticWeights.ToBf16(f[j]); break;
+                        case DType.F8E4M3: Quantizer.QuantizeRowFp8(f, cols, wr, (float*)sc + r); break;
+                        default: Quantizer.QuantizeRowInt4(f, padded, wr, (Half*)(sc + r * rowScaleBytes)); break;   // f[cols..padded) stays 0
                     }
-                }
-            });
-            CpuKernels.MatMul((nint)w, t, rows, cols, x, 1, y, rows); // warm-up
+                return row;
+            }, _ => { });
+            CpuKernels.MatMul((nint)w, t, rows, cols, x, 1, y, rows, (nint)sc); // warm-up
             var ms = new double[repeat];
             for (int r = 0; r < repeat; r++)
             {
                 ct.ThrowIfCancellationRequested();
                 long t0 = Stopwatch.GetTimestamp();
-                CpuKernels.MatMul((nint)w, t, rows, cols, x, 1, y, rows);
+                CpuKernels.MatMul((nint)w, t, rows, cols, x, 1, y, rows, (nint)sc);
                 ms[r] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
             }
-            return new KernelTiming(ms, n * es);
+            return new KernelTiming(ms, rows * (rowBytes + rowScaleBytes));
         }
         finally
         {
             System.Runtime.InteropServices.NativeMemory.AlignedFree(w);
+            if (sc != null) System.Runtime.InteropServices.NativeMemory.AlignedFree(sc);
             System.Runtime.InteropServices.NativeMemory.AlignedFree(x);
             System.Runtime.InteropServices.NativeMemory.AlignedFree(y);
         }

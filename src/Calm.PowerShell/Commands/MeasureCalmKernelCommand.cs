@@ -41,7 +41,7 @@ public sealed class MeasureCalmKernelCommand : CalmCmdlet
     [Parameter(Mandatory = true, ParameterSetName = MatvecSet)] public int Rows { get; set; }
     [Parameter(Mandatory = true, ParameterSetName = MatvecSet)] public int Cols { get; set; }
     [Parameter(ParameterSetName = MatvecSet)]
-    [ArgumentCompleter(typeof(DTypeCompleter))]
+    [ArgumentCompleter(typeof(WeightDTypeCompleter))]
     public string DType { get; set; } = "bf16";
 
     [Parameter(Mandatory = true, ParameterSetName = AttentionSet)] public SwitchParameter Attention { get; set; }
@@ -81,7 +81,8 @@ public sealed class MeasureCalmKernelCommand : CalmCmdlet
         {
             Kernel = ParameterSetName == MatvecSet ? "Matvec" : "Attention",
             Shape = ParameterSetName == MatvecSet ? $"{Rows}x{Cols}" : $"ctx={Context} heads={Heads}/{KvHeads} hd={HeadDim}",
-            DType = ParameterSetName == MatvecSet ? DType.ToLowerInvariant() : (kind == "Cpu" ? "f32" : "bf16"),
+            DType = ParameterSetName != MatvecSet ? (kind == "Cpu" ? "f32" : "bf16")
+                : Calm.Engine.Model.DTypes.TryParseWeightDType(DType, out var wt) ? Calm.Engine.Model.DTypes.Name(wt) : DType.ToLowerInvariant(),
             Device = bench.DeviceName, Repeat = Repeat, Ms = median, MinMs = sorted[0], Bytes = timing.Bytes, GBps = gbps,
             BandwidthGBps = d.GBps, BandwidthSource = d.Source, PercentOfBandwidth = gbps / d.GBps * 100,
         });
