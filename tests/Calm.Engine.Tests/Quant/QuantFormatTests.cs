@@ -209,6 +209,8 @@ public unsafe class QuantFormatTests
     [InlineData(DType.Int4, 37, 64)]
     [InlineData(DType.Int4, 1, 688)]
     [InlineData(DType.Int4, 6, 688)]
+    [InlineData(DType.Int4, 1, 4096)]
+    [InlineData(DType.F8E4M3, 1, 4096)]
     public void MatMulMatchesNaiveDequantizedProduct(DType dt, int n, int cols)
     {
         var rng = new Random(Seed + n);
