@@ -132,25 +132,13 @@ public static unsafe class Quantizer
                 map[t] = r; done += t.ByteLength; Report(t.Name);
                 return r;
             }
-            Tensor? QO(Tensor? t) => t is null ? null : Q(t);
-            Tensor? CO(Tensor? t) => t is null ? null : Copy(t);
-            Tensor[]? QA(Tensor[]? ts) => ts?.Select(Q).ToArray();
-
-            var emb = Copy(src.Embedding);
             // The tied classifier gets its own quantized copy (the decode step reads it every token).
-            var lmHead = Quantize(src.LmHead, target, store, ct);
-            done += src.LmHead.ByteLength; Report(src.LmHead.Name);
-            var layers = src.Layers.Select(l => new LayerWeights
+            var w = src.MapMatrices(Q, t =>
             {
-                AttnNorm = Copy(l.AttnNorm), FfnNorm = Copy(l.FfnNorm),
-                Wq = Q(l.Wq), Wk = Q(l.Wk), Wv = Q(l.Wv), Wo = Q(l.Wo),
-                Bq = CO(l.Bq), Bk = CO(l.Bk), Bv = CO(l.Bv), Bo = CO(l.Bo), QNorm = CO(l.QNorm), KNorm = CO(l.KNorm),
-                WGate = QO(l.WGate), WUp = QO(l.WUp), WDown = QO(l.WDown),
-                BGate = CO(l.BGate), BUp = CO(l.BUp), BDown = CO(l.BDown),
-                Router = CO(l.Router),
-                ExpertGate = QA(l.ExpertGate), ExpertUp = QA(l.ExpertUp), ExpertDown = QA(l.ExpertDown),
-            }).ToArray();
-            var w = new ModelWeights { Embedding = emb, Layers = layers, FinalNorm = Copy(src.FinalNorm), LmHead = lmHead };
+                var r = Quantize(t, target, store, ct);
+                done += t.ByteLength; Report(t.Name);
+                return r;
+            }, Copy);
             done = total; Report("done");
             return (w, store);
         }

@@ -204,20 +204,8 @@ public static class SyntheticWeights
             map[t] = r;
             return r;
         }
-        Tensor? QO(Tensor? t) => t is null ? null : Q(t);
-        Tensor[]? QA(Tensor[]? ts) => ts?.Select(Q).ToArray();
-        var lmHead = new Tensor(w.LmHead.Name, weightDType, (long[])w.LmHead.Shape.Clone(), 0, "device", 0, deviceScales: true);
-        var layers = w.Layers.Select(l => new LayerWeights
-        {
-            AttnNorm = l.AttnNorm, FfnNorm = l.FfnNorm,
-            Wq = Q(l.Wq), Wk = Q(l.Wk), Wv = Q(l.Wv), Wo = Q(l.Wo),
-            Bq = l.Bq, Bk = l.Bk, Bv = l.Bv, Bo = l.Bo, QNorm = l.QNorm, KNorm = l.KNorm,
-            WGate = QO(l.WGate), WUp = QO(l.WUp), WDown = QO(l.WDown),
-            BGate = l.BGate, BUp = l.BUp, BDown = l.BDown,
-            Router = l.Router,
-            ExpertGate = QA(l.ExpertGate), ExpertUp = QA(l.ExpertUp), ExpertDown = QA(l.ExpertDown),
-        }).ToArray();
-        return new ModelWeights { Embedding = w.Embedding, Layers = layers, FinalNorm = w.FinalNorm, LmHead = lmHead };
+        // the classifier gets its own quantized tensor even when tied (the embedding keeps the source dtype)
+        return w.MapMatrices(Q, t => new Tensor(t.Name, weightDType, (long[])t.Shape.Clone(), 0, "device", 0, deviceScales: true));
     }
 
     private static unsafe void Fill(nint ptr, long n, DType dtype, ulong key, float scale, float offset, CancellationToken ct)

@@ -132,22 +132,10 @@ public static class ModelFolderLoader
             quantized.Add(t.Name);
             return Quant.Quantizer.Quantize(t, DType.F8E4M3, store, ct);
         }
-        Tensor? FO(Tensor? t) => t is null ? null : F(t);
-        Tensor[]? FA(Tensor[]? ts) => ts?.Select(F).ToArray();
-        var layers = w.Layers.Select(l => new LayerWeights
-        {
-            AttnNorm = l.AttnNorm, FfnNorm = l.FfnNorm,
-            Wq = F(l.Wq), Wk = F(l.Wk), Wv = F(l.Wv), Wo = F(l.Wo),
-            Bq = l.Bq, Bk = l.Bk, Bv = l.Bv, Bo = l.Bo, QNorm = l.QNorm, KNorm = l.KNorm,
-            WGate = FO(l.WGate), WUp = FO(l.WUp), WDown = FO(l.WDown),
-            BGate = l.BGate, BUp = l.BUp, BDown = l.BDown,
-            Router = l.Router,
-            ExpertGate = FA(l.ExpertGate), ExpertUp = FA(l.ExpertUp), ExpertDown = FA(l.ExpertDown),
-        }).ToArray();
-        var lmHead = F(w.LmHead);
+        var mapped = w.MapMatrices(F, F);
         string note = quantized.Count == 0 ? ""
             : $"; {quantized.Count} stored unquantized quantized to fp8 per row ({string.Join(", ", quantized.Take(3))}{(quantized.Count > 3 ? ", ..." : "")})";
-        return (new ModelWeights { Embedding = w.Embedding, Layers = layers, FinalNorm = w.FinalNorm, LmHead = lmHead }, note);
+        return (mapped, note);
     }
 
     private static string DTypeSummary(IEnumerable<Tensor> tensors)

@@ -66,4 +66,31 @@ public sealed class ModelWeights
 
     /// <summary>Bytes of all weights (each tensor once).</summary>
     public long TotalBytes => AllTensors().Sum(t => t.ByteLength);
+
+    /// <summary>
+    /// A copy with every projection matrix (q, k, v, o, gate, up, down and the experts) replaced by
+    /// <paramref name="matrix"/>, the classifier by <paramref name="lmHead"/> (called once, also when it is the tied
+    /// embedding), and every other tensor (embedding, norms, biases, router) by <paramref name="other"/> (default: kept).
+    /// Called in the order embedding, classifier, layer by layer, final norm.
+    /// </summary>
+    public ModelWeights MapMatrices(Func<Tensor, Tensor> matrix, Func<Tensor, Tensor> lmHead, Func<Tensor, Tensor>? other = null)
+    {
+        other ??= t => t;
+        Tensor? M(Tensor? t) => t is null ? null : matrix(t);
+        Tensor? O(Tensor? t) => t is null ? null : other(t);
+        Tensor[]? A(Tensor[]? ts) => ts?.Select(matrix).ToArray();
+        var embedding = other(Embedding);
+        var classifier = lmHead(LmHead);
+        var layers = Layers.Select(l => new LayerWeights
+        {
+            AttnNorm = other(l.AttnNorm), FfnNorm = other(l.FfnNorm),
+            Wq = matrix(l.Wq), Wk = matrix(l.Wk), Wv = matrix(l.Wv), Wo = matrix(l.Wo),
+            Bq = O(l.Bq), Bk = O(l.Bk), Bv = O(l.Bv), Bo = O(l.Bo), QNorm = O(l.QNorm), KNorm = O(l.KNorm),
+            WGate = M(l.WGate), WUp = M(l.WUp), WDown = M(l.WDown),
+            BGate = O(l.BGate), BUp = O(l.BUp), BDown = O(l.BDown),
+            Router = O(l.Router),
+            ExpertGate = A(l.ExpertGate), ExpertUp = A(l.ExpertUp), ExpertDown = A(l.ExpertDown),
+        }).ToArray();
+        return new ModelWeights { Embedding = embedding, Layers = layers, FinalNorm = other(FinalNorm), LmHead = classifier };
+    }
 }

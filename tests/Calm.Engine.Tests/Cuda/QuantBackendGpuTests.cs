@@ -68,6 +68,16 @@ public class QuantBackendGpuTests
         return worst;
     }
 
+    /// <summary><see cref="CompareForward"/> over a random 24-token prompt and 16 decode steps, with the same-weights bound; logs the worst.</summary>
+    private static void CompareOnRandomPrompt(LoadedModel cpu, LoadedModel gpu, string what)
+    {
+        int seed = Gpu.Rng().Next();
+        var r = new Random(seed);
+        var prompt = Enumerable.Range(0, 24).Select(_ => r.Next(cpu.Config.VocabSize)).ToArray();
+        double worst = CompareForward(cpu.Backend, gpu.Backend, cpu.Config.VocabSize, prompt, 16, SameWeightsTolerance, $"{what} (seed {seed})");
+        Log($"{what} (seed {seed}): worst GPU vs CPU relative L2 over 24 prefill + 16 decode positions {worst:E2}");
+    }
+
     [Theory]
     [InlineData(DType.F8E4M3)]
     [InlineData(DType.Int4)]
@@ -82,11 +92,7 @@ public class QuantBackendGpuTests
         Assert.Equal(dt, gpu.Weights.Layers[0].Wq.DType);
         Assert.Equal(dt, gpu.Weights.LmHead.DType);
         Assert.Equal(cpu.WeightBytes, gpu.WeightBytes);
-        int seed = Gpu.Rng().Next();
-        var r = new Random(seed);
-        var prompt = Enumerable.Range(0, 24).Select(_ => r.Next(cpu.Config.VocabSize)).ToArray();
-        double worst = CompareForward(cpu.Backend, gpu.Backend, cpu.Config.VocabSize, prompt, 16, SameWeightsTolerance, $"tiny-wp {DTypes.Name(dt)}");
-        Log($"tiny-wp {DTypes.Name(dt)} (seed {seed}): worst GPU vs CPU relative L2 over 24 prefill + 16 decode positions {worst:E2}");
+        CompareOnRandomPrompt(cpu, gpu, $"tiny-wp {DTypes.Name(dt)}");
     }
 
     [Theory]
@@ -103,11 +109,7 @@ public class QuantBackendGpuTests
         Assert.Equal(DType.F8E4M3, gpu.Config.DType);
         Assert.True(gpu.Backend is CudaBackend { HasQuantizedWeights: true });
         Assert.Equal(cpu.WeightBytes, gpu.WeightBytes);
-        int seed = Gpu.Rng().Next();
-        var r = new Random(seed);
-        var prompt = Enumerable.Range(0, 24).Select(_ => r.Next(cpu.Config.VocabSize)).ToArray();
-        double worst = CompareForward(cpu.Backend, gpu.Backend, cpu.Config.VocabSize, prompt, 16, SameWeightsTolerance, $"tiny-wp fp8 checkpoint ({granularity})");
-        Log($"tiny-wp fp8 checkpoint ({granularity}, seed {seed}): worst GPU vs CPU relative L2 {worst:E2}");
+        CompareOnRandomPrompt(cpu, gpu, $"tiny-wp fp8 checkpoint ({granularity})");
     }
 
     [Theory]
