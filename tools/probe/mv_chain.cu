@@ -3,7 +3,7 @@
 //  1. how many bytes in flight per SM a streaming read needs for full bandwidth (bw_read at several grids / depths);
 //  2. which matvec form keeps the memory busy across a chain of dependent matvecs launched with programmatic
 //     dependent launch in a CUDA graph, as one Llama-3-8B layer after another (qkv 6144x4096, o 4096x4096,
-//     gate_up 28672x4096, down 4096x14336; 8 layers' distinct weights, 32 layers per step).
+//     gate_up 28672x4096, down 4096x14336; 8 layers' distinct weights, 32 layers per step), in bf16 and in fp8.
 // The streaming read is the engine's (kernels/bench.cu bw_read_impl) at other depths; the helpers come from common.cuh.
 // Build and run:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mv_chain tools/probe/mv_chain.cu && /tmp/mv_chain
 #include <cstdint>
@@ -11,6 +11,7 @@
 #include <cmath>
 #include "probe.cuh"
 #include "../../kernels/bench.cu"   // the engine's streaming read, with common.cuh (16-byte loads, PDL, warp sums)
+#include "../../kernels/quant.cuh"   // dot16_fp8 (e4m3 -> f16 -> fp32, the engine's CUDA-core fp8 dot)
 
 
 __device__ __forceinline__ float dot8(calm_u4 w, const float* x) {
@@ -113,14 +114,18 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, u32 bytes, 
 __device__ __forceinline__ void bar_compute() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
 
 #define TMA_MAXSLOTS 12
-__global__ void __launch_bounds__(288, 2) mv_tma(const u16* W, const float* x, float* y, int rows, int cols, int slots, int chunk, int trig, int pdl, int maxRows) {
+// FP8: e4m3 weights with one fp32 scale per row (S), 16 per 16-byte vector; x is staged permuted per 32-vector chunk
+// (element (c*32 + l)*16 + 4k + j at c*512 + k*128 + 4l + j, as matvec_quant.cu's xs kernels) so a lane's four 16-byte
+// x reads are conflict-free. Needs cols % 512 == 0 (fp8) or % 256 (bf16).
+template <bool FP8>
+__device__ __forceinline__ void mv_tma_impl(const void* W, const float* S, const float* x, float* y, int rows, int cols, int slots, int chunk, int trig, int pdl, int maxRows) {
     extern __shared__ __align__(128) unsigned char sm[];
     __shared__ __align__(8) u64 full[TMA_MAXSLOTS], empty[TMA_MAXSLOTS];
     unsigned char* ring = sm;
     float* xs = (float*)(sm + (size_t)slots * chunk);
     float* part = xs + cols;                       // [8][maxRows]
     const int r0 = (int)((long long)blockIdx.x * rows / gridDim.x), r1 = (int)((long long)(blockIdx.x + 1) * rows / gridDim.x);
-    const long long rowBytes = (long long)cols * 2, total = (r1 - r0) * rowBytes;
+    const long long rowBytes = (long long)cols * (FP8 ? 1 : 2), total = (r1 - r0) * rowBytes;
     const unsigned char* src = (const unsigned char*)W + r0 * rowBytes;
     const int nch = (int)((total + chunk - 1) / chunk);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -144,10 +149,16 @@ __global__ void __launch_bounds__(288, 2) mv_tma(const u16* W, const float* x, f
         return;
     }
     if (pdl) pdl_wait();
-    for (int c = threadIdx.x; c < cols; c += 256) xs[c] = x[c];
+    if (FP8)
+        for (int e = threadIdx.x; e < cols; e += 256) {
+            const int c = e >> 9, rem = e & 511, l = rem >> 4, k = (rem & 15) >> 2, j = rem & 3;
+            xs[(c << 9) + k * 128 + 4 * l + j] = x[e];
+        }
+    else
+        for (int c = threadIdx.x; c < cols; c += 256) xs[c] = x[c];
     for (int i = threadIdx.x; i < 8 * maxRows; i += 256) part[i] = 0.f;
     bar_compute();
-    const int vpr = cols >> 3;   // 16-byte vectors per row
+    const int vpr = cols >> (FP8 ? 4 : 3);   // 16-byte vectors per row
     float acc = 0.f;
     int cur = -1;
     for (int i = 0; i < nch; i++) {
@@ -159,12 +170,17 @@ __global__ void __launch_bounds__(288, 2) mv_tma(const u16* W, const float* x, f
         mbar_wait(&full[s], (i / slots) & 1);
         for (int gI = g0; gI < g1; gI++) {
             const int v = vbase + gI * 32;
-            const int row = v / vpr, col = (v - row * vpr) * 8 + lane * 8;
+            const int row = v / vpr, vin = v - row * vpr;   // vin: the group's first vector within its row
             if (row != cur) {
                 if (cur >= 0) { float t = warp_sum(acc); if (lane == 0) part[warp * maxRows + cur] += t; }
                 cur = row; acc = 0.f;
             }
-            acc += dot8(cv[gI * 32 + lane], xs + col);
+            if (FP8) {
+                const calm_f4* xp = (const calm_f4*)(xs + (vin >> 5) * 512) + lane;
+                const calm_f4 xv[4] = { xp[0], xp[32], xp[64], xp[96] };
+                acc += dot16_fp8(cv[gI * 32 + lane], xv);
+            } else
+                acc += dot8(cv[gI * 32 + lane], xs + vin * 8 + lane * 8);
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(&empty[s]);
@@ -175,7 +191,49 @@ __global__ void __launch_bounds__(288, 2) mv_tma(const u16* W, const float* x, f
         float t = 0.f;
 #pragma unroll
         for (int w = 0; w < 8; w++) t += part[w * maxRows + r];
-        y[r0 + r] = t;
+        y[r0 + r] = FP8 ? t * S[r0 + r] : t;
+    }
+}
+__global__ void __launch_bounds__(288, 2) mv_tma(const u16* W, const float* x, float* y, int rows, int cols, int slots, int chunk, int trig, int pdl, int maxRows) {
+    mv_tma_impl<false>(W, nullptr, x, y, rows, cols, slots, chunk, trig, pdl, maxRows);
+}
+__global__ void __launch_bounds__(288, 2) mv_tma_fp8(const unsigned char* W, const float* S, const float* x, float* y, int rows, int cols, int slots, int chunk, int trig, int pdl, int maxRows) {
+    mv_tma_impl<true>(W, S, x, y, rows, cols, slots, chunk, trig, pdl, maxRows);
+}
+
+// The CUDA-core fp8 form the engine had before the tensor cores (matvec_quant.cu matvec_fp8_impl, R = 2 rows per warp,
+// U = 4 loads per row in flight, x from L1): the fp8 chain's baseline here. early: the first loads before pdl_wait.
+__global__ void __launch_bounds__(256) mv_rows_fp8(const unsigned char* Q, const float* S, const float* x, float* y, int rows, int cols, int early) {
+    const int R = 2, U = 4;
+    int warp = (int)((blockIdx.x * 256u + threadIdx.x) >> 5), lane = threadIdx.x & 31, row0 = warp * R;
+    pdl_trigger();
+    if (!early) pdl_wait();
+    if (row0 >= rows) { if (early) pdl_wait(); return; }
+    const unsigned char* rp[R];
+    float acc[R];
+    for (int i = 0; i < R; i++) { acc[i] = 0.f; rp[i] = Q + (long long)min(row0 + i, rows - 1) * cols; }
+    const int nvec = cols >> 4;
+    bool first = true;
+    for (int v = lane; v < nvec; v += 32 * U) {   // nvec % (32 U) == 0 for the chain's shapes
+        calm_u4 w[R][U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int i = 0; i < R; i++) w[i][u] = ldg_u4_stream((const calm_u4*)rp[i] + v + 32 * u);
+        if (early && first) pdl_wait();
+        first = false;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const calm_f4* xp = (const calm_f4*)(x + (long long)(v + 32 * u) * 16);
+            const calm_f4 xv[4] = { xp[0], xp[1], xp[2], xp[3] };
+#pragma unroll
+            for (int i = 0; i < R; i++) acc[i] += dot16_fp8(w[i][u], xv);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        float t = warp_sum(acc[i]);
+        if (lane == 0 && row0 + i < rows) y[row0 + i] = t * S[row0 + i];
     }
 }
 
@@ -192,6 +250,17 @@ __global__ void fill_f32(float* p, long long n, u32 seed) {
         u32 h = (u32)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
         p[i] = (h & 0xffffff) / 16777216.f * 2.f - 1.f;
     }
+}
+
+__global__ void fill_fp8(unsigned char* p, long long n, u32 seed) {   // random e4m3 codes below 2^3, no NaN codes
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        u32 h = (u32)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+        p[i] = (unsigned char)((h & 0x80u) | (h % 0x50u));
+    }
+}
+
+__global__ void fill_scale(float* p, int n, float v) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) p[i] = (i & 1) ? v : -v;
 }
 
 template <typename K, typename... A>
@@ -213,6 +282,18 @@ struct Variant { std::string name; int kind; int early; int trig; int gridPerSm;
 // kind 0: mv_rows<16>; 1: mv_gs<16,256,2>; 2: mv_gs<8,512,1>; 3: mv_rows<8>; 4: mv_gs<16,256,1> (up to 255 regs);
 // 5: mv_tma, one block per SM, ring = as many chunks as fit in budgetKB of shared memory beside x and the partials
 
+// The ring of a TMA variant: as many chunks as fit in budgetKB beside x (f32) and the per-warp row partials (chunks
+// halved down to 4 KB until at least two fit).
+struct TmaCfg { int slots, chunk, maxRows; size_t smem; };
+static TmaCfg tma_cfg(const Variant& v, int rows, int cols) {
+    int maxRows = (rows + g_sms - 1) / g_sms + 1, chunk = v.chunkKB * 1024;
+    size_t fixed = (size_t)cols * 4 + (size_t)8 * maxRows * 4;
+    int slots = std::min(TMA_MAXSLOTS, (int)(((size_t)v.budgetKB * 1024 - fixed) / chunk));
+    while (slots < 2 && chunk > 4096) { chunk /= 2; slots = std::min(TMA_MAXSLOTS, (int)(((size_t)v.budgetKB * 1024 - fixed) / chunk)); }
+    if (slots < 2) { printf("budget %d KB too small for %d x %d\n", v.budgetKB, rows, cols); exit(1); }
+    return { slots, chunk, maxRows, (size_t)slots * chunk + fixed };
+}
+
 static void mv(const Variant& v, const u16* W, const float* x, float* y, int rows, int cols, cudaStream_t s) {
     int G;
     switch (v.kind) {
@@ -222,19 +303,22 @@ static void mv(const Variant& v, const u16* W, const float* x, float* y, int row
     case 2: G = std::min(g_sms * v.gridPerSm, (rows + 15) / 16); launch(mv_gs<8, 512, 1>, G, 512, s, v.pdl, W, x, y, rows, cols, v.early, v.trig); break;
     case 4: G = std::min(g_sms * v.gridPerSm, (rows + 7) / 8); launch(mv_gs<16, 256, 1>, G, 256, s, v.pdl, W, x, y, rows, cols, v.early, v.trig); break;
     case 5: {
-        G = g_sms;
-        int maxRows = (rows + G - 1) / G + 1, chunk = v.chunkKB * 1024;
-        size_t fixed = (size_t)cols * 4 + (size_t)8 * maxRows * 4;
-        int slots = std::min(TMA_MAXSLOTS, (int)(((size_t)v.budgetKB * 1024 - fixed) / chunk));
-        while (slots < 2 && chunk > 4096) { chunk /= 2; slots = std::min(TMA_MAXSLOTS, (int)(((size_t)v.budgetKB * 1024 - fixed) / chunk)); }
-        if (slots < 2) { printf("budget %d KB too small for %d x %d\n", v.budgetKB, rows, cols); exit(1); }
-        size_t smem = (size_t)slots * chunk + fixed;
+        TmaCfg c = tma_cfg(v, rows, cols);
         static bool attr = false;
         if (!attr) { CK(cudaFuncSetAttribute(mv_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 * 1024)); attr = true; }
-        launch_smem(mv_tma, G, 288, smem, s, v.pdl, W, x, y, rows, cols, slots, chunk, v.trig, (int)v.pdl, maxRows);
+        launch_smem(mv_tma, g_sms, 288, c.smem, s, v.pdl, W, x, y, rows, cols, c.slots, c.chunk, v.trig, (int)v.pdl, c.maxRows);
         break;
     }
     }
+}
+
+// fp8 chain: kind 6 mv_rows_fp8 (early = first loads before the wait), 7 mv_tma_fp8
+static void mv8(const Variant& v, const unsigned char* W, const float* S, const float* x, float* y, int rows, int cols, cudaStream_t s) {
+    if (v.kind == 6) { launch(mv_rows_fp8, (rows + 15) / 16, 256, s, v.pdl, W, S, x, y, rows, cols, v.early); return; }
+    TmaCfg c = tma_cfg(v, rows, cols);
+    static bool attr = false;
+    if (!attr) { CK(cudaFuncSetAttribute(mv_tma_fp8, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 * 1024)); attr = true; }
+    launch_smem(mv_tma_fp8, g_sms, 288, c.smem, s, v.pdl, W, S, x, y, rows, cols, c.slots, c.chunk, v.trig, (int)v.pdl, c.maxRows);
 }
 
 static float median(std::vector<float> a) { std::sort(a.begin(), a.end()); return a[a.size() / 2]; }
@@ -354,6 +438,54 @@ int main(int argc, char** argv) {
         long long b = (long long)shapes[k].rows * shapes[k].cols * 2;
         printf("%5d x %5d  %-36s %8.2f us  %7.1f GB/s\n", shapes[k].rows, shapes[k].cols, v.name.c_str(), us, b / (us * 1e3));
         CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));
+    }
+    // 4. the same chain with fp8 weights (one fp32 scale per row): the CUDA-core form vs the TMA ring
+    {
+        std::vector<unsigned char*> W8(NL * 4);
+        std::vector<float*> S8(NL * 4);
+        long long stepBytes8 = 0;
+        for (int k = 0; k < 4; k++) stepBytes8 += (long long)shapes[k].rows * (shapes[k].cols + 4);
+        stepBytes8 *= STEPL;
+        for (int l = 0; l < NL; l++) for (int k = 0; k < 4; k++) {
+            long long n = (long long)shapes[k].rows * shapes[k].cols;
+            CK(cudaMalloc(&W8[l * 4 + k], n)); CK(cudaMalloc(&S8[l * 4 + k], shapes[k].rows * 4));
+            fill_fp8<<<1024, 256, 0, s>>>(W8[l * 4 + k], n, 31u * (l * 4 + k) + 7);
+            fill_scale<<<64, 256, 0, s>>>(S8[l * 4 + k], shapes[k].rows, 0.3f / sqrtf((float)shapes[k].cols));   // keeps |x| ~ 1 along the chain
+        }
+        CK(cudaStreamSynchronize(s));
+        printf("\n[chain fp8] the same chain with e4m3 weights and row scales: %.2f GB per step\n", stepBytes8 / 1e9);
+        std::vector<Variant> v8 = {
+            {"fp8 rows (CUDA-core form)", 6, 0, 0, 0, true},
+            {"fp8 rows early", 6, 1, 0, 0, true},
+            {"fp8 tma 110KB/16KB start-trigger", 7, 1, 0, 1, true, 110, 16},
+            {"fp8 tma 110KB/8KB start-trigger", 7, 1, 0, 1, true, 110, 8},
+            {"fp8 tma 110KB/16KB no PDL", 7, 0, 0, 1, false, 110, 16},
+        };
+        std::vector<float> ref8(D), got8(D);
+        for (size_t vi = 0; vi < v8.size(); vi++) {
+            const Variant& v = v8[vi];
+            cudaGraph_t g; cudaGraphExec_t ge;
+            CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+            for (int l = 0; l < STEPL; l++) {
+                int wl = (l % NL) * 4;
+                mv8(v, W8[wl + 0], S8[wl + 0], l == 0 ? xa : xd, xq, QKV, D, s);
+                mv8(v, W8[wl + 1], S8[wl + 1], xq, xo, D, D, s);
+                mv8(v, W8[wl + 2], S8[wl + 2], xo, xg, 2 * F, D, s);
+                mv8(v, W8[wl + 3], S8[wl + 3], xg, xd, D, F, s);
+            }
+            CK(cudaStreamEndCapture(s, &g));
+            CK(cudaGraphInstantiate(&ge, g, 0));
+            for (int w = 0; w < 3; w++) CK(cudaGraphLaunch(ge, s));
+            CK(cudaStreamSynchronize(s));
+            CK(cudaMemcpy(vi == 0 ? ref8.data() : got8.data(), xd, D * 4, cudaMemcpyDeviceToHost));
+            double maxRel = 0, maxRef = 0;
+            for (int i = 0; i < D; i++) maxRef = std::max(maxRef, (double)fabsf(ref8[i]));
+            if (vi > 0) for (int i = 0; i < D; i++) maxRel = std::max(maxRel, fabs((double)got8[i] - ref8[i]) / maxRef);
+            std::vector<float> t = graph_ms(ge, s, 4);
+            float ms = t[t.size() / 2];
+            printf("%-36s %.4f ms/step (min %.4f max %.4f)  %7.1f GB/s  diff %.1e\n", v.name.c_str(), ms, t.front(), t.back(), stepBytes8 / (ms * 1e6), maxRel);
+            CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));
+        }
     }
     printf("done\n");
     return 0;
