@@ -323,6 +323,29 @@ static void mv8(const Variant& v, const unsigned char* W, const float* S, const 
 
 static float median(std::vector<float> a) { std::sort(a.begin(), a.end()); return a[a.size() / 2]; }
 
+// One chain variant: captures enqueue() (one decode step) into a graph, warms it up, compares the output out[0..n)
+// with ref (filled by the first variant, first = true), and prints the median step time against bytes per step.
+template <typename F>
+static void time_chain(const std::string& name, F enqueue, const float* out, int n, std::vector<float>& ref, bool first, long long bytes, cudaStream_t s) {
+    cudaGraph_t g; cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    enqueue();
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    for (int w = 0; w < 3; w++) CK(cudaGraphLaunch(ge, s));
+    CK(cudaStreamSynchronize(s));
+    std::vector<float> got(n);
+    CK(cudaMemcpy(got.data(), out, n * 4, cudaMemcpyDeviceToHost));
+    if (first) ref = got;
+    double maxRel = 0, maxRef = 0;
+    for (int i = 0; i < n; i++) maxRef = std::max(maxRef, (double)fabsf(ref[i]));
+    for (int i = 0; i < n; i++) maxRel = std::max(maxRel, fabs((double)got[i] - ref[i]) / maxRef);
+    std::vector<float> t = graph_ms(ge, s, 4);
+    float ms = t[t.size() / 2];
+    printf("%-36s %.4f ms/step (min %.4f max %.4f)  %7.1f GB/s  diff %.1e\n", name.c_str(), ms, t.front(), t.back(), bytes / (ms * 1e6), maxRel);
+    CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));
+}
+
 int main(int argc, char** argv) {
     cudaDeviceProp p; CK(cudaGetDeviceProperties(&p, 0));
     g_sms = p.multiProcessorCount;
@@ -394,31 +417,22 @@ int main(int argc, char** argv) {
         {"tma 110KB/16KB no PDL", 5, 0, 0, 1, false, 110, 16},
         {"tma 200KB/16KB start-trigger", 5, 1, 0, 1, true, 200, 16},
     };
-    // reference output of the engine's form, to check every variant computes the same chain
-    std::vector<float> ref(D), got(D);
-    for (size_t vi = 0; vi < vars.size(); vi++) {
-        const Variant& v = vars[vi];
-        cudaGraph_t g; cudaGraphExec_t ge;
-        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    // One decode step: mvk(matrix index layer*4 + k, x, y, rows, cols) for the four matrices of each of the 32 layers.
+    auto chain = [&](auto mvk) {
         for (int l = 0; l < STEPL; l++) {
             int wl = (l % NL) * 4;
-            mv(v, W[wl + 0], l == 0 ? xa : xd, xq, QKV, D, s);
-            mv(v, W[wl + 1], xq, xo, D, D, s);          // o reads the first D of qkv (stands in for attention)
-            mv(v, W[wl + 2], xo, xg, 2 * F, D, s);
-            mv(v, W[wl + 3], xg, xd, D, F, s);          // down reads the first F of gate_up
+            mvk(wl + 0, l == 0 ? xa : xd, xq, QKV, D);
+            mvk(wl + 1, xq, xo, D, D);          // o reads the first D of qkv (stands in for attention)
+            mvk(wl + 2, xo, xg, 2 * F, D);
+            mvk(wl + 3, xg, xd, D, F);          // down reads the first F of gate_up
         }
-        CK(cudaStreamEndCapture(s, &g));
-        CK(cudaGraphInstantiate(&ge, g, 0));
-        for (int w = 0; w < 3; w++) CK(cudaGraphLaunch(ge, s));
-        CK(cudaStreamSynchronize(s));
-        CK(cudaMemcpy(vi == 0 ? ref.data() : got.data(), xd, D * 4, cudaMemcpyDeviceToHost));
-        double maxRel = 0, maxRef = 0;
-        for (int i = 0; i < D; i++) maxRef = std::max(maxRef, (double)fabsf(ref[i]));
-        if (vi > 0) for (int i = 0; i < D; i++) maxRel = std::max(maxRel, fabs((double)got[i] - ref[i]) / maxRef);
-        std::vector<float> t = graph_ms(ge, s, 4);
-        float ms = t[t.size() / 2];
-        printf("%-36s %.4f ms/step (min %.4f max %.4f)  %7.1f GB/s  diff %.1e\n", v.name.c_str(), ms, t.front(), t.back(), stepBytes / (ms * 1e6), maxRel);
-        CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));
+    };
+    // reference output of the engine's form, to check every variant computes the same chain
+    std::vector<float> ref(D);
+    for (size_t vi = 0; vi < vars.size(); vi++) {
+        const Variant& v = vars[vi];
+        time_chain(v.name, [&] { chain([&](int m, const float* x, float* y, int r, int c) { mv(v, W[m], x, y, r, c, s); }); },
+                   xd, D, ref, vi == 0, stepBytes, s);
     }
 
     // 3. each matrix alone: a graph of 32 launches of one shape over the 8 layers' weights (no dependence on data
@@ -461,30 +475,11 @@ int main(int argc, char** argv) {
             {"fp8 tma 110KB/8KB start-trigger", 7, 1, 0, 1, true, 110, 8},
             {"fp8 tma 110KB/16KB no PDL", 7, 0, 0, 1, false, 110, 16},
         };
-        std::vector<float> ref8(D), got8(D);
+        std::vector<float> ref8(D);
         for (size_t vi = 0; vi < v8.size(); vi++) {
             const Variant& v = v8[vi];
-            cudaGraph_t g; cudaGraphExec_t ge;
-            CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-            for (int l = 0; l < STEPL; l++) {
-                int wl = (l % NL) * 4;
-                mv8(v, W8[wl + 0], S8[wl + 0], l == 0 ? xa : xd, xq, QKV, D, s);
-                mv8(v, W8[wl + 1], S8[wl + 1], xq, xo, D, D, s);
-                mv8(v, W8[wl + 2], S8[wl + 2], xo, xg, 2 * F, D, s);
-                mv8(v, W8[wl + 3], S8[wl + 3], xg, xd, D, F, s);
-            }
-            CK(cudaStreamEndCapture(s, &g));
-            CK(cudaGraphInstantiate(&ge, g, 0));
-            for (int w = 0; w < 3; w++) CK(cudaGraphLaunch(ge, s));
-            CK(cudaStreamSynchronize(s));
-            CK(cudaMemcpy(vi == 0 ? ref8.data() : got8.data(), xd, D * 4, cudaMemcpyDeviceToHost));
-            double maxRel = 0, maxRef = 0;
-            for (int i = 0; i < D; i++) maxRef = std::max(maxRef, (double)fabsf(ref8[i]));
-            if (vi > 0) for (int i = 0; i < D; i++) maxRel = std::max(maxRel, fabs((double)got8[i] - ref8[i]) / maxRef);
-            std::vector<float> t = graph_ms(ge, s, 4);
-            float ms = t[t.size() / 2];
-            printf("%-36s %.4f ms/step (min %.4f max %.4f)  %7.1f GB/s  diff %.1e\n", v.name.c_str(), ms, t.front(), t.back(), stepBytes8 / (ms * 1e6), maxRel);
-            CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));
+            time_chain(v.name, [&] { chain([&](int m, const float* x, float* y, int r, int c) { mv8(v, W8[m], S8[m], x, y, r, c, s); }); },
+                       xd, D, ref8, vi == 0, stepBytes8, s);
         }
     }
     printf("done\n");
