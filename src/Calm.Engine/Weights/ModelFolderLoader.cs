@@ -134,7 +134,7 @@ public static class ModelFolderLoader
         }
         var mapped = w.MapMatrices(F, F);
         string note = quantized.Count == 0 ? ""
-            : $"; {quantized.Count} stored unquantized quantized to fp8 per row ({string.Join(", ", quantized.Take(3))}{(quantized.Count > 3 ? ", ..." : "")})";
+            : $"; {quantized.Count} tensor{(quantized.Count == 1 ? "" : "s")} the checkpoint kept unquantized quantized to fp8 per row here ({string.Join(", ", quantized.Take(3))}{(quantized.Count > 3 ? ", ..." : "")})";
         return (mapped, note);
     }
 
