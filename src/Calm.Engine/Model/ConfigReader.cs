@@ -36,12 +36,29 @@ public static class ConfigReader
         return Parse(bytes, path);
     }
 
+    /// <summary>
+    /// Reads config.json once for a model folder: the model and, when it has a quantization_config, the pre-quantized
+    /// checkpoint's format (<see cref="Quant.CheckpointQuantization"/>; other quantization methods refused).
+    /// </summary>
+    public static (ModelConfig Config, Quant.CheckpointQuantization? Quantization) ReadWithQuantization(string path)
+    {
+        byte[] bytes = ReadSmallFile(path, ErrorIds.ConfigInvalid);
+        using var doc = ParseJson(bytes, path, "config.json");
+        var config = Build(doc, path);
+        return (config, Quant.CheckpointQuantization.FromConfig(doc.RootElement, path));
+    }
+
     /// <summary>Parses config.json content; <paramref name="source"/> names the file in errors.</summary>
     public static ModelConfig Parse(string json, string source) => Parse(System.Text.Encoding.UTF8.GetBytes(json), source);
 
     public static ModelConfig Parse(ReadOnlyMemory<byte> json, string source)
     {
         using var doc = ParseJson(json, source, "config.json");
+        return Build(doc, source);
+    }
+
+    private static ModelConfig Build(JsonDocument doc, string source)
+    {
         var r = new Reader(doc.RootElement, source);
         try { return Build(r, source); }
         catch (InvalidOperationException e) // undecodable string escapes

@@ -34,51 +34,44 @@ public sealed record CheckpointQuantization(string Method, int[]? BlockSize, str
     /// <summary>Block of a fine-grained fp8 checkpoint when config.json names none (transformers' default).</summary>
     public static readonly int[] DefaultBlock = { 128, 128 };
 
-    /// <summary>The quantization of the checkpoint whose config.json text is <paramref name="json"/>; null when it has none.</summary>
-    public static CheckpointQuantization? Parse(ReadOnlyMemory<byte> json, string source)
+    /// <summary>The quantization of the checkpoint whose parsed config.json (a JSON object) is <paramref name="root"/>
+    /// (<see cref="Model.ConfigReader.ReadWithQuantization"/>); null when it has none.</summary>
+    public static CheckpointQuantization? FromConfig(JsonElement root, string source)
     {
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(json, new JsonDocumentOptions { MaxDepth = 32, CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }); }
-        catch (JsonException) { return null; }   // ConfigReader has already reported an unreadable config
-        using (doc)
+        if (!root.TryGetProperty("quantization_config", out var q) || q.ValueKind == JsonValueKind.Null) return null;
+        if (q.ValueKind != JsonValueKind.Object) throw Invalid(source, "'quantization_config' must be an object");
+        string method = Str(q, "quant_method", source) ??
+            throw Invalid(source, "'quantization_config' has no 'quant_method'");
+        if (!Methods.Contains(method))
+            throw Unsupported(source, $"quantized with '{Short(method)}' (quantization_config.quant_method)");
+        int[]? block = null;
+        if (method == "fp8")
         {
-            if (doc.RootElement.ValueKind != JsonValueKind.Object ||
-                !doc.RootElement.TryGetProperty("quantization_config", out var q) || q.ValueKind == JsonValueKind.Null)
-                return null;
-            if (q.ValueKind != JsonValueKind.Object) throw Invalid(source, "'quantization_config' must be an object");
-            string method = Str(q, "quant_method", source) ??
-                throw Invalid(source, "'quantization_config' has no 'quant_method'");
-            if (!Methods.Contains(method))
-                throw Unsupported(source, $"quantized with '{Short(method)}' (quantization_config.quant_method)");
-            int[]? block = null;
-            if (method == "fp8")
-            {
-                if (q.TryGetProperty("weight_block_size", out var b) && b.ValueKind != JsonValueKind.Null) block = Ints(b, "quantization_config.weight_block_size", source);
-                string? fmt = Str(q, "fmt", source);
-                if (fmt is not null && fmt != "e4m3")
-                    throw Unsupported(source, $"an fp8 checkpoint in the '{Short(fmt)}' format (quantization_config.fmt; Calm reads e4m3)");
-            }
-            else if (method == "compressed-tensors")
-            {
-                string? format = Str(q, "format", source);
-                if (format == "dense") return null;   // saved uncompressed: the weights are f32/f16/bf16 and read as such
-                if (format is not null && format != "float-quantized" && format != "naive-quantized")
-                    throw Unsupported(source, $"compressed-tensors in the '{Short(format)}' format (Calm reads float-quantized fp8)");
-                if (q.TryGetProperty("config_groups", out var groups) && groups.ValueKind == JsonValueKind.Object)
-                    foreach (var g in groups.EnumerateObject())
-                    {
-                        if (g.Value.ValueKind != JsonValueKind.Object || !g.Value.TryGetProperty("weights", out var w) || w.ValueKind != JsonValueKind.Object) continue;
-                        string where = $"quantization_config.config_groups.{g.Name}.weights";
-                        int bits = w.TryGetProperty("num_bits", out var nb) && nb.TryGetInt32(out int n) ? n : 8;
-                        string type = Str(w, "type", source) ?? "float";
-                        if (bits != 8 || type != "float")
-                            throw Unsupported(source, $"{bits}-bit {Short(type)} weights ({where}; Calm reads 8-bit float weights)");
-                        if (w.TryGetProperty("block_structure", out var bs) && bs.ValueKind != JsonValueKind.Null)
-                            block = Ints(bs, where + ".block_structure", source);
-                    }
-            }
-            return new CheckpointQuantization(method, block, source);
+            if (q.TryGetProperty("weight_block_size", out var b) && b.ValueKind != JsonValueKind.Null) block = Ints(b, "quantization_config.weight_block_size", source);
+            string? fmt = Str(q, "fmt", source);
+            if (fmt is not null && fmt != "e4m3")
+                throw Unsupported(source, $"an fp8 checkpoint in the '{Short(fmt)}' format (quantization_config.fmt; Calm reads e4m3)");
         }
+        else if (method == "compressed-tensors")
+        {
+            string? format = Str(q, "format", source);
+            if (format == "dense") return null;   // saved uncompressed: the weights are f32/f16/bf16 and read as such
+            if (format is not null && format != "float-quantized" && format != "naive-quantized")
+                throw Unsupported(source, $"compressed-tensors in the '{Short(format)}' format (Calm reads float-quantized fp8)");
+            if (q.TryGetProperty("config_groups", out var groups) && groups.ValueKind == JsonValueKind.Object)
+                foreach (var g in groups.EnumerateObject())
+                {
+                    if (g.Value.ValueKind != JsonValueKind.Object || !g.Value.TryGetProperty("weights", out var w) || w.ValueKind != JsonValueKind.Object) continue;
+                    string where = $"quantization_config.config_groups.{g.Name}.weights";
+                    int bits = w.TryGetProperty("num_bits", out var nb) && nb.TryGetInt32(out int n) ? n : 8;
+                    string type = Str(w, "type", source) ?? "float";
+                    if (bits != 8 || type != "float")
+                        throw Unsupported(source, $"{bits}-bit {Short(type)} weights ({where}; Calm reads 8-bit float weights)");
+                    if (w.TryGetProperty("block_structure", out var bs) && bs.ValueKind != JsonValueKind.Null)
+                        block = Ints(bs, where + ".block_structure", source);
+                }
+        }
+        return new CheckpointQuantization(method, block, source);
     }
 
     private static string? Str(JsonElement o, string name, string source)

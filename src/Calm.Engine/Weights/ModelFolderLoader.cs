@@ -29,9 +29,8 @@ public static class ModelFolderLoader
                 $"{folder} has no {ConfigFileName}. Point -Path at a Hugging Face model folder (config.json plus *.safetensors).", folder);
 
         progress?.Report(new LoadProgress(activity, "Reading config.json", 0));
-        var config = ConfigReader.Read(configPath);
         // A pre-quantized checkpoint: fp8 is read, any other method refused here, before a file is mapped.
-        var quant = Quant.CheckpointQuantization.Parse(File.ReadAllBytes(configPath), configPath);
+        var (config, quant) = ConfigReader.ReadWithQuantization(configPath);
         if (quant is not null) verbose?.Invoke($"{configPath}: quantization_config: {quant.Method}" + (quant.BlockSize is { } b ? $", blocks {b[0]}x{b[1]}" : ""));
         verbose?.Invoke($"{configPath}: model_type {config.ModelType}, {config.NumLayers} layers, hidden {config.HiddenSize}, " +
                         $"heads {config.NumHeads}/{config.NumKvHeads} x {config.HeadDim}, vocab {config.VocabSize}" +
