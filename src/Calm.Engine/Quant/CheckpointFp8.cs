@@ -136,7 +136,7 @@ public sealed unsafe class CheckpointFp8Reader(CheckpointQuantization quant, Nat
                 $"{scale.Source}:{scale.Name}");
         long perMatrix = w.Rank == 3 ? w.Shape[0] : 1, matrixRows = rows / perMatrix;
         float* s = (float*)store.Allocate(rows * sizeof(float));
-        if (n == 1 || n == rows || (w.Rank == 3 && n == perMatrix && scale.Rank <= 3 && scale.Shape[0] == perMatrix && n != rows))
+        if (n == 1 || n == rows || (w.Rank == 3 && n == perMatrix && scale.Shape[0] == perMatrix))
         {
             // tensor / row / matrix granularity: the values are kept
             for (long r = 0; r < rows; r++)

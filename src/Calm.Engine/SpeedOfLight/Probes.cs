@@ -5,6 +5,7 @@ using Calm.Engine.Quant;
 using Calm.Engine.Devices;
 using Calm.Engine.Model;
 using Calm.Engine.Session;
+using Calm.Engine.Weights;
 
 namespace Calm.Engine.SpeedOfLight;
 
@@ -243,50 +244,46 @@ public sealed unsafe class CpuKernelBench : IKernelBench
     {
         Positive("Rows", rows); Positive("Cols", cols); Positive("Repeat", repeat);
         var t = ParseDType(dtype);
-        // Values and scales in the layouts of Quant.QuantFormats (fp8: one fp32 scale per row; int4: rows padded to
-        // groups of 32, one fp16 scale per group); bytes count both, as the speed-of-light byte model does.
-        long rowBytes = t == DType.Int4 ? QuantFormats.Int4RowBytes(cols) : (long)cols * DTypes.SizeOf(t);
-        long rowScaleBytes = t switch { DType.F8E4M3 => 4, DType.Int4 => QuantFormats.Int4Groups(cols) * 2, _ => 0 };
-        byte* w = Alloc<byte>(rows * rowBytes);
-        byte* sc = rowScaleBytes > 0 ? Alloc<byte>(rows * rowScaleBytes) : null;
+        using var store = new NativeWeightStore();
         float* x = Alloc<float>(cols), y = Alloc<float>(rows);
         try
         {
-            // Random weights in (-1, 1) in the chosen dtype (quantized from fp32 per row); x likewise.
+            // Random weights in (-1, 1) in the chosen dtype; fp8 and int4 quantized from bf16 ones as Import-CalmModel
+            // -DType does (Quant.QuantFormats layouts: bytes count the values and the scales). x likewise random.
             var rng = new Random(rows ^ (cols << 8));
             for (int i = 0; i < cols; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
-            int padded = t == DType.Int4 ? (int)(QuantFormats.Int4Groups(cols) * QuantFormats.Int4GroupSize) : cols;
-            Parallel.For(0, rows, () => new float[padded], (r, _, row) =>
+            var src = DTypes.IsQuantized(t) ? DType.BF16 : t;
+            nint data = store.Allocate((long)rows * cols * DTypes.SizeOf(src));
+            Parallel.For(0, rows, r =>
             {
                 ulong key = Synthetic.SyntheticWeights.Key(r, 0x5EED);
-                for (int j = 0; j < cols; j++) row[j] = Synthetic.SyntheticWeights.Value(key, j, 1f, 0f);
-                byte* wr = w + r * rowBytes;
-                fixed (float* f = row)
-                    switch (t)
+                for (long j = 0; j < cols; j++)
+                {
+                    float v = Synthetic.SyntheticWeights.Value(key, j, 1f, 0f);
+                    long i = (long)r * cols + j;
+                    switch (src)
                     {
-                        case DType.F32: for (int j = 0; j < cols; j++) ((float*)wr)[j] = f[j]; break;
-                        case DType.F16: for (int j = 0; j < cols; j++) ((Half*)wr)[j] = (Half)f[j]; break;
-                        case DType.BF16: for (int j = 0; j < cols; j++) ((ushort*)wr)[j] = Synthetic.SyntheticWeights.ToBf16(f[j]); break;
-                        case DType.F8E4M3: Quantizer.QuantizeRowFp8(f, cols, wr, (float*)sc + r); break;
-                        default: Quantizer.QuantizeRowInt4(f, padded, wr, (Half*)(sc + r * rowScaleBytes)); break;   // f[cols..padded) stays 0
+                        case DType.F32: ((float*)data)[i] = v; break;
+                        case DType.F16: ((Half*)data)[i] = (Half)v; break;
+                        default: ((ushort*)data)[i] = Synthetic.SyntheticWeights.ToBf16(v); break;
                     }
-                return row;
-            }, _ => { });
-            CpuKernels.MatMul((nint)w, t, rows, cols, x, 1, y, rows, (nint)sc); // warm-up
+                }
+            });
+            var w = new Tensor("bench", src, new long[] { rows, cols }, data, "benchmark");
+            if (src != t) w = Quantizer.Quantize(w, t, store, ct);
+            CpuKernels.MatMul(w.Data, t, rows, cols, x, 1, y, rows, w.Scales); // warm-up
             var ms = new double[repeat];
             for (int r = 0; r < repeat; r++)
             {
                 ct.ThrowIfCancellationRequested();
                 long t0 = Stopwatch.GetTimestamp();
-                CpuKernels.MatMul((nint)w, t, rows, cols, x, 1, y, rows, (nint)sc);
+                CpuKernels.MatMul(w.Data, t, rows, cols, x, 1, y, rows, w.Scales);
                 ms[r] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
             }
-            return new KernelTiming(ms, rows * (rowBytes + rowScaleBytes));
+            return new KernelTiming(ms, w.ByteLength);
         }
         finally
         {
-            System.Runtime.InteropServices.NativeMemory.AlignedFree(w);
-            if (sc != null) System.Runtime.InteropServices.NativeMemory.AlignedFree(sc);
             System.Runtime.InteropServices.NativeMemory.AlignedFree(x);
             System.Runtime.InteropServices.NativeMemory.AlignedFree(y);
         }
