@@ -106,8 +106,11 @@ public sealed record CheckpointQuantization(string Method, int[]? BlockSize, str
 /// values stay where they are (memory-mapped; exact). Block scales vary along a row, so those rows are dequantized and
 /// requantized with one scale per row (values re-rounded); <see cref="RequantizedRelativeRms"/> measures the change.
 /// </summary>
-public sealed unsafe class CheckpointFp8Reader(CheckpointQuantization quant, NativeWeightStore store, CancellationToken ct)
+public sealed unsafe class CheckpointFp8Reader(CheckpointQuantization? quant, NativeWeightStore store, CancellationToken ct)
 {
+    /// <summary>Rows x columns of a scale block: the checkpoint's, else <see cref="CheckpointQuantization.DefaultBlock"/>.</summary>
+    public int[] Block { get; } = quant?.BlockSize ?? CheckpointQuantization.DefaultBlock;
+
     private double _errSq, _refSq;
     private readonly object _lock = new();
 
@@ -149,8 +152,7 @@ public sealed unsafe class CheckpointFp8Reader(CheckpointQuantization quant, Nat
 
     private (long B0, long B1) BlockOf(Tensor w, Tensor scale, long matrixRows, long cols)
     {
-        var sizes = quant.BlockSize ?? CheckpointQuantization.DefaultBlock;
-        long b0 = sizes[0], b1 = sizes[1];
+        long b0 = Block[0], b1 = Block[1];
         long g0 = (matrixRows + b0 - 1) / b0, g1 = (cols + b1 - 1) / b1;
         long[] want = w.Rank == 3 ? new[] { w.Shape[0], g0, g1 } : new[] { g0, g1 };
         if (!scale.Shape.AsSpan().SequenceEqual(want))
@@ -190,7 +192,7 @@ public sealed unsafe class CheckpointFp8Reader(CheckpointQuantization quant, Nat
             }
             return (buf, e2, r2);
         }, st => { lock (_lock) { _errSq += st.Item2; _refSq += st.Item3; } });
-        lock (_lock) Requantized.Add(w.Name);
+        Requantized.Add(w.Name);   // ToPerRow runs on the loader's thread
         return new Tensor(w.Name, DType.F8E4M3, (long[])w.Shape.Clone(), (nint)dst, w.Source, (nint)rowScale);
     }
 

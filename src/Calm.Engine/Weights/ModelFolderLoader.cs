@@ -85,7 +85,7 @@ public static class ModelFolderLoader
             // Row scales (and requantized values) of fp8 checkpoint tensors live here, freed with the mappings.
             var native = new NativeWeightStore();
             store.Add(native);
-            var fp8 = new Quant.CheckpointFp8Reader(quant ?? new Quant.CheckpointQuantization("none", null, configPath), native, ct);
+            var fp8 = new Quant.CheckpointFp8Reader(quant, native, ct);
             var set = new TensorSet(tensors, folder, plan.Files, fp8);
             var weights = MapWeights(config, set, progress, activity, ct);
             ct.ThrowIfCancellationRequested();
@@ -97,7 +97,7 @@ public static class ModelFolderLoader
                 verbose?.Invoke($"fp8 checkpoint: {set.Fp8Count} fp8 tensors read with one scale per row{note}.");
                 if (fp8.Requantized.Count > 0)
                     warning?.Invoke($"{fp8.Requantized.Count} fp8 tensors of {folder} (e.g. {fp8.Requantized[0]}) have one scale per " +
-                                    $"{string.Join("x", quant?.BlockSize ?? Quant.CheckpointQuantization.DefaultBlock)} block; Calm's fp8 keeps one scale per row, " +
+                                    $"{fp8.Block[0]}x{fp8.Block[1]} block; Calm's fp8 keeps one scale per row, " +
                                     $"so their values were re-rounded to row scales (relative RMS change {fp8.RequantizedRelativeRms:G3}). " +
                                     "Tensor- and channel-scaled fp8 checkpoints are read exactly.");
             }
