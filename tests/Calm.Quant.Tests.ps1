@@ -100,11 +100,9 @@ Describe 'Import-CalmModel of a pre-quantized fp8 checkpoint' {
         $n = [BitConverter]::ToUInt64($file, 0)
         $header = [Text.Encoding]::UTF8.GetString($file, 8, $n) | ConvertFrom-Json -AsHashtable
         $base = 8 + $n
-        $out = [ordered]@{}; $chunks = [Collections.Generic.List[byte[]]]::new()
+        $out = [Collections.Generic.List[object]]::new()
         function Add-Tensor([string] $name, [string] $dtype, [long[]] $shape, [byte[]] $bytes) {
-            $at = [long]0; foreach ($c in $chunks) { $at += $c.Length }   # packed in order
-            $out[$name] = [ordered]@{ dtype = $dtype; shape = $shape; data_offsets = @($at, ($at + $bytes.Length)) }
-            $chunks.Add($bytes)
+            $out.Add([pscustomobject]@{ Name = $name; DType = $dtype; Shape = $shape; Offsets = $null; Bytes = $bytes })
         }
         foreach ($name in @($header.Keys | Where-Object { $_ -ne '__metadata__' })) {
             $h = $header[$name]; $o = $h.data_offsets
@@ -123,13 +121,7 @@ Describe 'Import-CalmModel of a pre-quantized fp8 checkpoint' {
             Add-Tensor $name 'F8_E4M3' @($rows, $cols) $q
             Add-Tensor ($name -replace 'weight$', 'weight_scale') 'F32' @($rows, 1) $sb
         }
-        $out['__metadata__'] = [ordered]@{ format = 'pt' }
-        $json = $out | ConvertTo-Json -Depth 5 -Compress
-        $json += ' ' * ((8 - [Text.Encoding]::UTF8.GetByteCount($json) % 8) % 8)
-        $jb = [Text.Encoding]::UTF8.GetBytes($json)
-        $fs = [IO.File]::Create((Join-Path $script:B 'model.safetensors'))
-        try { $fs.Write([BitConverter]::GetBytes([uint64]$jb.Length), 0, 8); $fs.Write($jb, 0, $jb.Length); foreach ($c in $chunks) { $fs.Write($c, 0, $c.Length) } }
-        finally { $fs.Dispose() }
+        Write-SafetensorsFile -Path (Join-Path $script:B 'model.safetensors') -Tensors $out
         $config = Get-Content -Raw (Join-Path $script:A 'config.json') | ConvertFrom-Json -AsHashtable
         $config['quantization_config'] = [ordered]@{
             quant_method = 'compressed-tensors'; format = 'float-quantized'; ignore = @('lm_head')

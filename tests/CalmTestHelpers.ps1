@@ -54,8 +54,9 @@ function New-TinyLlamaSpec {
 
 function Write-SafetensorsFile {
     <#
-    Writes tensors (objects with Name, DType, Shape, optional Offsets) with random data. Offsets default to packed in
-    order; a tensor's Offsets (two numbers) are written as given, the data section is then as long as the largest end.
+    Writes tensors (objects with Name, DType, Shape, optional Offsets, optional Bytes) with random data, or a tensor's
+    own Bytes when it has them. Offsets default to packed in order; a tensor's Offsets (two numbers) are written as
+    given, the data section is then as long as the largest end.
     #>
     param([string] $Path, [object[]] $Tensors, [int] $Seed = 1)
     $rng = [System.Random]::new($Seed)
@@ -64,7 +65,7 @@ function Write-SafetensorsFile {
     $dataEnd = [long]0
     foreach ($t in $Tensors) {
         $n = [long]1; foreach ($d in $t.Shape) { $n *= $d }
-        $bytes = $n * (Get-DTypeSize $t.DType)
+        $bytes = if ($t.PSObject.Properties['Bytes'] -and $null -ne $t.Bytes) { $t.Bytes.Length } else { $n * (Get-DTypeSize $t.DType) }
         $o = if ($null -ne $t.Offsets) { @($t.Offsets) } else { @($offset, ($offset + $bytes)) }
         $header[$t.Name] = [ordered]@{ dtype = $t.DType; shape = @($t.Shape); data_offsets = $o }
         if ($null -eq $t.Offsets) { $offset = [long]$o[1] }   # a tensor placed by hand leaves the packing alone
@@ -79,6 +80,9 @@ function Write-SafetensorsFile {
     for ($i = 0; $i -lt $floats.Length; $i++) { $floats[$i] = [float](($rng.NextDouble() - 0.5) * 0.2) }
     $data = [byte[]]::new($dataEnd)
     [Buffer]::BlockCopy($floats, 0, $data, 0, $dataEnd)
+    foreach ($t in $Tensors) {
+        if ($t.PSObject.Properties['Bytes'] -and $null -ne $t.Bytes) { [Array]::Copy($t.Bytes, 0, $data, [long]$header[$t.Name].data_offsets[0], $t.Bytes.Length) }
+    }
     $fs = [IO.File]::Create($Path)
     try {
         $fs.Write([BitConverter]::GetBytes([uint64]$jsonBytes.Length), 0, 8)
