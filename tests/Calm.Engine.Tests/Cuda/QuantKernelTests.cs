@@ -344,9 +344,10 @@ public unsafe class QuantKernelTests
         Assert.False(CudaQuantKernels.TensorCoreShape(DType.F8E4M3, 4112));
         Assert.True(CudaQuantKernels.TensorCoreShape(DType.Int4, 14336));
         Assert.False(CudaQuantKernels.TensorCoreShape(DType.Int4, 4160));
-        Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.F8E4M3, 128256));
-        Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.F8E4M3, 28672));
+        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 128256));   // fp8: one tile per block for every shape
+        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 28672));
         Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 14336));
+        Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.F8E4M3, 28672, "t4"));
         Assert.Equal("t2b", CudaQuantKernels.TcVariant(DType.Int4, 28672, cappedInt4: true));
         Assert.Equal("t4b", CudaQuantKernels.TcVariant(DType.Int4, 57344, cappedInt4: true));
         Assert.Equal("t1b", CudaQuantKernels.TcVariant(DType.Int4, 6144, cappedInt4: true));
