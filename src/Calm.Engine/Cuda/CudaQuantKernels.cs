@@ -207,18 +207,19 @@ public sealed class CudaQuantKernels : IDisposable
     /// <paramref name="t"/>: <paramref name="requested"/> when given, else the rule of the fastest whole-step runs on
     /// the H200 (bench/RESULTS.md, 2026-11-29). fp8: one tile per block for every shape (ninth session, same call:
     /// Llama-3-8B fp8 370.2 tok/s with the rule below, 394.2 with t1 everywhere; the plain 28672 x 4096 kernel 30.3
-    /// µs as t1 vs 33.7 as t2). int4: four tiles per block from 33792 rows, two from 16896, else one (second session,
-    /// int4 38.1% of the speed of light), in their register-capped twins (t4b, t2b, t1b: more warps per SM for its
-    /// heavier dequantisation; faster on every Llama-3-8B shape on the H200, fifth session) unless
-    /// <paramref name="cappedInt4"/> is false (default: CALM_QUANT_TC_CAPPED != "0").</summary>
+    /// µs as t1 vs 33.7 as t2). int4 (ninth session, two same-call pairs: Llama-3-8B int4 471.5 / 471.6 → 504.2 / 505.1
+    /// tok/s against four tiles from 33792 rows, two from 16896, else one, all register-capped): t1 up to 4096 rows (o,
+    /// down), the register-capped t1b (more warps per SM for the heavier dequantisation) below 16896 (qkv) and t2b from
+    /// there (gate_up, the classifier). With <paramref name="cappedInt4"/> false (CALM_QUANT_TC_CAPPED=0) the older
+    /// uncapped rule: t4 from 33792 rows, t2 from 16896, else t1.</summary>
     public static string TcVariant(DType t, long rows, string? requested = null, bool? cappedInt4 = null)
     {
         if (requested is not null)
             return TcVariants.Contains(requested) ? requested
                 : throw new ArgumentOutOfRangeException(nameof(requested), $"tensor-core variant is one of {string.Join(", ", TcVariants)}");
         if (t != DType.Int4) return "t1";
-        var v = rows >= 33792 ? "t4" : rows >= 16896 ? "t2" : "t1";
-        return t == DType.Int4 && (cappedInt4 ?? CappedInt4) ? v + "b" : v;
+        if (cappedInt4 ?? CappedInt4) return rows <= 4096 ? "t1" : rows >= 16896 ? "t2b" : "t1b";
+        return rows >= 33792 ? "t4" : rows >= 16896 ? "t2" : "t1";
     }
     private static readonly bool CappedInt4 = Environment.GetEnvironmentVariable("CALM_QUANT_TC_CAPPED") != "0";
     private static int TilesOf(string variant) => variant[1] - '0';

@@ -349,8 +349,9 @@ public unsafe class QuantKernelTests
         Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 14336));
         Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.F8E4M3, 28672, "t4"));
         Assert.Equal("t2b", CudaQuantKernels.TcVariant(DType.Int4, 28672, cappedInt4: true));
-        Assert.Equal("t4b", CudaQuantKernels.TcVariant(DType.Int4, 57344, cappedInt4: true));
+        Assert.Equal("t2b", CudaQuantKernels.TcVariant(DType.Int4, 128256, cappedInt4: true));
         Assert.Equal("t1b", CudaQuantKernels.TcVariant(DType.Int4, 6144, cappedInt4: true));
+        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.Int4, 4096, cappedInt4: true));   // o and down: the uncapped t1
         Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.Int4, 28672, cappedInt4: false));
         Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.Int4, 57344, cappedInt4: false));
         Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.Int4, 6144, cappedInt4: false));
