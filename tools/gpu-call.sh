@@ -5,7 +5,7 @@
 # GpuTest), issue6 (bench/Issue6.Bench.ps1, every row), ab (Issue6 rows AB_ONLY once per setting of AB_ENVS), attpf
 # (bench/AttentionFp8.Bench.ps1 over the L2 prefetch distances ATT_PF), ncu (Nsight Compute: NCU_CONFIGS, NCU_STEP), quick
 # (tools/quick-sol.ps1 once per setting of QUICK_ENVS), probe (tools/probe/*.cu built with nvcc, PROBES = which:
-# mv_chain, engine_chain), side (bench/SideBySide.Bench.ps1, static cache only).
+# mv_chain, engine_chain), side (bench/SideBySide.Bench.ps1, static cache only), harness (tools/harness-check.ps1).
 # Kernel cache: .stage/kcache.tar.xz (when carried) fills CALM_CACHE_DIR before the steps, and the cache is packed
 # into $OUT/kcache.tar.xz afterwards; copy that to .stage/ for the next call, which then compiles only kernel files
 # whose source or headers changed (keys: source, all headers, target, NVRTC version).
@@ -63,6 +63,10 @@ if has quick; then   # QUICK_ENVS="A=1;B=0": decode tok/s at context 0 (tools/qu
     echo "== quick: ${set:-defaults}" | tee -a "$OUT/quick.txt"
     env $set timeout ${QUICK_TIMEOUT:-200} pwsh -NoProfile -File tools/quick-sol.ps1 -Runs "${QUICK_RUNS:-Llama-3-8B:fp8,Llama-3-8B:int4}" 2>&1 | grep -E "^quick|Error|error" | tee -a "$OUT/quick.txt"
   done
+fi
+if has harness; then   # tools/harness-check.ps1: context 0 of one preset/dtype (HARNESS="Llama-3-8B int4") in four measurement forms
+  read -r hp hd <<< "${HARNESS:-Llama-3-8B int4}"
+  timeout ${HARNESS_TIMEOUT:-240} pwsh -NoProfile -File tools/harness-check.ps1 -Preset $hp -DType $hd 2>&1 | tee "$OUT/harness.txt" | grep -E "^harness [a-z]|rror"
 fi
 if has side; then   # the side-by-side row: transformers (static cache, compiled) and Calm on the same shape
   timeout ${SIDE_TIMEOUT:-300} pwsh -NoProfile -File bench/SideBySide.Bench.ps1 -OutputFolder $OUT/side -Modes static -Repeat 2 -NewTokens 64 2>&1 | tail -30 | tee "$OUT/side.txt"
