@@ -62,6 +62,11 @@ public sealed class CudaKernels : IDisposable
     /// tok/s, Llama-3.2-1B 1104.9 -> 1115.6, 1105.3 -> 1115.6, 1104.6 -> 1116.3 (bench/RESULTS.md, 2026-11-29 seventh
     /// session; an earlier session had measured +0.3% / -0.6%, within that day's spread).</summary>
     public bool MatvecEarly { get; }
+    /// <summary>The shared-memory carveout (percent) every kernel of the decode step was given (<see
+    /// cref="CudaKernel.PreferredCarveout"/>); null: the driver's choice per launch (default). CALM_CARVEOUT=0..100 /
+    /// l1 / shared, or the constructor's carveout. A candidate, not measured yet: whether one carveout for every kernel
+    /// keeps consecutive kernels from draining the SMs between them (bench/RESULTS.md, ninth session).</summary>
+    public int? Carveout { get; }
     private int Early => MatvecEarly && Programmatic ? 1 : 0;
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
     /// kernels, used for bf16/f16 rows of at least 256*depth columns. Default 16 (CALM_MV_DEEP=0/8 to change):
@@ -75,8 +80,10 @@ public sealed class CudaKernels : IDisposable
     private readonly HashSet<int> _splitSmemSet = new();
 
     public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int? attentionBlocksPerSm = null, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
-                       bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null, bool? foldNorm = null, bool? attentionPrefetchNext = null)
+                       bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null, bool? foldNorm = null, bool? attentionPrefetchNext = null,
+                       int? carveout = null)
     {
+        Carveout = carveout ?? CudaKernel.CarveoutFromEnvironment();
         MatvecEarly = matvecEarly ?? Environment.GetEnvironmentVariable("CALM_MV_EARLY") != "0";
         FoldNorm = foldNorm ?? Environment.GetEnvironmentVariable("CALM_FOLD_NORM") != "0";
         AttentionPrefetchNext = attentionPrefetchNext ?? Environment.GetEnvironmentVariable("CALM_ATT_NEXT") == "1";
@@ -111,6 +118,8 @@ public sealed class CudaKernels : IDisposable
                 foreach (var (name, kern) in _k)
                     if (name is not ("bw_read" or "bw_copy" or "fill_synthetic" or "fill_kv_fp8" or "convert_to_f32"))
                         kern.Programmatic = true;
+            if (Carveout is int cv)
+                foreach (var kern in _k.Values) kern.PreferredCarveout = cv;
         }
         catch
         {
@@ -118,6 +127,9 @@ public sealed class CudaKernels : IDisposable
             throw;
         }
     }
+
+    /// <summary>The step's kernels by name (tests).</summary>
+    internal IReadOnlyDictionary<string, CudaKernel> Kernels => _k;
 
     private CudaKernel Find(string name)
     {

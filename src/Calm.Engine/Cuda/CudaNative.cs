@@ -25,6 +25,7 @@ internal static unsafe class Cu
     public const int ATTR_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
 
     public const int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+    public const int CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9;
     public const int CU_STREAM_NON_BLOCKING = 1;
     public const int CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1;
     public const int CU_EVENT_DEFAULT = 0;
@@ -60,6 +61,7 @@ internal static unsafe class Cu
     public static delegate* unmanaged<nint, int> cuModuleUnload;
     public static delegate* unmanaged<nint*, nint, byte*, int> cuModuleGetFunction;
     public static delegate* unmanaged<nint, int, int, int> cuFuncSetAttribute;
+    public static delegate* unmanaged<int*, int, nint, int> cuFuncGetAttribute;
     public static delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> cuLaunchKernel;
     /// <summary>cuLaunchKernelEx(const CUlaunchConfig*, CUfunction, void** params, void** extra); null when the driver lacks it (CUDA &lt; 12).</summary>
     public static delegate* unmanaged<LaunchConfig*, nint, void**, void**, int> cuLaunchKernelEx;
@@ -166,6 +168,7 @@ internal static unsafe class Cu
             cuModuleUnload = (delegate* unmanaged<nint, int>)Sym("cuModuleUnload");
             cuModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)Sym("cuModuleGetFunction");
             cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)Sym("cuFuncSetAttribute");
+            cuFuncGetAttribute = (delegate* unmanaged<int*, int, nint, int>)Sym("cuFuncGetAttribute");
             cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)Sym("cuLaunchKernel");
             cuOccupancyMaxActiveBlocksPerMultiprocessor = NativeLibrary.TryGetExport(s_lib, "cuOccupancyMaxActiveBlocksPerMultiprocessor", out var occ)
                 ? (delegate* unmanaged<int*, nint, int, nuint, int>)occ : null;

@@ -232,6 +232,28 @@ public sealed unsafe class CudaKernel
     public void SetMaxDynamicSharedMemory(int bytes)
         => CudaException.Check(Cu.cuFuncSetAttribute(Handle, Cu.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes), $"cuFuncSetAttribute({Name})");
 
+    /// <summary>The shared-memory carveout this kernel prefers, in percent of the SM's largest shared memory (0: as
+    /// much L1 as possible, 100: as much shared memory as possible; a hint the driver may round or override when the
+    /// kernel needs more). Without one the driver picks per launch, and consecutive kernels that end up with different
+    /// carveouts cannot share a multiprocessor (the SM drains between them).</summary>
+    public int PreferredCarveout
+    {
+        get { int v; CudaException.Check(Cu.cuFuncGetAttribute(&v, Cu.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, Handle), $"cuFuncGetAttribute({Name})"); return v; }
+        set => CudaException.Check(Cu.cuFuncSetAttribute(Handle, Cu.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, value), $"cuFuncSetAttribute({Name}, carveout {value})");
+    }
+
+    /// <summary>The carveout every decode kernel is given when CALM_CARVEOUT is set (README's switch table): an integer
+    /// 0..100, or "l1" (0) / "shared" (100); null when unset or not one of those (the driver's own choice).</summary>
+    public static int? CarveoutFromEnvironment(Func<string, string?>? lookup = null)
+        => ((lookup ?? Environment.GetEnvironmentVariable)("CALM_CARVEOUT")?.Trim().ToLowerInvariant()) switch
+        {
+            null or "" => null,
+            "l1" => 0,
+            "shared" => 100,
+            var v when int.TryParse(v, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) && n <= 100 => n,
+            _ => null,
+        };
+
     /// <summary>Launched with programmatic dependent launch (Hopper+): the kernel may start while the previous kernel
     /// on the stream is still running; it must execute griddepcontrol.wait (pdl_wait in common.cuh) before it reads
     /// or writes anything the previous kernels touch. Set only for kernels that do.</summary>

@@ -95,8 +95,10 @@ public sealed class CudaQuantKernels : IDisposable
     /// <param name="pdl">programmatic dependent launch (sm_90+); null: on unless CALM_QUANT_PDL=0.</param>
     /// <param name="clampBlocksPerSm">the tensor-core launches' block cap (<see cref="ClampsBlocksPerSm"/>) for both
     /// formats; null: CALM_QUANT_CLAMP (unset: int4 only, "1": both, "0": neither). Only with programmatic launch.</param>
+    /// <param name="carveout">the shared-memory carveout every kernel prefers (<see cref="CudaKernels.Carveout"/>); null:
+    /// CALM_CARVEOUT, unset = the driver's choice.</param>
     public CudaQuantKernels(CudaContext ctx, int arch, Action<string>? verbose = null, bool? forceFp8Convert = null, bool? int4StageX = null, bool? tensorCores = null,
-                            bool? pdl = null, bool? clampBlocksPerSm = null)
+                            bool? pdl = null, bool? clampBlocksPerSm = null, int? carveout = null)
     {
         Context = ctx; Arch = arch;
         TensorCores = arch >= 80 && (tensorCores ?? Environment.GetEnvironmentVariable("CALM_QUANT_TC") != "0");
@@ -151,6 +153,8 @@ public sealed class CudaQuantKernels : IDisposable
                 foreach (var (name, k) in _k)
                     if (name.StartsWith("matvec_", StringComparison.Ordinal) && name.Contains("_tc")) k.Programmatic = true;
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
+            if ((carveout ?? CudaKernel.CarveoutFromEnvironment()) is int cv)   // CudaKernels.Carveout
+                foreach (var k in _k.Values) k.PreferredCarveout = cv;
         }
         catch
         {
@@ -158,6 +162,9 @@ public sealed class CudaQuantKernels : IDisposable
             throw;
         }
     }
+
+    /// <summary>The kernels by name (tests).</summary>
+    internal IReadOnlyDictionary<string, CudaKernel> Kernels => _k;
 
     private static string Suffix(DType t) => t switch
     {
