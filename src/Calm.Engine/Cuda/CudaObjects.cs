@@ -234,8 +234,8 @@ public sealed unsafe class CudaKernel
 
     /// <summary>The shared-memory carveout this kernel prefers, in percent of the SM's largest shared memory (0: as
     /// much L1 as possible, 100: as much shared memory as possible; a hint the driver may round or override when the
-    /// kernel needs more). Without one the driver picks per launch, and consecutive kernels that end up with different
-    /// carveouts cannot share a multiprocessor (the SM drains between them).</summary>
+    /// kernel needs more). Without one the driver picks per launch; consecutive kernels that end up with different
+    /// carveouts may not share a multiprocessor (a reconfiguration can make the SM drain between them).</summary>
     public int PreferredCarveout
     {
         get { int v; CudaException.Check(Cu.cuFuncGetAttribute(&v, Cu.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, Handle), $"cuFuncGetAttribute({Name})"); return v; }
