@@ -103,13 +103,15 @@ extern "C" __global__ void attention_decode_fp8(const float* q, const unsigned c
     extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
     NAME(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K, int Hd, int maxCtx, \
          int window, float scale, int S, const StepParams* sp, int pf, const char* nextW, long long nextBytes) {       \
-        PDL_ENTER();                                                                                                   \
-        attention_split_impl<MAXG, U, false>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window, scale, S, sp,      \
-                                             blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, 0, 0, pf, nextW, nextBytes); \
+        FD_STAMP(0);                                                                                                   \
+        attention_split_impl<MAXG, U, false, CALM_KV_F16, true>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window,  \
+                                             scale, S, sp, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, 0, 0, pf,    \
+                                             nextW, nextBytes);                                                        \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
     NAME##_async(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K, int Hd,   \
                  int maxCtx, int window, float scale, int S, const StepParams* sp) {                                   \
+        FD_STAMP(0);                                                                                                   \
         PDL_ENTER();                                                                                                   \
         attention_split_impl<MAXG, U, true>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window, scale, S, sp,       \
                                             blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z);                            \
@@ -118,15 +120,16 @@ extern "C" __global__ void attention_decode_fp8(const float* q, const unsigned c
     NAME##_fp8(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K, int Hd,     \
                int maxCtx, int window, float scale, int S, const StepParams* sp, const float* kScale,                  \
                const float* vScale, int pf, const char* nextW, long long nextBytes) {                                  \
-        PDL_ENTER();                                                                                                   \
-        attention_split_impl<MAXG, U, false, CALM_KV_FP8>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window, scale, \
-                                                          S, sp, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z,        \
+        FD_STAMP(0);                                                                                                   \
+        attention_split_impl<MAXG, U, false, CALM_KV_FP8, true>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window,  \
+                                                          scale, S, sp, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, \
                                                           kScale, vScale, pf, nextW, nextBytes);                       \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
     NAME##_fp8_async(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, int H, int K,       \
                      int Hd, int maxCtx, int window, float scale, int S, const StepParams* sp, const float* kScale,    \
                      const float* vScale) {                                                                            \
+        FD_STAMP(0);                                                                                                   \
         PDL_ENTER();                                                                                                   \
         attention_split_impl<MAXG, U, true, CALM_KV_FP8>(q, kCache, vCache, out, ws, H, K, Hd, maxCtx, window, scale,  \
                                                          S, sp, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z,         \
@@ -141,7 +144,7 @@ FD_KERNEL(attention_split_g8, 8, 2, 1)
 
 // fp8 KV cache on the tensor cores (attention_split_fp8.cuh): the g4 kernels serve 1 to 4 query heads per kv head,
 // g8 up to 8 per head group; the same arguments as attention_split_g*_fp8 (Hd must be the kernel's HD). Registers
-// (sm_90, NVRTC 11.8, no spills): g4 hd64 84, hd128 121 (2 blocks/SM), hd256 203; g8 hd64 115, hd128 180 (1 block/SM);
+// (sm_90, NVRTC 11.8, no spills): g4 hd64 88, hd128 117 (2 blocks/SM), hd256 203; g8 hd64 119, hd128 181 (1 block/SM);
 // no g8 hd256 (it would spill: q and the accumulators alone are 192 registers), that shape keeps attention_split_g8_fp8.
 #define FW_KERNEL(MAXG, HD, MINB)                                                                                       \
     extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
@@ -149,8 +152,8 @@ FD_KERNEL(attention_split_g8, 8, 2, 1)
                                           float* out, float* ws, int H, int K, int Hd, int maxCtx, int window,         \
                                           float scale, int S, const StepParams* sp, const float* kScale,              \
                                           const float* vScale, int pf, const char* nextW, long long nextBytes) {       \
-        PDL_ENTER();                                                                                                   \
-        attention_split_fp8w_impl<MAXG, HD>(q, kCache, vCache, out, ws, H, K, maxCtx, window, scale, S, sp,            \
+        FD_STAMP(0);                                                                                                   \
+        attention_split_fp8w_impl<MAXG, HD, true>(q, kCache, vCache, out, ws, H, K, maxCtx, window, scale, S, sp,      \
                                             blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, kScale, vScale, pf,         \
                                             nextW, nextBytes);                                                         \
     }

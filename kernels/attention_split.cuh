@@ -23,9 +23,24 @@
 // Workspace (f32): pm [H, S] | pl [H, S] | pacc [H, S, Hd] | counters [K*Z] int (zero at allocation, reset by the
 // merging block).
 #define FD_THREADS 256
+// Phase stamps for tools/probe/att_trace.cu, which defines FD_STAMP / FD_STAMP_V before including the kernels;
+// nothing here. 0 kernel entry, 1 after pdl_wait, 6 q read, 2 the warp's keys done, 7 every warp's keys done, 3 the
+// warps merged, 4 partial published (or output written), 5 the last block's merge written. FD_STAMP_V(i, v) stamps
+// once v (a value the phase computes) is known.
+#ifndef FD_STAMP
+#define FD_STAMP(i) ((void)0)
+#define FD_STAMP_V(i, v) ((void)0)
+#endif
 #define FD_WARPS (FD_THREADS / 32)
 #define FD_MAX_HD 256
 #define FD_MAX_SPLITS 256   // S <= 256 (CudaKernels.AttentionSplits)
+// The block's output per query head in shared memory, s_acc[g][fd_acc_idx(d)]: one float of padding after every 32
+// and a row stride of 292 (4 mod 32 banks), so the warps' adds in the block merge hit 32 (fp16 kernel: 16) distinct
+// banks in both kernels' lane layouts (fp16: lane dl adds dims 8 dl + e; fp8 tensor-core: lane (gq, tq) adds head tq,
+// dims HD/8 gq + 2i). Unpadded, those adds were 4- and 16-way bank conflicts, and the merge took 4-6 us per call on
+// the H200 (tools/probe/att_trace.cu).
+#define FD_ACC_STRIDE (FD_MAX_HD + FD_MAX_HD / 32 + 28)
+__device__ __forceinline__ int fd_acc_idx(int d) { return d + (d >> 5); }
 
 __device__ __forceinline__ float ld_cg_f32(const float* p) {
     float v;
@@ -80,6 +95,44 @@ __device__ __forceinline__ void fd_unpack8(const calm_u4& r, float (&f)[8]) {
 __device__ __forceinline__ void fd_unpack8(const calm_u2& r, float (&f)[8]) {
     e4m3x4_to_f32(r.x, f[0], f[1], f[2], f[3]);
     e4m3x4_to_f32(r.y, f[4], f[5], f[6], f[7]);
+}
+
+// the same through L2 only (ld.global.cg): for row pos, which this step's qkv kernel wrote, when the rows before it
+// were requested earlier through the non-coherent path (a line of both may sit in L1 from then)
+__device__ __forceinline__ void fd_load_cg(calm_u4& r, const char* p) {
+    asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+}
+__device__ __forceinline__ void fd_load_cg(calm_u2& r, const char* p) {
+    asm volatile("ld.global.cg.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+}
+
+// A row-stream step's loads (rows j = base + u*streams + slot, u < U): K and V rows (and fp8 row scales) of the rows
+// below c1, zeros for the others and for row skip (-1: none), which fd_load_pos reads later.
+template <int U, int KVT, typename VEC>
+__device__ __forceinline__ void fd_load_rows(VEC (&kr)[U], VEC (&vr)[U], float (&ks)[U], float (&vs)[U], const char* kb, const char* vb,
+                                             const float* ksb, const float* vsb, int base, int streams, int slot, int c1, int rowBytes, int skip) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int j = base + u * streams + slot;
+        ks[u] = vs[u] = 0.f;
+        if (j < c1 && j != skip) {
+            fd_load(kr[u], kb + (long long)j * rowBytes); fd_load(vr[u], vb + (long long)j * rowBytes);
+            if (KVT == CALM_KV_FP8) { ks[u] = ksb[j]; vs[u] = vsb[j]; }
+        } else { fd_zero(kr[u]); vr[u] = kr[u]; }
+    }
+}
+// ... and row pos of that step, after pdl_wait (through L2: see fd_load_cg)
+template <int U, int KVT, typename VEC>
+__device__ __forceinline__ void fd_load_pos(VEC (&kr)[U], VEC (&vr)[U], float (&ks)[U], float (&vs)[U], const char* kb, const char* vb,
+                                            const float* ksb, const float* vsb, int base, int streams, int slot, int c1, int rowBytes, int pos) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int j = base + u * streams + slot;
+        if (j == pos && j < c1) {
+            fd_load_cg(kr[u], kb + (long long)j * rowBytes); fd_load_cg(vr[u], vb + (long long)j * rowBytes);
+            if (KVT == CALM_KV_FP8) { ks[u] = ld_cg_f32(ksb + j); vs[u] = ld_cg_f32(vsb + j); }
+        }
+    }
 }
 
 // One step of a row-stream: U cache rows (K in kr, V in vr; rows j = base + u*streams + slot, valid when j < c1)
@@ -163,21 +216,36 @@ __device__ __forceinline__ FdRange fd_range(int pos, int window, int S) {
     return r;
 }
 
+// Adds 1 to a split-attention counter with release and acquire semantics at GPU scope; returns the old value.
+__device__ __forceinline__ int fd_count_acq_rel(int* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    int old;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(p) : "memory");
+    return old;
+#else
+    __threadfence();
+    const int old = atomicAdd(p, 1);
+    __threadfence();
+    return old;
+#endif
+}
+#define FD_MERGE_BATCH 8   // splits whose partials a merging thread reads at once (Llama-3-8B on 132 SMs: 32 splits, R = 2)
+
 // The end of a split-attention block once s_m (each warp's max per head), s_l and s_acc (the block's sum and
 // unnormalised output per head, at the block max) are in place: the output with one chunk, else this block's partial
 // to the workspace and, in the last block of the kv head, the merge of all. Shared by attention_split_impl
 // and the tensor-core fp8 kernel (attention_split_fp8.cuh). Every thread calls it.
 template <int MAXG>
-__device__ __forceinline__ void fd_finish(float (&s_m)[FD_WARPS][MAXG], float (&s_l)[MAXG], float (&s_acc)[MAXG][FD_MAX_HD],
+__device__ __forceinline__ void fd_finish(float (&s_m)[FD_WARPS][MAXG], float (&s_l)[MAXG], float (&s_acc)[MAXG][FD_ACC_STRIDE],
                                           float (&s_wbuf)[MAXG][FD_MAX_SPLITS], float (&s_lw)[MAXG][FD_MAX_SPLITS],
                                           calm_f4 (&s_red)[FD_THREADS], int& s_last, float* out, float* ws, int H, int Hd, int S,
                                           int kh, int split, int z, int Z, int h0, int ng, int nsplit) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (nsplit == 1) {
         for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
             int g = i / Hd, d = i - g * Hd;
-            out[(long long)(h0 + g) * Hd + d] = s_acc[g][d] / s_l[g];
+            out[(long long)(h0 + g) * Hd + d] = s_acc[g][fd_acc_idx(d)] / s_l[g];
         }
+        FD_STAMP(4);
         return;
     }
     float* pm = ws;
@@ -186,7 +254,7 @@ __device__ __forceinline__ void fd_finish(float (&s_m)[FD_WARPS][MAXG], float (&
     int* counters = (int*)(ws + (long long)H * S * (Hd + 2));
     for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
         int g = i / Hd, d = i - g * Hd;
-        pacc[((long long)(h0 + g) * S + split) * Hd + d] = s_acc[g][d];
+        pacc[((long long)(h0 + g) * S + split) * Hd + d] = s_acc[g][fd_acc_idx(d)];
     }
     if (threadIdx.x < ng) {
         int g = threadIdx.x;
@@ -195,79 +263,84 @@ __device__ __forceinline__ void fd_finish(float (&s_m)[FD_WARPS][MAXG], float (&
         pm[(long long)(h0 + g) * S + split] = M;
         pl[(long long)(h0 + g) * S + split] = s_l[g];
     }
-    __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
-        int prev = atomicAdd(&counters[kh * Z + z], 1);
+        // release: the block's partial (every thread's stores, ordered before this by the barrier) is visible before
+        // the count; acquire: the block that counts last sees every other block's partial (its other threads through
+        // the barrier below, and they read with ld.cg)
+        const int prev = fd_count_acq_rel(&counters[kh * Z + z]);
         s_last = prev == nsplit - 1;
+        if (s_last) counters[kh * Z + z] = 0;   // ready for the next launch (which counts only after this kernel ends)
     }
     __syncthreads();
+    FD_STAMP(4);
     if (!s_last) return;
-    if (threadIdx.x == 0) counters[kh * Z + z] = 0;   // ready for the next launch
-    __threadfence();
-    // merge, parallel over splits: (1) every (head, split) max and sum into shared, (2) one warp per head turns them
-    // into weights exp2(pm - M) / L, (3) threads = (float4 of the output, stride over splits), 8 loads in flight,
-    // their sums meet in shared memory
-    float* s_w = &s_wbuf[0][0];
-    for (int i = threadIdx.x; i < ng * nsplit; i += FD_THREADS) {
-        int g = i / nsplit, t = i - g * nsplit;
-        s_w[g * FD_MAX_SPLITS + t] = ld_cg_f32(pm + (long long)(h0 + g) * S + t);
-        s_lw[g][t] = ld_cg_f32(pl + (long long)(h0 + g) * S + t);
-    }
-    __syncthreads();
-    if (warp < ng) {
-        const int g = warp;
-        float M = -CALM_INF;
-        for (int t = lane; t < nsplit; t += 32) M = fmaxf(M, s_w[g * FD_MAX_SPLITS + t]);
-        M = warp_max(M);
-        float L = 0.f;
-        for (int t = lane; t < nsplit; t += 32) L += s_lw[g][t] * exp2f(s_w[g * FD_MAX_SPLITS + t] - M);
-        L = warp_sum(L);
-        __syncwarp();
-        for (int t = lane; t < nsplit; t += 32) s_w[g * FD_MAX_SPLITS + t] = exp2f(s_w[g * FD_MAX_SPLITS + t] - M) / L;
-    }
-    __syncthreads();
+    // merge in one pass over the splits: thread (piece it = a float4 of the group's output, r < R) takes the splits
+    // t = r, r + R, ..., reads their max, sum and output piece together (FD_MERGE_BATCH loads of each in flight) and
+    // keeps a running (max, sum, output) as the row-streams do; the R threads of a piece then meet in shared memory
+    // in a fixed order (deterministic).
     const int items = ng * (Hd >> 2);                      // float4 pieces of the group's output
     const int R = items >= FD_THREADS ? 1 : FD_THREADS / items;   // threads per piece (stride over splits)
+    float* s_mr = &s_wbuf[0][0];                           // [items * R] each thread's running max
+    float* s_lr = &s_lw[0][0];                             // ... and sum (MAXG * FD_MAX_SPLITS >= FD_THREADS)
     for (int i = threadIdx.x; i < items * R; i += FD_THREADS) {
         const int it = i % items, r = i / items;
         const int g = it / (Hd >> 2), d = (it - g * (Hd >> 2)) * 4;
-        const float* base = pacc + (long long)(h0 + g) * S * Hd + d;
-        float o0 = 0.f, o1 = 0.f, o2 = 0.f, o3 = 0.f;
-        for (int t0 = r; t0 < nsplit; t0 += 8 * R) {
-            calm_f4 v[8];
+        const long long hs = (long long)(h0 + g) * S;
+        const float* base = pacc + hs * Hd + d;
+        float M = -CALM_INF, L = 0.f, o0 = 0.f, o1 = 0.f, o2 = 0.f, o3 = 0.f;
+        for (int t0 = r; t0 < nsplit; t0 += FD_MERGE_BATCH * R) {
+            calm_f4 v[FD_MERGE_BATCH];
+            float mv[FD_MERGE_BATCH], lv[FD_MERGE_BATCH];
 #pragma unroll
-            for (int u = 0; u < 8; u++) {
-                int t = t0 + u * R;
-                if (t < nsplit) v[u] = ld_cg_f4(base + (long long)t * Hd);
-                else v[u].x = v[u].y = v[u].z = v[u].w = 0.f;
+            for (int u = 0; u < FD_MERGE_BATCH; u++) {
+                const int t = t0 + u * R;
+                if (t < nsplit) { v[u] = ld_cg_f4(base + (long long)t * Hd); mv[u] = ld_cg_f32(pm + hs + t); lv[u] = ld_cg_f32(pl + hs + t); }
+                else { v[u].x = v[u].y = v[u].z = v[u].w = 0.f; mv[u] = -CALM_INF; lv[u] = 0.f; }
             }
+            float mx = M;
 #pragma unroll
-            for (int u = 0; u < 8; u++) {
-                int t = t0 + u * R;
-                float w = t < nsplit ? s_w[g * FD_MAX_SPLITS + t] : 0.f;
-                o0 = fmaf(v[u].x, w, o0); o1 = fmaf(v[u].y, w, o1); o2 = fmaf(v[u].z, w, o2); o3 = fmaf(v[u].w, w, o3);
+            for (int u = 0; u < FD_MERGE_BATCH; u++) mx = fmaxf(mx, mv[u]);
+            const float mref = mx == -CALM_INF ? 0.f : mx;
+            const float c = exp2f(M - mref);
+            L *= c; o0 *= c; o1 *= c; o2 *= c; o3 *= c;
+#pragma unroll
+            for (int u = 0; u < FD_MERGE_BATCH; u++) {
+                const float w = exp2f(mv[u] - mref);
+                L = fmaf(w, lv[u], L);
+                o0 = fmaf(w, v[u].x, o0); o1 = fmaf(w, v[u].y, o1); o2 = fmaf(w, v[u].z, o2); o3 = fmaf(w, v[u].w, o3);
             }
+            M = mx;
         }
         if (R == 1) {
-            calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
+            const float inv = 1.f / L;
+            calm_f4 o; o.x = o0 * inv; o.y = o1 * inv; o.z = o2 * inv; o.w = o3 * inv;
             *(calm_f4*)(out + (long long)(h0 + g) * Hd + d) = o;
         } else {
             calm_f4 o; o.x = o0; o.y = o1; o.z = o2; o.w = o3;
             s_red[i] = o;   // i < items * R <= FD_THREADS
+            s_mr[i] = M; s_lr[i] = L;
         }
     }
     if (R > 1) {
         __syncthreads();
-        // the R partial sums of each piece, added in a fixed order
+        // the R running results of each piece, rescaled to their common max and added in a fixed order
         for (int i = threadIdx.x; i < ng * Hd; i += FD_THREADS) {
             int g = i / Hd, d = i - g * Hd;
             int it = g * (Hd >> 2) + (d >> 2), c = d & 3;
-            float o = 0.f;
-            for (int r = 0; r < R; r++) o += ((const float*)&s_red[r * items + it])[c];
-            out[(long long)(h0 + g) * Hd + d] = o;
+            float M = -CALM_INF;
+            for (int r = 0; r < R; r++) M = fmaxf(M, s_mr[r * items + it]);
+            const float mref = M == -CALM_INF ? 0.f : M;
+            float o = 0.f, L = 0.f;
+            for (int r = 0; r < R; r++) {
+                const float w = exp2f(s_mr[r * items + it] - mref);
+                o = fmaf(w, ((const float*)&s_red[r * items + it])[c], o);
+                L = fmaf(w, s_lr[r * items + it], L);
+            }
+            out[(long long)(h0 + g) * Hd + d] = o / L;
         }
     }
+    FD_STAMP(5);
 }
 
 // A block with no chunk to read (split >= nsplit: short contexts leave most of the grid idle) prefetches its share of
@@ -302,7 +375,10 @@ __device__ __forceinline__ void fd_prefetch_rows(const char* kh0, const char* vh
     }
 }
 
-template <int MAXG, int U, bool ASYNC, int KVT = CALM_KV_F16>
+// EARLY (launched programmatically, register path only): the kernel calls pdl_wait itself, after the position (host-
+// written) is read and the first step's rows before it (written by earlier steps) are requested, so those loads
+// overlap the previous kernel's end; q and row pos (this step's) are read after it. Otherwise the caller has waited.
+template <int MAXG, int U, bool ASYNC, int KVT = CALM_KV_F16, bool EARLY = false>
 __device__ __forceinline__ void attention_split_impl(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws,
                                                      int H, int K, int Hd, int maxCtx, int window, float scale, int S,
                                                      const StepParams* sp, int kh, int split, int z, int Z,
@@ -313,16 +389,20 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
     const int rowBytes = Hd * ES;
     __shared__ float s_m[FD_WARPS][MAXG];
     __shared__ float s_l[MAXG];
-    __shared__ float s_acc[MAXG][FD_MAX_HD];
-    __shared__ float s_wbuf[MAXG][FD_MAX_SPLITS];   // merge: each split's max, then its weight
-    __shared__ float s_lw[MAXG][FD_MAX_SPLITS];     // merge: each split's sum
+    __shared__ float s_acc[MAXG][FD_ACC_STRIDE];
+    __shared__ __align__(16) float s_wbuf[MAXG][FD_MAX_SPLITS];   // merge: running maxima; warp tree: slots 0, 1
+    __shared__ __align__(16) float s_lw[MAXG][FD_MAX_SPLITS];     // merge: running sums; warp tree: slots 2, 3
     __shared__ calm_f4 s_red[FD_THREADS];          // merge: partial sums of the threads sharing a piece
+    __shared__ float s_tl[FD_WARPS / 2][MAXG];     // warp tree: the slots' sums of p
     __shared__ int s_last;
     const int G = H / K;
     const int g0 = z * MAXG;
     const int ng = min(MAXG, G - g0);
-    const FdRange rg = fd_range(sp->pos, window, S);
+    static_assert(!(EARLY && ASYNC), "the early form is the register path's");
+    const FdRange rg = fd_range(sp->pos, window, S);   // the position is host-written: readable before pdl_wait
     const int pos = rg.pos, start = rg.start, n = rg.n, chunk = rg.chunk, nsplit = rg.nsplit;
+    // a block with no chunk touches nothing an earlier kernel writes (EARLY: it returns without waiting; every kv
+    // head has a block with a chunk, which waits, so the kernel still ends after the previous one)
     if (split >= nsplit) { fd_prefetch_next(nextW, nextBytes, K, S, nsplit, kh, split, z, Z); return; }
     const int c0 = start + split * chunk;
     const int c1 = min(c0 + chunk, pos + 1);
@@ -333,6 +413,23 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int slot = lane / tpp, dl = lane & (tpp - 1);
     const float sl = scale * 1.4426950408889634f;   // scores in log2 units: exp2 instead of exp
+    const char* kb = (const char*)kCache + (long long)kh * maxCtx * rowBytes + dl * 8 * ES;
+    const char* vb = (const char*)vCache + (long long)kh * maxCtx * rowBytes + dl * 8 * ES;
+    const float* ksb = kScale + (long long)kh * maxCtx;   // fp8 only
+    const float* vsb = vScale + (long long)kh * maxCtx;
+
+    // register path: the warp's first step of rows is requested before q is read (and, EARLY, before pdl_wait);
+    // base is uniform across the warp (the shuffles in fd_rows need every lane)
+    int base = c0 + warp * ppw;
+    VEC kr[U], vr[U];
+    float ks[U], vs[U];
+    if (!ASYNC) fd_load_rows<U, KVT>(kr, vr, ks, vs, kb, vb, ksb, vsb, base, streams, slot, c1, rowBytes, EARLY ? pos : -1);
+    if (EARLY) {
+        pdl_wait();
+        pdl_trigger();
+        fd_load_pos<U, KVT>(kr, vr, ks, vs, kb, vb, ksb, vsb, base, streams, slot, c1, rowBytes, pos);
+    }
+    FD_STAMP(1);
 
     float qv[MAXG][8], acc[MAXG][8], m[MAXG], l[MAXG];
 #pragma unroll
@@ -346,32 +443,24 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[g][e] = 0.f;
     }
-    const char* kb = (const char*)kCache + (long long)kh * maxCtx * rowBytes + dl * 8 * ES;
-    const char* vb = (const char*)vCache + (long long)kh * maxCtx * rowBytes + dl * 8 * ES;
-    const float* ksb = kScale + (long long)kh * maxCtx;   // fp8 only
-    const float* vsb = vScale + (long long)kh * maxCtx;
+    FD_STAMP_V(6, qv[0][0]);
 
-    // base is uniform across the warp (the shuffles in fd_rows need every lane)
     if (!ASYNC) {
         // steps 1 .. pf-1 of the warp into L2 now, step i + pf at the start of step i
         const char* kh0 = (const char*)kCache + (long long)kh * maxCtx * rowBytes;
         const char* vh0 = (const char*)vCache + (long long)kh * maxCtx * rowBytes;
-        for (int t = 1; t < pf; t++) fd_prefetch_rows(kh0, vh0, c0 + warp * ppw + t * streams * U, c1, rowBytes, ppw, streams, U, lane);
-        for (int base = c0 + warp * ppw; base < c1; base += streams * U) {
+        for (int t = 1; t < pf; t++) fd_prefetch_rows(kh0, vh0, base + t * streams * U, c1, rowBytes, ppw, streams, U, lane);
+        if (base < c1) {   // the first step, on the rows requested above (peeled: its registers die here)
             if (pf > 0) fd_prefetch_rows(kh0, vh0, base + pf * streams * U, c1, rowBytes, ppw, streams, U, lane);
-            VEC kr[U], vr[U];
-            float ks[U], vs[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                int j = base + u * streams + slot;
-                ks[u] = vs[u] = 0.f;
-                if (j < c1) {
-                    fd_load(kr[u], kb + (long long)j * rowBytes); fd_load(vr[u], vb + (long long)j * rowBytes);
-                    if (KVT == CALM_KV_FP8) { ks[u] = ksb[j]; vs[u] = vsb[j]; }
-                }
-                else { fd_zero(kr[u]); vr[u] = kr[u]; }
-            }
             fd_rows<MAXG, U, KVT>(kr, vr, base, streams, slot, c1, tpp, qv, m, l, acc, ks, vs);
+            base += streams * U;
+        }
+        for (; base < c1; base += streams * U) {
+            if (pf > 0) fd_prefetch_rows(kh0, vh0, base + pf * streams * U, c1, rowBytes, ppw, streams, U, lane);
+            VEC kn[U], vn[U];
+            float ksn[U], vsn[U];
+            fd_load_rows<U, KVT>(kn, vn, ksn, vsn, kb, vb, ksb, vsb, base, streams, slot, c1, rowBytes, -1);
+            fd_rows<MAXG, U, KVT>(kn, vn, base, streams, slot, c1, tpp, qv, m, l, acc, ksn, vsn);
         }
     } else {
         // cp.async pipeline: stages of rps = streams*U rows (16 KB of K + 16 KB of V), FD_STAGES deep in shared
@@ -410,6 +499,7 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
             __syncthreads();   // this stage's buffer is refilled next
         }
     }
+    FD_STAMP_V(2, acc[0][0] + l[0]);
     // merge the row-streams of this warp (lanes with the same dl)
     for (int o = tpp; o < 32; o <<= 1) {
 #pragma unroll
@@ -425,14 +515,15 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
             m[g] = M;
         }
     }
-    // merge the warps: block max per head, then rescaled sums through shared atomics
+    // merge the warps: block max per head, then rescaled sums in shared memory
     if (lane == 0) {
 #pragma unroll
         for (int g = 0; g < MAXG; g++) s_m[warp][g] = m[g];
     }
-    for (int i = threadIdx.x; i < MAXG * FD_MAX_HD; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
+    for (int i = threadIdx.x; i < MAXG * FD_ACC_STRIDE; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
     if (threadIdx.x < MAXG) s_l[threadIdx.x] = 0.f;
     __syncthreads();
+    FD_STAMP(7);
     float f[MAXG];
 #pragma unroll
     for (int g = 0; g < MAXG; g++) {
@@ -440,20 +531,83 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
         for (int w = 0; w < FD_WARPS; w++) M = fmaxf(M, s_m[w][g]);
         f[g] = (m[g] == -CALM_INF) ? 0.f : exp2f(m[g] - M);
     }
-    // warps add in a fixed order (deterministic: the same step gives the same bits every time)
-    for (int w = 0; w < FD_WARPS; w++) {
-        if (warp == w && slot == 0) {
+    if (Hd <= 128) {
+        // the warps meet in a fixed tree (deterministic: the same step gives the same bits every time): in round
+        // r = 4, 2, 1 warps [r, 2r) store their scaled sums (slot-0 lanes hold the warp's) in a slot of shared memory
+        // and warps [0, r) add them, so warp 0 ends with the block's. Slots (MAXG x Hd floats, float4 (g, e/4, dl):
+        // conflict-free) lie in s_wbuf / s_lw, unused until fd_finish: round 4 writes slots w - 4 and reads w; round
+        // 2 writes and reads slots 2, 3 and round 1 slot 1, each last read by the warp that writes it next, so a
+        // round needs one barrier. (The form below, each warp adding into s_acc in turn, took ~3.4 us per call.)
+        float ls[MAXG];
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            ls[g] = l[g] * f[g];
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] *= f[g];
+        }
+        for (int r = FD_WARPS / 2; r >= 1; r >>= 1) {
+            if (warp >= r && warp < 2 * r && slot == 0) {
+                const int k = r == FD_WARPS / 2 ? warp - r : warp;
+                calm_f4* b = (calm_f4*)((k < 2 ? &s_wbuf[0][0] : &s_lw[0][0]) + (k & 1) * MAXG * 128);
+#pragma unroll
+                for (int g = 0; g < MAXG; g++) {
+                    calm_f4 a0, a1;
+                    a0.x = acc[g][0]; a0.y = acc[g][1]; a0.z = acc[g][2]; a0.w = acc[g][3];
+                    a1.x = acc[g][4]; a1.y = acc[g][5]; a1.z = acc[g][6]; a1.w = acc[g][7];
+                    b[(2 * g) * tpp + dl] = a0; b[(2 * g + 1) * tpp + dl] = a1;
+                }
+                if (dl == 0) {
+#pragma unroll
+                    for (int g = 0; g < MAXG; g++) s_tl[k][g] = ls[g];
+                }
+            }
+            __syncthreads();
+            if (warp < r && slot == 0) {
+                const int k = r == FD_WARPS / 2 ? warp : warp + r;
+                const calm_f4* b = (const calm_f4*)((k < 2 ? &s_wbuf[0][0] : &s_lw[0][0]) + (k & 1) * MAXG * 128);
+#pragma unroll
+                for (int g = 0; g < MAXG; g++) {
+                    const calm_f4 a0 = b[(2 * g) * tpp + dl], a1 = b[(2 * g + 1) * tpp + dl];
+                    acc[g][0] += a0.x; acc[g][1] += a0.y; acc[g][2] += a0.z; acc[g][3] += a0.w;
+                    acc[g][4] += a1.x; acc[g][5] += a1.y; acc[g][6] += a1.z; acc[g][7] += a1.w;
+                    ls[g] += s_tl[k][g];
+                }
+            }
+        }
+        if (warp == 0 && slot == 0) {
 #pragma unroll
             for (int g = 0; g < MAXG; g++) {
                 if (g < ng) {
 #pragma unroll
-                    for (int e = 0; e < 8; e++) s_acc[g][dl * 8 + e] += acc[g][e] * f[g];
-                    if (dl == 0) s_l[g] += l[g] * f[g];
+                    for (int e = 0; e < 8; e++) s_acc[g][fd_acc_idx(dl * 8 + e)] = acc[g][e];
+                    if (dl == 0) s_l[g] = ls[g];
                 }
             }
         }
         __syncthreads();
+    } else {
+        // head_dim above 128: warps add in a fixed order; a warp reads all its sums before it writes any (the
+        // compiler cannot tell the addresses apart, so += one by one would make each read wait for the previous write)
+        for (int w = 0; w < FD_WARPS; w++) {
+            if (warp == w && slot == 0) {
+                float cur[MAXG][8];
+#pragma unroll
+                for (int g = 0; g < MAXG; g++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) cur[g][e] = g < ng ? s_acc[g][fd_acc_idx(dl * 8 + e)] : 0.f;
+#pragma unroll
+                for (int g = 0; g < MAXG; g++) {
+                    if (g < ng) {
+#pragma unroll
+                        for (int e = 0; e < 8; e++) s_acc[g][fd_acc_idx(dl * 8 + e)] = fmaf(acc[g][e], f[g], cur[g][e]);
+                        if (dl == 0) s_l[g] += l[g] * f[g];
+                    }
+                }
+            }
+            __syncthreads();
+        }
     }
+    FD_STAMP(3);
     fd_finish<MAXG>(s_m, s_l, s_acc, s_wbuf, s_lw, s_red, s_last, out, ws, H, Hd, S, kh, split, z, Z, kh * G + g0, ng, nsplit);
 }
 

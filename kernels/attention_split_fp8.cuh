@@ -54,13 +54,14 @@ __device__ __forceinline__ void fw_ld8(u32* w, const unsigned char* p, bool ok) 
 }
 
 // One tile's loads for lane (gq, tq): K rows p0 + 2gq (kA) and p0 + 2gq + 1 (kB), bytes [64h + 16tq, +16) of each;
-// V rows p0 + 4tq + 0..3, bytes [HD/8 gq, +HD/8); the two K/V scales of the K rows. Rows from c1 on read as zero.
+// V rows p0 + 4tq + 0..3, bytes [HD/8 gq, +HD/8); the two K/V scales of the K rows. Rows from c1 on, and row skip
+// (-1: none; fw_load_pos reads it later), read as zero.
 template <int HD>
 __device__ __forceinline__ void fw_load_tile(int p0, int c1, int gq, int tq, const unsigned char* kb, const unsigned char* vb,
                                              const float* ksb, const float* vsb, u32 (&kA)[HD / 16], u32 (&kB)[HD / 16],
-                                             u32 (&vw)[4][HD / 32], float& ksA, float& ksB, float& vsA, float& vsB) {
+                                             u32 (&vw)[4][HD / 32], float& ksA, float& ksB, float& vsA, float& vsB, int skip = -1) {
     const int jA = p0 + 2 * gq, jB = jA + 1;
-    const bool okA = jA < c1, okB = jB < c1;
+    const bool okA = jA < c1 && jA != skip, okB = jB < c1 && jB != skip;
 #pragma unroll
     for (int h = 0; h < HD / 64; h++) {
         fw_ld16(kA + 4 * h, kb + (long long)jA * HD + 64 * h, okA);
@@ -70,14 +71,53 @@ __device__ __forceinline__ void fw_load_tile(int p0, int c1, int gq, int tq, con
     for (int u = 0; u < 4; u++) {
         const int j = p0 + 4 * tq + u;
         const unsigned char* pv = vb + (long long)j * HD;
-        if (HD == 64) fw_ld8(vw[u], pv, j < c1);
+        if (HD == 64) fw_ld8(vw[u], pv, j < c1 && j != skip);
         else {
 #pragma unroll
-            for (int h = 0; h < HD / 128; h++) fw_ld16(vw[u] + 4 * h, pv + 16 * h, j < c1);
+            for (int h = 0; h < HD / 128; h++) fw_ld16(vw[u] + 4 * h, pv + 16 * h, j < c1 && j != skip);
         }
     }
     ksA = okA ? ksb[jA] : 0.f; ksB = okB ? ksb[jB] : 0.f;
     vsA = okA ? vsb[jA] : 0.f; vsB = okB ? vsb[jB] : 0.f;
+}
+// ... and row pos of that tile, after pdl_wait, through L2 (fd_load_cg: a line it shares with the rows read before
+// may sit in L1). Static register indices only (a runtime-chosen array would go to local memory).
+template <int HD>
+__device__ __forceinline__ void fw_load_pos(int p0, int c1, int gq, int tq, const unsigned char* kb, const unsigned char* vb,
+                                            const float* ksb, const float* vsb, u32 (&kA)[HD / 16], u32 (&kB)[HD / 16],
+                                            u32 (&vw)[4][HD / 32], float& ksA, float& ksB, float& vsA, float& vsB, int pos) {
+    if (pos >= c1) return;
+    const int jA = p0 + 2 * gq, jB = jA + 1;
+    if (jA == pos) {
+#pragma unroll
+        for (int h = 0; h < HD / 64; h++) {
+            calm_u4 v; fd_load_cg(v, (const char*)(kb + (long long)pos * HD + 64 * h));
+            kA[4 * h] = v.x; kA[4 * h + 1] = v.y; kA[4 * h + 2] = v.z; kA[4 * h + 3] = v.w;
+        }
+        ksA = ld_cg_f32(ksb + pos); vsA = ld_cg_f32(vsb + pos);
+    }
+    if (jB == pos) {
+#pragma unroll
+        for (int h = 0; h < HD / 64; h++) {
+            calm_u4 v; fd_load_cg(v, (const char*)(kb + (long long)pos * HD + 64 * h));
+            kB[4 * h] = v.x; kB[4 * h + 1] = v.y; kB[4 * h + 2] = v.z; kB[4 * h + 3] = v.w;
+        }
+        ksB = ld_cg_f32(ksb + pos); vsB = ld_cg_f32(vsb + pos);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        if (p0 + 4 * tq + u == pos) {
+            const char* pv = (const char*)(vb + (long long)pos * HD);
+            if (HD == 64) { calm_u2 v; fd_load_cg(v, pv); vw[u][0] = v.x; vw[u][1] = v.y; }
+            else {
+#pragma unroll
+                for (int h = 0; h < HD / 128; h++) {
+                    calm_u4 v; fd_load_cg(v, pv + 16 * h);
+                    vw[u][4 * h] = v.x; vw[u][4 * h + 1] = v.y; vw[u][4 * h + 2] = v.z; vw[u][4 * h + 3] = v.w;
+                }
+            }
+        }
+    }
 }
 
 // L2 prefetch of the tile at positions [p, p + 16) (rows from c1 on skipped): its K and V bytes and row scales, the
@@ -95,7 +135,8 @@ __device__ __forceinline__ void fw_prefetch_tile(int p, int c1, const unsigned c
 
 // kCache/vCache: this layer's [K, maxCtx, HD] e4m3 bytes; kScale/vScale: its row scales [K, maxCtx] f32.
 // MAXG 4 (G <= 4: one n8 block) or 8 (two); HD 64, 128 or 256.
-template <int MAXG, int HD>
+// EARLY: as attention_split_impl's (the first tile's rows before pos are requested before pdl_wait).
+template <int MAXG, int HD, bool EARLY = false>
 __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const unsigned char* kCache, const unsigned char* vCache,
                                                           float* out, float* ws, int H, int K, int maxCtx, int window, float scale,
                                                           int S, const StepParams* sp, int kh, int split, int z, int Z,
@@ -109,7 +150,7 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     const int VW = HD / 32;    // words of a V row per lane (HD/8 dims)
     __shared__ float s_m[FD_WARPS][MAXG];
     __shared__ float s_l[MAXG];
-    __shared__ float s_acc[MAXG][FD_MAX_HD];
+    __shared__ float s_acc[MAXG][FD_ACC_STRIDE];
     __shared__ float s_wbuf[MAXG][FD_MAX_SPLITS];
     __shared__ float s_lw[MAXG][FD_MAX_SPLITS];
     __shared__ calm_f4 s_red[FD_THREADS];
@@ -117,7 +158,7 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     const int G = H / K;
     const int g0 = z * MAXG;
     const int ng = min(MAXG, G - g0);
-    const FdRange rg = fd_range(sp->pos, window, S);   // as attention_split_impl (the launcher's S and workspace are shared)
+    const FdRange rg = fd_range(sp->pos, window, S);   // as attention_split_impl (host-written: readable before pdl_wait) (the launcher's S and workspace are shared)
     const int pos = rg.pos, start = rg.start, n = rg.n, chunk = rg.chunk, nsplit = rg.nsplit;
     if (split >= nsplit) { fd_prefetch_next(nextW, nextBytes, K, S, nsplit, kh, split, z, Z); return; }
     const int c0 = start + split * chunk;
@@ -135,7 +176,13 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     int p0 = c0 + warp * 16;
     u32 kA[KC], kB[KC], vw[4][VW];
     float ksA, ksB, vsA, vsB;
-    fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB);
+    fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB, EARLY ? pos : -1);
+    if (EARLY) {
+        pdl_wait();
+        pdl_trigger();
+        fw_load_pos<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB, pos);
+    }
+    FD_STAMP(1);
     // tiles 1 .. pf-1 of the warp into L2 now, tile i + pf at the start of tile i's step
     const unsigned char* kh0 = kCache + hbase * HD;
     const unsigned char* vh0 = vCache + hbase * HD;
@@ -173,6 +220,7 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
         }
         qinv[b] = __shfl_sync(0xffffffffu, fw_pow2(e - 14), 8 * tq);   // lane 8 tq: column 2 tq = head 4b + tq
     }
+    FD_STAMP_V(6, qinv[0]);
 
     float m[NB], mref[NB], l[NB], acc[NB][NT][4];
 #pragma unroll
@@ -270,6 +318,7 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
         if (p0 < c1) fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB);
     }
 
+    FD_STAMP_V(2, l[0] + acc[0][0][0]);
     // the warp's sum per head (every lane summed its own positions; m is the same in the lanes of a head)
 #pragma unroll
     for (int b = 0; b < NB; b++) {
@@ -282,9 +331,10 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
 #pragma unroll
         for (int b = 0; b < NB; b++) s_m[warp][4 * b + tq] = m[b];
     }
-    for (int i = threadIdx.x; i < MAXG * FD_MAX_HD; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
+    for (int i = threadIdx.x; i < MAXG * FD_ACC_STRIDE; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
     if (threadIdx.x < MAXG) s_l[threadIdx.x] = 0.f;
     __syncthreads();
+    FD_STAMP(7);
     float f[NB];
 #pragma unroll
     for (int b = 0; b < NB; b++) {
@@ -300,11 +350,18 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
                 const int h = 4 * b + tq;
                 if (h < ng) {
                     const float fs = f[b] * rinv;
-                    float* o = &s_acc[h][(HD / 8) * gq];
+                    float* o = &s_acc[h][0];
+                    float cur[NT][2];   // every read before any write (as in attention_split_impl's merge)
 #pragma unroll
                     for (int i = 0; i < NT; i++) {
-                        o[2 * i] += (acc[b][i][0] + acc[b][i][1]) * fs;
-                        o[2 * i + 1] += (acc[b][i][2] + acc[b][i][3]) * fs;
+                        const int d = fd_acc_idx((HD / 8) * gq + 2 * i);   // d and d + 1 share a 32-block (d even)
+                        cur[i][0] = o[d]; cur[i][1] = o[d + 1];
+                    }
+#pragma unroll
+                    for (int i = 0; i < NT; i++) {
+                        const int d = fd_acc_idx((HD / 8) * gq + 2 * i);
+                        o[d] = fmaf(acc[b][i][0] + acc[b][i][1], fs, cur[i][0]);
+                        o[d + 1] = fmaf(acc[b][i][2] + acc[b][i][3], fs, cur[i][1]);
                     }
                     if (gq == 0) s_l[h] += l[b] * f[b];
                 }
@@ -312,5 +369,6 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
         }
         __syncthreads();
     }
+    FD_STAMP(3);
     fd_finish<MAXG>(s_m, s_l, s_acc, s_wbuf, s_lw, s_red, s_last, out, ws, H, HD, S, kh, split, z, Z, kh * G + g0, ng, nsplit);
 }

@@ -157,6 +157,117 @@ public class KvFp8GpuTests
         CheckFp8Attention(H, K, Hd, pos, 0, split: true, pipelined: false, wide: false, spread: 20);
     }
 
+    /// <summary>The split kernels request the rows before the step's position ahead of pdl_wait (they were written by
+    /// earlier steps) and read row pos, which this step's qkv kernel writes, after it. Here a graph runs the KV write
+    /// (qkv_rope_cache, launched programmatically on sm_90+) and then attention, with row pos holding stale values
+    /// before the write (K and V far from the new ones): a kernel that read row pos early, or from a stale L1 line,
+    /// would attend to the stale row. fp16 and fp8 caches, the register kernel and the tensor-core fp8 kernel, one chunk
+    /// and many (the merge).</summary>
+    [Theory]
+    [InlineData(false, false, 5)]
+    [InlineData(false, false, 1000)]
+    [InlineData(false, false, 4097)]
+    [InlineData(true, false, 700)]
+    [InlineData(true, true, 5)]
+    [InlineData(true, true, 16)]      // row pos opens a tile
+    [InlineData(true, true, 1000)]
+    [InlineData(true, true, 4097)]
+    public void SplitAttentionReadsTheRowWrittenJustBefore(bool fp8, bool wide, int pos)
+    {
+        var why = CudaDeviceInfo.Unavailable();
+        if (why is not null) Assert.Skip("No usable CUDA device: " + why);
+        using var ctx = CudaContext.Acquire(0);
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, 2, null, false, attentionFp8Wide: wide);
+        if (wide && !k.AttentionFp8Wide) Assert.Skip($"the tensor-core fp8 attention needs sm_80 (this device is sm_{k.Arch})");
+        using var s = new CudaStream(ctx);
+        var r = Gpu.Rng();
+        const int H = 32, K = 8, Hd = 128;
+        int maxCtx = pos + 40;
+        long rows = (long)K * maxCtx;
+        var qkv = Gpu.RandF(r, (H + 2 * K) * Hd);
+        var (cos, sin) = Gpu.RopeTables(maxCtx, Hd);
+        using var QKV = Gpu.Up(ctx, qkv); using var C = Gpu.Up(ctx, cos); using var S = Gpu.Up(ctx, sin);
+        CudaDeviceMemory KC, VC, KS, VS;
+        if (fp8)
+        {
+            var (kq, ks, _) = RandomFp8Rows(r, (int)rows, Hd);
+            var (vq, vs, _) = RandomFp8Rows(r, (int)rows, Hd);
+            for (int kh = 0; kh < K; kh++)   // stale row pos: every element 128 (0x70) at scale 1
+            {
+                long o = (long)kh * maxCtx + pos;
+                Array.Fill(kq, (byte)0x70, (int)(o * Hd), Hd); Array.Fill(vq, (byte)0x70, (int)(o * Hd), Hd);
+                ks[o] = 1f; vs[o] = 1f;
+            }
+            KC = Gpu.Up(ctx, kq); VC = Gpu.Up(ctx, vq); KS = Gpu.Up(ctx, ks); VS = Gpu.Up(ctx, vs);
+        }
+        else
+        {
+            var kc = new ushort[rows * Hd]; var vc = new ushort[rows * Hd];
+            for (long i = 0; i < kc.Length; i++) { kc[i] = BitConverter.HalfToUInt16Bits((Half)(r.NextDouble() * 2 - 1)); vc[i] = BitConverter.HalfToUInt16Bits((Half)(r.NextDouble() * 2 - 1)); }
+            for (int kh = 0; kh < K; kh++)   // stale row pos: K 3, V 40
+            {
+                long o = ((long)kh * maxCtx + pos) * Hd;
+                Array.Fill(kc, BitConverter.HalfToUInt16Bits((Half)3f), (int)o, Hd); Array.Fill(vc, BitConverter.HalfToUInt16Bits((Half)40f), (int)o, Hd);
+            }
+            KC = Gpu.Up(ctx, kc); VC = Gpu.Up(ctx, vc); KS = Gpu.Zeros(ctx, 4); VS = Gpu.Zeros(ctx, 4);
+        }
+        using var _kc = KC; using var _vc = VC; using var _ks = KS; using var _vs = VS;
+        ulong kScale = fp8 ? KS.Ptr : 0, vScale = fp8 ? VS.Ptr : 0;
+        using var O = Gpu.Zeros(ctx, H * Hd * 4L);
+        using var WS = Gpu.Zeros(ctx, Math.Max(k.AttentionWorkspaceBytes(H, K, Hd), 4));
+        using var step = Gpu.Up(ctx, new[] { 0, pos });
+        float scale = 1f / MathF.Sqrt(Hd);
+        s.Synchronize();
+        s.BeginCapture();
+        k.QkvRopeCache(s, QKV.Ptr, 0, 0, false, 1e-6f, false, C.Ptr, S.Ptr, Hd, KC.Ptr, VC.Ptr, maxCtx, H, K, Hd, step.Ptr, kScale, vScale);
+        k.Attention(s, QKV.Ptr, KC.Ptr, VC.Ptr, O.Ptr, H, K, Hd, maxCtx, 0, scale, step.Ptr, WS.Ptr, kScale, vScale);
+        using var g = s.EndCapture();
+        g.Launch(s);
+        s.Synchronize();
+        // the reference from what the caches and q hold after the graph (row pos as the write left it)
+        var q = QKV.ToArray<float>(H * Hd);
+        var kd = new float[rows * Hd]; var vd = new float[rows * Hd];
+        if (fp8)
+        {
+            var kq = KC.ToArray<byte>((int)(rows * Hd)); var vq = VC.ToArray<byte>((int)(rows * Hd));
+            var ks = KS.ToArray<float>((int)rows); var vs = VS.ToArray<float>((int)rows);
+            for (long i = 0; i < rows; i++)
+            {
+                KvFp8.DequantizeRow(kq.AsSpan((int)(i * Hd), Hd), ks[i], kd.AsSpan((int)(i * Hd), Hd));
+                KvFp8.DequantizeRow(vq.AsSpan((int)(i * Hd), Hd), vs[i], vd.AsSpan((int)(i * Hd), Hd));
+            }
+        }
+        else
+        {
+            var kc = KC.ToArray<ushort>((int)(rows * Hd)); var vc = VC.ToArray<ushort>((int)(rows * Hd));
+            for (long i = 0; i < kc.Length; i++) { kd[i] = (float)BitConverter.UInt16BitsToHalf(kc[i]); vd[i] = (float)BitConverter.UInt16BitsToHalf(vc[i]); }
+        }
+        for (int kh = 0; kh < K; kh++)   // the write happened: row pos is no longer the stale one
+            Assert.True(Math.Abs(vd[((long)kh * maxCtx + pos) * Hd] - (fp8 ? 128f : 40f)) > 1f, $"row {pos} of kv head {kh} was not written");
+        var want = new float[H * Hd];
+        Parallel.For(0, H, h =>
+        {
+            int kh = h / (H / K);
+            var sc = new double[pos + 1]; double mx = double.NegativeInfinity;
+            for (int j = 0; j <= pos; j++)
+            {
+                double a = 0;
+                long o = ((long)kh * maxCtx + j) * Hd;
+                for (int d = 0; d < Hd; d++) a += q[h * Hd + d] * (double)kd[o + d];
+                sc[j] = a * scale; mx = Math.Max(mx, sc[j]);
+            }
+            double sum = 0; for (int j = 0; j <= pos; j++) { sc[j] = Math.Exp(sc[j] - mx); sum += sc[j]; }
+            for (int d = 0; d < Hd; d++)
+            {
+                double o = 0;
+                for (int j = 0; j <= pos; j++) o += sc[j] / sum * vd[((long)kh * maxCtx + j) * Hd + d];
+                want[h * Hd + d] = (float)o;
+            }
+        });
+        Gpu.Close(O.ToArray<float>(H * Hd), want, 1e-5,
+            $"{(fp8 ? wide ? "fp8 tensor-core" : "fp8" : "fp16")} split attention after the KV write in one graph (programmatic {k.Programmatic}), pos {pos}");
+    }
+
     private static void CheckFp8Attention(int H, int K, int Hd, int pos, int window, bool split, bool pipelined, bool wide, int spread = 0)
     {
         var why = CudaDeviceInfo.Unavailable();
