@@ -96,10 +96,17 @@ fi
 if has wgmma-tests; then
   dotnet $T -method "$NS.PrefillTests.GemmVariant5MatchesReference" -method "$NS.PrefillTests.GemmGatedVariant5MatchesReferenceAndUnfused" 2>&1 | grep -E "FAIL|Total|Passed|Failed|Skipped|Error|error" | head -40 | tee "$OUT/wgmma-tests.txt"
 fi
-if has classes; then   # CLASSES=PrefillTests,ProofTests,... (test classes of Calm.Engine.Tests.Cuda / .Generation)
-  args=(); for c in ${CLASSES//,/ }; do case $c in *.*) args+=(-class "Calm.Engine.Tests.$c");; *) args+=(-class "$NS.$c");; esac; done
-  timeout ${CLASSES_TIMEOUT:-400} dotnet $T "${args[@]}" 2>&1 | tee /tmp/classes.txt | grep -E "\[FAIL\]|Total:|Assert|relative L2 [0-9.E+-]+ >|Error Message" | head -80
+if has classes; then   # CLASSES=PrefillTests,ProofTests,... (test classes of Calm.Engine.Tests.Cuda / .Generation); METHODS=KernelTests.X,...
+  # (xunit ANDs -class with -method filters, so the methods run in a second invocation)
+  cl=${CLASSES:-}; me=${METHODS:-}
+  args=(); for c in ${cl//,/ }; do case $c in *.*) args+=(-class "Calm.Engine.Tests.$c");; *) args+=(-class "$NS.$c");; esac; done
+  margs=(); for m in ${me//,/ }; do margs+=(-method "$NS.$m"); done
+  : > /tmp/classes.txt
+  if [[ ${#args[@]} -gt 0 ]]; then timeout ${CLASSES_TIMEOUT:-400} dotnet $T "${args[@]}" >> /tmp/classes.txt 2>&1; fi
+  if [[ ${#margs[@]} -gt 0 ]]; then timeout ${CLASSES_TIMEOUT:-400} dotnet $T "${margs[@]}" >> /tmp/classes.txt 2>&1; fi
+  grep -E "\[FAIL\]|Total:|Assert|relative L2 [0-9.E+-]+ >|Error Message" /tmp/classes.txt | head -80
   grep -E "\[FAIL\]|Total:|Passed|Skipped|Error|Assert|L2|at Calm" /tmp/classes.txt | head -300 > "$OUT/classes.txt"
+  tail -c 2000000 /tmp/classes.txt > "$OUT/classes-full.txt"   # the whole run (a killed or crashed host prints no Total line)
 fi
 if has prefill-tests; then
   timeout 400 dotnet $T -class $NS.PrefillTests 2>&1 | grep -E "\[FAIL\]|Total|Failed|Passed:|Skipped:" | head -60 | tee "$OUT/prefill-tests.txt"
