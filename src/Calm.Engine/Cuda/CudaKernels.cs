@@ -64,8 +64,9 @@ public sealed class CudaKernels : IDisposable
     public bool MatvecEarly { get; }
     /// <summary>The shared-memory carveout (percent) every kernel of the decode step was given (<see
     /// cref="CudaKernel.PreferredCarveout"/>); null: the driver's choice per launch (default). CALM_CARVEOUT=0..100 /
-    /// l1 / shared, or the constructor's carveout. A candidate, not measured yet: whether one carveout for every kernel
-    /// keeps consecutive kernels from draining the SMs between them (bench/RESULTS.md, ninth session).</summary>
+    /// l1 / shared, or the constructor's carveout. Measured much slower on the H200 (Llama-3-8B int4 502.0 tok/s with the
+    /// driver's choice, 376.5 with 100, 330.7 with 0; fp8 398.7 / 278.8 / 290.9; bench/RESULTS.md, tenth session): kept
+    /// for comparison only.</summary>
     public int? Carveout { get; }
     private int Early => MatvecEarly && Programmatic ? 1 : 0;
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
