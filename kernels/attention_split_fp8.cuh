@@ -80,6 +80,16 @@ __device__ __forceinline__ void fw_load_tile(int p0, int c1, int gq, int tq, con
     ksA = okA ? ksb[jA] : 0.f; ksB = okB ? ksb[jB] : 0.f;
     vsA = okA ? vsb[jA] : 0.f; vsB = okB ? vsb[jB] : 0.f;
 }
+// a lane's slice of K row p (bytes [64h, +16) for h < HD/64 from kp = its slice's start) through L2
+template <int HD>
+__device__ __forceinline__ void fw_ld_k_cg(u32 (&k)[HD / 16], const unsigned char* kp) {
+#pragma unroll
+    for (int h = 0; h < HD / 64; h++) {
+        calm_u4 v;
+        fd_load_cg(v, (const char*)(kp + 64 * h));
+        k[4 * h] = v.x; k[4 * h + 1] = v.y; k[4 * h + 2] = v.z; k[4 * h + 3] = v.w;
+    }
+}
 // ... and row pos of that tile, after pdl_wait, through L2 (fd_load_cg: a line it shares with the rows read before
 // may sit in L1). Static register indices only (a runtime-chosen array would go to local memory).
 template <int HD>
@@ -88,22 +98,8 @@ __device__ __forceinline__ void fw_load_pos(int p0, int c1, int gq, int tq, cons
                                             u32 (&vw)[4][HD / 32], float& ksA, float& ksB, float& vsA, float& vsB, int pos) {
     if (pos >= c1) return;
     const int jA = p0 + 2 * gq, jB = jA + 1;
-    if (jA == pos) {
-#pragma unroll
-        for (int h = 0; h < HD / 64; h++) {
-            calm_u4 v; fd_load_cg(v, (const char*)(kb + (long long)pos * HD + 64 * h));
-            kA[4 * h] = v.x; kA[4 * h + 1] = v.y; kA[4 * h + 2] = v.z; kA[4 * h + 3] = v.w;
-        }
-        ksA = ld_cg_f32(ksb + pos); vsA = ld_cg_f32(vsb + pos);
-    }
-    if (jB == pos) {
-#pragma unroll
-        for (int h = 0; h < HD / 64; h++) {
-            calm_u4 v; fd_load_cg(v, (const char*)(kb + (long long)pos * HD + 64 * h));
-            kB[4 * h] = v.x; kB[4 * h + 1] = v.y; kB[4 * h + 2] = v.z; kB[4 * h + 3] = v.w;
-        }
-        ksB = ld_cg_f32(ksb + pos); vsB = ld_cg_f32(vsb + pos);
-    }
+    if (jA == pos) { fw_ld_k_cg<HD>(kA, kb + (long long)pos * HD); ksA = ld_cg_f32(ksb + pos); vsA = ld_cg_f32(vsb + pos); }
+    if (jB == pos) { fw_ld_k_cg<HD>(kB, kb + (long long)pos * HD); ksB = ld_cg_f32(ksb + pos); vsB = ld_cg_f32(vsb + pos); }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         if (p0 + 4 * tq + u == pos) {

@@ -33,20 +33,8 @@ __device__ __forceinline__ void fd_stamp_v(const float* out, int ph, float v) {
 #define FD_STAMP_V(i, v) fd_stamp_v(out, i, v)
 #include "../../kernels/matvec.cu"
 #include "../../kernels/attention.cu"
+#include "probe_engine.cuh"
 
-__global__ void fill_u16(u16* p, long long n, float scale, u32 seed, int bf) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        u32 h = (u32)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
-        float f = ((h & 0xffffff) / 16777216.f * 2.f - 1.f) * scale;
-        p[i] = bf ? (u16)(__float_as_uint(f) >> 16) : f32_to_f16(f);
-    }
-}
-__global__ void fill_f32v(float* p, long long n, float lo, float hi, u32 seed) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        u32 h = (u32)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
-        p[i] = lo + (hi - lo) * ((h & 0xffffff) / 16777216.f);
-    }
-}
 __global__ void fill_e4m3(unsigned char* p, long long n, u32 seed) {   // finite e4m3 bytes (bit 3 and the sign clear: no NaN)
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         u32 h = (u32)i * 2654435761u ^ seed; h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
@@ -61,18 +49,6 @@ __global__ void timer_res(unsigned long long* out) {
         if (t != prev) { if (t - prev < best) best = t - prev; prev = t; }
     }
     *out = best;
-}
-
-template <typename... A>
-static void launch(const void* k, dim3 grid, int threads, cudaStream_t s, A... args) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid; cfg.blockDim = dim3(threads); cfg.stream = s;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at; cfg.numAttrs = 1;
-    void* pa[] = {(void*)&args...};
-    CK(cudaLaunchKernelExC(&cfg, k, pa));
 }
 
 static double med(std::vector<double> v) { if (v.empty()) return 0; std::sort(v.begin(), v.end()); return v[v.size() / 2]; }
