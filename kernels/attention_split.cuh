@@ -17,9 +17,12 @@
 // to the score and the V row scale to p.
 // Inside a block: Hd/8 lanes own one cache row (16-byte loads, 8 fp16 each); a warp walks 32/(Hd/8) rows at a time,
 // FD_UNROLL row groups in flight; every row-stream keeps a running (max, sum, weighted V) per query head in the
-// log2 domain; streams merge by shuffles, warps through shared memory.
+// log2 domain; streams merge by shuffles, warps through shared memory (a tree of three rounds for head_dim <= 128).
+// Launched programmatically, the register-path kernels request their first step of rows (those before pos, written
+// by earlier steps) before pdl_wait, and q and row pos after it (attention_split_impl's EARLY).
 // When a kv head needs more than one chunk, each block writes its partial (max, sum, unnormalised output) to the
-// workspace; the last block of the kv head to finish (atomic counter) merges the partials and writes out.
+// workspace; the last block of the kv head to finish (an acq_rel atomic counter) merges the partials in one pass and
+// writes out. Where each phase's time went on the H200: tools/probe/att_trace.cu, bench/RESULTS.md (tenth session).
 // Workspace (f32): pm [H, S] | pl [H, S] | pacc [H, S, Hd] | counters [K*Z] int (zero at allocation, reset by the
 // merging block).
 #define FD_THREADS 256
