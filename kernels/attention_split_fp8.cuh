@@ -154,7 +154,9 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     const int G = H / K;
     const int g0 = z * MAXG;
     const int ng = min(MAXG, G - g0);
-    const FdRange rg = fd_range(sp->pos, window, S);   // as attention_split_impl (host-written: readable before pdl_wait) (the launcher's S and workspace are shared)
+    // as attention_split_impl (the launcher's S and workspace are shared); the position is host-written: readable
+    // before pdl_wait
+    const FdRange rg = fd_range(sp->pos, window, S);
     const int pos = rg.pos, start = rg.start, n = rg.n, chunk = rg.chunk, nsplit = rg.nsplit;
     if (split >= nsplit) { fd_prefetch_next(nextW, nextBytes, K, S, nsplit, kh, split, z, Z); return; }
     const int c0 = start + split * chunk;
