@@ -157,6 +157,22 @@ FD_KERNEL(attention_split_g8, 8, 2, 1)
                                             blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, kScale, vScale, pf,         \
                                             nextW, nextBytes);                                                         \
     }
+// fp16 KV cache on the tensor cores: the same kernel with 2-byte rows (attention_split_fp8.cuh, KVT CALM_KV_F16); the
+// arguments of attention_split_g* (no scales). head_dim 64 and 128.
+#define FW16_KERNEL(MAXG, HD, MINB)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
+    attention_split_g##MAXG##_f16w_hd##HD(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, \
+                                          int H, int K, int Hd, int maxCtx, int window, float scale, int S,             \
+                                          const StepParams* sp, int pf, const char* nextW, long long nextBytes) {       \
+        FD_STAMP(0);                                                                                                   \
+        attention_split_fp8w_impl<MAXG, HD, true, CALM_KV_F16>(q, (const unsigned char*)kCache,                       \
+                                            (const unsigned char*)vCache, out, ws, H, K, maxCtx, window, scale, S, sp, \
+                                            blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, 0, 0, pf, nextW, nextBytes); \
+    }
+FW16_KERNEL(4, 64, 2)
+FW16_KERNEL(4, 128, 2)
+FW16_KERNEL(8, 64, 2)
+FW16_KERNEL(8, 128, 1)
 FW_KERNEL(4, 64, 2)
 FW_KERNEL(4, 128, 2)
 FW_KERNEL(4, 256, 1)

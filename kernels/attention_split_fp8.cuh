@@ -38,8 +38,20 @@
 __device__ __forceinline__ float fw_pow2(int e) { return __int_as_float((e + 127) << 23); }
 // floor(log2 x) of a positive normal x (-127 for a subnormal)
 __device__ __forceinline__ int fw_ilog2(float x) { return (int)((__float_as_uint(x) >> 23) & 0xffu) - 127; }
-// first dim of word c (k16 chunk c) of lane tq's slice of a K row
-__device__ __forceinline__ int fw_kdim(int c, int tq) { return 64 * (c >> 2) + 16 * tq + 4 * (c & 3); }
+// fp16 caches (KVT CALM_KV_F16, kernels attention_split_g*_f16w_hd*): the same tiles with 2-byte elements. FW_ES: bytes
+// per element; a lane holds FW_KW words of each of its two K rows and FW_VW words of each of its four V rows. K: the
+// lane's 16-byte loads of a row are bytes [64 h + 16 tq, +16), 16 e4m3 or 8 f16 dims each; a k16 chunk takes one word
+// (4 e4m3, converted) or two (2 f16 each, as they are) of each row. V: its slice of a row is dims [HD/8 gq, +HD/8),
+// tile i takes dims 2i, 2i+1 of it (fp8: bytes 2i, 2i+1, converted; f16: word i's halves, paired across rows by a
+// byte permute). There are no row scales: the kernel uses 1 where fp8 has kScale / vScale, so p is scaled by R = 2^14.
+#define FW_ES(KVT) ((KVT) == CALM_KV_FP8 ? 1 : 2)
+#define FW_KW(HD, KVT) ((HD) * FW_ES(KVT) / 16)
+#define FW_VW(HD, KVT) ((HD) * FW_ES(KVT) / 32)
+// first dim of k16 chunk c of lane tq's slice of a K row (dims kdim .. kdim + 3: the first two in B's register 0)
+template <int KVT>
+__device__ __forceinline__ int fw_kdim(int c, int tq) {
+    return KVT == CALM_KV_FP8 ? 64 * (c >> 2) + 16 * tq + 4 * (c & 3) : 32 * (c >> 1) + 8 * tq + 4 * (c & 1);
+}
 // the 16 bytes at p as 4 words, or zeros
 __device__ __forceinline__ void fw_ld16(u32* w, const unsigned char* p, bool ok) {
     calm_u4 v;
@@ -56,35 +68,38 @@ __device__ __forceinline__ void fw_ld8(u32* w, const unsigned char* p, bool ok) 
 // One tile's loads for lane (gq, tq): K rows p0 + 2gq (kA) and p0 + 2gq + 1 (kB), bytes [64h + 16tq, +16) of each;
 // V rows p0 + 4tq + 0..3, bytes [HD/8 gq, +HD/8); the two K/V scales of the K rows. Rows from c1 on, and row skip
 // (-1: none; fw_load_pos reads it later), read as zero.
-template <int HD>
+template <int HD, int KVT = CALM_KV_FP8>
 __device__ __forceinline__ void fw_load_tile(int p0, int c1, int gq, int tq, const unsigned char* kb, const unsigned char* vb,
-                                             const float* ksb, const float* vsb, u32 (&kA)[HD / 16], u32 (&kB)[HD / 16],
-                                             u32 (&vw)[4][HD / 32], float& ksA, float& ksB, float& vsA, float& vsB, int skip = -1) {
+                                             const float* ksb, const float* vsb, u32 (&kA)[FW_KW(HD, KVT)], u32 (&kB)[FW_KW(HD, KVT)],
+                                             u32 (&vw)[4][FW_VW(HD, KVT)], float& ksA, float& ksB, float& vsA, float& vsB, int skip = -1) {
+    const int RB = HD * FW_ES(KVT);   // row bytes
     const int jA = p0 + 2 * gq, jB = jA + 1;
     const bool okA = jA < c1 && jA != skip, okB = jB < c1 && jB != skip;
 #pragma unroll
-    for (int h = 0; h < HD / 64; h++) {
-        fw_ld16(kA + 4 * h, kb + (long long)jA * HD + 64 * h, okA);
-        fw_ld16(kB + 4 * h, kb + (long long)jB * HD + 64 * h, okB);
+    for (int h = 0; h < RB / 64; h++) {
+        fw_ld16(kA + 4 * h, kb + (long long)jA * RB + 64 * h, okA);
+        fw_ld16(kB + 4 * h, kb + (long long)jB * RB + 64 * h, okB);
     }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         const int j = p0 + 4 * tq + u;
-        const unsigned char* pv = vb + (long long)j * HD;
-        if (HD == 64) fw_ld8(vw[u], pv, j < c1 && j != skip);
+        const unsigned char* pv = vb + (long long)j * RB;
+        if (RB == 64) fw_ld8(vw[u], pv, j < c1 && j != skip);
         else {
 #pragma unroll
-            for (int h = 0; h < HD / 128; h++) fw_ld16(vw[u] + 4 * h, pv + 16 * h, j < c1 && j != skip);
+            for (int h = 0; h < RB / 128; h++) fw_ld16(vw[u] + 4 * h, pv + 16 * h, j < c1 && j != skip);
         }
     }
-    ksA = okA ? ksb[jA] : 0.f; ksB = okB ? ksb[jB] : 0.f;
-    vsA = okA ? vsb[jA] : 0.f; vsB = okB ? vsb[jB] : 0.f;
+    if (KVT == CALM_KV_FP8) {
+        ksA = okA ? ksb[jA] : 0.f; ksB = okB ? ksb[jB] : 0.f;
+        vsA = okA ? vsb[jA] : 0.f; vsB = okB ? vsb[jB] : 0.f;
+    } else ksA = ksB = vsA = vsB = 1.f;   // rows past c1 get a -inf score (p = 0) either way
 }
-// a lane's slice of K row p (bytes [64h, +16) for h < HD/64 from kp = its slice's start) through L2
-template <int HD>
-__device__ __forceinline__ void fw_ld_k_cg(u32 (&k)[HD / 16], const unsigned char* kp) {
+// a lane's slice of K row p (bytes [64h, +16) for h < row bytes / 64 from kp = its slice's start) through L2
+template <int HD, int KVT>
+__device__ __forceinline__ void fw_ld_k_cg(u32 (&k)[FW_KW(HD, KVT)], const unsigned char* kp) {
 #pragma unroll
-    for (int h = 0; h < HD / 64; h++) {
+    for (int h = 0; h < HD * FW_ES(KVT) / 64; h++) {
         calm_u4 v;
         fd_load_cg(v, (const char*)(kp + 64 * h));
         k[4 * h] = v.x; k[4 * h + 1] = v.y; k[4 * h + 2] = v.z; k[4 * h + 3] = v.w;
@@ -92,22 +107,24 @@ __device__ __forceinline__ void fw_ld_k_cg(u32 (&k)[HD / 16], const unsigned cha
 }
 // ... and row pos of that tile, after pdl_wait, through L2 (fd_load_cg: a line it shares with the rows read before
 // may sit in L1). Static register indices only (a runtime-chosen array would go to local memory).
-template <int HD>
+template <int HD, int KVT = CALM_KV_FP8>
 __device__ __forceinline__ void fw_load_pos(int p0, int c1, int gq, int tq, const unsigned char* kb, const unsigned char* vb,
-                                            const float* ksb, const float* vsb, u32 (&kA)[HD / 16], u32 (&kB)[HD / 16],
-                                            u32 (&vw)[4][HD / 32], float& ksA, float& ksB, float& vsA, float& vsB, int pos) {
+                                            const float* ksb, const float* vsb, u32 (&kA)[FW_KW(HD, KVT)], u32 (&kB)[FW_KW(HD, KVT)],
+                                            u32 (&vw)[4][FW_VW(HD, KVT)], float& ksA, float& ksB, float& vsA, float& vsB, int pos) {
     if (pos >= c1) return;
+    const int RB = HD * FW_ES(KVT);
+    const bool f8 = KVT == CALM_KV_FP8;
     const int jA = p0 + 2 * gq, jB = jA + 1;
-    if (jA == pos) { fw_ld_k_cg<HD>(kA, kb + (long long)pos * HD); ksA = ld_cg_f32(ksb + pos); vsA = ld_cg_f32(vsb + pos); }
-    if (jB == pos) { fw_ld_k_cg<HD>(kB, kb + (long long)pos * HD); ksB = ld_cg_f32(ksb + pos); vsB = ld_cg_f32(vsb + pos); }
+    if (jA == pos) { fw_ld_k_cg<HD, KVT>(kA, kb + (long long)pos * RB); ksA = f8 ? ld_cg_f32(ksb + pos) : 1.f; vsA = f8 ? ld_cg_f32(vsb + pos) : 1.f; }
+    if (jB == pos) { fw_ld_k_cg<HD, KVT>(kB, kb + (long long)pos * RB); ksB = f8 ? ld_cg_f32(ksb + pos) : 1.f; vsB = f8 ? ld_cg_f32(vsb + pos) : 1.f; }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         if (p0 + 4 * tq + u == pos) {
-            const char* pv = (const char*)(vb + (long long)pos * HD);
-            if (HD == 64) { calm_u2 v; fd_load_cg(v, pv); vw[u][0] = v.x; vw[u][1] = v.y; }
+            const char* pv = (const char*)(vb + (long long)pos * RB);
+            if (RB == 64) { calm_u2 v; fd_load_cg(v, pv); vw[u][0] = v.x; vw[u][1] = v.y; }
             else {
 #pragma unroll
-                for (int h = 0; h < HD / 128; h++) {
+                for (int h = 0; h < RB / 128; h++) {
                     calm_u4 v; fd_load_cg(v, pv + 16 * h);
                     vw[u][4 * h] = v.x; vw[u][4 * h + 1] = v.y; vw[u][4 * h + 2] = v.z; vw[u][4 * h + 3] = v.w;
                 }
@@ -119,20 +136,21 @@ __device__ __forceinline__ void fw_load_pos(int p0, int c1, int gq, int tq, cons
 // L2 prefetch of the tile at positions [p, p + 16) (rows from c1 on skipped): its K and V bytes and row scales, the
 // warp's lanes taking 128-byte lines in turn. A hint that keeps more of the cache in flight than the registers can:
 // the tile's own loads come pf tiles later and find it in L2 (kh/vh: this kv head's rows; CudaKernels.AttentionPrefetch).
-template <int HD>
+template <int HD, int KVT>
 __device__ __forceinline__ void fw_prefetch_tile(int p, int c1, const unsigned char* kh, const unsigned char* vh,
                                                  const float* ksb, const float* vsb, int lane) {
     if (p >= c1) return;
-    const long long bytes = (long long)min(16, c1 - p) * HD;
-    prefetch_l2_warp(kh + (long long)p * HD, bytes, lane);
-    prefetch_l2_warp(vh + (long long)p * HD, bytes, lane);
-    prefetch_l2_warp(lane < 16 ? (const void*)(ksb + p) : (const void*)(vsb + p), 4, lane & 15);
+    const int RB = HD * FW_ES(KVT);
+    const long long bytes = (long long)min(16, c1 - p) * RB;
+    prefetch_l2_warp(kh + (long long)p * RB, bytes, lane);
+    prefetch_l2_warp(vh + (long long)p * RB, bytes, lane);
+    if (KVT == CALM_KV_FP8) prefetch_l2_warp(lane < 16 ? (const void*)(ksb + p) : (const void*)(vsb + p), 4, lane & 15);
 }
 
 // kCache/vCache: this layer's [K, maxCtx, HD] e4m3 bytes; kScale/vScale: its row scales [K, maxCtx] f32.
 // MAXG 4 (G <= 4: one n8 block) or 8 (two); HD 64, 128 or 256.
 // EARLY: as attention_split_impl's (the first tile's rows before pos are requested before pdl_wait).
-template <int MAXG, int HD, bool EARLY = false>
+template <int MAXG, int HD, bool EARLY = false, int KVT = CALM_KV_FP8>
 __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const unsigned char* kCache, const unsigned char* vCache,
                                                           float* out, float* ws, int H, int K, int maxCtx, int window, float scale,
                                                           int S, const StepParams* sp, int kh, int split, int z, int Z,
@@ -141,9 +159,11 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     static_assert(MAXG == 4 || MAXG == 8, "4 query heads per n8 block");
     static_assert(HD == 64 || HD == 128 || HD == 256, "head_dim 64, 128 or 256");
     const int NB = MAXG / 4;   // n8 blocks: 4 query heads x (hi, lo)
-    const int KC = HD / 16;    // k16 chunks of the scores = words of a K row per lane
+    const int KC = HD / 16;    // k16 chunks of the scores
+    const int KW = FW_KW(HD, KVT);   // words of a K row per lane (fp8: one per chunk, f16: two)
     const int NT = HD / 16;    // m16 tiles of the output dims
-    const int VW = HD / 32;    // words of a V row per lane (HD/8 dims)
+    const int VW = FW_VW(HD, KVT);   // words of a V row per lane (HD/8 dims)
+    const int RB = HD * FW_ES(KVT);  // bytes per cache row
     __shared__ float s_m[FD_WARPS][MAXG];
     __shared__ float s_l[MAXG];
     __shared__ float s_acc[MAXG][FD_ACC_STRIDE];
@@ -166,29 +186,35 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     const float sl = scale * 1.4426950408889634f;   // scores in log2 units
 
     const long long hbase = (long long)kh * maxCtx;
-    const unsigned char* kb = kCache + hbase * HD + 16 * tq;
-    const unsigned char* vb = vCache + hbase * HD + (HD / 8) * gq;
+    const unsigned char* kb = kCache + hbase * RB + 16 * tq;
+    const unsigned char* vb = vCache + hbase * RB + (RB / 8) * gq;
     const float* ksb = kScale + hbase;
     const float* vsb = vScale + hbase;
     // the warp's first tile is requested before q is read (the two memory latencies overlap)
     int p0 = c0 + warp * 16;
-    u32 kA[KC], kB[KC], vw[4][VW];
+    u32 kA[KW], kB[KW], vw[4][VW];
     float ksA, ksB, vsA, vsB;
-    fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB, EARLY ? pos : -1);
+    fw_load_tile<HD, KVT>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB, EARLY ? pos : -1);
     if (EARLY) {
         pdl_wait();
         pdl_trigger();
-        fw_load_pos<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB, pos);
+        fw_load_pos<HD, KVT>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB, pos);
     }
     FD_STAMP(1);
     // tiles 1 .. pf-1 of the warp into L2 now, tile i + pf at the start of tile i's step
-    const unsigned char* kh0 = kCache + hbase * HD;
-    const unsigned char* vh0 = vCache + hbase * HD;
-    for (int t = 1; t < pf; t++) fw_prefetch_tile<HD>(p0 + t * FD_WARPS * 16, c1, kh0, vh0, ksb, vsb, lane);
+    const unsigned char* kh0 = kCache + hbase * RB;
+    const unsigned char* vh0 = vCache + hbase * RB;
+    for (int t = 1; t < pf; t++) fw_prefetch_tile<HD, KVT>(p0 + t * FD_WARPS * 16, c1, kh0, vh0, ksb, vsb, lane);
 
     // B fragments of the scores: column gq is head 4b + gq/2, its hi (gq even) or lo (odd) part of q * sl * 2^e;
     // rows 2tq, 2tq+1 / 2tq+8, 2tq+9 of chunk c are the dims kdim(c, tq) + 0, 1 / 2, 3
-    u32 qf[NB][KC][2];
+    // f16 rows take twice the registers per tile, so there the fragments live in shared memory: with one n8 block a
+    // copy per warp, each thread reading back its own (no barrier; 2 KB per warp at head_dim 128), with two (static
+    // shared memory would pass 48 KB) one copy that warp 0 writes before a barrier
+    const bool QSM = KVT != CALM_KV_FP8, QPW = QSM && NB == 1;
+    __shared__ __align__(8) u32 s_qf[QPW ? FD_WARPS : 1][QSM ? NB * KC : 1][32][2];
+    const int qw = QPW ? warp : 0;
+    u32 qf[QSM ? 1 : NB][QSM ? 1 : KC][2];
     float qinv[NB];   // 2^-e of head 4b + tq (the head of this lane's scores)
 #pragma unroll
     for (int b = 0; b < NB; b++) {
@@ -200,7 +226,7 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
         float amax = 0.f;
 #pragma unroll
         for (int c = 0; c < KC; c++) {
-            calm_f4 v = ld_cg_f4(qh + fw_kdim(c, tq));   // .cg as attention_split_impl
+            calm_f4 v = ld_cg_f4(qh + fw_kdim<KVT>(c, tq));   // .cg as attention_split_impl
             qv[c][0] = v.x * f; qv[c][1] = v.y * f; qv[c][2] = v.z * f; qv[c][3] = v.w * f;
             amax = fmaxf(amax, fmaxf(fmaxf(fabsf(qv[c][0]), fabsf(qv[c][1])), fmaxf(fabsf(qv[c][2]), fabsf(qv[c][3]))));
         }
@@ -213,11 +239,13 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
             u32 h0, l0, h1, l1;
             split_f16x2(qv[c][0] * up, qv[c][1] * up, h0, l0);
             split_f16x2(qv[c][2] * up, qv[c][3] * up, h1, l1);
-            qf[b][c][0] = (gq & 1) ? l0 : h0;
-            qf[b][c][1] = (gq & 1) ? l1 : h1;
+            const u32 f0 = (gq & 1) ? l0 : h0, f1 = (gq & 1) ? l1 : h1;
+            if (QSM) { if (QPW || warp == 0) { s_qf[qw][b * KC + c][lane][0] = f0; s_qf[qw][b * KC + c][lane][1] = f1; } }
+            else { qf[b][c][0] = f0; qf[b][c][1] = f1; }
         }
         qinv[b] = __shfl_sync(0xffffffffu, fw_pow2(e - 14), 8 * tq);   // lane 8 tq: column 2 tq = head 4b + tq
     }
+    if (QSM && !QPW) __syncthreads();   // s_qf written
     FD_STAMP_V(6, qinv[0]);
 
     float m[NB], mref[NB], l[NB], acc[NB][NT][4];
@@ -227,13 +255,15 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
 #pragma unroll
         for (int i = 0; i < NT; i++) acc[b][i][0] = acc[b][i][1] = acc[b][i][2] = acc[b][i][3] = 0.f;
     }
-    int r = 0;                  // p * vScale is scaled by R = 2^r before its split
-    float R = 1.f, vlim = 0.f;  // a vScale above vlim needs a smaller R
+    // p * vScale is scaled by R = 2^r before its split; a vScale above vlim needs a smaller R (f16: no scales, R = 2^14)
+    const bool F8 = KVT == CALM_KV_FP8;
+    int r = F8 ? 0 : 14;
+    float R = F8 ? 1.f : 16384.f, vlim = F8 ? 0.f : CALM_INF;
     const int src0 = 8 * tq + (gq >> 1), src1 = src0 + 4;   // the score lanes of P's rows 2tq.. / 2tq+8.. in column gq
 
     // tiles p0 = c0 + 16 (warp + 8 i); each tile's loads are issued when the previous one is done (the first's above)
     for (; p0 < c1;) {
-        if (pf > 0) fw_prefetch_tile<HD>(p0 + pf * FD_WARPS * 16, c1, kh0, vh0, ksb, vsb, lane);
+        if (pf > 0) fw_prefetch_tile<HD, KVT>(p0 + pf * FD_WARPS * 16, c1, kh0, vh0, ksb, vsb, lane);
         const int jA = p0 + 2 * gq, jB = jA + 1;
         const bool okA = jA < c1, okB = jB < c1;
 
@@ -244,10 +274,17 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
 #pragma unroll
         for (int c = 0; c < KC; c++) {
             u32 a[4];
-            e4m3x4_to_f16x2x2(kA[c], a[0], a[2]);   // row jA: k 2tq, 2tq+1 | 2tq+8, 2tq+9
-            e4m3x4_to_f16x2x2(kB[c], a[1], a[3]);   // row jB
+            if (KVT == CALM_KV_FP8) {
+                e4m3x4_to_f16x2x2(kA[c], a[0], a[2]);   // row jA: k 2tq, 2tq+1 | 2tq+8, 2tq+9
+                e4m3x4_to_f16x2x2(kB[c], a[1], a[3]);   // row jB
+            } else { a[0] = kA[2 * c]; a[2] = kA[2 * c + 1]; a[1] = kB[2 * c]; a[3] = kB[2 * c + 1]; }
 #pragma unroll
-            for (int b = 0; b < NB; b++) mma_16816(sc[b], a, qf[b][c][0], qf[b][c][1]);
+            for (int b = 0; b < NB; b++) {
+                if (QSM) {
+                    const uint2 f = *(const uint2*)&s_qf[qw][b * KC + c][lane][0];
+                    mma_16816(sc[b], a, f.x, f.y);
+                } else mma_16816(sc[b], a, qf[b][c][0], qf[b][c][1]);
+            }
         }
         float s[NB][2], mt[NB];
         bool need = false;
@@ -305,15 +342,20 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
         // O^T += V^T . P: tile i takes bytes 2i, 2i+1 of each V row slice (dims HD/8 gq + 2i, + 2i + 1)
 #pragma unroll
         for (int i = 0; i < NT; i++) {
-            const u32 sel = (i & 1) ? 0x7362u : 0x5140u;
             u32 a[4];
-            e4m3x4_to_f16x2x2(__byte_perm(vw[0][i >> 1], vw[1][i >> 1], sel), a[0], a[1]);   // positions 4tq, 4tq+1
-            e4m3x4_to_f16x2x2(__byte_perm(vw[2][i >> 1], vw[3][i >> 1], sel), a[2], a[3]);   // 4tq+2, 4tq+3
+            if (KVT == CALM_KV_FP8) {
+                const u32 sel = (i & 1) ? 0x7362u : 0x5140u;
+                e4m3x4_to_f16x2x2(__byte_perm(vw[0][i >> 1], vw[1][i >> 1], sel), a[0], a[1]);   // positions 4tq, 4tq+1
+                e4m3x4_to_f16x2x2(__byte_perm(vw[2][i >> 1], vw[3][i >> 1], sel), a[2], a[3]);   // 4tq+2, 4tq+3
+            } else {   // word i of each row: dims 2i (low half), 2i + 1 (high half)
+                a[0] = __byte_perm(vw[0][i], vw[1][i], 0x5410u); a[1] = __byte_perm(vw[0][i], vw[1][i], 0x7632u);
+                a[2] = __byte_perm(vw[2][i], vw[3][i], 0x5410u); a[3] = __byte_perm(vw[2][i], vw[3][i], 0x7632u);
+            }
 #pragma unroll
             for (int b = 0; b < NB; b++) mma_16816(acc[b][i], a, pb[b][0], pb[b][1]);
         }
         p0 += FD_WARPS * 16;
-        if (p0 < c1) fw_load_tile<HD>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB);
+        if (p0 < c1) fw_load_tile<HD, KVT>(p0, c1, gq, tq, kb, vb, ksb, vsb, kA, kB, vw, ksA, ksB, vsA, vsB);
     }
 
     FD_STAMP_V(2, l[0] + acc[0][0][0]);

@@ -4,7 +4,8 @@
 // 32 layers over 4 layers' distinct weights, one CUDA graph with programmatic dependent launch. The attention kernels
 // are compiled with phase stamps (FD_STAMP, kernels/attention_split.cuh: %globaltimer per block at entry, after
 // pdl_wait, keys read, warps merged, partial published, last block's merge written), and the step is timed with and
-// without the attention kernel, for an fp16 KV cache (attention_split_g4) and an fp8 one (attention_split_g4_fp8w_hd128),
+// without the attention kernel, for an fp16 KV cache (attention_split_g4, and attention_split_g4_f16w_hd128 on the tensor
+// cores) and an fp8 one (attention_split_g4_fp8w_hd128),
 // at positions 31 .. 32767.
 // The launch arguments mirror CudaKernels' launchers at the time of writing (as tools/probe/engine_chain.cu).
 // Build and run:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/att_trace tools/probe/att_trace.cu && /tmp/att_trace
@@ -89,8 +90,9 @@ int main(int argc, char** argv) {
     const long long layerBytes = 2LL * ((long long)QKV * D + (long long)D * H * Hd);
     std::vector<int> positions = {31, 255, 1023, 4095, 16383, 32767};
     std::vector<unsigned long long> tr(traceN);
-    for (int kv8 = 0; kv8 < 2; kv8++) {
-        printf("\n== %s KV cache (%s)\n", kv8 ? "fp8" : "fp16", kv8 ? "attention_split_g4_fp8w_hd128" : "attention_split_g4");
+    const char* kern[3] = {"attention_split_g4", "attention_split_g4_fp8w_hd128", "attention_split_g4_f16w_hd128"};
+    for (int kv8 = 0; kv8 < 3; kv8++) {   // 0 fp16 register kernel, 1 fp8 tensor cores, 2 fp16 tensor cores
+        printf("\n== %s KV cache (%s)\n", kv8 == 1 ? "fp8" : "fp16", kern[kv8]);
         printf("%6s | %9s %9s %7s | %7s %7s %7s %7s %7s %7s %7s %7s %7s | %6s\n", "pos", "step ms", "no-att ms", "att us",
                "lead", "q", "keys0", "keys", "keysMax", "merge", "publish", "final", "span", "active");
         for (int pos : positions) {
@@ -113,7 +115,10 @@ int main(int argc, char** argv) {
                     if (withAtt && !kv8)
                         launch((const void*)attention_split_g4, dim3(K, S, 1), 256, s, (const float*)qkv, (const u16*)kl, (const u16*)vl, attl, ws, Hh, Kk, Hdd, mc, zero, sc, Ss,
                                (const StepParams*)sp, zero, nullc, zero64);
-                    if (withAtt && kv8)
+                    if (withAtt && kv8 == 2)
+                        launch((const void*)attention_split_g4_f16w_hd128, dim3(K, S, 1), 256, s, (const float*)qkv, (const u16*)kl, (const u16*)vl, attl, ws, Hh, Kk, Hdd, mc, zero, sc, Ss,
+                               (const StepParams*)sp, zero, nullc, zero64);
+                    if (withAtt && kv8 == 1)
                         launch((const void*)attention_split_g4_fp8w_hd128, dim3(K, S, 1), 256, s, (const float*)qkv, kl8, vl8, attl, ws, Hh, Kk, Hdd, mc, zero, sc, Ss,
                                (const StepParams*)sp, ks, vs, zero, nullc, zero64);
                     launch((const void*)matvec_bf16_deep16, dim3(D / 8), 256, s, (const u16*)Wo[wl], (const float*)(withAtt ? attl : qkv), x, nullf, rows, cols, one, zero, early,

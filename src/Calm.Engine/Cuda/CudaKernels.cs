@@ -44,6 +44,13 @@ public sealed class CudaKernels : IDisposable
     /// CALM_ATT_FP8_WIDE=0 or the constructor's attentionFp8Wide: false. Takes precedence over
     /// <see cref="AttentionPipelined"/> for the shapes it serves.</summary>
     public bool AttentionFp8Wide { get; }
+    /// <summary>Split attention over the fp16 KV cache with the dot products on the tensor cores: the fp8 tensor-core
+    /// kernel with 2-byte rows (kernels/attention_split_fp8.cuh, attention_split_g*_f16w_hd*; sm_80+, head_dim 64 or
+    /// 128; other shapes keep the register-load kernel). On by default (H200, Llama-3.1-8B bf16, same call: 245.7 / 235.2
+    /// / 227.5 / 180.5 tok/s at context 0 / 1024 / 4096 / 32768 with the register kernel, 247.1 / 239.4 / 232.3 / 191.4
+    /// with this one; bench/RESULTS.md, 2026-11-30); off with CALM_ATT_F16_WIDE=0 or the constructor's
+    /// attentionF16Wide: false.</summary>
+    public bool AttentionF16Wide { get; }
     /// <summary>Split attention (register-load fp16/fp8 kernels and the tensor-core fp8 kernel): each warp asks L2 for
     /// its rows this many steps ahead of its loads (prefetch.global.L2), so more of the cache is in flight than the
     /// registers hold; 0 = no prefetch. Measured slower at every distance on the H200 (context 32768: fp16 KV 52.9 µs at
@@ -82,7 +89,7 @@ public sealed class CudaKernels : IDisposable
 
     public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int? attentionBlocksPerSm = null, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
                        bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null, bool? foldNorm = null, bool? attentionPrefetchNext = null,
-                       int? carveout = null)
+                       int? carveout = null, bool? attentionF16Wide = null)
     {
         Carveout = carveout ?? CudaKernel.CarveoutFromEnvironment();
         MatvecEarly = matvecEarly ?? Environment.GetEnvironmentVariable("CALM_MV_EARLY") != "0";
@@ -91,6 +98,7 @@ public sealed class CudaKernels : IDisposable
         AttentionPrefetch = Math.Clamp(attentionPrefetch ?? (int.TryParse(Environment.GetEnvironmentVariable("CALM_ATT_PREFETCH"), out var apf) ? apf : 0), 0, 8);
         AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
         AttentionFp8Wide = (attentionFp8Wide ?? Environment.GetEnvironmentVariable("CALM_ATT_FP8_WIDE") != "0") && arch >= 80;
+        AttentionF16Wide = (attentionF16Wide ?? Environment.GetEnvironmentVariable("CALM_ATT_F16_WIDE") != "0") && arch >= 80;
         MatvecDeep = matvecDeep ?? (Environment.GetEnvironmentVariable("CALM_MV_DEEP") switch { "0" => 0, "8" => 8, _ => 16 });
         if (MatvecDeep is not (0 or 8 or 16)) throw new ArgumentOutOfRangeException(nameof(matvecDeep), "matvec depth must be 0, 8 or 16");
         Context = ctx; Arch = arch;
@@ -111,7 +119,8 @@ public sealed class CudaKernels : IDisposable
                                          "matvec_qkv_rope_bf16", "matvec_qkv_rope_f16", "matvec_glu_bf16", "matvec_glu_f16",
                                          "rmsnorm", "qkv_rope_cache", "qkv_rope_cache_fp8", "attention_decode", "attention_decode_fp8", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async",
                                          "attention_split_g1_fp8", "attention_split_g2_fp8", "attention_split_g4_fp8", "attention_split_g8_fp8", "attention_split_g1_fp8_async", "attention_split_g2_fp8_async", "attention_split_g4_fp8_async", "attention_split_g8_fp8_async",
-                                         "attention_split_g4_fp8w_hd64", "attention_split_g4_fp8w_hd128", "attention_split_g4_fp8w_hd256", "attention_split_g8_fp8w_hd64", "attention_split_g8_fp8w_hd128", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
+                                         "attention_split_g4_fp8w_hd64", "attention_split_g4_fp8w_hd128", "attention_split_g4_fp8w_hd256", "attention_split_g8_fp8w_hd64", "attention_split_g8_fp8w_hd128",
+                                         "attention_split_g4_f16w_hd64", "attention_split_g4_f16w_hd128", "attention_split_g8_f16w_hd64", "attention_split_g8_f16w_hd128", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic", "fill_kv_fp8" })
                 _k[name] = Find(name);
             // kernels that call pdl_wait before touching earlier kernels' data (kernels/common.cuh)
@@ -242,6 +251,11 @@ public sealed class CudaKernels : IDisposable
     public static bool SplitAttentionFp8WideSupported(int H, int K, int Hd)
         => SplitAttentionSupported(H, K, Hd, true) && (Hd is 64 or 128 || (Hd == 256 && H / K <= 4));
 
+    /// <summary>Whether the tensor-core fp16 split kernel (<see cref="AttentionF16Wide"/>) takes this shape: a split-able
+    /// shape with head_dim 64 or 128.</summary>
+    public static bool SplitAttentionF16WideSupported(int H, int K, int Hd)
+        => SplitAttentionSupported(H, K, Hd) && Hd is 64 or 128;
+
     /// <summary>Query heads per block (MAXG of the kernel variant) and head groups per kv head (grid z).</summary>
     internal static (int MaxG, int Z) SplitGroups(int H, int K)
     {
@@ -315,6 +329,12 @@ public sealed class CudaKernels : IDisposable
         {
             var (maxg, z) = SplitGroups(H, K);
             int S = AttentionSplits(H, K);
+            if (AttentionF16Wide && SplitAttentionF16WideSupported(H, K, Hd))
+            {
+                _k["attention_split_g" + (maxg <= 4 ? 4 : 8) + "_f16w_hd" + Hd].Launch(s, (K, S, z), SplitThreads, 0, q, kCache, vCache, outp, workspace,
+                    H, K, Hd, maxCtx, window, scale, S, step, AttentionPrefetch, nextWeights, nextBytes);
+                return;
+            }
             if (AttentionPipelined)
             {
                 // dynamic shared memory: SplitStages x (K, V) x 256*U 16-byte vectors (U = 4 rows per stream, 2 for g8)

@@ -333,6 +333,21 @@ public class KernelTests
         CheckAttention(H, K, Hd, pos, window, split: true, blocksPerSm, pipelined: false);
     }
 
+    // the fp16 cache on the tensor cores (CudaKernels.AttentionF16Wide): head_dim 64 and 128, GQA groups of 1..16 (g4 and
+    // g8 kernels, two head groups), one chunk and many, sliding window, the first position, a tile cut by pos
+    [Theory]
+    [InlineData(8, 2, 128, 37, 0, 2)]
+    [InlineData(32, 8, 128, 3999, 0, 2)]   // Llama-3-8B heads at context 4000
+    [InlineData(32, 8, 128, 20000, 0, 2)]  // long: many tiles per warp
+    [InlineData(4, 1, 64, 300, 0, 8)]
+    [InlineData(12, 2, 64, 1000, 100, 2)]  // G = 6 (g8), window
+    [InlineData(16, 1, 128, 2000, 0, 1)]   // G = 16: two head groups
+    [InlineData(2, 2, 64, 500, 0, 4)]      // G = 1
+    [InlineData(8, 2, 128, 0, 0, 2)]       // first position
+    [InlineData(8, 4, 64, 16, 0, 2)]       // pos opens a tile
+    public void WideF16SplitAttentionMatchesReference(int H, int K, int Hd, int pos, int window, int blocksPerSm)
+        => CheckAttention(H, K, Hd, pos, window, split: true, blocksPerSm, pipelined: false, wide: true);
+
     // programmatic dependent launch: a chain matvec -> rmsnorm -> matvec (+= y) captured into a graph, each kernel
     // reading what the previous one wrote; launched early, a kernel that read before pdl_wait would see stale data
     [Theory]
@@ -374,12 +389,14 @@ public class KernelTests
         Gpu.Close(C.ToArray<float>(n), want, 1e-5, $"matvec -> rmsnorm -> matvec chain (pdl {pdl}, active {k.Programmatic})");
     }
 
-    private static void CheckAttention(int H, int K, int Hd, int pos, int window, bool split, int blocksPerSm, bool pipelined)
+    private static void CheckAttention(int H, int K, int Hd, int pos, int window, bool split, int blocksPerSm, bool pipelined, bool wide = false)
     {
         var why = CudaDeviceInfo.Unavailable();
         if (why is not null) Assert.Skip("No usable CUDA device: " + why);
         using var ctx = CudaContext.Acquire(0);
-        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, blocksPerSm, null, pipelined);
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, blocksPerSm, null, pipelined, attentionF16Wide: wide);
+        if (wide && !k.AttentionF16Wide) Assert.Skip($"the tensor-core fp16 attention needs sm_80 (this device is sm_{k.Arch})");
+        if (wide) Assert.True(CudaKernels.SplitAttentionF16WideSupported(H, K, Hd), "the tensor-core fp16 kernel should take this shape");
         using var s = new CudaStream(ctx);
         var r = Gpu.Rng();
         int maxCtx = Math.Max(320, pos + 17);

@@ -172,13 +172,17 @@ public class KvFp8GpuTests
     [InlineData(true, true, 16)]      // row pos opens a tile
     [InlineData(true, true, 1000)]
     [InlineData(true, true, 4097)]
+    [InlineData(false, true, 5)]      // fp16 on the tensor cores (AttentionF16Wide)
+    [InlineData(false, true, 16)]
+    [InlineData(false, true, 1000)]
+    [InlineData(false, true, 4097)]
     public void SplitAttentionReadsTheRowWrittenJustBefore(bool fp8, bool wide, int pos)
     {
         var why = CudaDeviceInfo.Unavailable();
         if (why is not null) Assert.Skip("No usable CUDA device: " + why);
         using var ctx = CudaContext.Acquire(0);
-        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, 2, null, false, attentionFp8Wide: wide);
-        if (wide && !k.AttentionFp8Wide) Assert.Skip($"the tensor-core fp8 attention needs sm_80 (this device is sm_{k.Arch})");
+        using var k = new CudaKernels(ctx, CudaDeviceInfo.List()[0].Arch, null, 2, null, false, attentionFp8Wide: wide, attentionF16Wide: wide && !fp8);
+        if (wide && !(fp8 ? k.AttentionFp8Wide : k.AttentionF16Wide)) Assert.Skip($"the tensor-core attention needs sm_80 (this device is sm_{k.Arch})");
         using var s = new CudaStream(ctx);
         var r = Gpu.Rng();
         const int H = 32, K = 8, Hd = 128;
@@ -265,7 +269,7 @@ public class KvFp8GpuTests
             }
         });
         Gpu.Close(O.ToArray<float>(H * Hd), want, 1e-5,
-            $"{(fp8 ? wide ? "fp8 tensor-core" : "fp8" : "fp16")} split attention after the KV write in one graph (programmatic {k.Programmatic}), pos {pos}");
+            $"{(fp8 ? "fp8" : "fp16")}{(wide ? " tensor-core" : "")} split attention after the KV write in one graph (programmatic {k.Programmatic}), pos {pos}");
     }
 
     private static void CheckFp8Attention(int H, int K, int Hd, int pos, int window, bool split, bool pipelined, bool wide, int spread = 0)
