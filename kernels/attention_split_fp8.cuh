@@ -1,7 +1,9 @@
 // attention_split_fp8.cuh: the split (flash-decoding) decode attention over an fp8 (e4m3) KV cache with the dot
 // products on the tensor cores ("wide" fp8 kernels attention_split_g{4,8}_fp8w_hd{64,128,256}; CudaKernels chooses
-// them with AttentionFp8Wide / CALM_ATT_FP8_WIDE=1). Grid, chunks, workspace and the merge of the chunks are those of
-// attention_split_impl (attention_split.cuh); the kernels take the same arguments as attention_split_g*_fp8.
+// them with AttentionFp8Wide / CALM_ATT_FP8_WIDE), and the same over an fp16 cache (KVT CALM_KV_F16: the
+// attention_split_g{4,8}_f16w_hd{64,128} kernels, AttentionF16Wide / CALM_ATT_F16_WIDE; the differences are at FW_ES).
+// Grid, chunks, workspace and the merge of the chunks are those of attention_split_impl (attention_split.cuh); the
+// kernels take the same arguments as attention_split_g*_fp8 (the f16 ones those of attention_split_g*).
 //
 // Why: the 8-elements-per-lane fp8 kernel does the fp16 kernel's per-row work (fp32 FMAs for every query head,
 // a shuffle tree per row, the online softmax per row-stream, fp8 -> f32 conversions) on half the bytes per row, so it
