@@ -232,7 +232,7 @@ __device__ __forceinline__ int fd_count_acq_rel(int* p) {
     return old;
 #endif
 }
-#define FD_MERGE_BATCH 8   // splits whose partials a merging thread reads at once (Llama-3-8B on 132 SMs: 32 splits, R = 2)
+#define FD_MERGE_BATCH 9   // splits whose partials a merging thread reads at once (Llama-3-8B on 132 SMs: 33 splits, R = 2: two rounds)
 
 // The end of a split-attention block once s_m (each warp's max per head), s_l and s_acc (the block's sum and
 // unnormalised output per head, at the block max) are in place: the output with one chunk, else this block's partial
@@ -523,8 +523,10 @@ __device__ __forceinline__ void attention_split_impl(const float* q, const u16* 
 #pragma unroll
         for (int g = 0; g < MAXG; g++) s_m[warp][g] = m[g];
     }
-    for (int i = threadIdx.x; i < MAXG * FD_ACC_STRIDE; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
-    if (threadIdx.x < MAXG) s_l[threadIdx.x] = 0.f;
+    if (Hd > 128) {   // the turns below add into s_acc and s_l; the tree assigns every element fd_finish reads
+        for (int i = threadIdx.x; i < MAXG * FD_ACC_STRIDE; i += FD_THREADS) (&s_acc[0][0])[i] = 0.f;
+        if (threadIdx.x < MAXG) s_l[threadIdx.x] = 0.f;
+    }
     __syncthreads();
     FD_STAMP(7);
     float f[MAXG];
