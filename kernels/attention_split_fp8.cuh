@@ -149,7 +149,8 @@ __device__ __forceinline__ void fw_prefetch_tile(int p, int c1, const unsigned c
     if (KVT == CALM_KV_FP8) prefetch_l2_warp(lane < 16 ? (const void*)(ksb + p) : (const void*)(vsb + p), 4, lane & 15);
 }
 
-// kCache/vCache: this layer's [K, maxCtx, HD] e4m3 bytes; kScale/vScale: its row scales [K, maxCtx] f32.
+// kCache/vCache: this layer's [K, maxCtx, HD] e4m3 bytes; kScale/vScale: its row scales [K, maxCtx] f32 (KVT
+// CALM_KV_F16: fp16 rows, no scales).
 // MAXG 4 (G <= 4: one n8 block) or 8 (two); HD 64, 128 or 256.
 // EARLY: as attention_split_impl's (the first tile's rows before pos are requested before pdl_wait).
 template <int MAXG, int HD, bool EARLY = false, int KVT = CALM_KV_FP8>
