@@ -82,6 +82,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     public bool AttentionPipelined => _k?.AttentionPipelined ?? false;
     /// <summary>Whether fp8 KV split attention runs the tensor-core kernel (CudaKernels.AttentionFp8Wide; on by default, CALM_ATT_FP8_WIDE=0 for the 8-per-lane kernel).</summary>
     public bool AttentionFp8Wide => _k?.AttentionFp8Wide ?? false;
+    /// <summary>Whether fp16 KV split attention runs the tensor-core kernel where the shape allows (CudaKernels.AttentionF16Wide;
+    /// on by default, CALM_ATT_F16_WIDE=0 for the register-load kernel).</summary>
+    public bool AttentionF16Wide => _k?.AttentionF16Wide ?? false;
     /// <summary>RMSNorm fused into the matvec that reads it (qkv, gate_up, lm_head). Measured slower on the H200
     /// (the deep kernel spills with the norm weights, and every block re-reduces x), so only with CALM_FUSE_NORM=1.</summary>
     public bool FuseNorm { get; } = Environment.GetEnvironmentVariable("CALM_FUSE_NORM") == "1";

@@ -53,6 +53,20 @@ public class NoGpuTests
     public void Fp8WideSplitAttentionShapes(int H, int K, int Hd, bool taken)
         => Assert.Equal(taken, CudaKernels.SplitAttentionFp8WideSupported(H, K, Hd));
 
+    /// <summary>The shapes the tensor-core fp16 split attention takes (CudaKernels.AttentionF16Wide): split-able shapes
+    /// with head_dim 64 or 128 (g4 kernels for G up to 4, g8 with head groups beyond); the others keep the register kernel.</summary>
+    [Theory]
+    [InlineData(32, 8, 128, true)]     // Llama-3-8B
+    [InlineData(32, 8, 64, true)]      // Llama-3.2-1B
+    [InlineData(8, 8, 128, true)]      // G = 1
+    [InlineData(48, 2, 128, true)]     // G = 24: three head groups
+    [InlineData(8, 2, 256, false)]     // head_dim 256: a tile's loads alone would take 128 registers
+    [InlineData(4, 2, 96, false)]
+    [InlineData(4, 2, 32, false)]
+    [InlineData(6, 4, 128, false)]     // H not a multiple of K
+    public void F16WideSplitAttentionShapes(int H, int K, int Hd, bool taken)
+        => Assert.Equal(taken, CudaKernels.SplitAttentionF16WideSupported(H, K, Hd));
+
     /// <summary>The shapes the warp-per-head qkv_rope_rows_hd* kernels take (CudaPrefillKernels.QkvRowsWarpTakes): head_dim
     /// 32/64/96/128/256, rotDim/2 a multiple of head_dim/32, 16-byte aligned buffers; the others keep qkv_rope_rows.</summary>
     [Theory]
