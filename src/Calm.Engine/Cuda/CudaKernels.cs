@@ -46,11 +46,14 @@ public sealed class CudaKernels : IDisposable
     public bool AttentionFp8Wide { get; }
     /// <summary>Split attention over the fp16 KV cache with the dot products on the tensor cores: the fp8 tensor-core
     /// kernel with 2-byte rows (kernels/attention_split_fp8.cuh, attention_split_g*_f16w_hd*; sm_80+, head_dim 64 or
-    /// 128; other shapes keep the register-load kernel). On by default (H200, Llama-3.1-8B bf16, same call: 245.7 / 235.2
-    /// / 227.5 / 180.5 tok/s at context 0 / 1024 / 4096 / 32768 with the register kernel, 247.1 / 239.4 / 232.3 / 191.4
-    /// with this one; bench/RESULTS.md, 2026-11-30); off with CALM_ATT_F16_WIDE=0 or the constructor's
-    /// attentionF16Wide: false.</summary>
+    /// 128; other shapes keep the register-load kernel). On by default (H200, Llama-3.1-8B bf16, same call: 245.8 / 227.6
+    /// / 180.6 tok/s at context 0 / 4096 / 32768 with the register kernel, 247.4 / 232.0 / 192.4 with this one;
+    /// bench/RESULTS.md, 2026-11-30); off with CALM_ATT_F16_WIDE=0 or the constructor's attentionF16Wide: false.</summary>
     public bool AttentionF16Wide { get; }
+    /// <summary>Whether <see cref="AttentionF16Wide"/> is on for a device of this compute capability: <paramref name="value"/>
+    /// when given, else unless CALM_ATT_F16_WIDE=0; never below sm_80.</summary>
+    public static bool AttentionF16WideOn(bool? value, int arch)
+        => (value ?? Environment.GetEnvironmentVariable("CALM_ATT_F16_WIDE") != "0") && arch >= 80;
     /// <summary>Split attention (register-load fp16/fp8 kernels and the tensor-core fp8 kernel): each warp asks L2 for
     /// its rows this many steps ahead of its loads (prefetch.global.L2), so more of the cache is in flight than the
     /// registers hold; 0 = no prefetch. Measured slower at every distance on the H200 (context 32768: fp16 KV 52.9 µs at
@@ -98,7 +101,7 @@ public sealed class CudaKernels : IDisposable
         AttentionPrefetch = Math.Clamp(attentionPrefetch ?? (int.TryParse(Environment.GetEnvironmentVariable("CALM_ATT_PREFETCH"), out var apf) ? apf : 0), 0, 8);
         AttentionPipelined = (attentionPipelined ?? Environment.GetEnvironmentVariable("CALM_ATT_ASYNC") == "1") && arch >= 80;
         AttentionFp8Wide = (attentionFp8Wide ?? Environment.GetEnvironmentVariable("CALM_ATT_FP8_WIDE") != "0") && arch >= 80;
-        AttentionF16Wide = (attentionF16Wide ?? Environment.GetEnvironmentVariable("CALM_ATT_F16_WIDE") != "0") && arch >= 80;
+        AttentionF16Wide = AttentionF16WideOn(attentionF16Wide, arch);
         MatvecDeep = matvecDeep ?? (Environment.GetEnvironmentVariable("CALM_MV_DEEP") switch { "0" => 0, "8" => 8, _ => 16 });
         if (MatvecDeep is not (0 or 8 or 16)) throw new ArgumentOutOfRangeException(nameof(matvecDeep), "matvec depth must be 0, 8 or 16");
         Context = ctx; Arch = arch;

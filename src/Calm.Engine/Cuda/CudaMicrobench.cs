@@ -62,8 +62,9 @@ public static class CudaMicrobench
         long cache = (long)kvHeads * context * headDim * 2;      // one of K or V, fp16
         long bytes = 2 * cache + 2L * heads * headDim * 4;
         float scale = 1f / MathF.Sqrt(headDim);
-        // the tensor-core fp16 kernel (CudaKernels.AttentionF16Wide, on unless CALM_ATT_F16_WIDE=0) takes precedence for its shapes
-        bool wide = Environment.GetEnvironmentVariable("CALM_ATT_F16_WIDE") != "0" && CudaKernels.SplitAttentionF16WideSupported(heads, kvHeads, headDim);
+        // the tensor-core fp16 kernel (CudaKernels.AttentionF16Wide) takes precedence for its shapes
+        int arch = CudaDeviceInfo.Unavailable() is null ? CudaDeviceInfo.List().FirstOrDefault(d => d.Index == device)?.Arch ?? 0 : 0;   // Run reports a missing device
+        bool wide = CudaKernels.AttentionF16WideOn(null, arch) && CudaKernels.SplitAttentionF16WideSupported(heads, kvHeads, headDim);
         return Run(split ? (wide ? "attention_split_f16w" : pipelined == false ? "attention_split" : "attention_split_async") : "attention_decode", 2 * cache, bytes, repeat, device, ct, (k, s, b, i) =>
             k.Attention(s, b.X, b.W[i], b.W[i] + (ulong)cache, b.Y, heads, kvHeads, headDim, context, 0, scale, b.Step, b.Ws),
             (k, s, ctx, copies) =>
