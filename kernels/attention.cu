@@ -144,7 +144,7 @@ FD_KERNEL(attention_split_g8, 8, 2, 1)
 
 // fp8 KV cache on the tensor cores (attention_split_fp8.cuh): the g4 kernels serve 1 to 4 query heads per kv head,
 // g8 up to 8 per head group; the same arguments as attention_split_g*_fp8 (Hd must be the kernel's HD). Registers
-// (sm_90, NVRTC 11.8, no spills): g4 hd64 95, hd128 117 (2 blocks/SM), hd256 203; g8 hd64 119, hd128 181 (1 block/SM);
+// (sm_90, NVRTC 11.8, no spills): g4 hd64 110, hd128 126 (2 blocks/SM), hd256 205; g8 hd64 119, hd128 182 (1 block/SM);
 // no g8 hd256 (it would spill: q and the accumulators alone are 192 registers), that shape keeps attention_split_g8_fp8.
 #define FW_KERNEL(MAXG, HD, MINB)                                                                                       \
     extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
@@ -159,7 +159,7 @@ FD_KERNEL(attention_split_g8, 8, 2, 1)
     }
 // fp16 KV cache on the tensor cores: the same kernel with 2-byte rows (attention_split_fp8.cuh, KVT CALM_KV_F16); the
 // arguments of attention_split_g* (no scales). head_dim 64 and 128 (256 would need 128 registers for a tile's loads).
-// Registers (sm_90, NVRTC 11.8, no spills): g4 hd64 96, hd128 128 (q's fragments in shared memory), g8 hd64 118, hd128 184.
+// Registers (sm_90, NVRTC 11.8, no spills): g4 hd64 124, hd128 128 (q's fragments in shared memory), g8 hd64 128, hd128 184.
 #define FW16_KERNEL(MAXG, HD, MINB)                                                                                     \
     extern "C" __global__ void __launch_bounds__(FD_THREADS, MINB)                                                    \
     attention_split_g##MAXG##_f16w_hd##HD(const float* q, const u16* kCache, const u16* vCache, float* out, float* ws, \

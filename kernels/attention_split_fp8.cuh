@@ -218,18 +218,28 @@ __device__ __forceinline__ void attention_split_fp8w_impl(const float* q, const 
     __shared__ __align__(8) u32 s_qf[QPW ? FD_WARPS : 1][QSM ? NB * KC : 1][32][2];
     const int qw = QPW ? warp : 0;
     u32 qf[QSM ? 1 : NB][QSM ? 1 : KC][2];
+    // q of the block's ng heads (contiguous, ng * HD floats) comes from L2 once per block, one 16-byte load per
+    // thread (.cg as attention_split_impl), into shared memory, and the lanes take their pieces from there: each lane
+    // reading its own KC pieces from L2 made 16 times the requests, and q arrived later (at 4095 positions 5.3 -> 4.8
+    // us after the wait in the f16 kernel, 3.2 -> 2.3 in the fp8 one; bench/RESULTS.md, twelfth session)
+    __shared__ __align__(16) float s_q[MAXG][HD];
+    {
+        const float* qb = q + (long long)(kh * G + g0) * HD;
+        for (int i = threadIdx.x; i < ng * (HD / 4); i += FD_THREADS) *(calm_f4*)(&s_q[0][0] + 4 * i) = ld_cg_f4(qb + 4 * i);
+        __syncthreads();
+    }
     float qinv[NB];   // 2^-e of head 4b + tq (the head of this lane's scores)
 #pragma unroll
     for (int b = 0; b < NB; b++) {
         const int hb = 4 * b + (gq >> 1);
         const bool use = hb < ng;
-        const float* qh = q + (long long)(kh * G + g0 + (use ? hb : 0)) * HD;
+        const float* qh = &s_q[use ? hb : 0][0];   // row 0 is always written (a row past ng is not)
         const float f = use ? sl : 0.f;
         float qv[KC][4];
         float amax = 0.f;
 #pragma unroll
         for (int c = 0; c < KC; c++) {
-            calm_f4 v = ld_cg_f4(qh + fw_kdim<KVT>(c, tq));   // .cg as attention_split_impl
+            calm_f4 v = *(const calm_f4*)(qh + fw_kdim<KVT>(c, tq));
             qv[c][0] = v.x * f; qv[c][1] = v.y * f; qv[c][2] = v.z * f; qv[c][3] = v.w * f;
             amax = fmaxf(amax, fmaxf(fmaxf(fabsf(qv[c][0]), fabsf(qv[c][1])), fmaxf(fabsf(qv[c][2]), fabsf(qv[c][3]))));
         }
