@@ -50,11 +50,9 @@ extern "C" __global__ void add_inplace(float* y, const float* x, int n) {
 }
 
 // Mixtral routing. logits [E] f32 -> idx [k] int, weight [k] f32: softmax over all E, the k largest (ties: lower
-// expert), renormalised to sum 1. E <= 1024. One warp.
-extern "C" __global__ void moe_route(const float* logits, int E, int k, int* idx, float* weight) {
-    PDL_ENTER();
-    __shared__ float p[1024];
-    int lane = threadIdx.x;
+// expert), renormalised to sum 1. E <= 1024. One warp (all 32 lanes call it); p: E floats of shared scratch.
+__device__ __forceinline__ void moe_route_warp(const float* logits, int E, int k, int* idx, float* weight, float* p) {
+    int lane = threadIdx.x & 31;
     float mx = -CALM_INF;
     for (int e = lane; e < E; e += 32) mx = fmaxf(mx, logits[e]);
     mx = warp_max(mx);
@@ -73,6 +71,89 @@ extern "C" __global__ void moe_route(const float* logits, int E, int k, int* idx
     }
     __syncwarp();
     if (lane == 0) for (int s = 0; s < k; s++) weight[s] = weight[s] / chosen;
+}
+extern "C" __global__ void moe_route(const float* logits, int E, int k, int* idx, float* weight) {
+    PDL_ENTER();
+    __shared__ float p[1024];
+    moe_route_warp(logits, E, k, idx, weight, p);
+}
+
+// The gate of a MoE layer in one block of MOE_GATE_THREADS (CudaKernels.MoeGate): the FFN's RMSNorm (the rmsnorm
+// kernel's arithmetic: the same block sum, xn = x * r * g), written to xn for the experts; the router's logits [E] =
+// R xn (f32 sums; written to logits); then moe_route's softmax, top-k and renormalisation (warp 0). It replaces
+// rmsnorm, the router matvec and moe_route: three single-block kernels in a row, whose launches and waits cost more
+// than their work. A router row is cut among nw / E warps (32 warps, E = 8: 4), each taking 8-element vectors 32
+// apart (16-byte loads of a bf16/f16 router where D % 8 == 0 and x, g, R are 16-byte aligned; else element by
+// element); the warps' partial sums meet in shared memory in a fixed order. R [E, D] in DT (CALM_BF16 / CALM_F16 /
+// CALM_F32); E <= 1024.
+#define MOE_GATE_THREADS 1024
+template <int DT>
+__device__ __forceinline__ float moe_gate_elem(const void* R, long long i) {
+    if (DT == CALM_F32) return ((const float*)R)[i];
+    return load_elem<DT == CALM_F32 ? CALM_BF16 : DT>((const u16*)R, i);
+}
+template <int DT>
+__device__ __forceinline__ void moe_gate_impl(const float* x, const float* g, float eps, int addOne, const void* R, int E, int D,
+                                              int k, float* xn, float* logits, int* idx, float* weight) {
+    PDL_ENTER();
+    __shared__ float s_logit[1024];
+    __shared__ float s_p[1024];
+    __shared__ float s_part[MOE_GATE_THREADS / 32];
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) { float v = x[i]; ss = fmaf(v, v, ss); }
+    ss = block_sum(ss);
+    const float r = rsqrtf(ss / (float)D + eps);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) xn[i] = x[i] * r * gain(g[i], addOne);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int wpr = max(1, nw / E);      // warps per row
+    const int rpr = nw / wpr;            // rows per round
+    const bool vec = DT != CALM_F32 && (D & 7) == 0 && (((unsigned long long)x | (unsigned long long)g | (unsigned long long)R) & 15) == 0;
+    for (int e0 = 0; e0 < E; e0 += rpr) {
+        const int e = e0 + warp / wpr, part = warp - (warp / wpr) * wpr;
+        float a = 0.f;
+        if (warp < rpr * wpr && e < E) {
+            if (vec) {
+                const calm_u4* rv = (const calm_u4*)((const u16*)R + (long long)e * D);
+                for (int v = lane + 32 * part; v < (D >> 3); v += 32 * wpr) {
+                    const calm_u4 w = ldg_u4(rv + v);
+                    const calm_f4 xa = *(const calm_f4*)(x + 8 * v), xb = *(const calm_f4*)(x + 8 * v + 4);
+                    const calm_f4 ga = *(const calm_f4*)(g + 8 * v), gb = *(const calm_f4*)(g + 8 * v + 4);
+                    const float xv[8] = { xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w };
+                    const float gv[8] = { ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w };
+                    const u32 wd[4] = { w.x, w.y, w.z, w.w };
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        float w0, w1;
+                        unpack2<DT == CALM_F32 ? CALM_BF16 : DT>(wd[j], w0, w1);
+                        a = fmaf(w0, xv[2 * j] * r * gain(gv[2 * j], addOne), a);
+                        a = fmaf(w1, xv[2 * j + 1] * r * gain(gv[2 * j + 1], addOne), a);
+                    }
+                }
+            } else {
+                for (int i = lane + 32 * part; i < D; i += 32 * wpr) a = fmaf(moe_gate_elem<DT>(R, (long long)e * D + i), x[i] * r * gain(g[i], addOne), a);
+            }
+            a = warp_sum(a);
+        }
+        if (lane == 0) s_part[warp] = a;
+        __syncthreads();
+        if (threadIdx.x < rpr && e0 + (int)threadIdx.x < E) {
+            float t = 0.f;
+            for (int w = 0; w < wpr; w++) t += s_part[threadIdx.x * wpr + w];
+            s_logit[e0 + threadIdx.x] = t;
+            logits[e0 + threadIdx.x] = t;
+        }
+        __syncthreads();
+    }
+    if (warp == 0) moe_route_warp(s_logit, E, k, idx, weight, s_p);
+}
+extern "C" __global__ void __launch_bounds__(MOE_GATE_THREADS) moe_gate_bf16(const float* x, const float* g, float eps, int addOne, const void* R, int E, int D, int k, float* xn, float* logits, int* idx, float* weight) {
+    moe_gate_impl<CALM_BF16>(x, g, eps, addOne, R, E, D, k, xn, logits, idx, weight);
+}
+extern "C" __global__ void __launch_bounds__(MOE_GATE_THREADS) moe_gate_f16(const float* x, const float* g, float eps, int addOne, const void* R, int E, int D, int k, float* xn, float* logits, int* idx, float* weight) {
+    moe_gate_impl<CALM_F16>(x, g, eps, addOne, R, E, D, k, xn, logits, idx, weight);
+}
+extern "C" __global__ void __launch_bounds__(MOE_GATE_THREADS) moe_gate_f32(const float* x, const float* g, float eps, int addOne, const void* R, int E, int D, int k, float* xn, float* logits, int* idx, float* weight) {
+    moe_gate_impl<CALM_F32>(x, g, eps, addOne, R, E, D, k, xn, logits, idx, weight);
 }
 
 // x [D] += sum_s weight[s] * eo[s, D]   (MoE expert outputs into the residual stream)

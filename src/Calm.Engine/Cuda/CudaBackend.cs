@@ -536,13 +536,13 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         // the same fusion for fp8/int4 weights: the tensor-core kernels' QKV mode (CALM_FUSE_PAIRS=0 turns both off)
         bool quantQkv = k.FusePairs && !FuseNorm && _qk is not null && DTypes.IsQuantized(_wt) && !_kvFp8 && !c.QkNorm
                         && c.RotaryDim == c.HeadDim && _qk.QkvRopeSupported(_wt, D, c.HeadDim);
-        // quantized gate_up with the activation fused (tensor-core kernels, CudaQuantKernels.MatvecGlu): on for dense
-        // models (Llama-3-8B fp8 362.7 vs 359.8 tok/s, int4 422.7 vs 418.0 on the H200, bench/RESULTS.md 2026-11-29
-        // fourth session), off for MoE (Mixtral-8x7B fp8 53.0% vs 58.9% with the fused expert kernel, second session).
-        // CALM_QUANT_GLU=0: never, =1: MoE too.
+        // quantized gate_up with the activation fused (tensor-core kernels, CudaQuantKernels.MatvecGlu / MoeMatvecGlu):
+        // dense models (Llama-3-8B fp8 362.7 vs 359.8 tok/s, int4 422.7 vs 418.0 on the H200, bench/RESULTS.md
+        // 2026-11-29 fourth session) and MoE experts (Mixtral-8x7B fp8 240.6 -> 242.8 tok/s, twelfth session; the second
+        // session's fused expert kernel had been slower). CALM_QUANT_GLU=0: never, =dense: dense models only.
         var gluEnv = Environment.GetEnvironmentVariable("CALM_QUANT_GLU");
         bool quantGlu = !FuseNorm && _qk is not null && DTypes.IsQuantized(_wt) && _qk.GluSupported(_wt, D)
-                        && (c.IsMoE ? gluEnv == "1" : gluEnv != "0");
+                        && gluEnv != "0" && !(c.IsMoE && gluEnv == "dense");
         for (int l = 0; l < c.NumLayers; l++)
         {
             var L = _layers[l];
@@ -566,7 +566,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
                         L.Wo, ValueBytes(_wt, D, Q));
             if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wo, _att, _x, L.Bo, D, Q, true, Prod(L.FfnNorm));
             sums = layerSums;
-            if (!fold && (!FuseNorm || c.IsMoE)) { if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne); }
+            bool moeGate = c.IsMoE && k.MoeGateFused;   // the norm, router and routing in one kernel (CudaKernels.MoeGate)
+            if (!fold && (!FuseNorm || c.IsMoE) && !moeGate) { if (W(Stages.Other)) k.RmsNorm(s, _x, L.FfnNorm, _xn, D, eps, c.NormAddOne); }
             if (!c.IsMoE)
             {
                 if (FuseNorm) { if (W(Stages.Ffn)) k.MatvecNorm(s, _wt, L.Wgu, _x, _gu, L.Bgu, 2 * Fi, D, false, L.FfnNorm, eps, c.NormAddOne); }
@@ -580,8 +581,12 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             else
             {
                 int E = c.NumExperts, top = c.NumExpertsPerToken;
-                if (W(Stages.Ffn)) k.Matvec(s, _routerDt, L.Router, _xn, _rl, 0, E, D, false);
-                if (W(Stages.Ffn)) k.MoeRoute(s, _rl, E, top, _idx, _wts);
+                if (moeGate) { if (W(Stages.Ffn)) k.MoeGate(s, _routerDt, L.Router, _x, L.FfnNorm, eps, c.NormAddOne, _xn, _rl, E, D, top, _idx, _wts); }
+                else
+                {
+                    if (W(Stages.Ffn)) k.Matvec(s, _routerDt, L.Router, _xn, _rl, 0, E, D, false);
+                    if (W(Stages.Ffn)) k.MoeRoute(s, _rl, E, top, _idx, _wts);
+                }
                 if (quantGlu) { if (W(Stages.Ffn)) _qk!.MoeMatvecGlu(s, _wt, L.ExpertGu, _scaleOf[L.ExpertGu], _idx, _xn, 0, _h, Fi, D, top, c.HiddenAct); }
                 else
                 {

@@ -78,6 +78,11 @@ public sealed class CudaKernels : IDisposable
     /// driver's choice, 376.5 with 100, 330.7 with 0; fp8 398.7 / 278.8 / 290.9; bench/RESULTS.md, tenth session): kept
     /// for comparison only.</summary>
     public int? Carveout { get; }
+    /// <summary>MoE layers: the FFN norm, the router and the routing in one kernel (<see cref="MoeGate"/>) instead of
+    /// RmsNorm + Matvec + MoeRoute. On unless CALM_MOE_GATE=0 or the constructor's moeGate: false. Measured neutral on
+    /// the H200 with programmatic launch (Mixtral-8x7B fp8, same call, two rounds: 242.7 / 242.4 tok/s on, 242.5 / 242.5
+    /// off; bench/RESULTS.md, twelfth session); on for the two kernels per layer it saves.</summary>
+    public bool MoeGateFused { get; }
     private int Early => MatvecEarly && Programmatic ? 1 : 0;
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
     /// kernels, used for bf16/f16 rows of at least 256*depth columns. Default 16 (CALM_MV_DEEP=0/8 to change):
@@ -92,8 +97,9 @@ public sealed class CudaKernels : IDisposable
 
     public CudaKernels(CudaContext ctx, int arch, Action<string>? verbose = null, int? attentionBlocksPerSm = null, bool? pdl = null, bool? attentionPipelined = null, int? matvecDeep = null,
                        bool? attentionFp8Wide = null, int? attentionPrefetch = null, bool? matvecEarly = null, bool? foldNorm = null, bool? attentionPrefetchNext = null,
-                       int? carveout = null, bool? attentionF16Wide = null)
+                       int? carveout = null, bool? attentionF16Wide = null, bool? moeGate = null)
     {
+        MoeGateFused = moeGate ?? Environment.GetEnvironmentVariable("CALM_MOE_GATE") != "0";
         Carveout = carveout ?? CudaKernel.CarveoutFromEnvironment();
         MatvecEarly = matvecEarly ?? Environment.GetEnvironmentVariable("CALM_MV_EARLY") != "0";
         FoldNorm = foldNorm ?? Environment.GetEnvironmentVariable("CALM_FOLD_NORM") != "0";
@@ -123,7 +129,7 @@ public sealed class CudaKernels : IDisposable
                                          "rmsnorm", "qkv_rope_cache", "qkv_rope_cache_fp8", "attention_decode", "attention_decode_fp8", "attention_split_g1", "attention_split_g2", "attention_split_g4", "attention_split_g8", "attention_split_g1_async", "attention_split_g2_async", "attention_split_g4_async", "attention_split_g8_async",
                                          "attention_split_g1_fp8", "attention_split_g2_fp8", "attention_split_g4_fp8", "attention_split_g8_fp8", "attention_split_g1_fp8_async", "attention_split_g2_fp8_async", "attention_split_g4_fp8_async", "attention_split_g8_fp8_async",
                                          "attention_split_g4_fp8w_hd64", "attention_split_g4_fp8w_hd128", "attention_split_g4_fp8w_hd256", "attention_split_g8_fp8w_hd64", "attention_split_g8_fp8w_hd128",
-                                         "attention_split_g4_f16w_hd64", "attention_split_g4_f16w_hd128", "attention_split_g8_f16w_hd64", "attention_split_g8_f16w_hd128", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine",
+                                         "attention_split_g4_f16w_hd64", "attention_split_g4_f16w_hd128", "attention_split_g8_f16w_hd64", "attention_split_g8_f16w_hd128", "embed_bf16", "embed_f16", "embed_f32", "bw_read", "bw_copy", "gate_act", "add_inplace", "moe_route", "moe_combine", "moe_gate_bf16", "moe_gate_f16", "moe_gate_f32",
                                          "convert_to_f32", "argmax_partial", "argmax_final", "topk_partial", "topk_final", "fill_synthetic", "fill_kv_fp8" })
                 _k[name] = Find(name);
             // kernels that call pdl_wait before touching earlier kernels' data (kernels/common.cuh)
@@ -371,6 +377,25 @@ public sealed class CudaKernels : IDisposable
         if (E > 1024) throw new NotSupportedException($"{E} experts > 1024");
         _k["moe_route"].Launch(s, 1, 32, 0, logits, E, k, idx, weight);
     }
+
+    /// <summary>The gate of a MoE layer in one kernel (kernels/elementwise.cu, moe_gate_*): xn [D] = RMSNorm(x) * g (the
+    /// <see cref="RmsNorm"/> arithmetic), logits [E] = router [E, D] (<paramref name="routerDt"/>) . xn, then
+    /// <see cref="MoeRoute"/>'s idx [k] and weight [k]. Replaces RmsNorm + Matvec + MoeRoute (<see cref="MoeGateFused"/>).</summary>
+    public void MoeGate(CudaStream s, DType routerDt, ulong router, ulong x, ulong g, float eps, bool addOne, ulong xn, ulong logits, int E, int D, int k, ulong idx, ulong weight)
+    {
+        if (E > 1024) throw new NotSupportedException($"{E} experts > 1024");
+        string name = routerDt switch
+        {
+            DType.BF16 => "moe_gate_bf16",
+            DType.F16 => "moe_gate_f16",
+            DType.F32 => "moe_gate_f32",
+            _ => throw new NotSupportedException($"MoE router dtype {DTypes.Name(routerDt)}")
+        };
+        _k[name].Launch(s, 1, MoeGateThreads, 0, x, g, eps, addOne ? 1 : 0, router, E, D, k, xn, logits, idx, weight);
+    }
+
+    /// <summary>Threads of the moe_gate block (MOE_GATE_THREADS in kernels/elementwise.cu).</summary>
+    public const int MoeGateThreads = 1024;
 
     /// <summary>x [D] += sum_s weight[s] * eo [s, D].</summary>
     public void MoeCombine(CudaStream s, ulong x, ulong eo, ulong weight, int k, int D)

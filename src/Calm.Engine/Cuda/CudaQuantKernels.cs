@@ -73,6 +73,12 @@ public sealed class CudaQuantKernels : IDisposable
     /// same call: int4 463.4 → 480.5 tok/s (over an int4 dequantisation since reverted), fp8 374.1 → 377.8
     /// (bench/RESULTS.md 2026-11-29, sixth session; with the trigger at the kernels' start it had been slower).</summary>
     public bool Programmatic { get; }
+    /// <summary>With <see cref="Programmatic"/>: the MoE experts' tensor-core kernels launch programmatically too
+    /// (CALM_MOE_PDL=0 off). They wait for the routing before anything else (the expert ids choose their weights, so no
+    /// early loads), but their launch and block placement overlap the previous kernel. Not block-capped. Mixtral-8x7B
+    /// fp8 on the H200, same call, two rounds: 241.6 / 241.7 → 242.7 / 242.4 tok/s at context 0, 224.4 / 224.6 →
+    /// 226.4 / 226.3 at 4096 (bench/RESULTS.md, twelfth session).</summary>
+    public bool MoeProgrammatic { get; }
     /// <summary>Whether the tensor-core launches of <paramref name="wt"/> ask for dynamic shared memory they do not use so
     /// that no more of their blocks fit on a multiprocessor than the grid needs (ceil(blocks / SMs)): under programmatic
     /// launch a kernel's blocks start where the previous kernel's leave first, and uncapped the early SMs take several
@@ -106,6 +112,7 @@ public sealed class CudaQuantKernels : IDisposable
         Int4StageX = int4StageX ?? Environment.GetEnvironmentVariable("CALM_INT4_XS") == "1";
         Fp8StageX = Environment.GetEnvironmentVariable("CALM_FP8_XS") == "1";
         Programmatic = arch >= 90 && Cu.HasLaunchKernelEx && (pdl ?? Environment.GetEnvironmentVariable("CALM_QUANT_PDL") != "0");
+        MoeProgrammatic = Programmatic && Environment.GetEnvironmentVariable("CALM_MOE_PDL") != "0";
         var clamp = Environment.GetEnvironmentVariable("CALM_QUANT_CLAMP");
         _clampFp8 = Programmatic && (clampBlocksPerSm ?? clamp == "1");
         _clampInt4 = Programmatic && (clampBlocksPerSm ?? clamp != "0");
@@ -146,12 +153,13 @@ public sealed class CudaQuantKernels : IDisposable
                     foreach (var kind in new[] { "tc_fc", "tc_fp", "tc_glu_fc", "tc_qkv_fc" })   // folded-norm roles
                         _k[$"matvec_{f}_{kind}_{v}"] = _module.GetKernel($"matvec_{f}_{kind}_{v}");
                 }
-            // the dense tensor-core kernels only: the CUDA-core ones (fallbacks) made Llama-3-8B fp8 slower with it
-            // (3.300 vs 3.178 ms/token on the H200, bench/RESULTS.md 2026-11-29) and the MoE twins wait for the
-            // router at their start (kernels/matvec_quant.cu, EARLY)
+            // the tensor-core kernels only: the CUDA-core ones (fallbacks) made Llama-3-8B fp8 slower with it (3.300 vs
+            // 3.178 ms/token on the H200, bench/RESULTS.md 2026-11-29); the MoE twins with MoeProgrammatic (they wait for
+            // the routing at their start: kernels/matvec_quant.cu)
             if (Programmatic)
                 foreach (var (name, k) in _k)
-                    if (name.StartsWith("matvec_", StringComparison.Ordinal) && name.Contains("_tc")) k.Programmatic = true;
+                    if ((name.StartsWith("matvec_", StringComparison.Ordinal) || MoeProgrammatic && name.StartsWith("moe_matvec_", StringComparison.Ordinal))
+                        && name.Contains("_tc")) k.Programmatic = true;
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
             if ((carveout ?? CudaKernel.CarveoutFromEnvironment()) is int cv)   // CudaKernels.Carveout
                 foreach (var k in _k.Values) k.PreferredCarveout = cv;
@@ -276,7 +284,7 @@ public sealed class CudaQuantKernels : IDisposable
     /// multiprocessor (<see cref="ClampsBlocksPerSm"/>; 0 when off or when the kernel's own resources already do).</summary>
     private int ClampSmem(CudaKernel kern, int threads, long blocks)
     {
-        if (!kern.Programmatic || !(kern.Name.Contains("_int4_") ? _clampInt4 : _clampFp8) || _clampLimit <= 0) return 0;
+        if (!kern.Programmatic || kern.Name.StartsWith("moe_", StringComparison.Ordinal) || !(kern.Name.Contains("_int4_") ? _clampInt4 : _clampFp8) || _clampLimit <= 0) return 0;
         int want = (int)Math.Min(int.MaxValue, (blocks + _multiprocessors - 1) / _multiprocessors);
         if (_clampSmem.TryGetValue((kern.Name, want), out var smem)) return smem;
         smem = 0;

@@ -510,6 +510,45 @@ public class KernelTests
         finally { foreach (var m in mems) m.Dispose(); }
     }
 
+    // The fused MoE gate against the three kernels' reference: the norm (written for the experts), the router's logits,
+    // the routing. D 4096 takes the 16-byte path (bf16 / f16 routers), D 260 and the f32 router the element path; E 60
+    // runs several rounds of rows (one warp per row), E 8 four warps per row.
+    [Theory]
+    [InlineData(DType.BF16, 4096, 8, 2, false)]
+    [InlineData(DType.F16, 4096, 60, 4, true)]
+    [InlineData(DType.BF16, 260, 8, 2, true)]
+    [InlineData(DType.F32, 1024, 16, 2, false)]
+    public void MoeGateMatchesNormRouterAndRoute(DType rt, int D, int E, int top, bool addOne)
+    {
+        var (ctx, k, s) = Gpu.Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        var x = Gpu.RandF(r, D, 3); var g = Gpu.RandF(r, D);
+        float[] router; CudaDeviceMemory R;
+        if (rt == DType.F32) { router = Gpu.RandF(r, E * D, 0.05f); R = Gpu.Up(ctx, router); }
+        else { var h = Gpu.RandHalf(r, E * D, rt, 0.05f); router = h.Values; R = Gpu.Up(ctx, h.Bits); }
+        using var _r = R;
+        using var X = Gpu.Up(ctx, x); using var Gm = Gpu.Up(ctx, g);
+        using var Xn = Gpu.Zeros(ctx, D * 4L); using var Lg = Gpu.Zeros(ctx, E * 4L);
+        using var Idx = Gpu.Zeros(ctx, top * 4L); using var Wt = Gpu.Zeros(ctx, top * 4L);
+        k.MoeGate(s, rt, R.Ptr, X.Ptr, Gm.Ptr, 1e-5f, addOne, Xn.Ptr, Lg.Ptr, E, D, top, Idx.Ptr, Wt.Ptr);
+        s.Synchronize();
+        double ss = 0; foreach (var v in x) ss += (double)v * v;
+        double inv = 1 / Math.Sqrt(ss / D + 1e-5);
+        var xn = new double[D];
+        for (int i = 0; i < D; i++) xn[i] = x[i] * inv * (addOne ? 1 + g[i] : g[i]);
+        Gpu.Close(Xn.ToArray<float>(D), xn.Select(v => (float)v).ToArray(), 2e-6, "moe gate norm");
+        var logits = new double[E];
+        for (int e = 0; e < E; e++) { double a = 0; for (int i = 0; i < D; i++) a += (double)router[e * D + i] * xn[i]; logits[e] = a; }
+        Gpu.Close(Lg.ToArray<float>(E), logits.Select(v => (float)v).ToArray(), 1e-5, "moe gate logits");
+        double mx = logits.Max();
+        var p = logits.Select(v => Math.Exp(v - mx)).ToArray(); double sum = p.Sum();
+        var order = Enumerable.Range(0, E).OrderByDescending(e => p[e]).ThenBy(e => e).Take(top).ToArray();
+        double chosen = order.Sum(e => p[e] / sum);
+        Assert.Equal(order, Idx.ToArray<int>(top));
+        Gpu.Close(Wt.ToArray<float>(top), order.Select(e => (float)(p[e] / sum / chosen)).ToArray(), 1e-5, "moe gate weights");
+    }
+
     [Theory]
     [InlineData(128256, 1)]
     [InlineData(32000, 40)]
