@@ -95,6 +95,13 @@ __device__ __forceinline__ float moe_gate_elem(const void* R, long long i) {
 template <int DT>
 __device__ __forceinline__ void moe_gate_impl(const float* x, const float* g, float eps, int addOne, const void* R, int E, int D,
                                               int k, float* xn, float* logits, int* idx, float* weight) {
+    // the norm weights and the router (no kernel writes them) into L2 while the previous kernel finishes, so the
+    // block's reads after the wait are L2 round trips
+    {
+        const long long rb = (long long)E * D * (DT == CALM_F32 ? 4 : 2);   // the threads take 128-byte lines in turn
+        for (long long off = (long long)threadIdx.x * 128; off < rb; off += (long long)blockDim.x * 128) prefetch_l2((const char*)R + off);
+        for (long long off = (long long)threadIdx.x * 128; off < (long long)D * 4; off += (long long)blockDim.x * 128) prefetch_l2((const char*)g + off);
+    }
     PDL_ENTER();
     __shared__ float s_logit[1024];
     __shared__ float s_p[1024];

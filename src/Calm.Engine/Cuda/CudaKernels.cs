@@ -79,9 +79,10 @@ public sealed class CudaKernels : IDisposable
     /// for comparison only.</summary>
     public int? Carveout { get; }
     /// <summary>MoE layers: the FFN norm, the router and the routing in one kernel (<see cref="MoeGate"/>) instead of
-    /// RmsNorm + Matvec + MoeRoute. On unless CALM_MOE_GATE=0 or the constructor's moeGate: false. Measured neutral on
-    /// the H200 with programmatic launch (Mixtral-8x7B fp8, same call, two rounds: 242.7 / 242.4 tok/s on, 242.5 / 242.5
-    /// off; bench/RESULTS.md, twelfth session); on for the two kernels per layer it saves.</summary>
+    /// RmsNorm + Matvec + MoeRoute. On unless CALM_MOE_GATE=0 or the constructor's moeGate: false. Mixtral-8x7B fp8 on
+    /// the H200, same call, two rounds (bench/RESULTS.md, twelfth session): off 243.4 / 243.6 tok/s at context 0, 226.6
+    /// / 226.8 at 4096; on 244.1 / 244.2, 227.7 / 227.9 (its first form, without the L2 prefetch of the router and the
+    /// norm weights before the wait, had measured neutral).</summary>
     public bool MoeGateFused { get; }
     private int Early => MatvecEarly && Programmatic ? 1 : 0;
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
