@@ -492,17 +492,13 @@ public class KernelTests
             using var Res = Gpu.Up(ctx, resid);
             k.MoeCombine(s, Res.Ptr, Y.Ptr, Wt.Ptr, top, R);
             s.Synchronize();
-            // reference: softmax, top-k (ties lower id), renormalise
-            double mx = logits.Max();
-            var p = logits.Select(v => Math.Exp(v - mx)).ToArray(); double sum = p.Sum();
-            var order = Enumerable.Range(0, E).OrderByDescending(e => p[e]).ThenBy(e => e).Take(top).ToArray();
-            double chosen = order.Sum(e => p[e] / sum);
+            var (order, weights) = RouteReference(logits.Select(v => (double)v).ToArray(), top);
             Assert.Equal(order, Idx.ToArray<int>(top));
-            Gpu.Close(Wt.ToArray<float>(top), order.Select(e => (float)(p[e] / sum / chosen)).ToArray(), 1e-5, "router weights");
+            Gpu.Close(Wt.ToArray<float>(top), weights.Select(v => (float)v).ToArray(), 1e-5, "router weights");
             var want = (float[])resid.Clone();
             for (int sl = 0; sl < top; sl++)
             {
-                var w = experts[order[sl]].Values; double ws = p[order[sl]] / sum / chosen;
+                var w = experts[order[sl]].Values; double ws = weights[sl];
                 for (int i = 0; i < R; i++) { double a = 0; for (int j = 0; j < D; j++) a += (double)w[i * D + j] * x[j]; want[i] += (float)(ws * a); }
             }
             Gpu.Close(Res.ToArray<float>(R), want, 1e-5, "moe output");
@@ -541,12 +537,19 @@ public class KernelTests
         var logits = new double[E];
         for (int e = 0; e < E; e++) { double a = 0; for (int i = 0; i < D; i++) a += (double)router[e * D + i] * xn[i]; logits[e] = a; }
         Gpu.Close(Lg.ToArray<float>(E), logits.Select(v => (float)v).ToArray(), 1e-5, "moe gate logits");
+        var (order, weights) = RouteReference(logits, top);
+        Assert.Equal(order, Idx.ToArray<int>(top));
+        Gpu.Close(Wt.ToArray<float>(top), weights.Select(v => (float)v).ToArray(), 1e-5, "moe gate weights");
+    }
+
+    // moe_route's reference: softmax over all experts, the top k (ties: the lower id), their weights renormalised to 1
+    private static (int[] Order, double[] Weights) RouteReference(double[] logits, int top)
+    {
         double mx = logits.Max();
         var p = logits.Select(v => Math.Exp(v - mx)).ToArray(); double sum = p.Sum();
-        var order = Enumerable.Range(0, E).OrderByDescending(e => p[e]).ThenBy(e => e).Take(top).ToArray();
+        var order = Enumerable.Range(0, logits.Length).OrderByDescending(e => p[e]).ThenBy(e => e).Take(top).ToArray();
         double chosen = order.Sum(e => p[e] / sum);
-        Assert.Equal(order, Idx.ToArray<int>(top));
-        Gpu.Close(Wt.ToArray<float>(top), order.Select(e => (float)(p[e] / sum / chosen)).ToArray(), 1e-5, "moe gate weights");
+        return (order, order.Select(e => p[e] / sum / chosen).ToArray());
     }
 
     [Theory]
