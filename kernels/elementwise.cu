@@ -81,11 +81,12 @@ extern "C" __global__ void moe_route(const float* logits, int E, int k, int* idx
 // The gate of a MoE layer in one block of MOE_GATE_THREADS (CudaKernels.MoeGate): the FFN's RMSNorm (the rmsnorm
 // kernel's arithmetic: the same block sum, xn = x * r * g), written to xn for the experts; the router's logits [E] =
 // R xn (f32 sums; written to logits); then moe_route's softmax, top-k and renormalisation (warp 0). It replaces
-// rmsnorm, the router matvec and moe_route: three single-block kernels in a row, whose launches and waits cost more
-// than their work. A router row is cut among nw / E warps (32 warps, E = 8: 4), each taking 8-element vectors 32
-// apart (16-byte loads of a bf16/f16 router where D % 8 == 0 and x, g, R are 16-byte aligned; else element by
-// element); the warps' partial sums meet in shared memory in a fixed order. R [E, D] in DT (CALM_BF16 / CALM_F16 /
-// CALM_F32); E <= 1024.
+// rmsnorm, the router matvec and moe_route: three single-block kernels in a row. With programmatic launch their
+// boundaries cost little; what the one block gains is reading the router and the norm weights from L2 (prefetched
+// before the wait): Mixtral-8x7B fp8 +0.3-0.5% on the H200 (bench/RESULTS.md, twelfth session). A router row is cut
+// among nw / E warps (32 warps, E = 8: 4), each taking 8-element vectors 32 apart (16-byte loads of a bf16/f16 router
+// where D % 8 == 0 and x, g, R are 16-byte aligned; else element by element); the warps' partial sums meet in shared
+// memory in a fixed order. R [E, D] in DT (CALM_BF16 / CALM_F16 / CALM_F32); E <= 1024.
 #define MOE_GATE_THREADS 1024
 template <int DT>
 __device__ __forceinline__ float moe_gate_elem(const void* R, long long i) {
