@@ -385,14 +385,7 @@ public sealed class CudaKernels : IDisposable
     public void MoeGate(CudaStream s, DType routerDt, ulong router, ulong x, ulong g, float eps, bool addOne, ulong xn, ulong logits, int E, int D, int k, ulong idx, ulong weight)
     {
         if (E > 1024) throw new NotSupportedException($"{E} experts > 1024");
-        string name = routerDt switch
-        {
-            DType.BF16 => "moe_gate_bf16",
-            DType.F16 => "moe_gate_f16",
-            DType.F32 => "moe_gate_f32",
-            _ => throw new NotSupportedException($"MoE router dtype {DTypes.Name(routerDt)}")
-        };
-        _k[name].Launch(s, 1, MoeGateThreads, 0, x, g, eps, addOne ? 1 : 0, router, E, D, k, xn, logits, idx, weight);
+        _k["moe_gate_" + Half(routerDt)].Launch(s, 1, MoeGateThreads, 0, x, g, eps, addOne ? 1 : 0, router, E, D, k, xn, logits, idx, weight);
     }
 
     /// <summary>Threads of the moe_gate block (MOE_GATE_THREADS in kernels/elementwise.cu).</summary>
