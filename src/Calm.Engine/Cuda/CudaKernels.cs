@@ -375,7 +375,7 @@ public sealed class CudaKernels : IDisposable
     /// <summary>logits [E] -> idx [k] int, weight [k] f32 (softmax over E, top k, renormalised).</summary>
     public void MoeRoute(CudaStream s, ulong logits, int E, int k, ulong idx, ulong weight)
     {
-        if (E > 1024) throw new NotSupportedException($"{E} experts > 1024");
+        CheckExperts(E);
         _k["moe_route"].Launch(s, 1, 32, 0, logits, E, k, idx, weight);
     }
 
@@ -384,8 +384,15 @@ public sealed class CudaKernels : IDisposable
     /// <see cref="MoeRoute"/>'s idx [k] and weight [k]. Replaces RmsNorm + Matvec + MoeRoute (<see cref="MoeGateFused"/>).</summary>
     public void MoeGate(CudaStream s, DType routerDt, ulong router, ulong x, ulong g, float eps, bool addOne, ulong xn, ulong logits, int E, int D, int k, ulong idx, ulong weight)
     {
-        if (E > 1024) throw new NotSupportedException($"{E} experts > 1024");
+        CheckExperts(E);
         _k["moe_gate_" + Half(routerDt)].Launch(s, 1, MoeGateThreads, 0, x, g, eps, addOne ? 1 : 0, router, E, D, k, xn, logits, idx, weight);
+    }
+
+    /// <summary>Experts the routing kernels take (their shared scratch: 1024 floats, kernels/elementwise.cu).</summary>
+    public const int MaxExperts = 1024;
+    private static void CheckExperts(int E)
+    {
+        if (E > MaxExperts) throw new NotSupportedException($"{E} experts > {MaxExperts}");
     }
 
     /// <summary>Threads of the moe_gate block (MOE_GATE_THREADS in kernels/elementwise.cu).</summary>
