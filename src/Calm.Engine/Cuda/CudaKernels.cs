@@ -87,10 +87,18 @@ public sealed class CudaKernels : IDisposable
     private int Early => MatvecEarly && Programmatic ? 1 : 0;
     /// <summary>Matvec loads in flight per lane: 0 = the plain kernel (4, as ptxas schedules it), 8 or 16 = the deep
     /// kernels, used for bf16/f16 rows of at least 256*depth columns. Default 16 (CALM_MV_DEEP=0/8 to change):
-    /// measured fastest on the H200 for every Llama-3-8B shape (bench/RESULTS.md).</summary>
+    /// measured fastest on the H200 for every Llama-3-8B shape (bench/RESULTS.md). With 16, rows of 2048 .. 4095 columns
+    /// take 8 (Llama-3.2-1B bf16 on the H200, two same-build pairs: 1190 / 1190 -> 1217 / 1217 tok/s at context 0,
+    /// 1078 / 1079 -> 1111 / 1111 at 4096; the plain kernel before).</summary>
     public int MatvecDeep { get; }
+    /// <remarks>Rows too short for the depth take the next one down (16 -> 8 for 2048 .. 4095 columns: every lane's
+    /// loads still land inside the row).</remarks>
     private string DeepSuffix(DType wt, int cols)
-        => MatvecDeep > 0 && wt != DType.F32 && cols % 8 == 0 && cols >= 256 * MatvecDeep ? "_deep" + MatvecDeep : "";
+    {
+        if (MatvecDeep == 0 || wt == DType.F32 || cols % 8 != 0) return "";
+        int depth = cols >= 256 * MatvecDeep ? MatvecDeep : MatvecDeep == 16 && cols >= 256 * 8 ? 8 : 0;
+        return depth > 0 ? "_deep" + depth : "";
+    }
     private const int SplitStages = 3, SplitThreads = 256;
     private readonly List<CudaModule> _modules = new();
     private readonly Dictionary<string, CudaKernel> _k = new();

@@ -17,7 +17,9 @@ public class KernelTests
     [InlineData(DType.F16, 77, 4104, false, true, 16)]   // deep with a tail
     [InlineData(DType.BF16, 64, 14336, false, false, 8)] // deep 8, several passes
     [InlineData(DType.F16, 129, 2048, true, false, 8)]
-    [InlineData(DType.BF16, 129, 2048, true, false, 16)] // too short for deep 16: the plain kernel
+    [InlineData(DType.BF16, 129, 2048, true, false, 16)] // too short for deep 16: deep 8 (Llama-3.2-1B's rows)
+    [InlineData(DType.F16, 200, 3072, false, true, 16)]  // deep 8 with half a pass left
+    [InlineData(DType.BF16, 99, 2040, true, true, 16)]   // too short for deep 8 too: the plain kernel
     public void MatvecMatchesReference(DType dt, int rows, int cols, bool bias, bool accumulate, int deep = 0)
     {
         var why = CudaDeviceInfo.Unavailable();
@@ -160,6 +162,7 @@ public class KernelTests
     [InlineData(DType.BF16, 300, 4096, false, true, 16)]
     [InlineData(DType.F16, 203, 4096, true, false, 8)]
     [InlineData(DType.BF16, 1000, 2048, true, true, 0)]
+    [InlineData(DType.BF16, 500, 3072, true, false, 16)]  // deep 16 asked, 3072 columns: deep 8
     [InlineData(DType.F32, 77, 1024, false, false, 0)]
     [InlineData(DType.BF16, 45, 100, false, true, 0)]     // cols % 8 != 0
     public void MatvecNormMatchesReference(DType dt, int rows, int cols, bool addOne, bool accumulate, int deep)
