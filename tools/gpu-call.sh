@@ -5,7 +5,7 @@
 # GpuTest), issue6 (bench/Issue6.Bench.ps1, every row), ab (Issue6 rows AB_ONLY once per setting of AB_ENVS), attpf
 # (bench/AttentionFp8.Bench.ps1 over the L2 prefetch distances ATT_PF), ncu (Nsight Compute: NCU_CONFIGS, NCU_STEP), quick
 # (tools/quick-sol.ps1 once per setting of QUICK_ENVS), probe (tools/probe/*.cu built with nvcc, PROBES = which:
-# mv_chain, engine_chain, att_trace), side (bench/SideBySide.Bench.ps1, static cache only), harness (tools/harness-check.ps1).
+# mv_chain, engine_chain, att_trace, stream_modes), side (bench/SideBySide.Bench.ps1, static cache only), harness (tools/harness-check.ps1).
 # Kernel cache: .stage/kcache.tar.xz (when carried) fills CALM_CACHE_DIR before the steps, and the cache is packed
 # into $OUT/kcache.tar.xz afterwards; copy that to .stage/ for the next call, which then compiles only kernel files
 # whose source or headers changed (keys: source, all headers, target, NVRTC version).
