@@ -15,6 +15,12 @@
 //   bulk S K  : per-warp ring of S slots of 512K bytes, lane 0 issues cp.async.bulk per slot, an mbarrier per slot
 //   tma S C   : per block a producer warp (lane 0) and 8 worker warps, a ring of S chunks of C KB (the ninth
 //               session's matvec ring, here with nothing else)
+//   short / persist ST x U : the quantized matvecs' block shape (one tile of 8 warps x ST stages of U loads, then a
+//               block reduction), one block per tile or a grid that takes the tiles in turn
+//   fp8pat R  : the fp8 tensor-core matvec's loads over 16 rows of R bytes per block, against the same bytes read
+//               contiguously (contig R)
+//   rowpat    : 16-row blocks read stage by stage, R rows per load instruction and runs of 2-8 KB per row per stage
+//   prefetch  : rowpat with runs of 2 KB and the loads' L2 prefetch-size hint (.L2::128B / .L2::256B)
 // at 1 .. 4 blocks of 256 threads (tma: 288) per SM. GB/s = bytes read / median time of one launch (7 x 10 launches).
 // Build and run:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/stream_modes tools/probe/stream_modes.cu && /tmp/stream_modes
 #include <cstdint>
@@ -123,7 +129,7 @@ __device__ __forceinline__ void bulk(void* dst, const void* src, u32 bytes, u64*
 // bulk S K: per-warp ring of S slots of 512K bytes
 template <int S, int K, int W>
 __global__ void __launch_bounds__(256) st_bulk(const calm_u4* in, long long perWarp, float* out) {
-    extern __shared__ __align__(128) calm_u4 ring[];   // [8][S][32 K]
+    extern __shared__ __align__(16) calm_u4 ring[];   // [8][S][32 K]
     __shared__ __align__(8) u64 full[8][S];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long long wg = blockIdx.x * 8LL + warp;
@@ -157,7 +163,7 @@ __global__ void __launch_bounds__(256) st_bulk(const calm_u4* in, long long perW
 #define TMA_SLOTS 16
 template <int W>
 __global__ void __launch_bounds__(288) st_tma(const calm_u4* in, long long perBlock, int S, int C, float* out) {
-    extern __shared__ __align__(128) calm_u4 ring[];
+    extern __shared__ __align__(16) calm_u4 ring[];
     __shared__ __align__(8) u64 full[TMA_SLOTS], empty[TMA_SLOTS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const calm_u4* p = in + blockIdx.x * perBlock;
@@ -189,6 +195,130 @@ __global__ void __launch_bounds__(288) st_tma(const calm_u4* in, long long perBl
         if (lane == 0) mb_arrive(&empty[s]);
     }
     finish(a, out);
+}
+
+
+// ---- tiles: the quantized matvecs' block shape ---------------------------------------------------------------------
+// A tile = 8 warps x ST stages x U loads per lane (t1b int4: 16 rows x 4096 columns = 32 KB = ST 2, U 4); after its
+// stages a warp sums its lanes, the warps meet in shared memory behind a barrier and one thread writes the total (the
+// kernels' epilogue). short: one tile per block, as many blocks as tiles (the engine's launch); persist: gridDim.x
+// blocks take the tiles in turn. Dynamic shared memory (unused) caps the blocks per SM as the kernels' registers do.
+template <int U, int W, int ST>
+__device__ __forceinline__ void tile_body(const calm_u4* in, long long t, float (&a)[4], float* red, float* out) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const calm_u4* p = in + t * (8LL * ST * U * 32) + lane;
+#pragma unroll 1
+    for (int j = 0; j < ST; j++) {
+        const calm_u4* q = p + ((long long)j * 8 + warp) * (U * 32);
+        calm_u4 v[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) v[u] = ldg_u4_stream(q + 32 * u);
+#pragma unroll
+        for (int u = 0; u < U; u++) work<W>(v[u], a);
+    }
+    float s = (a[0] + a[1]) + (a[2] + a[3]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) red[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float tot = 0.f;
+        for (int w = 0; w < 8; w++) tot += red[w];
+        if (tot == 1.2345f) out[t & 1023] = tot;
+    }
+    __syncthreads();
+    a[0] = a[1] = a[2] = a[3] = 0.f;
+}
+template <int U, int W, int ST>
+__global__ void __launch_bounds__(256) st_short(const calm_u4* in, float* out) {
+    __shared__ float red[8];
+    float a[4] = { 0.f, 0.f, 0.f, 0.f };
+    tile_body<U, W, ST>(in, blockIdx.x, a, red, out);
+}
+template <int U, int W, int ST>
+__global__ void __launch_bounds__(256) st_persist(const calm_u4* in, long long tiles, float* out) {
+    __shared__ float red[8];
+    float a[4] = { 0.f, 0.f, 0.f, 0.f };
+    for (long long t = blockIdx.x; t < tiles; t += gridDim.x) tile_body<U, W, ST>(in, t, a, red, out);
+}
+
+
+// ---- the fp8 tensor-core matvec's access pattern (matvec_fp8_tc_impl, t1) -------------------------------------------
+// A block owns 16 rows of rowBytes; lane (g, t) of warp w loads bytes [64 kb + 16 t, +16) of rows g and g + 8 for its
+// k-blocks kb = w + 8 u + 32 j (4 per stage j): 8 rows x 64 bytes per load instruction. The same bytes per block as
+// short ST x 8 with ST = rowBytes / 2048, which reads them as one contiguous run: the difference is the layout.
+template <int W>
+__global__ void __launch_bounds__(256) st_matpat(const unsigned char* in, int rowBytes, float* out) {
+    __shared__ float red[8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const unsigned char* r0 = in + ((long long)blockIdx.x * 16 + g) * rowBytes + 16 * t;
+    const unsigned char* r1 = r0 + 8LL * rowBytes;
+    const int nkb = rowBytes >> 6;
+    float a[4] = { 0.f, 0.f, 0.f, 0.f };
+#pragma unroll 1
+    for (int kb0 = warp; kb0 < nkb; kb0 += 32) {
+        calm_u4 v[8];
+#pragma unroll
+        for (int u = 0; u < 4; u++) { v[2 * u] = ldg_u4_stream(r0 + 64 * (kb0 + 8 * u)); v[2 * u + 1] = ldg_u4_stream(r1 + 64 * (kb0 + 8 * u)); }
+#pragma unroll
+        for (int u = 0; u < 8; u++) work<W>(v[u], a);
+    }
+    float s = (a[0] + a[1]) + (a[2] + a[3]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) red[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float tot = 0.f;
+        for (int w = 0; w < 8; w++) tot += red[w];
+        if (tot == 1.2345f) out[blockIdx.x & 1023] = tot;
+    }
+}
+
+
+// rowpat R NL: a block owns 16 rows of rowBytes and reads them stage by stage, each stage a run of NL * 256 bytes of
+// every row (NL loads per warp per stage); one load instruction of a warp covers R rows x 512 / R contiguous bytes
+// (R = 8 is the tensor-core kernels' shape: 8 rows x 64 bytes). Which of R (bytes per row per instruction) or the
+// run length per stage decides the bandwidth?
+// PF: the loads' L2 prefetch-size hint (0 none, 1 .L2::128B, 2 .L2::256B: a miss fetches the whole 128 / 256 bytes
+// into L2, so the other half of a line that an instruction reads 64 bytes of is an L2 hit)
+template <int PF>
+__device__ __forceinline__ calm_u4 ld_pf(const void* p) {
+    calm_u4 r;
+    if (PF == 1) asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    else if (PF == 2) asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    else r = ldg_u4_stream(p);
+    return r;
+}
+template <int W, int NL, int PF = 0>
+__global__ void __launch_bounds__(256) st_rowpat(const unsigned char* in, int rowBytes, int R, float* out) {
+    __shared__ float red[8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const unsigned char* blk = in + (long long)blockIdx.x * 16 * rowBytes;
+    const int run = NL * 256, P = 512 / R, groups = 16 / R, lpr = 32 / R;
+    float a[4] = { 0.f, 0.f, 0.f, 0.f };
+#pragma unroll 1
+    for (int j = 0; j < rowBytes / run; j++) {
+        calm_u4 v[NL];
+#pragma unroll
+        for (int i = 0; i < NL; i++) {
+            const int q = warp * NL + i, rg = q % groups, pc = q / groups;
+            const int row = rg * R + lane / lpr, byte = j * run + pc * P + (lane % lpr) * 16;
+            v[i] = ld_pf<PF>(blk + (long long)row * rowBytes + byte);
+        }
+#pragma unroll
+        for (int i = 0; i < NL; i++) work<W>(v[i], a);
+    }
+    float s = (a[0] + a[1]) + (a[2] + a[3]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) red[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float tot = 0.f;
+        for (int w = 0; w < 8; w++) tot += red[w];
+        if (tot == 1.2345f) out[blockIdx.x & 1023] = tot;
+    }
 }
 
 // ---- host -------------------------------------------------------------------------------------------------------
@@ -244,6 +374,73 @@ static void run_all(const calm_u4* in, float* out) {
     }
 }
 
+template <int W>
+static void run_tiles(const calm_u4* in, float* out) {
+    printf("# tiles, W = %d\n", W);
+    const long long nvec = kBytes / 16;
+    for (int bps = 2; bps <= 4; bps++) {
+        const int capSmem = (220 * 1024) / bps - 2048;   // at most bps blocks per SM
+        char nm[64];
+#define TILES(U, ST) { const long long tv = 8LL * ST * U * 32, tiles = nvec / tv; const long long bytes = tiles * tv * 16; \
+        CK(cudaFuncSetAttribute(st_short<U, W, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, capSmem)); \
+        CK(cudaFuncSetAttribute(st_persist<U, W, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, capSmem)); \
+        snprintf(nm, sizeof nm, "short %dx%d", ST, U); timed(nm, bps, bytes, [&] { st_short<U, W, ST><<<(int)tiles, 256, capSmem>>>(in, out); }); \
+        snprintf(nm, sizeof nm, "persist %dx%d", ST, U); timed(nm, bps, bytes, [&] { st_persist<U, W, ST><<<g_sms * bps, 256, capSmem>>>(in, tiles, out); }); }
+        TILES(4, 2) TILES(4, 1) TILES(2, 4) TILES(4, 4) TILES(8, 2)
+    }
+}
+
+template <int W>
+static void run_pattern(const calm_u4* in, float* out) {
+    printf("# fp8 tile pattern vs contiguous, W = %d\n", W);
+    const long long nvec = kBytes / 16;
+    for (int bps = 2; bps <= 4; bps++) {
+        const int capSmem = (220 * 1024) / bps - 2048;
+        char nm[64];
+#define PAT(ST, ROWB) { const long long tv = 8LL * ST * 8 * 32, tiles = nvec / tv, bytes = tiles * tv * 16; \
+        CK(cudaFuncSetAttribute(st_short<8, W, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, capSmem)); \
+        CK(cudaFuncSetAttribute(st_matpat<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, capSmem)); \
+        snprintf(nm, sizeof nm, "contig %d", ROWB); timed(nm, bps, bytes, [&] { st_short<8, W, ST><<<(int)tiles, 256, capSmem>>>(in, out); }); \
+        snprintf(nm, sizeof nm, "fp8pat %d", ROWB); timed(nm, bps, bytes, [&] { st_matpat<W><<<(int)tiles, 256, capSmem>>>((const unsigned char*)in, ROWB, out); }); }
+        PAT(2, 4096) PAT(7, 14336)
+    }
+}
+
+template <int W>
+static void run_rowpat(const calm_u4* in, float* out) {
+    printf("# row patterns, W = %d (block: 16 rows; R rows per load instruction; run = bytes per row per stage)\n", W);
+    for (int bps = 2; bps <= 3; bps++) {
+        const int capSmem = (220 * 1024) / bps - 2048;
+        char nm[64];
+        for (int rowBytes : { 4096, 16384 })
+            for (int R : { 8, 4, 2, 1 }) {
+                const long long tiles = kBytes / (16LL * rowBytes), bytes = tiles * 16 * rowBytes;
+#define ROWPAT(NL) { CK(cudaFuncSetAttribute(st_rowpat<W, NL>, cudaFuncAttributeMaxDynamicSharedMemorySize, capSmem)); \
+                snprintf(nm, sizeof nm, "r%d R%d run%d", rowBytes, R, NL * 256); \
+                timed(nm, bps, bytes, [&] { st_rowpat<W, NL><<<(int)tiles, 256, capSmem>>>((const unsigned char*)in, rowBytes, R, out); }); }
+                ROWPAT(8) ROWPAT(16)
+                if (rowBytes == 16384) ROWPAT(32)
+            }
+    }
+}
+
+template <int W>
+static void run_prefetch(const calm_u4* in, float* out) {
+    printf("# the L2 prefetch-size hint on row patterns, W = %d\n", W);
+    for (int bps = 2; bps <= 3; bps++) {
+        const int capSmem = (220 * 1024) / bps - 2048;
+        char nm[64];
+        for (int rowBytes : { 4096, 16384 })
+            for (int R : { 8, 4 }) {
+                const long long tiles = kBytes / (16LL * rowBytes), bytes = tiles * 16 * rowBytes;
+#define ROWPF(PF) { CK(cudaFuncSetAttribute(st_rowpat<W, 8, PF>, cudaFuncAttributeMaxDynamicSharedMemorySize, capSmem)); \
+                snprintf(nm, sizeof nm, "r%d R%d pf%d", rowBytes, R, PF == 0 ? 0 : PF == 1 ? 128 : 256); \
+                timed(nm, bps, bytes, [&] { st_rowpat<W, 8, PF><<<(int)tiles, 256, capSmem>>>((const unsigned char*)in, rowBytes, R, out); }); }
+                ROWPF(0) ROWPF(1) ROWPF(2)
+            }
+    }
+}
+
 __global__ void fill(calm_u4* p, long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         u32 h = (u32)i * 2654435761u; h ^= h >> 15;
@@ -260,8 +457,11 @@ int main() {
     CK(cudaMalloc(&in, kBytes)); CK(cudaMalloc(&out, 4096 * sizeof(float)));
     fill<<<1024, 256>>>(in, kBytes / 16);
     CK(cudaDeviceSynchronize());
-    run_all<0>(in, out);
-    run_all<24>(in, out);
-    run_all<72>(in, out);
+    const std::string only = getenv("STREAM_ONLY") ? getenv("STREAM_ONLY") : "";   // "tiles", "pattern": that part only
+    if (only.empty()) { run_all<0>(in, out); run_all<24>(in, out); run_all<72>(in, out); }
+    if (only.empty() || only == "tiles") { run_tiles<24>(in, out); run_tiles<72>(in, out); }
+    if (only.empty() || only == "pattern") { run_pattern<0>(in, out); run_pattern<24>(in, out); }
+    if (only.empty() || only == "rowpat") run_rowpat<0>(in, out);
+    if (only.empty() || only == "prefetch") { run_prefetch<0>(in, out); run_prefetch<24>(in, out); }
     return 0;
 }
