@@ -55,9 +55,12 @@ __device__ __forceinline__ int fw_kdim(int c, int tq) {
     return KVT == CALM_KV_FP8 ? 64 * (c >> 2) + 16 * tq + 4 * (c & 3) : 32 * (c >> 1) + 8 * tq + 4 * (c & 1);
 }
 // the 16 bytes at p as 4 words, or zeros
+// (K rows: 8 rows x 64 bytes per load instruction, so with the L2 prefetch-size hint, common.cuh ldg_u4_l2; V rows are
+// read 4 rows x 128 bytes per instruction, whole lines)
+template <bool L2 = false>
 __device__ __forceinline__ void fw_ld16(u32* w, const unsigned char* p, bool ok) {
     calm_u4 v;
-    if (ok) v = ldg_u4(p);
+    if (ok) v = L2 ? ldg_u4_l2(p) : ldg_u4(p);
     else v.x = v.y = v.z = v.w = 0u;
     w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
 }
@@ -79,8 +82,8 @@ __device__ __forceinline__ void fw_load_tile(int p0, int c1, int gq, int tq, con
     const bool okA = jA < c1 && jA != skip, okB = jB < c1 && jB != skip;
 #pragma unroll
     for (int h = 0; h < RB / 64; h++) {
-        fw_ld16(kA + 4 * h, kb + (long long)jA * RB + 64 * h, okA);
-        fw_ld16(kB + 4 * h, kb + (long long)jB * RB + 64 * h, okB);
+        fw_ld16<true>(kA + 4 * h, kb + (long long)jA * RB + 64 * h, okA);
+        fw_ld16<true>(kB + 4 * h, kb + (long long)jB * RB + 64 * h, okB);
     }
 #pragma unroll
     for (int u = 0; u < 4; u++) {

@@ -80,6 +80,36 @@ __device__ __forceinline__ calm_u4 ldg_u4_stream(const void* p) {
     return r;
 }
 
+// The same loads with the L2 prefetch-size hint (.L2::256B, sm_80+): a load that misses L2 has the whole aligned 256
+// bytes around it fetched from DRAM, so the rest of them, which other instructions of the warp or block read soon after,
+// hit L2. For the fragment layouts of the tensor-core matvecs and attention, where one load instruction covers 8 rows x
+// 64 bytes (half a 128-byte line of each), a streaming read ran at 2.7-2.9 TB/s without the hint and 3.4-4.0 with it
+// on the H200 (tools/probe/stream_modes.cu "prefetch"; 4.3-4.5 when each instruction reads whole lines; bench/RESULTS.md,
+// fourteenth session). CALM_L2_256=0 (KernelCompiler: -DCALM_L2_256=0) compiles them as the plain loads.
+#ifndef CALM_L2_256
+#define CALM_L2_256 1
+#endif
+#if CALM_L2_256 && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define CALM_L2_HINT ".L2::256B"
+#else
+#define CALM_L2_HINT ""
+#endif
+__device__ __forceinline__ calm_u4 ldg_u4_stream_l2(const void* p) {
+    calm_u4 r;
+    asm volatile("ld.global.nc.L1::no_allocate" CALM_L2_HINT ".v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ calm_u4 ldg_u4_l2(const void* p) {
+    calm_u4 r;
+    asm volatile("ld.global.nc" CALM_L2_HINT ".v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ u32 ldg_u32_l2(const void* p) {
+    u32 r;
+    asm volatile("ld.global.nc" CALM_L2_HINT ".u32 %0, [%1];" : "=r"(r) : "l"(p));
+    return r;
+}
+
 #define CALM_INF __int_as_float(0x7f800000)
 
 // ---- programmatic dependent launch (sm_90+; no-ops below, and when launched without the attribute) ---------------

@@ -462,7 +462,8 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
 // of it for its rows g and g+8; mma j (0..3) takes word j of each: a0a1 = bytes 0,1 (k 2t, 2t+1), a4a5 = bytes 2,3
 // (k 2t+8, 2t+9). B column n: x hi for even n, lo for odd n, so d0 + d1 (d2 + d3) is row g's (g+8's) sum.
 // Per-warp x buffer: [U][j][slot = 2t + part][2] u32 (b0b1, b2b3).
-// Each stage issues its U k-blocks' loads, stages x, then multiplies. Measured slower on the H200 (bench/RESULTS.md):
+// Each stage issues its U k-blocks' loads (with the L2 prefetch-size hint, common.cuh ldg_u4_stream_l2: a load
+// instruction covers 8 rows x 64 bytes), stages x, then multiplies. Measured slower on the H200 (bench/RESULTS.md):
 // double-buffered loads (the next stage's in flight during the multiplies: 96-164 registers, half the blocks per SM).
 // The first stage's loads go out before pdl_wait (MqPdl).
 template <int T, int U, int MODE, int W, int FOLD, bool EARLY = true>
@@ -499,7 +500,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
             const int kb = kb0 + u * W;
             if (kb < nkb) {
 #pragma unroll
-                for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream(rp[i][0] + 4 * kb); w[u][i][1] = ldg_u4_stream(rp[i][1] + 4 * kb); }
+                for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream_l2(rp[i][0] + 4 * kb); w[u][i][1] = ldg_u4_stream_l2(rp[i][1] + 4 * kb); }
             }
         }
         pdl.after_loads(fold, cols);
@@ -616,7 +617,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
 #pragma unroll
                 for (int i = 0; i < T; i++)
 #pragma unroll
-                    for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream(rp[i][h] + 4 * kb); sc[u][i][h] = dp[i][h][2 * kb]; }
+                    for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream_l2(rp[i][h] + 4 * kb); sc[u][i][h] = ldg_u32_l2(dp[i][h] + 2 * kb); }
             }
         }
         pdl.after_loads(fold, cols);

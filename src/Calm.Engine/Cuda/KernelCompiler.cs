@@ -92,6 +92,12 @@ public static unsafe class KernelCompiler
     public static (string Option, string Target, bool Cubin) TargetFor(int arch, string file)
         => ArchSpecificFiles.Contains(file) && ArchSpecificTarget(arch) ? ($"--gpu-architecture=sm_{arch}a", $"sm_{arch}a", true) : TargetFor(arch);
 
+    /// <summary>The -D options every kernel file gets from kernel switches that are compile-time choices (part of the
+    /// cache key, so each setting is compiled once): CALM_L2_256=0 compiles the tensor-core matvecs' and attention's
+    /// weight / K loads without the L2 prefetch-size hint (kernels/common.cuh ldg_u4_stream_l2).</summary>
+    public static string[] EnvironmentDefines()
+        => Environment.GetEnvironmentVariable("CALM_L2_256") == "0" ? new[] { "CALM_L2_256=0" } : Array.Empty<string>();
+
     public static string[] Options(string archOption) => new[] { archOption, "--std=c++17", "-default-device", "--fmad=true" };
 
     /// <summary>Compiles (or loads from the caches) one kernel file for <paramref name="arch"/>.</summary>
@@ -102,7 +108,7 @@ public static unsafe class KernelCompiler
         var (opt, target, cubin) = TargetFor(arch, file);
         var (vmaj, vmin) = Nvrtc.Version;
         var source = Sources.TryGetValue(file, out var s) ? s : throw new ArgumentException($"no kernel file {file}", nameof(file));
-        var opts = Options(opt).Concat((defines ?? Array.Empty<string>()).Select(d => "-D" + d)).ToArray();
+        var opts = Options(opt).Concat((defines ?? Array.Empty<string>()).Concat(EnvironmentDefines()).Select(d => "-D" + d)).ToArray();
         string hash = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(
             source + "\0" + HeadersKey + "\0" + string.Join(" ", opts) + $"\0nvrtc{vmaj}.{vmin}"))).ToLowerInvariant()[..20];
         string key = $"{Path.GetFileNameWithoutExtension(file)}-{target}-nvrtc{vmaj}.{vmin}-{hash}.{(cubin ? "cubin" : "ptx")}";

@@ -12,11 +12,11 @@ public static class KernelSwitches
     public static readonly IReadOnlyList<string> Names = new[]
     {
         "CALM_DECODE", "CALM_FUSE_PAIRS", "CALM_PDL", "CALM_QUANT_PDL", "CALM_QUANT_CLAMP", "CALM_QUANT_TC", "CALM_QUANT_GLU", "CALM_FOLD_NORM",
-        "CALM_QUANT_TC_VARIANT", "CALM_QUANT_TC_CAPPED", "CALM_MV_DEEP", "CALM_FP8_XS", "CALM_INT4_XS", "CALM_GEMM_VARIANT", "CALM_GEMM_WN",
+        "CALM_QUANT_TC_VARIANT", "CALM_QUANT_TC_INT4", "CALM_QUANT_TC_CAPPED", "CALM_MV_DEEP", "CALM_FP8_XS", "CALM_INT4_XS", "CALM_GEMM_VARIANT", "CALM_GEMM_WN",
         "CALM_GEMM_V4N", "CALM_GEMM_K", "CALM_GEMM_TILE", "CALM_NO_ARCH_SPECIFIC", "CALM_PREFILL", "CALM_PREFILL_ATT",
         "CALM_PREFILL_FUSE", "CALM_PREFILL_ROWS", "CALM_ATT_FP8_WIDE", "CALM_ATT_BLOCKS", "CALM_FUSE_NORM", "CALM_ATT_ASYNC",
         "CALM_PDL_PREFETCH", "CALM_ATT_NEXT", "CALM_MV_EARLY", "CALM_ATT_PREFETCH", "CALM_CARVEOUT", "CALM_ATT_F16_WIDE",
-        "CALM_MOE_GATE", "CALM_MOE_PDL",
+        "CALM_MOE_GATE", "CALM_MOE_PDL", "CALM_L2_256",
     };
 
     /// <summary>"NAME=value" of every switch set (non-empty) in this process, ';'-separated in <see cref="Names"/> order;
