@@ -65,7 +65,8 @@ public sealed class CudaQuantKernels : IDisposable
     public string? TcVariantOverride { get; }
     /// <summary>The tensor-core kernel variants: t1, t2, t4 = one, two or four tiles of 16 rows per block of 8 warps (4,
     /// 2, 1 k-blocks per pipeline stage); t1w = one tile per block of 16 warps (twice the loads in flight per tile);
-    /// t1b, t2b, t4b = t1 with 2 k-blocks per stage, t2 and t4, with registers capped for 4, 3 and 2 blocks per SM.</summary>
+    /// t1b, t2b, t4b = t1 with 2 k-blocks per stage, t2 and t4, with registers capped for 4, 3 and 2 blocks per SM.
+    /// (t1 capped for 3 blocks per SM was slower on every int4 shape: bench/RESULTS.md, fourteenth session.)</summary>
     public static readonly string[] TcVariants = { "t1", "t2", "t4", "t1w", "t1b", "t2b", "t4b" };
     /// <summary>Programmatic dependent launch of the dense tensor-core kernels (sm_90+ with cuLaunchKernelEx;
     /// CALM_QUANT_PDL=0 off): each issues its first weight loads, waits for the previous kernel before touching x, y or
@@ -226,24 +227,31 @@ public sealed class CudaQuantKernels : IDisposable
     /// tok/s against four tiles from 33792 rows, two from 16896, else one, all register-capped): t1 up to 4096 rows (o,
     /// down), the register-capped t1b (more warps per SM for the heavier dequantisation) below 16896 (qkv) and t2b from
     /// there (gate_up, the classifier). With <paramref name="cappedInt4"/> false (CALM_QUANT_TC_CAPPED=0) the older
-    /// uncapped rule: t4 from 33792 rows, t2 from 16896, else t1.</summary>
-    public static string TcVariant(DType t, long rows, string? requested = null, bool? cappedInt4 = null)
+    /// uncapped rule: t4 from 33792 rows, t2 from 16896, else t1. fp8 MoE experts (<paramref name="moe"/>, the
+    /// moe_matvec kernels): two tiles per block (fourteenth session, with the loads' L2 prefetch-size hint: Mixtral-8x7B
+    /// fp8 248.8 tok/s with t1 everywhere, 253.8 with t2 everywhere; bench/RESULTS.md).</summary>
+    public static string TcVariant(DType t, long rows, string? requested = null, bool? cappedInt4 = null, bool moe = false)
     {
         if (requested is not null)
             return TcVariants.Contains(requested) ? requested
                 : throw new ArgumentOutOfRangeException(nameof(requested), $"tensor-core variant is one of {string.Join(", ", TcVariants)}");
-        if (t != DType.Int4) return "t1";
+        if (t != DType.Int4) return moe ? "t2" : "t1";
+        if (Int4Rule is { } rule) return rows <= 4096 ? rule[0] : rows >= 16896 ? rule[2] : rule[1];
         if (cappedInt4 ?? CappedInt4) return rows <= 4096 ? "t1" : rows >= 16896 ? "t2b" : "t1b";
         return rows >= 33792 ? "t4" : rows >= 16896 ? "t2" : "t1";
     }
     private static readonly bool CappedInt4 = Environment.GetEnvironmentVariable("CALM_QUANT_TC_CAPPED") != "0";
+    /// <summary>CALM_QUANT_TC_INT4="small,mid,large" (for benchmarks): the int4 variants for up to 4096 rows, below 16896
+    /// and from 16896 in place of the rule's t1, t1b, t2b; null when unset or not three known variants.</summary>
+    private static readonly string[]? Int4Rule = Environment.GetEnvironmentVariable("CALM_QUANT_TC_INT4")?.Split(',', StringSplitOptions.TrimEntries) is { Length: 3 } r
+        && r.All(TcVariants.Contains) ? r : null;
     private static int TilesOf(string variant) => variant[1] - '0';
 
     /// <summary>The tensor-core kernel <paramref name="prefix"/>_{fp8|int4}_<paramref name="kind"/>_{variant} for
     /// <paramref name="variantRows"/> (see <see cref="TcVariant"/>), with its tiles per block and threads per block.</summary>
     private (CudaKernel Kernel, int Tiles, int Threads) Tc(string prefix, string kind, DType wt, long variantRows, string? requested)
     {
-        var v = TcVariant(wt, variantRows, requested ?? TcVariantOverride);
+        var v = TcVariant(wt, variantRows, requested ?? TcVariantOverride, moe: prefix == "moe_matvec");
         return (_k[$"{prefix}_{Suffix(wt)}_{kind}_{v}"], TilesOf(v), v.EndsWith('w') ? 2 * Block : Block);
     }
 

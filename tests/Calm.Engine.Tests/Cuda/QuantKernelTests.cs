@@ -348,6 +348,9 @@ public unsafe class QuantKernelTests
         Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 28672));
         Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 14336));
         Assert.Equal("t4", CudaQuantKernels.TcVariant(DType.F8E4M3, 28672, "t4"));
+        Assert.Equal("t2", CudaQuantKernels.TcVariant(DType.F8E4M3, 14336 * 2, moe: true));   // fp8 MoE experts: two tiles per block
+        Assert.Equal("t1", CudaQuantKernels.TcVariant(DType.F8E4M3, 14336 * 2, "t1", moe: true));
+        Assert.Equal("t2b", CudaQuantKernels.TcVariant(DType.Int4, 28672, cappedInt4: true, moe: true));   // int4 MoE: the dense rule
         Assert.Equal("t2b", CudaQuantKernels.TcVariant(DType.Int4, 28672, cappedInt4: true));
         Assert.Equal("t2b", CudaQuantKernels.TcVariant(DType.Int4, 128256, cappedInt4: true));
         Assert.Equal("t1b", CudaQuantKernels.TcVariant(DType.Int4, 6144, cappedInt4: true));
