@@ -443,7 +443,7 @@ public class KvFp8GpuTests
         var r = new Random(seed);
         var prompt = Enumerable.Range(0, 150).Select(_ => r.Next(c.VocabSize)).ToArray();
         var (mean, mean8, worst) = CompareForward(cpu.Backend, gpu.Backend, cpu32.Backend, c.VocabSize, prompt, 24, 3e-2,
-            $"tiny-wp fp8 KV (batched {batched}, uses it {b.UsesBatchedPrefill(prompt.Length)})");
+            $"tiny-wp fp8 KV (batched {batched}, uses it {b.UsesBatchedPrefill(prompt.Length)}, seed {seed})");
         Log($"tiny-wp fp8 KV, batched prefill {batched} (seed {seed}): GPU vs CPU fp8 KV relative L2 mean {mean:E2} worst {worst:E2}; CPU fp8 vs f32 KV mean {mean8:E2} (150 prefill + 24 decode positions)");
     }
 
@@ -466,7 +466,7 @@ public class KvFp8GpuTests
         int seed = Gpu.Rng().Next();
         var r = new Random(seed);
         var prompt = Enumerable.Range(0, 20).Select(_ => r.Next(cpu.Config.VocabSize)).ToArray();
-        var (mean, mean8, worst) = CompareForward(cpu.Backend, gpu.Backend, cpu32.Backend, cpu.Config.VocabSize, prompt, 12, 0.1, $"{name} fp8 KV");
+        var (mean, mean8, worst) = CompareForward(cpu.Backend, gpu.Backend, cpu32.Backend, cpu.Config.VocabSize, prompt, 12, 0.1, $"{name} fp8 KV (seed {seed})");
         Log($"{name} fp8 KV (seed {seed}): GPU vs CPU fp8 KV relative L2 mean {mean:E2} worst {worst:E2}; CPU fp8 vs f32 KV mean {mean8:E2}");
     }
 
