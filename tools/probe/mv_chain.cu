@@ -12,6 +12,7 @@
 #include "probe.cuh"
 #include "../../kernels/bench.cu"   // the engine's streaming read, with common.cuh (16-byte loads, PDL, warp sums)
 #include "../../kernels/quant.cuh"   // dot16_fp8 (e4m3 -> f16 -> fp32, the engine's CUDA-core fp8 dot)
+#include "probe_async.cuh"           // mbarriers, bulk copies
 
 
 __device__ __forceinline__ float dot8(calm_u4 w, const float* x) {
@@ -98,19 +99,6 @@ __global__ void __launch_bounds__(THREADS, MINB) mv_gs(const u16* W, const float
 // kernel's run, so no DRAM gap at the boundary. x is staged into shared memory (f32). A warp takes a contiguous run
 // of 32-vector groups of each chunk (one group = 512 bytes, always in one row since cols % 256 == 0), sums per row,
 // and adds the warp total into part[warp][row] (fixed order: deterministic).
-__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void mbar_init(u64* b, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_u32(b)), "r"(count) : "memory"); }
-__device__ __forceinline__ void mbar_expect_tx(u64* b, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem_u32(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(u64* b) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_u32(b)) : "memory"); }
-__device__ __forceinline__ void mbar_wait(u64* b, u32 parity) {
-    asm volatile("{\n .reg .pred p;\n W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n @!p bra W;\n}" :: "r"(smem_u32(b)), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, u32 bytes, u64* bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                 :: "r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
-}
 __device__ __forceinline__ void bar_compute() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
 
 #define TMA_MAXSLOTS 12

@@ -27,6 +27,7 @@
 #include <string>
 #include "probe.cuh"
 #include "../../kernels/common.cuh"   // calm_u4, ldg_u4_stream
+#include "probe_async.cuh"           // mbarriers, bulk copies
 
 // W multiply-adds on the 4 words of v (as floats, exponent forced small so nothing overflows), 4 chains
 template <int W>
@@ -81,9 +82,8 @@ __global__ void __launch_bounds__(256) st_regdb(const calm_u4* in, long long per
     finish(a, out);
 }
 // ---- cpa S: per-warp cp.async ring ---------------------------------------------------------------------------------
-__device__ __forceinline__ u32 sm_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void cpa16(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(sm_addr(dst)), "l"(src) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_u32(dst)), "l"(src) : "memory");
 }
 __device__ __forceinline__ void cpa_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cpa_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
@@ -113,19 +113,7 @@ __global__ void __launch_bounds__(256) st_cpa(const calm_u4* in, long long perWa
     cpa_wait<0>();
     finish(a, out);
 }
-// ---- bulk copies and mbarriers --------------------------------------------------------------------------------------
-__device__ __forceinline__ void mb_init(u64* b, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(sm_addr(b)), "r"(count) : "memory"); }
-__device__ __forceinline__ void mb_expect(u64* b, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(sm_addr(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mb_arrive(u64* b) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(sm_addr(b)) : "memory"); }
-__device__ __forceinline__ void mb_wait(u64* b, u32 parity) {
-    asm volatile("{\n .reg .pred p;\n W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n @!p bra W;\n}" :: "r"(sm_addr(b)), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void bulk(void* dst, const void* src, u32 bytes, u64* bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                 :: "r"(sm_addr(dst)), "l"(src), "r"(bytes), "r"(sm_addr(bar)) : "memory");
-}
+// ---- bulk copies and mbarriers: probe_async.cuh ------------------------------------------------------------------
 // bulk S K: per-warp ring of S slots of 512K bytes
 template <int S, int K, int W>
 __global__ void __launch_bounds__(256) st_bulk(const calm_u4* in, long long perWarp, float* out) {
@@ -138,22 +126,22 @@ __global__ void __launch_bounds__(256) st_bulk(const calm_u4* in, long long perW
     const long long steps = perWarp / (32 * K);
     const u32 bytes = 512u * K;
     if (lane == 0) {
-        for (int i = 0; i < S; i++) mb_init(&full[warp][i], 1);
+        for (int i = 0; i < S; i++) mbar_init(&full[warp][i], 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncwarp();
     if (lane == 0)
-        for (int i = 0; i < S && i < steps; i++) { mb_expect(&full[warp][i], bytes); bulk(r + 32 * K * i, p + 32LL * K * i, bytes, &full[warp][i]); }
+        for (int i = 0; i < S && i < steps; i++) { mbar_expect_tx(&full[warp][i], bytes); bulk_g2s(r + 32 * K * i, p + 32LL * K * i, bytes, &full[warp][i]); }
     float a[4] = { 0.f, 0.f, 0.f, 0.f };
     int slot = 0;
     u32 phase = 0;
     for (long long s = 0; s < steps; s++) {
-        mb_wait(&full[warp][slot], phase);
+        mbar_wait(&full[warp][slot], phase);
 #pragma unroll
         for (int k = 0; k < K; k++) { const calm_u4 v = r[32 * K * slot + 32 * k + lane]; work<W>(v, a); }
         __syncwarp();
         const long long nx = s + S;
-        if (lane == 0 && nx < steps) { mb_expect(&full[warp][slot], bytes); bulk(r + 32 * K * slot, p + 32LL * K * nx, bytes, &full[warp][slot]); }
+        if (lane == 0 && nx < steps) { mbar_expect_tx(&full[warp][slot], bytes); bulk_g2s(r + 32 * K * slot, p + 32LL * K * nx, bytes, &full[warp][slot]); }
         if (++slot == S) { slot = 0; phase ^= 1u; }
     }
     finish(a, out);
@@ -170,7 +158,7 @@ __global__ void __launch_bounds__(288) st_tma(const calm_u4* in, long long perBl
     const int cv = C / 16;   // vectors per chunk
     const long long nch = perBlock / cv;
     if (threadIdx.x == 0) {
-        for (int i = 0; i < S; i++) { mb_init(&full[i], 1); mb_init(&empty[i], 8); }
+        for (int i = 0; i < S; i++) { mbar_init(&full[i], 1); mbar_init(&empty[i], 8); }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -178,9 +166,9 @@ __global__ void __launch_bounds__(288) st_tma(const calm_u4* in, long long perBl
         if (lane == 0)
             for (long long i = 0; i < nch; i++) {
                 const int s = (int)(i % S);
-                if (i >= S) mb_wait(&empty[s], (u32)((i / S) - 1) & 1u);
-                mb_expect(&full[s], (u32)C);
-                bulk(ring + (long long)s * cv, p + i * cv, (u32)C, &full[s]);
+                if (i >= S) mbar_wait(&empty[s], (u32)((i / S) - 1) & 1u);
+                mbar_expect_tx(&full[s], (u32)C);
+                bulk_g2s(ring + (long long)s * cv, p + i * cv, (u32)C, &full[s]);
             }
         return;
     }
@@ -188,15 +176,31 @@ __global__ void __launch_bounds__(288) st_tma(const calm_u4* in, long long perBl
     const int per = cv / 8;   // vectors of a chunk per worker warp (a multiple of 32)
     for (long long i = 0; i < nch; i++) {
         const int s = (int)(i % S);
-        mb_wait(&full[s], (u32)(i / S) & 1u);
+        mbar_wait(&full[s], (u32)(i / S) & 1u);
         const calm_u4* c = ring + (long long)s * cv + warp * per + lane;
         for (int k = 0; k < per; k += 32) { const calm_u4 v = c[k]; work<W>(v, a); }
         __syncwarp();
-        if (lane == 0) mb_arrive(&empty[s]);
+        if (lane == 0) mbar_arrive(&empty[s]);
     }
     finish(a, out);
 }
 
+
+// the kernels' epilogue: each warp sums its lanes, the 8 warps meet in shared memory (red [8]) behind a barrier, one
+// thread keeps the total (written only if it equals an unlikely value, so the work is not optimised away)
+__device__ __forceinline__ void block_total(const float (&a)[4], float* red, float* out, long long idx) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float s = (a[0] + a[1]) + (a[2] + a[3]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) red[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float tot = 0.f;
+        for (int w = 0; w < 8; w++) tot += red[w];
+        if (tot == 1.2345f) out[idx & 1023] = tot;
+    }
+}
 
 // ---- tiles: the quantized matvecs' block shape ---------------------------------------------------------------------
 // A tile = 8 warps x ST stages x U loads per lane (t1b int4: 16 rows x 4096 columns = 32 KB = ST 2, U 4); after its
@@ -216,16 +220,7 @@ __device__ __forceinline__ void tile_body(const calm_u4* in, long long t, float 
 #pragma unroll
         for (int u = 0; u < U; u++) work<W>(v[u], a);
     }
-    float s = (a[0] + a[1]) + (a[2] + a[3]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) red[warp] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float tot = 0.f;
-        for (int w = 0; w < 8; w++) tot += red[w];
-        if (tot == 1.2345f) out[t & 1023] = tot;
-    }
+    block_total(a, red, out, t);
     __syncthreads();
     a[0] = a[1] = a[2] = a[3] = 0.f;
 }
@@ -263,16 +258,7 @@ __global__ void __launch_bounds__(256) st_matpat(const unsigned char* in, int ro
 #pragma unroll
         for (int u = 0; u < 8; u++) work<W>(v[u], a);
     }
-    float s = (a[0] + a[1]) + (a[2] + a[3]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) red[warp] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float tot = 0.f;
-        for (int w = 0; w < 8; w++) tot += red[w];
-        if (tot == 1.2345f) out[blockIdx.x & 1023] = tot;
-    }
+    block_total(a, red, out, blockIdx.x);
 }
 
 
@@ -309,16 +295,7 @@ __global__ void __launch_bounds__(256) st_rowpat(const unsigned char* in, int ro
 #pragma unroll
         for (int i = 0; i < NL; i++) work<W>(v[i], a);
     }
-    float s = (a[0] + a[1]) + (a[2] + a[3]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) red[warp] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float tot = 0.f;
-        for (int w = 0; w < 8; w++) tot += red[w];
-        if (tot == 1.2345f) out[blockIdx.x & 1023] = tot;
-    }
+    block_total(a, red, out, blockIdx.x);
 }
 
 // ---- host -------------------------------------------------------------------------------------------------------
