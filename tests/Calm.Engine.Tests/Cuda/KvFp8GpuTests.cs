@@ -387,8 +387,8 @@ public class KvFp8GpuTests
     /// vs CPU fp8) at most half the mean of (CPU fp8 vs CPU f32), and no position above <paramref name="cap"/>.
     /// With several <paramref name="prompts"/> (each from position 0, then <paramref name="decode"/> steps) the means
     /// are pooled over all of them: a flip early in a short sequence moves every later position, so one 32-position
-    /// sequence gives a noisy mean (on the H200, 2 of 56 single-prompt fixture runs came out at 0.6 of fp8's own cost,
-    /// the rest at 0.05-0.3: bench/RESULTS.md, fourteenth session).
+    /// sequence gives a noisy mean (on the H200, 2 of 56 single-prompt fixture runs came out at 0.51 and 0.61 of fp8's own
+    /// cost, the rest at 0.05-0.3: bench/RESULTS.md, fourteenth session).
     /// </summary>
     private static (double Mean, double Fp8Mean, double Worst) CompareForward(IForwardBackend cpu, IForwardBackend gpu, IForwardBackend cpu32,
                                                                            int vocab, int[] prompt, int decode, double cap, string what)
