@@ -236,13 +236,14 @@ public sealed class CudaQuantKernels : IDisposable
             return TcVariants.Contains(requested) ? requested
                 : throw new ArgumentOutOfRangeException(nameof(requested), $"tensor-core variant is one of {string.Join(", ", TcVariants)}");
         if (t != DType.Int4) return moe ? "t2" : "t1";
-        if (Int4Rule is { } rule) return rows <= 4096 ? rule[0] : rows >= 16896 ? rule[2] : rule[1];
+        if (cappedInt4 is null && Int4Rule is { } rule) return rows <= 4096 ? rule[0] : rows >= 16896 ? rule[2] : rule[1];
         if (cappedInt4 ?? CappedInt4) return rows <= 4096 ? "t1" : rows >= 16896 ? "t2b" : "t1b";
         return rows >= 33792 ? "t4" : rows >= 16896 ? "t2" : "t1";
     }
     private static readonly bool CappedInt4 = Environment.GetEnvironmentVariable("CALM_QUANT_TC_CAPPED") != "0";
     /// <summary>CALM_QUANT_TC_INT4="small,mid,large" (for benchmarks): the int4 variants for up to 4096 rows, below 16896
-    /// and from 16896 in place of the rule's t1, t1b, t2b; null when unset or not three known variants.</summary>
+    /// and from 16896 in place of the rule's t1, t1b, t2b; null when unset or not three known variants. Like
+    /// CALM_QUANT_TC_CAPPED, it gives way to a caller that names the rule (TcVariant's cappedInt4).</summary>
     private static readonly string[]? Int4Rule = Environment.GetEnvironmentVariable("CALM_QUANT_TC_INT4")?.Split(',', StringSplitOptions.TrimEntries) is { Length: 3 } r
         && r.All(TcVariants.Contains) ? r : null;
     private static int TilesOf(string variant) => variant[1] - '0';
