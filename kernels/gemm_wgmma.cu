@@ -14,6 +14,7 @@
 #include "common.cuh"
 #include "gemm_common.cuh"
 #include "fp8.cuh"
+#include "quant.cuh"   // quant_off: fp8/int4 values row-major or in the tile order
 
 #define GEMMW_THREADS 256
 #define GEMMW_BM 128
@@ -168,7 +169,8 @@ __device__ __forceinline__ int gemmw_w_row(int r, int N, int n0, bool& ok) {
 // chunk t&7 of rows (t>>3) + 32 i); fp8 16-byte chunks c = idx&3 of rows idx>>2 (idx = t + 256 i); int4 the group
 // chunk c = idx&1 of rows idx>>1 and its scale's aligned word. Out-of-range rows and chunks zero-filled.
 template <int WT, int BN, int GATED>
-__device__ __forceinline__ void gemmw_load_stage(u32 sA, const u16* X, const void* W, const void* scales, int T, int N, int K, int m0, int n0, int k0) {
+__device__ __forceinline__ void gemmw_load_stage(u32 sA, const u16* X, const void* W, const void* scales, int T, int N, int K, int m0, int n0, int k0,
+                                                 int tiled) {
     const int rr = threadIdx.x >> 3, cc = threadIdx.x & 7;
     const u32 sw = (u32)((cc ^ (rr & 7)) << 4);
     const int k = k0 + cc * 8;
@@ -184,7 +186,7 @@ __device__ __forceinline__ void gemmw_load_stage(u32 sA, const u16* X, const voi
             int src = gemmw_w_row<BN, GATED>(r, N, n0, ok);
             int kb = k0 + c * 16;
             ok = ok && kb < K;
-            g_cp16(sB + (u32)(r * 64 + c * 16), Wq + (ok ? (long long)src * K + kb : 0), ok ? 16 : 0);
+            g_cp16(sB + (u32)(r * 64 + c * 16), Wq + (ok ? quant_off(tiled, src, kb, K) : 0), ok ? 16 : 0);
         }
     } else if (WT == WQ_INT4) {
         const unsigned char* Wq = (const unsigned char*)W;
@@ -200,7 +202,7 @@ __device__ __forceinline__ void gemmw_load_stage(u32 sA, const u16* X, const voi
                 int g = (k0 >> 5) + c;
                 ok = ok && g < G;
                 long long si = (long long)src * G + g;
-                g_cp16(sB + (u32)(r * 32 + c * 16), Wq + (ok ? (long long)src * G * 16 + g * 16 : 0), ok ? 16 : 0);
+                g_cp16(sB + (u32)(r * 32 + c * 16), Wq + (ok ? quant_off(tiled, src, g * 16, G * 16) : 0), ok ? 16 : 0);
                 g_cp4(sS + (u32)(r * 8 + c * 4), (const unsigned char*)scales + (ok ? ((si * 2) & ~3ll) : 0), ok ? 4 : 0);
             }
         }
@@ -282,7 +284,7 @@ __device__ __forceinline__ void gemmw_convert(u32 sA, u32 sF, int N, int K, int 
 // Shared memory: GEMMW_STAGES load stages, then (quantized formats) 3 f16 B tiles, + 1 KB of alignment.
 template <int WT, int BN, int GATED>
 __device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const void* scales, float* Y, const float* bias, int T, int N, int K, int accumulate,
-                                           u16* Hout, int act, int odt) {
+                                           u16* Hout, int act, int odt, int tiled) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(1024) unsigned char gwsm[];
     const int STG = GEMMW_STAGES, BNC = GATED ? BN / 2 : BN;
@@ -305,7 +307,7 @@ __device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const vo
     const int kTiles = (K + 63) / 64;
 #pragma unroll
     for (int s = 0; s < STG - 2; s++) {
-        if (s < kTiles) gemmw_load_stage<WT, BN, GATED>(base + s * stageBytes, X, W, scales, T, N, K, m0, n0, s * 64);
+        if (s < kTiles) gemmw_load_stage<WT, BN, GATED>(base + s * stageBytes, X, W, scales, T, N, K, m0, n0, s * 64, tiled);
         g_commit();
     }
     g_wait<STG - 3>();
@@ -316,7 +318,7 @@ __device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const vo
         // stage kt+STG-2 goes into the slot of stage kt-2, whose wgmma every warpgroup has waited for (barrier below)
         {
             int nk = kt + STG - 2;
-            if (nk < kTiles) gemmw_load_stage<WT, BN, GATED>(base + (nk % STG) * stageBytes, X, W, scales, T, N, K, m0, n0, nk * 64);
+            if (nk < kTiles) gemmw_load_stage<WT, BN, GATED>(base + (nk % STG) * stageBytes, X, W, scales, T, N, K, m0, n0, nk * 64, tiled);
             g_commit();
         }
         const u32 sA = base + (kt % STG) * stageBytes;
@@ -378,14 +380,16 @@ __device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const vo
 }
 
 // gemmw_<fmt>_n<BN>: Y = X . W^T (+ bias) (+ Y); gemmw_gated_<fmt>_n<BN>: H = act(gate) * up, BN/2 columns of F per
-// block. fmt: bf16, f16 (scales unused), fp8, int4. 256 threads; shared memory: CudaPrefillKernels.GemmWSharedBytes
+// block. fmt: bf16, f16 (scales unused), fp8, int4. tiled: fp8/int4 values in the tile order (quant.cuh; what
+// CudaBackend stores for the tensor-core matvecs), 0 row-major (halves: always 0). 256 threads; shared memory:
+// CudaPrefillKernels.GemmWSharedBytes
 #define GEMMW_ENTRY(NAME, WT, BN) \
-    extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const void* W, const void* scales, float* Y, const float* bias, int T, int N, int K, int accumulate) { \
-        gemmw_impl<WT, BN, 0>(X, W, scales, Y, bias, T, N, K, accumulate, 0, 0, 0); \
+    extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const void* W, const void* scales, float* Y, const float* bias, int T, int N, int K, int accumulate, int tiled) { \
+        gemmw_impl<WT, BN, 0>(X, W, scales, Y, bias, T, N, K, accumulate, 0, 0, 0, tiled); \
     }
 #define GEMMW_GATED_ENTRY(NAME, WT, BN) \
-    extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const void* W, const void* scales, u16* H, const float* bias, int T, int F, int K, int act, int odt) { \
-        gemmw_impl<WT, BN, 1>(X, W, scales, 0, bias, T, F, K, 0, H, act, odt); \
+    extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const void* W, const void* scales, u16* H, const float* bias, int T, int F, int K, int act, int odt, int tiled) { \
+        gemmw_impl<WT, BN, 1>(X, W, scales, 0, bias, T, F, K, 0, H, act, odt, tiled); \
     }
 #define GEMMW_FORMAT(FMT, WT) \
     GEMMW_ENTRY(gemmw_##FMT##_n128, WT, 128) GEMMW_ENTRY(gemmw_##FMT##_n192, WT, 192) GEMMW_ENTRY(gemmw_##FMT##_n256, WT, 256) \

@@ -280,6 +280,10 @@ __device__ __forceinline__ void matvec_fp8_xs_impl(const unsigned char* Q, const
 // weights then propagate as they do on the CPU.
 // Requirements (checked by the launcher): fp8 cols % 64 == 0, int4 cols % 128 == 0; rows any (the last tile rereads
 // the last row and drops the result).
+// The values are row-major (tiled = 0) or in the tile order (tiled = 1, quant.cuh quant_tile_off: what CudaBackend
+// stores), where a lane's 16 bytes of 8 consecutive rows g = 0..7 are one contiguous 512-byte run: plain tiles (16
+// rows from a multiple of 16), GLU gate and up rows when F % 8 == 0, QKV rotary halves (head_dim % 16 == 0). Rows
+// that are not (the clamped last rows, F % 8 != 0) are read correctly, only in more pieces.
 struct __align__(8) mq_f2 { float x, y; };
 struct __align__(8) mq_u2 { u32 x, y; };
 
@@ -468,7 +472,7 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
 // The first stage's loads go out before pdl_wait (MqPdl).
 template <int T, int U, int MODE, int W, int FOLD, bool EARLY = true>
 __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
-                                                   int n, int cols, int accumulate, const MqRope& rope, const MqFold& fold) {
+                                                   int n, int cols, int accumulate, const MqRope& rope, const MqFold& fold, int tiled) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     __shared__ float red[W][T * 16];
     __shared__ __align__(16) u32 xb[W][U][4][8][2];
@@ -481,8 +485,8 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 #pragma unroll
     for (int i = 0; i < T; i++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) rp[i][h] = (const calm_u4*)(Q + mq_tc_row<MODE>(T, row0, i, g, h, n, rope.Hd) * cols) + t;
-    const int nkb = cols >> 6;
+        for (int h = 0; h < 2; h++) rp[i][h] = (const calm_u4*)(Q + quant_off(tiled, mq_tc_row<MODE>(T, row0, i, g, h, n, rope.Hd), 16 * t, cols));
+    const int nkb = cols >> 6, kbs = tiled ? 32 : 4;   // 16-byte vectors from one k-block of a row to the next
     // staging: lane L converts x[64kb + 2L, +1] = the pair (b0b1 if L even else b2b3) of t' = L/8, j' = (L/2)%4
     const int st = lane >> 3, sj = (lane >> 1) & 3, sw = lane & 1;
     const int bslot = 2 * t + (g & 1);
@@ -500,7 +504,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
             const int kb = kb0 + u * W;
             if (kb < nkb) {
 #pragma unroll
-                for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream_l2(rp[i][0] + 4 * kb); w[u][i][1] = ldg_u4_stream_l2(rp[i][1] + 4 * kb); }
+                for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream_l2(rp[i][0] + kbs * kb); w[u][i][1] = ldg_u4_stream_l2(rp[i][1] + kbs * kb); }
             }
         }
         pdl.after_loads(fold, cols);
@@ -555,7 +559,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 #pragma unroll
             for (int i = 0; i < T; i++)
 #pragma unroll
-                for (int h = 0; h < 2; h++) f[i][h] += dot16_fp8(ldg_u4_stream(rp[i][h] + 4 * kb), xs);
+                for (int h = 0; h < 2; h++) f[i][h] += dot16_fp8(ldg_u4_stream(rp[i][h] + kbs * kb), xs);
         }
 #pragma unroll
         for (int i = 0; i < T; i++)
@@ -575,7 +579,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 // Per-warp x buffer: [U][m = 2q + h][slot][2] u32, slot 2t + part for group-lane t, slot 8 zero. Loads as fp8.
 template <int T, int U, int MODE, int W, int FOLD, bool EARLY = true>
 __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, const u16* D, const float* x, float* y, const float* bias,
-                                                    int n, int cols, int accumulate, const MqRope& rope, const MqFold& fold) {
+                                                    int n, int cols, int accumulate, const MqRope& rope, const MqFold& fold, int tiled) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     __shared__ float red[W][T * 16];
     __shared__ __align__(16) u32 xb[W][U][8][9][2];
@@ -593,11 +597,11 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             long long r = mq_tc_row<MODE>(T, row0, i, g, h, n, rope.Hd);
-            rp[i][h] = (const calm_u4*)(P + r * G * 16) + t;
+            rp[i][h] = (const calm_u4*)(P + quant_off(tiled, r, 16 * t, G * 16));
             drow[i][h] = D + r * G;
             dp[i][h] = (const u32*)(drow[i][h] + 2 * (t & 1));   // the scales of groups 2(t%2), 2(t%2)+1 of each k-block
         }
-    const int nkb = cols >> 7;
+    const int nkb = cols >> 7, kbs = tiled ? 32 : 4;   // 16-byte vectors from one k-block of a row to the next
     // staging: lane L = (t' = L/8, q' = (L/2)%4, h' = L%2) packs (x[2h'], x[2h'+4]) and (x[2h'+1], x[2h'+5]) of word q' of group-lane t'
     const int st = lane >> 3, sq = (lane >> 1) & 3, sh = lane & 1;
     const int bslot = t == (g & 3) ? 2 * t + (g >> 2) : 8;
@@ -617,7 +621,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
 #pragma unroll
                 for (int i = 0; i < T; i++)
 #pragma unroll
-                    for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream_l2(rp[i][h] + 4 * kb); sc[u][i][h] = ldg_u32_l2(dp[i][h] + 2 * kb); }
+                    for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream_l2(rp[i][h] + kbs * kb); sc[u][i][h] = ldg_u32_l2(dp[i][h] + 2 * kb); }
             }
         }
         pdl.after_loads(fold, cols);
@@ -686,7 +690,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
             for (int i = 0; i < T; i++)
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    const calm_u4 v = ldg_u4_stream(rp[i][h] + 4 * kb);
+                    const calm_u4 v = ldg_u4_stream(rp[i][h] + kbs * kb);
                     const float sum = dot8_int4(v.x, xp[0], xp[1]) + dot8_int4(v.y, xp[2], xp[3]) + dot8_int4(v.z, xp[4], xp[5]) + dot8_int4(v.w, xp[6], xp[7]);
                     f[i][h] = fmaf(f16_to_f32(drow[i][h][4 * kb + t]), sum, f[i][h]);
                 }
@@ -737,18 +741,20 @@ MQ_ENTRIES(8, 1, _r8)
 // so that its registers always allow a 512-thread launch.
 // Plain: y = W x as matvec_fp8 / matvec_int4 (same arguments). GLU: gate_up fused with the activation, W [2F, cols]
 // (gate over up), h [F] = act(gate) * up. MoE twins: per slot s, expert expertIdx[s], x + s*xStride, output + s*rows (F).
-// Folded RMSNorm (MqFold): _fc kernels (plain, GLU, QKV) are consumers, with (ssIn, nIn, eps) after the usual
-// arguments; _fp (plain) producers, with (g, xg, ssOut, addOne).
+// Every tensor-core kernel takes `tiled` last (before a fold role's arguments): the values' order (1: the tile order,
+// quant.cuh; 0: row-major). Folded RMSNorm (MqFold): _fc kernels (plain, GLU, QKV) are consumers, with (ssIn, nIn,
+// eps) after the usual arguments; _fp (plain) producers, with (g, xg, ssOut, addOne).
 #define MQ_TC_ONE(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                       \
 MQ_TC_PLAIN(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                            \
 MQ_TC_GLU_QKV(NAME, IMPL, ST, T, U, W, SUF, LB, , MQ_FOLD_NONE, , MqFold())                                              \
 MQ_TC_GLU_QKV(NAME, IMPL, ST, T, U, W, SUF, LB, _fc, MQ_FOLD_CONSUMER, MQ_FC_PARAMS, MQ_FC_FOLD)                         \
 extern "C" __global__ void LB moe_matvec_##NAME##_tc_glu##SUF(const void* const* values, const void* const* scales, \
-                                                 const int* expertIdx, const float* x, int xStride, float* h, int F, int cols, int act) { \
+                                                 const int* expertIdx, const float* x, int xStride, float* h, int F, int cols, int act, \
+                                                 int tiled) {                                                            \
     pdl_wait();                                                                                                          \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
     IMPL<T, U, MQ_GLU, W, MQ_FOLD_NONE, false>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride, \
-                          h + (long long)s * F, (const float*)0, F, cols, act, MqRope(), MqFold());                      \
+                          h + (long long)s * F, (const float*)0, F, cols, act, MqRope(), MqFold(), tiled);               \
 }
 #define MQ_FC_PARAMS , const float* ssIn, int nIn, float eps
 #define MQ_FC_FOLD { ssIn, nIn, eps, 0, 0, 0, 0 }
@@ -757,34 +763,35 @@ extern "C" __global__ void LB moe_matvec_##NAME##_tc_glu##SUF(const void* const*
 // GLU and QKV with one fold role: FS the name's suffix, FOLD the role, FPARAMS its extra parameters, FINIT its MqFold
 #define MQ_TC_GLU_QKV(NAME, IMPL, ST, T, U, W, SUF, LB, FS, FOLD, FPARAMS, FINIT)                                         \
 extern "C" __global__ void LB matvec_##NAME##_tc_glu##FS##SUF(const unsigned char* Q, const ST* S, const float* x,     \
-        float* h, const float* bias, int F, int cols, int act FPARAMS) {                                                 \
+        float* h, const float* bias, int F, int cols, int act, int tiled FPARAMS) {                                      \
     const MqFold fold = FINIT;                                                                                           \
-    IMPL<T, U, MQ_GLU, W, FOLD>(Q, S, x, h, bias, F, cols, act, MqRope(), fold);                                         \
+    IMPL<T, U, MQ_GLU, W, FOLD>(Q, S, x, h, bias, F, cols, act, MqRope(), fold, tiled);                                  \
 }                                                                                                                        \
 extern "C" __global__ void LB matvec_##NAME##_tc_qkv##FS##SUF(const unsigned char* Q, const ST* S, const float* x,     \
         float* qkv, const float* bias, int cols, const float* cosT, const float* sinT, u16* kCache, u16* vCache,        \
-        int maxCtx, int H, int K, int Hd, const StepParams* sp FPARAMS) {                                                \
+        int maxCtx, int H, int K, int Hd, const StepParams* sp, int tiled FPARAMS) {                                     \
     const MqRope rope = { cosT, sinT, kCache, vCache, sp, maxCtx, H, K, Hd };                                           \
     const MqFold fold = FINIT;                                                                                           \
-    IMPL<T, U, MQ_QKV, W, FOLD>(Q, S, x, qkv, bias, (H + 2 * K) * (Hd >> 1), cols, 0, rope, fold);                       \
+    IMPL<T, U, MQ_QKV, W, FOLD>(Q, S, x, qkv, bias, (H + 2 * K) * (Hd >> 1), cols, 0, rope, fold, tiled);                \
 }
 // the plain kernels: unfolded, consumer, producer, and the MoE twin
 #define MQ_TC_PLAIN_ONE(NAME, IMPL, ST, T, U, W, SUF, LB, FS, FOLD, FPARAMS, FINIT)                                       \
 extern "C" __global__ void LB matvec_##NAME##_tc##FS##SUF(const unsigned char* Q, const ST* S, const float* x, float* y, \
-        const float* bias, int rows, int cols, int accumulate FPARAMS) {                                                 \
+        const float* bias, int rows, int cols, int accumulate, int tiled FPARAMS) {                                      \
     const MqFold fold = FINIT;                                                                                           \
-    IMPL<T, U, MQ_PLAIN, W, FOLD>(Q, S, x, y, bias, rows, cols, accumulate, MqRope(), fold);                             \
+    IMPL<T, U, MQ_PLAIN, W, FOLD>(Q, S, x, y, bias, rows, cols, accumulate, MqRope(), fold, tiled);                      \
 }
 #define MQ_TC_PLAIN(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                     \
 MQ_TC_PLAIN_ONE(NAME, IMPL, ST, T, U, W, SUF, LB, , MQ_FOLD_NONE, , MqFold())                                            \
 MQ_TC_PLAIN_ONE(NAME, IMPL, ST, T, U, W, SUF, LB, _fc, MQ_FOLD_CONSUMER, MQ_FC_PARAMS, MQ_FC_FOLD)                       \
 MQ_TC_PLAIN_ONE(NAME, IMPL, ST, T, U, W, SUF, LB, _fp, MQ_FOLD_PRODUCER, MQ_FP_PARAMS, MQ_FP_FOLD)                       \
 extern "C" __global__ void LB moe_matvec_##NAME##_tc##SUF(const void* const* values, const void* const* scales, \
-                                                 const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols) { \
+                                                 const int* expertIdx, const float* x, int xStride, float* y, int rows, int cols, \
+                                                 int tiled) {                                                            \
     pdl_wait();   /* the expert ids come from moe_route */                                                               \
     int s = blockIdx.y, e = expertIdx[s];                                                                                \
     IMPL<T, U, MQ_PLAIN, W, MQ_FOLD_NONE, false>((const unsigned char*)values[e], (const ST*)scales[e], x + (long long)s * xStride, \
-                            y + (long long)s * rows, (const float*)0, rows, cols, 0, MqRope(), MqFold());                \
+                            y + (long long)s * rows, (const float*)0, rows, cols, 0, MqRope(), MqFold(), tiled);         \
 }
 #define MQ_TC_ENTRIES(T, U, W, SUF, LB) MQ_TC_ONE(fp8, matvec_fp8_tc_impl, float, T, U, W, SUF, LB) MQ_TC_ONE(int4, matvec_int4_tc_impl, u16, T, U, W, SUF, LB)
 
@@ -805,6 +812,21 @@ MQ_XS_ENTRIES(1, 4, _r1)
 MQ_XS_ENTRIES(2, 4, _r2)
 MQ_XS_ENTRIES(4, 2, _r4)
 MQ_XS_ENTRIES(8, 1, _r8)
+
+// src [rows, rowBytes] row-major -> dst [ceil(rows / 8) * 8 rows] in the tile order (quant.cuh quant_tile_off;
+// rowBytes % 64 == 0), the padding rows of the last 8-row block zero. One thread per 16 bytes of dst (writes
+// coalesced; a warp reads 8 rows x 64 bytes). Launch: any grid of 256 threads (grid-stride).
+extern "C" __global__ void quant_tile(const calm_u4* src, calm_u4* dst, long long rows, int rowBytes) {
+    const long long per = rowBytes >> 4, n = ((rows + 7) >> 3) * 8 * per;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long o = i / (8 * per), rem = i - o * 8 * per;
+        const int k = (int)(rem >> 5), g = (int)((rem >> 2) & 7), t = (int)(rem & 3);
+        const long long r = 8 * o + g;
+        calm_u4 v = { 0u, 0u, 0u, 0u };
+        if (r < rows) v = src[r * per + 4 * k + t];
+        dst[i] = v;
+    }
+}
 
 // Reports which e4m3 conversion this image was compiled with (1: cvt.rn.f16x2.e4m3x2, 0: bit fallback); out [1] int.
 extern "C" __global__ void matvec_quant_info(int* out) { out[0] = CALM_FP8_CVT; }

@@ -41,3 +41,19 @@ __device__ __forceinline__ float dot8_int4(u32 w, calm_f4 a, calm_f4 b) {
     return s;
 }
 
+
+// ---- the tile order of the tensor-core kernels' matrices ---------------------------------------------------------
+// A device copy of fp8/int4 values whose rows are a multiple of 64 bytes may be stored in 8-row blocks (CudaBackend
+// does so for every matrix the tensor-core matvecs read, QuantTileOrder.cs): block o (rows 8o .. 8o+7) at
+// o * 8 * rowBytes, inside it the rows' 64-byte pieces k (bytes 64k .. 64k+63 of each row) at k * 512, row r % 8 of a
+// piece at (r % 8) * 64. A warp whose lane (g, t) loads bytes 64k + 16t .. +15 of row 8o + g (the tensor-core
+// fragment pattern) then reads 512 contiguous bytes in one instruction instead of 8 rows x 64 bytes (on the H200
+// 2.5-3.0 TB/s for the latter against 4.3-4.5 for contiguous bytes: tools/probe/stream_modes.cu, bench/RESULTS.md).
+// Byte b of row r:
+__device__ __forceinline__ long long quant_tile_off(long long r, long long b, long long rowBytes) {
+    return (r >> 3) * 8 * rowBytes + (b >> 6) * 512 + (r & 7) * 64 + (b & 63);
+}
+// byte b of row r of a matrix in the tile order (tiled != 0) or row-major
+__device__ __forceinline__ long long quant_off(int tiled, long long r, long long b, long long rowBytes) {
+    return tiled ? quant_tile_off(r, b, rowBytes) : r * rowBytes + b;
+}

@@ -144,7 +144,7 @@ public sealed unsafe partial class CudaBackend
         // one GEMM of the layer: bf16/f16 through the default variant, fp8/int4 through the wgmma kernel with the scales
         void G(ulong X, ulong W, ulong Y, ulong bias, int n, int N, int K, bool accumulate)
         {
-            if (quant) pk.GemmW(s, dt, X, W, Y, bias, n, N, K, accumulate, false, scales: _scaleOf[W]);
+            if (quant) pk.GemmW(s, dt, X, W, Y, bias, n, N, K, accumulate, false, scales: _scaleOf[W], tiled: Tiled(dt, K));
             else pk.Gemm(s, dt, X, W, Y, bias, n, N, K, accumulate);
         }
         for (int c0 = 0; c0 < T; c0 += rows)
@@ -180,7 +180,7 @@ public sealed unsafe partial class CudaBackend
                 {
                     // act(gate) * up straight out of the GEMM, into the gate_up scratch ([C, 2F] f32 holds [C, F] half)
                     hAct = _pGu;
-                    if (quant) pk.GemmW(s, dt, _pH, L.Wgu, hAct, L.Bgu, n, Fi, D, false, true, 0, c.HiddenAct, act, _scaleOf[L.Wgu]);
+                    if (quant) pk.GemmW(s, dt, _pH, L.Wgu, hAct, L.Bgu, n, Fi, D, false, true, 0, c.HiddenAct, act, _scaleOf[L.Wgu], tiled: Tiled(dt, D));
                     else pk.GemmGated(s, dt, _pH, L.Wgu, hAct, L.Bgu, n, Fi, D, c.HiddenAct, act);
                     Mark("gemm gate_up + act");
                 }

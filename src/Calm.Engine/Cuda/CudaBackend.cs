@@ -76,6 +76,13 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private ulong _kCache, _vCache;              // [L, K, maxCtx, Hd] fp16, or e4m3 bytes (fp8)
     private ulong _kScale, _vScale;              // fp8: [L, K, maxCtx] f32 row scales (0 for f16)
     private ulong _cos, _sin;                    // [maxCtx, rot/2] f32
+    /// <summary>Whether the fp8/int4 matrices the tensor-core kernels read (fp8 cols % 64 == 0, int4 cols % 128 == 0) are
+    /// stored in the tile order (<see cref="Cuda.QuantTileOrder"/>: one load instruction of the kernels' fragment pattern
+    /// reads 512 contiguous bytes instead of 8 rows x 64 bytes). On wherever those kernels run, except with the
+    /// persistent decode kernel asked for (it reads rows); CALM_QUANT_TILE=0 keeps every matrix row-major.</summary>
+    public bool TileOrder { get; }
+    /// <summary>Whether a quantized [*, cols] matrix of <paramref name="dt"/> is stored in the tile order.</summary>
+    private bool Tiled(DType dt, long cols) => TileOrder && QuantTileOrder.Fits(dt, cols);
     /// <summary>Whether the decode kernels run with programmatic dependent launch (see <see cref="CudaKernels.Programmatic"/>).</summary>
     public bool ProgrammaticLaunch => _k?.Programmatic ?? false;
     /// <summary>Whether decode attention runs the cp.async-pipelined split kernel.</summary>
@@ -133,6 +140,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             {
                 _qk = new CudaQuantKernels(_ctx, Device.Arch, verbose);
                 FuseNorm = false;   // the quantized matvec has no fused-norm variant
+                // the persistent kernel reads row-major values; so does every kernel without the tensor cores
+                var wantDecode = decode ?? Environment.GetEnvironmentVariable("CALM_DECODE") ?? DefaultDecode;
+                TileOrder = _qk.TensorCores && wantDecode != "persistent" && Environment.GetEnvironmentVariable("CALM_QUANT_TILE") != "0";
             }
             verbose?.Invoke($"CUDA kernels ready for sm_{Device.Arch} in {sw.ElapsedMilliseconds} ms");
             _stream = new CudaStream(_ctx);
@@ -190,7 +200,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         var c = Config;
         long act = 4L * (4L * c.HiddenSize + c.QDim + 2L * c.KvDim + c.QDim + _slots * 3L * c.IntermediateSize + _slots * (long)c.HiddenSize + c.VocabSize + c.NumExperts)
                    + 2L * MaxContext * (c.RotaryDim / 2) * 4 + (1 << 20);
-        long needed = w.TotalBytes + KvBytes + act;
+        long needed = w.TotalBytes + KvBytes + act + (w.AllTensors().Any(t => DTypes.IsQuantized(t.DType)) ? TileScratchBytes + 8L * w.AllTensors().Count() * 512 : 0);   // tile order: scratch, padding rows
         var (free, _) = _ctx.MemoryInfo();
         if (needed > free)
             throw new CalmException(ErrorIds.OutOfMemory, CalmErrorKind.ResourceUnavailable,
@@ -278,6 +288,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             _layers[i] = d;
         }
         _stream!.Synchronize();   // fills are asynchronous; surface any fault here
+        _tileScratch?.Dispose();
+        _tileScratch = null;
         _progress?.Report(new LoadProgress($"Uploading weights to {DeviceName}", "done", 1.0));
     }
 
@@ -342,9 +354,11 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             vBytes += p.DataBytes;
             sBytes += CudaQuantKernels.ScaleBytes(dt, p.TotalRows, cols);
         }
-        var v = Alloc(vBytes, what);
+        bool tiled = Tiled(dt, cols);
+        long rowBytes = parts[0].TotalRows > 0 ? parts[0].DataBytes / parts[0].TotalRows : 0, totalRows = parts.Sum(p => p.TotalRows);
+        var v = Alloc(tiled ? QuantTileOrder.Bytes(totalRows, rowBytes) : vBytes, what);
         var sc = Alloc(Math.Max(sBytes, 4), what + " scales");
-        long vo = 0, so = 0;
+        long vo = 0, so = 0, row = 0;
         const long Chunk = 64L << 20;
         foreach (var p in parts)
         {
@@ -353,6 +367,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             string key = _named.ContainsKey(p.Name) ? p.Name + QuantizedCopySuffix : p.Name;
             _named[key] = (v.Ptr + (ulong)vo, pv, false);
             _named[key + ScalesSuffix] = (sc.Ptr + (ulong)so, ps, false);
+            if (tiled) _tiledParts[key] = (v.Ptr, row, p.TotalRows, rowBytes);
+            row += p.TotalRows;
             if (p.IsDeviceOnly)
             {
                 MakeQuantizedSynthetic(p, v.Ptr + (ulong)vo, sc.Ptr + (ulong)so);
@@ -378,8 +394,41 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             _uploadDone += p.ScaleBytes;
             vo += pv; so += ps;
         }
+        if (tiled) TileInPlace(v.Ptr, totalRows, rowBytes);
         _scaleOf[v.Ptr] = sc.Ptr;
         return v.Ptr;
+    }
+
+    /// <summary>Device scratch of the in-place reorder (<see cref="TileInPlace"/>), freed when the upload ends.</summary>
+    private CudaDeviceMemory? _tileScratch;
+    private const long TileScratchBytes = 64L << 20;
+    /// <summary>Quantized parts stored in the tile order: name -> (the matrix's values, first row, rows, row bytes), so
+    /// <see cref="ReadDeviceTensor"/> can return them row-major.</summary>
+    private readonly Dictionary<string, (ulong Base, long Row0, long Rows, long RowBytes)> _tiledParts = new(StringComparer.Ordinal);
+
+    /// <summary>Reorders the row-major values at <paramref name="values"/> (allocated for <see cref="QuantTileOrder.Bytes"/>)
+    /// into the tile order. The order only moves bytes inside blocks of 8 rows, so it goes block range by block range
+    /// through a scratch copy of at most <see cref="TileScratchBytes"/> (stream-ordered: the scratch is reused safely).</summary>
+    private void TileInPlace(ulong values, long rows, long rowBytes)
+    {
+        long blockBytes = QuantTileOrder.BlockRows * rowBytes;
+        long blocks = (rows + QuantTileOrder.BlockRows - 1) / QuantTileOrder.BlockRows;
+        long per = Math.Max(1, Math.Min(blocks, TileScratchBytes / blockBytes));   // blocks per pass
+        if (_tileScratch is null || _tileScratch.Bytes < per * blockBytes)
+        {
+            _stream!.Synchronize();   // the old scratch may still be read
+            _tileScratch?.Dispose();
+            _tileScratch = null;
+            _tileScratch = CudaDeviceMemory.Allocate(_ctx, per * blockBytes, "tile order scratch");
+        }
+        for (long b0 = 0; b0 < blocks; b0 += per)
+        {
+            _ct.ThrowIfCancellationRequested();
+            long r0 = b0 * QuantTileOrder.BlockRows, n = Math.Min(per * QuantTileOrder.BlockRows, rows - r0);
+            ulong at = values + (ulong)(r0 * rowBytes);
+            _stream!.CopyDeviceAsync(_tileScratch.Ptr, at, n * rowBytes);
+            _qk!.TileValues(_stream, _tileScratch.Ptr, at, n, (int)rowBytes);
+        }
     }
 
     /// <summary>Suffix of the <see cref="ReadDeviceTensor"/> name of a quantized matrix's scales.</summary>
@@ -445,6 +494,14 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         asF32 = e.AsF32;
         _ctx.MakeCurrent();
         _stream!.Synchronize();
+        if (_tiledParts.TryGetValue(name, out var tp))   // back to row-major: the whole 8-row blocks the rows fall in
+        {
+            long first = tp.Row0 / QuantTileOrder.BlockRows * QuantTileOrder.BlockRows;
+            long end = QuantTileOrder.Bytes(tp.Row0 + tp.Rows, tp.RowBytes);
+            var blk = new byte[end - first * tp.RowBytes];
+            fixed (byte* p = blk) CudaException.Check(Cu.cuMemcpyDtoH(p, tp.Base + (ulong)(first * tp.RowBytes), (nuint)blk.Length), "cuMemcpyDtoH(tensor)");
+            return QuantTileOrder.Untile(blk, tp.Row0, tp.Rows, tp.RowBytes);
+        }
         var r = new byte[e.Bytes];
         fixed (byte* p = r) CudaException.Check(Cu.cuMemcpyDtoH(p, e.Ptr, (nuint)e.Bytes), "cuMemcpyDtoH(tensor)");
         return r;
@@ -555,7 +612,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
                 var qkvIn = Cons();
                 if (!fold && W(Stages.Other)) k.RmsNorm(s, _x, L.AttnNorm, _xn, D, eps, c.NormAddOne);
                 if (pairQkv) { if (W(Stages.AttentionProjections)) k.MatvecQkvRope(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step, qkvIn); }
-                else if (quantQkv) { if (W(Stages.AttentionProjections)) _qk!.MatvecQkvRope(s, _wt, L.Wqkv, _scaleOf[L.Wqkv], _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step, fold: qkvIn); }
+                else if (quantQkv) { if (W(Stages.AttentionProjections)) _qk!.MatvecQkvRope(s, _wt, L.Wqkv, _scaleOf[L.Wqkv], _xn, _qkv, L.Bqkv, c.NumHeads, c.NumKvHeads, c.HeadDim, D, _cos, _sin, KLayer(l), VLayer(l), MaxContext, _step, fold: qkvIn, tiled: Tiled(_wt, D)); }
                 else if (W(Stages.AttentionProjections)) Mv(s, _wt, L.Wqkv, _xn, _qkv, L.Bqkv, Q + 2 * KV, D, false, qkvIn);
             }
             if (!pairQkv && !quantQkv && W(Stages.Attention)) k.QkvRopeCache(s, _qkv, L.QNorm, L.KNorm, c.QkNorm, eps, c.NormAddOne, _cos, _sin, c.RotaryDim,
@@ -572,7 +629,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             {
                 if (FuseNorm) { if (W(Stages.Ffn)) k.MatvecNorm(s, _wt, L.Wgu, _x, _gu, L.Bgu, 2 * Fi, D, false, L.FfnNorm, eps, c.NormAddOne); }
                 else if (pairs) { if (W(Stages.Ffn)) k.MatvecGlu(s, _wt, L.Wgu, _xn, _h, L.Bgu, Fi, D, c.HiddenAct, Cons()); }
-                else if (quantGlu) { if (W(Stages.Ffn)) _qk!.MatvecGlu(s, _wt, L.Wgu, _scaleOf[L.Wgu], _xn, _h, L.Bgu, Fi, D, c.HiddenAct, fold: Cons()); }
+                else if (quantGlu) { if (W(Stages.Ffn)) _qk!.MatvecGlu(s, _wt, L.Wgu, _scaleOf[L.Wgu], _xn, _h, L.Bgu, Fi, D, c.HiddenAct, fold: Cons(), tiled: Tiled(_wt, D)); }
                 else if (W(Stages.Ffn)) Mv(s, _wt, L.Wgu, _xn, _gu, L.Bgu, 2 * Fi, D, false, Cons());
                 if (FuseNorm || !(pairs || quantGlu)) { if (W(Stages.Other)) k.GateAct(s, _gu, _h, Fi, 1, c.HiddenAct); }
                 // the next norm: the following layer's attention norm, after the last layer the final norm
@@ -587,7 +644,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
                     if (W(Stages.Ffn)) k.Matvec(s, _routerDt, L.Router, _xn, _rl, 0, E, D, false);
                     if (W(Stages.Ffn)) k.MoeRoute(s, _rl, E, top, _idx, _wts);
                 }
-                if (quantGlu) { if (W(Stages.Ffn)) _qk!.MoeMatvecGlu(s, _wt, L.ExpertGu, _scaleOf[L.ExpertGu], _idx, _xn, 0, _h, Fi, D, top, c.HiddenAct); }
+                if (quantGlu) { if (W(Stages.Ffn)) _qk!.MoeMatvecGlu(s, _wt, L.ExpertGu, _scaleOf[L.ExpertGu], _idx, _xn, 0, _h, Fi, D, top, c.HiddenAct, tiled: Tiled(_wt, D)); }
                 else
                 {
                     if (W(Stages.Ffn)) MoeMv(s, L.ExpertGu, _xn, 0, _gu, 2 * Fi, D, top);
@@ -610,14 +667,14 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     /// (+ bias) (+ y when accumulate): the one per-matrix dispatch of the decode step.</summary>
     private void Mv(CudaStream s, DType wt, ulong W, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, NormFold fold = default)
     {
-        if (DTypes.IsQuantized(wt)) _qk!.Matvec(s, wt, W, _scaleOf[W], x, y, bias, rows, cols, accumulate, fold: fold);
+        if (DTypes.IsQuantized(wt)) _qk!.Matvec(s, wt, W, _scaleOf[W], x, y, bias, rows, cols, accumulate, fold: fold, tiled: Tiled(wt, cols));
         else _k!.Matvec(s, wt, W, x, y, bias, rows, cols, accumulate, fold);
     }
 
     /// <summary>MoE experts (table of E pointers, layer dtype) for the routed slots in <see cref="_idx"/>.</summary>
     private void MoeMv(CudaStream s, ulong table, ulong x, int xStride, ulong y, int rows, int cols, int slots)
     {
-        if (DTypes.IsQuantized(_wt)) _qk!.MoeMatvec(s, _wt, table, _scaleOf[table], _idx, x, xStride, y, rows, cols, slots);
+        if (DTypes.IsQuantized(_wt)) _qk!.MoeMatvec(s, _wt, table, _scaleOf[table], _idx, x, xStride, y, rows, cols, slots, tiled: Tiled(_wt, cols));
         else _k!.MoeMatvec(s, _wt, table, _idx, x, xStride, y, rows, cols, slots);
     }
 

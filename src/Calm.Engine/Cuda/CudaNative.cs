@@ -54,6 +54,7 @@ internal static unsafe class Cu
     public static delegate* unmanaged<void*, ulong, nuint, int> cuMemcpyDtoH;
     public static delegate* unmanaged<ulong, void*, nuint, nint, int> cuMemcpyHtoDAsync;
     public static delegate* unmanaged<void*, ulong, nuint, nint, int> cuMemcpyDtoHAsync;
+    public static delegate* unmanaged<ulong, ulong, nuint, nint, int> cuMemcpyDtoDAsync;
     public static delegate* unmanaged<ulong, byte, nuint, int> cuMemsetD8;
     public static delegate* unmanaged<void**, nuint, uint, int> cuMemHostAlloc;
     public static delegate* unmanaged<void*, int> cuMemFreeHost;
@@ -161,6 +162,7 @@ internal static unsafe class Cu
             cuMemcpyDtoH = (delegate* unmanaged<void*, ulong, nuint, int>)Sym("cuMemcpyDtoH_v2");
             cuMemcpyHtoDAsync = (delegate* unmanaged<ulong, void*, nuint, nint, int>)Sym("cuMemcpyHtoDAsync_v2");
             cuMemcpyDtoHAsync = (delegate* unmanaged<void*, ulong, nuint, nint, int>)Sym("cuMemcpyDtoHAsync_v2");
+            cuMemcpyDtoDAsync = (delegate* unmanaged<ulong, ulong, nuint, nint, int>)Sym("cuMemcpyDtoDAsync_v2");
             cuMemsetD8 = (delegate* unmanaged<ulong, byte, nuint, int>)Sym("cuMemsetD8_v2");
             cuMemHostAlloc = (delegate* unmanaged<void**, nuint, uint, int>)Sym("cuMemHostAlloc");
             cuMemFreeHost = (delegate* unmanaged<void*, int>)Sym("cuMemFreeHost");

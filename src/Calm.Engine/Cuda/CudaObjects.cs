@@ -334,6 +334,10 @@ public sealed unsafe class CudaStream : IDisposable
     public void CopyToDeviceAsync(CudaDeviceMemory dst, nint src, long bytes, long dstOffset = 0)
         => CudaException.Check(Cu.cuMemcpyHtoDAsync(dst.Ptr + (ulong)dstOffset, (void*)src, (nuint)bytes, Handle), "cuMemcpyHtoDAsync");
 
+    /// <summary>Device to device, in stream order (raw addresses: offsets into larger buffers).</summary>
+    public void CopyDeviceAsync(ulong dst, ulong src, long bytes)
+        => CudaException.Check(Cu.cuMemcpyDtoDAsync(dst, src, (nuint)bytes, Handle), "cuMemcpyDtoDAsync");
+
     public void CopyToHostAsync(nint dst, CudaDeviceMemory src, long bytes, long srcOffset = 0)
         => CudaException.Check(Cu.cuMemcpyDtoHAsync((void*)dst, src.Ptr + (ulong)srcOffset, (nuint)bytes, Handle), "cuMemcpyDtoHAsync");
 

@@ -329,10 +329,12 @@ public sealed class CudaPrefillKernels : IDisposable
     /// (N = F): H [T, F] (odt) = act(gate) * up, on wgmma with 128 x <paramref name="tileCols"/> tiles (0:
     /// <see cref="GemmWTileCols"/>). W: bf16/f16 [N, K], or fp8/int4 in Calm's formats (Quant/QuantFormats.cs) with
     /// their <paramref name="scales"/> (fp8 [N] f32, applied to the sums; int4 [N, ceil(K/32)] f16, applied to each
-    /// weight as it is converted to f16: one rounding of (u - 8) * d). X [T, K] f16 and W 16-byte aligned.</summary>
+    /// weight as it is converted to f16: one rounding of (u - 8) * d). X [T, K] f16 and W 16-byte aligned.
+    /// <paramref name="tiled"/>: fp8/int4 values in the tile order (<see cref="QuantTileOrder"/>, as the CUDA backend stores them).</summary>
     public void GemmW(CudaStream s, DType wt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, bool gated,
-                      int tileCols = 0, Activation act = 0, DType odt = DType.F16, ulong scales = 0)
+                      int tileCols = 0, Activation act = 0, DType odt = DType.F16, ulong scales = 0, bool tiled = false)
     {
+        if (tiled && !QuantTileOrder.Fits(wt, K)) throw new ArgumentException($"{DTypes.Name(wt)} [*, {K}] values cannot be in the tile order", nameof(tiled));
         if (!WgmmaAvailable) throw new NotSupportedException("GEMM variant 5 needs an sm_90 GPU and NVRTC 12.0 or newer (sm_90a code)");
         if (tileCols == 0) tileCols = GemmWTileCols(T, N, gated);
         if (tileCols is not (128 or 192 or 256)) throw new ArgumentOutOfRangeException(nameof(tileCols), "variant 5 tiles are 128, 192 or 256 columns");
@@ -345,8 +347,8 @@ public sealed class CudaPrefillKernels : IDisposable
         if (blocks > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(T), "GEMM grid too large");
         var kernel = _k["gemmw_" + (gated ? "gated_" : "") + WFormat(wt) + "_n" + tileCols];
         int smem = GemmWSharedBytes(wt, tileCols);
-        if (gated) kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, smem, X, W, scales, Y, bias, T, N, K, (int)act, CudaKernels.DTypeCode(odt));
-        else kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, smem, X, W, scales, Y, bias, T, N, K, accumulate ? 1 : 0);
+        if (gated) kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, smem, X, W, scales, Y, bias, T, N, K, (int)act, CudaKernels.DTypeCode(odt), tiled ? 1 : 0);
+        else kernel.Launch(s, ((int)blocks, 1, 1), GemmThreads, smem, X, W, scales, Y, bias, T, N, K, accumulate ? 1 : 0, tiled ? 1 : 0);
     }
 
     /// <summary>The gate_up GEMM with the activation fused into its epilogue: X [T, K] f16 . W [2F, K]^T (wt; rows

@@ -162,6 +162,7 @@ public sealed class CudaQuantKernels : IDisposable
                     if ((name.StartsWith("matvec_", StringComparison.Ordinal) || MoeProgrammatic && name.StartsWith("moe_matvec_", StringComparison.Ordinal))
                         && name.Contains("_tc")) k.Programmatic = true;
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
+            _k["quant_tile"] = _module.GetKernel("quant_tile");
             if ((carveout ?? CudaKernel.CarveoutFromEnvironment()) is int cv)   // CudaKernels.Carveout
                 foreach (var k in _k.Values) k.PreferredCarveout = cv;
         }
@@ -267,6 +268,12 @@ public sealed class CudaQuantKernels : IDisposable
     private bool UseTc(DType wt, int cols, int rowsPerWarp, bool? stageX, bool? tensorCores)
         => (tensorCores ?? (TensorCores && rowsPerWarp == 0 && stageX != true)) && Arch >= 80 && TensorCoreShape(wt, cols);
 
+    /// <summary>Values in the tile order (<see cref="QuantTileOrder"/>) take the tensor-core kernels only.</summary>
+    private static void RequireRowMajor(bool tiled)
+    {
+        if (tiled) throw new ArgumentException("values in the tile order (QuantTileOrder) run on the tensor-core kernels only; this call takes a CUDA-core kernel", nameof(tiled));
+    }
+
     private static int Blocks(int rows, int r) => (int)Math.Max(1, (rows + (long)r * (Block / 32) - 1) / ((long)r * (Block / 32)));
 
     /// <summary>Launches a tensor-core kernel with the call's own arguments followed by its fold role's (consumer: ssIn,
@@ -316,16 +323,18 @@ public sealed class CudaQuantKernels : IDisposable
     /// W [rows, cols] (fp8: values [rows, cols] e4m3 + scales [rows] f32; int4: values [rows, ceil(cols/32)*16] packed +
     /// scales [rows, ceil(cols/32)] f16), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when
     /// accumulate). fp8 rows take the 16-byte path when cols % 16 == 0 (values 16-byte aligned); int4 always does.
+    /// <paramref name="tiled"/>: the values are in the tile order (<see cref="QuantTileOrder"/>; tensor-core kernels only).
     /// </summary>
     public void Matvec(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, int rowsPerWarp = 0, bool? stageX = null,
-                       bool? tensorCores = null, string? tcVariant = null, NormFold fold = default)
+                       bool? tensorCores = null, string? tcVariant = null, NormFold fold = default, bool tiled = false)
     {
         if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
         {
             var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_fc" : fold.Xg != 0 ? "tc_fp" : "tc", wt, rows, tcVariant);
-            LaunchTc(kern, s, ((rows + 16 * tt - 1) / (16 * tt), 1), threads, fold, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0);
+            LaunchTc(kern, s, ((rows + 16 * tt - 1) / (16 * tt), 1), threads, fold, values, scales, x, y, bias, rows, cols, accumulate ? 1 : 0, tiled ? 1 : 0);
             return;
         }
+        RequireRowMajor(tiled);
         if (fold != default) throw new ArgumentException("the folded RMSNorm runs in the tensor-core kernels only (FoldSupported)", nameof(fold));
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
         var (v, smem) = Variant(wt, cols, stageX);
@@ -335,14 +344,15 @@ public sealed class CudaQuantKernels : IDisposable
     /// <summary>MoE: for each of <paramref name="slots"/> slots s, y[s] [rows] = expert idx[s] [rows, cols] . x[s*xStride ..].
     /// valueTable / scaleTable: device tables of E pointers (values and scales of each expert); idx [slots] int on the device.</summary>
     public void MoeMatvec(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong y, int rows, int cols, int slots, int rowsPerWarp = 0, bool? stageX = null,
-                          bool? tensorCores = null, string? tcVariant = null)
+                          bool? tensorCores = null, string? tcVariant = null, bool tiled = false)
     {
         if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
         {
             var (kern, tt, threads) = Tc("moe_matvec", "tc", wt, (long)rows * slots, tcVariant);
-            LaunchTc(kern, s, ((rows + 16 * tt - 1) / (16 * tt), slots), threads, default, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
+            LaunchTc(kern, s, ((rows + 16 * tt - 1) / (16 * tt), slots), threads, default, valueTable, scaleTable, idx, x, xStride, y, rows, cols, tiled ? 1 : 0);
             return;
         }
+        RequireRowMajor(tiled);
         int r = RowsPerWarp(wt, rows, rowsPerWarp);
         var (v, smem) = Variant(wt, cols, stageX);
         _k[$"moe_matvec_{v}_r{r}"].Launch(s, (Blocks(rows, r), slots, 1), Block, smem, valueTable, scaleTable, idx, x, xStride, y, rows, cols);
@@ -367,12 +377,12 @@ public sealed class CudaQuantKernels : IDisposable
     /// <summary>gate_up fused with the activation on the tensor cores: W [2F, cols] (gate rows over up rows, values and
     /// scales as <see cref="Matvec"/>), x [cols] -> h [F] = act(W_gate x (+ b)) * (W_up x (+ b)); bias [2F] or 0.</summary>
     public void MatvecGlu(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong h, ulong bias, int F, int cols, Activation act, string? tcVariant = null,
-                          NormFold fold = default)
+                          NormFold fold = default, bool tiled = false)
     {
         RequireGluShape(wt, cols);
         if (fold.Xg != 0) throw new ArgumentException("the fused gate_up kernel is a folded-norm consumer only", nameof(fold));
         var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_glu_fc" : "tc_glu", wt, 2L * F, tcVariant);
-        LaunchTc(kern, s, ((F + 8 * tt - 1) / (8 * tt), 1), threads, fold, values, scales, x, h, bias, F, cols, (int)act);
+        LaunchTc(kern, s, ((F + 8 * tt - 1) / (8 * tt), 1), threads, fold, values, scales, x, h, bias, F, cols, (int)act, tiled ? 1 : 0);
     }
 
     /// <summary>Whether <see cref="MatvecQkvRope"/> takes this shape: the tensor-core kernels' columns, head_dim a
@@ -385,22 +395,24 @@ public sealed class CudaQuantKernels : IDisposable
     /// step's position (step: StepParams); q written to qkv (its first H Hd floats), k and v to this layer's fp16 caches
     /// [K, maxCtx, Hd]: what <see cref="Matvec"/> then CudaKernels.QkvRopeCache (no q/k norm, full rotary) give.</summary>
     public void MatvecQkvRope(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong qkv, ulong bias, int H, int K, int Hd, int cols,
-                              ulong cos, ulong sin, ulong kCache, ulong vCache, int maxCtx, ulong step, string? tcVariant = null, NormFold fold = default)
+                              ulong cos, ulong sin, ulong kCache, ulong vCache, int maxCtx, ulong step, string? tcVariant = null, NormFold fold = default,
+                              bool tiled = false)
     {
         RequireGluShape(wt, cols);
         if (Hd % 16 != 0) throw new ArgumentException($"the fused qkv kernel needs head_dim % 16 == 0 (got {Hd})", nameof(Hd));
         int pairs = (H + 2 * K) * (Hd / 2);
         if (fold.Xg != 0) throw new ArgumentException("the fused qkv kernel is a folded-norm consumer only", nameof(fold));
         var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_qkv_fc" : "tc_qkv", wt, 2L * pairs, tcVariant);
-        LaunchTc(kern, s, ((pairs + 8 * tt - 1) / (8 * tt), 1), threads, fold, values, scales, x, qkv, bias, cols, cos, sin, kCache, vCache, maxCtx, H, K, Hd, step);
+        LaunchTc(kern, s, ((pairs + 8 * tt - 1) / (8 * tt), 1), threads, fold, values, scales, x, qkv, bias, cols, cos, sin, kCache, vCache, maxCtx, H, K, Hd, step, tiled ? 1 : 0);
     }
 
     /// <summary>MoE twin of <see cref="MatvecGlu"/>: per slot s, expert idx[s] [2F, cols] . x[s*xStride ..] -> h[s*F ..].</summary>
-    public void MoeMatvecGlu(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong h, int F, int cols, int slots, Activation act, string? tcVariant = null)
+    public void MoeMatvecGlu(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong h, int F, int cols, int slots, Activation act, string? tcVariant = null,
+                             bool tiled = false)
     {
         RequireGluShape(wt, cols);
         var (kern, tt, threads) = Tc("moe_matvec", "tc_glu", wt, 2L * F * slots, tcVariant);
-        LaunchTc(kern, s, ((F + 8 * tt - 1) / (8 * tt), slots), threads, default, valueTable, scaleTable, idx, x, xStride, h, F, cols, (int)act);
+        LaunchTc(kern, s, ((F + 8 * tt - 1) / (8 * tt), slots), threads, default, valueTable, scaleTable, idx, x, xStride, h, F, cols, (int)act, tiled ? 1 : 0);
     }
 
     /// <summary>Whether this image converts e4m3 with the hardware instruction (cvt.rn.f16x2.e4m3x2: sm_89+ and
@@ -412,6 +424,18 @@ public sealed class CudaQuantKernels : IDisposable
         _k["matvec_quant_info"].Launch(s, 1, 1, 0, m.Ptr);
         s.Synchronize();
         return m.ToArray<int>(1)[0] == 1;
+    }
+
+    /// <summary>src [rows, rowBytes] row-major -> dst in the tile order (<see cref="QuantTileOrder"/>: whole blocks of 8
+    /// rows, <see cref="QuantTileOrder.Bytes"/>, the padding rows zero); src and dst must not overlap. Stream-ordered.</summary>
+    public void TileValues(CudaStream s, ulong src, ulong dst, long rows, int rowBytes)
+    {
+        if (rowBytes <= 0 || rowBytes % QuantTileOrder.PieceBytes != 0) throw new ArgumentException($"the tile order takes rows of a multiple of {QuantTileOrder.PieceBytes} bytes (got {rowBytes})", nameof(rowBytes));
+        if (((src | dst) & 15) != 0) throw new ArgumentException("tile order buffers must be 16-byte aligned");
+        if (rows <= 0) return;
+        long vectors = QuantTileOrder.Bytes(rows, rowBytes) / 16;
+        int blocks = (int)Math.Clamp((vectors + Block - 1) / Block, 1, 65536);
+        _k["quant_tile"].Launch(s, blocks, Block, 0, src, dst, rows, rowBytes);
     }
 
     public void Dispose()
@@ -431,10 +455,12 @@ public sealed class CudaQuantKernels : IDisposable
     /// weights in enough copies to rotate over ≥ 4× the L2, each repetition a captured graph of ≥ 8 calls timed with
     /// CUDA events, per-call milliseconds. Bytes = values + scales + x + y. <paramref name="pdl"/>: programmatic launch
     /// of the tensor-core kernels (consecutive calls overlap as in a decode step); null: the default (on for sm_90+
-    /// since 2026-11-29's sixth session; the earlier variant tables in bench/logs ran without).
+    /// since 2026-11-29's sixth session; the earlier variant tables in bench/logs ran without). <paramref name="tiled"/>:
+    /// the tensor-core kernels read the values in the tile order (<see cref="QuantTileOrder"/>, as the CUDA backend
+    /// stores them); null: where the shape fits and a tensor-core kernel runs; the name ends "/tiled" when they do.
     /// </summary>
     public static KernelTiming Bench(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, int rowsPerWarp = 0, bool stageX = false,
-                                     bool? tensorCores = null, string? tcVariant = null, bool? pdl = null)
+                                     bool? tensorCores = null, string? tcVariant = null, bool? pdl = null, bool? tiled = null)
     {
         if (rows < 1 || cols < 1) throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, $"Rows and columns must be ≥ 1 (got {rows} × {cols}).", "Rows");
         if (!DTypes.IsQuantized(dtype))
@@ -445,6 +471,7 @@ public sealed class CudaQuantKernels : IDisposable
         var info = CudaDeviceInfo.List()[device];
         int r = RowsPerWarp(dtype, rows, rowsPerWarp);
         long vBytes = ValueBytes(dtype, rows, cols), sBytes = ScaleBytes(dtype, rows, cols);
+        long rowBytes = vBytes / rows, vAlloc = QuantTileOrder.Fits(dtype, cols) ? QuantTileOrder.Bytes(rows, rowBytes) : vBytes;
         long wBytes = vBytes + sBytes;
         long bytes = wBytes + cols * 4L + rows * 4L;
         long l2 = Math.Max(info.L2CacheMB, 1) * (1L << 20);
@@ -461,18 +488,24 @@ public sealed class CudaQuantKernels : IDisposable
             var xs = new float[cols];
             for (int i = 0; i < cols; i++) xs[i] = (float)(rng.NextDouble() * 2 - 1);
             CudaDeviceMemory Add(long n, string what) { var m = CudaDeviceMemory.Allocate(ctx, n, what); mem.Add(m); return m; }
+            bool tc = k.UseTc(dtype, cols, rowsPerWarp, stageX, tensorCores);
+            bool tile = tiled ?? tc;
+            if (tile && !(tc && QuantTileOrder.Fits(dtype, cols)))
+                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, "The tile order is read by the tensor-core kernels only, for fp8 rows of a multiple of 64 columns and int4 of 128.", "Tiled");
+            CudaDeviceMemory? rowMajor = tile ? Add(vBytes, "quantized weights (row-major)") : null;
+            rowMajor?.CopyFromHost<byte>(vals);
             var W = new List<(ulong V, ulong S)>();
             for (int i = 0; i < copies; i++)
             {
-                var v = Add(vBytes, "quantized weights"); v.CopyFromHost<byte>(vals);
+                var v = Add(vAlloc, "quantized weights");
+                if (rowMajor is not null) k.TileValues(s, rowMajor.Ptr, v.Ptr, rows, (int)rowBytes); else v.CopyFromHost<byte>(vals);
                 var sc = Add(sBytes, "weight scales"); sc.CopyFromHost<byte>(scales);
                 W.Add((v.Ptr, sc.Ptr));
             }
             var X = Add(cols * 4L, "x"); X.CopyFromHost<float>(xs);
             var Y = Add(rows * 4L, "y");
-            bool tc = k.UseTc(dtype, cols, rowsPerWarp, stageX, tensorCores);
             var tv = TcVariant(dtype, rows, tcVariant ?? k.TcVariantOverride);
-            void Call(int i) => k.Matvec(s, dtype, W[i].V, W[i].S, X.Ptr, Y.Ptr, 0, rows, cols, false, tc ? 0 : r, stageX, tc, tv);
+            void Call(int i) => k.Matvec(s, dtype, W[i].V, W[i].S, X.Ptr, Y.Ptr, 0, rows, cols, false, tc ? 0 : r, stageX, tc, tv, tiled: tile);
 
             int calls = Math.Max(MinCallsPerRep, copies);
             for (int i = 0; i < copies; i++) Call(i);   // warm-up
@@ -497,7 +530,7 @@ public sealed class CudaQuantKernels : IDisposable
                 ms[rep] = b.ElapsedSince(a) / calls;
             }
             bool staged = stageX && (dtype == DType.Int4 ? StagedXBytes(cols) <= MaxStagedXBytes : cols % 16 == 0 && Fp8StagedXBytes(cols) <= MaxStagedXBytes);
-            string name = (tc ? $"matvec_{Suffix(dtype)}_tc_{tv}" : $"matvec_{Suffix(dtype)}{(staged ? "_xs" : "")}_r{r}") + (dtype == DType.F8E4M3 ? (hw ? "/cvt" : "/bits") : "");
+            string name = (tc ? $"matvec_{Suffix(dtype)}_tc_{tv}" : $"matvec_{Suffix(dtype)}{(staged ? "_xs" : "")}_r{r}") + (dtype == DType.F8E4M3 ? (hw ? "/cvt" : "/bits") : "") + (tile ? "/tiled" : "");
             return new KernelTiming(name, ms, bytes);
         }
         finally

@@ -16,7 +16,7 @@ public static class KernelSwitches
         "CALM_GEMM_V4N", "CALM_GEMM_K", "CALM_GEMM_TILE", "CALM_NO_ARCH_SPECIFIC", "CALM_PREFILL", "CALM_PREFILL_ATT",
         "CALM_PREFILL_FUSE", "CALM_PREFILL_ROWS", "CALM_ATT_FP8_WIDE", "CALM_ATT_BLOCKS", "CALM_FUSE_NORM", "CALM_ATT_ASYNC",
         "CALM_PDL_PREFETCH", "CALM_ATT_NEXT", "CALM_MV_EARLY", "CALM_ATT_PREFETCH", "CALM_CARVEOUT", "CALM_ATT_F16_WIDE",
-        "CALM_MOE_GATE", "CALM_MOE_PDL", "CALM_L2_256",
+        "CALM_MOE_GATE", "CALM_MOE_PDL", "CALM_L2_256", "CALM_QUANT_TILE",
     };
 
     /// <summary>"NAME=value" of every switch set (non-empty) in this process, ';'-separated in <see cref="Names"/> order;

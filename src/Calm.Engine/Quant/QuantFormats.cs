@@ -39,6 +39,10 @@ namespace Calm.Engine.Quant;
 /// model), a group costs one fma, and its held-out perplexity on models/tiny-wp is already +0.81% vs bf16 (rule:
 /// 5%; fp8 +0.02%, rule 1%), bench/RESULTS.md "Quantization quality (CPU)".
 ///
+/// <para>On the GPU the CUDA backend keeps these bytes but may store the matrices its tensor-core kernels read in
+/// another order (<see cref="Cuda.QuantTileOrder"/>: 8-row blocks, reordered on the device at load); the host formats
+/// and every file stay row-major.</para>
+///
 /// <para>What is quantized: every projection matrix (q, k, v, o, gate, up, down and the MoE experts) and the
 /// classifier (lm_head; a tied classifier gets its own quantized copy, the embedding table keeps the source dtype for
 /// the row gather). Norms, biases, the MoE router and the embedding stay in their source dtype.</para>

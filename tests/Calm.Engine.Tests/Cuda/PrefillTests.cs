@@ -187,6 +187,52 @@ public class PrefillTests
         Assert.Equal(H2.ToArray<ushort>(T * N), got);
     }
 
+    /// <summary>The fp8/int4 GEMM on values in the tile order (QuantTileOrder, as CudaBackend stores every matrix the
+    /// tensor-core matvecs read) gives the same bits as on the row-major values: the order changes only where the
+    /// 16-byte pieces are read from. Plain and gated, rows that end inside an 8-row block, several tile widths.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3, 130, 100, 512, false, 0)]
+    [InlineData(DType.F8E4M3, 37, 77, 1024, true, 128)]    // gated: 2 x 77 rows, the up rows start inside a block
+    [InlineData(DType.F8E4M3, 300, 333, 4096, false, 256)]
+    [InlineData(DType.Int4, 130, 100, 512, false, 192)]
+    [InlineData(DType.Int4, 37, 77, 1024, true, 0)]
+    [InlineData(DType.Int4, 515, 1000, 2048, true, 256)]
+    public unsafe void GemmVariant5ReadsTheTileOrder(DType dt, int T, int N, int K, bool gated, int tileCols)
+    {
+        var (ctx, p, s) = Require();
+        using var _c = ctx; using var _p = p; using var _s = s;
+        SkipUnlessWgmma(p, 5);
+        Assert.True(QuantTileOrder.Fits(dt, K));
+        var r = Gpu.Rng();
+        int rows = gated ? 2 * N : N;
+        using var store = new NativeWeightStore();
+        nint src = store.Allocate((long)rows * K * 4);
+        var f = (float*)src;
+        for (long i = 0; i < (long)rows * K; i++) f[i] = (float)(r.NextDouble() * 2 - 1) * (gated ? 0.1f : 1f);
+        var w = Quantizer.Quantize(new Tensor("w", DType.F32, new long[] { rows, K }, src, "test"), dt, store);
+        long rowBytes = w.DataBytes / rows;
+        var tiledBytes = QuantTileOrder.Tile(new ReadOnlySpan<byte>((void*)w.Data, checked((int)w.DataBytes)), rows, rowBytes);
+        var (xb, _) = Gpu.RandHalf(r, T * K, DType.F16, 1f);
+        var b = Gpu.RandF(r, rows);
+        using var X = Gpu.Up(ctx, xb); using var B = Gpu.Up(ctx, b);
+        using var Wr = CudaDeviceMemory.Allocate(ctx, w.DataBytes); Wr.CopyFromHost(w.Data, w.DataBytes);
+        using var Wt = Gpu.Up(ctx, tiledBytes);
+        using var Sd = CudaDeviceMemory.Allocate(ctx, w.ScaleBytes); Sd.CopyFromHost(w.Scales, w.ScaleBytes);
+        long outBytes = gated ? (long)T * N * 2 : (long)T * N * 4;
+        using var Y1 = Gpu.Zeros(ctx, outBytes); using var Y2 = Gpu.Zeros(ctx, outBytes);
+        foreach (var (W, Y, tiled) in new[] { (Wr, Y1, false), (Wt, Y2, true) })
+        {
+            if (gated) p.GemmW(s, dt, X.Ptr, W.Ptr, Y.Ptr, B.Ptr, T, N, K, false, true, tileCols, Activation.Silu, DType.F16, Sd.Ptr, tiled);
+            else p.GemmW(s, dt, X.Ptr, W.Ptr, Y.Ptr, B.Ptr, T, N, K, false, false, tileCols, scales: Sd.Ptr, tiled: tiled);
+        }
+        s.Synchronize();
+        var a = Y1.ToArray<byte>((int)outBytes);
+        Assert.Contains(a, v => v != 0);
+        Assert.True(a.AsSpan().SequenceEqual(Y2.ToArray<byte>((int)outBytes)),
+                    $"gemm v5 {DTypes.Name(dt)} {(gated ? "gated " : "")}{T}x{N}x{K} tile {tileCols}: the tile order gives different results from row-major");
+        Assert.Throws<ArgumentException>(() => p.GemmW(s, dt, X.Ptr, Wt.Ptr, Y2.Ptr, 0, T, N, K - 32, false, false, scales: Sd.Ptr, tiled: true));
+    }
+
     private static void SkipUnlessWgmma(CudaPrefillKernels p, int variant)
     {
         if (variant == 5 && !p.WgmmaAvailable)

@@ -136,6 +136,59 @@ public class QuantBackendGpuTests
         Log($"tiny-wp {DTypes.Name(dt)} on the GPU: {res.Text}");
     }
 
+    /// <summary>The tile order (CudaBackend.TileOrder, QuantTileOrder) is on by default where the tensor-core kernels run
+    /// and changes no result: tiny-wp (every matrix fits the order) loaded twice, once with CALM_QUANT_TILE=0, gives the
+    /// same logits bit for bit from the per-token and the batched prefill and over greedy decode steps; the same
+    /// kernels read the same bytes from other addresses.</summary>
+    [Theory]
+    [InlineData(DType.F8E4M3)]
+    [InlineData(DType.Int4)]
+    public void TheTileOrderIsTheDefaultAndChangesNoLogit(DType dt)
+    {
+        RequireGpu();
+        var opts = new ImportOptions { Device = DeviceChoice.Cuda, WeightDType = dt, ContextLength = 64 };
+        LoadedModel rows;
+        var was = Environment.GetEnvironmentVariable("CALM_QUANT_TILE");
+        try
+        {
+            Environment.SetEnvironmentVariable("CALM_QUANT_TILE", "0");
+            rows = ModelFactory.Import(TinyWp.Folder, opts);
+        }
+        finally { Environment.SetEnvironmentVariable("CALM_QUANT_TILE", was); }
+        using var _r = rows;
+        using var tiled = ModelFactory.Import(TinyWp.Folder, opts);
+        var a = (CudaBackend)rows.Backend;
+        var b = (CudaBackend)tiled.Backend;
+        Assert.False(a.TileOrder);
+        Assert.Contains("CALM_QUANT_TILE=0", a.KernelSwitches);
+        bool expect = CudaDeviceInfo.List()[0].Arch >= 80 && was != "0" && Environment.GetEnvironmentVariable("CALM_QUANT_TC") != "0"
+                      && (Environment.GetEnvironmentVariable("CALM_DECODE") ?? CudaBackend.DefaultDecode) != "persistent";
+        Assert.Equal(expect, b.TileOrder);
+        if (!expect) Assert.Skip("The tile order is off in this configuration (sm < 80, or a switch), so there is nothing to compare.");
+        int v = rows.Config.VocabSize, seed = Gpu.Rng().Next();
+        var rng = new Random(seed);
+        var prompt = Enumerable.Range(0, 20).Select(_ => rng.Next(v)).ToArray();
+        foreach (bool batched in new[] { false, true })
+        {
+            a.BatchedPrefill = b.BatchedPrefill = batched;
+            var la = new float[prompt.Length * v];
+            var lb = new float[prompt.Length * v];
+            a.Forward(prompt, 0, la, allLogits: true);
+            b.Forward(prompt, 0, lb, allLogits: true);
+            Assert.True(la.AsSpan().SequenceEqual(lb), $"{DTypes.Name(dt)} (seed {seed}): {(batched ? "batched" : "per-token")} prefill logits differ between the tile order and row-major");
+            var da = la.AsSpan((prompt.Length - 1) * v, v).ToArray();
+            var db = new float[v];
+            for (int i = 0; i < 6; i++)
+            {
+                int tok = Array.IndexOf(da, da.Max());
+                a.Forward(new[] { tok }, prompt.Length + i, da, false);
+                b.Forward(new[] { tok }, prompt.Length + i, db, false);
+                Assert.True(da.AsSpan().SequenceEqual(db), $"{DTypes.Name(dt)} (seed {seed}): decode step {i} logits differ between the tile order and row-major");
+            }
+        }
+        Assert.True(b.DeviceBytes >= a.DeviceBytes);
+    }
+
     [Theory]
     [InlineData("mixtral", DType.F8E4M3)]      // experts (fused gate|up per expert), a bf16 router
     [InlineData("mixtral", DType.Int4)]

@@ -46,6 +46,19 @@ public unsafe class QuantKernelTests
         return m;
     }
 
+    /// <summary>The values of <paramref name="w"/> on the device, row-major or (tiled) in the tile order the CUDA backend
+    /// stores them in, reordered on the host by <see cref="QuantTileOrder.Tile"/> (the device's reorder kernel is held to
+    /// that in <see cref="TileValuesMatchesTheHostOrder"/>).</summary>
+    private static CudaDeviceMemory UpValues(CudaContext ctx, Tensor w, bool tiled)
+    {
+        if (!tiled) return UpNative(ctx, w.Data, w.DataBytes);
+        long rows = w.TotalRows, rowBytes = w.DataBytes / rows;
+        var t = QuantTileOrder.Tile(new ReadOnlySpan<byte>((void*)w.Data, checked((int)w.DataBytes)), rows, rowBytes);
+        var m = CudaDeviceMemory.Allocate(ctx, t.Length);
+        m.CopyFromHost<byte>(t);
+        return m;
+    }
+
     /// <summary>x [cols] f32 on the device followed by NaNs: a kernel that reads x at or past cols poisons y.</summary>
     private static CudaDeviceMemory UpXWithNaNGuard(CudaContext ctx, float[] x)
     {
@@ -232,7 +245,9 @@ public unsafe class QuantKernelTests
     [InlineData(DType.F8E4M3, 0, false, "t4", 1152)]
     [InlineData(DType.Int4, 0, false, "t2", 1152)]
     [InlineData(DType.Int4, 0, false, "auto", 1152)]
-    public void MoeMatvecPicksTheExperts(DType dt, int rowsPerWarp, bool stageX = false, string? tc = null, int cols = 1056)
+    [InlineData(DType.F8E4M3, 0, false, "t2", 1152, true)]   // values in the tile order (333 rows: a partial last block)
+    [InlineData(DType.Int4, 0, false, "auto", 1152, true)]
+    public void MoeMatvecPicksTheExperts(DType dt, int rowsPerWarp, bool stageX = false, string? tc = null, int cols = 1056, bool tiled = false)
     {
         var (ctx, k, s) = tc is null ? Require() : RequireTc();
         using var _c = ctx; using var _k = k; using var _s = s;
@@ -240,7 +255,7 @@ public unsafe class QuantKernelTests
         const int rows = 333, E = 3, slots = 2;
         var r = Gpu.Rng();
         var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, rows, cols)).ToArray();
-        var vals = experts.Select(e => UpNative(ctx, e.Data, e.DataBytes)).ToArray();
+        var vals = experts.Select(e => UpValues(ctx, e, tiled)).ToArray();
         var scs = experts.Select(e => UpNative(ctx, e.Scales, e.ScaleBytes)).ToArray();
         try
         {
@@ -250,14 +265,14 @@ public unsafe class QuantKernelTests
             var idx = new[] { 2, 0 };
             using var I = Gpu.Up(ctx, idx); using var X = Gpu.Up(ctx, x); using var Y = Gpu.Zeros(ctx, slots * rows * 4L);
             if (tc is null) k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, rowsPerWarp, stageX, tensorCores: false);
-            else k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, tensorCores: true, tcVariant: tc == "auto" ? null : tc);
+            else k.MoeMatvec(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, cols, Y.Ptr, rows, cols, slots, tensorCores: true, tcVariant: tc == "auto" ? null : tc, tiled: tiled);
             s.Synchronize();
             var got = Y.ToArray<float>(slots * rows);
             for (int sl = 0; sl < slots; sl++)
             {
                 var want = new float[rows];
                 CpuKernels.MatVec(experts[idx[sl]], x.AsSpan(sl * cols, cols), want);
-                Gpu.Close(got.AsSpan(sl * rows, rows), want, 1e-5, $"moe {DTypes.Name(dt)} {tc ?? $"r{rowsPerWarp}"} slot {sl}");
+                Gpu.Close(got.AsSpan(sl * rows, rows), want, 1e-5, $"moe {DTypes.Name(dt)} {tc ?? $"r{rowsPerWarp}"}{(tiled ? " tiled" : "")} slot {sl}");
             }
         }
         finally
@@ -306,7 +321,24 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, 203, 14336, true, false, "t4b")]
     [InlineData(DType.F8E4M3, 999, 4160, true, true, "t1b")]
     [InlineData(DType.F8E4M3, 203, 4096, false, false, "t4b")]
-    public void TensorCoreMatvecMatchesCpuReference(DType dt, int rows, int cols, bool bias, bool accumulate, string? variant, bool? forceFp8Convert = null)
+    // the values in the tile order (QuantTileOrder, what CudaBackend stores): partial last 8-row blocks, every tile count
+    [InlineData(DType.F8E4M3, 257, 4096, true, true, "t1", null, true)]
+    [InlineData(DType.F8E4M3, 999, 4160, false, true, "t2", null, true)]
+    [InlineData(DType.F8E4M3, 203, 8192, true, false, "t4", null, true)]
+    [InlineData(DType.F8E4M3, 17, 64, false, false, "t1", null, true)]
+    [InlineData(DType.F8E4M3, 4097, 4096, true, true, "t1w", null, true)]
+    [InlineData(DType.F8E4M3, 999, 4160, true, true, "t1b", null, true)]
+    [InlineData(DType.F8E4M3, 4096, 14336, false, false, null, null, true)]
+    [InlineData(DType.F8E4M3, 777, 4096, true, false, "t1", false, true)]
+    [InlineData(DType.Int4, 257, 4096, true, true, "t1", null, true)]
+    [InlineData(DType.Int4, 999, 4224, false, true, "t2", null, true)]
+    [InlineData(DType.Int4, 5, 2048, true, true, "t4", null, true)]
+    [InlineData(DType.Int4, 33, 128, false, false, "t1", null, true)]
+    [InlineData(DType.Int4, 33, 2176, false, false, "t1w", null, true)]
+    [InlineData(DType.Int4, 999, 4224, true, true, "t1b", null, true)]
+    [InlineData(DType.Int4, 1001, 4096, false, true, "t2b", null, true)]
+    [InlineData(DType.Int4, 203, 14336, true, false, "t4b", null, true)]
+    public void TensorCoreMatvecMatchesCpuReference(DType dt, int rows, int cols, bool bias, bool accumulate, string? variant, bool? forceFp8Convert = null, bool tiled = false)
     {
         var (ctx, k, s) = RequireTc(forceFp8Convert);
         using var _c = ctx; using var _k = k; using var _s = s;
@@ -317,9 +349,9 @@ public unsafe class QuantKernelTests
         var x = Gpu.RandF(r, cols);
         var b = Gpu.RandF(r, rows);
         var y0 = Gpu.RandF(r, rows);
-        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = UpValues(ctx, w, tiled); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
-        k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, rows, cols, accumulate, tensorCores: true, tcVariant: variant);
+        k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, rows, cols, accumulate, tensorCores: true, tcVariant: variant, tiled: tiled);
         s.Synchronize();
         var want = new float[rows];
         CpuKernels.MatVec(w, x, want);
@@ -328,7 +360,7 @@ public unsafe class QuantKernelTests
             if (bias) want[i] += b[i];
             if (accumulate) want[i] += y0[i];
         }
-        Gpu.Close(Y.ToArray<float>(rows), want, 1e-5, $"tensor-core matvec {DTypes.Name(dt)} {rows}x{cols} {variant ?? "auto"}");
+        Gpu.Close(Y.ToArray<float>(rows), want, 1e-5, $"tensor-core matvec {DTypes.Name(dt)} {rows}x{cols} {variant ?? "auto"}{(tiled ? " tiled" : "")}");
     }
 
     /// <summary>The launchers pick the tensor-core kernel by default where the shape allows, and a rows-per-warp
@@ -411,9 +443,11 @@ public unsafe class QuantKernelTests
     /// fp32: the result still matches the reference at 1e-5 and stays finite;
     /// an inf in x gives inf/NaN as on the CPU.</summary>
     [Theory]
-    [InlineData(DType.F8E4M3)]
-    [InlineData(DType.Int4)]
-    public void LargeActivationsFallBackToFp32(DType dt)
+    [InlineData(DType.F8E4M3, false)]
+    [InlineData(DType.Int4, false)]
+    [InlineData(DType.F8E4M3, true)]   // the fp32 redo reads the tile order too
+    [InlineData(DType.Int4, true)]
+    public void LargeActivationsFallBackToFp32(DType dt, bool tiled)
     {
         var (ctx, k, s) = RequireTc();
         using var _c = ctx; using var _k = k; using var _s = s;
@@ -423,21 +457,21 @@ public unsafe class QuantKernelTests
         var w = RandomQuantized(r, store, dt, rows, cols);
         var x = Gpu.RandF(r, cols);
         x[5] = 1e5f; x[1000] = -3e6f; x[4095] = 1e9f;
-        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = UpValues(ctx, w, tiled); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
         using var X = UpXWithNaNGuard(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
         var want = new float[rows];
         CpuKernels.MatVec(w, x, want);
         foreach (var tiles in new[] { "t1", "t4" })
         {
-            k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, tensorCores: true, tcVariant: tiles);
+            k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false, tensorCores: true, tcVariant: tiles, tiled: tiled);
             s.Synchronize();
-            Gpu.Close(Y.ToArray<float>(rows), want, 1e-5, $"large x {DTypes.Name(dt)} {tiles}");
+            Gpu.Close(Y.ToArray<float>(rows), want, 1e-5, $"large x {DTypes.Name(dt)} {tiles}{(tiled ? " tiled" : "")}");
         }
         // the reference's own arithmetic for inf: every row that meets the inf is non-finite on both sides
         x[77] = float.PositiveInfinity;
         using var X2 = UpXWithNaNGuard(ctx, x);
         CpuKernels.MatVec(w, x, want);
-        k.Matvec(s, dt, V.Ptr, S.Ptr, X2.Ptr, Y.Ptr, 0, rows, cols, false, tensorCores: true);
+        k.Matvec(s, dt, V.Ptr, S.Ptr, X2.Ptr, Y.Ptr, 0, rows, cols, false, tensorCores: true, tiled: tiled);
         s.Synchronize();
         var got = Y.ToArray<float>(rows);
         for (int i = 0; i < rows; i++) Assert.Equal(float.IsFinite(want[i]), float.IsFinite(got[i]));
@@ -456,7 +490,13 @@ public unsafe class QuantKernelTests
     [InlineData(DType.F8E4M3, 301, 4096, true, Activation.Silu, "t1w")]
     [InlineData(DType.Int4, 301, 4096, true, Activation.GeluTanh, "t1w")]
     [InlineData(DType.Int4, 14336, 4096, false, Activation.Silu, null)]  // the Llama-3-8B shape, automatic variant
-    public void GluMatvecMatchesCpuReference(DType dt, int F, int cols, bool bias, Activation act, string? variant)
+    [InlineData(DType.F8E4M3, 77, 4096, true, Activation.Silu, "t1", true)]   // tile order; F % 8 != 0: the up rows straddle blocks
+    [InlineData(DType.F8E4M3, 1000, 2048, false, Activation.GeluTanh, "t2", true)]
+    [InlineData(DType.F8E4M3, 14336, 4096, false, Activation.Silu, null, true)]
+    [InlineData(DType.Int4, 77, 4096, true, Activation.Silu, "t1", true)]
+    [InlineData(DType.Int4, 300, 1024, true, Activation.Silu, "t4", true)]
+    [InlineData(DType.Int4, 14336, 4096, false, Activation.Silu, null, true)]
+    public void GluMatvecMatchesCpuReference(DType dt, int F, int cols, bool bias, Activation act, string? variant, bool tiled = false)
     {
         var (ctx, k, s) = RequireTc();
         using var _c = ctx; using var _k = k; using var _s = s;
@@ -466,9 +506,9 @@ public unsafe class QuantKernelTests
         var w = RandomQuantized(r, store, dt, 2 * F, cols);
         var x = Gpu.RandF(r, cols);
         var b = Gpu.RandF(r, 2 * F);
-        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = UpValues(ctx, w, tiled); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var H = Gpu.Zeros(ctx, F * 4L);
-        k.MatvecGlu(s, dt, V.Ptr, S.Ptr, X.Ptr, H.Ptr, bias ? B.Ptr : 0, F, cols, act, variant);
+        k.MatvecGlu(s, dt, V.Ptr, S.Ptr, X.Ptr, H.Ptr, bias ? B.Ptr : 0, F, cols, act, variant, tiled: tiled);
         s.Synchronize();
         var gu = new float[2 * F];
         CpuKernels.MatVec(w, x, gu);
@@ -484,7 +524,7 @@ public unsafe class QuantKernelTests
             };
             want[p] = a * u;
         }
-        Gpu.Close(H.ToArray<float>(F), want, 1e-5, $"glu {DTypes.Name(dt)} F={F} {act} {variant ?? "auto"}");
+        Gpu.Close(H.ToArray<float>(F), want, 1e-5, $"glu {DTypes.Name(dt)} F={F} {act} {variant ?? "auto"}{(tiled ? " tiled" : "")}");
     }
 
     /// <summary>The qkv projection fused with RoPE and the fp16 KV write (QKV mode of the tensor-core kernels) against the
@@ -500,7 +540,13 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, 4, 4, 64, 256, false, "t1w", 3)]
     [InlineData(DType.Int4, 32, 8, 128, 4096, true, null, 63)]
     [InlineData(DType.Int4, 6, 3, 16, 128, false, "t2", 1)]
-    public void QkvRopeMatvecMatchesCpuReference(DType dt, int H, int K, int Hd, int cols, bool bias, string? variant, int pos)
+    [InlineData(DType.F8E4M3, 8, 2, 128, 1024, true, "t1", 5, true)]   // the tile order
+    [InlineData(DType.F8E4M3, 6, 3, 16, 128, true, "t4", 9, true)]
+    [InlineData(DType.F8E4M3, 32, 8, 128, 4096, false, null, 37, true)]
+    [InlineData(DType.Int4, 4, 4, 64, 256, false, "t1w", 3, true)]
+    [InlineData(DType.Int4, 6, 3, 16, 128, false, "t2", 1, true)]
+    [InlineData(DType.Int4, 32, 8, 128, 4096, true, null, 63, true)]
+    public void QkvRopeMatvecMatchesCpuReference(DType dt, int H, int K, int Hd, int cols, bool bias, string? variant, int pos, bool tiled = false)
     {
         var (ctx, k, s) = RequireTc();
         using var _c = ctx; using var _k = k; using var _s = s;
@@ -512,19 +558,19 @@ public unsafe class QuantKernelTests
         var x = Gpu.RandF(r, cols);
         var b = Gpu.RandF(r, rows);
         var cos = Gpu.RandF(r, maxCtx * half); var sin = Gpu.RandF(r, maxCtx * half);
-        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = UpValues(ctx, w, tiled); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b);
         using var C = Gpu.Up(ctx, cos); using var Sn = Gpu.Up(ctx, sin);
         using var Y = Gpu.Zeros(ctx, rows * 4L);
         using var Kc = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2); using var Vc = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2);
         using var St = Gpu.Up(ctx, new[] { 0, pos });
-        k.MatvecQkvRope(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, H, K, Hd, cols, C.Ptr, Sn.Ptr, Kc.Ptr, Vc.Ptr, maxCtx, St.Ptr, variant);
+        k.MatvecQkvRope(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, H, K, Hd, cols, C.Ptr, Sn.Ptr, Kc.Ptr, Vc.Ptr, maxCtx, St.Ptr, variant, tiled: tiled);
         s.Synchronize();
         var y = new float[rows];
         CpuKernels.MatVec(w, x, y);
         if (bias) for (int i = 0; i < rows; i++) y[i] += b[i];
         var want = Enumerable.Range(0, H + 2 * K).SelectMany(u => Gpu.RopeHead(y, u, H, K, Hd, half, cos, sin, pos)).ToArray();
-        string what = $"qkv+rope {DTypes.Name(dt)} H={H} K={K} Hd={Hd} cols={cols} {variant ?? "auto"}";
+        string what = $"qkv+rope {DTypes.Name(dt)} H={H} K={K} Hd={Hd} cols={cols} {variant ?? "auto"}{(tiled ? " tiled" : "")}";
         Gpu.Close(Y.ToArray<float>(H * Hd), want.AsSpan(0, H * Hd).ToArray(), 1e-5, what + " q");
         var kc = Kc.ToArray<ushort>(K * maxCtx * Hd); var vc = Vc.ToArray<ushort>(K * maxCtx * Hd);
         var gotK = new float[K * Hd]; var gotV = new float[K * Hd];
@@ -552,7 +598,9 @@ public unsafe class QuantKernelTests
     [InlineData(DType.Int4, true, null)]
     [InlineData(DType.Int4, false, "t4")]
     [InlineData(DType.Int4, false, "t2")]
-    public void FoldedNormMatchesRmsNormThenMatvecOnTensorCores(DType dt, bool addOne, string? variant)
+    [InlineData(DType.F8E4M3, false, null, true)]   // the tile order
+    [InlineData(DType.Int4, true, "t1", true)]
+    public void FoldedNormMatchesRmsNormThenMatvecOnTensorCores(DType dt, bool addOne, string? variant, bool tiled = false)
     {
         var (ctx, k, s) = RequireTc();
         using var _c = ctx; using var _k = k; using var _s = s;
@@ -567,7 +615,7 @@ public unsafe class QuantKernelTests
         var wq = RandomQuantized(r, store, dt, qkvRows, D);
         var x0 = Gpu.RandF(r, D, 30f); var att = Gpu.RandF(r, Q); var bo = Gpu.RandF(r, D); var bc = Gpu.RandF(r, C); var g = Gpu.RandF(r, D);
         var (cos, sin) = Gpu.RopeTables(maxCtx, Hd);
-        CudaDeviceMemory Up(Tensor t) => UpNative(ctx, t.Data, t.DataBytes);
+        CudaDeviceMemory Up(Tensor t) => UpValues(ctx, t, tiled);
         CudaDeviceMemory UpS(Tensor t) => UpNative(ctx, t.Scales, t.ScaleBytes);
         using var Vo = Up(wo); using var So = UpS(wo); using var Vc = Up(wc); using var Sc = UpS(wc);
         using var Vg = Up(wg); using var Sg = UpS(wg); using var Vq = Up(wq); using var Sq = UpS(wq);
@@ -578,14 +626,14 @@ public unsafe class QuantKernelTests
         using var KC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2); using var VC = Gpu.Zeros(ctx, (long)K * maxCtx * Hd * 2);
         using var step = Gpu.Up(ctx, new[] { 0, pos });
 
-        k.Matvec(s, dt, Vo.Ptr, So.Ptr, A.Ptr, X.Ptr, Bo.Ptr, D, Q, true, tcVariant: variant, fold: NormFold.Producer(G.Ptr, Xg.Ptr, Ss.Ptr, addOne));
+        k.Matvec(s, dt, Vo.Ptr, So.Ptr, A.Ptr, X.Ptr, Bo.Ptr, D, Q, true, tcVariant: variant, fold: NormFold.Producer(G.Ptr, Xg.Ptr, Ss.Ptr, addOne), tiled: tiled);
         var cons = NormFold.Consumer(Ss.Ptr, k.FoldPartials(dt, D, variant), eps);
-        k.Matvec(s, dt, Vc.Ptr, Sc.Ptr, Xg.Ptr, Y.Ptr, Bc.Ptr, C, D, false, tcVariant: variant, fold: cons);
-        k.MatvecGlu(s, dt, Vg.Ptr, Sg.Ptr, Xg.Ptr, Hh.Ptr, 0, F, D, Activation.Silu, variant, cons);
-        k.MatvecQkvRope(s, dt, Vq.Ptr, Sq.Ptr, Xg.Ptr, Qo.Ptr, 0, H, K, Hd, D, Cs.Ptr, Sn.Ptr, KC.Ptr, VC.Ptr, maxCtx, step.Ptr, variant, cons);
+        k.Matvec(s, dt, Vc.Ptr, Sc.Ptr, Xg.Ptr, Y.Ptr, Bc.Ptr, C, D, false, tcVariant: variant, fold: cons, tiled: tiled);
+        k.MatvecGlu(s, dt, Vg.Ptr, Sg.Ptr, Xg.Ptr, Hh.Ptr, 0, F, D, Activation.Silu, variant, cons, tiled);
+        k.MatvecQkvRope(s, dt, Vq.Ptr, Sq.Ptr, Xg.Ptr, Qo.Ptr, 0, H, K, Hd, D, Cs.Ptr, Sn.Ptr, KC.Ptr, VC.Ptr, maxCtx, step.Ptr, variant, cons, tiled);
         s.Synchronize();
 
-        string what = $"{DTypes.Name(dt)} {variant ?? "auto"}";
+        string what = $"{DTypes.Name(dt)} {variant ?? "auto"}{(tiled ? " tiled" : "")}";
         var x2 = new float[D];
         CpuKernels.MatVec(wo, att, x2);
         for (int i = 0; i < D; i++) x2[i] += bo[i] + x0[i];
@@ -635,9 +683,11 @@ public unsafe class QuantKernelTests
 
     /// <summary>MoE gate_up with the activation fused: two slots pick experts 1 and 2 of three.</summary>
     [Theory]
-    [InlineData(DType.F8E4M3)]
-    [InlineData(DType.Int4)]
-    public void MoeGluMatvecOnTensorCores(DType dt)
+    [InlineData(DType.F8E4M3, false)]
+    [InlineData(DType.Int4, false)]
+    [InlineData(DType.F8E4M3, true)]   // the tile order
+    [InlineData(DType.Int4, true)]
+    public void MoeGluMatvecOnTensorCores(DType dt, bool tiled)
     {
         var (ctx, k, s) = RequireTc();
         using var _c = ctx; using var _k = k; using var _s = s;
@@ -645,7 +695,7 @@ public unsafe class QuantKernelTests
         const int F = 200, cols = 1024, E = 3, slots = 2;
         var r = Gpu.Rng();
         var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, 2 * F, cols)).ToArray();
-        var vals = experts.Select(e => UpNative(ctx, e.Data, e.DataBytes)).ToArray();
+        var vals = experts.Select(e => UpValues(ctx, e, tiled)).ToArray();
         var scs = experts.Select(e => UpNative(ctx, e.Scales, e.ScaleBytes)).ToArray();
         try
         {
@@ -654,7 +704,7 @@ public unsafe class QuantKernelTests
             using var ST = Gpu.Up(ctx, scs.Select(m => m.Ptr).ToArray());
             var idx = new[] { 1, 2 };
             using var I = Gpu.Up(ctx, idx); using var X = Gpu.Up(ctx, x); using var H = Gpu.Zeros(ctx, slots * F * 4L);
-            k.MoeMatvecGlu(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, 0, H.Ptr, F, cols, slots, Activation.Silu);
+            k.MoeMatvecGlu(s, dt, VT.Ptr, ST.Ptr, I.Ptr, X.Ptr, 0, H.Ptr, F, cols, slots, Activation.Silu, tiled: tiled);
             s.Synchronize();
             var got = H.ToArray<float>(slots * F);
             for (int sl = 0; sl < slots; sl++)
@@ -662,7 +712,7 @@ public unsafe class QuantKernelTests
                 var gu = new float[2 * F];
                 CpuKernels.MatVec(experts[idx[sl]], x, gu);
                 var want = Enumerable.Range(0, F).Select(p => Gpu.Silu(gu[p]) * gu[F + p]).ToArray();
-                Gpu.Close(got.AsSpan(sl * F, F), want, 1e-5, $"moe glu {DTypes.Name(dt)} slot {sl}");
+                Gpu.Close(got.AsSpan(sl * F, F), want, 1e-5, $"moe glu {DTypes.Name(dt)}{(tiled ? " tiled" : "")} slot {sl}");
             }
         }
         finally
@@ -719,6 +769,46 @@ public unsafe class QuantKernelTests
         }
     }
 
+    /// <summary>The device's reorder into the tile order (quant_tile, what CudaBackend runs at upload) gives exactly
+    /// <see cref="QuantTileOrder.Tile"/>'s bytes, the padding rows of a partial last block zero (the destination is
+    /// filled with 0xAB first, so a padding row left unwritten shows).</summary>
+    [Theory]
+    [InlineData(1, 64)]
+    [InlineData(13, 192)]
+    [InlineData(333, 4096)]
+    [InlineData(4099, 7168)]   // an int4 row of 14336 columns
+    public void TileValuesMatchesTheHostOrder(int rows, int rowBytes)
+    {
+        var (ctx, k, s) = Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        var m = new byte[(long)rows * rowBytes];
+        r.NextBytes(m);
+        long n = QuantTileOrder.Bytes(rows, rowBytes);
+        using var Src = Gpu.Up(ctx, m);
+        using var Dst = CudaDeviceMemory.Allocate(ctx, n);
+        Dst.CopyFromHost<byte>(Enumerable.Repeat((byte)0xAB, (int)n).ToArray());
+        k.TileValues(s, Src.Ptr, Dst.Ptr, rows, rowBytes);
+        s.Synchronize();
+        var got = Dst.ToArray<byte>((int)n);
+        Assert.True(QuantTileOrder.Tile(m, rows, rowBytes).AsSpan().SequenceEqual(got), $"{rows} rows of {rowBytes} bytes: the device's tile order differs from the host's");
+        Assert.Throws<ArgumentException>(() => k.TileValues(s, Src.Ptr, Dst.Ptr, rows, 100));
+    }
+
+    /// <summary>Values in the tile order are for the tensor-core kernels only: a call that takes a CUDA-core kernel
+    /// (rows per warp, staged x, the tensor cores off) with tiled values is refused, not run on the wrong bytes.</summary>
+    [Fact]
+    public void TiledValuesAreRefusedByTheCudaCoreKernels()
+    {
+        var (ctx, k, s) = Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        using var Z = Gpu.Zeros(ctx, 1 << 16);
+        Assert.Throws<ArgumentException>(() => k.Matvec(s, DType.F8E4M3, Z.Ptr, Z.Ptr, Z.Ptr, Z.Ptr, 0, 16, 1024, false, rowsPerWarp: 2, tiled: true));
+        Assert.Throws<ArgumentException>(() => k.Matvec(s, DType.Int4, Z.Ptr, Z.Ptr, Z.Ptr, Z.Ptr, 0, 16, 1024, false, tensorCores: false, tiled: true));
+        Assert.Throws<ArgumentException>(() => k.MoeMatvec(s, DType.Int4, Z.Ptr, Z.Ptr, Z.Ptr, Z.Ptr, 0, Z.Ptr, 16, 1024, 1, stageX: true, tiled: true));
+        Assert.Throws<CalmException>(() => CudaQuantKernels.Bench(64, 1024, DType.F8E4M3, repeat: 1, rowsPerWarp: 2, tiled: true));
+    }
+
     /// <summary>On sm_89+ with NVRTC ≥ 11.8 the image uses the hardware e4m3 conversion.</summary>
     [Fact]
     public void HardwareFp8ConversionWhereAvailable()
@@ -740,6 +830,10 @@ public unsafe class QuantKernelTests
         var t = CudaQuantKernels.Bench(1024, 4096, dt, repeat: 3);
         long want = CudaQuantKernels.ValueBytes(dt, 1024, 4096) + CudaQuantKernels.ScaleBytes(dt, 1024, 4096) + 4096 * 4 + 1024 * 4;
         Assert.Equal(want, t.Bytes);
+        // the tensor-core kernels read the tile order by default, as in the engine; tiled: false is the row-major form
+        bool tc = CudaDeviceInfo.List()[0].Arch >= 80 && Environment.GetEnvironmentVariable("CALM_QUANT_TC") != "0";
+        Assert.Equal(tc, t.Kernel.EndsWith("/tiled", StringComparison.Ordinal));
+        if (tc) Assert.DoesNotContain("/tiled", CudaQuantKernels.Bench(1024, 4096, dt, repeat: 1, tiled: false).Kernel);
         Assert.Equal(3, t.Ms.Length);
         Assert.All(t.Ms, ms => Assert.True(ms > 0 && double.IsFinite(ms)));
     }
@@ -773,13 +867,16 @@ public class QuantKernelVariantReport
         // the tensor-core kernels at each tile count, on the same shapes and the classifier's
         // CALM_VARIANTS_ONLY="t1,t2b": those variants only (a shorter device call; the whole table took 131 s on the H200)
         var only = Environment.GetEnvironmentVariable("CALM_VARIANTS_ONLY")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        // the values in the tile order (as the engine stores them); CALM_VARIANTS_BOTH_ORDERS=1 adds the row-major form beside each
+        bool bothOrders = Environment.GetEnvironmentVariable("CALM_VARIANTS_BOTH_ORDERS") == "1";
         foreach (var dt in new[] { DType.F8E4M3, DType.Int4 })
             foreach (var (rows, cols) in new[] { (4096, 4096), (1024, 4096), (6144, 4096), (14336, 4096), (4096, 14336), (28672, 4096), (128256, 4096) })
                 foreach (var tiles in CudaQuantKernels.TcVariants.Where(v => only is null || only.Contains(v)))
+                foreach (var tiled in bothOrders ? new[] { true, false } : new[] { true })
                 {
-                    var t = CudaQuantKernels.Bench(rows, cols, dt, repeat: 15, tensorCores: true, tcVariant: tiles);
+                    var t = CudaQuantKernels.Bench(rows, cols, dt, repeat: 15, tensorCores: true, tcVariant: tiles, tiled: tiled);
                     Assert.True(t.MedianMs > 0 && double.IsFinite(t.MedianMs));
-                    sb.AppendLine($"{t.Kernel,-22} {rows,6}x{cols,-6} median {t.MedianMs * 1e3,9:F2} us  min {t.MinMs * 1e3,9:F2} us  {t.MedianGBps,8:F0} GB/s");
+                    sb.AppendLine($"{t.Kernel,-28} {rows,6}x{cols,-6} median {t.MedianMs * 1e3,9:F2} us  min {t.MinMs * 1e3,9:F2} us  {t.MedianGBps,8:F0} GB/s");
                 }
         var text = sb.ToString();
         TestContext.Current.SendDiagnosticMessage(text);

@@ -1,0 +1,66 @@
+using Calm.Engine.Model;
+
+namespace Calm.Engine.Cuda;
+
+/// <summary>
+/// The tile order of fp8/int4 values on the device (kernels/quant.cuh quant_tile_off): the order the CUDA backend
+/// stores every quantized matrix the tensor-core matvecs read in (<see cref="CudaBackend.QuantTileOrder"/>), so that
+/// one 16-byte load per lane of a warp, lane (g, t) reading bytes 64k + 16t of row 8o + g (the mma fragment pattern),
+/// is 512 contiguous bytes rather than 8 rows x 64 bytes. The host formats (<see cref="Quant.QuantFormats"/>) stay
+/// row-major: the backend uploads row-major and reorders on the device (kernels/matvec_quant.cu quant_tile).
+/// <code>
+///   rows in blocks of 8 (the last padded with zero rows): block o = rows 8o .. 8o+7 at o * 8 * rowBytes
+///   inside a block: 64-byte column pieces k (bytes 64k .. 64k+63 of each row) at k * 512, row r % 8 at (r % 8) * 64
+///   byte b of row r  ->  (r / 8) * 8 * rowBytes + (b / 64) * 512 + (r % 8) * 64 + b % 64
+/// </code>
+/// Only for rows of a multiple of 64 bytes: exactly the shapes the tensor-core kernels take
+/// (<see cref="CudaQuantKernels.TensorCoreShape"/>: fp8 cols % 64 == 0, int4 cols % 128 == 0). The scales stay row-major.
+/// </summary>
+public static class QuantTileOrder
+{
+    /// <summary>Rows per block of the order.</summary>
+    public const int BlockRows = 8;
+    /// <summary>Bytes of a row's piece inside a block (the row bytes must be a multiple of it).</summary>
+    public const int PieceBytes = 64;
+
+    /// <summary>Whether [*, <paramref name="cols"/>] values of <paramref name="dt"/> can be in the tile order.</summary>
+    public static bool Fits(DType dt, long cols) => DTypes.IsQuantized(dt) && cols <= int.MaxValue && CudaQuantKernels.TensorCoreShape(dt, (int)cols);
+
+    /// <summary>Bytes of <paramref name="rows"/> rows of <paramref name="rowBytes"/> in the tile order (whole blocks of 8 rows).</summary>
+    public static long Bytes(long rows, long rowBytes) => (rows + BlockRows - 1) / BlockRows * BlockRows * rowBytes;
+
+    /// <summary>Offset of byte <paramref name="b"/> of row <paramref name="r"/> (quant.cuh quant_tile_off).</summary>
+    public static long Offset(long r, long b, long rowBytes)
+        => r / BlockRows * BlockRows * rowBytes + b / PieceBytes * (BlockRows * PieceBytes) + r % BlockRows * PieceBytes + b % PieceBytes;
+
+    private static void Check(long rows, long rowBytes)
+    {
+        if (rows < 0 || rowBytes <= 0 || rowBytes % PieceBytes != 0)
+            throw new ArgumentException($"the tile order takes rows of a multiple of {PieceBytes} bytes (got {rows} rows of {rowBytes})");
+    }
+
+    /// <summary>Row-major <paramref name="rowMajor"/> [rows, rowBytes] in the tile order (<see cref="Bytes"/> long, padding zero).</summary>
+    public static byte[] Tile(ReadOnlySpan<byte> rowMajor, long rows, long rowBytes)
+    {
+        Check(rows, rowBytes);
+        if (rowMajor.Length < rows * rowBytes) throw new ArgumentException($"{rowMajor.Length} bytes hold fewer than {rows} rows of {rowBytes}", nameof(rowMajor));
+        var t = new byte[Bytes(rows, rowBytes)];
+        for (long r = 0; r < rows; r++)
+            for (long b = 0; b < rowBytes; b += PieceBytes)
+                rowMajor.Slice((int)(r * rowBytes + b), PieceBytes).CopyTo(t.AsSpan((int)Offset(r, b, rowBytes), PieceBytes));
+        return t;
+    }
+
+    /// <summary>Rows <paramref name="row0"/> .. + <paramref name="rows"/> of a matrix in the tile order (<paramref name="tiled"/>
+    /// holds the whole blocks they fall in, the first at offset 0) as row-major bytes.</summary>
+    public static byte[] Untile(ReadOnlySpan<byte> tiled, long row0, long rows, long rowBytes)
+    {
+        Check(rows, rowBytes);
+        long first = row0 / BlockRows * BlockRows;
+        var m = new byte[rows * rowBytes];
+        for (long r = 0; r < rows; r++)
+            for (long b = 0; b < rowBytes; b += PieceBytes)
+                tiled.Slice((int)Offset(row0 + r - first, b, rowBytes), PieceBytes).CopyTo(m.AsSpan((int)(r * rowBytes + b), PieceBytes));
+        return m;
+    }
+}
