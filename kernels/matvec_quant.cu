@@ -280,10 +280,11 @@ __device__ __forceinline__ void matvec_fp8_xs_impl(const unsigned char* Q, const
 // weights then propagate as they do on the CPU.
 // Requirements (checked by the launcher): fp8 cols % 64 == 0, int4 cols % 128 == 0; rows any (the last tile rereads
 // the last row and drops the result).
-// The values are row-major (tiled = 0) or in the tile order (tiled = 1, quant.cuh quant_tile_off: what CudaBackend
+// int4 values are row-major (tiled = 0) or in the tile order (tiled = 1, quant.cuh quant_tile_off: what CudaBackend
 // stores), where a lane's 16 bytes of 8 consecutive rows g = 0..7 are one contiguous 512-byte run: plain tiles (16
 // rows from a multiple of 16), GLU gate and up rows when F % 8 == 0, QKV rotary halves (head_dim % 16 == 0). Rows
-// that are not (the clamped last rows, F % 8 != 0) are read correctly, only in more pieces.
+// that are not (the clamped last rows, F % 8 != 0) are read correctly, only in more pieces. fp8 values are always
+// row-major (matvec_fp8_tc_impl says why).
 struct __align__(8) mq_f2 { float x, y; };
 struct __align__(8) mq_u2 { u32 x, y; };
 
@@ -470,6 +471,12 @@ __device__ __forceinline__ void mq_tc_store(float (&tot)[T][2], float (*red)[T *
 // instruction covers 8 rows x 64 bytes), stages x, then multiplies. Measured slower on the H200 (bench/RESULTS.md):
 // double-buffered loads (the next stage's in flight during the multiplies: 96-164 registers, half the blocks per SM).
 // The first stage's loads go out before pdl_wait (MqPdl).
+// The values are row-major: `tiled` is the int4 kernels' argument, taken here for one entry-point signature and
+// ignored (the launcher refuses fp8 in the tile order). Measured on the H200 (bench/RESULTS.md, fifteenth session,
+// same call): fp8 read from the tile order ran Llama-3-8B at 424 tok/s against 435 for this row-major form with the
+// .L2::256B hint (a row-major 64-byte load with that hint also brings the next warp's 64 bytes into L2), and the
+// kernel that could read both orders lost that much on row-major values too (a runtime stride: 398; both orders as
+// template instances in one kernel: 415).
 template <int T, int U, int MODE, int W, int FOLD, bool EARLY = true>
 __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const float* S, const float* x, float* y, const float* bias,
                                                    int n, int cols, int accumulate, const MqRope& rope, const MqFold& fold, int tiled) {
@@ -485,8 +492,8 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 #pragma unroll
     for (int i = 0; i < T; i++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) rp[i][h] = (const calm_u4*)(Q + quant_off(tiled, mq_tc_row<MODE>(T, row0, i, g, h, n, rope.Hd), 16 * t, cols));
-    const int nkb = cols >> 6, kbs = tiled ? 32 : 4;   // 16-byte vectors from one k-block of a row to the next
+        for (int h = 0; h < 2; h++) rp[i][h] = (const calm_u4*)(Q + mq_tc_row<MODE>(T, row0, i, g, h, n, rope.Hd) * cols) + t;
+    const int nkb = cols >> 6;
     // staging: lane L converts x[64kb + 2L, +1] = the pair (b0b1 if L even else b2b3) of t' = L/8, j' = (L/2)%4
     const int st = lane >> 3, sj = (lane >> 1) & 3, sw = lane & 1;
     const int bslot = 2 * t + (g & 1);
@@ -504,7 +511,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
             const int kb = kb0 + u * W;
             if (kb < nkb) {
 #pragma unroll
-                for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream_l2(rp[i][0] + kbs * kb); w[u][i][1] = ldg_u4_stream_l2(rp[i][1] + kbs * kb); }
+                for (int i = 0; i < T; i++) { w[u][i][0] = ldg_u4_stream_l2(rp[i][0] + 4 * kb); w[u][i][1] = ldg_u4_stream_l2(rp[i][1] + 4 * kb); }
             }
         }
         pdl.after_loads(fold, cols);
@@ -559,7 +566,7 @@ __device__ __forceinline__ void matvec_fp8_tc_impl(const unsigned char* Q, const
 #pragma unroll
             for (int i = 0; i < T; i++)
 #pragma unroll
-                for (int h = 0; h < 2; h++) f[i][h] += dot16_fp8(ldg_u4_stream(rp[i][h] + kbs * kb), xs);
+                for (int h = 0; h < 2; h++) f[i][h] += dot16_fp8(ldg_u4_stream(rp[i][h] + 4 * kb), xs);
         }
 #pragma unroll
         for (int i = 0; i < T; i++)
@@ -741,8 +748,8 @@ MQ_ENTRIES(8, 1, _r8)
 // so that its registers always allow a 512-thread launch.
 // Plain: y = W x as matvec_fp8 / matvec_int4 (same arguments). GLU: gate_up fused with the activation, W [2F, cols]
 // (gate over up), h [F] = act(gate) * up. MoE twins: per slot s, expert expertIdx[s], x + s*xStride, output + s*rows (F).
-// Every tensor-core kernel takes `tiled` last (before a fold role's arguments): the values' order (1: the tile order,
-// quant.cuh; 0: row-major). Folded RMSNorm (MqFold): _fc kernels (plain, GLU, QKV) are consumers, with (ssIn, nIn,
+// Every tensor-core kernel takes `tiled` last (before a fold role's arguments): the int4 values' order (1: the tile
+// order, quant.cuh; 0: row-major); the fp8 kernels ignore it (row-major only). Folded RMSNorm (MqFold): _fc kernels (plain, GLU, QKV) are consumers, with (ssIn, nIn,
 // eps) after the usual arguments; _fp (plain) producers, with (g, xg, ssOut, addOne).
 #define MQ_TC_ONE(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                       \
 MQ_TC_PLAIN(NAME, IMPL, ST, T, U, W, SUF, LB)                                                                            \

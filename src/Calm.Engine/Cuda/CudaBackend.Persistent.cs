@@ -75,7 +75,7 @@ public sealed unsafe partial class CudaBackend
         if (c.RotaryDim != c.HeadDim) return "partial rotary embeddings";
         if (!CudaKernels.SplitAttentionSupported(c.NumHeads, c.NumKvHeads, c.HeadDim) || _attWs == 0) return $"head_dim {c.HeadDim} with {c.NumHeads}/{c.NumKvHeads} heads (no split attention)";
         if (PersistentFormat(_wt) is not { } f) return $"{DTypes.Name(_wt)} weights";
-        if (TileOrder) return "fp8/int4 matrices in the tensor-core tile order (set when the persistent kernel was not asked for at load)";
+        if (TileOrder && _wt == DType.Int4) return "int4 matrices in the tensor-core tile order (set when the persistent kernel was not asked for at load)";
         if (_lmDt != _wt) return $"a {DTypes.Name(_lmDt)} classifier with {DTypes.Name(_wt)} layers";
         if (_embDt is not (DType.BF16 or DType.F16 or DType.F32)) return $"a {DTypes.Name(_embDt)} embedding";
         // whole 16-byte vectors per row, 16-byte x loads; int4: whole 16-byte pieces of 8 group scales (cols % 256)

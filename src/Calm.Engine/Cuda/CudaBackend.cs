@@ -76,13 +76,14 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private ulong _kCache, _vCache;              // [L, K, maxCtx, Hd] fp16, or e4m3 bytes (fp8)
     private ulong _kScale, _vScale;              // fp8: [L, K, maxCtx] f32 row scales (0 for f16)
     private ulong _cos, _sin;                    // [maxCtx, rot/2] f32
-    /// <summary>Whether the fp8/int4 matrices the tensor-core kernels read (fp8 cols % 64 == 0, int4 cols % 128 == 0) are
-    /// stored in the tile order (<see cref="Cuda.QuantTileOrder"/>: one load instruction of the kernels' fragment pattern
-    /// reads 512 contiguous bytes instead of 8 rows x 64 bytes). On wherever those kernels run, except with the
-    /// persistent decode kernel asked for (it reads rows); CALM_QUANT_TILE=0 keeps every matrix row-major.</summary>
+    /// <summary>Whether the int4 matrices the tensor-core kernels read (cols % 128 == 0) are stored in the tile order
+    /// (<see cref="Cuda.QuantTileOrder"/>: one load instruction of the kernels' fragment pattern reads 512 contiguous
+    /// bytes instead of 8 rows x 64 bytes; fp8 stays row-major, <see cref="QuantTileOrder.Stored"/>). On wherever those
+    /// kernels run, except with the persistent decode kernel asked for (it reads rows); CALM_QUANT_TILE=0 keeps every
+    /// matrix row-major.</summary>
     public bool TileOrder { get; }
     /// <summary>Whether a quantized [*, cols] matrix of <paramref name="dt"/> is stored in the tile order.</summary>
-    private bool Tiled(DType dt, long cols) => TileOrder && QuantTileOrder.Fits(dt, cols);
+    private bool Tiled(DType dt, long cols) => TileOrder && QuantTileOrder.Stored(dt, cols);
     /// <summary>Whether the decode kernels run with programmatic dependent launch (see <see cref="CudaKernels.Programmatic"/>).</summary>
     public bool ProgrammaticLaunch => _k?.Programmatic ?? false;
     /// <summary>Whether decode attention runs the cp.async-pipelined split kernel.</summary>

@@ -274,6 +274,12 @@ public sealed class CudaQuantKernels : IDisposable
         if (tiled) throw new ArgumentException("values in the tile order (QuantTileOrder) run on the tensor-core kernels only; this call takes a CUDA-core kernel", nameof(tiled));
     }
 
+    /// <summary>The tensor-core kernels read the tile order for int4 only (fp8: row-major, kernels/matvec_quant.cu).</summary>
+    private static void RequireTileFormat(DType wt, bool tiled)
+    {
+        if (tiled && wt != DType.Int4) throw new ArgumentException($"the {DTypes.Name(wt)} tensor-core kernels read row-major values; only int4 takes the tile order (QuantTileOrder.Stored)", nameof(tiled));
+    }
+
     private static int Blocks(int rows, int r) => (int)Math.Max(1, (rows + (long)r * (Block / 32) - 1) / ((long)r * (Block / 32)));
 
     /// <summary>Launches a tensor-core kernel with the call's own arguments followed by its fold role's (consumer: ssIn,
@@ -328,6 +334,7 @@ public sealed class CudaQuantKernels : IDisposable
     public void Matvec(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, int rowsPerWarp = 0, bool? stageX = null,
                        bool? tensorCores = null, string? tcVariant = null, NormFold fold = default, bool tiled = false)
     {
+        RequireTileFormat(wt, tiled);
         if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
         {
             var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_fc" : fold.Xg != 0 ? "tc_fp" : "tc", wt, rows, tcVariant);
@@ -346,6 +353,7 @@ public sealed class CudaQuantKernels : IDisposable
     public void MoeMatvec(CudaStream s, DType wt, ulong valueTable, ulong scaleTable, ulong idx, ulong x, int xStride, ulong y, int rows, int cols, int slots, int rowsPerWarp = 0, bool? stageX = null,
                           bool? tensorCores = null, string? tcVariant = null, bool tiled = false)
     {
+        RequireTileFormat(wt, tiled);
         if (UseTc(wt, cols, rowsPerWarp, stageX, tensorCores))
         {
             var (kern, tt, threads) = Tc("moe_matvec", "tc", wt, (long)rows * slots, tcVariant);
@@ -381,6 +389,7 @@ public sealed class CudaQuantKernels : IDisposable
     {
         RequireGluShape(wt, cols);
         if (fold.Xg != 0) throw new ArgumentException("the fused gate_up kernel is a folded-norm consumer only", nameof(fold));
+        RequireTileFormat(wt, tiled);
         var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_glu_fc" : "tc_glu", wt, 2L * F, tcVariant);
         LaunchTc(kern, s, ((F + 8 * tt - 1) / (8 * tt), 1), threads, fold, values, scales, x, h, bias, F, cols, (int)act, tiled ? 1 : 0);
     }
@@ -402,6 +411,7 @@ public sealed class CudaQuantKernels : IDisposable
         if (Hd % 16 != 0) throw new ArgumentException($"the fused qkv kernel needs head_dim % 16 == 0 (got {Hd})", nameof(Hd));
         int pairs = (H + 2 * K) * (Hd / 2);
         if (fold.Xg != 0) throw new ArgumentException("the fused qkv kernel is a folded-norm consumer only", nameof(fold));
+        RequireTileFormat(wt, tiled);
         var (kern, tt, threads) = Tc("matvec", fold.SsIn != 0 ? "tc_qkv_fc" : "tc_qkv", wt, 2L * pairs, tcVariant);
         LaunchTc(kern, s, ((pairs + 8 * tt - 1) / (8 * tt), 1), threads, fold, values, scales, x, qkv, bias, cols, cos, sin, kCache, vCache, maxCtx, H, K, Hd, step, tiled ? 1 : 0);
     }
@@ -411,6 +421,7 @@ public sealed class CudaQuantKernels : IDisposable
                              bool tiled = false)
     {
         RequireGluShape(wt, cols);
+        RequireTileFormat(wt, tiled);
         var (kern, tt, threads) = Tc("moe_matvec", "tc_glu", wt, 2L * F * slots, tcVariant);
         LaunchTc(kern, s, ((F + 8 * tt - 1) / (8 * tt), slots), threads, default, valueTable, scaleTable, idx, x, xStride, h, F, cols, (int)act, tiled ? 1 : 0);
     }
@@ -457,7 +468,8 @@ public sealed class CudaQuantKernels : IDisposable
     /// of the tensor-core kernels (consecutive calls overlap as in a decode step); null: the default (on for sm_90+
     /// since 2026-11-29's sixth session; the earlier variant tables in bench/logs ran without). <paramref name="tiled"/>:
     /// the tensor-core kernels read the values in the tile order (<see cref="QuantTileOrder"/>, as the CUDA backend
-    /// stores them); null: where the shape fits and a tensor-core kernel runs; the name ends "/tiled" when they do.
+    /// stores them: int4 only); null: as the backend would store them (int4 where a tensor-core kernel runs); the name
+    /// ends "/tiled" when they do.
     /// </summary>
     public static KernelTiming Bench(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, int rowsPerWarp = 0, bool stageX = false,
                                      bool? tensorCores = null, string? tcVariant = null, bool? pdl = null, bool? tiled = null)
@@ -471,7 +483,7 @@ public sealed class CudaQuantKernels : IDisposable
         var info = CudaDeviceInfo.List()[device];
         int r = RowsPerWarp(dtype, rows, rowsPerWarp);
         long vBytes = ValueBytes(dtype, rows, cols), sBytes = ScaleBytes(dtype, rows, cols);
-        long rowBytes = vBytes / rows, vAlloc = QuantTileOrder.Fits(dtype, cols) ? QuantTileOrder.Bytes(rows, rowBytes) : vBytes;
+        long rowBytes = vBytes / rows, vAlloc = QuantTileOrder.Stored(dtype, cols) ? QuantTileOrder.Bytes(rows, rowBytes) : vBytes;
         long wBytes = vBytes + sBytes;
         long bytes = wBytes + cols * 4L + rows * 4L;
         long l2 = Math.Max(info.L2CacheMB, 1) * (1L << 20);
@@ -489,9 +501,9 @@ public sealed class CudaQuantKernels : IDisposable
             for (int i = 0; i < cols; i++) xs[i] = (float)(rng.NextDouble() * 2 - 1);
             CudaDeviceMemory Add(long n, string what) { var m = CudaDeviceMemory.Allocate(ctx, n, what); mem.Add(m); return m; }
             bool tc = k.UseTc(dtype, cols, rowsPerWarp, stageX, tensorCores);
-            bool tile = tiled ?? tc;
-            if (tile && !(tc && QuantTileOrder.Fits(dtype, cols)))
-                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, "The tile order is read by the tensor-core kernels only, for fp8 rows of a multiple of 64 columns and int4 of 128.", "Tiled");
+            bool tile = tiled ?? (tc && QuantTileOrder.Stored(dtype, cols));
+            if (tile && !(tc && QuantTileOrder.Stored(dtype, cols)))
+                throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, "The tile order is read by the int4 tensor-core kernels only (rows of a multiple of 128 columns).", "Tiled");
             CudaDeviceMemory? rowMajor = tile ? Add(vBytes, "quantized weights (row-major)") : null;
             rowMajor?.CopyFromHost<byte>(vals);
             var W = new List<(ulong V, ulong S)>();

@@ -15,6 +15,9 @@ namespace Calm.Engine.Cuda;
 /// </code>
 /// Only for rows of a multiple of 64 bytes: exactly the shapes the tensor-core kernels take
 /// (<see cref="CudaQuantKernels.TensorCoreShape"/>: fp8 cols % 64 == 0, int4 cols % 128 == 0). The scales stay row-major.
+/// The backend stores int4 matrices in it (<see cref="Stored"/>); the fp8 tensor-core matvecs read row-major only
+/// (measured faster with their L2 prefetch-size hint: kernels/matvec_quant.cu, bench/RESULTS.md fifteenth session).
+/// The prefill GEMM (kernels/gemm_wgmma.cu) reads either order for both formats.
 /// </summary>
 public static class QuantTileOrder
 {
@@ -25,6 +28,11 @@ public static class QuantTileOrder
 
     /// <summary>Whether [*, <paramref name="cols"/>] values of <paramref name="dt"/> can be in the tile order.</summary>
     public static bool Fits(DType dt, long cols) => DTypes.IsQuantized(dt) && cols <= int.MaxValue && CudaQuantKernels.TensorCoreShape(dt, (int)cols);
+
+    /// <summary>Whether the CUDA backend stores [*, <paramref name="cols"/>] values of <paramref name="dt"/> in the tile
+    /// order where it uses the order at all (<see cref="CudaBackend.TileOrder"/>): int4 matrices the tensor-core
+    /// kernels take. Llama-3-8B int4 on the H200, same call: 533.8 tok/s row-major, 548.7 in the tile order.</summary>
+    public static bool Stored(DType dt, long cols) => dt == DType.Int4 && Fits(dt, cols);
 
     /// <summary>Bytes of <paramref name="rows"/> rows of <paramref name="rowBytes"/> in the tile order (whole blocks of 8 rows).</summary>
     public static long Bytes(long rows, long rowBytes) => (rows + BlockRows - 1) / BlockRows * BlockRows * rowBytes;

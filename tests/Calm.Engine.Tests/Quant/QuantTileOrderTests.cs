@@ -84,9 +84,10 @@ public class QuantTileOrderTests
     [InlineData(DType.Int4, 96, false)]
     [InlineData(DType.Int4, 4160, false)]
     [InlineData(DType.BF16, 4096, false)]
-    public void FitsExactlyTheTensorCoreShapes(DType dt, int cols, bool fits)
+    public void FitsExactlyTheTensorCoreShapesAndOnlyInt4IsStored(DType dt, int cols, bool fits)
     {
         Assert.Equal(fits, QuantTileOrder.Fits(dt, cols));
+        Assert.Equal(fits && dt == DType.Int4, QuantTileOrder.Stored(dt, cols));   // the backend tiles int4 only
         if (fits) Assert.True(CudaQuantKernels.TensorCoreShape(dt, cols));
     }
 
