@@ -201,7 +201,9 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         var c = Config;
         long act = 4L * (4L * c.HiddenSize + c.QDim + 2L * c.KvDim + c.QDim + _slots * 3L * c.IntermediateSize + _slots * (long)c.HiddenSize + c.VocabSize + c.NumExperts)
                    + 2L * MaxContext * (c.RotaryDim / 2) * 4 + (1 << 20);
-        long needed = w.TotalBytes + KvBytes + act + (w.AllTensors().Any(t => DTypes.IsQuantized(t.DType)) ? TileScratchBytes + 8L * w.AllTensors().Count() * 512 : 0);   // tile order: scratch, padding rows
+        // the tile order (int4): the upload's scratch and at most 7 padding rows per matrix
+        var tiles = w.AllTensors().Where(t => QuantTileOrder.Stored(t.DType, t.Cols) && t.TotalRows > 0).ToList();
+        long needed = w.TotalBytes + KvBytes + act + (tiles.Count > 0 ? TileScratchBytes + tiles.Sum(t => (QuantTileOrder.BlockRows - 1) * (t.DataBytes / t.TotalRows)) : 0);
         var (free, _) = _ctx.MemoryInfo();
         if (needed > free)
             throw new CalmException(ErrorIds.OutOfMemory, CalmErrorKind.ResourceUnavailable,
@@ -828,6 +830,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         _k?.Dispose();
         _qk?.Dispose();
         _pinned?.Dispose();
+        _tileScratch?.Dispose();   // an upload cancelled or failed while reordering
+        _tileScratch = null;
         foreach (var m in _owned) m.Dispose();
         _owned.Clear();
         DeviceBytes = 0;
