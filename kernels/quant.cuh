@@ -44,7 +44,7 @@ __device__ __forceinline__ float dot8_int4(u32 w, calm_f4 a, calm_f4 b) {
 
 // ---- the tile order of the tensor-core kernels' matrices ---------------------------------------------------------
 // A device copy of fp8/int4 values whose rows are a multiple of 64 bytes may be stored in 8-row blocks (CudaBackend
-// does so for every matrix the tensor-core matvecs read, QuantTileOrder.cs): block o (rows 8o .. 8o+7) at
+// does so for the int4 matrices the tensor-core matvecs read; fp8 stays row-major, QuantTileOrder.cs): block o (rows 8o .. 8o+7) at
 // o * 8 * rowBytes, inside it the rows' 64-byte pieces k (bytes 64k .. 64k+63 of each row) at k * 512, row r % 8 of a
 // piece at (r % 8) * 64. A warp whose lane (g, t) loads bytes 64k + 16t .. +15 of row 8o + g (the tensor-core
 // fragment pattern) then reads 512 contiguous bytes in one instruction instead of 8 rows x 64 bytes (on the H200

@@ -39,7 +39,7 @@ namespace Calm.Engine.Quant;
 /// model), a group costs one fma, and its held-out perplexity on models/tiny-wp is already +0.81% vs bf16 (rule:
 /// 5%; fp8 +0.02%, rule 1%), bench/RESULTS.md "Quantization quality (CPU)".
 ///
-/// <para>On the GPU the CUDA backend keeps these bytes but may store the matrices its tensor-core kernels read in
+/// <para>On the GPU the CUDA backend keeps these bytes but stores the int4 matrices its tensor-core kernels read in
 /// another order (<see cref="Cuda.QuantTileOrder"/>: 8-row blocks, reordered on the device at load); the host formats
 /// and every file stay row-major.</para>
 ///
