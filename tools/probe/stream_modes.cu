@@ -383,37 +383,36 @@ static void run_pattern(const calm_u4* in, float* out) {
     }
 }
 
-template <int W>
-static void run_rowpat(const calm_u4* in, float* out) {
-    printf("# row patterns, W = %d (block: 16 rows; R rows per load instruction; run = bytes per row per stage)\n", W);
-    for (int bps = 2; bps <= 3; bps++) {
-        const int capSmem = (220 * 1024) / bps - 2048;
-        char nm[64];
-        for (int rowBytes : { 4096, 16384 })
-            for (int R : { 8, 4, 2, 1 }) {
-                const long long tiles = kBytes / (16LL * rowBytes), bytes = tiles * 16 * rowBytes;
-#define ROWPAT(NL) { CK(cudaFuncSetAttribute(st_rowpat<W, NL>, cudaFuncAttributeMaxDynamicSharedMemorySize, capSmem)); \
-                snprintf(nm, sizeof nm, "r%d R%d run%d", rowBytes, R, NL * 256); \
-                timed(nm, bps, bytes, [&] { st_rowpat<W, NL><<<(int)tiles, 256, capSmem>>>((const unsigned char*)in, rowBytes, R, out); }); }
-                ROWPAT(8) ROWPAT(16)
-                if (rowBytes == 16384) ROWPAT(32)
-            }
-    }
+// one st_rowpat measurement (NL loads per warp per stage, prefetch hint PF) of 16-row blocks of rowBytes
+template <int W, int NL, int PF = 0>
+static void time_rowpat(const char* name, const calm_u4* in, float* out, int bps, int capSmem, int rowBytes, int R) {
+    const long long tiles = kBytes / (16LL * rowBytes), bytes = tiles * 16 * rowBytes;
+    CK(cudaFuncSetAttribute(st_rowpat<W, NL, PF>, cudaFuncAttributeMaxDynamicSharedMemorySize, capSmem));
+    timed(name, bps, bytes, [&] { st_rowpat<W, NL, PF><<<(int)tiles, 256, capSmem>>>((const unsigned char*)in, rowBytes, R, out); });
 }
 
+// the row patterns (prefetch false: runs of 2, 4 and 8 KB per row per stage, R 8 / 4 / 2 / 1) or the L2 prefetch-size
+// hint on runs of 2 KB (prefetch true: none, .L2::128B, .L2::256B; R 8 / 4), at 2 and 3 blocks per SM
 template <int W>
-static void run_prefetch(const calm_u4* in, float* out) {
-    printf("# the L2 prefetch-size hint on row patterns, W = %d\n", W);
+static void run_rows(const calm_u4* in, float* out, bool prefetch) {
+    if (prefetch) printf("# the L2 prefetch-size hint on row patterns, W = %d\n", W);
+    else printf("# row patterns, W = %d (block: 16 rows; R rows per load instruction; run = bytes per row per stage)\n", W);
     for (int bps = 2; bps <= 3; bps++) {
         const int capSmem = (220 * 1024) / bps - 2048;
-        char nm[64];
         for (int rowBytes : { 4096, 16384 })
-            for (int R : { 8, 4 }) {
-                const long long tiles = kBytes / (16LL * rowBytes), bytes = tiles * 16 * rowBytes;
-#define ROWPF(PF) { CK(cudaFuncSetAttribute(st_rowpat<W, 8, PF>, cudaFuncAttributeMaxDynamicSharedMemorySize, capSmem)); \
-                snprintf(nm, sizeof nm, "r%d R%d pf%d", rowBytes, R, PF == 0 ? 0 : PF == 1 ? 128 : 256); \
-                timed(nm, bps, bytes, [&] { st_rowpat<W, 8, PF><<<(int)tiles, 256, capSmem>>>((const unsigned char*)in, rowBytes, R, out); }); }
-                ROWPF(0) ROWPF(1) ROWPF(2)
+            for (int R : { 8, 4, 2, 1 }) {
+                if (prefetch && R < 4) continue;
+                char nm[64];
+                auto name = [&](const char* what, int v) { snprintf(nm, sizeof nm, "r%d R%d %s%d", rowBytes, R, what, v); return nm; };
+                if (prefetch) {
+                    time_rowpat<W, 8, 0>(name("pf", 0), in, out, bps, capSmem, rowBytes, R);
+                    time_rowpat<W, 8, 1>(name("pf", 128), in, out, bps, capSmem, rowBytes, R);
+                    time_rowpat<W, 8, 2>(name("pf", 256), in, out, bps, capSmem, rowBytes, R);
+                } else {
+                    time_rowpat<W, 8>(name("run", 8 * 256), in, out, bps, capSmem, rowBytes, R);
+                    time_rowpat<W, 16>(name("run", 16 * 256), in, out, bps, capSmem, rowBytes, R);
+                    if (rowBytes == 16384) time_rowpat<W, 32>(name("run", 32 * 256), in, out, bps, capSmem, rowBytes, R);
+                }
             }
     }
 }
@@ -438,7 +437,7 @@ int main() {
     if (only.empty()) { run_all<0>(in, out); run_all<24>(in, out); run_all<72>(in, out); }
     if (only.empty() || only == "tiles") { run_tiles<24>(in, out); run_tiles<72>(in, out); }
     if (only.empty() || only == "pattern") { run_pattern<0>(in, out); run_pattern<24>(in, out); }
-    if (only.empty() || only == "rowpat") run_rowpat<0>(in, out);
-    if (only.empty() || only == "prefetch") { run_prefetch<0>(in, out); run_prefetch<24>(in, out); }
+    if (only.empty() || only == "rowpat") run_rows<0>(in, out, false);
+    if (only.empty() || only == "prefetch") { run_rows<0>(in, out, true); run_rows<24>(in, out, true); }
     return 0;
 }
