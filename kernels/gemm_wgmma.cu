@@ -14,7 +14,7 @@
 #include "common.cuh"
 #include "gemm_common.cuh"
 #include "fp8.cuh"
-#include "quant.cuh"   // quant_off: fp8/int4 values row-major or in the tile order
+#include "quant.cuh"   // quant_off, quant_scale_idx: fp8/int4 values (int4 scales) row-major or in the tile order
 
 #define GEMMW_THREADS 256
 #define GEMMW_BM 128
@@ -201,7 +201,7 @@ __device__ __forceinline__ void gemmw_load_stage(u32 sA, const u16* X, const voi
                 int src = gemmw_w_row<BN, GATED>(r, N, n0, ok);
                 int g = (k0 >> 5) + c;
                 ok = ok && g < G;
-                long long si = (long long)src * G + g;
+                long long si = quant_scale_idx(tiled, src, g, G);   // the pair (g & ~1, g | 1) is adjacent in either order
                 g_cp16(sB + (u32)(r * 32 + c * 16), Wq + (ok ? quant_off(tiled, src, g * 16, G * 16) : 0), ok ? 16 : 0);
                 g_cp4(sS + (u32)(r * 8 + c * 4), (const unsigned char*)scales + (ok ? ((si * 2) & ~3ll) : 0), ok ? 4 : 0);
             }
@@ -380,8 +380,8 @@ __device__ __forceinline__ void gemmw_impl(const u16* X, const void* W, const vo
 }
 
 // gemmw_<fmt>_n<BN>: Y = X . W^T (+ bias) (+ Y); gemmw_gated_<fmt>_n<BN>: H = act(gate) * up, BN/2 columns of F per
-// block. fmt: bf16, f16 (scales unused), fp8, int4. tiled: fp8/int4 values in the tile order (quant.cuh; what
-// CudaBackend stores for the tensor-core matvecs), 0 row-major (halves: always 0). 256 threads; shared memory:
+// block. fmt: bf16, f16 (scales unused), fp8, int4. tiled: fp8/int4 values (and int4 scales) in the tile order
+// (quant.cuh; what CudaBackend stores for the int4 tensor-core matvecs), 0 row-major (halves: always 0). 256 threads; shared memory:
 // CudaPrefillKernels.GemmWSharedBytes
 #define GEMMW_ENTRY(NAME, WT, BN) \
     extern "C" __global__ void __launch_bounds__(GEMMW_THREADS, 1) NAME(const u16* X, const void* W, const void* scales, float* Y, const float* bias, int T, int N, int K, int accumulate, int tiled) { \

@@ -280,8 +280,9 @@ __device__ __forceinline__ void matvec_fp8_xs_impl(const unsigned char* Q, const
 // weights then propagate as they do on the CPU.
 // Requirements (checked by the launcher): fp8 cols % 64 == 0, int4 cols % 128 == 0; rows any (the last tile rereads
 // the last row and drops the result).
-// int4 values are row-major (tiled = 0) or in the tile order (tiled = 1, quant.cuh quant_tile_off: what CudaBackend
-// stores), where a lane's 16 bytes of 8 consecutive rows g = 0..7 are one contiguous 512-byte run: plain tiles (16
+// int4 values and scales are row-major (tiled = 0) or in the tile order (tiled = 1, quant.cuh quant_tile_off and
+// quant_scale_idx: what CudaBackend stores), where a lane's 16 bytes of 8 consecutive rows g = 0..7 are one contiguous
+// 512-byte run and their scales for the k-block one 64-byte run: plain tiles (16
 // rows from a multiple of 16), GLU gate and up rows when F % 8 == 0, QKV rotary halves (head_dim % 16 == 0). Rows
 // that are not (the clamped last rows, F % 8 != 0) are read correctly, only in more pieces. fp8 values are always
 // row-major (matvec_fp8_tc_impl says why).
@@ -598,17 +599,16 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     const int G = cols >> 5;
     const calm_u4* rp[T][2];
     const u32* dp[T][2];
-    const u16* drow[T][2];
 #pragma unroll
     for (int i = 0; i < T; i++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             long long r = mq_tc_row<MODE>(T, row0, i, g, h, n, rope.Hd);
             rp[i][h] = (const calm_u4*)(P + quant_off(tiled, r, 16 * t, G * 16));
-            drow[i][h] = D + r * G;
-            dp[i][h] = (const u32*)(drow[i][h] + 2 * (t & 1));   // the scales of groups 2(t%2), 2(t%2)+1 of each k-block
+            dp[i][h] = (const u32*)(D + quant_scale_idx(tiled, r, 2 * (t & 1), G));   // groups 2(t%2), 2(t%2)+1 of each k-block
         }
-    const int nkb = cols >> 7, kbs = tiled ? 32 : 4;   // 16-byte vectors from one k-block of a row to the next
+    // from one k-block of a row to the next: kbs 16-byte value vectors, and as it happens kbs scales (kbs / 2 u32 pairs)
+    const int nkb = cols >> 7, kbs = tiled ? 32 : 4;
     // staging: lane L = (t' = L/8, q' = (L/2)%4, h' = L%2) packs (x[2h'], x[2h'+4]) and (x[2h'+1], x[2h'+5]) of word q' of group-lane t'
     const int st = lane >> 3, sq = (lane >> 1) & 3, sh = lane & 1;
     const int bslot = t == (g & 3) ? 2 * t + (g >> 2) : 8;
@@ -628,7 +628,7 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
 #pragma unroll
                 for (int i = 0; i < T; i++)
 #pragma unroll
-                    for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream_l2(rp[i][h] + kbs * kb); sc[u][i][h] = ldg_u32_l2(dp[i][h] + 2 * kb); }
+                    for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream_l2(rp[i][h] + kbs * kb); sc[u][i][h] = ldg_u32_l2(dp[i][h] + (kbs >> 1) * kb); }
             }
         }
         pdl.after_loads(fold, cols);
@@ -699,7 +699,8 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
                 for (int h = 0; h < 2; h++) {
                     const calm_u4 v = ldg_u4_stream(rp[i][h] + kbs * kb);
                     const float sum = dot8_int4(v.x, xp[0], xp[1]) + dot8_int4(v.y, xp[2], xp[3]) + dot8_int4(v.z, xp[4], xp[5]) + dot8_int4(v.w, xp[6], xp[7]);
-                    f[i][h] = fmaf(f16_to_f32(drow[i][h][4 * kb + t]), sum, f[i][h]);
+                    // group t of the k-block: dp points at group 2(t%2) of k-block 0 in either order
+                    f[i][h] = fmaf(f16_to_f32(((const u16*)dp[i][h])[t - 2 * (t & 1) + kbs * kb]), sum, f[i][h]);
                 }
         }
 #pragma unroll
@@ -831,6 +832,19 @@ extern "C" __global__ void quant_tile(const calm_u4* src, calm_u4* dst, long lon
         const long long r = 8 * o + g;
         calm_u4 v = { 0u, 0u, 0u, 0u };
         if (r < rows) v = src[r * per + 4 * k + t];
+        dst[i] = v;
+    }
+}
+
+// The int4 scales' tile order (quant.cuh quant_scale_idx): src [rows, rowBytes] row-major -> dst [ceil(rows / 8) * 8
+// rows], 8-byte pieces (rowBytes % 8 == 0), the padding rows zero. One thread per 8 bytes of dst; any grid of 256 threads.
+extern "C" __global__ void quant_tile_scales(const mq_u2* src, mq_u2* dst, long long rows, int rowBytes) {
+    const long long per = rowBytes >> 3, n = ((rows + 7) >> 3) * 8 * per;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long o = i / (8 * per), rem = i - o * 8 * per;
+        const long long r = 8 * o + (rem & 7);
+        mq_u2 v = { 0u, 0u };
+        if (r < rows) v = src[r * per + (rem >> 3)];
         dst[i] = v;
     }
 }

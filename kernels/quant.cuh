@@ -44,7 +44,8 @@ __device__ __forceinline__ float dot8_int4(u32 w, calm_f4 a, calm_f4 b) {
 
 // ---- the tile order of the tensor-core kernels' matrices ---------------------------------------------------------
 // A device copy of fp8/int4 values whose rows are a multiple of 64 bytes may be stored in 8-row blocks (CudaBackend
-// does so for the int4 matrices the tensor-core matvecs read; fp8 stays row-major, QuantTileOrder.cs): block o (rows 8o .. 8o+7) at
+// does so for the int4 matrices the tensor-core matvecs read, their scales too: quant_scale_idx; fp8 stays row-major,
+// QuantTileOrder.cs): block o (rows 8o .. 8o+7) at
 // o * 8 * rowBytes, inside it the rows' 64-byte pieces k (bytes 64k .. 64k+63 of each row) at k * 512, row r % 8 of a
 // piece at (r % 8) * 64. A warp whose lane (g, t) loads bytes 64k + 16t .. +15 of row 8o + g (the tensor-core
 // fragment pattern) then reads 512 contiguous bytes in one instruction instead of 8 rows x 64 bytes (on the H200
@@ -56,4 +57,11 @@ __device__ __forceinline__ long long quant_tile_off(long long r, long long b, lo
 // byte b of row r of a matrix in the tile order (tiled != 0) or row-major
 __device__ __forceinline__ long long quant_off(int tiled, long long r, long long b, long long rowBytes) {
     return tiled ? quant_tile_off(r, b, rowBytes) : r * rowBytes + b;
+}
+// The int4 scales [rows, G] f16 (G = cols / 32, a multiple of 4 where the values are tiled) follow their values: in
+// the tile order the same 8-row blocks hold each row's 8-byte pieces (the 4 scales of one 128-column k-block) side by
+// side, so the tensor-core kernels' scale load of a warp (8 rows x 8 bytes of one k-block) is 64 contiguous bytes
+// instead of 8 rows 2G bytes apart. Scale g of row r (an element index):
+__device__ __forceinline__ long long quant_scale_idx(int tiled, long long r, long long g, long long G) {
+    return tiled ? (r >> 3) * 8 * G + (g >> 2) * 32 + (r & 7) * 4 + (g & 3) : r * G + g;
 }

@@ -78,7 +78,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     private ulong _cos, _sin;                    // [maxCtx, rot/2] f32
     /// <summary>Whether the int4 matrices the tensor-core kernels read (cols % 128 == 0) are stored in the tile order
     /// (<see cref="Cuda.QuantTileOrder"/>: one load instruction of the kernels' fragment pattern reads 512 contiguous
-    /// bytes instead of 8 rows x 64 bytes; fp8 stays row-major, <see cref="QuantTileOrder.Stored"/>). On wherever those
+    /// bytes instead of 8 rows x 64 bytes, and the int4 scales go with them; fp8 stays row-major, <see cref="QuantTileOrder.Stored"/>). On wherever those
     /// kernels run, except with the persistent decode kernel asked for (it reads rows); CALM_QUANT_TILE=0 keeps every
     /// matrix row-major.</summary>
     public bool TileOrder { get; }
@@ -201,9 +201,10 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
         var c = Config;
         long act = 4L * (4L * c.HiddenSize + c.QDim + 2L * c.KvDim + c.QDim + _slots * 3L * c.IntermediateSize + _slots * (long)c.HiddenSize + c.VocabSize + c.NumExperts)
                    + 2L * MaxContext * (c.RotaryDim / 2) * 4 + (1 << 20);
-        // the tile order (int4): the upload's scratch and at most 7 padding rows per matrix
+        // the tile order (int4): the upload's scratch and at most 7 padding rows (values and scales) per matrix
         var tiles = w.AllTensors().Where(t => QuantTileOrder.Stored(t.DType, t.Cols) && t.TotalRows > 0).ToList();
-        long needed = w.TotalBytes + KvBytes + act + (tiles.Count > 0 ? TileScratchBytes + tiles.Sum(t => (QuantTileOrder.BlockRows - 1) * (t.DataBytes / t.TotalRows)) : 0);
+        long needed = w.TotalBytes + KvBytes + act + (tiles.Count > 0 ? TileScratchBytes + tiles.Sum(t => (QuantTileOrder.BlockRows - 1)
+                      * (t.DataBytes / t.TotalRows + CudaQuantKernels.ScaleBytes(t.DType, 1, t.Cols))) : 0);
         var (free, _) = _ctx.MemoryInfo();
         if (needed > free)
             throw new CalmException(ErrorIds.OutOfMemory, CalmErrorKind.ResourceUnavailable,
@@ -357,10 +358,11 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             vBytes += p.DataBytes;
             sBytes += CudaQuantKernels.ScaleBytes(dt, p.TotalRows, cols);
         }
-        bool tiled = Tiled(dt, cols);
+        bool tiled = Tiled(dt, cols);   // int4: values and scales (QuantTileOrder)
         long rowBytes = parts[0].TotalRows > 0 ? parts[0].DataBytes / parts[0].TotalRows : 0, totalRows = parts.Sum(p => p.TotalRows);
+        long sRowBytes = CudaQuantKernels.ScaleBytes(dt, 1, cols);
         var v = Alloc(tiled ? QuantTileOrder.Bytes(totalRows, rowBytes) : vBytes, what);
-        var sc = Alloc(Math.Max(sBytes, 4), what + " scales");
+        var sc = Alloc(Math.Max(tiled ? QuantTileOrder.Bytes(totalRows, sRowBytes) : sBytes, 4), what + " scales");
         long vo = 0, so = 0, row = 0;
         const long Chunk = 64L << 20;
         foreach (var p in parts)
@@ -370,7 +372,11 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             string key = _named.ContainsKey(p.Name) ? p.Name + QuantizedCopySuffix : p.Name;
             _named[key] = (v.Ptr + (ulong)vo, pv, false);
             _named[key + ScalesSuffix] = (sc.Ptr + (ulong)so, ps, false);
-            if (tiled) _tiledParts[key] = (v.Ptr, row, p.TotalRows, rowBytes);
+            if (tiled)
+            {
+                _tiledParts[key] = (v.Ptr, row, p.TotalRows, rowBytes, QuantTileOrder.PieceBytes);
+                _tiledParts[key + ScalesSuffix] = (sc.Ptr, row, p.TotalRows, sRowBytes, QuantTileOrder.ScalePieceBytes);
+            }
             row += p.TotalRows;
             if (p.IsDeviceOnly)
             {
@@ -397,7 +403,11 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             _uploadDone += p.ScaleBytes;
             vo += pv; so += ps;
         }
-        if (tiled) TileInPlace(v.Ptr, totalRows, rowBytes);
+        if (tiled)
+        {
+            TileInPlace(v.Ptr, totalRows, rowBytes, QuantTileOrder.PieceBytes);
+            TileInPlace(sc.Ptr, totalRows, sRowBytes, QuantTileOrder.ScalePieceBytes);
+        }
         _scaleOf[v.Ptr] = sc.Ptr;
         return v.Ptr;
     }
@@ -405,14 +415,16 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
     /// <summary>Device scratch of the in-place reorder (<see cref="TileInPlace"/>), freed when the upload ends.</summary>
     private CudaDeviceMemory? _tileScratch;
     private const long TileScratchBytes = 64L << 20;
-    /// <summary>Quantized parts stored in the tile order: name -> (the matrix's values, first row, rows, row bytes), so
-    /// <see cref="ReadDeviceTensor"/> can return them row-major.</summary>
-    private readonly Dictionary<string, (ulong Base, long Row0, long Rows, long RowBytes)> _tiledParts = new(StringComparer.Ordinal);
+    /// <summary>Quantized parts (values, int4 scales) stored in the tile order: name -> (the matrix's buffer, first row,
+    /// rows, row bytes, piece bytes), so <see cref="ReadDeviceTensor"/> can return them row-major.</summary>
+    private readonly Dictionary<string, (ulong Base, long Row0, long Rows, long RowBytes, int Piece)> _tiledParts = new(StringComparer.Ordinal);
 
-    /// <summary>Reorders the row-major values at <paramref name="values"/> (allocated for <see cref="QuantTileOrder.Bytes"/>)
-    /// into the tile order. The order only moves bytes inside blocks of 8 rows, so it goes block range by block range
-    /// through a scratch copy of at most <see cref="TileScratchBytes"/> (stream-ordered: the scratch is reused safely).</summary>
-    private void TileInPlace(ulong values, long rows, long rowBytes)
+    /// <summary>Reorders the row-major values (<paramref name="piece"/> <see cref="QuantTileOrder.PieceBytes"/>) or int4
+    /// scales (<see cref="QuantTileOrder.ScalePieceBytes"/>) at <paramref name="values"/> (allocated for
+    /// <see cref="QuantTileOrder.Bytes"/>) into the tile order. The order only moves bytes inside blocks of 8 rows, so it
+    /// goes block range by block range through a scratch copy of at most <see cref="TileScratchBytes"/> (stream-ordered:
+    /// the scratch is reused safely).</summary>
+    private void TileInPlace(ulong values, long rows, long rowBytes, int piece)
     {
         long blockBytes = QuantTileOrder.BlockRows * rowBytes;
         long blocks = (rows + QuantTileOrder.BlockRows - 1) / QuantTileOrder.BlockRows;
@@ -430,7 +442,8 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             long r0 = b0 * QuantTileOrder.BlockRows, n = Math.Min(per * QuantTileOrder.BlockRows, rows - r0);
             ulong at = values + (ulong)(r0 * rowBytes);
             _stream!.CopyDeviceAsync(_tileScratch.Ptr, at, n * rowBytes);
-            _qk!.TileValues(_stream, _tileScratch.Ptr, at, n, (int)rowBytes);
+            if (piece == QuantTileOrder.ScalePieceBytes) _qk!.TileScales(_stream, _tileScratch.Ptr, at, n, (int)rowBytes);
+            else _qk!.TileValues(_stream, _tileScratch.Ptr, at, n, (int)rowBytes);
         }
     }
 
@@ -503,7 +516,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             long end = QuantTileOrder.Bytes(tp.Row0 + tp.Rows, tp.RowBytes);
             var blk = new byte[end - first * tp.RowBytes];
             fixed (byte* p = blk) CudaException.Check(Cu.cuMemcpyDtoH(p, tp.Base + (ulong)(first * tp.RowBytes), (nuint)blk.Length), "cuMemcpyDtoH(tensor)");
-            return QuantTileOrder.Untile(blk, tp.Row0, tp.Rows, tp.RowBytes);
+            return QuantTileOrder.Untile(blk, tp.Row0, tp.Rows, tp.RowBytes, tp.Piece);
         }
         var r = new byte[e.Bytes];
         fixed (byte* p = r) CudaException.Check(Cu.cuMemcpyDtoH(p, e.Ptr, (nuint)e.Bytes), "cuMemcpyDtoH(tensor)");

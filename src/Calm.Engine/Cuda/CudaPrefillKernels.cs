@@ -330,7 +330,7 @@ public sealed class CudaPrefillKernels : IDisposable
     /// <see cref="GemmWTileCols"/>). W: bf16/f16 [N, K], or fp8/int4 in Calm's formats (Quant/QuantFormats.cs) with
     /// their <paramref name="scales"/> (fp8 [N] f32, applied to the sums; int4 [N, ceil(K/32)] f16, applied to each
     /// weight as it is converted to f16: one rounding of (u - 8) * d). X [T, K] f16 and W 16-byte aligned.
-    /// <paramref name="tiled"/>: fp8/int4 values in the tile order (<see cref="QuantTileOrder"/>, as the CUDA backend stores them).</summary>
+    /// <paramref name="tiled"/>: fp8/int4 values (int4: and the scales) in the tile order (<see cref="QuantTileOrder"/>, as the CUDA backend stores int4).</summary>
     public void GemmW(CudaStream s, DType wt, ulong X, ulong W, ulong Y, ulong bias, int T, int N, int K, bool accumulate, bool gated,
                       int tileCols = 0, Activation act = 0, DType odt = DType.F16, ulong scales = 0, bool tiled = false)
     {

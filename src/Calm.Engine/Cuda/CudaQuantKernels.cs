@@ -163,6 +163,7 @@ public sealed class CudaQuantKernels : IDisposable
                         && name.Contains("_tc")) k.Programmatic = true;
             _k["matvec_quant_info"] = _module.GetKernel("matvec_quant_info");
             _k["quant_tile"] = _module.GetKernel("quant_tile");
+            _k["quant_tile_scales"] = _module.GetKernel("quant_tile_scales");
             if ((carveout ?? CudaKernel.CarveoutFromEnvironment()) is int cv)   // CudaKernels.Carveout
                 foreach (var k in _k.Values) k.PreferredCarveout = cv;
         }
@@ -329,7 +330,7 @@ public sealed class CudaQuantKernels : IDisposable
     /// W [rows, cols] (fp8: values [rows, cols] e4m3 + scales [rows] f32; int4: values [rows, ceil(cols/32)*16] packed +
     /// scales [rows, ceil(cols/32)] f16), x [cols] f32 -> y [rows] f32 (+ bias [rows] f32 when nonzero) (+ y when
     /// accumulate). fp8 rows take the 16-byte path when cols % 16 == 0 (values 16-byte aligned); int4 always does.
-    /// <paramref name="tiled"/>: the values are in the tile order (<see cref="QuantTileOrder"/>; tensor-core kernels only).
+    /// <paramref name="tiled"/>: the values (int4: and the scales) are in the tile order (<see cref="QuantTileOrder"/>; tensor-core kernels only).
     /// </summary>
     public void Matvec(CudaStream s, DType wt, ulong values, ulong scales, ulong x, ulong y, ulong bias, int rows, int cols, bool accumulate, int rowsPerWarp = 0, bool? stageX = null,
                        bool? tensorCores = null, string? tcVariant = null, NormFold fold = default, bool tiled = false)
@@ -449,6 +450,19 @@ public sealed class CudaQuantKernels : IDisposable
         _k["quant_tile"].Launch(s, blocks, Block, 0, src, dst, rows, rowBytes);
     }
 
+    /// <summary>int4 scales src [rows, rowBytes] row-major -> dst in their tile order (<see cref="QuantTileOrder"/> with
+    /// <see cref="QuantTileOrder.ScalePieceBytes"/>; <see cref="QuantTileOrder.Bytes"/>, the padding rows zero); src and dst
+    /// must not overlap. Stream-ordered.</summary>
+    public void TileScales(CudaStream s, ulong src, ulong dst, long rows, int rowBytes)
+    {
+        if (rowBytes <= 0 || rowBytes % QuantTileOrder.ScalePieceBytes != 0) throw new ArgumentException($"the scales' tile order takes rows of a multiple of {QuantTileOrder.ScalePieceBytes} bytes (got {rowBytes})", nameof(rowBytes));
+        if (((src | dst) & 7) != 0) throw new ArgumentException("scale tile order buffers must be 8-byte aligned");
+        if (rows <= 0) return;
+        long units = QuantTileOrder.Bytes(rows, rowBytes) / 8;
+        int blocks = (int)Math.Clamp((units + Block - 1) / Block, 1, 65536);
+        _k["quant_tile_scales"].Launch(s, blocks, Block, 0, src, dst, rows, rowBytes);
+    }
+
     public void Dispose()
     {
         _k.Clear();
@@ -467,8 +481,8 @@ public sealed class CudaQuantKernels : IDisposable
     /// CUDA events, per-call milliseconds. Bytes = values + scales + x + y. <paramref name="pdl"/>: programmatic launch
     /// of the tensor-core kernels (consecutive calls overlap as in a decode step); null: the default (on for sm_90+
     /// since 2026-11-29's sixth session; the earlier variant tables in bench/logs ran without). <paramref name="tiled"/>:
-    /// the tensor-core kernels read the values in the tile order (<see cref="QuantTileOrder"/>, as the CUDA backend
-    /// stores them: int4 only); null: as the backend would store them (int4 where a tensor-core kernel runs); the name
+    /// the tensor-core kernels read the values and scales in the tile order (<see cref="QuantTileOrder"/>, as the CUDA
+    /// backend stores them: int4 only); null: as the backend would store them (int4 where a tensor-core kernel runs); the name
     /// ends "/tiled" when they do.
     /// </summary>
     public static KernelTiming Bench(int rows, int cols, DType dtype, int repeat = 20, int device = 0, CancellationToken ct = default, int rowsPerWarp = 0, bool stageX = false,
@@ -484,6 +498,7 @@ public sealed class CudaQuantKernels : IDisposable
         int r = RowsPerWarp(dtype, rows, rowsPerWarp);
         long vBytes = ValueBytes(dtype, rows, cols), sBytes = ScaleBytes(dtype, rows, cols);
         long rowBytes = vBytes / rows, vAlloc = QuantTileOrder.Stored(dtype, cols) ? QuantTileOrder.Bytes(rows, rowBytes) : vBytes;
+        long sRowBytes = sBytes / rows, sAlloc = QuantTileOrder.Stored(dtype, cols) ? QuantTileOrder.Bytes(rows, sRowBytes) : sBytes;
         long wBytes = vBytes + sBytes;
         long bytes = wBytes + cols * 4L + rows * 4L;
         long l2 = Math.Max(info.L2CacheMB, 1) * (1L << 20);
@@ -506,12 +521,15 @@ public sealed class CudaQuantKernels : IDisposable
                 throw new CalmException(ErrorIds.InvalidArgument, CalmErrorKind.InvalidArgument, "The tile order is read by the int4 tensor-core kernels only (rows of a multiple of 128 columns).", "Tiled");
             CudaDeviceMemory? rowMajor = tile ? Add(vBytes, "quantized weights (row-major)") : null;
             rowMajor?.CopyFromHost<byte>(vals);
+            CudaDeviceMemory? rowMajorScales = tile ? Add(sBytes, "weight scales (row-major)") : null;
+            rowMajorScales?.CopyFromHost<byte>(scales);
             var W = new List<(ulong V, ulong S)>();
             for (int i = 0; i < copies; i++)
             {
                 var v = Add(vAlloc, "quantized weights");
                 if (rowMajor is not null) k.TileValues(s, rowMajor.Ptr, v.Ptr, rows, (int)rowBytes); else v.CopyFromHost<byte>(vals);
-                var sc = Add(sBytes, "weight scales"); sc.CopyFromHost<byte>(scales);
+                var sc = Add(sAlloc, "weight scales");
+                if (rowMajorScales is not null) k.TileScales(s, rowMajorScales.Ptr, sc.Ptr, rows, (int)sRowBytes); else sc.CopyFromHost<byte>(scales);
                 W.Add((v.Ptr, sc.Ptr));
             }
             var X = Add(cols * 4L, "x"); X.CopyFromHost<float>(xs);

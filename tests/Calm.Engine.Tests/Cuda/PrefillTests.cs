@@ -187,7 +187,7 @@ public class PrefillTests
         Assert.Equal(H2.ToArray<ushort>(T * N), got);
     }
 
-    /// <summary>The fp8/int4 GEMM on values in the tile order (QuantTileOrder, as CudaBackend stores every matrix the
+    /// <summary>The fp8/int4 GEMM on values (int4: and scales) in the tile order (QuantTileOrder, as CudaBackend stores every int4 matrix the
     /// tensor-core matvecs read) gives the same bits as on the row-major values: the order changes only where the
     /// 16-byte pieces are read from. Plain and gated, rows that end inside an 8-row block, several tile widths.</summary>
     [Theory]
@@ -218,12 +218,16 @@ public class PrefillTests
         using var Wr = CudaDeviceMemory.Allocate(ctx, w.DataBytes); Wr.CopyFromHost(w.Data, w.DataBytes);
         using var Wt = Gpu.Up(ctx, tiledBytes);
         using var Sd = CudaDeviceMemory.Allocate(ctx, w.ScaleBytes); Sd.CopyFromHost(w.Scales, w.ScaleBytes);
+        // int4 scales go with their values into the tile order (8-byte pieces); fp8's per-row scales stay as they are
+        using var St = dt == DType.Int4
+            ? Gpu.Up(ctx, QuantTileOrder.Tile(new ReadOnlySpan<byte>((void*)w.Scales, checked((int)w.ScaleBytes)), rows, w.ScaleBytes / rows, QuantTileOrder.ScalePieceBytes))
+            : Gpu.Up(ctx, new ReadOnlySpan<byte>((void*)w.Scales, checked((int)w.ScaleBytes)).ToArray());
         long outBytes = gated ? (long)T * N * 2 : (long)T * N * 4;
         using var Y1 = Gpu.Zeros(ctx, outBytes); using var Y2 = Gpu.Zeros(ctx, outBytes);
-        foreach (var (W, Y, tiled) in new[] { (Wr, Y1, false), (Wt, Y2, true) })
+        foreach (var (W, S, Y, tiled) in new[] { (Wr, Sd, Y1, false), (Wt, St, Y2, true) })
         {
-            if (gated) p.GemmW(s, dt, X.Ptr, W.Ptr, Y.Ptr, B.Ptr, T, N, K, false, true, tileCols, Activation.Silu, DType.F16, Sd.Ptr, tiled);
-            else p.GemmW(s, dt, X.Ptr, W.Ptr, Y.Ptr, B.Ptr, T, N, K, false, false, tileCols, scales: Sd.Ptr, tiled: tiled);
+            if (gated) p.GemmW(s, dt, X.Ptr, W.Ptr, Y.Ptr, B.Ptr, T, N, K, false, true, tileCols, Activation.Silu, DType.F16, S.Ptr, tiled);
+            else p.GemmW(s, dt, X.Ptr, W.Ptr, Y.Ptr, B.Ptr, T, N, K, false, false, tileCols, scales: S.Ptr, tiled: tiled);
         }
         s.Synchronize();
         var a = Y1.ToArray<byte>((int)outBytes);

@@ -59,6 +59,19 @@ public unsafe class QuantKernelTests
         return m;
     }
 
+    /// <summary>The scales of <paramref name="w"/> on the device: row-major, or (tiled, int4) in the scales' tile order
+    /// that goes with the values' (<see cref="QuantTileOrder.ScalePieceBytes"/>; the device's reorder is held to it in
+    /// <see cref="TileScalesMatchesTheHostOrder"/>). fp8's per-row scales are never reordered.</summary>
+    private static CudaDeviceMemory UpScales(CudaContext ctx, Tensor w, bool tiled)
+    {
+        if (!tiled || w.DType != DType.Int4) return UpNative(ctx, w.Scales, w.ScaleBytes);
+        long rows = w.TotalRows, rowBytes = w.ScaleBytes / rows;
+        var t = QuantTileOrder.Tile(new ReadOnlySpan<byte>((void*)w.Scales, checked((int)w.ScaleBytes)), rows, rowBytes, QuantTileOrder.ScalePieceBytes);
+        var m = CudaDeviceMemory.Allocate(ctx, t.Length);
+        m.CopyFromHost<byte>(t);
+        return m;
+    }
+
     /// <summary>x [cols] f32 on the device followed by NaNs: a kernel that reads x at or past cols poisons y.</summary>
     private static CudaDeviceMemory UpXWithNaNGuard(CudaContext ctx, float[] x)
     {
@@ -250,7 +263,7 @@ public unsafe class QuantKernelTests
         var r = Gpu.Rng();
         var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, rows, cols)).ToArray();
         var vals = experts.Select(e => UpValues(ctx, e, tiled)).ToArray();
-        var scs = experts.Select(e => UpNative(ctx, e.Scales, e.ScaleBytes)).ToArray();
+        var scs = experts.Select(e => UpScales(ctx, e, tiled)).ToArray();
         try
         {
             var x = Gpu.RandF(r, slots * cols);
@@ -335,7 +348,7 @@ public unsafe class QuantKernelTests
         var x = Gpu.RandF(r, cols);
         var b = Gpu.RandF(r, rows);
         var y0 = Gpu.RandF(r, rows);
-        using var V = UpValues(ctx, w, tiled); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = UpValues(ctx, w, tiled); using var S = UpScales(ctx, w, tiled);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
         k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, rows, cols, accumulate, tensorCores: true, tcVariant: variant, tiled: tiled);
         s.Synchronize();
@@ -442,7 +455,7 @@ public unsafe class QuantKernelTests
         var w = RandomQuantized(r, store, dt, rows, cols);
         var x = Gpu.RandF(r, cols);
         x[5] = 1e5f; x[1000] = -3e6f; x[4095] = 1e9f;
-        using var V = UpValues(ctx, w, tiled); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = UpValues(ctx, w, tiled); using var S = UpScales(ctx, w, tiled);
         using var X = UpXWithNaNGuard(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
         var want = new float[rows];
         CpuKernels.MatVec(w, x, want);
@@ -489,7 +502,7 @@ public unsafe class QuantKernelTests
         var w = RandomQuantized(r, store, dt, 2 * F, cols);
         var x = Gpu.RandF(r, cols);
         var b = Gpu.RandF(r, 2 * F);
-        using var V = UpValues(ctx, w, tiled); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = UpValues(ctx, w, tiled); using var S = UpScales(ctx, w, tiled);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var H = Gpu.Zeros(ctx, F * 4L);
         k.MatvecGlu(s, dt, V.Ptr, S.Ptr, X.Ptr, H.Ptr, bias ? B.Ptr : 0, F, cols, act, variant, tiled: tiled);
         s.Synchronize();
@@ -538,7 +551,7 @@ public unsafe class QuantKernelTests
         var x = Gpu.RandF(r, cols);
         var b = Gpu.RandF(r, rows);
         var cos = Gpu.RandF(r, maxCtx * half); var sin = Gpu.RandF(r, maxCtx * half);
-        using var V = UpValues(ctx, w, tiled); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = UpValues(ctx, w, tiled); using var S = UpScales(ctx, w, tiled);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b);
         using var C = Gpu.Up(ctx, cos); using var Sn = Gpu.Up(ctx, sin);
         using var Y = Gpu.Zeros(ctx, rows * 4L);
@@ -595,7 +608,7 @@ public unsafe class QuantKernelTests
         var x0 = Gpu.RandF(r, D, 30f); var att = Gpu.RandF(r, Q); var bo = Gpu.RandF(r, D); var bc = Gpu.RandF(r, C); var g = Gpu.RandF(r, D);
         var (cos, sin) = Gpu.RopeTables(maxCtx, Hd);
         CudaDeviceMemory Up(Tensor t) => UpValues(ctx, t, tiled);
-        CudaDeviceMemory UpS(Tensor t) => UpNative(ctx, t.Scales, t.ScaleBytes);
+        CudaDeviceMemory UpS(Tensor t) => UpScales(ctx, t, tiled);
         using var Vo = Up(wo); using var So = UpS(wo); using var Vc = Up(wc); using var Sc = UpS(wc);
         using var Vg = Up(wg); using var Sg = UpS(wg); using var Vq = Up(wq); using var Sq = UpS(wq);
         using var X = Gpu.Up(ctx, x0); using var A = Gpu.Up(ctx, att); using var Bo = Gpu.Up(ctx, bo); using var Bc = Gpu.Up(ctx, bc); using var G = Gpu.Up(ctx, g);
@@ -674,7 +687,7 @@ public unsafe class QuantKernelTests
         var r = Gpu.Rng();
         var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, 2 * F, cols)).ToArray();
         var vals = experts.Select(e => UpValues(ctx, e, tiled)).ToArray();
-        var scs = experts.Select(e => UpNative(ctx, e.Scales, e.ScaleBytes)).ToArray();
+        var scs = experts.Select(e => UpScales(ctx, e, tiled)).ToArray();
         try
         {
             var x = Gpu.RandF(r, cols);
@@ -771,6 +784,32 @@ public unsafe class QuantKernelTests
         var got = Dst.ToArray<byte>((int)n);
         Assert.True(QuantTileOrder.Tile(m, rows, rowBytes).AsSpan().SequenceEqual(got), $"{rows} rows of {rowBytes} bytes: the device's tile order differs from the host's");
         Assert.Throws<ArgumentException>(() => k.TileValues(s, Src.Ptr, Dst.Ptr, rows, 100));
+    }
+
+    /// <summary>The same for the int4 scales' reorder (quant_tile_scales, 8-byte pieces): exactly
+    /// <see cref="QuantTileOrder.Tile"/>'s bytes with <see cref="QuantTileOrder.ScalePieceBytes"/>, padding rows zero.</summary>
+    [Theory]
+    [InlineData(1, 8)]
+    [InlineData(13, 264)]      // 4224 columns: 132 groups, a row not a multiple of 16 bytes
+    [InlineData(333, 256)]     // 4096 columns
+    [InlineData(4099, 896)]    // 14336 columns
+    public void TileScalesMatchesTheHostOrder(int rows, int rowBytes)
+    {
+        var (ctx, k, s) = Require();
+        using var _c = ctx; using var _k = k; using var _s = s;
+        var r = Gpu.Rng();
+        var m = new byte[(long)rows * rowBytes];
+        r.NextBytes(m);
+        long n = QuantTileOrder.Bytes(rows, rowBytes);
+        using var Src = Gpu.Up(ctx, m);
+        using var Dst = CudaDeviceMemory.Allocate(ctx, n);
+        Dst.CopyFromHost<byte>(Enumerable.Repeat((byte)0xAB, (int)n).ToArray());
+        k.TileScales(s, Src.Ptr, Dst.Ptr, rows, rowBytes);
+        s.Synchronize();
+        var got = Dst.ToArray<byte>((int)n);
+        Assert.True(QuantTileOrder.Tile(m, rows, rowBytes, QuantTileOrder.ScalePieceBytes).AsSpan().SequenceEqual(got),
+            $"{rows} rows of {rowBytes} scale bytes: the device's tile order differs from the host's");
+        Assert.Throws<ArgumentException>(() => k.TileScales(s, Src.Ptr, Dst.Ptr, rows, 12));
     }
 
     /// <summary>Values in the tile order are for the int4 tensor-core kernels only: a call that takes a CUDA-core kernel
