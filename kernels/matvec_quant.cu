@@ -597,18 +597,19 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
     if (!early) PDL_ENTER();
     if (MODE == MQ_PLAIN && row0 >= n) return;   // (early: before pdl_wait, it touches nothing)
     const int G = cols >> 5;
-    const calm_u4* rp[T][2];
-    const u32* dp[T][2];
+    // In either order the 16 bytes of group q of row r (one 16-byte unit of P) and its scale (one element of D) have
+    // the same index: row-major r G + q; tile order (r / 8) 8 G + (q / 4) 32 + (r % 8) 4 + q % 4 (quant_tile_off of
+    // byte 16 q over 16, quant_scale_idx). So one 32-bit index per row locates both: vi = lane t's unit of k-block 0
+    // (group t), its scale pair (groups 2(t%2), 2(t%2)+1) at vi - t + 2(t%2), and k-block kb kbs units further on.
+    // (Two 64-bit pointers per row instead made ptxas spill in the register-capped t2b.)
+    const calm_u4* const P16 = (const calm_u4*)P;
+    u32 vi[T][2];
 #pragma unroll
     for (int i = 0; i < T; i++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            long long r = mq_tc_row<MODE>(T, row0, i, g, h, n, rope.Hd);
-            rp[i][h] = (const calm_u4*)(P + quant_off(tiled, r, 16 * t, G * 16));
-            dp[i][h] = (const u32*)(D + quant_scale_idx(tiled, r, 2 * (t & 1), G));   // groups 2(t%2), 2(t%2)+1 of each k-block
-        }
-    // from one k-block of a row to the next: kbs 16-byte value vectors, and as it happens kbs scales (kbs / 2 u32 pairs)
-    const int nkb = cols >> 7, kbs = tiled ? 32 : 4;
+        for (int h = 0; h < 2; h++)
+            vi[i][h] = (u32)quant_scale_idx(tiled, mq_tc_row<MODE>(T, row0, i, g, h, n, rope.Hd), t, G);
+    const int nkb = cols >> 7, kbs = tiled ? 32 : 4, sp = 2 * (t & 1) - t;
     // staging: lane L = (t' = L/8, q' = (L/2)%4, h' = L%2) packs (x[2h'], x[2h'+4]) and (x[2h'+1], x[2h'+5]) of word q' of group-lane t'
     const int st = lane >> 3, sq = (lane >> 1) & 3, sh = lane & 1;
     const int bslot = t == (g & 3) ? 2 * t + (g >> 2) : 8;
@@ -628,7 +629,11 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
 #pragma unroll
                 for (int i = 0; i < T; i++)
 #pragma unroll
-                    for (int h = 0; h < 2; h++) { w[u][i][h] = ldg_u4_stream_l2(rp[i][h] + kbs * kb); sc[u][i][h] = ldg_u32_l2(dp[i][h] + (kbs >> 1) * kb); }
+                    for (int h = 0; h < 2; h++) {
+                        const u32 e = vi[i][h] + kbs * kb;
+                        w[u][i][h] = ldg_u4_stream_l2(P16 + e);
+                        sc[u][i][h] = ldg_u32_l2((const u32*)(D + (u32)(e + sp)));
+                    }
             }
         }
         pdl.after_loads(fold, cols);
@@ -697,10 +702,10 @@ __device__ __forceinline__ void matvec_int4_tc_impl(const unsigned char* P, cons
             for (int i = 0; i < T; i++)
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    const calm_u4 v = ldg_u4_stream(rp[i][h] + kbs * kb);
+                    const u32 e = vi[i][h] + kbs * kb;   // group 4 kb + t: its values and its scale
+                    const calm_u4 v = ldg_u4_stream(P16 + e);
                     const float sum = dot8_int4(v.x, xp[0], xp[1]) + dot8_int4(v.y, xp[2], xp[3]) + dot8_int4(v.z, xp[4], xp[5]) + dot8_int4(v.w, xp[6], xp[7]);
-                    // group t of the k-block: dp points at group 2(t%2) of k-block 0 in either order
-                    f[i][h] = fmaf(f16_to_f32(((const u16*)dp[i][h])[t - 2 * (t & 1) + kbs * kb]), sum, f[i][h]);
+                    f[i][h] = fmaf(f16_to_f32(D[e]), sum, f[i][h]);
                 }
         }
 #pragma unroll

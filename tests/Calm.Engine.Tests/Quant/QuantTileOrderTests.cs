@@ -55,7 +55,8 @@ public class QuantTileOrderTests
 
     /// <summary>The int4 scales' order: the kernels' scale load of a warp (lane (g, t): the f16 pair of groups
     /// 2(t % 2), 2(t % 2) + 1 of k-block k of row 8o + g) is one 64-byte run, and the byte offsets are those of
-    /// quant_scale_idx (kernels/quant.cuh: (r / 8) 8 G + (g / 4) 32 + (r % 8) 4 + g % 4 elements) for G = cols / 32.</summary>
+    /// quant_scale_idx (kernels/quant.cuh: (r / 8) 8 G + (g / 4) 32 + (r % 8) 4 + g % 4 elements) for G = cols / 32,
+    /// which is also the 16-byte unit of the group's values in their tile order.</summary>
     [Theory]
     [InlineData(16, 4096)]
     [InlineData(40, 14336)]
@@ -65,8 +66,12 @@ public class QuantTileOrderTests
         int G = cols / 32, rowBytes = 2 * G;
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < G; g++)
-                Assert.Equal(2L * ((r / 8) * 8L * G + (g / 4) * 32 + (r % 8) * 4 + g % 4),
-                             QuantTileOrder.Offset(r, 2 * g, rowBytes, QuantTileOrder.ScalePieceBytes));
+            {
+                long idx = QuantTileOrder.Offset(r, 2 * g, rowBytes, QuantTileOrder.ScalePieceBytes) / 2;
+                Assert.Equal((r / 8) * 8L * G + (g / 4) * 32 + (r % 8) * 4 + g % 4, idx);
+                // the kernels find a group's scale at the index of its 16 value bytes in 16-byte units (matvec_int4_tc_impl)
+                Assert.Equal(QuantTileOrder.Offset(r, 16 * g, 16 * G) / 16, idx);
+            }
         for (int o = 0; o < rows / 8; o++)
             for (int k = 0; k < G / 4; k++)
             {
