@@ -441,26 +441,22 @@ public sealed class CudaQuantKernels : IDisposable
     /// <summary>src [rows, rowBytes] row-major -> dst in the tile order (<see cref="QuantTileOrder"/>: whole blocks of 8
     /// rows, <see cref="QuantTileOrder.Bytes"/>, the padding rows zero); src and dst must not overlap. Stream-ordered.</summary>
     public void TileValues(CudaStream s, ulong src, ulong dst, long rows, int rowBytes)
-    {
-        if (rowBytes <= 0 || rowBytes % QuantTileOrder.PieceBytes != 0) throw new ArgumentException($"the tile order takes rows of a multiple of {QuantTileOrder.PieceBytes} bytes (got {rowBytes})", nameof(rowBytes));
-        if (((src | dst) & 15) != 0) throw new ArgumentException("tile order buffers must be 16-byte aligned");
-        if (rows <= 0) return;
-        long vectors = QuantTileOrder.Bytes(rows, rowBytes) / 16;
-        int blocks = (int)Math.Clamp((vectors + Block - 1) / Block, 1, 65536);
-        _k["quant_tile"].Launch(s, blocks, Block, 0, src, dst, rows, rowBytes);
-    }
+        => Reorder("quant_tile", s, src, dst, rows, rowBytes, QuantTileOrder.PieceBytes, 16);
 
-    /// <summary>int4 scales src [rows, rowBytes] row-major -> dst in their tile order (<see cref="QuantTileOrder"/> with
-    /// <see cref="QuantTileOrder.ScalePieceBytes"/>; <see cref="QuantTileOrder.Bytes"/>, the padding rows zero); src and dst
-    /// must not overlap. Stream-ordered.</summary>
+    /// <summary>The same for int4 scales [rows, rowBytes]: their tile order, <see cref="QuantTileOrder.ScalePieceBytes"/> pieces.</summary>
     public void TileScales(CudaStream s, ulong src, ulong dst, long rows, int rowBytes)
+        => Reorder("quant_tile_scales", s, src, dst, rows, rowBytes, QuantTileOrder.ScalePieceBytes, 8);
+
+    /// <summary>One reorder kernel (one thread per <paramref name="unit"/> bytes of dst, grid-stride) over rows of a
+    /// multiple of <paramref name="piece"/> bytes, in unit-aligned buffers.</summary>
+    private void Reorder(string kernel, CudaStream s, ulong src, ulong dst, long rows, int rowBytes, int piece, int unit)
     {
-        if (rowBytes <= 0 || rowBytes % QuantTileOrder.ScalePieceBytes != 0) throw new ArgumentException($"the scales' tile order takes rows of a multiple of {QuantTileOrder.ScalePieceBytes} bytes (got {rowBytes})", nameof(rowBytes));
-        if (((src | dst) & 7) != 0) throw new ArgumentException("scale tile order buffers must be 8-byte aligned");
+        if (rowBytes <= 0 || rowBytes % piece != 0) throw new ArgumentException($"the tile order with {piece}-byte pieces takes rows of a multiple of {piece} bytes (got {rowBytes})", nameof(rowBytes));
+        if (((src | dst) & (ulong)(unit - 1)) != 0) throw new ArgumentException($"the tile order's buffers must be {unit}-byte aligned");
         if (rows <= 0) return;
-        long units = QuantTileOrder.Bytes(rows, rowBytes) / 8;
+        long units = QuantTileOrder.Bytes(rows, rowBytes) / unit;
         int blocks = (int)Math.Clamp((units + Block - 1) / Block, 1, 65536);
-        _k["quant_tile_scales"].Launch(s, blocks, Block, 0, src, dst, rows, rowBytes);
+        _k[kernel].Launch(s, blocks, Block, 0, src, dst, rows, rowBytes);
     }
 
     public void Dispose()

@@ -48,7 +48,7 @@ public unsafe class QuantKernelTests
 
     /// <summary>The values of <paramref name="w"/> on the device, row-major or (tiled) in the tile order the CUDA backend
     /// stores them in, reordered on the host by <see cref="QuantTileOrder.Tile"/> (the device's reorder kernel is held to
-    /// that in <see cref="TileValuesMatchesTheHostOrder"/>).</summary>
+    /// that in <see cref="TileReordersMatchTheHostOrder"/>).</summary>
     private static CudaDeviceMemory UpValues(CudaContext ctx, Tensor w, bool tiled)
     {
         if (!tiled) return UpNative(ctx, w.Data, w.DataBytes);
@@ -61,7 +61,7 @@ public unsafe class QuantKernelTests
 
     /// <summary>The scales of <paramref name="w"/> on the device: row-major, or (tiled, int4) in the scales' tile order
     /// that goes with the values' (<see cref="QuantTileOrder.ScalePieceBytes"/>; the device's reorder is held to it in
-    /// <see cref="TileScalesMatchesTheHostOrder"/>). fp8's per-row scales are never reordered.</summary>
+    /// <see cref="TileReordersMatchTheHostOrder"/>). fp8's per-row scales are never reordered.</summary>
     private static CudaDeviceMemory UpScales(CudaContext ctx, Tensor w, bool tiled)
     {
         if (!tiled || w.DType != DType.Int4) return UpNative(ctx, w.Scales, w.ScaleBytes);
@@ -760,15 +760,20 @@ public unsafe class QuantKernelTests
         }
     }
 
-    /// <summary>The device's reorder into the tile order (quant_tile, what CudaBackend runs at upload) gives exactly
-    /// <see cref="QuantTileOrder.Tile"/>'s bytes, the padding rows of a partial last block zero (the destination is
-    /// filled with 0xAB first, so a padding row left unwritten shows).</summary>
+    /// <summary>The device's reorders into the tile order (what CudaBackend runs at upload: quant_tile for values,
+    /// quant_tile_scales for int4 scales) give exactly <see cref="QuantTileOrder.Tile"/>'s bytes with the same piece,
+    /// the padding rows of a partial last block zero (the destination is filled with 0xAB first, so a padding row left
+    /// unwritten shows); rows that are not whole pieces are refused.</summary>
     [Theory]
-    [InlineData(1, 64)]
-    [InlineData(13, 192)]
-    [InlineData(333, 4096)]
-    [InlineData(4099, 7168)]   // an int4 row of 14336 columns
-    public void TileValuesMatchesTheHostOrder(int rows, int rowBytes)
+    [InlineData(1, 64, QuantTileOrder.PieceBytes)]
+    [InlineData(13, 192, QuantTileOrder.PieceBytes)]
+    [InlineData(333, 4096, QuantTileOrder.PieceBytes)]
+    [InlineData(4099, 7168, QuantTileOrder.PieceBytes)]        // an int4 row of 14336 columns
+    [InlineData(1, 8, QuantTileOrder.ScalePieceBytes)]
+    [InlineData(13, 264, QuantTileOrder.ScalePieceBytes)]      // 4224 columns: 132 groups, not a multiple of 16 bytes
+    [InlineData(333, 256, QuantTileOrder.ScalePieceBytes)]     // 4096 columns
+    [InlineData(4099, 896, QuantTileOrder.ScalePieceBytes)]    // 14336 columns
+    public void TileReordersMatchTheHostOrder(int rows, int rowBytes, int piece)
     {
         var (ctx, k, s) = Require();
         using var _c = ctx; using var _k = k; using var _s = s;
@@ -779,37 +784,14 @@ public unsafe class QuantKernelTests
         using var Src = Gpu.Up(ctx, m);
         using var Dst = CudaDeviceMemory.Allocate(ctx, n);
         Dst.CopyFromHost<byte>(Enumerable.Repeat((byte)0xAB, (int)n).ToArray());
-        k.TileValues(s, Src.Ptr, Dst.Ptr, rows, rowBytes);
+        Action<long, int> reorder = piece == QuantTileOrder.PieceBytes ? (rw, rb) => k.TileValues(s, Src.Ptr, Dst.Ptr, rw, rb)
+                                                                       : (rw, rb) => k.TileScales(s, Src.Ptr, Dst.Ptr, rw, rb);
+        reorder(rows, rowBytes);
         s.Synchronize();
         var got = Dst.ToArray<byte>((int)n);
-        Assert.True(QuantTileOrder.Tile(m, rows, rowBytes).AsSpan().SequenceEqual(got), $"{rows} rows of {rowBytes} bytes: the device's tile order differs from the host's");
-        Assert.Throws<ArgumentException>(() => k.TileValues(s, Src.Ptr, Dst.Ptr, rows, 100));
-    }
-
-    /// <summary>The same for the int4 scales' reorder (quant_tile_scales, 8-byte pieces): exactly
-    /// <see cref="QuantTileOrder.Tile"/>'s bytes with <see cref="QuantTileOrder.ScalePieceBytes"/>, padding rows zero.</summary>
-    [Theory]
-    [InlineData(1, 8)]
-    [InlineData(13, 264)]      // 4224 columns: 132 groups, a row not a multiple of 16 bytes
-    [InlineData(333, 256)]     // 4096 columns
-    [InlineData(4099, 896)]    // 14336 columns
-    public void TileScalesMatchesTheHostOrder(int rows, int rowBytes)
-    {
-        var (ctx, k, s) = Require();
-        using var _c = ctx; using var _k = k; using var _s = s;
-        var r = Gpu.Rng();
-        var m = new byte[(long)rows * rowBytes];
-        r.NextBytes(m);
-        long n = QuantTileOrder.Bytes(rows, rowBytes);
-        using var Src = Gpu.Up(ctx, m);
-        using var Dst = CudaDeviceMemory.Allocate(ctx, n);
-        Dst.CopyFromHost<byte>(Enumerable.Repeat((byte)0xAB, (int)n).ToArray());
-        k.TileScales(s, Src.Ptr, Dst.Ptr, rows, rowBytes);
-        s.Synchronize();
-        var got = Dst.ToArray<byte>((int)n);
-        Assert.True(QuantTileOrder.Tile(m, rows, rowBytes, QuantTileOrder.ScalePieceBytes).AsSpan().SequenceEqual(got),
-            $"{rows} rows of {rowBytes} scale bytes: the device's tile order differs from the host's");
-        Assert.Throws<ArgumentException>(() => k.TileScales(s, Src.Ptr, Dst.Ptr, rows, 12));
+        Assert.True(QuantTileOrder.Tile(m, rows, rowBytes, piece).AsSpan().SequenceEqual(got),
+            $"{rows} rows of {rowBytes} bytes, {piece}-byte pieces: the device's tile order differs from the host's");
+        Assert.Throws<ArgumentException>(() => reorder(rows, piece + 4));
     }
 
     /// <summary>Values in the tile order are for the int4 tensor-core kernels only: a call that takes a CUDA-core kernel
