@@ -91,6 +91,27 @@ internal static class Gpu
         return m;
     }
 
+    public static CudaDeviceMemory UpNative(CudaContext ctx, nint p, long bytes)
+    {
+        var m = CudaDeviceMemory.Allocate(ctx, Math.Max(bytes, 1));
+        m.CopyFromHost(p, bytes);
+        return m;
+    }
+
+    /// <summary>The values of a quantized <paramref name="w"/> on the device, row-major or (tiled) in the tile order the
+    /// CUDA backend stores them in, reordered on the host by <see cref="QuantTileOrder.Tile"/> (the device's reorder is
+    /// held to that in QuantKernelTests.TileReordersMatchTheHostOrder).</summary>
+    public static unsafe CudaDeviceMemory UpValues(CudaContext ctx, Tensor w, bool tiled)
+        => tiled ? Up(ctx, QuantTileOrder.Tile(new ReadOnlySpan<byte>((void*)w.Data, checked((int)w.DataBytes)), w.TotalRows, w.DataBytes / w.TotalRows))
+                 : UpNative(ctx, w.Data, w.DataBytes);
+
+    /// <summary>Its scales: row-major, or (tiled, int4) in the scales' tile order that goes with the values'
+    /// (<see cref="QuantTileOrder.ScalePieceBytes"/>). fp8's per-row scales are never reordered.</summary>
+    public static unsafe CudaDeviceMemory UpScales(CudaContext ctx, Tensor w, bool tiled)
+        => tiled && w.DType == DType.Int4
+            ? Up(ctx, QuantTileOrder.Tile(new ReadOnlySpan<byte>((void*)w.Scales, checked((int)w.ScaleBytes)), w.TotalRows, w.ScaleBytes / w.TotalRows, QuantTileOrder.ScalePieceBytes))
+            : UpNative(ctx, w.Scales, w.ScaleBytes);
+
     public static CudaDeviceMemory Zeros(CudaContext ctx, long bytes) { var m = CudaDeviceMemory.Allocate(ctx, bytes); m.Zero(); return m; }
 
     public static double RelL2(ReadOnlySpan<float> got, ReadOnlySpan<float> want)

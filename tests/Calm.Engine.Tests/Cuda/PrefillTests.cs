@@ -210,18 +210,12 @@ public class PrefillTests
         var f = (float*)src;
         for (long i = 0; i < (long)rows * K; i++) f[i] = (float)(r.NextDouble() * 2 - 1) * (gated ? 0.1f : 1f);
         var w = Quantizer.Quantize(new Tensor("w", DType.F32, new long[] { rows, K }, src, "test"), dt, store);
-        long rowBytes = w.DataBytes / rows;
-        var tiledBytes = QuantTileOrder.Tile(new ReadOnlySpan<byte>((void*)w.Data, checked((int)w.DataBytes)), rows, rowBytes);
         var (xb, _) = Gpu.RandHalf(r, T * K, DType.F16, 1f);
         var b = Gpu.RandF(r, rows);
         using var X = Gpu.Up(ctx, xb); using var B = Gpu.Up(ctx, b);
-        using var Wr = CudaDeviceMemory.Allocate(ctx, w.DataBytes); Wr.CopyFromHost(w.Data, w.DataBytes);
-        using var Wt = Gpu.Up(ctx, tiledBytes);
-        using var Sd = CudaDeviceMemory.Allocate(ctx, w.ScaleBytes); Sd.CopyFromHost(w.Scales, w.ScaleBytes);
+        using var Wr = Gpu.UpValues(ctx, w, false); using var Wt = Gpu.UpValues(ctx, w, true);
         // int4 scales go with their values into the tile order (8-byte pieces); fp8's per-row scales stay as they are
-        using var St = dt == DType.Int4
-            ? Gpu.Up(ctx, QuantTileOrder.Tile(new ReadOnlySpan<byte>((void*)w.Scales, checked((int)w.ScaleBytes)), rows, w.ScaleBytes / rows, QuantTileOrder.ScalePieceBytes))
-            : Gpu.Up(ctx, new ReadOnlySpan<byte>((void*)w.Scales, checked((int)w.ScaleBytes)).ToArray());
+        using var Sd = Gpu.UpScales(ctx, w, false); using var St = Gpu.UpScales(ctx, w, true);
         long outBytes = gated ? (long)T * N * 2 : (long)T * N * 4;
         using var Y1 = Gpu.Zeros(ctx, outBytes); using var Y2 = Gpu.Zeros(ctx, outBytes);
         foreach (var (W, S, Y, tiled) in new[] { (Wr, Sd, Y1, false), (Wt, St, Y2, true) })

@@ -39,39 +39,6 @@ public unsafe class QuantKernelTests
         return Quantizer.Quantize(src, dt, store);
     }
 
-    private static CudaDeviceMemory UpNative(CudaContext ctx, nint p, long bytes)
-    {
-        var m = CudaDeviceMemory.Allocate(ctx, Math.Max(bytes, 1));
-        m.CopyFromHost(p, bytes);
-        return m;
-    }
-
-    /// <summary>The values of <paramref name="w"/> on the device, row-major or (tiled) in the tile order the CUDA backend
-    /// stores them in, reordered on the host by <see cref="QuantTileOrder.Tile"/> (the device's reorder kernel is held to
-    /// that in <see cref="TileReordersMatchTheHostOrder"/>).</summary>
-    private static CudaDeviceMemory UpValues(CudaContext ctx, Tensor w, bool tiled)
-    {
-        if (!tiled) return UpNative(ctx, w.Data, w.DataBytes);
-        long rows = w.TotalRows, rowBytes = w.DataBytes / rows;
-        var t = QuantTileOrder.Tile(new ReadOnlySpan<byte>((void*)w.Data, checked((int)w.DataBytes)), rows, rowBytes);
-        var m = CudaDeviceMemory.Allocate(ctx, t.Length);
-        m.CopyFromHost<byte>(t);
-        return m;
-    }
-
-    /// <summary>The scales of <paramref name="w"/> on the device: row-major, or (tiled, int4) in the scales' tile order
-    /// that goes with the values' (<see cref="QuantTileOrder.ScalePieceBytes"/>; the device's reorder is held to it in
-    /// <see cref="TileReordersMatchTheHostOrder"/>). fp8's per-row scales are never reordered.</summary>
-    private static CudaDeviceMemory UpScales(CudaContext ctx, Tensor w, bool tiled)
-    {
-        if (!tiled || w.DType != DType.Int4) return UpNative(ctx, w.Scales, w.ScaleBytes);
-        long rows = w.TotalRows, rowBytes = w.ScaleBytes / rows;
-        var t = QuantTileOrder.Tile(new ReadOnlySpan<byte>((void*)w.Scales, checked((int)w.ScaleBytes)), rows, rowBytes, QuantTileOrder.ScalePieceBytes);
-        var m = CudaDeviceMemory.Allocate(ctx, t.Length);
-        m.CopyFromHost<byte>(t);
-        return m;
-    }
-
     /// <summary>x [cols] f32 on the device followed by NaNs: a kernel that reads x at or past cols poisons y.</summary>
     private static CudaDeviceMemory UpXWithNaNGuard(CudaContext ctx, float[] x)
     {
@@ -119,7 +86,7 @@ public unsafe class QuantKernelTests
         var x = Gpu.RandF(r, cols);
         var b = Gpu.RandF(r, rows);
         var y0 = Gpu.RandF(r, rows);
-        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = Gpu.UpNative(ctx, w.Data, w.DataBytes); using var S = Gpu.UpNative(ctx, w.Scales, w.ScaleBytes);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
         k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, rows, cols, accumulate, rowsPerWarp, stageX);
         s.Synchronize();
@@ -229,7 +196,7 @@ public unsafe class QuantKernelTests
                 };
         var w = Quantizer.Quantize(new Tensor("w", DType.F32, new long[] { rows, cols }, p, "test"), dt, store);
         var x = Gpu.RandF(r, cols, 100f);
-        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = Gpu.UpNative(ctx, w.Data, w.DataBytes); using var S = Gpu.UpNative(ctx, w.Scales, w.ScaleBytes);
         using var X = UpXWithNaNGuard(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
         k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, 0, rows, cols, false);
         s.Synchronize();
@@ -262,8 +229,8 @@ public unsafe class QuantKernelTests
         const int rows = 333, E = 3, slots = 2;
         var r = Gpu.Rng();
         var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, rows, cols)).ToArray();
-        var vals = experts.Select(e => UpValues(ctx, e, tiled)).ToArray();
-        var scs = experts.Select(e => UpScales(ctx, e, tiled)).ToArray();
+        var vals = experts.Select(e => Gpu.UpValues(ctx, e, tiled)).ToArray();
+        var scs = experts.Select(e => Gpu.UpScales(ctx, e, tiled)).ToArray();
         try
         {
             var x = Gpu.RandF(r, slots * cols);
@@ -348,7 +315,7 @@ public unsafe class QuantKernelTests
         var x = Gpu.RandF(r, cols);
         var b = Gpu.RandF(r, rows);
         var y0 = Gpu.RandF(r, rows);
-        using var V = UpValues(ctx, w, tiled); using var S = UpScales(ctx, w, tiled);
+        using var V = Gpu.UpValues(ctx, w, tiled); using var S = Gpu.UpScales(ctx, w, tiled);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var Y = Gpu.Up(ctx, y0);
         k.Matvec(s, dt, V.Ptr, S.Ptr, X.Ptr, Y.Ptr, bias ? B.Ptr : 0, rows, cols, accumulate, tensorCores: true, tcVariant: variant, tiled: tiled);
         s.Synchronize();
@@ -455,7 +422,7 @@ public unsafe class QuantKernelTests
         var w = RandomQuantized(r, store, dt, rows, cols);
         var x = Gpu.RandF(r, cols);
         x[5] = 1e5f; x[1000] = -3e6f; x[4095] = 1e9f;
-        using var V = UpValues(ctx, w, tiled); using var S = UpScales(ctx, w, tiled);
+        using var V = Gpu.UpValues(ctx, w, tiled); using var S = Gpu.UpScales(ctx, w, tiled);
         using var X = UpXWithNaNGuard(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L);
         var want = new float[rows];
         CpuKernels.MatVec(w, x, want);
@@ -502,7 +469,7 @@ public unsafe class QuantKernelTests
         var w = RandomQuantized(r, store, dt, 2 * F, cols);
         var x = Gpu.RandF(r, cols);
         var b = Gpu.RandF(r, 2 * F);
-        using var V = UpValues(ctx, w, tiled); using var S = UpScales(ctx, w, tiled);
+        using var V = Gpu.UpValues(ctx, w, tiled); using var S = Gpu.UpScales(ctx, w, tiled);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b); using var H = Gpu.Zeros(ctx, F * 4L);
         k.MatvecGlu(s, dt, V.Ptr, S.Ptr, X.Ptr, H.Ptr, bias ? B.Ptr : 0, F, cols, act, variant, tiled: tiled);
         s.Synchronize();
@@ -551,7 +518,7 @@ public unsafe class QuantKernelTests
         var x = Gpu.RandF(r, cols);
         var b = Gpu.RandF(r, rows);
         var cos = Gpu.RandF(r, maxCtx * half); var sin = Gpu.RandF(r, maxCtx * half);
-        using var V = UpValues(ctx, w, tiled); using var S = UpScales(ctx, w, tiled);
+        using var V = Gpu.UpValues(ctx, w, tiled); using var S = Gpu.UpScales(ctx, w, tiled);
         using var X = UpXWithNaNGuard(ctx, x); using var B = Gpu.Up(ctx, b);
         using var C = Gpu.Up(ctx, cos); using var Sn = Gpu.Up(ctx, sin);
         using var Y = Gpu.Zeros(ctx, rows * 4L);
@@ -607,8 +574,8 @@ public unsafe class QuantKernelTests
         var wq = RandomQuantized(r, store, dt, qkvRows, D);
         var x0 = Gpu.RandF(r, D, 30f); var att = Gpu.RandF(r, Q); var bo = Gpu.RandF(r, D); var bc = Gpu.RandF(r, C); var g = Gpu.RandF(r, D);
         var (cos, sin) = Gpu.RopeTables(maxCtx, Hd);
-        CudaDeviceMemory Up(Tensor t) => UpValues(ctx, t, tiled);
-        CudaDeviceMemory UpS(Tensor t) => UpScales(ctx, t, tiled);
+        CudaDeviceMemory Up(Tensor t) => Gpu.UpValues(ctx, t, tiled);
+        CudaDeviceMemory UpS(Tensor t) => Gpu.UpScales(ctx, t, tiled);
         using var Vo = Up(wo); using var So = UpS(wo); using var Vc = Up(wc); using var Sc = UpS(wc);
         using var Vg = Up(wg); using var Sg = UpS(wg); using var Vq = Up(wq); using var Sq = UpS(wq);
         using var X = Gpu.Up(ctx, x0); using var A = Gpu.Up(ctx, att); using var Bo = Gpu.Up(ctx, bo); using var Bc = Gpu.Up(ctx, bc); using var G = Gpu.Up(ctx, g);
@@ -686,8 +653,8 @@ public unsafe class QuantKernelTests
         const int F = 200, cols = 1024, E = 3, slots = 2;
         var r = Gpu.Rng();
         var experts = Enumerable.Range(0, E).Select(_ => RandomQuantized(r, store, dt, 2 * F, cols)).ToArray();
-        var vals = experts.Select(e => UpValues(ctx, e, tiled)).ToArray();
-        var scs = experts.Select(e => UpScales(ctx, e, tiled)).ToArray();
+        var vals = experts.Select(e => Gpu.UpValues(ctx, e, tiled)).ToArray();
+        var scs = experts.Select(e => Gpu.UpScales(ctx, e, tiled)).ToArray();
         try
         {
             var x = Gpu.RandF(r, cols);
@@ -743,7 +710,7 @@ public unsafe class QuantKernelTests
         const int rows = 1000, cols = 4096;
         var w = RandomQuantized(r, store, dt, rows, cols);
         var x = Gpu.RandF(r, cols);
-        using var V = UpNative(ctx, w.Data, w.DataBytes); using var S = UpNative(ctx, w.Scales, w.ScaleBytes);
+        using var V = Gpu.UpNative(ctx, w.Data, w.DataBytes); using var S = Gpu.UpNative(ctx, w.Scales, w.ScaleBytes);
         using var X = UpXWithNaNGuard(ctx, x); using var Y = Gpu.Zeros(ctx, rows * 4L); using var H = Gpu.Zeros(ctx, rows / 2 * 4L);
         var want0 = new float[rows];
         CpuKernels.MatVec(w, x, want0);
