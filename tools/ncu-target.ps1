@@ -6,13 +6,13 @@ param(
     [ValidateSet('quant', 'dense', 'step')] [string] $Kind = 'quant',
     [int] $Rows = 4096, [int] $Cols = 4096,
     [string] $DType = 'int4', [string] $Variant = 't1',
-    [string] $Preset = 'Llama-3-8B', [int] $Tokens = 4
+    [string] $Preset = 'Llama-3-8B', [int] $Tokens = 4, [int] $Context = 0
 )
 $ErrorActionPreference = 'Stop'
 $root = Split-Path $PSScriptRoot -Parent
 if ($Kind -eq 'step') {
     Import-Module (Join-Path $root 'Calm.psd1')
-    Measure-CalmSpeedOfLight -Preset $Preset -DType $DType -Device Cuda -Context 0 -Tokens $Tokens -Repeat 1 | Format-Table TokensPerSecond, PercentOfSol | Out-Host
+    Measure-CalmSpeedOfLight -Preset $Preset -DType $DType -Device Cuda -Context $Context -Tokens $Tokens -Repeat 1 | Format-Table TokensPerSecond, PercentOfSol | Out-Host
     return
 }
 Add-Type -Path (Join-Path $root 'bin/Calm.Engine.dll')

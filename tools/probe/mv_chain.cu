@@ -6,6 +6,8 @@
 //     gate_up 28672x4096, down 4096x14336; 8 layers' distinct weights, 32 layers per step), in bf16 and in fp8.
 // The streaming read is the engine's (kernels/bench.cu bw_read_impl) at other depths; the helpers come from common.cuh.
 // Build and run:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mv_chain tools/probe/mv_chain.cu && /tmp/mv_chain
+// ("chain": the chains only; "flag": the engine's form against a counter wait and no wait, then per-kernel stamps of
+// where a boundary's time goes)
 #include <cstdint>
 #include <string>
 #include <cmath>
@@ -99,6 +101,150 @@ __global__ void __launch_bounds__(THREADS, MINB) mv_gs(const u16* W, const float
 // kernel's run, so no DRAM gap at the boundary. x is staged into shared memory (f32). A warp takes a contiguous run
 // of 32-vector groups of each chunk (one group = 512 bytes, always in one row since cols % 256 == 0), sums per row,
 // and adds the warp total into part[warp][row] (fixed order: deterministic).
+// ---- flag form: the dependency on the previous kernel through a counter instead of griddepcontrol.wait ----------
+// Each block of kernel i, once its rows are written, adds 1 to cnt[i] (after a fence); a block of kernel i + 1 issues
+// its first batch of loads, then thread 0 polls cnt[i] (ld.acquire.gpu) until every block of kernel i has arrived.
+// Launched programmatically with the trigger at entry, so all blocks of kernel i have started when kernel i + 1's
+// blocks run (no deadlock). mode 0: the counter wait; mode 1: no wait at all (wrong results: the ceiling).
+__device__ __forceinline__ int ld_acquire_s32(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+template <int UNR>
+__global__ void __launch_bounds__(256, 2) mv_rows_flag(const u16* W, const float* x, float* y, int rows, int cols,
+                                                       const int* waitCnt, int waitTarget, int* doneCnt, int mode) {
+    int row = (int)((blockIdx.x * 256u + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    pdl_trigger();
+    const calm_u4* rv = (const calm_u4*)(W + (long long)min(row, rows - 1) * cols);
+    int nvec = cols >> 3;
+    float acc = 0.f;
+    bool first = true;
+    for (int v0 = 0; v0 < nvec; v0 += 32 * UNR) {
+        calm_u4 w[UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int v = v0 + lane + 32 * u;
+            w[u] = v < nvec ? ldg_u4_stream(rv + v) : calm_u4{0u, 0u, 0u, 0u};
+        }
+        if (first) {
+            first = false;
+            if (mode == 0 && waitCnt) {
+                __syncthreads();
+                if (threadIdx.x == 0) { while (ld_acquire_s32(waitCnt) < waitTarget) __nanosleep(32); }
+                __syncthreads();
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int v = v0 + lane + 32 * u;
+            if (v < nvec) acc += dot8(w[u], x + (long long)v * 8);
+        }
+    }
+    float s = warp_sum(acc);
+    if (lane == 0 && row < rows) y[row] = s;
+    if (mode == 2) return;   // no count either: the engine's kernel without its wait
+    __syncthreads();
+    if (threadIdx.x == 0) { __threadfence(); atomicAdd(doneCnt, 1); }
+}
+
+// The engine's form (early loads, trigger at entry, griddepcontrol.wait) with %globaltimer stamps per block: entry,
+// return from the wait, and the end (after the barrier that follows every warp's write). st: [blocks][3] u64.
+__device__ __forceinline__ u64 gtimer() { u64 t; asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t)); return t; }
+// px: x is read in the lane-contiguous order a producer could write it in: the first 4 floats of vector v (8 columns)
+// at (v / 32) 256 + (v % 32) 4, the last 4 at + 128, so a warp's two 16-byte x loads of a weight load are 512
+// contiguous bytes each (4 L1 wavefronts) instead of 16 bytes every 32 over 1 KB (8 each). (The probe only times it:
+// the chain's x is not written in that order, so its results differ.)
+__device__ __forceinline__ float dot8p(calm_u4 w, const float* xa, const float* xb) {
+    calm_f4 a = *(const calm_f4*)xa, b = *(const calm_f4*)xb;
+    float s = __int_as_float(w.x << 16) * a.x;
+    s = fmaf(__int_as_float(w.x & 0xffff0000u), a.y, s);
+    s = fmaf(__int_as_float(w.y << 16), a.z, s); s = fmaf(__int_as_float(w.y & 0xffff0000u), a.w, s);
+    s = fmaf(__int_as_float(w.z << 16), b.x, s); s = fmaf(__int_as_float(w.z & 0xffff0000u), b.y, s);
+    s = fmaf(__int_as_float(w.w << 16), b.z, s); s = fmaf(__int_as_float(w.w & 0xffff0000u), b.w, s);
+    return s;
+}
+template <int UNR>
+__global__ void __launch_bounds__(256, 2) mv_rows_stamp(const u16* W, const float* x, float* y, int rows, int cols, u64* st, int px) {
+    int row = (int)((blockIdx.x * 256u + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    if (threadIdx.x == 0) st[blockIdx.x * 3] = gtimer();
+    pdl_trigger();
+    const calm_u4* rv = (const calm_u4*)(W + (long long)min(row, rows - 1) * cols);
+    int nvec = cols >> 3;
+    float acc = 0.f;
+    bool first = true;
+    for (int v0 = 0; v0 < nvec; v0 += 32 * UNR) {
+        calm_u4 w[UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int v = v0 + lane + 32 * u;
+            w[u] = v < nvec ? ldg_u4_stream(rv + v) : calm_u4{0u, 0u, 0u, 0u};
+        }
+        if (first) {
+            first = false;
+            pdl_wait();
+            if (threadIdx.x == 0) st[blockIdx.x * 3 + 1] = gtimer();
+        }
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int v = v0 + lane + 32 * u;
+            if (v < nvec) {
+                if (px) { const float* xa = x + (v >> 5) * 256 + (v & 31) * 4; acc += dot8p(w[u], xa, xa + 128); }
+                else acc += dot8(w[u], x + (long long)v * 8);
+            }
+        }
+    }
+    float s = warp_sum(acc);
+    if (lane == 0 && row < rows) y[row] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) st[blockIdx.x * 3 + 2] = gtimer();
+}
+
+// Two adjacent rows per warp, UNR loads of each per batch (both rows' batch in flight together, one x chunk for both):
+// half the blocks of mv_rows, so the down projection (4096 rows) is one wave of 256 blocks on 132 SMs x 2. st: stamps
+// as mv_rows_stamp, or null.
+template <int UNR>
+__global__ void __launch_bounds__(256, 2) mv_rows2(const u16* W, const float* x, float* y, int rows, int cols, u64* st) {
+    int r0 = (int)((blockIdx.x * 256u + threadIdx.x) >> 5) * 2;
+    int lane = threadIdx.x & 31;
+    if (st && threadIdx.x == 0) st[blockIdx.x * 3] = gtimer();
+    pdl_trigger();
+    const calm_u4* ra = (const calm_u4*)(W + (long long)min(r0, rows - 1) * cols);
+    const calm_u4* rb = (const calm_u4*)(W + (long long)min(r0 + 1, rows - 1) * cols);
+    int nvec = cols >> 3;
+    float acc0 = 0.f, acc1 = 0.f;
+    bool first = true;
+    for (int v0 = 0; v0 < nvec; v0 += 32 * UNR) {
+        calm_u4 wa[UNR], wb[UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int v = v0 + lane + 32 * u;
+            wa[u] = v < nvec ? ldg_u4_stream(ra + v) : calm_u4{0u, 0u, 0u, 0u};
+            wb[u] = v < nvec ? ldg_u4_stream(rb + v) : calm_u4{0u, 0u, 0u, 0u};
+        }
+        if (first) {
+            first = false;
+            pdl_wait();
+            if (st && threadIdx.x == 0) st[blockIdx.x * 3 + 1] = gtimer();
+        }
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            int v = v0 + lane + 32 * u;
+            if (v < nvec) { acc0 += dot8(wa[u], x + (long long)v * 8); acc1 += dot8(wb[u], x + (long long)v * 8); }
+        }
+    }
+    float s0 = warp_sum(acc0), s1 = warp_sum(acc1);
+    if (lane == 0 && r0 < rows) y[r0] = s0;
+    if (lane == 0 && r0 + 1 < rows) y[r0 + 1] = s1;
+    if (st) {
+        __syncthreads();
+        if (threadIdx.x == 0) st[blockIdx.x * 3 + 2] = gtimer();
+    }
+}
+
+
 __device__ __forceinline__ void bar_compute() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
 
 #define TMA_MAXSLOTS 12
@@ -342,7 +488,7 @@ int main(int argc, char** argv) {
     cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));   // the streaming-read timings
 
     // 1. streaming read over 4 GiB: grid (blocks per SM x 256 threads) and loads in flight per thread (argument "chain": skipped)
-    if (!(argc > 1 && std::string(argv[1]) == "chain")) {
+    if (argc <= 1) {
         long long bytes = 4LL << 30, n = bytes / 16;
         calm_u4* buf; u32* out; CK(cudaMalloc(&buf, bytes)); CK(cudaMalloc(&out, 1 << 20));
         CK(cudaMemset(buf, 1, bytes));
@@ -415,6 +561,121 @@ int main(int argc, char** argv) {
             mvk(wl + 3, xg, xd, D, F);          // down reads the first F of gate_up
         }
     };
+    // "flag": the engine's form (early loads, trigger at entry, griddepcontrol.wait) against the counter wait and no wait
+    if (argc > 1 && std::string(argv[1]) == "flag") {
+        int* cnt; CK(cudaMalloc(&cnt, 4 * STEPL * 4 * sizeof(int)));
+        std::vector<float> refF(D);
+        Variant eng = {"rows16 start-trigger early (engine)", 0, 1, 0, 0, true};
+        for (int rep = 0; rep < 2; rep++) {
+            time_chain(eng.name, [&] { chain([&](int m, const float* x, float* y, int r, int c) { mv(eng, W[m], x, y, r, c, s); }); },
+                       xd, D, refF, rep == 0, stepBytes, s);
+            for (int mode : {0, 1, 2}) {
+                time_chain(mode == 0 ? "rows16 counter wait (flag)" : mode == 1 ? "rows16 no wait, counted (wrong)" : "rows16 no wait, no count (wrong)", [&] {
+                    CK(cudaMemsetAsync(cnt, 0, 4 * STEPL * 4 * sizeof(int), s));
+                    int i = 0, prevBlocks = 0;
+                    chain([&](int m, const float* x, float* y, int r, int c) {
+                        int blocks = (r + 7) / 8;
+                        launch(mv_rows_flag<16>, blocks, 256, s, i > 0, W[m], x, y, r, c, i > 0 ? (const int*)cnt + i - 1 : (const int*)nullptr,
+                               prevBlocks, cnt + i, mode);
+                        prevBlocks = blocks; i++;
+                    });
+                }, xd, D, refF, false, stepBytes, s);
+            }
+            // the engine's form with down's rows in 4 full batches of 14 loads (7 KB) instead of 3.5 of 16
+            time_chain("rows16, down rows14", [&] {
+                int i = 0;
+                chain([&](int m, const float* x, float* y, int r, int c) {
+                    if (i % 4 == 3) launch(mv_rows<14>, (r + 7) / 8, 256, s, true, W[m], x, y, r, c, 1, 0);
+                    else mv(eng, W[m], x, y, r, c, s);
+                    i++;
+                });
+            }, xd, D, refF, false, stepBytes, s);
+            for (int two : {1, 3}) {   // the engine's form with down (1) or down and o (3) on two rows per warp
+                time_chain(two == 1 ? "rows16, down rows2x8" : "rows16, down and o rows2x8", [&] {
+                    int i = 0;
+                    chain([&](int m, const float* x, float* y, int r, int c) {
+                        const bool t2 = (i % 4 == 3) || (i % 4 == 1 && two == 3);
+                        if (t2) launch(mv_rows2<8>, (r + 15) / 16, 256, s, true, W[m], x, y, r, c, (u64*)nullptr);
+                        else mv(eng, W[m], x, y, r, c, s);
+                        i++;
+                    });
+                }, xd, D, refF, false, stepBytes, s);
+            }
+        }
+        // the down shape alone, 32 launches per graph: 16 loads per batch (3.5 batches) against 14 (4)
+        for (int unr : {16, 14, 16, 14}) {
+            cudaGraph_t g1; cudaGraphExec_t ge1;
+            CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+            for (int l = 0; l < 32; l++) {
+                if (unr == 16) launch(mv_rows<16>, D / 8, 256, s, true, W[(l % NL) * 4 + 3], xg, xd, D, F, 1, 0);
+                else launch(mv_rows<14>, D / 8, 256, s, true, W[(l % NL) * 4 + 3], xg, xd, D, F, 1, 0);
+            }
+            CK(cudaStreamEndCapture(s, &g1));
+            CK(cudaGraphInstantiate(&ge1, g1, 0));
+            CK(cudaGraphLaunch(ge1, s)); CK(cudaStreamSynchronize(s));
+            std::vector<float> t = graph_ms(ge1, s, 1);
+            for (float& ms : t) ms = ms * 1000 / 32;
+            printf("down %d x %d alone, %d loads per batch: %.2f us per launch (%.1f GB/s)\n", D, F, unr, median(t), (double)D * F * 2 / (median(t) * 1e3));
+            CK(cudaGraphExecDestroy(ge1)); CK(cudaGraphDestroy(g1));
+        }
+        // where a boundary's time goes: the engine's form with per-block stamps (one graph launch after warm-up)
+        const int NK = STEPL * 4;
+        std::vector<int> nb(NK);
+        std::vector<u64*> st(NK);
+        for (int i = 0; i < NK; i++) { nb[i] = (shapes[i % 4].rows + 7) / 8; CK(cudaMalloc(&st[i], nb[i] * 3 * sizeof(u64))); }
+        std::vector<int> nb1 = nb;
+        for (int pxm : {0, 4, 12, 1, 0}) {   // bit 0: down reads x in the lane order, bit 1 o; bit 2: down two rows per warp, bit 3 o
+        cudaGraph_t g; cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+        { int i = 0; chain([&](int m, const float* x, float* y, int r, int c) {
+            const int px = (i % 4 == 3 && (pxm & 1)) || (i % 4 == 1 && (pxm & 2)) ? 1 : 0;
+            const bool two = (i % 4 == 3 && (pxm & 4)) || (i % 4 == 1 && (pxm & 8));
+            nb[i] = two ? (nb1[i] + 1) / 2 : nb1[i];
+            if (two) launch(mv_rows2<8>, nb[i], 256, s, true, W[m], x, y, r, c, st[i]);
+            else launch(mv_rows_stamp<16>, nb[i], 256, s, true, W[m], x, y, r, c, st[i], px);
+            i++; }); }
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        for (int w = 0; w < 5; w++) CK(cudaGraphLaunch(ge, s));
+        CK(cudaStreamSynchronize(s));
+        std::vector<std::vector<u64>> h(NK);
+        for (int i = 0; i < NK; i++) { h[i].resize(nb[i] * 3); CK(cudaMemcpy(h[i].data(), st[i], nb[i] * 3 * sizeof(u64), cudaMemcpyDeviceToHost)); }
+        const char* names[4] = {"qkv 6144x4096", "o 4096x4096", "gate_up 28672x4096", "down 4096x14336"};
+        double sum[4][6] = {};
+        int cntk[4] = {};
+        for (int i = 1; i < NK; i++) {
+            u64 aEnd = 0, aEndP90, bStart = ~0ull, bWaitMin = ~0ull, bWaitMax = 0, bEnd = 0;
+            std::vector<u64> ends;
+            for (int b = 0; b < nb[i - 1]; b++) { aEnd = std::max(aEnd, h[i - 1][b * 3 + 2]); ends.push_back(h[i - 1][b * 3 + 2]); }
+            std::sort(ends.begin(), ends.end());
+            aEndP90 = ends[ends.size() * 9 / 10];
+            int early = 0;
+            for (int b = 0; b < nb[i]; b++) {
+                bStart = std::min(bStart, h[i][b * 3]); bWaitMin = std::min(bWaitMin, h[i][b * 3 + 1]);
+                bWaitMax = std::max(bWaitMax, h[i][b * 3 + 1]); bEnd = std::max(bEnd, h[i][b * 3 + 2]);
+                if (h[i][b * 3] < aEnd) early++;
+            }
+            int k = i % 4;
+            // [0] span end-to-end, [1] release: first wait return - previous end, [2] previous kernel's last 10% of
+            // blocks (p90 -> last end), [3] first block start before the previous end, [4] blocks resident before it ended
+            sum[k][0] += (double)(bEnd - aEnd); sum[k][1] += (double)bWaitMin - (double)aEnd; sum[k][2] += (double)(aEnd - aEndP90);
+            sum[k][3] += (double)aEnd - (double)bStart; sum[k][4] += early; sum[k][5] += (double)(bWaitMax - bWaitMin);
+            cntk[k]++;
+        }
+        std::vector<float> tg = graph_ms(ge, s, 1);
+        printf("\n[stamps] engine form%s, per kernel (mean over the step, microseconds; globaltimer); step %.4f ms\n",
+               pxm == 0 ? "" : pxm == 1 ? ", down reads x in the lane order" : pxm == 4 ? ", down two rows per warp" : ", down and o two rows per warp", median(tg));
+        printf("%-20s %9s %9s %9s %9s %9s %9s %9s\n", "kernel", "span", "bytes@4.4", "release", "prevTail", "startEarly", "earlyBlk", "waitSprd");
+        for (int k = 0; k < 4; k++) {
+            double n = cntk[k], bytes = (double)shapes[k].rows * shapes[k].cols * 2;
+            printf("%-20s %9.2f %9.2f %9.2f %9.2f %9.2f %9.0f %9.2f\n", names[k], sum[k][0] / n / 1e3, bytes / 4.4e12 * 1e6, sum[k][1] / n / 1e3,
+                   sum[k][2] / n / 1e3, sum[k][3] / n / 1e3, sum[k][4] / n, sum[k][5] / n / 1e3);
+        }
+        CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));
+        }
+        printf("done\n");
+        return 0;
+    }
     // reference output of the engine's form, to check every variant computes the same chain
     std::vector<float> ref(D);
     for (size_t vi = 0; vi < vars.size(); vi++) {
