@@ -72,6 +72,17 @@ __global__ void __launch_bounds__(256, 2) mv_rows(const u16* W, const float* x, 
     if (lane == 0) y[row] = s;
 }
 
+// the engine's form with registers capped for 3 (MINB) blocks per SM: 24 warps x 8 KB in flight per SM instead of 16
+template <int UNR, int MINB>
+__global__ void __launch_bounds__(256, MINB) mv_rows_b(const u16* W, const float* x, float* y, int rows, int cols) {
+    int row = (int)((blockIdx.x * 256u + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    pdl_trigger();
+    if (row >= rows) { pdl_wait(); return; }
+    float s = row_dot<UNR>(W + (long long)row * cols, x, cols, lane, true, false);
+    if (lane == 0) y[row] = s;
+}
+
 // grid-stride form: gridDim.x blocks (a few per SM, all resident at once), block b takes rows
 // [b rows / G, (b+1) rows / G) and its warps take them in turn; early: each warp's first row's loads before the wait;
 // trig 1: the trigger after the loads of the warp's last row (warps with no row trigger at once).
@@ -331,6 +342,9 @@ __device__ __forceinline__ void mv_tma_impl(const void* W, const float* S, const
 __global__ void __launch_bounds__(288, 2) mv_tma(const u16* W, const float* x, float* y, int rows, int cols, int slots, int chunk, int trig, int pdl, int maxRows) {
     mv_tma_impl<false>(W, nullptr, x, y, rows, cols, slots, chunk, trig, pdl, maxRows);
 }
+__global__ void __launch_bounds__(288, 3) mv_tma3(const u16* W, const float* x, float* y, int rows, int cols, int slots, int chunk, int trig, int pdl, int maxRows) {
+    mv_tma_impl<false>(W, nullptr, x, y, rows, cols, slots, chunk, trig, pdl, maxRows);
+}
 __global__ void __launch_bounds__(288, 2) mv_tma_fp8(const unsigned char* W, const float* S, const float* x, float* y, int rows, int cols, int slots, int chunk, int trig, int pdl, int maxRows) {
     mv_tma_impl<true>(W, S, x, y, rows, cols, slots, chunk, trig, pdl, maxRows);
 }
@@ -420,7 +434,8 @@ struct Variant { std::string name; int kind; int early; int trig; int gridPerSm;
 // halved down to 4 KB until at least two fit).
 struct TmaCfg { int slots, chunk, maxRows; size_t smem; };
 static TmaCfg tma_cfg(const Variant& v, int rows, int cols) {
-    int maxRows = (rows + g_sms - 1) / g_sms + 1, chunk = v.chunkKB * 1024;
+    const int G = g_sms * std::max(1, v.gridPerSm);
+    int maxRows = (rows + G - 1) / G + 1, chunk = v.chunkKB * 1024;
     size_t fixed = (size_t)cols * 4 + (size_t)8 * maxRows * 4;
     int slots = std::min(TMA_MAXSLOTS, (int)(((size_t)v.budgetKB * 1024 - fixed) / chunk));
     while (slots < 2 && chunk > 4096) { chunk /= 2; slots = std::min(TMA_MAXSLOTS, (int)(((size_t)v.budgetKB * 1024 - fixed) / chunk)); }
@@ -439,8 +454,15 @@ static void mv(const Variant& v, const u16* W, const float* x, float* y, int row
     case 5: {
         TmaCfg c = tma_cfg(v, rows, cols);
         static bool attr = false;
-        if (!attr) { CK(cudaFuncSetAttribute(mv_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 * 1024)); attr = true; }
-        launch_smem(mv_tma, g_sms, 288, c.smem, s, v.pdl, W, x, y, rows, cols, c.slots, c.chunk, v.trig, (int)v.pdl, c.maxRows);
+        if (!attr) {
+            CK(cudaFuncSetAttribute(mv_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 * 1024));
+            CK(cudaFuncSetAttribute(mv_tma3, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 * 1024));
+            attr = true;
+        }
+        // gridPerSm blocks per SM (the seventh and ninth sessions' form: 1); 3 per SM: the register-capped instance
+        const int G = g_sms * std::max(1, v.gridPerSm);
+        if (v.gridPerSm >= 3) launch_smem(mv_tma3, G, 288, c.smem, s, v.pdl, W, x, y, rows, cols, c.slots, c.chunk, v.trig, (int)v.pdl, c.maxRows);
+        else launch_smem(mv_tma, G, 288, c.smem, s, v.pdl, W, x, y, rows, cols, c.slots, c.chunk, v.trig, (int)v.pdl, c.maxRows);
         break;
     }
     }
@@ -581,6 +603,31 @@ int main(int argc, char** argv) {
                     });
                 }, xd, D, refF, false, stepBytes, s);
             }
+            for (int which : {15, 8, 7}) {   // capped for 3 blocks per SM: every kernel (15), down only (8), all but down (7)
+                time_chain(which == 15 ? "rows16 3 blocks/SM, every kernel" : which == 8 ? "rows16 3 blocks/SM, down only" : "rows16 3 blocks/SM, all but down", [&] {
+                    int i = 0;
+                    chain([&](int m, const float* x, float* y, int r, int c) {
+                        if (which & (1 << (i % 4))) launch(mv_rows_b<16, 3>, (r + 7) / 8, 256, s, true, W[m], x, y, r, c);
+                        else mv(eng, W[m], x, y, r, c, s);
+                        i++;
+                    });
+                }, xd, D, refF, false, stepBytes, s);
+            }
+            // bulk copies into shared-memory rings at 2 or 3 blocks per SM (8 compute warps + a producer each), every
+            // matrix or all but down (whose x alone is 57 KB of each block's shared memory)
+            struct TV { const char* name; int perSm, budget, chunk, mask; };
+            for (TV tv : {TV{"tma 2/SM 100KB/16KB, every kernel", 2, 100, 16, 15}, TV{"tma 2/SM 100KB/8KB, every kernel", 2, 100, 8, 15},
+                          TV{"tma 2/SM 100KB/16KB, all but down", 2, 100, 16, 7}, TV{"tma 3/SM 72KB/8KB, all but down", 3, 72, 8, 7}}) {
+                Variant tvv = {tv.name, 5, 1, 0, tv.perSm, true, tv.budget, tv.chunk};
+                time_chain(tv.name, [&] {
+                    int i = 0;
+                    chain([&](int m, const float* x, float* y, int r, int c) {
+                        if (tv.mask & (1 << (i % 4))) mv(tvv, W[m], x, y, r, c, s);
+                        else mv(eng, W[m], x, y, r, c, s);
+                        i++;
+                    });
+                }, xd, D, refF, false, stepBytes, s);
+            }
             // the engine's form with down's rows in 4 full batches of 14 loads (7 KB) instead of 3.5 of 16
             time_chain("rows16, down rows14", [&] {
                 int i = 0;
@@ -602,8 +649,28 @@ int main(int argc, char** argv) {
                 }, xd, D, refF, false, stepBytes, s);
             }
         }
+        // each shape alone, 32 launches per graph: the engine's form against registers capped for 3 blocks per SM
+        for (int k = 0; k < 4; k++) for (int b3 : {0, 1, 0, 1}) {
+            cudaGraph_t g1; cudaGraphExec_t ge1;
+            CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+            for (int l = 0; l < 32; l++) {
+                const int r = shapes[k].rows, c = shapes[k].cols;
+                const float* xin = k == 3 ? xg : xa;
+                float* yout = k == 3 ? xd : xg;
+                if (b3) launch(mv_rows_b<16, 3>, (r + 7) / 8, 256, s, true, W[(l % NL) * 4 + k], xin, yout, r, c);
+                else launch(mv_rows<16>, (r + 7) / 8, 256, s, true, W[(l % NL) * 4 + k], xin, yout, r, c, 1, 0);
+            }
+            CK(cudaStreamEndCapture(s, &g1));
+            CK(cudaGraphInstantiate(&ge1, g1, 0));
+            CK(cudaGraphLaunch(ge1, s)); CK(cudaStreamSynchronize(s));
+            std::vector<float> t = graph_ms(ge1, s, 1);
+            for (float& ms : t) ms = ms * 1000 / 32;
+            const double b = (double)shapes[k].rows * shapes[k].cols * 2;
+            printf("%5d x %5d alone, %s: %.2f us per launch (%.1f GB/s)\n", shapes[k].rows, shapes[k].cols, b3 ? "3 blocks/SM" : "2 blocks/SM (engine)", median(t), b / (median(t) * 1e3));
+            CK(cudaGraphExecDestroy(ge1)); CK(cudaGraphDestroy(g1));
+        }
         // the down shape alone, 32 launches per graph: 16 loads per batch (3.5 batches) against 14 (4)
-        for (int unr : {16, 14, 16, 14}) {
+        for (int unr : {16, 14}) {
             cudaGraph_t g1; cudaGraphExec_t ge1;
             CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
             for (int l = 0; l < 32; l++) {
