@@ -83,6 +83,40 @@ __global__ void __launch_bounds__(256, MINB) mv_rows_b(const u16* W, const float
     if (lane == 0) y[row] = s;
 }
 
+// Two rows per warp, both in flight at once without more registers: row 2w's 16 loads into registers as the engine's
+// form, row 2w+1's into the warp's 8 KB of shared memory by cp.async (issued first), so a warp has 16 KB in flight and
+// a 4096-row matrix is one wave of 256 blocks (2 per SM: 128 KB of shared memory per SM). cols == 32 UNR 8 only.
+// Dynamic shared memory: 8 x UNR x 32 x 16 bytes.
+template <int UNR>
+__global__ void __launch_bounds__(256, 2) mv_rows_cpa(const u16* W, const float* x, float* y, int rows, int cols) {
+    extern __shared__ __align__(16) calm_u4 cbuf[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * 8 + warp) * 2;
+    pdl_trigger();
+    const calm_u4* ra = (const calm_u4*)(W + (long long)min(r0, rows - 1) * cols);
+    const calm_u4* rb = (const calm_u4*)(W + (long long)min(r0 + 1, rows - 1) * cols);
+    calm_u4* mine = cbuf + warp * UNR * 32;
+#pragma unroll
+    for (int u = 0; u < UNR; u++)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_u32(mine + u * 32 + lane)), "l"(rb + lane + 32 * u) : "memory");
+    asm volatile("cp.async.commit_group;" ::: "memory");
+    calm_u4 w[UNR];
+#pragma unroll
+    for (int u = 0; u < UNR; u++) w[u] = ldg_u4_stream(ra + lane + 32 * u);
+    pdl_wait();
+    float acc = 0.f;
+#pragma unroll
+    for (int u = 0; u < UNR; u++) acc += dot8(w[u], x + (long long)(lane + 32 * u) * 8);
+    const float s0 = warp_sum(acc);
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncwarp();
+    acc = 0.f;
+#pragma unroll
+    for (int u = 0; u < UNR; u++) acc += dot8(mine[u * 32 + lane], x + (long long)(lane + 32 * u) * 8);
+    const float s1 = warp_sum(acc);
+    if (lane == 0) { if (r0 < rows) y[r0] = s0; if (r0 + 1 < rows) y[r0 + 1] = s1; }
+}
+
 // grid-stride form: gridDim.x blocks (a few per SM, all resident at once), block b takes rows
 // [b rows / G, (b+1) rows / G) and its warps take them in turn; early: each warp's first row's loads before the wait;
 // trig 1: the trigger after the loads of the warp's last row (warps with no row trigger at once).
@@ -603,7 +637,7 @@ int main(int argc, char** argv) {
                     });
                 }, xd, D, refF, false, stepBytes, s);
             }
-            for (int which : {15, 8, 7}) {   // capped for 3 blocks per SM: every kernel (15), down only (8), all but down (7)
+            for (int which : {15, 8, 7}) if (getenv("PROBE_ALL")) {   // capped for 3 blocks per SM: every kernel (15), down only (8), all but down (7)
                 time_chain(which == 15 ? "rows16 3 blocks/SM, every kernel" : which == 8 ? "rows16 3 blocks/SM, down only" : "rows16 3 blocks/SM, all but down", [&] {
                     int i = 0;
                     chain([&](int m, const float* x, float* y, int r, int c) {
@@ -613,10 +647,40 @@ int main(int argc, char** argv) {
                     });
                 }, xd, D, refF, false, stepBytes, s);
             }
+            // two rows per warp, the second by cp.async into shared memory: o only (2), qkv and o (3), qkv, o, gate_up (7)
+            CK(cudaFuncSetAttribute(mv_rows_cpa<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024));
+            for (int mask : {2, 3, 7}) {
+                time_chain(mask == 2 ? "rows16, o cp.async 2 rows/warp" : mask == 3 ? "rows16, qkv+o cp.async 2 rows/warp" : "rows16, qkv+o+gate_up cp.async 2 rows/warp", [&] {
+                    int i = 0;
+                    chain([&](int m, const float* x, float* y, int r, int c) {
+                        if (mask & (1 << (i % 4))) launch_smem(mv_rows_cpa<16>, (r + 15) / 16, 256, 64 * 1024, s, true, W[m], x, y, r, c);
+                        else mv(eng, W[m], x, y, r, c, s);
+                        i++;
+                    });
+                }, xd, D, refF, false, stepBytes, s);
+            }
+            // the same with one shared-memory carveout for both kernels (no L1 / shared reconfiguration between them)
+            for (int cv : {60, -1}) {
+                CK(cudaFuncSetAttribute(mv_rows<16>, cudaFuncAttributePreferredSharedMemoryCarveout, cv));
+                CK(cudaFuncSetAttribute(mv_rows_cpa<16>, cudaFuncAttributePreferredSharedMemoryCarveout, cv));
+                if (cv < 0) break;
+                time_chain("rows16, carveout 60 for both", [&] { chain([&](int m, const float* x, float* y, int r, int c) { mv(eng, W[m], x, y, r, c, s); }); },
+                           xd, D, refF, false, stepBytes, s);
+                for (int mask : {2, 3}) {
+                    time_chain(mask == 2 ? "carveout 60, o cp.async 2 rows/warp" : "carveout 60, qkv+o cp.async 2 rows/warp", [&] {
+                        int i = 0;
+                        chain([&](int m, const float* x, float* y, int r, int c) {
+                            if (mask & (1 << (i % 4))) launch_smem(mv_rows_cpa<16>, (r + 15) / 16, 256, 64 * 1024, s, true, W[m], x, y, r, c);
+                            else mv(eng, W[m], x, y, r, c, s);
+                            i++;
+                        });
+                    }, xd, D, refF, false, stepBytes, s);
+                }
+            }
             // bulk copies into shared-memory rings at 2 or 3 blocks per SM (8 compute warps + a producer each), every
             // matrix or all but down (whose x alone is 57 KB of each block's shared memory)
             struct TV { const char* name; int perSm, budget, chunk, mask; };
-            for (TV tv : {TV{"tma 2/SM 100KB/16KB, every kernel", 2, 100, 16, 15}, TV{"tma 2/SM 100KB/8KB, every kernel", 2, 100, 8, 15},
+            if (getenv("PROBE_ALL")) for (TV tv : {TV{"tma 2/SM 100KB/16KB, every kernel", 2, 100, 16, 15}, TV{"tma 2/SM 100KB/8KB, every kernel", 2, 100, 8, 15},
                           TV{"tma 2/SM 100KB/16KB, all but down", 2, 100, 16, 7}, TV{"tma 3/SM 72KB/8KB, all but down", 3, 72, 8, 7}}) {
                 Variant tvv = {tv.name, 5, 1, 0, tv.perSm, true, tv.budget, tv.chunk};
                 time_chain(tv.name, [&] {
@@ -650,14 +714,16 @@ int main(int argc, char** argv) {
             }
         }
         // each shape alone, 32 launches per graph: the engine's form against registers capped for 3 blocks per SM
-        for (int k = 0; k < 4; k++) for (int b3 : {0, 1, 0, 1}) {
+        CK(cudaFuncSetAttribute(mv_rows_cpa<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024));
+        for (int k = 0; k < 3; k++) for (int b3 : {0, 2, 0, 2}) {   // 2: two rows per warp, the second by cp.async
             cudaGraph_t g1; cudaGraphExec_t ge1;
             CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
             for (int l = 0; l < 32; l++) {
                 const int r = shapes[k].rows, c = shapes[k].cols;
                 const float* xin = k == 3 ? xg : xa;
                 float* yout = k == 3 ? xd : xg;
-                if (b3) launch(mv_rows_b<16, 3>, (r + 7) / 8, 256, s, true, W[(l % NL) * 4 + k], xin, yout, r, c);
+                if (b3 == 2) launch_smem(mv_rows_cpa<16>, (r + 15) / 16, 256, 64 * 1024, s, true, W[(l % NL) * 4 + k], xin, yout, r, c);
+                else if (b3) launch(mv_rows_b<16, 3>, (r + 7) / 8, 256, s, true, W[(l % NL) * 4 + k], xin, yout, r, c);
                 else launch(mv_rows<16>, (r + 7) / 8, 256, s, true, W[(l % NL) * 4 + k], xin, yout, r, c, 1, 0);
             }
             CK(cudaStreamEndCapture(s, &g1));
@@ -666,7 +732,7 @@ int main(int argc, char** argv) {
             std::vector<float> t = graph_ms(ge1, s, 1);
             for (float& ms : t) ms = ms * 1000 / 32;
             const double b = (double)shapes[k].rows * shapes[k].cols * 2;
-            printf("%5d x %5d alone, %s: %.2f us per launch (%.1f GB/s)\n", shapes[k].rows, shapes[k].cols, b3 ? "3 blocks/SM" : "2 blocks/SM (engine)", median(t), b / (median(t) * 1e3));
+            printf("%5d x %5d alone, %s: %.2f us per launch (%.1f GB/s)\n", shapes[k].rows, shapes[k].cols, b3 == 2 ? "2 rows/warp, cp.async" : b3 ? "3 blocks/SM" : "2 blocks/SM (engine)", median(t), b / (median(t) * 1e3));
             CK(cudaGraphExecDestroy(ge1)); CK(cudaGraphDestroy(g1));
         }
         // the down shape alone, 32 launches per graph: 16 loads per batch (3.5 batches) against 14 (4)
