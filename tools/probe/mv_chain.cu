@@ -17,8 +17,9 @@
 #include "probe_async.cuh"           // mbarriers, bulk copies
 
 
-__device__ __forceinline__ float dot8(calm_u4 w, const float* x) {
-    calm_f4 a = *(const calm_f4*)x, b = *(const calm_f4*)(x + 4);
+// 8 bf16 weights . 8 floats whose halves are at xa, xb
+__device__ __forceinline__ float dot8p(calm_u4 w, const float* xa, const float* xb) {
+    calm_f4 a = *(const calm_f4*)xa, b = *(const calm_f4*)xb;
     float s = __int_as_float(w.x << 16) * a.x;
     s = fmaf(__int_as_float(w.x & 0xffff0000u), a.y, s);
     s = fmaf(__int_as_float(w.y << 16), a.z, s); s = fmaf(__int_as_float(w.y & 0xffff0000u), a.w, s);
@@ -26,6 +27,7 @@ __device__ __forceinline__ float dot8(calm_u4 w, const float* x) {
     s = fmaf(__int_as_float(w.w << 16), b.z, s); s = fmaf(__int_as_float(w.w & 0xffff0000u), b.w, s);
     return s;
 }
+__device__ __forceinline__ float dot8(calm_u4 w, const float* x) { return dot8p(w, x, x + 4); }
 
 // ---- 1. streaming read: the engine's (kernels/bench.cu) at UNR loads in flight per thread ------------------------
 template <int UNR>
@@ -33,11 +35,13 @@ __global__ void bw_read_unr(const calm_u4* in, long long n, u32* out) { bw_read_
 
 // ---- 2. matvecs -------------------------------------------------------------------------------------------------
 // One row's dot product, UNR 16-byte loads per lane per batch; the last batch is masked (no scalar tail).
-// early: the first batch's loads go out before pdl_wait. late: pdl_trigger after the last batch's loads.
-template <int UNR>
-__device__ __forceinline__ float row_dot(const u16* row, const float* x, int cols, int lane, bool early, bool late) {
-    const calm_u4* rv = (const calm_u4*)row;
-    int nvec = cols >> 3;
+// onBatch(first, last) runs once each batch's loads are out (where the engine waits or triggers). px: x is read in the
+// lane-contiguous order a producer could write it in: the first 4 floats of vector v (8 columns) at (v / 32) 256 +
+// (v % 32) 4, the last 4 at + 128, so a warp's two 16-byte x loads of a weight load are 512 contiguous bytes each (4 L1
+// wavefronts) instead of 16 bytes every 32 over 1 KB (8 each). (The probe only times it: the chain's x is not written
+// in that order, so its results differ.)
+template <int UNR, typename F>
+__device__ __forceinline__ float row_dot_hook(const calm_u4* rv, const float* x, int nvec, int lane, int px, F onBatch) {
     float acc = 0.f;
     bool first = true;
     for (int v0 = 0; v0 < nvec; v0 += 32 * UNR) {
@@ -47,16 +51,26 @@ __device__ __forceinline__ float row_dot(const u16* row, const float* x, int col
             int v = v0 + lane + 32 * u;
             w[u] = v < nvec ? ldg_u4_stream(rv + v) : calm_u4{0u, 0u, 0u, 0u};
         }
-        if (late && v0 + 32 * UNR >= nvec) pdl_trigger();
-        if (early && first) pdl_wait();
+        onBatch(first, v0 + 32 * UNR >= nvec);
         first = false;
 #pragma unroll
         for (int u = 0; u < UNR; u++) {
             int v = v0 + lane + 32 * u;
-            if (v < nvec) acc += dot8(w[u], x + (long long)v * 8);
+            if (v < nvec) {
+                if (px) { const float* xa = x + (v >> 5) * 256 + (v & 31) * 4; acc += dot8p(w[u], xa, xa + 128); }
+                else acc += dot8(w[u], x + (long long)v * 8);
+            }
         }
     }
     return warp_sum(acc);
+}
+// early: the first batch's loads go out before pdl_wait. late: pdl_trigger after the last batch's loads.
+template <int UNR>
+__device__ __forceinline__ float row_dot(const u16* row, const float* x, int cols, int lane, bool early, bool late) {
+    return row_dot_hook<UNR>((const calm_u4*)row, x, cols >> 3, lane, 0, [&](bool first, bool last) {
+        if (late && last) pdl_trigger();
+        if (early && first) pdl_wait();
+    });
 }
 
 // the engine's form: one warp per row, blocks of 8 rows, as many blocks as rows / 8.
@@ -150,7 +164,8 @@ __global__ void __launch_bounds__(THREADS, MINB) mv_gs(const u16* W, const float
 // Each block of kernel i, once its rows are written, adds 1 to cnt[i] (after a fence); a block of kernel i + 1 issues
 // its first batch of loads, then thread 0 polls cnt[i] (ld.acquire.gpu) until every block of kernel i has arrived.
 // Launched programmatically with the trigger at entry, so all blocks of kernel i have started when kernel i + 1's
-// blocks run (no deadlock). mode 0: the counter wait; mode 1: no wait at all (wrong results: the ceiling).
+// blocks run (no deadlock). mode 0: the counter wait; 1: no wait, blocks still counted; 2: no wait, no count (1 and 2
+// give wrong results: they only time the chain without its dependency).
 __device__ __forceinline__ int ld_acquire_s32(const int* p) {
     int v;
     asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -163,31 +178,13 @@ __global__ void __launch_bounds__(256, 2) mv_rows_flag(const u16* W, const float
     int lane = threadIdx.x & 31;
     pdl_trigger();
     const calm_u4* rv = (const calm_u4*)(W + (long long)min(row, rows - 1) * cols);
-    int nvec = cols >> 3;
-    float acc = 0.f;
-    bool first = true;
-    for (int v0 = 0; v0 < nvec; v0 += 32 * UNR) {
-        calm_u4 w[UNR];
-#pragma unroll
-        for (int u = 0; u < UNR; u++) {
-            int v = v0 + lane + 32 * u;
-            w[u] = v < nvec ? ldg_u4_stream(rv + v) : calm_u4{0u, 0u, 0u, 0u};
+    float s = row_dot_hook<UNR>(rv, x, cols >> 3, lane, 0, [&](bool first, bool) {
+        if (first && mode == 0 && waitCnt) {
+            __syncthreads();
+            if (threadIdx.x == 0) { while (ld_acquire_s32(waitCnt) < waitTarget) __nanosleep(32); }
+            __syncthreads();
         }
-        if (first) {
-            first = false;
-            if (mode == 0 && waitCnt) {
-                __syncthreads();
-                if (threadIdx.x == 0) { while (ld_acquire_s32(waitCnt) < waitTarget) __nanosleep(32); }
-                __syncthreads();
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < UNR; u++) {
-            int v = v0 + lane + 32 * u;
-            if (v < nvec) acc += dot8(w[u], x + (long long)v * 8);
-        }
-    }
-    float s = warp_sum(acc);
+    });
     if (lane == 0 && row < rows) y[row] = s;
     if (mode == 2) return;   // no count either: the engine's kernel without its wait
     __syncthreads();
@@ -197,19 +194,7 @@ __global__ void __launch_bounds__(256, 2) mv_rows_flag(const u16* W, const float
 // The engine's form (early loads, trigger at entry, griddepcontrol.wait) with %globaltimer stamps per block: entry,
 // return from the wait, and the end (after the barrier that follows every warp's write). st: [blocks][3] u64.
 __device__ __forceinline__ u64 gtimer() { u64 t; asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t)); return t; }
-// px: x is read in the lane-contiguous order a producer could write it in: the first 4 floats of vector v (8 columns)
-// at (v / 32) 256 + (v % 32) 4, the last 4 at + 128, so a warp's two 16-byte x loads of a weight load are 512
-// contiguous bytes each (4 L1 wavefronts) instead of 16 bytes every 32 over 1 KB (8 each). (The probe only times it:
-// the chain's x is not written in that order, so its results differ.)
-__device__ __forceinline__ float dot8p(calm_u4 w, const float* xa, const float* xb) {
-    calm_f4 a = *(const calm_f4*)xa, b = *(const calm_f4*)xb;
-    float s = __int_as_float(w.x << 16) * a.x;
-    s = fmaf(__int_as_float(w.x & 0xffff0000u), a.y, s);
-    s = fmaf(__int_as_float(w.y << 16), a.z, s); s = fmaf(__int_as_float(w.y & 0xffff0000u), a.w, s);
-    s = fmaf(__int_as_float(w.z << 16), b.x, s); s = fmaf(__int_as_float(w.z & 0xffff0000u), b.y, s);
-    s = fmaf(__int_as_float(w.w << 16), b.z, s); s = fmaf(__int_as_float(w.w & 0xffff0000u), b.w, s);
-    return s;
-}
+// px: x read in the lane order (row_dot_hook).
 template <int UNR>
 __global__ void __launch_bounds__(256, 2) mv_rows_stamp(const u16* W, const float* x, float* y, int rows, int cols, u64* st, int px) {
     int row = (int)((blockIdx.x * 256u + threadIdx.x) >> 5);
@@ -217,31 +202,11 @@ __global__ void __launch_bounds__(256, 2) mv_rows_stamp(const u16* W, const floa
     if (threadIdx.x == 0) st[blockIdx.x * 3] = gtimer();
     pdl_trigger();
     const calm_u4* rv = (const calm_u4*)(W + (long long)min(row, rows - 1) * cols);
-    int nvec = cols >> 3;
-    float acc = 0.f;
-    bool first = true;
-    for (int v0 = 0; v0 < nvec; v0 += 32 * UNR) {
-        calm_u4 w[UNR];
-#pragma unroll
-        for (int u = 0; u < UNR; u++) {
-            int v = v0 + lane + 32 * u;
-            w[u] = v < nvec ? ldg_u4_stream(rv + v) : calm_u4{0u, 0u, 0u, 0u};
-        }
-        if (first) {
-            first = false;
-            pdl_wait();
-            if (threadIdx.x == 0) st[blockIdx.x * 3 + 1] = gtimer();
-        }
-#pragma unroll
-        for (int u = 0; u < UNR; u++) {
-            int v = v0 + lane + 32 * u;
-            if (v < nvec) {
-                if (px) { const float* xa = x + (v >> 5) * 256 + (v & 31) * 4; acc += dot8p(w[u], xa, xa + 128); }
-                else acc += dot8(w[u], x + (long long)v * 8);
-            }
-        }
-    }
-    float s = warp_sum(acc);
+    float s = row_dot_hook<UNR>(rv, x, cols >> 3, lane, px, [&](bool first, bool) {
+        if (!first) return;
+        pdl_wait();
+        if (threadIdx.x == 0) st[blockIdx.x * 3 + 1] = gtimer();
+    });
     if (lane == 0 && row < rows) y[row] = s;
     __syncthreads();
     if (threadIdx.x == 0) st[blockIdx.x * 3 + 2] = gtimer();
@@ -637,45 +602,40 @@ int main(int argc, char** argv) {
                     });
                 }, xd, D, refF, false, stepBytes, s);
             }
-            for (int which : {15, 8, 7}) if (getenv("PROBE_ALL")) {   // capped for 3 blocks per SM: every kernel (15), down only (8), all but down (7)
-                time_chain(which == 15 ? "rows16 3 blocks/SM, every kernel" : which == 8 ? "rows16 3 blocks/SM, down only" : "rows16 3 blocks/SM, all but down", [&] {
+            // the engine's form for every matrix but those in mask (bit k: qkv 0, o 1, gate_up 2, down 3), which
+            // alt(m, x, y, r, c) launches
+            auto mixed = [&](const std::string& name, int mask, auto alt) {
+                time_chain(name, [&] {
                     int i = 0;
                     chain([&](int m, const float* x, float* y, int r, int c) {
-                        if (which & (1 << (i % 4))) launch(mv_rows_b<16, 3>, (r + 7) / 8, 256, s, true, W[m], x, y, r, c);
+                        if (mask & (1 << (i % 4))) alt(m, x, y, r, c);
                         else mv(eng, W[m], x, y, r, c, s);
                         i++;
                     });
                 }, xd, D, refF, false, stepBytes, s);
+            };
+            auto capped3 = [&](int m, const float* x, float* y, int r, int c) { launch(mv_rows_b<16, 3>, (r + 7) / 8, 256, s, true, W[m], x, y, r, c); };
+            auto cpa = [&](int m, const float* x, float* y, int r, int c) { launch_smem(mv_rows_cpa<16>, (r + 15) / 16, 256, 64 * 1024, s, true, W[m], x, y, r, c); };
+            auto rows14 = [&](int m, const float* x, float* y, int r, int c) { launch(mv_rows<14>, (r + 7) / 8, 256, s, true, W[m], x, y, r, c, 1, 0); };
+            auto rows2 = [&](int m, const float* x, float* y, int r, int c) { launch(mv_rows2<8>, (r + 15) / 16, 256, s, true, W[m], x, y, r, c, (u64*)nullptr); };
+            if (getenv("PROBE_ALL")) {   // capped for 3 blocks per SM (80 registers, spills): every kernel, down only, all but down
+                mixed("rows16 3 blocks/SM, every kernel", 15, capped3);
+                mixed("rows16 3 blocks/SM, down only", 8, capped3);
+                mixed("rows16 3 blocks/SM, all but down", 7, capped3);
             }
-            // two rows per warp, the second by cp.async into shared memory: o only (2), qkv and o (3), qkv, o, gate_up (7)
+            // two rows per warp, the second by cp.async into shared memory: o only, qkv and o, qkv, o and gate_up
             CK(cudaFuncSetAttribute(mv_rows_cpa<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024));
-            for (int mask : {2, 3, 7}) {
-                time_chain(mask == 2 ? "rows16, o cp.async 2 rows/warp" : mask == 3 ? "rows16, qkv+o cp.async 2 rows/warp" : "rows16, qkv+o+gate_up cp.async 2 rows/warp", [&] {
-                    int i = 0;
-                    chain([&](int m, const float* x, float* y, int r, int c) {
-                        if (mask & (1 << (i % 4))) launch_smem(mv_rows_cpa<16>, (r + 15) / 16, 256, 64 * 1024, s, true, W[m], x, y, r, c);
-                        else mv(eng, W[m], x, y, r, c, s);
-                        i++;
-                    });
-                }, xd, D, refF, false, stepBytes, s);
-            }
+            mixed("rows16, o cp.async 2 rows/warp", 2, cpa);
+            mixed("rows16, qkv+o cp.async 2 rows/warp", 3, cpa);
+            mixed("rows16, qkv+o+gate_up cp.async 2 rows/warp", 7, cpa);
             // the same with one shared-memory carveout for both kernels (no L1 / shared reconfiguration between them)
             for (int cv : {60, -1}) {
                 CK(cudaFuncSetAttribute(mv_rows<16>, cudaFuncAttributePreferredSharedMemoryCarveout, cv));
                 CK(cudaFuncSetAttribute(mv_rows_cpa<16>, cudaFuncAttributePreferredSharedMemoryCarveout, cv));
                 if (cv < 0) break;
-                time_chain("rows16, carveout 60 for both", [&] { chain([&](int m, const float* x, float* y, int r, int c) { mv(eng, W[m], x, y, r, c, s); }); },
-                           xd, D, refF, false, stepBytes, s);
-                for (int mask : {2, 3}) {
-                    time_chain(mask == 2 ? "carveout 60, o cp.async 2 rows/warp" : "carveout 60, qkv+o cp.async 2 rows/warp", [&] {
-                        int i = 0;
-                        chain([&](int m, const float* x, float* y, int r, int c) {
-                            if (mask & (1 << (i % 4))) launch_smem(mv_rows_cpa<16>, (r + 15) / 16, 256, 64 * 1024, s, true, W[m], x, y, r, c);
-                            else mv(eng, W[m], x, y, r, c, s);
-                            i++;
-                        });
-                    }, xd, D, refF, false, stepBytes, s);
-                }
+                mixed("rows16, carveout 60 for both", 0, cpa);
+                mixed("carveout 60, o cp.async 2 rows/warp", 2, cpa);
+                mixed("carveout 60, qkv+o cp.async 2 rows/warp", 3, cpa);
             }
             // bulk copies into shared-memory rings at 2 or 3 blocks per SM (8 compute warps + a producer each), every
             // matrix or all but down (whose x alone is 57 KB of each block's shared memory)
@@ -683,35 +643,11 @@ int main(int argc, char** argv) {
             if (getenv("PROBE_ALL")) for (TV tv : {TV{"tma 2/SM 100KB/16KB, every kernel", 2, 100, 16, 15}, TV{"tma 2/SM 100KB/8KB, every kernel", 2, 100, 8, 15},
                           TV{"tma 2/SM 100KB/16KB, all but down", 2, 100, 16, 7}, TV{"tma 3/SM 72KB/8KB, all but down", 3, 72, 8, 7}}) {
                 Variant tvv = {tv.name, 5, 1, 0, tv.perSm, true, tv.budget, tv.chunk};
-                time_chain(tv.name, [&] {
-                    int i = 0;
-                    chain([&](int m, const float* x, float* y, int r, int c) {
-                        if (tv.mask & (1 << (i % 4))) mv(tvv, W[m], x, y, r, c, s);
-                        else mv(eng, W[m], x, y, r, c, s);
-                        i++;
-                    });
-                }, xd, D, refF, false, stepBytes, s);
+                mixed(tv.name, tv.mask, [&](int m, const float* x, float* y, int r, int c) { mv(tvv, W[m], x, y, r, c, s); });
             }
-            // the engine's form with down's rows in 4 full batches of 14 loads (7 KB) instead of 3.5 of 16
-            time_chain("rows16, down rows14", [&] {
-                int i = 0;
-                chain([&](int m, const float* x, float* y, int r, int c) {
-                    if (i % 4 == 3) launch(mv_rows<14>, (r + 7) / 8, 256, s, true, W[m], x, y, r, c, 1, 0);
-                    else mv(eng, W[m], x, y, r, c, s);
-                    i++;
-                });
-            }, xd, D, refF, false, stepBytes, s);
-            for (int two : {1, 3}) {   // the engine's form with down (1) or down and o (3) on two rows per warp
-                time_chain(two == 1 ? "rows16, down rows2x8" : "rows16, down and o rows2x8", [&] {
-                    int i = 0;
-                    chain([&](int m, const float* x, float* y, int r, int c) {
-                        const bool t2 = (i % 4 == 3) || (i % 4 == 1 && two == 3);
-                        if (t2) launch(mv_rows2<8>, (r + 15) / 16, 256, s, true, W[m], x, y, r, c, (u64*)nullptr);
-                        else mv(eng, W[m], x, y, r, c, s);
-                        i++;
-                    });
-                }, xd, D, refF, false, stepBytes, s);
-            }
+            mixed("rows16, down rows14", 8, rows14);   // down's rows in 4 full batches of 14 loads (7 KB) instead of 3.5 of 16
+            mixed("rows16, down rows2x8", 8, rows2);   // two rows per warp, 8 loads each
+            mixed("rows16, down and o rows2x8", 10, rows2);
         }
         // each shape alone, 32 launches per graph: the engine's form against registers capped for 3 blocks per SM
         CK(cudaFuncSetAttribute(mv_rows_cpa<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024));
