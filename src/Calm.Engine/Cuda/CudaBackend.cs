@@ -442,8 +442,7 @@ public sealed unsafe partial class CudaBackend : IForwardBackend, IDeviceSamplin
             long r0 = b0 * QuantTileOrder.BlockRows, n = Math.Min(per * QuantTileOrder.BlockRows, rows - r0);
             ulong at = values + (ulong)(r0 * rowBytes);
             _stream!.CopyDeviceAsync(_tileScratch.Ptr, at, n * rowBytes);
-            if (piece == QuantTileOrder.ScalePieceBytes) _qk!.TileScales(_stream, _tileScratch.Ptr, at, n, (int)rowBytes);
-            else _qk!.TileValues(_stream, _tileScratch.Ptr, at, n, (int)rowBytes);
+            _qk!.Tile(_stream, _tileScratch.Ptr, at, n, (int)rowBytes, piece);
         }
     }
 

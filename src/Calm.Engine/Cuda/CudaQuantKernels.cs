@@ -439,18 +439,18 @@ public sealed class CudaQuantKernels : IDisposable
     }
 
     /// <summary>src [rows, rowBytes] row-major -> dst in the tile order (<see cref="QuantTileOrder"/>: whole blocks of 8
-    /// rows, <see cref="QuantTileOrder.Bytes"/>, the padding rows zero); src and dst must not overlap. Stream-ordered.</summary>
-    public void TileValues(CudaStream s, ulong src, ulong dst, long rows, int rowBytes)
-        => Reorder("quant_tile", s, src, dst, rows, rowBytes, QuantTileOrder.PieceBytes, 16);
-
-    /// <summary>The same for int4 scales [rows, rowBytes]: their tile order, <see cref="QuantTileOrder.ScalePieceBytes"/> pieces.</summary>
-    public void TileScales(CudaStream s, ulong src, ulong dst, long rows, int rowBytes)
-        => Reorder("quant_tile_scales", s, src, dst, rows, rowBytes, QuantTileOrder.ScalePieceBytes, 8);
-
-    /// <summary>One reorder kernel (one thread per <paramref name="unit"/> bytes of dst, grid-stride) over rows of a
-    /// multiple of <paramref name="piece"/> bytes, in unit-aligned buffers.</summary>
-    private void Reorder(string kernel, CudaStream s, ulong src, ulong dst, long rows, int rowBytes, int piece, int unit)
+    /// rows, <see cref="QuantTileOrder.Bytes"/>, the padding rows zero) with <paramref name="piece"/>-byte pieces:
+    /// <see cref="QuantTileOrder.PieceBytes"/> for values, <see cref="QuantTileOrder.ScalePieceBytes"/> for int4 scales.
+    /// src and dst must not overlap. Stream-ordered. One thread per 16 (values) or 8 (scales) bytes of dst, grid-stride,
+    /// so the buffers must be aligned to that.</summary>
+    public void Tile(CudaStream s, ulong src, ulong dst, long rows, int rowBytes, int piece)
     {
+        var (kernel, unit) = piece switch
+        {
+            QuantTileOrder.PieceBytes => ("quant_tile", 16),
+            QuantTileOrder.ScalePieceBytes => ("quant_tile_scales", 8),
+            _ => throw new ArgumentException($"the tile order's pieces are {QuantTileOrder.PieceBytes} bytes (values) or {QuantTileOrder.ScalePieceBytes} (int4 scales), not {piece}", nameof(piece)),
+        };
         if (rowBytes <= 0 || rowBytes % piece != 0) throw new ArgumentException($"the tile order with {piece}-byte pieces takes rows of a multiple of {piece} bytes (got {rowBytes})", nameof(rowBytes));
         if (((src | dst) & (ulong)(unit - 1)) != 0) throw new ArgumentException($"the tile order's buffers must be {unit}-byte aligned");
         if (rows <= 0) return;
@@ -523,9 +523,9 @@ public sealed class CudaQuantKernels : IDisposable
             for (int i = 0; i < copies; i++)
             {
                 var v = Add(vAlloc, "quantized weights");
-                if (rowMajor is not null) k.TileValues(s, rowMajor.Ptr, v.Ptr, rows, (int)rowBytes); else v.CopyFromHost<byte>(vals);
+                if (rowMajor is not null) k.Tile(s, rowMajor.Ptr, v.Ptr, rows, (int)rowBytes, QuantTileOrder.PieceBytes); else v.CopyFromHost<byte>(vals);
                 var sc = Add(sAlloc, "weight scales");
-                if (rowMajorScales is not null) k.TileScales(s, rowMajorScales.Ptr, sc.Ptr, rows, (int)sRowBytes); else sc.CopyFromHost<byte>(scales);
+                if (rowMajorScales is not null) k.Tile(s, rowMajorScales.Ptr, sc.Ptr, rows, (int)sRowBytes, QuantTileOrder.ScalePieceBytes); else sc.CopyFromHost<byte>(scales);
                 W.Add((v.Ptr, sc.Ptr));
             }
             var X = Add(cols * 4L, "x"); X.CopyFromHost<float>(xs);

@@ -4,7 +4,7 @@ namespace Calm.Engine.Cuda;
 
 /// <summary>
 /// The tile order of fp8/int4 values on the device (kernels/quant.cuh quant_tile_off): the order the CUDA backend
-/// stores every quantized matrix the tensor-core matvecs read in (<see cref="CudaBackend.QuantTileOrder"/>), so that
+/// stores the int4 matrices the tensor-core matvecs read in (<see cref="CudaBackend.TileOrder"/>, <see cref="Stored"/>), so that
 /// one 16-byte load per lane of a warp, lane (g, t) reading bytes 64k + 16t of row 8o + g (the mma fragment pattern),
 /// is 512 contiguous bytes rather than 8 rows x 64 bytes. The host formats (<see cref="Quant.QuantFormats"/>) stay
 /// row-major: the backend uploads row-major and reorders on the device (kernels/matvec_quant.cu quant_tile).

@@ -751,14 +751,12 @@ public unsafe class QuantKernelTests
         using var Src = Gpu.Up(ctx, m);
         using var Dst = CudaDeviceMemory.Allocate(ctx, n);
         Dst.CopyFromHost<byte>(Enumerable.Repeat((byte)0xAB, (int)n).ToArray());
-        Action<long, int> reorder = piece == QuantTileOrder.PieceBytes ? (rw, rb) => k.TileValues(s, Src.Ptr, Dst.Ptr, rw, rb)
-                                                                       : (rw, rb) => k.TileScales(s, Src.Ptr, Dst.Ptr, rw, rb);
-        reorder(rows, rowBytes);
+        k.Tile(s, Src.Ptr, Dst.Ptr, rows, rowBytes, piece);
         s.Synchronize();
         var got = Dst.ToArray<byte>((int)n);
         Assert.True(QuantTileOrder.Tile(m, rows, rowBytes, piece).AsSpan().SequenceEqual(got),
             $"{rows} rows of {rowBytes} bytes, {piece}-byte pieces: the device's tile order differs from the host's");
-        Assert.Throws<ArgumentException>(() => reorder(rows, piece + 4));
+        Assert.Throws<ArgumentException>(() => k.Tile(s, Src.Ptr, Dst.Ptr, rows, piece + 4, piece));
     }
 
     /// <summary>Values in the tile order are for the int4 tensor-core kernels only: a call that takes a CUDA-core kernel
