@@ -145,8 +145,7 @@ public class PrefillTests
         var (xb, xv) = Gpu.RandHalf(r, T * K, DType.F16, 1f);
         var b = Gpu.RandF(r, rows);
         using var X = Gpu.Up(ctx, xb); using var B = Gpu.Up(ctx, b);
-        using var Wd = CudaDeviceMemory.Allocate(ctx, w.DataBytes); Wd.CopyFromHost(w.Data, w.DataBytes);
-        using var Sd = CudaDeviceMemory.Allocate(ctx, w.ScaleBytes); Sd.CopyFromHost(w.Scales, w.ScaleBytes);
+        using var Wd = Gpu.UpValues(ctx, w, false); using var Sd = Gpu.UpScales(ctx, w, false);
         double Dot(int t, int n)
         {
             double a = 0;
